@@ -1,0 +1,59 @@
+"""llm-platform: a cluster, its accelerator, Istio, Argo CD, model servers and one gateway."""
+
+import pulumi
+
+from components import (
+    Backend, Cluster, Gateway, GitOpsController, GpuDevicePlugin, LlmServer, Mesh, ModelRoute,
+)
+from components.accelerators import from_config as accelerator_from_config
+from components.apps import OPEN_WEBUI_PORT, all_apps
+from components.config import ConfigError, load
+
+try:
+    cfg = load(pulumi.get_stack())
+except ConfigError as err:
+    # RunError prints just the message: one line, no traceback.
+    raise pulumi.RunError(str(err)) from None
+
+cluster = Cluster("cluster", {"config": cfg.cluster, "accelerator": accelerator_from_config(cfg.accelerator)})
+provider = cluster.provider
+
+GpuDevicePlugin("gpu", {"accelerator": cluster.accelerator, "provider": provider})
+
+mesh = Mesh("mesh", {
+    "provider": provider,
+    "chart_version": cfg.mesh.chart_version,
+    "ingress": cluster.ingress,
+    "injected_namespaces": [cfg.models_namespace],
+})
+
+servers = [
+    LlmServer(f"model-{m.name}", {
+        "model": m,
+        "accelerator": cluster.accelerator,
+        "namespace": mesh.namespaces[cfg.models_namespace].metadata.name,
+        "provider": provider,
+        "host_models_dir": cluster.host_models_dir,
+    })
+    for m in cfg.models
+]
+
+apps = all_apps(cfg, f"http://{mesh.ingress_service_host}")
+GitOpsController("gitops", {"provider": provider, "chart_version": cfg.gitops.chart_version, "apps": apps})
+
+ui = Backend(f"open-webui.{cfg.ui.namespace}.svc.cluster.local", OPEN_WEBUI_PORT) if cfg.ui.enabled else None
+gateway = Gateway("gateway", {
+    "provider": provider,
+    "mesh": mesh,
+    "models": [ModelRoute(s.alias, Backend(s.service_host, s.port)) for s in servers],
+    "ui": ui,
+    "host": cfg.gateway.host,
+    "tls_secret": cfg.gateway.tls_secret,
+    "address": cluster.ingress.address,
+})
+
+pulumi.export("ingressUrl", gateway.url)
+pulumi.export("apiBaseUrl", gateway.api_base_url)
+pulumi.export("uiUrl", gateway.ui_url)
+pulumi.export("modelAliases", [s.alias for s in servers])
+pulumi.export("kubeconfig", cluster.kubeconfig)

@@ -1,0 +1,53 @@
+"""Cluster: the Kubernetes cluster of a stack and the provider every other component uses."""
+
+from __future__ import annotations
+
+from typing import Optional, TypedDict
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from .accelerators import Accelerator
+from .clusters import existing, minikube
+from .clusters.base import IngressFacts
+from .config import ClusterConfig
+
+# The one place a stack's kind of cluster picks its implementation.
+_BUILDERS = {
+    "minikube": minikube.build,
+    "existing": existing.build,
+}
+
+
+class ClusterArgs(TypedDict):
+    config: ClusterConfig
+    accelerator: Accelerator
+
+
+class Cluster(pulumi.ComponentResource):
+    kubeconfig: pulumi.Output[str]
+    provider: k8s.Provider
+    accelerator: Accelerator
+    ingress: IngressFacts
+    host_models_dir: Optional[str]
+    kubernetes_version: str
+
+    def __init__(self, name: str, args: ClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("llm-platform:index:Cluster", name, None, opts)
+        cfg = args["config"]
+        built = _BUILDERS[cfg.kind](self, name, cfg)
+
+        self.kubeconfig = pulumi.Output.secret(built.kubeconfig)
+        self.accelerator = args["accelerator"]
+        self.ingress = built.ingress
+        self.host_models_dir = built.host_models_dir
+        self.kubernetes_version = cfg.kubernetes_version
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=self.kubeconfig,
+            context=built.context,
+            # Lets `pulumi destroy` finish after the cluster itself is already gone.
+            delete_unreachable=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.register_outputs({"kubeconfig": self.kubeconfig})

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pulumi
+
+
+@dataclass(frozen=True)
+class IngressFacts:
+    """How the mesh's ingress Service is exposed on this kind of cluster."""
+
+    service_type: str
+    # Where users reach the ingress from outside, e.g. "192.168.105.2:30080".
+    address: pulumi.Input[str]
+    node_port: Optional[int] = None
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuiltCluster:
+    kubeconfig: pulumi.Input[str]
+    ingress: IngressFacts
+    # Host folder the model files are fetched into (mounted on the node at /mnt/models),
+    # or None when the cluster stores models some other way.
+    host_models_dir: Optional[str]
+    context: Optional[str] = None

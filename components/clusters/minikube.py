@@ -1,0 +1,62 @@
+"""minikube on an Apple Silicon Mac with the krunkit driver (GPU through Vulkan)."""
+
+from __future__ import annotations
+
+import shlex
+
+import pulumi
+import pulumi_command as command
+
+from ..config import MinikubeCluster, expand_path
+from ..serving import MODELS_MOUNT
+from .base import BuiltCluster, IngressFacts
+
+
+def start_command(cfg: MinikubeCluster) -> list[str]:
+    return [
+        "minikube", "start",
+        "--profile", cfg.profile,
+        "--driver", cfg.driver,
+        "--cpus", str(cfg.cpus),
+        "--memory", cfg.memory,
+        "--disk-size", cfg.disk_size,
+        "--kubernetes-version", cfg.kubernetes_version,
+        # Since minikube 1.37 --mount-string alone mounts the folder (virtiofs on krunkit).
+        "--mount-string", f"{expand_path(cfg.models_dir)}:{MODELS_MOUNT}",
+    ]
+
+
+def build(parent: pulumi.Resource, name: str, cfg: MinikubeCluster) -> BuiltCluster:
+    profile = shlex.quote(cfg.profile)
+    models_dir = expand_path(cfg.models_dir)
+    # `minikube status` succeeds only when the profile is up, so a running cluster is left
+    # alone and a stopped one is started again: create is idempotent.
+    vm = command.local.Command(
+        f"{name}-minikube",
+        create=f"mkdir -p {shlex.quote(models_dir)} && "
+        f"(minikube status --profile {profile} >/dev/null 2>&1 || {shlex.join(start_command(cfg))})",
+        delete=f"minikube delete --profile {profile}",
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+    # Client certificates inlined, so the text stays the same across `up`s.
+    kubeconfig = command.local.Command(
+        f"{name}-kubeconfig",
+        create=f"kubectl config view --raw --minify --flatten --context {profile}",
+        opts=pulumi.ResourceOptions(
+            parent=parent, depends_on=[vm], additional_secret_outputs=["stdout"]
+        ),
+    )
+    ip = command.local.Command(
+        f"{name}-ip",
+        create=f"minikube ip --profile {profile}",
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=[vm]),
+    )
+    return BuiltCluster(
+        kubeconfig=kubeconfig.stdout,
+        ingress=IngressFacts(
+            service_type="NodePort",
+            node_port=cfg.ingress_node_port,
+            address=ip.stdout.apply(lambda s: f"{s.strip()}:{cfg.ingress_node_port}"),
+        ),
+        host_models_dir=models_dir,
+    )

@@ -1,0 +1,309 @@
+"""The whole stack configuration, parsed once and checked before any resource is registered.
+
+Keys live under the project namespace (`llm-platform:<key>`) in `Pulumi.<stack>.yaml`. Every
+model forbids unknown fields, so a misspelt key is refused instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+
+PROJECT = "llm-platform"
+
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_MINIKUBE_SIZE = re.compile(r"^[0-9]+(mb|m|gb|g)$")
+_K8S_VERSION = re.compile(r"^v1\.[0-9]+\.[0-9]+$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CHART_VERSION = re.compile(r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?$")
+
+
+class ConfigError(Exception):
+    """Bad stack config: one line naming the stack file, the key and what was expected."""
+
+
+def _dns_label(value: str) -> str:
+    if not _DNS_LABEL.match(value):
+        raise ValueError(
+            "expected a DNS label (lowercase letters, digits and '-', starting with a letter, "
+            f"at most 63 characters), got {value!r}"
+        )
+    return value
+
+
+def _quantity(value: str) -> str:
+    if not _QUANTITY.match(value):
+        raise ValueError(f"expected a Kubernetes quantity such as '2', '500m' or '4Gi', got {value!r}")
+    return value
+
+
+def _minikube_size(value: str) -> str:
+    if not _MINIKUBE_SIZE.match(value):
+        raise ValueError(f"expected a size such as '12g' or '8192mb', got {value!r}")
+    return value
+
+
+def _k8s_version(value: str) -> str:
+    if not _K8S_VERSION.match(value):
+        raise ValueError(f"expected a Kubernetes version such as 'v1.34.0', got {value!r}")
+    return value
+
+
+def _pinned_chart(value: str) -> str:
+    if not _CHART_VERSION.match(value):
+        raise ValueError(f"expected an exact chart version such as '1.2.3' (no ranges), got {value!r}")
+    return value
+
+
+def pinned_image(value: str) -> str:
+    """An image reference with a fixed tag or a digest; `latest` and bare names are refused."""
+    if "@sha256:" in value:
+        return value
+    name, _, tag = value.rpartition(":")
+    if not name or "/" in tag or tag in ("latest", ""):
+        raise ValueError(f"expected an image pinned to a tag or digest (not 'latest'), got {value!r}")
+    return value
+
+
+DnsLabel = Annotated[str, AfterValidator(_dns_label)]
+Quantity = Annotated[str, AfterValidator(_quantity)]
+MinikubeSize = Annotated[str, AfterValidator(_minikube_size)]
+K8sVersion = Annotated[str, AfterValidator(_k8s_version)]
+ChartVersion = Annotated[str, AfterValidator(_pinned_chart)]
+Image = Annotated[str, AfterValidator(pinned_image)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+    )
+
+
+# --- cluster -------------------------------------------------------------------------------
+
+
+class MinikubeCluster(_Model):
+    """A minikube VM on the Mac (krunkit driver) with the host models folder mounted."""
+
+    kind: Literal["minikube"]
+    profile: DnsLabel = "llm-platform"
+    driver: Literal["krunkit"] = "krunkit"
+    cpus: int = Field(6, ge=2)
+    memory: MinikubeSize = "12g"
+    disk_size: MinikubeSize = "60g"
+    kubernetes_version: K8sVersion = "v1.34.0"
+    models_dir: str = Field(min_length=1)
+    ingress_node_port: int = Field(30080, ge=30000, le=32767)
+
+
+class ExistingCluster(_Model):
+    """A cluster the user already has, reached through a kubeconfig context."""
+
+    kind: Literal["existing"]
+    kubeconfig: str = "~/.kube/config"
+    context: Optional[str] = None
+    kubernetes_version: K8sVersion = "v1.34.0"
+    # Folder on the host where model files are fetched to; it must be mounted on the
+    # node(s) at /mnt/models (kind extraMounts, k3d --volume, ...). None: manage files yourself.
+    models_dir: Optional[str] = None
+    ingress_service_type: Literal["LoadBalancer", "NodePort", "ClusterIP"] = "LoadBalancer"
+    ingress_address: str = "localhost"
+
+
+ClusterConfig = Annotated[Union[MinikubeCluster, ExistingCluster], Field(discriminator="kind")]
+CLUSTER_KINDS = ("minikube", "existing")
+
+
+# --- accelerator ---------------------------------------------------------------------------
+
+
+class AcceleratorConfig(_Model):
+    kind: Literal["none", "vulkan"] = "vulkan"
+    # How many pods may share one GPU device (generic-device-plugin group count).
+    share_count: int = Field(4, ge=1, le=64)
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+class Resources(_Model):
+    cpu: Quantity = "2"
+    memory: Quantity = "4Gi"
+    cpu_limit: Quantity = "4"
+    memory_limit: Quantity = "6Gi"
+
+
+def _gguf_file(value: str) -> str:
+    if "/" in value or not value.endswith(".gguf"):
+        raise ValueError(f"expected a GGUF file name such as 'model.Q8_0.gguf' (no folders), got {value!r}")
+    return value
+
+
+def _sha256(value: str) -> str:
+    if not _SHA256.match(value):
+        raise ValueError("expected 64 lowercase hex digits")
+    return value
+
+
+class ModelConfig(_Model):
+    """One served model; `name` is the alias clients pass as `model` and the Kubernetes name."""
+
+    name: DnsLabel
+    runtime: Literal["llama-cpp"] = "llama-cpp"
+    file: Annotated[str, AfterValidator(_gguf_file)]
+    hf_repo: Optional[str] = Field(None, pattern=r"^[\w.-]+/[\w.-]+$")
+    url: Optional[str] = Field(None, pattern=r"^https://\S+$")
+    sha256: Optional[Annotated[str, AfterValidator(_sha256)]] = None
+    size_bytes: Optional[int] = Field(None, gt=0)
+    ctx_size: int = Field(4096, ge=256)
+    replicas: int = Field(1, ge=0)
+    resources: Resources = Resources()
+    image: Optional[Image] = None
+    extra_args: list[str] = []
+
+    @property
+    def download_url(self) -> Optional[str]:
+        if self.url:
+            return self.url
+        if self.hf_repo:
+            return f"https://huggingface.co/{self.hf_repo}/resolve/main/{self.file}"
+        return None
+
+
+DEFAULT_MODEL = ModelConfig(
+    name="tinyllama",
+    file="tinyllama-1.1b-chat-v1.0.Q8_0.gguf",
+    hf_repo="TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF",
+)
+
+
+# --- platform services ---------------------------------------------------------------------
+
+
+class MeshConfig(_Model):
+    chart_version: ChartVersion = "1.30.4"
+
+
+class UiConfig(_Model):
+    """Open WebUI, delivered by Argo CD."""
+
+    enabled: bool = True
+    namespace: DnsLabel = "open-webui"
+    chart_version: ChartVersion = "14.1.0"
+    storage_size: Quantity = "2Gi"
+
+
+class AppConfig(_Model):
+    """Any further Helm chart Argo CD should deliver."""
+
+    name: DnsLabel
+    namespace: DnsLabel
+    repo_url: str = Field(pattern=r"^(https|oci)://\S+$")
+    chart: str = Field(min_length=1)
+    target_revision: ChartVersion
+    values: dict[str, Any] = {}
+
+
+class GitOpsConfig(_Model):
+    chart_version: ChartVersion = "10.1.3"
+
+
+class GatewayConfig(_Model):
+    # None: answer on any host name (the ingress address is used in URLs).
+    host: Optional[str] = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    tls_secret: Optional[DnsLabel] = None
+
+
+class StackConfig(_Model):
+    cluster: ClusterConfig
+    accelerator: AcceleratorConfig = AcceleratorConfig()
+    models: list[ModelConfig] = Field(default_factory=lambda: [DEFAULT_MODEL], min_length=1)
+    models_namespace: DnsLabel = "models"
+    mesh: MeshConfig = MeshConfig()
+    gitops: GitOpsConfig = GitOpsConfig()
+    ui: UiConfig = UiConfig()
+    apps: list[AppConfig] = []
+    gateway: GatewayConfig = GatewayConfig()
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        names = [m.name for m in models]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"model name {name!r} is used more than once; names must be unique")
+        return models
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def _key_path(loc: tuple) -> str:
+    parts: list[str] = []
+    for i, item in enumerate(loc):
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif i == 1 and loc[0] == "cluster" and item in CLUSTER_KINDS:
+            continue  # the discriminator pydantic inserts, not a key the user wrote
+        else:
+            parts.append(("." if parts else f"{PROJECT}:") + item)
+    return "".join(parts) or PROJECT
+
+
+def _message(err: dict) -> str:
+    kind = err["type"]
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling against the README's config reference)"
+    if kind == "union_tag_invalid":
+        return f"expected kind to be one of {err['ctx']['expected_tags']}, got {err['ctx']['tag']!r}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind in ("literal_error", "int_parsing", "greater_than_equal",
+                "less_than_equal", "string_pattern_mismatch", "too_short", "greater_than"):
+        msg += f", got {err.get('input')!r}"
+    return msg
+
+
+def parse(raw: dict[str, Any], stack_file: str) -> StackConfig:
+    """Validate raw config (keys without the project prefix); raise ConfigError on bad input."""
+    try:
+        return StackConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{stack_file}: {_key_path(err['loc'])}: {_message(err)}") from None
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+        return json.loads(value)
+    return value
+
+
+def load(stack: str) -> StackConfig:
+    """Read every `llm-platform:*` key the engine passed to this program and parse it."""
+    # The SDK has no public call listing all config keys; unknown top-level keys are only
+    # caught by reading the map the engine filled.
+    from pulumi.runtime.config import CONFIG, get_config_env
+
+    merged = {**get_config_env(), **CONFIG.get()}
+    prefix = f"{PROJECT}:"
+    raw = {k[len(prefix):]: _decode(v) for k, v in merged.items() if k.startswith(prefix)}
+    return parse(raw, f"Pulumi.{stack}.yaml")
+
+
+def expand_path(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))

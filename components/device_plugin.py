@@ -1,0 +1,88 @@
+"""GpuDevicePlugin: makes the stack's accelerator schedulable as an extended resource."""
+
+from __future__ import annotations
+
+from typing import Optional, TypedDict
+
+import pulumi
+import pulumi_kubernetes as k8s
+import yaml
+
+from .accelerators import Accelerator
+from .config import Image
+
+DEFAULT_IMAGE: Image = "squat/generic-device-plugin:0.1.0"
+NAME = "generic-device-plugin"
+
+
+class GpuDevicePluginArgs(TypedDict):
+    accelerator: Accelerator
+    provider: k8s.Provider
+
+
+def device_spec(accel: Accelerator) -> str:
+    """The --device YAML: one group of paths, shareable by `share_count` pods."""
+    kind = accel.resource.split("/", 1)[1]
+    return yaml.safe_dump(
+        {"name": kind, "groups": [{"count": accel.share_count, "paths": [{"path": accel.device_path}]}]},
+        sort_keys=False,
+    )
+
+
+class GpuDevicePlugin(pulumi.ComponentResource):
+    # The resource pods ask for, or None when nothing needed installing.
+    resource_name: Optional[str]
+    installed: str
+
+    def __init__(self, name: str, args: GpuDevicePluginArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("llm-platform:index:GpuDevicePlugin", name, None, opts)
+        accel = args["accelerator"]
+        self.resource_name = accel.resource
+        self.daemon_set: Optional[k8s.apps.v1.DaemonSet] = None
+
+        if accel.device_path:
+            self.daemon_set = self._generic_device_plugin(name, accel, args["provider"])
+            self.installed = f"{NAME} advertising {accel.device_path} as {accel.resource}"
+        else:
+            self.installed = "nothing: CPU-only serving needs no device plugin"
+        self.register_outputs({"resourceName": self.resource_name, "installed": self.installed})
+
+    def _generic_device_plugin(self, name: str, accel: Accelerator, provider: k8s.Provider):
+        labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "llm-platform"}
+        return k8s.apps.v1.DaemonSet(
+            f"{name}-daemonset",
+            metadata={"name": NAME, "namespace": "kube-system", "labels": labels},
+            spec={
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "priorityClassName": "system-node-critical",
+                        # Runs on every node, whatever its taints.
+                        "tolerations": [{"operator": "Exists"}],
+                        "containers": [{
+                            "name": NAME,
+                            "image": DEFAULT_IMAGE,
+                            "args": ["--device", device_spec(accel)],
+                            "ports": [{"name": "http", "containerPort": 8080}],
+                            "resources": {
+                                "requests": {"cpu": "50m", "memory": "10Mi"},
+                                "limits": {"cpu": "50m", "memory": "20Mi"},
+                            },
+                            # Documented exception to the restricted profile: it must see and
+                            # hand out host devices.
+                            "securityContext": {"privileged": True},
+                            "volumeMounts": [
+                                {"name": "device-plugins", "mountPath": "/var/lib/kubelet/device-plugins"},
+                                {"name": "dev", "mountPath": "/dev"},
+                            ],
+                        }],
+                        "volumes": [
+                            {"name": "device-plugins", "hostPath": {"path": "/var/lib/kubelet/device-plugins"}},
+                            {"name": "dev", "hostPath": {"path": "/dev"}},
+                        ],
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions(parent=self, provider=provider),
+        )

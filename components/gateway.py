@@ -1,0 +1,109 @@
+"""Gateway: the one way in. Istio Gateway + VirtualService on the mesh's ingress:
+`/v1` -> the default model, `/models/<alias>/v1` -> that model, `/` -> the chat UI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, TypedDict
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from .mesh import HTTP_PORT, HTTPS_PORT, Mesh
+
+
+@dataclass(frozen=True)
+class Backend:
+    host: pulumi.Input[str]
+    port: int
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    alias: str
+    backend: Backend
+
+
+class GatewayArgs(TypedDict):
+    provider: k8s.Provider
+    mesh: Mesh
+    # The first model also answers on the plain `/v1` prefix.
+    models: Sequence[ModelRoute]
+    ui: Optional[Backend]
+    host: Optional[str]
+    tls_secret: Optional[str]
+    # Where the ingress is reached from outside, "ip:port" or a host name.
+    address: pulumi.Input[str]
+
+
+def model_prefix(alias: str) -> str:
+    return f"/models/{alias}/v1"
+
+
+def _route(name: str, prefix: str, backend: Backend, rewrite: Optional[str] = None) -> dict:
+    route = {
+        "name": name,
+        "match": [{"uri": {"prefix": prefix}}],
+        "route": [{"destination": {"host": backend.host, "port": {"number": backend.port}}}],
+    }
+    if rewrite:
+        route["rewrite"] = {"uri": rewrite}
+    return route
+
+
+class Gateway(pulumi.ComponentResource):
+    url: pulumi.Output[str]
+    api_base_url: pulumi.Output[str]
+    ui_url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: GatewayArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("llm-platform:index:Gateway", name, None, opts)
+        mesh, provider = args["mesh"], args["provider"]
+        host, tls_secret = args["host"], args["tls_secret"]
+        # In-cluster clients (the UI) call the ingress Service by its own name.
+        hosts = [host, mesh.ingress_service_host] if host else ["*"]
+
+        servers = [{"port": {"number": HTTP_PORT, "name": "http", "protocol": "HTTP"}, "hosts": hosts}]
+        if tls_secret:
+            servers.append({
+                "port": {"number": HTTPS_PORT, "name": "https", "protocol": "HTTPS"},
+                "hosts": hosts,
+                "tls": {"mode": "SIMPLE", "credentialName": tls_secret},
+            })
+
+        # Istio objects need the CRDs from `base` and istiod's validating webhook.
+        opts_cr = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[mesh.base, mesh.istiod])
+        self.gateway = k8s.apiextensions.CustomResource(
+            f"{name}-gateway",
+            api_version="networking.istio.io/v1",
+            kind="Gateway",
+            metadata={"name": "llm-gateway", "namespace": mesh.ingress_namespace},
+            spec={"selector": dict(mesh.ingress_selector), "servers": servers},
+            opts=opts_cr,
+        )
+
+        models = list(args["models"])
+        http = [_route(f"model-{m.alias}", model_prefix(m.alias), m.backend, rewrite="/v1") for m in models]
+        if models:
+            http.append(_route("v1", "/v1", models[0].backend))
+        if args["ui"]:
+            http.append(_route("ui", "/", args["ui"]))
+        self.virtual_service = k8s.apiextensions.CustomResource(
+            f"{name}-routes",
+            api_version="networking.istio.io/v1",
+            kind="VirtualService",
+            metadata={"name": "llm-routes", "namespace": mesh.ingress_namespace},
+            spec={
+                "hosts": hosts,
+                "gateways": [f"{mesh.ingress_namespace}/llm-gateway"],
+                "http": http,
+            },
+            opts=opts_cr,
+        )
+
+        scheme = "https" if tls_secret else "http"
+        authority = pulumi.Output.from_input(host or args["address"])
+        self.url = authority.apply(lambda a: f"{scheme}://{a}")
+        self.api_base_url = self.url.apply(lambda u: f"{u}/v1")
+        self.ui_url = self.url.apply(lambda u: f"{u}/")
+        self.register_outputs({"url": self.url, "apiBaseUrl": self.api_base_url, "uiUrl": self.ui_url})

@@ -1,0 +1,96 @@
+"""GitOpsController: Argo CD from its Helm chart and one Argo CD Application per app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, TypedDict
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+ARGO_REPO = "https://argoproj.github.io/argo-helm"
+ARGOCD_NS = "argocd"
+IN_CLUSTER = "https://kubernetes.default.svc"
+
+
+@dataclass(frozen=True)
+class App:
+    """A Helm chart Argo CD keeps in sync in `namespace`."""
+
+    name: str
+    namespace: str
+    repo_url: str
+    chart: str
+    target_revision: str
+    values: dict[str, Any] = field(default_factory=dict)
+    namespace_labels: dict[str, str] = field(default_factory=dict)
+
+
+class GitOpsControllerArgs(TypedDict):
+    provider: k8s.Provider
+    chart_version: str
+    apps: Sequence[App]
+
+
+def application_spec(app: App) -> dict:
+    return {
+        "project": "default",
+        "source": {
+            "repoURL": app.repo_url,
+            "chart": app.chart,
+            "targetRevision": app.target_revision,
+            "helm": {"releaseName": app.name, "valuesObject": app.values},
+        },
+        "destination": {"server": IN_CLUSTER, "namespace": app.namespace},
+        "syncPolicy": {
+            "automated": {"prune": True, "selfHeal": True},
+            "retry": {"limit": 10, "backoff": {"duration": "10s", "factor": 2, "maxDuration": "5m"}},
+        },
+    }
+
+
+class GitOpsController(pulumi.ComponentResource):
+    release: k8s.helm.v3.Release
+    applications: dict[str, k8s.apiextensions.CustomResource]
+
+    def __init__(self, name: str, args: GitOpsControllerArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("llm-platform:index:GitOpsController", name, None, opts)
+        provider = args["provider"]
+
+        self.release = k8s.helm.v3.Release(
+            f"{name}-argocd",
+            name="argocd",
+            chart="argo-cd",
+            version=args["chart_version"],
+            namespace=ARGOCD_NS,
+            create_namespace=True,
+            repository_opts={"repo": ARGO_REPO},
+            # TLS ends at the mesh ingress; dex is unused without SSO.
+            values={"configs": {"params": {"server.insecure": True}}, "dex": {"enabled": False}},
+            opts=pulumi.ResourceOptions(parent=self, provider=provider),
+        )
+        self.applications = {}
+        for app in args["apps"]:
+            # Pulumi owns the target namespace so its labels are set before Argo CD syncs.
+            ns = k8s.core.v1.Namespace(
+                f"{name}-ns-{app.name}",
+                metadata={"name": app.namespace, "labels": dict(app.namespace_labels)},
+                opts=pulumi.ResourceOptions(parent=self, provider=provider),
+            )
+            self.applications[app.name] = k8s.apiextensions.CustomResource(
+                f"{name}-app-{app.name}",
+                api_version="argoproj.io/v1alpha1",
+                kind="Application",
+                metadata={
+                    "name": app.name,
+                    "namespace": ARGOCD_NS,
+                    # Deleting the Application deletes what it deployed.
+                    "finalizers": ["resources-finalizer.argocd.argoproj.io"],
+                },
+                spec=application_spec(app),
+                # The Application CRD comes with the Argo CD release.
+                opts=pulumi.ResourceOptions(
+                    parent=self, provider=provider, depends_on=[self.release, ns]
+                ),
+            )
+        self.register_outputs({"applications": list(self.applications)})

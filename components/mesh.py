@@ -1,0 +1,101 @@
+"""Mesh: Istio from its Helm charts (base -> istiod -> gateway) and the injected namespaces."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, TypedDict
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from .clusters.base import IngressFacts
+
+ISTIO_REPO = "https://istio-release.storage.googleapis.com/charts"
+SYSTEM_NS = "istio-system"
+INGRESS_NS = "istio-ingress"
+INGRESS_RELEASE = "istio-ingress"
+# The gateway chart labels its pods `istio: <release name without "istio-">`.
+INGRESS_SELECTOR = {"istio": "ingress"}
+HTTP_PORT = 80
+HTTPS_PORT = 443
+
+
+class MeshArgs(TypedDict):
+    provider: k8s.Provider
+    chart_version: str
+    ingress: IngressFacts
+    # Namespaces whose pods get an Envoy sidecar.
+    injected_namespaces: Sequence[str]
+
+
+def ingress_service_values(ingress: IngressFacts) -> dict:
+    def port(name: str, number: int, offset: int) -> dict:
+        p = {"name": name, "port": number, "protocol": "TCP", "targetPort": number}
+        if ingress.node_port:
+            p["nodePort"] = ingress.node_port + offset
+        return p
+
+    return {
+        "type": ingress.service_type,
+        "annotations": dict(ingress.annotations),
+        "ports": [
+            {"name": "status-port", "port": 15021, "protocol": "TCP", "targetPort": 15021},
+            port("http2", HTTP_PORT, 0),
+            port("https", HTTPS_PORT, 1),
+        ],
+    }
+
+
+class Mesh(pulumi.ComponentResource):
+    base: k8s.helm.v3.Release
+    istiod: k8s.helm.v3.Release
+    gateway: k8s.helm.v3.Release
+    namespaces: dict[str, k8s.core.v1.Namespace]
+    ingress_namespace: str = INGRESS_NS
+    ingress_selector: dict[str, str] = INGRESS_SELECTOR
+    ingress_service_host: str = f"{INGRESS_RELEASE}.{INGRESS_NS}.svc.cluster.local"
+
+    def __init__(self, name: str, args: MeshArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("llm-platform:index:Mesh", name, None, opts)
+        provider = args["provider"]
+        version = args["chart_version"]
+
+        def child(*depends_on: pulumi.Resource) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(parent=self, provider=provider, depends_on=list(depends_on))
+
+        def release(logical: str, chart: str, release_name: str, namespace: str, values: dict, *after):
+            # helm.v3.Release: previews without a reachable cluster and keeps the charts'
+            # hooks and CRDs; Istio's charts rely on both.
+            return k8s.helm.v3.Release(
+                f"{name}-{logical}",
+                name=release_name,
+                chart=chart,
+                version=version,
+                namespace=namespace,
+                create_namespace=True,
+                repository_opts={"repo": ISTIO_REPO},
+                values=values,
+                opts=child(*after),
+            )
+
+        # base carries the CRDs every Istio object needs.
+        self.base = release("base", "base", "istio-base", SYSTEM_NS, {"defaultRevision": "default"})
+        self.istiod = release("istiod", "istiod", "istiod", SYSTEM_NS, {}, self.base)
+        self.gateway = release(
+            "gateway", "gateway", INGRESS_RELEASE, INGRESS_NS,
+            {"service": ingress_service_values(args["ingress"])}, self.istiod,
+        )
+        # The injection webhook must exist before pods start in these namespaces, or they
+        # would run without a sidecar.
+        self.namespaces = {
+            ns: k8s.core.v1.Namespace(
+                f"{name}-ns-{ns}",
+                metadata={"name": ns, "labels": {"istio-injection": "enabled"}},
+                opts=child(self.istiod),
+            )
+            for ns in args["injected_namespaces"]
+        }
+        self.register_outputs({
+            "ingressNamespace": self.ingress_namespace,
+            "ingressSelector": self.ingress_selector,
+            "ingressServiceHost": self.ingress_service_host,
+        })

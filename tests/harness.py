@@ -1,0 +1,208 @@
+"""Run the real `__main__.py` for a stack under Pulumi's mock engine and record every
+registration: type, name, inputs, parent, dependencies and provider.
+
+The mocks answer as the providers would: Kubernetes objects come back as applied, a Helm
+release reports itself deployed, and a local command returns what it prints on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pulumi
+import yaml
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import settings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT = "llm-platform"
+STACKS = ("local",)
+
+if str(PROJECT_DIR) not in sys.path:
+    sys.path.insert(0, str(PROJECT_DIR))
+
+# What the host prints for the commands the local cluster runs.
+MINIKUBE_IP = "192.168.105.2"
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- cluster:
+    certificate-authority-data: LS0tLS1CRUdJTi0tLS0t
+    server: https://192.168.105.2:8443
+  name: llm-platform
+contexts:
+- context: {cluster: llm-platform, user: llm-platform}
+  name: llm-platform
+current-context: llm-platform
+users:
+- name: llm-platform
+  user: {client-certificate-data: LS0tLS1CRUdJTi0tLS0t, client-key-data: LS0tLS1CRUdJTi0tLS0t}
+"""
+
+
+@dataclass
+class Registration:
+    type: str
+    name: str
+    urn: str
+    inputs: dict
+    parent: str
+    dependencies: list[str]
+    provider: str
+    custom: bool
+    state: dict = field(default_factory=dict)
+
+    @property
+    def provider_urn(self) -> str:
+        # A provider reference is "<urn>::<id>".
+        return self.provider.rsplit("::", 1)[0] if self.provider else ""
+
+
+@dataclass
+class Recording:
+    stack: str
+    registrations: list[Registration]
+    outputs: dict[str, Any]
+    secret_outputs: set[str]
+
+    def of_type(self, type_: str) -> list[Registration]:
+        return [r for r in self.registrations if r.type == type_]
+
+    def one(self, type_: str, name: Optional[str] = None) -> Registration:
+        found = [r for r in self.of_type(type_) if name is None or r.name == name]
+        assert len(found) == 1, f"expected one {type_} {name or ''}, found {[r.name for r in found]}"
+        return found[0]
+
+    def by_urn(self, urn: str) -> Registration:
+        return next(r for r in self.registrations if r.urn == urn)
+
+    def named(self, name: str) -> Registration:
+        return next(r for r in self.registrations if r.name == name)
+
+    def kubernetes_objects(self) -> list[Registration]:
+        """Objects applied to the cluster (not providers, not Helm releases)."""
+        return [
+            r for r in self.registrations
+            if r.type.startswith("kubernetes:") and "helm.sh" not in r.type
+        ]
+
+    def ancestors(self, reg: Registration) -> list[Registration]:
+        out = []
+        while reg.parent:
+            try:
+                reg = self.by_urn(reg.parent)
+            except StopIteration:
+                break
+            out.append(reg)
+        return out
+
+    def depends_transitively(self, reg: Registration) -> set[str]:
+        """URNs `reg` waits for, directly or through what it waits for (and its parents' deps)."""
+        seen: set[str] = set()
+        todo = list(reg.dependencies)
+        for anc in self.ancestors(reg):
+            todo += anc.dependencies
+        while todo:
+            urn = todo.pop()
+            if urn in seen:
+                continue
+            seen.add(urn)
+            try:
+                dep = self.by_urn(urn)
+            except StopIteration:
+                continue
+            todo += dep.dependencies
+            # Waiting on a component waits on all its children.
+            todo += [r.urn for r in self.registrations if r.parent == urn]
+        return seen
+
+
+class _Mocks(pulumi.runtime.Mocks):
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        state = dict(args.inputs)
+        if args.typ == "command:local:Command":
+            state.update(stdout=_host_stdout(args.inputs.get("create", "")), stderr="")
+        elif args.typ == "kubernetes:helm.sh/v3:Release":
+            state["status"] = {
+                "name": args.inputs.get("name"),
+                "namespace": args.inputs.get("namespace"),
+                "version": args.inputs.get("version"),
+                "chart": args.inputs.get("chart"),
+                "status": "deployed",
+                "revision": 1,
+            }
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        return {}, None
+
+
+def _host_stdout(cmd: str) -> str:
+    if cmd.startswith("kubectl config view"):
+        return KUBECONFIG
+    if cmd.startswith("minikube ip"):
+        return MINIKUBE_IP + "\n"
+    return ""
+
+
+class _Monitor(pulumi_mocks.MockMonitor):
+    def __init__(self, mocks):
+        super().__init__(mocks)
+        self.recorded: list[Registration] = []
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            urn = self.make_urn(request.parent, request.type, request.name)
+            self.recorded.append(Registration(
+                type=request.type,
+                name=request.name,
+                urn=urn,
+                inputs=pulumi.runtime.rpc.deserialize_properties(request.object),
+                parent=request.parent,
+                dependencies=list(request.dependencies),
+                provider=request.provider,
+                custom=request.custom,
+                state=self.resources[urn].state,
+            ))
+        return response
+
+
+def stack_config(stack: str) -> dict[str, Any]:
+    """The stack file's config, keyed as the engine passes it (objects as JSON text)."""
+    doc = yaml.safe_load((PROJECT_DIR / f"Pulumi.{stack}.yaml").read_text()) or {}
+    return dict(doc.get("config") or {})
+
+
+def run(stack: str, overrides: Optional[dict[str, Any]] = None, remove: tuple[str, ...] = ()) -> Recording:
+    """Run the program for `stack` with its real config (plus overrides) and record it."""
+    config = stack_config(stack)
+    for key in remove:
+        config.pop(key, None)
+    config.update(overrides or {})
+    engine_config = {
+        k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()
+    }
+
+    monitor = _Monitor(_Mocks())
+    settings.ROOT.set(None)
+    pulumi.runtime.set_mocks(monitor.mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_all_config(engine_config, [])
+    root = settings.get_root_resource()
+
+    _sync_await(run_pulumi_func(lambda: runpy.run_path(str(PROJECT_DIR / "__main__.py"), run_name="__main__")))
+
+    outputs, secret = {}, set()
+    for key, value in root.outputs.items():
+        out = pulumi.Output.from_input(value)
+        outputs[key] = _sync_await(out.future())
+        if _sync_await(out.is_secret()):
+            secret.add(key)
+    return Recording(stack, list(monitor.recorded), outputs, secret)
