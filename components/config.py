@@ -78,6 +78,12 @@ def pinned_image(value: str) -> str:
     return value
 
 
+def _existing_file(value: str) -> str:
+    if not os.path.isfile(os.path.expanduser(value)):
+        raise ValueError(f"expected a readable kubeconfig file, {value!r} does not exist")
+    return value
+
+
 DnsLabel = Annotated[str, AfterValidator(_dns_label)]
 Quantity = Annotated[str, AfterValidator(_quantity)]
 MinikubeSize = Annotated[str, AfterValidator(_minikube_size)]
@@ -113,7 +119,7 @@ class ExistingCluster(_Model):
     """A cluster the user already has, reached through a kubeconfig context."""
 
     kind: Literal["existing"]
-    kubeconfig: str = "~/.kube/config"
+    kubeconfig: Annotated[str, AfterValidator(_existing_file)] = Field("~/.kube/config", validate_default=True)
     context: Optional[str] = None
     kubernetes_version: K8sVersion = "v1.34.0"
     # Folder on the host where model files are fetched to; it must be mounted on the

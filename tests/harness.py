@@ -17,6 +17,7 @@ from typing import Any, Optional
 import pulumi
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
 from pulumi.runtime import settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
@@ -45,6 +46,22 @@ users:
 - name: llm-platform
   user: {client-certificate-data: LS0tLS1CRUdJTi0tLS0t, client-key-data: LS0tLS1CRUdJTi0tLS0t}
 """
+
+
+def is_secret(value: Any) -> bool:
+    """Whether a recorded input is a Pulumi secret (kept encrypted in state and previews)."""
+    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig
+
+
+def reveal(value: Any) -> Any:
+    """The plain value of a recorded input, secrets unwrapped at any depth."""
+    if is_secret(value):
+        return reveal(value["value"])
+    if isinstance(value, dict):
+        return {k: reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [reveal(v) for v in value]
+    return value
 
 
 @dataclass
@@ -124,6 +141,15 @@ class Recording:
         return seen
 
 
+class ProgramFailed(Exception):
+    """The program stopped with `error` after registering `registrations`."""
+
+    def __init__(self, error: Exception, registrations: list[Registration]):
+        super().__init__(str(error))
+        self.error = error
+        self.registrations = registrations
+
+
 class _Mocks(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         state = dict(args.inputs)
@@ -197,7 +223,10 @@ def run(stack: str, overrides: Optional[dict[str, Any]] = None, remove: tuple[st
     pulumi.runtime.set_all_config(engine_config, [])
     root = settings.get_root_resource()
 
-    _sync_await(run_pulumi_func(lambda: runpy.run_path(str(PROJECT_DIR / "__main__.py"), run_name="__main__")))
+    try:
+        _sync_await(run_pulumi_func(lambda: runpy.run_path(str(PROJECT_DIR / "__main__.py"), run_name="__main__")))
+    except Exception as err:
+        raise ProgramFailed(err, list(monitor.recorded)) from err
 
     outputs, secret = {}, set()
     for key, value in root.outputs.items():

@@ -6,19 +6,13 @@ import pathlib
 
 import pulumi
 
-from ..config import ConfigError, ExistingCluster, expand_path
+from ..config import ExistingCluster, expand_path
 from .base import BuiltCluster, IngressFacts
 
 
 def build(parent: pulumi.Resource, name: str, cfg: ExistingCluster) -> BuiltCluster:
-    path = pathlib.Path(expand_path(cfg.kubeconfig))
-    if not path.is_file():
-        raise ConfigError(
-            f"Pulumi.{pulumi.get_stack()}.yaml: llm-platform:cluster.kubeconfig: "
-            f"expected a readable kubeconfig file, {str(path)!r} does not exist"
-        )
     return BuiltCluster(
-        kubeconfig=path.read_text(),
+        kubeconfig=pathlib.Path(expand_path(cfg.kubeconfig)).read_text(),
         context=cfg.context,
         ingress=IngressFacts(service_type=cfg.ingress_service_type, address=cfg.ingress_address),
         host_models_dir=expand_path(cfg.models_dir) if cfg.models_dir else None,

@@ -1,0 +1,94 @@
+"""Bad stack config stops the program before any resource is registered, with one line that
+names the stack file, the key and what was expected."""
+
+import pulumi
+import pytest
+
+from tests import harness
+
+CLUSTER = {
+    "kind": "minikube", "modelsDir": "~/models",
+}
+MODEL = {"name": "tinyllama", "file": "tinyllama-1.1b-chat-v1.0.Q8_0.gguf",
+         "hfRepo": "TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF"}
+
+
+def refused(overrides=None, remove=()):
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("local", overrides, remove)
+    failed = info.value
+    assert isinstance(failed.error, pulumi.RunError), repr(failed.error)
+    assert failed.registrations == [], "resources were registered before the config was checked"
+    message = str(failed.error)
+    assert "\n" not in message and message.startswith("Pulumi.local.yaml: llm-platform:")
+    return message
+
+
+@pytest.mark.parametrize("overrides, key, expected", [
+    ({"llm-platform:accelerator": {"kind": "amd"}},
+     "llm-platform:accelerator.kind", "'none' or 'vulkan', got 'amd'"),
+    ({"llm-platform:models": [{**MODEL, "name": "Tiny_Llama"}]},
+     "llm-platform:models[0].name", "expected a DNS label"),
+    ({"llm-platform:models": [{**MODEL, "replicas": -1}]},
+     "llm-platform:models[0].replicas", "greater than or equal to 0, got -1"),
+    ({"llm-platform:cluster": {"kind": "minikube"}},
+     "llm-platform:cluster.modelsDir", "required key is missing"),
+    ({"llm-platform:cluster": {**CLUSTER, "cpu": 4}},
+     "llm-platform:cluster.cpu", "unknown key"),
+    ({"llm-platform:modelz": [MODEL]},
+     "llm-platform:modelz", "unknown key"),
+    ({"llm-platform:cluster": {"kind": "kind"}},
+     "llm-platform:cluster", "one of 'minikube', 'existing', got 'kind'"),
+    ({"llm-platform:models": [MODEL, MODEL]},
+     "llm-platform:models", "'tinyllama' is used more than once"),
+    ({"llm-platform:models": [{**MODEL, "file": "models/tiny.bin"}]},
+     "llm-platform:models[0].file", "expected a GGUF file name"),
+    ({"llm-platform:models": [{**MODEL, "image": "quay.io/ramalama/ramalama:latest"}]},
+     "llm-platform:models[0].image", "pinned to a tag or digest"),
+    ({"llm-platform:models": [{**MODEL, "resources": {"memory": "lots"}}]},
+     "llm-platform:models[0].resources.memory", "Kubernetes quantity"),
+    ({"llm-platform:mesh": {"chartVersion": "1.x"}},
+     "llm-platform:mesh.chartVersion", "exact chart version"),
+    ({"llm-platform:cluster": {**CLUSTER, "kubernetesVersion": "1.34"}},
+     "llm-platform:cluster.kubernetesVersion", "such as 'v1.34.0'"),
+    ({"llm-platform:models": []},
+     "llm-platform:models", "at least 1 item"),
+])
+def test_bad_value_is_refused_with_key_and_expectation(overrides, key, expected):
+    message = refused(overrides)
+    assert f"Pulumi.local.yaml: {key}: " in message
+    assert expected in message
+
+
+def test_missing_cluster_key_is_refused():
+    message = refused(remove=("llm-platform:cluster",))
+    assert message == "Pulumi.local.yaml: llm-platform:cluster: required key is missing"
+
+
+def test_defaults_serve_tinyllama_when_no_models_are_configured():
+    rec = harness.run("local", remove=("llm-platform:models",))
+    args = rec.one("kubernetes:apps/v1:Deployment").inputs["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "/mnt/models/tinyllama-1.1b-chat-v1.0.Q8_0.gguf" in args
+    assert rec.outputs["modelAliases"] == ["tinyllama"]
+
+
+def test_existing_cluster_serves_on_cpu_with_the_users_kubeconfig(tmp_path):
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(harness.KUBECONFIG)
+    rec = harness.run("local", {
+        "llm-platform:cluster": {"kind": "existing", "kubeconfig": str(kubeconfig), "context": "kind-dev"},
+        "llm-platform:accelerator": {"kind": "none"},
+    })
+    assert not rec.of_type("command:local:Command")  # nothing created, no model fetch
+    assert not rec.of_type("kubernetes:apps/v1:DaemonSet")  # no device plugin on CPU
+    provider = rec.one("pulumi:providers:kubernetes")
+    assert provider.inputs["context"] == "kind-dev"
+    c = rec.one("kubernetes:apps/v1:Deployment").inputs["spec"]["template"]["spec"]["containers"][0]
+    assert "-ngl" not in c["args"] and "command" not in c
+    assert not any("/" in k for k in c["resources"]["limits"])  # no accelerator resource
+    assert rec.one("kubernetes:helm.sh/v3:Release", "mesh-gateway").inputs["values"]["service"]["type"] == "LoadBalancer"
+
+
+def test_existing_cluster_with_missing_kubeconfig_is_refused(tmp_path):
+    message = refused({"llm-platform:cluster": {"kind": "existing", "kubeconfig": str(tmp_path / "nope")}})
+    assert "llm-platform:cluster.kubeconfig: expected a readable kubeconfig file" in message

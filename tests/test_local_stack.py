@@ -1,0 +1,245 @@
+"""What a user of `pulumi up -s local` would check, asserted on the recorded program."""
+
+import shlex
+
+import yaml
+
+from tests import harness
+
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+SERVICE = "kubernetes:core/v1:Service"
+COMMAND = "command:local:Command"
+RELEASE = "kubernetes:helm.sh/v3:Release"
+VS = "kubernetes:networking.istio.io/v1:VirtualService"
+
+
+def _server_container(rec, alias="tinyllama"):
+    dep = rec.one(DEPLOYMENT, f"model-{alias}-deployment")
+    return dep, dep.inputs["spec"]["template"]["spec"]["containers"][0]
+
+
+def _flag(args, name):
+    return args[args.index(name) + 1]
+
+
+def test_minikube_uses_krunkit_and_mounts_models_folder(local):
+    create = local.one(COMMAND, "cluster-minikube").inputs["create"]
+    start = shlex.split(create.split("||", 1)[1].strip(" ()"))
+    assert start[:2] == ["minikube", "start"]
+    assert _flag(start, "--driver") == "krunkit"
+    host, guest = _flag(start, "--mount-string").split(":")
+    assert guest == "/mnt/models"
+    assert host.startswith("/") and host.endswith("/models")  # ~/models, expanded
+    assert _flag(start, "--profile") == "llm-platform"
+    assert _flag(start, "--kubernetes-version") == "v1.34.0"
+    assert local.one(COMMAND, "cluster-minikube").inputs["delete"] == "minikube delete --profile llm-platform"
+
+
+def test_minikube_create_is_idempotent_when_profile_runs(local):
+    create = local.one(COMMAND, "cluster-minikube").inputs["create"]
+    assert "minikube status --profile llm-platform >/dev/null 2>&1 ||" in create
+
+
+def test_device_plugin_advertises_dev_dri(local):
+    ds = local.one("kubernetes:apps/v1:DaemonSet", "gpu-daemonset").inputs
+    pod = ds["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    device = yaml.safe_load(_flag(args, "--device"))
+    assert device["name"] == "dri"
+    assert device["groups"] == [{"count": 4, "paths": [{"path": "/dev/dri"}]}]
+    assert {"name": "dev", "hostPath": {"path": "/dev"}} in pod["volumes"]
+    assert ds["metadata"]["namespace"] == "kube-system"
+
+
+def test_model_server_asks_for_the_gpu_and_offloads_all_layers(local):
+    _, c = _server_container(local)
+    assert c["resources"]["limits"]["squat.ai/dri"] == "1"
+    assert c["command"] == ["llama-server"]
+    assert int(_flag(c["args"], "-ngl")) >= 999
+    assert _flag(c["args"], "--host") == "0.0.0.0"
+    assert _flag(c["args"], "--alias") == "tinyllama"
+    assert _flag(c["args"], "--ctx-size") == "4096"
+    assert c["image"].startswith("quay.io/ramalama/ramalama:")
+
+
+def test_model_path_is_the_mounted_file(local):
+    dep, c = _server_container(local)
+    model_path = _flag(c["args"], "-m")
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "models")
+    volume = next(v for v in dep.inputs["spec"]["template"]["spec"]["volumes"] if v["name"] == "models")
+    assert model_path == f"{mount['mountPath']}/tinyllama-1.1b-chat-v1.0.Q8_0.gguf"
+    assert volume["hostPath"]["path"] == mount["mountPath"] == "/mnt/models"
+    # ...and that folder is the one minikube mounts from the host.
+    create = local.one(COMMAND, "cluster-minikube").inputs["create"]
+    assert f":{mount['mountPath']}" in create
+
+
+def test_model_file_fetched_into_the_mounted_host_folder_before_the_server(local):
+    fetch = local.one(COMMAND, "model-tinyllama-model-file")
+    argv = shlex.split(fetch.inputs["create"])
+    start = shlex.split(local.one(COMMAND, "cluster-minikube").inputs["create"].split("||", 1)[1].strip(" ()"))
+    host_dir = _flag(start, "--mount-string").split(":")[0]
+    assert _flag(argv, "--dest") == f"{host_dir}/tinyllama-1.1b-chat-v1.0.Q8_0.gguf"
+    assert _flag(argv, "--url") == (
+        "https://huggingface.co/TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF/resolve/main/"
+        "tinyllama-1.1b-chat-v1.0.Q8_0.gguf"
+    )
+    dep, _ = _server_container(local)
+    assert fetch.urn in dep.dependencies
+
+
+def test_probes_use_health_and_allow_slow_loads(local):
+    _, c = _server_container(local)
+    for probe in ("startupProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["path"] == "/health"
+        assert c[probe]["httpGet"]["port"] in ("http", 8080)
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 15 * 60
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
+
+
+def test_v1_routes_to_the_model_service_and_root_to_the_ui(local):
+    svc = local.one(SERVICE, "model-tinyllama-service").inputs
+    _, c = _server_container(local)
+    routes = {r["name"]: r for r in local.one(VS).inputs["spec"]["http"]}
+
+    v1 = routes["v1"]
+    assert v1["match"] == [{"uri": {"prefix": "/v1"}}]
+    dest = v1["route"][0]["destination"]
+    assert dest["host"] == f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
+    assert dest["port"]["number"] == svc["spec"]["ports"][0]["port"] == c["ports"][0]["containerPort"]
+    assert svc["spec"]["selector"] == local.one(DEPLOYMENT).inputs["spec"]["template"]["metadata"]["labels"]
+
+    ui = routes["ui"]
+    assert ui["match"] == [{"uri": {"prefix": "/"}}]
+    assert ui["route"][0]["destination"] == {
+        "host": "open-webui.open-webui.svc.cluster.local", "port": {"number": 80}
+    }
+    # Longest prefixes first: `/` last, or it would swallow `/v1`.
+    assert list(routes)[-1] == "ui"
+
+
+def test_gateway_binds_to_the_mesh_ingress(local):
+    gw = local.one("kubernetes:networking.istio.io/v1:Gateway").inputs
+    vs = local.one(VS).inputs
+    ingress = local.one(RELEASE, "mesh-gateway").inputs
+    assert gw["spec"]["selector"] == {"istio": "ingress"}
+    assert ingress["name"] == "istio-ingress"  # the chart labels pods istio=ingress
+    assert vs["spec"]["gateways"] == [f"{gw['metadata']['namespace']}/{gw['metadata']['name']}"]
+    assert ingress["values"]["service"]["type"] == "NodePort"
+
+
+def test_open_webui_points_at_the_gateway_v1_with_ollama_off_and_storage(local):
+    app = local.one("kubernetes:argoproj.io/v1alpha1:Application").inputs
+    values = app["spec"]["source"]["helm"]["valuesObject"]
+    assert app["spec"]["source"]["chart"] == "open-webui"
+    assert values["ollama"]["enabled"] is False
+    assert values["openaiBaseApiUrls"] == [
+        "http://istio-ingress.istio-ingress.svc.cluster.local/models/tinyllama/v1"
+    ]
+    assert values["persistence"]["enabled"] is True
+    # The per-model prefix is routed and rewritten to the server's /v1.
+    route = next(r for r in local.one(VS).inputs["spec"]["http"] if r["name"] == "model-tinyllama")
+    assert route["match"][0]["uri"]["prefix"] == "/models/tinyllama/v1"
+    assert route["rewrite"] == {"uri": "/v1"}
+
+
+def test_istio_charts_installed_in_order_and_pinned(local):
+    base, istiod, gateway = (local.one(RELEASE, f"mesh-{n}") for n in ("base", "istiod", "gateway"))
+    assert base.urn in istiod.dependencies
+    assert istiod.urn in gateway.dependencies
+    for rel in (base, istiod, gateway):
+        assert rel.inputs["repositoryOpts"]["repo"] == "https://istio-release.storage.googleapis.com/charts"
+        assert rel.inputs["version"].count(".") == 2
+    models_ns = local.one("kubernetes:core/v1:Namespace", "mesh-ns-models")
+    assert models_ns.inputs["metadata"]["labels"]["istio-injection"] == "enabled"
+    assert istiod.urn in models_ns.dependencies
+
+
+def test_custom_resources_wait_for_the_release_with_their_crds(local):
+    base = local.one(RELEASE, "mesh-base").urn
+    argocd = local.one(RELEASE, "gitops-argocd").urn
+    for r in local.registrations:
+        if "networking.istio.io" in r.type:
+            assert base in r.dependencies, r.name
+        if "argoproj.io" in r.type:
+            assert argocd in r.dependencies, r.name
+
+
+def test_nothing_waits_on_what_it_does_not_need(local):
+    argocd = local.one(RELEASE, "gitops-argocd")
+    mesh = {local.one(RELEASE, f"mesh-{n}").urn for n in ("base", "istiod", "gateway")}
+    server = local.one(DEPLOYMENT)
+    # Argo CD and the model servers do not wait for Istio's ingress gateway.
+    assert not mesh & set(argocd.dependencies)
+    assert local.one(RELEASE, "mesh-gateway").urn not in local.depends_transitively(server)
+    assert argocd.urn not in local.depends_transitively(server)
+    # Mesh does not wait on model files or the device plugin.
+    for name in ("mesh-base", "mesh-istiod", "mesh-gateway"):
+        deps = local.depends_transitively(local.one(RELEASE, name))
+        assert local.one(COMMAND, "model-tinyllama-model-file").urn not in deps
+        assert local.one("kubernetes:apps/v1:DaemonSet").urn not in deps
+
+
+def test_every_kubernetes_resource_uses_the_cluster_provider(local):
+    provider = local.one("pulumi:providers:kubernetes")
+    assert harness.is_secret(provider.inputs["kubeconfig"])
+    assert harness.reveal(provider.inputs["kubeconfig"]) == harness.KUBECONFIG
+    applied = [r for r in local.registrations if r.type.startswith("kubernetes:")]
+    assert len(applied) >= 10
+    for r in applied:
+        assert r.provider_urn == provider.urn, r.name
+
+
+def test_children_are_parented_to_their_components(local):
+    components = {r.urn: r for r in local.registrations if r.type.startswith("llm-platform:index:")}
+    assert len({r.type for r in components.values()}) == 6
+    for r in local.registrations:
+        if r.custom:
+            assert r.parent in components, f"{r.type} {r.name} has no component parent"
+
+
+def test_all_images_and_charts_pinned(local):
+    for r in local.of_type(RELEASE):
+        assert r.inputs["version"] and not r.inputs["version"].startswith(("^", "~", ">"))
+    for r in local.registrations:
+        spec = r.inputs.get("spec", {}).get("template", {}).get("spec", {})
+        for c in spec.get("containers", []):
+            tag = c["image"].rsplit(":", 1)[1]
+            assert tag not in ("latest", "dev-slim"), c["image"]
+
+
+def test_stack_outputs(local):
+    out = local.outputs
+    assert out["ingressUrl"] == f"http://{harness.MINIKUBE_IP}:30080"
+    assert out["apiBaseUrl"] == out["ingressUrl"] + "/v1"
+    assert out["uiUrl"] == out["ingressUrl"] + "/"
+    assert out["modelAliases"] == ["tinyllama"]
+    assert out["kubeconfig"] == harness.KUBECONFIG
+    assert "kubeconfig" in local.secret_outputs
+    assert local.one(COMMAND, "cluster-kubeconfig") is not None
+
+
+def test_second_run_registers_identical_resources(local):
+    again = harness.run("local")
+    first = [(r.type, r.name, r.parent, sorted(r.dependencies), r.inputs) for r in local.registrations]
+    second = [(r.type, r.name, r.parent, sorted(r.dependencies), r.inputs) for r in again.registrations]
+    assert sorted(first, key=repr) == sorted(second, key=repr)
+
+
+def test_more_models_each_get_a_server_route_and_ui_connection():
+    models = [
+        {"name": "tinyllama", "file": "tinyllama-1.1b-chat-v1.0.Q8_0.gguf",
+         "hfRepo": "TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF"},
+        {"name": "qwen", "file": "qwen2.5-0.5b-instruct-q8_0.gguf",
+         "url": "https://example.org/qwen2.5-0.5b-instruct-q8_0.gguf", "ctxSize": 8192},
+    ]
+    rec = harness.run("local", {"llm-platform:models": models})
+    assert {r.name for r in rec.of_type(DEPLOYMENT)} == {"model-tinyllama-deployment", "model-qwen-deployment"}
+    routes = {r["name"]: r for r in rec.one(VS).inputs["spec"]["http"]}
+    assert routes["model-qwen"]["route"][0]["destination"]["host"] == "qwen.models.svc.cluster.local"
+    assert routes["v1"]["route"][0]["destination"]["host"] == "tinyllama.models.svc.cluster.local"
+    urls = rec.one("kubernetes:argoproj.io/v1alpha1:Application").inputs["spec"]["source"]["helm"][
+        "valuesObject"]["openaiBaseApiUrls"]
+    assert len(urls) == 2 and urls[1].endswith("/models/qwen/v1")
+    assert rec.outputs["modelAliases"] == ["tinyllama", "qwen"]
