@@ -17,7 +17,10 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    Discriminator,
+    Tag,
     field_validator,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -129,15 +132,100 @@ class ExistingCluster(_Model):
     ingress_address: str = "localhost"
 
 
-ClusterConfig = Annotated[Union[MinikubeCluster, ExistingCluster], Field(discriminator="kind")]
-CLUSTER_KINDS = ("minikube", "existing")
+class NodeGroup(_Model):
+    instance_type: str = Field(pattern=r"^[a-z0-9-]+\.[a-z0-9]+$")
+    min_size: int = Field(1, ge=0)
+    desired_size: int = Field(1, ge=0)
+    max_size: int = Field(2, ge=1)
+    disk_size_gb: int = Field(50, ge=20)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "NodeGroup":
+        if not self.min_size <= self.desired_size <= self.max_size:
+            raise ValueError(
+                f"expected minSize <= desiredSize <= maxSize, got {self.min_size}, {self.desired_size}, {self.max_size}"
+            )
+        return self
+
+
+class GpuNodeGroup(NodeGroup):
+    instance_type: str = Field("g6.xlarge", pattern=r"^[a-z0-9-]+\.[a-z0-9]+$")
+    ami_type: Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"] = "AL2023_x86_64_NVIDIA"
+    min_size: int = Field(0, ge=0)
+    disk_size_gb: int = Field(200, ge=50)
+
+
+class EksCluster(_Model):
+    """EKS in its own VPC: a system node group and a tainted NVIDIA GPU node group."""
+
+    kind: Literal["eks"]
+    name: DnsLabel = "llm-platform"
+    region: str = Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-[0-9]$")
+    availability_zones: list[str] = Field(min_length=2)
+    kubernetes_version: str = Field("1.33", pattern=r"^1\.[0-9]+$")
+    vpc_cidr: str = Field("10.0.0.0/16", pattern=r"^[0-9.]+/16$")
+    system_nodes: NodeGroup = NodeGroup(instance_type="m6i.large", min_size=2, desired_size=2, max_size=3)
+    gpu_nodes: GpuNodeGroup = GpuNodeGroup()
+
+    @model_validator(mode="after")
+    def _zones_in_region(self) -> "EksCluster":
+        for zone in self.availability_zones:
+            if not re.match(rf"^{re.escape(self.region)}[a-z]$", zone):
+                raise ValueError(f"availabilityZones: expected zones of {self.region} such as {self.region}a, got {zone!r}")
+        return self
+
+
+class GkeNodePool(_Model):
+    machine_type: str = Field("e2-standard-4", pattern=r"^[a-z0-9]+-[a-z0-9-]+$")
+    min_nodes: int = Field(1, ge=0)
+    max_nodes: int = Field(3, ge=1)
+
+
+class TpuNodePool(GkeNodePool):
+    machine_type: str = "ct5lp-hightpu-4t"
+    min_nodes: int = Field(0, ge=0)
+    max_nodes: int = Field(1, ge=1)
+    # A zone of the region that offers this TPU generation.
+    zone: str = Field(pattern=r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
+    # Only for multi-host slices, e.g. "4x4"; single-host pools take the host's topology.
+    topology: Optional[str] = Field(None, pattern=r"^[0-9]+x[0-9]+(x[0-9]+)?$")
+    spot: bool = False
+
+
+class GkeCluster(_Model):
+    """GKE Standard in its own VPC network: a system pool and a TPU pool."""
+
+    kind: Literal["gke"]
+    name: DnsLabel = "llm-platform"
+    project: str = Field(pattern=r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
+    region: str = Field(pattern=r"^[a-z]+-[a-z]+[0-9]+$")
+    # A region for a regional control plane, or a zone for a zonal one.
+    location: Optional[str] = Field(None, pattern=r"^[a-z]+-[a-z]+[0-9]+(-[a-z])?$")
+    release_channel: Literal["RAPID", "REGULAR", "STABLE"] = "REGULAR"
+    kubernetes_version: str = Field("1.33", pattern=r"^1\.[0-9]+$")
+    subnet_cidr: str = Field("10.10.0.0/20", pattern=r"^[0-9.]+/[0-9]+$")
+    system_pool: GkeNodePool = GkeNodePool()
+    tpu_pool: TpuNodePool
+
+    @model_validator(mode="after")
+    def _zones_in_region(self) -> "GkeCluster":
+        for key, zone in (("location", self.location), ("tpuPool.zone", self.tpu_pool.zone)):
+            if zone and not zone.startswith(self.region):
+                raise ValueError(f"{key}: expected {self.region} or one of its zones, got {zone!r}")
+        return self
+
+
+ClusterConfig = Annotated[
+    Union[MinikubeCluster, ExistingCluster, EksCluster, GkeCluster], Field(discriminator="kind")
+]
+CLUSTER_KINDS = ("minikube", "existing", "eks", "gke")
 
 
 # --- accelerator ---------------------------------------------------------------------------
 
 
 class AcceleratorConfig(_Model):
-    kind: Literal["none", "vulkan"] = "vulkan"
+    kind: Literal["none", "vulkan", "nvidia", "tpu"] = "vulkan"
     # How many pods may share one GPU device (generic-device-plugin group count).
     share_count: int = Field(4, ge=1, le=64)
 
@@ -165,7 +253,7 @@ def _sha256(value: str) -> str:
 
 
 class ModelConfig(_Model):
-    """One served model; `name` is the alias clients pass as `model` and the Kubernetes name."""
+    """A GGUF model served by llama.cpp; `name` is the alias clients pass as `model`."""
 
     name: DnsLabel
     runtime: Literal["llama-cpp"] = "llama-cpp"
@@ -188,6 +276,42 @@ class ModelConfig(_Model):
             return f"https://huggingface.co/{self.hf_repo}/resolve/main/{self.file}"
         return None
 
+
+class VllmResources(Resources):
+    cpu: Quantity = "4"
+    memory: Quantity = "16Gi"
+    cpu_limit: Quantity = "8"
+    memory_limit: Quantity = "24Gi"
+
+
+class VllmModel(_Model):
+    """A Hugging Face model served by vLLM; weights are cached on a PVC."""
+
+    name: DnsLabel
+    runtime: Literal["vllm"]
+    hf_model: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
+    max_model_len: int = Field(8192, ge=256)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    # Accelerators per replica (= --tensor-parallel-size). Default: 1 GPU, or every TPU chip of a host.
+    accelerators: Optional[int] = Field(None, ge=1)
+    replicas: int = Field(1, ge=0)
+    cache_size: Quantity = "100Gi"
+    resources: VllmResources = VllmResources()
+    image: Optional[Image] = None
+    extra_args: list[str] = []
+
+
+def _runtime_of(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("runtime", "llama-cpp")
+    return getattr(value, "runtime", "llama-cpp")
+
+
+AnyModel = Annotated[
+    Union[Annotated[ModelConfig, Tag("llama-cpp")], Annotated[VllmModel, Tag("vllm")]],
+    Discriminator(_runtime_of),
+]
+RUNTIMES = ("llama-cpp", "vllm")
 
 DEFAULT_MODEL = ModelConfig(
     name="tinyllama",
@@ -236,7 +360,7 @@ class GatewayConfig(_Model):
 class StackConfig(_Model):
     cluster: ClusterConfig
     accelerator: AcceleratorConfig = AcceleratorConfig()
-    models: list[ModelConfig] = Field(default_factory=lambda: [DEFAULT_MODEL], min_length=1)
+    models: list[AnyModel] = Field(default_factory=lambda: [DEFAULT_MODEL], min_length=1)
     models_namespace: DnsLabel = "models"
     mesh: MeshConfig = MeshConfig()
     gitops: GitOpsConfig = GitOpsConfig()
@@ -246,7 +370,7 @@ class StackConfig(_Model):
 
     @field_validator("models")
     @classmethod
-    def _unique_names(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+    def _unique_names(cls, models: list) -> list:
         names = [m.name for m in models]
         for name in names:
             if names.count(name) > 1:
@@ -262,8 +386,10 @@ def _key_path(loc: tuple) -> str:
     for i, item in enumerate(loc):
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif i == 1 and loc[0] == "cluster" and item in CLUSTER_KINDS:
-            continue  # the discriminator pydantic inserts, not a key the user wrote
+        elif (i == 1 and loc[0] == "cluster" and item in CLUSTER_KINDS) or (
+            i == 2 and loc[0] == "models" and item in RUNTIMES
+        ):
+            continue  # the union tag pydantic inserts, not a key the user wrote
         else:
             parts.append(("." if parts else f"{PROJECT}:") + item)
     return "".join(parts) or PROJECT
@@ -276,7 +402,9 @@ def _message(err: dict) -> str:
     if kind == "extra_forbidden":
         return "unknown key (check the spelling against the README's config reference)"
     if kind == "union_tag_invalid":
-        return f"expected kind to be one of {err['ctx']['expected_tags']}, got {err['ctx']['tag']!r}"
+        ctx = err["ctx"]
+        field = "runtime" if "runtime" in ctx["discriminator"] else "kind"
+        return f"expected {field} to be one of {ctx['expected_tags']}, got {ctx['tag']!r}"
     msg = err["msg"].removeprefix("Value error, ")
     if kind in ("literal_error", "int_parsing", "greater_than_equal",
                 "less_than_equal", "string_pattern_mismatch", "too_short", "greater_than"):
@@ -290,7 +418,12 @@ def parse(raw: dict[str, Any], stack_file: str) -> StackConfig:
         return StackConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise ConfigError(f"{stack_file}: {_key_path(err['loc'])}: {_message(err)}") from None
+        key, msg = _key_path(err["loc"]), _message(err)
+        # Checks across fields name their own key first: "availabilityZones: expected ...".
+        sub = re.match(r"^([a-zA-Z][\w.]*): (.*)$", msg)
+        if err["type"] == "value_error" and sub:
+            key, msg = f"{key}.{sub.group(1)}", sub.group(2)
+        raise ConfigError(f"{stack_file}: {key}: {msg}") from None
 
 
 def _decode(value: Any) -> Any:

@@ -26,7 +26,7 @@ def refused(overrides=None, remove=()):
 
 @pytest.mark.parametrize("overrides, key, expected", [
     ({"llm-platform:accelerator": {"kind": "amd"}},
-     "llm-platform:accelerator.kind", "'none' or 'vulkan', got 'amd'"),
+     "llm-platform:accelerator.kind", "'vulkan', 'nvidia' or 'tpu', got 'amd'"),
     ({"llm-platform:models": [{**MODEL, "name": "Tiny_Llama"}]},
      "llm-platform:models[0].name", "expected a DNS label"),
     ({"llm-platform:models": [{**MODEL, "replicas": -1}]},
@@ -38,7 +38,7 @@ def refused(overrides=None, remove=()):
     ({"llm-platform:modelz": [MODEL]},
      "llm-platform:modelz", "unknown key"),
     ({"llm-platform:cluster": {"kind": "kind"}},
-     "llm-platform:cluster", "one of 'minikube', 'existing', got 'kind'"),
+     "llm-platform:cluster", "one of 'minikube', 'existing', 'eks', 'gke', got 'kind'"),
     ({"llm-platform:models": [MODEL, MODEL]},
      "llm-platform:models", "'tinyllama' is used more than once"),
     ({"llm-platform:models": [{**MODEL, "file": "models/tiny.bin"}]},
