@@ -15,7 +15,10 @@ except ConfigError as err:
     # RunError prints just the message: one line, no traceback.
     raise pulumi.RunError(str(err)) from None
 
-cluster = Cluster("cluster", {"config": cfg.cluster, "accelerator": accelerator_from_config(cfg.accelerator)})
+cluster = Cluster("cluster", {
+    "config": cfg.cluster,
+    "accelerator": accelerator_from_config(cfg.accelerator, cfg.cluster),
+})
 provider = cluster.provider
 
 GpuDevicePlugin("gpu", {"accelerator": cluster.accelerator, "provider": provider})

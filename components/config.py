@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from .hardware import GPUS_PER_INSTANCE, TPU_ACCELERATOR_LABELS, gpus_per_instance, tpu_host
+
 PROJECT = "llm-platform"
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -148,8 +150,22 @@ class NodeGroup(_Model):
         return self
 
 
+def _gpu_instance(value: str) -> str:
+    if gpus_per_instance(value) is None:
+        families = ", ".join(f"{f}.*" for f in GPUS_PER_INSTANCE)
+        raise ValueError(f"expected an NVIDIA GPU instance type ({families}), got {value!r}")
+    return value
+
+
+def _tpu_machine(value: str) -> str:
+    if tpu_host(value) is None:
+        kinds = " or ".join(f"{f}-1t/4t/8t" for f in TPU_ACCELERATOR_LABELS)
+        raise ValueError(f"cannot derive the TPU accelerator from {value!r}; expected {kinds}")
+    return value
+
+
 class GpuNodeGroup(NodeGroup):
-    instance_type: str = Field("g6.xlarge", pattern=r"^[a-z0-9-]+\.[a-z0-9]+$")
+    instance_type: Annotated[str, AfterValidator(_gpu_instance)] = "g6.xlarge"
     ami_type: Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"] = "AL2023_x86_64_NVIDIA"
     min_size: int = Field(0, ge=0)
     disk_size_gb: int = Field(200, ge=50)
@@ -182,7 +198,7 @@ class GkeNodePool(_Model):
 
 
 class TpuNodePool(GkeNodePool):
-    machine_type: str = "ct5lp-hightpu-4t"
+    machine_type: Annotated[str, AfterValidator(_tpu_machine)] = "ct5lp-hightpu-4t"
     min_nodes: int = Field(0, ge=0)
     max_nodes: int = Field(1, ge=1)
     # A zone of the region that offers this TPU generation.
@@ -357,6 +373,23 @@ class GatewayConfig(_Model):
     tls_secret: Optional[DnsLabel] = None
 
 
+ACCELERATORS_BY_CLUSTER = {
+    "minikube": ("vulkan", "none"),
+    "existing": ("none",),
+    "eks": ("nvidia",),
+    "gke": ("tpu",),
+}
+RUNTIMES_BY_ACCELERATOR = {"vulkan": ("llama-cpp",), "none": ("llama-cpp",), "nvidia": ("vllm",), "tpu": ("vllm",)}
+
+
+def _accelerators_per_node(cluster: Any) -> Optional[int]:
+    if cluster.kind == "eks":
+        return gpus_per_instance(cluster.gpu_nodes.instance_type)
+    if cluster.kind == "gke":
+        return tpu_host(cluster.tpu_pool.machine_type).chips
+    return None
+
+
 class StackConfig(_Model):
     cluster: ClusterConfig
     accelerator: AcceleratorConfig = AcceleratorConfig()
@@ -367,6 +400,30 @@ class StackConfig(_Model):
     ui: UiConfig = UiConfig()
     apps: list[AppConfig] = []
     gateway: GatewayConfig = GatewayConfig()
+
+    @model_validator(mode="after")
+    def _fits_the_cluster(self) -> "StackConfig":
+        accel = self.accelerator.kind
+        if accel not in ACCELERATORS_BY_CLUSTER[self.cluster.kind]:
+            allowed = " or ".join(ACCELERATORS_BY_CLUSTER[self.cluster.kind])
+            raise ValueError(f"accelerator.kind: {self.cluster.kind} clusters serve on {allowed}, got {accel!r}")
+        per_node = _accelerators_per_node(self.cluster)
+        for i, m in enumerate(self.models):
+            if m.runtime not in RUNTIMES_BY_ACCELERATOR[accel]:
+                raise ValueError(
+                    f"models[{i}].runtime: on {accel!r} models run with "
+                    f"{' or '.join(RUNTIMES_BY_ACCELERATOR[accel])}, got {m.runtime!r}"
+                )
+            asked = getattr(m, "accelerators", None)
+            if asked and per_node and asked > per_node:
+                raise ValueError(
+                    f"models[{i}].accelerators: {asked} asked (tensor-parallel size) but a node has only {per_node}"
+                )
+            if asked and accel == "tpu" and asked != per_node:
+                raise ValueError(
+                    f"models[{i}].accelerators: a TPU pod takes every chip of its host ({per_node}), got {asked}"
+                )
+        return self
 
     @field_validator("models")
     @classmethod
@@ -420,9 +477,10 @@ def parse(raw: dict[str, Any], stack_file: str) -> StackConfig:
         err = exc.errors()[0]
         key, msg = _key_path(err["loc"]), _message(err)
         # Checks across fields name their own key first: "availabilityZones: expected ...".
-        sub = re.match(r"^([a-zA-Z][\w.]*): (.*)$", msg)
+        sub = re.match(r"^([a-zA-Z][\w.\[\]]*): (.*)$", msg)
         if err["type"] == "value_error" and sub:
-            key, msg = f"{key}.{sub.group(1)}", sub.group(2)
+            key = f"{key}.{sub.group(1)}" if key != PROJECT else f"{PROJECT}:{sub.group(1)}"
+            msg = sub.group(2)
         raise ConfigError(f"{stack_file}: {key}: {msg}") from None
 
 

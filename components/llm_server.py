@@ -10,24 +10,25 @@ import pulumi_command as command
 import pulumi_kubernetes as k8s
 
 from .accelerators import Accelerator
-from .config import ModelConfig
-from .serving import MODELS_MOUNT, server_spec
+from .serving import CACHE_MOUNT, MODELS_MOUNT, ServerSpec, server_spec
 
-# A multi-GB model can take many minutes to load; the startup probe allows 30 minutes.
-STARTUP_PERIOD_S = 10
-STARTUP_FAILURES = 180
+PROBE_PERIOD_S = 10
 
 
 class LlmServerArgs(TypedDict):
-    model: ModelConfig
+    model: object  # ModelConfig or VllmModel
     accelerator: Accelerator
     namespace: pulumi.Input[str]
     provider: k8s.Provider
-    # Host folder mounted on the node at /mnt/models; the model file is fetched there.
+    # Host folder mounted on the node at /mnt/models; GGUF files are fetched there.
     host_models_dir: Optional[str]
+    # StorageClass of the model cache PVC (servers that download weights).
+    storage_class: Optional[pulumi.Input[str]]
+    # Hugging Face token (a Pulumi secret), for gated models; None for public ones.
+    hf_token: Optional[pulumi.Output[str]]
 
 
-def fetch_command(model: ModelConfig, models_dir: str) -> str:
+def fetch_command(model, models_dir: str) -> str:
     argv = ["python3", "scripts/fetch_model.py", "--dest", f"{models_dir}/{model.file}"]
     if model.download_url:
         argv += ["--url", model.download_url]
@@ -53,82 +54,117 @@ class LlmServer(pulumi.ComponentResource):
         self.service_name = model.name
         self.port = spec.port
         self.namespace = pulumi.Output.from_input(args["namespace"])
-
-        waits_for: list[pulumi.Resource] = []
-        if args["host_models_dir"]:
-            # Runs on the machine running Pulumi: downloads only when the file is absent,
-            # then verifies it, so a second `up` never downloads again.
-            waits_for.append(command.local.Command(
-                f"{name}-model-file",
-                create=fetch_command(model, args["host_models_dir"]),
-                opts=pulumi.ResourceOptions(parent=self),
-            ))
-
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=provider)
         labels = {
             "app.kubernetes.io/name": model.name,
             "app.kubernetes.io/component": "model-server",
             "app.kubernetes.io/part-of": "llm-platform",
         }
-        probe = {"httpGet": {"path": spec.health_path, "port": "http"}, "timeoutSeconds": 5}
-        container = {
-            "name": "server",
-            "image": spec.image,
-            "args": spec.args,
-            "ports": [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}],
-            "resources": {
-                "requests": {"cpu": model.resources.cpu, "memory": model.resources.memory},
-                "limits": {
-                    "cpu": model.resources.cpu_limit,
-                    "memory": model.resources.memory_limit,
-                    **accel.limits(),
+        meta = {"namespace": self.namespace, "labels": labels}
+
+        waits_for: list[pulumi.Resource] = []
+        volumes, mounts, env = [], [], [{"name": k, "value": v} for k, v in spec.env.items()]
+        if spec.model_store == "host":
+            volumes.append({"name": "models", "hostPath": {"path": MODELS_MOUNT, "type": "Directory"}})
+            mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
+            if args["host_models_dir"]:
+                # Runs where Pulumi runs: downloads only when the file is absent, then
+                # verifies it, so a second `up` never downloads again.
+                waits_for.append(command.local.Command(
+                    f"{name}-model-file",
+                    create=fetch_command(model, args["host_models_dir"]),
+                    opts=pulumi.ResourceOptions(parent=self),
+                ))
+        else:
+            # Weights (and compiled XLA graphs) outlive pods: restarts never download again.
+            cache = k8s.core.v1.PersistentVolumeClaim(
+                f"{name}-cache",
+                metadata={**meta, "name": f"{model.name}-cache",
+                          "annotations": {"pulumi.com/skipAwait": "true"}},
+                spec={
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": args["storage_class"],
+                    "resources": {"requests": {"storage": model.cache_size}},
                 },
-            },
-            "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}],
-            # /health answers 503 while the model loads and 200 once it can serve.
-            "startupProbe": {**probe, "periodSeconds": STARTUP_PERIOD_S, "failureThreshold": STARTUP_FAILURES},
-            "readinessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
-            "livenessProbe": {**probe, "periodSeconds": 30, "failureThreshold": 5},
-        }
-        if spec.command:
-            container["command"] = spec.command
+                # Bound only when its pod is scheduled (WaitForFirstConsumer): do not await.
+                opts=k8s_opts,
+            )
+            volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": cache.metadata.name}})
+            mounts.append({"name": "cache", "mountPath": CACHE_MOUNT})
+            if args["hf_token"] is not None:
+                token = k8s.core.v1.Secret(
+                    f"{name}-hf-token",
+                    metadata={**meta, "name": f"{model.name}-hf-token"},
+                    string_data={"HF_TOKEN": args["hf_token"]},
+                    opts=k8s_opts,
+                )
+                env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+                    "name": token.metadata.name, "key": "HF_TOKEN"}}})
+        if spec.shared_memory:
+            volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}})
+            mounts.append({"name": "shm", "mountPath": "/dev/shm"})
 
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata={"name": model.name, "namespace": self.namespace, "labels": labels},
+            metadata={**meta, "name": model.name},
             spec={
                 "replicas": model.replicas,
-                "progressDeadlineSeconds": STARTUP_PERIOD_S * STARTUP_FAILURES,
+                "progressDeadlineSeconds": spec.startup_minutes * 60,
                 "selector": {"matchLabels": labels},
                 "template": {
                     "metadata": {"labels": labels},
                     "spec": {
-                        "containers": [container],
+                        "containers": [_container(model, accel, spec, env, mounts)],
                         "nodeSelector": dict(accel.node_selector) or None,
                         "tolerations": list(accel.tolerations) or None,
-                        "volumes": [{
-                            "name": "models",
-                            "hostPath": {"path": MODELS_MOUNT, "type": "Directory"},
-                        }],
+                        "volumes": volumes,
                     },
                 },
             },
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                provider=provider,
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
                 depends_on=waits_for,
-                custom_timeouts=pulumi.CustomTimeouts(create="40m", update="40m"),
-            ),
+                custom_timeouts=pulumi.CustomTimeouts(
+                    create=f"{spec.startup_minutes + 10}m", update=f"{spec.startup_minutes + 10}m"
+                ),
+            )),
         )
         self.service = k8s.core.v1.Service(
             f"{name}-service",
-            metadata={"name": model.name, "namespace": self.namespace, "labels": labels},
+            metadata={**meta, "name": model.name},
             spec={
                 "selector": labels,
                 "ports": [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}],
             },
-            opts=pulumi.ResourceOptions(parent=self, provider=provider),
+            opts=k8s_opts,
         )
         self.service_host = pulumi.Output.concat(
             self.service.metadata.name, ".", self.service.metadata.namespace, ".svc.cluster.local"
         )
         self.register_outputs({"alias": self.alias, "serviceHost": self.service_host, "port": self.port})
+
+
+def _container(model, accel: Accelerator, spec: ServerSpec, env: list, mounts: list) -> dict:
+    probe = {"httpGet": {"path": spec.health_path, "port": "http"}, "timeoutSeconds": 5}
+    accelerators = {accel.resource: str(spec.accelerators)} if accel.resource else {}
+    container = {
+        "name": "server",
+        "image": spec.image,
+        "args": spec.args,
+        "env": env or None,
+        "ports": [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}],
+        "resources": {
+            "requests": {"cpu": model.resources.cpu, "memory": model.resources.memory, **accelerators},
+            "limits": {"cpu": model.resources.cpu_limit, "memory": model.resources.memory_limit, **accelerators},
+        },
+        "volumeMounts": mounts,
+        # /health answers 503 while the model loads and 200 once it can serve.
+        "startupProbe": {
+            **probe, "periodSeconds": PROBE_PERIOD_S,
+            "failureThreshold": spec.startup_minutes * 60 // PROBE_PERIOD_S,
+        },
+        "readinessProbe": {**probe, "periodSeconds": PROBE_PERIOD_S, "failureThreshold": 3},
+        "livenessProbe": {**probe, "periodSeconds": 30, "failureThreshold": 5},
+    }
+    if spec.command:
+        container["command"] = spec.command
+    return container

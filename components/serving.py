@@ -1,20 +1,20 @@
-"""The one table of model-server runtimes: (runtime, accelerator) -> image, command and flags.
-
-LlmServer builds its pod from what this returns, so a new accelerator or runtime is a new row
-here rather than an `if` inside a component.
+"""The one table of model-server runtimes: (runtime, accelerator) -> image, command, flags,
+environment and volumes. LlmServer builds its pod from what this returns, so a new accelerator
+or runtime is a new row here rather than an `if` inside a component.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from .accelerators import Accelerator
-from .config import ModelConfig
 
 MODELS_MOUNT = "/mnt/models"
+CACHE_MOUNT = "/data"
 # llama.cpp's default port is moving (8080 -> 9931): always pass it explicitly.
 LLAMA_CPP_PORT = 8080
+VLLM_PORT = 8000
 # -ngl larger than any model's layer count: every layer goes to the GPU.
 ALL_LAYERS = 999
 
@@ -25,6 +25,13 @@ class ServerSpec:
     command: Optional[list[str]]
     args: list[str]
     port: int
+    env: dict[str, str] = field(default_factory=dict)
+    # "host": GGUF files from the host folder at /mnt/models; "cache": a PVC at /data.
+    model_store: str = "host"
+    shared_memory: bool = False
+    # How long the slowest load may take before the startup probe gives up.
+    startup_minutes: int = 30
+    accelerators: int = 0
     health_path: str = "/health"
 
 
@@ -33,11 +40,19 @@ class _Runtime:
     image: str
     # None: the image's entrypoint is already the server; pass flags only.
     command: Optional[list[str]]
-    build_args: Callable[[ModelConfig, Accelerator], list[str]]
+    build_args: Callable[..., list[str]]
     port: int
+    env: dict[str, str] = field(default_factory=dict)
+    model_store: str = "host"
+    shared_memory: bool = False
+    startup_minutes: int = 30
 
 
-def _llama_cpp_args(model: ModelConfig, accel: Accelerator) -> list[str]:
+def model_path(model) -> str:
+    return f"{MODELS_MOUNT}/{model.file}"
+
+
+def _llama_cpp_args(model, accel: Accelerator, units: int) -> list[str]:
     args = [
         "--host", "0.0.0.0",
         "--port", str(LLAMA_CPP_PORT),
@@ -50,39 +65,61 @@ def _llama_cpp_args(model: ModelConfig, accel: Accelerator) -> list[str]:
     return args + list(model.extra_args)
 
 
+def _vllm_args(model, accel: Accelerator, units: int) -> list[str]:
+    args = [
+        model.hf_model,
+        "--served-model-name", model.name,
+        "--host", "0.0.0.0",
+        "--port", str(VLLM_PORT),
+        "--max-model-len", str(model.max_model_len),
+        "--tensor-parallel-size", str(units),
+        "--download-dir", f"{CACHE_MOUNT}/hf/hub",
+    ]
+    if accel.kind == "nvidia":
+        args += ["--gpu-memory-utilization", str(model.gpu_memory_utilization)]
+    return args + list(model.extra_args)
+
+
+_VLLM_ENV = {"HF_HOME": f"{CACHE_MOUNT}/hf"}
+
 RUNTIMES: dict[tuple[str, str], _Runtime] = {
     # RamaLama's image carries the Vulkan build of llama.cpp with the Mesa that krunkit's
     # GPU passthrough needs.
     ("llama-cpp", "vulkan"): _Runtime(
-        image="quay.io/ramalama/ramalama:0.24",
-        command=["llama-server"],
-        build_args=_llama_cpp_args,
-        port=LLAMA_CPP_PORT,
+        image="quay.io/ramalama/ramalama:0.24", command=["llama-server"],
+        build_args=_llama_cpp_args, port=LLAMA_CPP_PORT,
     ),
     ("llama-cpp", "none"): _Runtime(
-        image="ghcr.io/ggml-org/llama.cpp:server-b7000",
-        command=None,
-        build_args=_llama_cpp_args,
-        port=LLAMA_CPP_PORT,
+        image="ghcr.io/ggml-org/llama.cpp:server-b7000", command=None,
+        build_args=_llama_cpp_args, port=LLAMA_CPP_PORT,
+    ),
+    # Entrypoint is `vllm serve`: args start with the model.
+    ("vllm", "nvidia"): _Runtime(
+        image="vllm/vllm-openai:v0.18.2", command=None,
+        build_args=_vllm_args, port=VLLM_PORT, env=_VLLM_ENV,
+        model_store="cache", shared_memory=True, startup_minutes=60,
+    ),
+    ("vllm", "tpu"): _Runtime(
+        image="vllm/vllm-tpu:nightly-20260626-c539adc-cc79815", command=["vllm", "serve"],
+        build_args=_vllm_args, port=VLLM_PORT,
+        env={**_VLLM_ENV, "PJRT_DEVICE": "TPU", "VLLM_XLA_CACHE_PATH": f"{CACHE_MOUNT}/xla"},
+        # XLA compiles every shape on first start: allow for download plus compilation.
+        model_store="cache", shared_memory=True, startup_minutes=90,
     ),
 }
 
 
-def model_path(model: ModelConfig) -> str:
-    return f"{MODELS_MOUNT}/{model.file}"
-
-
-def supported() -> list[tuple[str, str]]:
-    return sorted(RUNTIMES)
-
-
-def server_spec(model: ModelConfig, accel: Accelerator) -> ServerSpec:
-    runtime = RUNTIMES.get((model.runtime, accel.kind))
-    if runtime is None:
-        raise KeyError(f"no model server for runtime {model.runtime!r} on accelerator {accel.kind!r}")
+def server_spec(model, accel: Accelerator) -> ServerSpec:
+    runtime = RUNTIMES[(model.runtime, accel.kind)]
+    units = accel.units(getattr(model, "accelerators", None))
     return ServerSpec(
         image=model.image or runtime.image,
         command=runtime.command,
-        args=runtime.build_args(model, accel),
+        args=runtime.build_args(model, accel, units),
         port=runtime.port,
+        env=dict(runtime.env),
+        model_store=runtime.model_store,
+        shared_memory=runtime.shared_memory,
+        startup_minutes=runtime.startup_minutes,
+        accelerators=units,
     )

@@ -1,0 +1,48 @@
+"""Facts about accelerator hardware that config checks and scheduling both need."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+# NVIDIA GPUs per EC2 instance size, for the families EKS's NVIDIA AMIs serve.
+_G_SIZES = {"xlarge": 1, "2xlarge": 1, "4xlarge": 1, "8xlarge": 1, "16xlarge": 1,
+            "12xlarge": 4, "24xlarge": 4, "48xlarge": 8}
+GPUS_PER_INSTANCE = {
+    "g5": _G_SIZES, "g6": _G_SIZES, "g6e": _G_SIZES,
+    "p4d": {"24xlarge": 8}, "p5": {"48xlarge": 8}, "p5e": {"48xlarge": 8},
+}
+
+# GKE TPU machine types -> node label value of cloud.google.com/gke-tpu-accelerator.
+TPU_ACCELERATOR_LABELS = {"ct5lp-hightpu": "tpu-v5-lite-podslice", "ct6e-standard": "tpu-v6e-slice"}
+# Chips on one host -> the single-host topology label.
+SINGLE_HOST_TOPOLOGY = {1: "1x1", 4: "2x2", 8: "2x4"}
+_TPU_MACHINE = re.compile(r"^(?P<family>[a-z0-9]+-[a-z]+)-(?P<chips>[0-9]+)t$")
+
+
+def gpus_per_instance(instance_type: str) -> Optional[int]:
+    family, _, size = instance_type.partition(".")
+    return GPUS_PER_INSTANCE.get(family, {}).get(size)
+
+
+@dataclass(frozen=True)
+class TpuHost:
+    accelerator_label: str
+    chips: int
+    topology: str
+
+
+def tpu_host(machine_type: str) -> Optional[TpuHost]:
+    m = _TPU_MACHINE.match(machine_type)
+    if not m or m["family"] not in TPU_ACCELERATOR_LABELS or int(m["chips"]) not in SINGLE_HOST_TOPOLOGY:
+        return None
+    chips = int(m["chips"])
+    return TpuHost(TPU_ACCELERATOR_LABELS[m["family"]], chips, SINGLE_HOST_TOPOLOGY[chips])
+
+
+def topology_chips(topology: str) -> int:
+    chips = 1
+    for dim in topology.split("x"):
+        chips *= int(dim)
+    return chips
