@@ -37,6 +37,8 @@ servers = [
         "namespace": mesh.namespaces[cfg.models_namespace].metadata.name,
         "provider": provider,
         "host_models_dir": cluster.host_models_dir,
+        "storage_class": cluster.storage_class,
+        "hf_token": pulumi.Output.secret(cfg.hf_token) if cfg.hf_token else None,
     })
     for m in cfg.models
 ]
@@ -52,7 +54,7 @@ gateway = Gateway("gateway", {
     "ui": ui,
     "host": cfg.gateway.host,
     "tls_secret": cfg.gateway.tls_secret,
-    "address": cluster.ingress.address,
+    "address": mesh.ingress_address,
 })
 
 pulumi.export("ingressUrl", gateway.url)

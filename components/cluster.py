@@ -8,7 +8,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from .accelerators import Accelerator
-from .clusters import existing, minikube
+from .clusters import eks, existing, gke, minikube
 from .clusters.base import IngressFacts
 from .config import ClusterConfig
 
@@ -16,6 +16,8 @@ from .config import ClusterConfig
 _BUILDERS = {
     "minikube": minikube.build,
     "existing": existing.build,
+    "eks": eks.build,
+    "gke": gke.build,
 }
 
 
@@ -31,6 +33,7 @@ class Cluster(pulumi.ComponentResource):
     ingress: IngressFacts
     host_models_dir: Optional[str]
     kubernetes_version: str
+    storage_class: Optional[pulumi.Output[str]]
 
     def __init__(self, name: str, args: ClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:Cluster", name, None, opts)
@@ -41,7 +44,8 @@ class Cluster(pulumi.ComponentResource):
         self.accelerator = args["accelerator"]
         self.ingress = built.ingress
         self.host_models_dir = built.host_models_dir
-        self.kubernetes_version = cfg.kubernetes_version
+        # "v1.34.0" (minikube) or "1.33" (EKS, GKE) -> "1.33": what schemas are keyed by.
+        self.kubernetes_version = ".".join(cfg.kubernetes_version.lstrip("v").split(".")[:2])
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
@@ -50,4 +54,18 @@ class Cluster(pulumi.ComponentResource):
             delete_unreachable=True,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        self.register_outputs({"kubeconfig": self.kubeconfig})
+        self.storage_class = None
+        if built.storage_class_manifest:
+            sc = k8s.storage.v1.StorageClass(
+                f"{name}-{built.storage_class}",
+                metadata={
+                    "name": built.storage_class,
+                    "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+                },
+                **built.storage_class_manifest,
+                opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=built.storage_ready),
+            )
+            self.storage_class = sc.metadata.name
+        elif built.storage_class:
+            self.storage_class = pulumi.Output.from_input(built.storage_class)
+        self.register_outputs({"kubeconfig": self.kubeconfig, "storageClass": self.storage_class})

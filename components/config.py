@@ -400,6 +400,8 @@ class StackConfig(_Model):
     ui: UiConfig = UiConfig()
     apps: list[AppConfig] = []
     gateway: GatewayConfig = GatewayConfig()
+    # Hugging Face token for gated models: `pulumi config set --secret hfToken hf_...`.
+    hf_token: Optional[str] = None
 
     @model_validator(mode="after")
     def _fits_the_cluster(self) -> "StackConfig":
@@ -484,6 +486,9 @@ def parse(raw: dict[str, Any], stack_file: str) -> StackConfig:
         raise ConfigError(f"{stack_file}: {key}: {msg}") from None
 
 
+SECRET_KEYS = ("hfToken",)
+
+
 def _decode(value: Any) -> Any:
     if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
         return json.loads(value)
@@ -494,12 +499,19 @@ def load(stack: str) -> StackConfig:
     """Read every `llm-platform:*` key the engine passed to this program and parse it."""
     # The SDK has no public call listing all config keys; unknown top-level keys are only
     # caught by reading the map the engine filled.
-    from pulumi.runtime.config import CONFIG, get_config_env
+    from pulumi.runtime.config import CONFIG, get_config_env, is_config_secret
 
     merged = {**get_config_env(), **CONFIG.get()}
     prefix = f"{PROJECT}:"
     raw = {k[len(prefix):]: _decode(v) for k, v in merged.items() if k.startswith(prefix)}
-    return parse(raw, f"Pulumi.{stack}.yaml")
+    stack_file = f"Pulumi.{stack}.yaml"
+    for key in SECRET_KEYS:
+        if key in raw and not is_config_secret(prefix + key):
+            raise ConfigError(
+                f"{stack_file}: {prefix}{key}: expected a secret; set it with "
+                f"`pulumi config set --secret {key} ...` so it is never stored in plain text"
+            )
+    return parse(raw, stack_file)
 
 
 def expand_path(path: str) -> str:

@@ -13,6 +13,8 @@ from .config import Image
 
 DEFAULT_IMAGE: Image = "squat/generic-device-plugin:0.1.0"
 NAME = "generic-device-plugin"
+NVIDIA_REPO = "https://nvidia.github.io/k8s-device-plugin"
+NVIDIA_CHART_VERSION = "0.20.0"
 
 
 class GpuDevicePluginArgs(TypedDict):
@@ -40,12 +42,37 @@ class GpuDevicePlugin(pulumi.ComponentResource):
         self.resource_name = accel.resource
         self.daemon_set: Optional[k8s.apps.v1.DaemonSet] = None
 
+        self.release: Optional[k8s.helm.v3.Release] = None
         if accel.device_path:
             self.daemon_set = self._generic_device_plugin(name, accel, args["provider"])
             self.installed = f"{NAME} advertising {accel.device_path} as {accel.resource}"
+        elif accel.kind == "nvidia":
+            self.release = self._nvidia_device_plugin(name, accel, args["provider"])
+            self.installed = f"nvidia-device-plugin {NVIDIA_CHART_VERSION} on GPU nodes, advertising {accel.resource}"
+        elif accel.kind == "tpu":
+            self.installed = f"nothing: GKE runs its own TPU device plugin, advertising {accel.resource}"
         else:
             self.installed = "nothing: CPU-only serving needs no device plugin"
         self.register_outputs({"resourceName": self.resource_name, "installed": self.installed})
+
+    def _nvidia_device_plugin(self, name: str, accel: Accelerator, provider: k8s.Provider):
+        return k8s.helm.v3.Release(
+            f"{name}-nvidia",
+            name="nvidia-device-plugin",
+            chart="nvidia-device-plugin",
+            version=NVIDIA_CHART_VERSION,
+            namespace="nvidia-device-plugin",
+            create_namespace=True,
+            repository_opts={"repo": NVIDIA_REPO},
+            values={
+                # Only GPU nodes, whose taint it tolerates: the same facts the model pods use.
+                "nodeSelector": dict(accel.node_selector),
+                "tolerations": list(accel.tolerations),
+                "gfd": {"enabled": True},
+            },
+            # GPU nodes may scale from zero: the DaemonSet is ready with no pods.
+            opts=pulumi.ResourceOptions(parent=self, provider=provider),
+        )
 
     def _generic_device_plugin(self, name: str, accel: Accelerator, provider: k8s.Provider):
         labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "llm-platform"}

@@ -50,6 +50,8 @@ class Mesh(pulumi.ComponentResource):
     istiod: k8s.helm.v3.Release
     gateway: k8s.helm.v3.Release
     namespaces: dict[str, k8s.core.v1.Namespace]
+    # Where users reach the ingress: from the cluster's facts, or the load balancer's address.
+    ingress_address: pulumi.Output[str]
     ingress_namespace: str = INGRESS_NS
     ingress_selector: dict[str, str] = INGRESS_SELECTOR
     ingress_service_host: str = f"{INGRESS_RELEASE}.{INGRESS_NS}.svc.cluster.local"
@@ -94,8 +96,26 @@ class Mesh(pulumi.ComponentResource):
             )
             for ns in args["injected_namespaces"]
         }
+        ingress = args["ingress"]
+        if ingress.address is not None:
+            self.ingress_address = pulumi.Output.from_input(ingress.address)
+        else:
+            service = k8s.core.v1.Service.get(
+                f"{name}-ingress-service",
+                f"{INGRESS_NS}/{INGRESS_RELEASE}",
+                opts=pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[self.gateway]),
+            )
+            self.ingress_address = service.status.apply(_load_balancer_address)
         self.register_outputs({
+            "ingressAddress": self.ingress_address,
             "ingressNamespace": self.ingress_namespace,
             "ingressSelector": self.ingress_selector,
             "ingressServiceHost": self.ingress_service_host,
         })
+
+
+def _load_balancer_address(status) -> str:
+    points = (status and status.load_balancer and status.load_balancer.ingress) or []
+    if not points:
+        return "<pending load balancer>"
+    return points[0].hostname or points[0].ip

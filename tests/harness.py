@@ -24,13 +24,19 @@ from pulumi.runtime.sync_await import _sync_await
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PROJECT = "llm-platform"
-STACKS = ("local",)
+STACKS = ("local", "eks", "gke")
 
 if str(PROJECT_DIR) not in sys.path:
     sys.path.insert(0, str(PROJECT_DIR))
 
 # What the host prints for the commands the local cluster runs.
 MINIKUBE_IP = "192.168.105.2"
+# What AWS and GCP would answer.
+ACCOUNT = "123456789012"
+DEPLOYER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/deployer"
+LB_HOSTNAME = "a1b2c3d4-0123456789.elb.us-west-2.amazonaws.com"
+LB_IP = "34.117.0.1"
+CA_DATA = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t"
 KUBECONFIG = """apiVersion: v1
 kind: Config
 clusters:
@@ -164,10 +170,27 @@ class _Mocks(pulumi.runtime.Mocks):
                 "status": "deployed",
                 "revision": 1,
             }
+        elif args.typ == "kubernetes:core/v1:Service" and args.resource_id:
+            # A read of the live ingress Service: its load balancer is up.
+            point = {"ip": LB_IP} if pulumi.get_stack() == "gke" else {"hostname": LB_HOSTNAME}
+            state["status"] = {"loadBalancer": {"ingress": [point]}}
+        elif args.typ == "aws:eks/cluster:Cluster":
+            state.update(endpoint=f"https://0123ABCD.gr7.us-west-2.eks.amazonaws.com",
+                         certificateAuthority={"data": CA_DATA}, status="ACTIVE")
+        elif args.typ == "gcp:container/cluster:Cluster":
+            state.update(endpoint="34.30.0.10", masterAuth={"clusterCaCertificate": CA_DATA})
+        if args.typ.startswith("aws:"):
+            state.setdefault("arn", f"arn:aws:{args.typ.split(':')[1].split('/')[0]}::{ACCOUNT}:{args.name}")
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs):
-        return {}, None
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": ACCOUNT, "arn": f"arn:aws:sts::{ACCOUNT}:assumed-role/deployer/ci",
+                    "userId": "AROAEXAMPLE:ci", "id": ACCOUNT}
+        if args.token == "aws:iam/getSessionContext:getSessionContext":
+            return {"arn": args.args["arn"], "issuerArn": DEPLOYER_ROLE, "issuerId": "AROAEXAMPLE",
+                    "issuerName": "deployer", "sessionName": "ci", "id": args.args["arn"]}
+        raise NotImplementedError(f"the mocks do not answer {args.token}")
 
 
 def _host_stdout(cmd: str) -> str:
@@ -207,8 +230,10 @@ def stack_config(stack: str) -> dict[str, Any]:
     return dict(doc.get("config") or {})
 
 
-def run(stack: str, overrides: Optional[dict[str, Any]] = None, remove: tuple[str, ...] = ()) -> Recording:
-    """Run the program for `stack` with its real config (plus overrides) and record it."""
+def run(stack: str, overrides: Optional[dict[str, Any]] = None, remove: tuple[str, ...] = (),
+        secrets: tuple[str, ...] = ()) -> Recording:
+    """Run the program for `stack` with its real config (plus overrides; `secrets` names the
+    keys the engine would pass as secrets) and record it."""
     config = stack_config(stack)
     for key in remove:
         config.pop(key, None)
@@ -220,7 +245,7 @@ def run(stack: str, overrides: Optional[dict[str, Any]] = None, remove: tuple[st
     monitor = _Monitor(_Mocks())
     settings.ROOT.set(None)
     pulumi.runtime.set_mocks(monitor.mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
-    pulumi.runtime.set_all_config(engine_config, [])
+    pulumi.runtime.set_all_config(engine_config, list(secrets))
     root = settings.get_root_resource()
 
     try:

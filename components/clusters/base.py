@@ -11,8 +11,9 @@ class IngressFacts:
     """How the mesh's ingress Service is exposed on this kind of cluster."""
 
     service_type: str
-    # Where users reach the ingress from outside, e.g. "192.168.105.2:30080".
-    address: pulumi.Input[str]
+    # Where users reach the ingress from outside, e.g. "192.168.105.2:30080"; None: read
+    # it from the load balancer the ingress Service gets.
+    address: Optional[pulumi.Input[str]]
     node_port: Optional[int] = None
     annotations: dict[str, str] = field(default_factory=dict)
 
@@ -25,3 +26,7 @@ class BuiltCluster:
     # or None when the cluster stores models some other way.
     host_models_dir: Optional[str]
     context: Optional[str] = None
+    # StorageClass for model caches; with a manifest, Cluster creates it (as the default class).
+    storage_class: Optional[str] = None
+    storage_class_manifest: Optional[dict] = None
+    storage_ready: list = field(default_factory=list)

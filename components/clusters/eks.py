@@ -1,0 +1,179 @@
+"""EKS in its own VPC: a system node group, a tainted NVIDIA GPU node group, EBS CSI with an
+encrypted gp3 default StorageClass, and a kubeconfig that authenticates with `aws eks get-token`."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pulumi
+import pulumi_aws as aws
+
+from ..accelerators import GPU_NODE_LABEL, NVIDIA_TAINT
+from ..config import EksCluster
+from .base import BuiltCluster, IngressFacts
+
+STORAGE_CLASS = "gp3"
+# Through the in-tree service controller: no extra controller or IAM policy is needed.
+NLB_ANNOTATIONS = {
+    "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
+    "service.beta.kubernetes.io/aws-load-balancer-scheme": "internet-facing",
+}
+_EKS_EFFECT = {"NoSchedule": "NO_SCHEDULE", "NoExecute": "NO_EXECUTE", "PreferNoSchedule": "PREFER_NO_SCHEDULE"}
+_MANAGED = "arn:aws:iam::aws:policy/"
+
+
+def node_group_taint(taint: dict) -> dict:
+    """The EKS API's spelling of a Kubernetes taint."""
+    return {"key": taint["key"], "value": taint["value"], "effect": _EKS_EFFECT[taint["effect"]]}
+
+
+def _role(name: str, service: str, policies: list[str], opts: pulumi.ResourceOptions,
+          actions: tuple[str, ...] = ("sts:AssumeRole",)) -> aws.iam.Role:
+    role = aws.iam.Role(
+        name,
+        assume_role_policy=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": list(actions)}],
+        }),
+        opts=opts,
+    )
+    for policy in policies:
+        aws.iam.RolePolicyAttachment(
+            f"{name}-{policy.rsplit('/', 1)[1]}", role=role.name, policy_arn=policy, opts=opts
+        )
+    return role
+
+
+def kubeconfig(name: pulumi.Input[str], endpoint: pulumi.Input[str], ca: pulumi.Input[str], region: str):
+    def render(args):
+        cluster_name, server, ca_data = args
+        return json.dumps({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": cluster_name, "cluster": {"server": server, "certificate-authority-data": ca_data}}],
+            "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": cluster_name}}],
+            "current-context": cluster_name,
+            # Exec auth: no token in the text, so the provider is not replaced on every `up`.
+            "users": [{"name": cluster_name, "user": {"exec": {
+                "apiVersion": "client.authentication.k8s.io/v1beta1",
+                "command": "aws",
+                "args": ["eks", "get-token", "--cluster-name", cluster_name, "--region", region],
+            }}}],
+        })
+
+    return pulumi.Output.all(name, endpoint, ca).apply(render)
+
+
+def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
+    provider = aws.Provider(f"{name}-aws", region=cfg.region, opts=pulumi.ResourceOptions(parent=parent))
+    opts = pulumi.ResourceOptions(parent=parent, provider=provider)
+    tags = {"llm-platform/cluster": cfg.name}
+
+    # --- network: public subnets for load balancers, private ones for nodes -------------
+    vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=cfg.vpc_cidr, enable_dns_hostnames=True,
+                      enable_dns_support=True, tags={**tags, "Name": cfg.name}, opts=opts)
+    igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=tags, opts=opts)
+    blocks = list(ipaddress.ip_network(cfg.vpc_cidr).subnets(new_prefix=20))
+    public_rt = aws.ec2.RouteTable(f"{name}-public", vpc_id=vpc.id, tags=tags,
+                                   routes=[{"cidr_block": "0.0.0.0/0", "gateway_id": igw.id}], opts=opts)
+    public, private = [], []
+    for i, zone in enumerate(cfg.availability_zones):
+        public.append(aws.ec2.Subnet(
+            f"{name}-public-{zone}", vpc_id=vpc.id, availability_zone=zone, cidr_block=str(blocks[i]),
+            map_public_ip_on_launch=True, tags={**tags, "kubernetes.io/role/elb": "1"}, opts=opts))
+        aws.ec2.RouteTableAssociation(f"{name}-public-{zone}", subnet_id=public[-1].id,
+                                      route_table_id=public_rt.id, opts=opts)
+    # One NAT gateway keeps cost down; nodes reach registries and Hugging Face through it.
+    eip = aws.ec2.Eip(f"{name}-nat", domain="vpc", tags=tags, opts=opts)
+    nat = aws.ec2.NatGateway(f"{name}-nat", allocation_id=eip.id, subnet_id=public[0].id, tags=tags, opts=opts)
+    private_rt = aws.ec2.RouteTable(f"{name}-private", vpc_id=vpc.id, tags=tags,
+                                    routes=[{"cidr_block": "0.0.0.0/0", "nat_gateway_id": nat.id}], opts=opts)
+    for i, zone in enumerate(cfg.availability_zones):
+        private.append(aws.ec2.Subnet(
+            f"{name}-private-{zone}", vpc_id=vpc.id, availability_zone=zone,
+            cidr_block=str(blocks[len(cfg.availability_zones) + i]),
+            tags={**tags, "kubernetes.io/role/internal-elb": "1"}, opts=opts))
+        aws.ec2.RouteTableAssociation(f"{name}-private-{zone}", subnet_id=private[-1].id,
+                                      route_table_id=private_rt.id, opts=opts)
+
+    # --- control plane, with the deploying identity as cluster admin ----------------------
+    cluster_role = _role(f"{name}-control-plane", "eks.amazonaws.com", [_MANAGED + "AmazonEKSClusterPolicy"], opts)
+    cluster = aws.eks.Cluster(
+        f"{name}-eks",
+        name=cfg.name,
+        version=cfg.kubernetes_version,
+        role_arn=cluster_role.arn,
+        vpc_config={"subnet_ids": [s.id for s in private + public], "endpoint_public_access": True},
+        access_config={"authentication_mode": "API", "bootstrap_cluster_creator_admin_permissions": False},
+        tags=tags,
+        opts=opts,
+    )
+    caller = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(provider=provider))
+    # An assumed-role session ARN is not a principal EKS accepts: use the role behind it.
+    principal = aws.iam.get_session_context_output(
+        arn=caller.arn, opts=pulumi.InvokeOutputOptions(provider=provider)
+    ).issuer_arn
+    admin = aws.eks.AccessEntry(f"{name}-deployer", cluster_name=cluster.name, principal_arn=principal, opts=opts)
+    admin_policy = aws.eks.AccessPolicyAssociation(
+        f"{name}-deployer-admin", cluster_name=cluster.name, principal_arn=admin.principal_arn,
+        policy_arn="arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
+        access_scope={"type": "cluster"}, opts=opts)
+
+    # --- nodes --------------------------------------------------------------------------
+    node_role = _role(f"{name}-nodes", "ec2.amazonaws.com", [
+        _MANAGED + "AmazonEKSWorkerNodePolicy", _MANAGED + "AmazonEKS_CNI_Policy",
+        _MANAGED + "AmazonEC2ContainerRegistryReadOnly"], opts)
+
+    def node_group(logical: str, group, ami_type: str, **extra) -> aws.eks.NodeGroup:
+        return aws.eks.NodeGroup(
+            f"{name}-{logical}",
+            cluster_name=cluster.name,
+            node_group_name=logical,
+            node_role_arn=node_role.arn,
+            subnet_ids=[s.id for s in private],
+            ami_type=ami_type,
+            instance_types=[group.instance_type],
+            disk_size=group.disk_size_gb,
+            scaling_config={"min_size": group.min_size, "desired_size": group.desired_size,
+                            "max_size": group.max_size},
+            tags=tags,
+            opts=opts,
+            **extra,
+        )
+
+    system = node_group("system", cfg.system_nodes, "AL2023_x86_64_STANDARD", labels={"llm-platform/pool": "system"})
+    node_group(
+        "gpu", cfg.gpu_nodes, cfg.gpu_nodes.ami_type,
+        labels={"llm-platform/pool": "gpu", **GPU_NODE_LABEL},
+        # Only pods that tolerate this (the model servers, the device plugin) land on GPUs.
+        taints=[node_group_taint(NVIDIA_TAINT)],
+    )
+
+    # --- EBS CSI through EKS Pod Identity ------------------------------------------------
+    agent = aws.eks.Addon(f"{name}-pod-identity", cluster_name=cluster.name, addon_name="eks-pod-identity-agent",
+                          opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[system])))
+    ebs_role = _role(f"{name}-ebs-csi", "pods.eks.amazonaws.com", [_MANAGED + "service-role/AmazonEBSCSIDriverPolicy"],
+                     opts, actions=("sts:AssumeRole", "sts:TagSession"))
+    ebs = aws.eks.Addon(
+        f"{name}-ebs-csi", cluster_name=cluster.name, addon_name="aws-ebs-csi-driver",
+        pod_identity_associations=[{"role_arn": ebs_role.arn, "service_account": "ebs-csi-controller-sa"}],
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[agent])),
+    )
+
+    # The provider must not be used before the deployer may act on the cluster.
+    config_text = pulumi.Output.all(admin_policy.id, cluster.name).apply(lambda a: a[1])
+    return BuiltCluster(
+        kubeconfig=kubeconfig(config_text, cluster.endpoint, cluster.certificate_authority.data, cfg.region),
+        ingress=IngressFacts(service_type="LoadBalancer", address=None, annotations=dict(NLB_ANNOTATIONS)),
+        host_models_dir=None,
+        storage_class=STORAGE_CLASS,
+        storage_class_manifest={
+            "provisioner": "ebs.csi.aws.com",
+            "parameters": {"type": "gp3", "encrypted": "true"},
+            "volume_binding_mode": "WaitForFirstConsumer",
+            "allow_volume_expansion": True,
+            "reclaim_policy": "Delete",
+        },
+        storage_ready=[ebs],
+    )

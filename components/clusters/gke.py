@@ -1,0 +1,117 @@
+"""GKE Standard in its own VPC network: a system pool and a TPU pool, Workload Identity on, and a
+kubeconfig that authenticates with `gke-gcloud-auth-plugin`."""
+
+from __future__ import annotations
+
+import json
+
+import pulumi
+import pulumi_gcp as gcp
+
+from ..config import GkeCluster
+from ..hardware import topology_chips, tpu_host
+from .base import BuiltCluster, IngressFacts
+
+# GKE's own balanced-PD class, present on every cluster.
+STORAGE_CLASS = "standard-rwo"
+_WORKLOAD_METADATA = {"mode": "GKE_METADATA"}
+_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+
+
+def kubeconfig(name: pulumi.Input[str], endpoint: pulumi.Input[str], ca: pulumi.Input[str]):
+    def render(args):
+        cluster_name, host, ca_data = args
+        return json.dumps({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": cluster_name, "cluster": {
+                "server": f"https://{host}", "certificate-authority-data": ca_data}}],
+            "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": cluster_name}}],
+            "current-context": cluster_name,
+            "users": [{"name": cluster_name, "user": {"exec": {
+                "apiVersion": "client.authentication.k8s.io/v1beta1",
+                "command": "gke-gcloud-auth-plugin",
+                "provideClusterInfo": True,
+                "interactiveMode": "Never",
+            }}}],
+        })
+
+    return pulumi.Output.all(name, endpoint, ca).apply(render)
+
+
+def tpu_placement(cfg: GkeCluster) -> dict | None:
+    """Only a multi-host slice needs a topology and compact placement."""
+    pool = cfg.tpu_pool
+    if pool.topology and topology_chips(pool.topology) > tpu_host(pool.machine_type).chips:
+        return {"type": "COMPACT", "tpu_topology": pool.topology}
+    return None
+
+
+def build(parent: pulumi.Resource, name: str, cfg: GkeCluster) -> BuiltCluster:
+    provider = gcp.Provider(f"{name}-gcp", project=cfg.project, region=cfg.region,
+                            opts=pulumi.ResourceOptions(parent=parent))
+    opts = pulumi.ResourceOptions(parent=parent, provider=provider)
+    location = cfg.location or cfg.region
+
+    network = gcp.compute.Network(f"{name}-network", name=cfg.name, auto_create_subnetworks=False, opts=opts)
+    subnet = gcp.compute.Subnetwork(
+        f"{name}-subnet", name=cfg.name, network=network.id, region=cfg.region, ip_cidr_range=cfg.subnet_cidr,
+        secondary_ip_ranges=[
+            {"range_name": "pods", "ip_cidr_range": "10.64.0.0/14"},
+            {"range_name": "services", "ip_cidr_range": "10.68.0.0/20"},
+        ],
+        private_ip_google_access=True,
+        opts=opts,
+    )
+    cluster = gcp.container.Cluster(
+        f"{name}-gke",
+        name=cfg.name,
+        location=location,
+        network=network.id,
+        subnetwork=subnet.id,
+        # Node pools are managed below, one by one.
+        remove_default_node_pool=True,
+        initial_node_count=1,
+        release_channel={"channel": cfg.release_channel},
+        min_master_version=cfg.kubernetes_version,
+        workload_identity_config={"workload_pool": f"{cfg.project}.svc.id.goog"},
+        ip_allocation_policy={"cluster_secondary_range_name": "pods", "services_secondary_range_name": "services"},
+        deletion_protection=False,
+        opts=opts,
+    )
+    gcp.container.NodePool(
+        f"{name}-system",
+        name="system",
+        cluster=cluster.name,
+        location=location,
+        autoscaling={"min_node_count": cfg.system_pool.min_nodes, "max_node_count": cfg.system_pool.max_nodes},
+        node_config={"machine_type": cfg.system_pool.machine_type, "oauth_scopes": _SCOPES,
+                     "workload_metadata_config": _WORKLOAD_METADATA, "labels": {"llm-platform/pool": "system"}},
+        opts=opts,
+    )
+    pool = cfg.tpu_pool
+    gcp.container.NodePool(
+        f"{name}-tpu",
+        name="tpu",
+        cluster=cluster.name,
+        location=location,
+        node_locations=[pool.zone],
+        autoscaling={"min_node_count": pool.min_nodes, "max_node_count": pool.max_nodes},
+        placement_policy=tpu_placement(cfg),
+        node_config={
+            "machine_type": pool.machine_type,
+            "spot": pool.spot,
+            "oauth_scopes": _SCOPES,
+            "workload_metadata_config": _WORKLOAD_METADATA,
+            # Take on-demand capacity unless a reservation is configured explicitly.
+            "reservation_affinity": {"consume_reservation_type": "NO_RESERVATION"},
+            "labels": {"llm-platform/pool": "tpu"},
+        },
+        opts=opts,
+    )
+    return BuiltCluster(
+        kubeconfig=kubeconfig(cluster.name, cluster.endpoint, cluster.master_auth.cluster_ca_certificate),
+        ingress=IngressFacts(service_type="LoadBalancer", address=None),
+        host_models_dir=None,
+        storage_class=STORAGE_CLASS,
+    )
