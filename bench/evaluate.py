@@ -2,7 +2,7 @@
 
     python bench/evaluate.py [--repeat 3]
 
-Prints seconds per run (best of --repeat) for 1, 10 and 50 models on the local stack.
+Prints seconds per run (best of --repeat) for 1, 10 and 50 models on each stack.
 """
 
 from __future__ import annotations
@@ -17,18 +17,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import harness  # noqa: E402
 
 
-def models(n: int) -> list[dict]:
-    return [
-        {"name": f"model-{i}", "file": f"model-{i}.Q4_K_M.gguf", "url": f"https://example.org/model-{i}.gguf"}
-        for i in range(n)
-    ]
+def models(stack: str, n: int) -> list[dict]:
+    """n copies of the stack's own first model, each under its own name (and file)."""
+    template = harness.stack_config(stack)["llm-platform:models"][0]
+    out = []
+    for i in range(n):
+        model = {**template, "name": f"model-{i}"}
+        if "file" in model:
+            model["file"] = f"model-{i}.gguf"
+        out.append(model)
+    return out
 
 
 def measure(stack: str, n: int, repeat: int) -> tuple[float, int]:
     best, count = float("inf"), 0
     for _ in range(repeat):
         start = time.perf_counter()
-        rec = harness.run(stack, {"llm-platform:models": models(n)})
+        rec = harness.run(stack, {"llm-platform:models": models(stack, n)})
         best = min(best, time.perf_counter() - start)
         count = len(rec.registrations)
     return best, count
@@ -39,7 +44,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--stacks", nargs="*", default=list(harness.STACKS))
     args = parser.parse_args()
-    harness.run(args.stacks[0])  # warm imports
+    for stack in args.stacks:
+        harness.run(stack)  # warm imports
     print(f"{'stack':8} {'models':>6} {'resources':>9} {'seconds':>8} {'ms/model':>9}")
     for stack in args.stacks:
         for n in (1, 10, 50):

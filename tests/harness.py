@@ -127,9 +127,10 @@ class Recording:
         return out
 
     def depends_transitively(self, reg: Registration) -> set[str]:
-        """URNs `reg` waits for, directly or through what it waits for (and its parents' deps)."""
+        """URNs `reg` waits for: directly, through its provider, or through what those wait for
+        (a component's dependencies count for its children, and waiting on it waits on them)."""
         seen: set[str] = set()
-        todo = list(reg.dependencies)
+        todo = list(reg.dependencies) + ([reg.provider_urn] if reg.provider else [])
         for anc in self.ancestors(reg):
             todo += anc.dependencies
         while todo:
@@ -141,7 +142,7 @@ class Recording:
                 dep = self.by_urn(urn)
             except StopIteration:
                 continue
-            todo += dep.dependencies
+            todo += dep.dependencies + ([dep.provider_urn] if dep.provider else [])
             # Waiting on a component waits on all its children.
             todo += [r.urn for r in self.registrations if r.parent == urn]
         return seen

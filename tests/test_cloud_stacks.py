@@ -1,0 +1,240 @@
+"""What an operator checks on `pulumi up -s eks` / `-s gke`, asserted on the recorded program."""
+
+import json
+
+import kubernetes_validate
+import pytest
+
+from tests import harness
+from tests.test_schemas import core_objects, manifest
+
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+RELEASE = "kubernetes:helm.sh/v3:Release"
+PVC = "kubernetes:core/v1:PersistentVolumeClaim"
+
+
+@pytest.fixture(scope="module")
+def eks():
+    return harness.run("eks")
+
+
+@pytest.fixture(scope="module")
+def gke():
+    return harness.run("gke")
+
+
+def pod(rec, alias="qwen"):
+    return rec.one(DEPLOYMENT, f"model-{alias}-deployment").inputs["spec"]["template"]["spec"]
+
+
+def flag(args, name):
+    return args[args.index(name) + 1]
+
+
+# --- eks ---------------------------------------------------------------------------------
+
+def test_eks_gpu_node_group(eks):
+    gpu = eks.one("aws:eks/nodeGroup:NodeGroup", "cluster-gpu").inputs
+    assert gpu["amiType"] == "AL2023_x86_64_NVIDIA"
+    assert gpu["instanceTypes"] == ["g6.xlarge"]
+    assert gpu["scalingConfig"] == {"minSize": 0, "desiredSize": 1, "maxSize": 2}
+    assert gpu["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
+    assert gpu["labels"]["llm-platform/accelerator"] == "nvidia"
+    system = eks.one("aws:eks/nodeGroup:NodeGroup", "cluster-system").inputs
+    assert "taints" not in system
+
+
+def test_eks_network_spans_two_zones_tagged_for_load_balancers(eks):
+    subnets = [r.inputs for r in eks.of_type("aws:ec2/subnet:Subnet")]
+    public = [s for s in subnets if s["tags"].get("kubernetes.io/role/elb") == "1"]
+    private = [s for s in subnets if s["tags"].get("kubernetes.io/role/internal-elb") == "1"]
+    assert {s["availabilityZone"] for s in public} == {s["availabilityZone"] for s in private} == {
+        "us-west-2a", "us-west-2b"}
+    cidrs = [s["cidrBlock"] for s in subnets]
+    assert len(set(cidrs)) == len(cidrs) == 4
+
+
+def test_eks_deployer_is_cluster_admin(eks):
+    entry = eks.one("aws:eks/accessEntry:AccessEntry").inputs
+    assert entry["principalArn"] == harness.DEPLOYER_ROLE
+    policy = eks.one("aws:eks/accessPolicyAssociation:AccessPolicyAssociation").inputs
+    assert policy["policyArn"].endswith("AmazonEKSClusterAdminPolicy")
+    assert eks.one("aws:eks/cluster:Cluster").inputs["version"] == "1.33"
+
+
+def test_eks_device_plugin_tolerates_the_gpu_taint_and_stays_on_gpu_nodes(eks):
+    values = eks.one(RELEASE, "gpu-nvidia").inputs["values"]
+    taint = eks.one("aws:eks/nodeGroup:NodeGroup", "cluster-gpu").inputs["taints"][0]
+    assert {"key": taint["key"], "operator": "Equal", "value": taint["value"], "effect": "NoSchedule"} in values["tolerations"]
+    labels = eks.one("aws:eks/nodeGroup:NodeGroup", "cluster-gpu").inputs["labels"]
+    assert values["nodeSelector"].items() <= labels.items()
+    assert eks.one(RELEASE, "gpu-nvidia").inputs["version"] == "0.20.0"
+
+
+def test_eks_model_pod_asks_for_gpus_and_lands_on_gpu_nodes(eks):
+    spec = pod(eks)
+    c = spec["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert flag(c["args"], "--tensor-parallel-size") == "1"
+    assert c["args"][0] == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert flag(c["args"], "--served-model-name") == "qwen"
+    assert c["image"].startswith("vllm/vllm-openai:v")
+    gpu = eks.one("aws:eks/nodeGroup:NodeGroup", "cluster-gpu").inputs
+    assert spec["nodeSelector"].items() <= gpu["labels"].items()
+    assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}]
+    assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}} in spec["volumes"]
+
+
+def test_eks_cache_pvc_uses_the_storage_class_that_exists(eks):
+    sc = eks.one("kubernetes:storage.k8s.io/v1:StorageClass").inputs
+    assert sc["provisioner"] == "ebs.csi.aws.com" and sc["parameters"] == {"type": "gp3", "encrypted": "true"}
+    pvc = eks.one(PVC).inputs
+    assert pvc["spec"]["storageClassName"] == sc["metadata"]["name"]
+    claim = next(v for v in pod(eks)["volumes"] if v["name"] == "cache")
+    assert claim["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    env = {e["name"]: e.get("value") for e in pod(eks)["containers"][0]["env"]}
+    assert env["HF_HOME"].startswith("/data/")
+
+
+def test_eks_ingress_is_an_nlb(eks):
+    service = eks.one(RELEASE, "mesh-gateway").inputs["values"]["service"]
+    assert service["type"] == "LoadBalancer"
+    assert service["annotations"]["service.beta.kubernetes.io/aws-load-balancer-type"] == "nlb"
+    assert eks.outputs["apiBaseUrl"] == f"http://{harness.LB_HOSTNAME}/v1"
+
+
+def test_eks_kubeconfig_is_a_secret_with_exec_auth(eks):
+    assert "kubeconfig" in eks.secret_outputs
+    config = json.loads(eks.outputs["kubeconfig"])
+    exec_ = config["users"][0]["user"]["exec"]
+    assert exec_["command"] == "aws" and exec_["args"][:2] == ["eks", "get-token"]
+    assert "token" not in json.dumps(config["users"][0]["user"]).replace("get-token", "")
+
+
+def test_hf_token_is_a_secret_delivered_through_a_kubernetes_secret():
+    rec = harness.run("eks", {"llm-platform:hfToken": "hf_secretvalue"}, secrets=("llm-platform:hfToken",))
+    secret = rec.one("kubernetes:core/v1:Secret")
+    assert harness.is_secret(secret.inputs["stringData"])
+    env = {e["name"]: e for e in pod(rec)["containers"][0]["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == secret.inputs["metadata"]["name"]
+    # The token appears in no input in plain form, anywhere.
+    for r in rec.registrations:
+        plain = json.dumps({k: v for k, v in r.inputs.items() if not harness.is_secret(v)}, default=str)
+        if r is not secret:
+            assert "hf_secretvalue" not in plain, r.name
+
+
+def test_hf_token_in_plain_text_is_refused():
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("eks", {"llm-platform:hfToken": "hf_plain"})
+    assert "llm-platform:hfToken: expected a secret" in str(info.value.error)
+    assert info.value.registrations == []
+
+
+# --- gke ---------------------------------------------------------------------------------
+
+def test_gke_tpu_pool(gke):
+    pool = gke.one("gcp:container/nodePool:NodePool", "cluster-tpu").inputs
+    assert pool["nodeConfig"]["machineType"] == "ct5lp-hightpu-4t"
+    assert pool["nodeLocations"] == ["us-central1-a"]
+    assert pool["autoscaling"] == {"minNodeCount": 0, "maxNodeCount": 1}
+    assert "placementPolicy" not in pool  # single host: no topology or placement
+    assert pool["nodeConfig"]["reservationAffinity"] == {"consumeReservationType": "NO_RESERVATION"}
+    cluster = gke.one("gcp:container/cluster:Cluster").inputs
+    assert cluster["workloadIdentityConfig"] == {"workloadPool": "my-llm-project.svc.id.goog"}
+    assert cluster["releaseChannel"] == {"channel": "REGULAR"}
+
+
+def test_gke_model_pod_takes_every_chip_of_one_host(gke):
+    spec = pod(gke)
+    c = spec["containers"][0]
+    assert c["resources"]["limits"]["google.com/tpu"] == c["resources"]["requests"]["google.com/tpu"] == "4"
+    assert flag(c["args"], "--tensor-parallel-size") == "4"
+    assert spec["nodeSelector"] == {
+        "cloud.google.com/gke-tpu-accelerator": "tpu-v5-lite-podslice",
+        "cloud.google.com/gke-tpu-topology": "2x2",
+    }
+    assert spec["tolerations"] == [{"key": "google.com/tpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["PJRT_DEVICE"] == "TPU" and env["VLLM_XLA_CACHE_PATH"].startswith("/data/")
+    assert gke.one(PVC).inputs["spec"]["storageClassName"] == "standard-rwo"
+
+
+def test_gke_needs_no_device_plugin_and_says_so(gke):
+    assert not gke.of_type("kubernetes:apps/v1:DaemonSet")
+    assert not [r for r in gke.of_type(RELEASE) if r.name.startswith("gpu")]
+    assert gke.outputs["apiBaseUrl"] == f"http://{harness.LB_IP}/v1"
+
+
+def test_gke_multi_host_slice_gets_compact_placement():
+    rec = harness.run("gke", {"llm-platform:cluster": {
+        **harness.stack_config("gke")["llm-platform:cluster"],
+        "tpuPool": {"machineType": "ct6e-standard-4t", "zone": "us-central1-b", "topology": "4x4"}}})
+    pool = rec.one("gcp:container/nodePool:NodePool", "cluster-tpu").inputs
+    assert pool["placementPolicy"] == {"type": "COMPACT", "tpuTopology": "4x4"}
+
+
+# --- both --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stack", ["eks", "gke"])
+def test_same_platform_on_the_new_clusters_provider(stack, eks, gke):
+    rec = {"eks": eks, "gke": gke}[stack]
+    provider = rec.one("pulumi:providers:kubernetes")
+    assert harness.is_secret(provider.inputs["kubeconfig"])
+    for r in rec.registrations:
+        if r.type.startswith("kubernetes:"):
+            assert r.provider_urn == provider.urn, r.name
+    for kind in ("mesh-base", "mesh-istiod", "mesh-gateway", "gitops-argocd"):
+        rec.one(RELEASE, kind)
+    rec.one("kubernetes:networking.istio.io/v1:VirtualService")
+    rec.one("kubernetes:argoproj.io/v1alpha1:Application")
+
+
+@pytest.mark.parametrize("stack", ["eks", "gke"])
+def test_core_objects_validate_strictly(stack, eks, gke):
+    rec = {"eks": eks, "gke": gke}[stack]
+    objs = core_objects(rec)
+    assert any(o.inputs["kind"] == "PersistentVolumeClaim" for o in objs)
+    for o in objs:
+        kubernetes_validate.validate(manifest(o.inputs), "1.33", strict=True)
+
+
+@pytest.mark.parametrize("stack, pool", [("eks", "cluster-gpu"), ("gke", "cluster-tpu")])
+def test_only_model_servers_wait_for_the_accelerator_pool(stack, pool, eks, gke):
+    rec = {"eks": eks, "gke": gke}[stack]
+    pool_urn = rec.named(pool).urn
+    cluster_urn = next(r.urn for r in rec.registrations if r.type.endswith("/cluster:Cluster"))
+    # The walk follows providers: everything on Kubernetes waits for the cluster itself...
+    assert cluster_urn in rec.depends_transitively(rec.named("mesh-base"))
+    # ...but nothing platform-wide waits for the accelerator nodes.
+    for name in ("mesh-base", "mesh-istiod", "mesh-gateway", "gitops-argocd", "gateway-routes", "gateway-gateway"):
+        assert pool_urn not in rec.depends_transitively(rec.named(name)), name
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"llm-platform:models": [{"name": "big", "runtime": "vllm", "hfModel": "Qwen/Qwen2.5-7B-Instruct",
+                               "accelerators": 4}]},
+     "llm-platform:models[0].accelerators: 4 asked (tensor-parallel size) but a node has only 1"),
+    ({"llm-platform:accelerator": {"kind": "tpu"}},
+     "llm-platform:accelerator.kind: eks clusters serve on nvidia, got 'tpu'"),
+])
+def test_impossible_eks_combinations_refused(overrides, expected):
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("eks", overrides)
+    assert str(info.value.error) == f"Pulumi.eks.yaml: {expected}"
+    assert info.value.registrations == []
+
+
+@pytest.mark.parametrize("cluster_patch, expected", [
+    ({"tpuPool": {"machineType": "ct9-mega-4t", "zone": "us-central1-a"}},
+     "llm-platform:cluster.tpuPool.machineType: cannot derive the TPU accelerator"),
+    ({"region": "uscentral"}, "llm-platform:cluster.region: String should match pattern"),
+    ({"tpuPool": {"zone": "europe-west4-a"}},
+     "llm-platform:cluster.tpuPool.zone: expected us-central1 or one of its zones"),
+])
+def test_impossible_gke_combinations_refused(cluster_patch, expected):
+    cluster = {**harness.stack_config("gke")["llm-platform:cluster"], **cluster_patch}
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("gke", {"llm-platform:cluster": cluster})
+    assert str(info.value.error).startswith(f"Pulumi.gke.yaml: {expected}")
+    assert info.value.registrations == []
