@@ -176,7 +176,7 @@ class _Mocks(pulumi.runtime.Mocks):
             point = {"ip": LB_IP} if pulumi.get_stack() == "gke" else {"hostname": LB_HOSTNAME}
             state["status"] = {"loadBalancer": {"ingress": [point]}}
         elif args.typ == "aws:eks/cluster:Cluster":
-            state.update(endpoint=f"https://0123ABCD.gr7.us-west-2.eks.amazonaws.com",
+            state.update(endpoint="https://0123ABCD.gr7.us-west-2.eks.amazonaws.com",
                          certificateAuthority={"data": CA_DATA}, status="ACTIVE")
         elif args.typ == "gcp:container/cluster:Cluster":
             state.update(endpoint="34.30.0.10", masterAuth={"clusterCaCertificate": CA_DATA})
