@@ -161,10 +161,11 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[agent])),
     )
 
-    # The provider must not be used before the deployer may act on the cluster.
-    config_text = pulumi.Output.all(admin_policy.id, cluster.name).apply(lambda a: a[1])
+    # The provider must not be used before the deployer may act on the cluster: the name it
+    # reads only resolves once the admin policy is associated.
+    name_once_admin = pulumi.Output.all(admin_policy.id, cluster.name).apply(lambda a: a[1])
     return BuiltCluster(
-        kubeconfig=kubeconfig(config_text, cluster.endpoint, cluster.certificate_authority.data, cfg.region),
+        kubeconfig=kubeconfig(name_once_admin, cluster.endpoint, cluster.certificate_authority.data, cfg.region),
         ingress=IngressFacts(service_type="LoadBalancer", address=None, annotations=dict(NLB_ANNOTATIONS)),
         host_models_dir=None,
         storage_class=STORAGE_CLASS,
