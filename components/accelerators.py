@@ -42,9 +42,6 @@ class Accelerator:
             return self.per_node
         return requested or 1
 
-    def limits(self, requested: Optional[int] = None) -> dict[str, str]:
-        return {self.resource: str(self.units(requested))} if self.resource else {}
-
 
 def from_config(cfg: AcceleratorConfig, cluster: Any) -> Accelerator:
     if cfg.kind == "vulkan":

@@ -40,37 +40,25 @@ class ConfigError(Exception):
     """Bad stack config: one line naming the stack file, the key and what was expected."""
 
 
-def _dns_label(value: str) -> str:
-    if not _DNS_LABEL.match(value):
-        raise ValueError(
-            "expected a DNS label (lowercase letters, digits and '-', starting with a letter, "
-            f"at most 63 characters), got {value!r}"
-        )
-    return value
+def _matching(pattern: re.Pattern, expected: str):
+    """A validator refusing values that do not match `pattern`, saying what was expected."""
+
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(f"expected {expected}, got {value!r}")
+        return value
+
+    return check
 
 
-def _quantity(value: str) -> str:
-    if not _QUANTITY.match(value):
-        raise ValueError(f"expected a Kubernetes quantity such as '2', '500m' or '4Gi', got {value!r}")
-    return value
-
-
-def _minikube_size(value: str) -> str:
-    if not _MINIKUBE_SIZE.match(value):
-        raise ValueError(f"expected a size such as '12g' or '8192mb', got {value!r}")
-    return value
-
-
-def _k8s_version(value: str) -> str:
-    if not _K8S_VERSION.match(value):
-        raise ValueError(f"expected a Kubernetes version such as 'v1.34.0', got {value!r}")
-    return value
-
-
-def _pinned_chart(value: str) -> str:
-    if not _CHART_VERSION.match(value):
-        raise ValueError(f"expected an exact chart version such as '1.2.3' (no ranges), got {value!r}")
-    return value
+_dns_label = _matching(
+    _DNS_LABEL,
+    "a DNS label (lowercase letters, digits and '-', starting with a letter, at most 63 characters)",
+)
+_quantity = _matching(_QUANTITY, "a Kubernetes quantity such as '2', '500m' or '4Gi'")
+_minikube_size = _matching(_MINIKUBE_SIZE, "a size such as '12g' or '8192mb'")
+_k8s_version = _matching(_K8S_VERSION, "a Kubernetes version such as 'v1.34.0'")
+_pinned_chart = _matching(_CHART_VERSION, "an exact chart version such as '1.2.3' (no ranges)")
 
 
 def pinned_image(value: str) -> str:

@@ -41,7 +41,6 @@ def fetch_command(model, models_dir: str) -> str:
 
 class LlmServer(pulumi.ComponentResource):
     alias: str
-    service_name: str
     namespace: pulumi.Output[str]
     port: int
     service_host: pulumi.Output[str]
@@ -51,7 +50,6 @@ class LlmServer(pulumi.ComponentResource):
         model, accel, provider = args["model"], args["accelerator"], args["provider"]
         spec = server_spec(model, accel)
         self.alias = model.name
-        self.service_name = model.name
         self.port = spec.port
         self.namespace = pulumi.Output.from_input(args["namespace"])
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=provider)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import runpy
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -80,7 +80,6 @@ class Registration:
     dependencies: list[str]
     provider: str
     custom: bool
-    state: dict = field(default_factory=dict)
 
     @property
     def provider_urn(self) -> str:
@@ -220,7 +219,6 @@ class _Monitor(pulumi_mocks.MockMonitor):
                 dependencies=list(request.dependencies),
                 provider=request.provider,
                 custom=request.custom,
-                state=self.resources[urn].state,
             ))
         return response
 
