@@ -6,7 +6,7 @@ from components import (
     Backend, Cluster, Gateway, GitOpsController, GpuDevicePlugin, LlmServer, Mesh, ModelRoute,
 )
 from components.accelerators import from_config as accelerator_from_config
-from components.apps import OPEN_WEBUI_PORT, all_apps
+from components.apps import OPEN_WEBUI_PORT, all_apps, open_webui_host
 from components.config import ConfigError, load
 
 try:
@@ -46,7 +46,7 @@ servers = [
 apps = all_apps(cfg, f"http://{mesh.ingress_service_host}")
 GitOpsController("gitops", {"provider": provider, "chart_version": cfg.gitops.chart_version, "apps": apps})
 
-ui = Backend(f"open-webui.{cfg.ui.namespace}.svc.cluster.local", OPEN_WEBUI_PORT) if cfg.ui.enabled else None
+ui = Backend(open_webui_host(cfg), OPEN_WEBUI_PORT) if cfg.ui.enabled else None
 gateway = Gateway("gateway", {
     "provider": provider,
     "mesh": mesh,

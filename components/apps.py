@@ -7,17 +7,23 @@ from .gateway import model_prefix
 from .gitops import App
 
 OPEN_WEBUI_REPO = "https://helm.openwebui.com/"
+OPEN_WEBUI = "open-webui"
+# The chart names its Service after the release and serves on port 80.
 OPEN_WEBUI_PORT = 80
+
+
+def open_webui_host(cfg: StackConfig) -> str:
+    return f"{OPEN_WEBUI}.{cfg.ui.namespace}.svc.cluster.local"
 
 
 def open_webui(cfg: StackConfig, gateway_base: str) -> App:
     # One OpenAI connection per model, each through the gateway like any other client.
     urls = [f"{gateway_base}{model_prefix(m.name)}" for m in cfg.models]
     return App(
-        name="open-webui",
+        name=OPEN_WEBUI,
         namespace=cfg.ui.namespace,
         repo_url=OPEN_WEBUI_REPO,
-        chart="open-webui",
+        chart=OPEN_WEBUI,
         target_revision=cfg.ui.chart_version,
         values={
             "ollama": {"enabled": False},
