@@ -1,5 +1,6 @@
 """What the scheduler needs to know about an accelerator: the extended resource a pod asks for,
-and where such pods may land. Components read these facts instead of branching per cloud."""
+where such pods may land and what makes it schedulable. Components read these facts instead of
+branching per cloud; the cluster's config says which node pool carries the accelerator."""
 
 from __future__ import annotations
 
@@ -7,13 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .config import AcceleratorConfig
-from .hardware import gpus_per_instance, tpu_host
 
-# Taints of the accelerator node pools. Pods' tolerations are derived from these, never retyped.
-NVIDIA_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}
-# GKE adds this one to every TPU node itself.
-TPU_TAINT = {"key": "google.com/tpu", "value": "present", "effect": "NoSchedule"}
-GPU_NODE_LABEL = {"llm-platform/accelerator": "nvidia"}
+RESOURCES = {"vulkan": "squat.ai/dri", "nvidia": "nvidia.com/gpu", "tpu": "google.com/tpu"}
 
 
 def toleration(taint: dict) -> dict:
@@ -31,7 +27,9 @@ class Accelerator:
     whole_node: bool = False
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict, ...] = ()
-    # Device path the local device plugin exposes (Vulkan through /dev/dri).
+    # "generic" (squat's plugin for a host device), "nvidia-chart", "managed" (by the cloud) or "none".
+    device_plugin: str = "none"
+    # Device path the generic device plugin exposes (Vulkan through /dev/dri).
     device_path: Optional[str] = None
     share_count: int = 1
 
@@ -48,27 +46,18 @@ def from_config(cfg: AcceleratorConfig, cluster: Any) -> Accelerator:
         # The Mac GPU reaches the krunkit guest as a virtio-gpu with Vulkan; squat's
         # generic-device-plugin advertises /dev/dri so pods can share it.
         return Accelerator(
-            kind="vulkan", resource="squat.ai/dri", device_path="/dev/dri", share_count=cfg.share_count
+            kind="vulkan", resource=RESOURCES["vulkan"], device_plugin="generic",
+            device_path="/dev/dri", share_count=cfg.share_count,
         )
-    if cfg.kind == "nvidia":
+    if cfg.kind in ("nvidia", "tpu"):
+        pool = cluster.accelerator_pool(cfg.kind)
         return Accelerator(
-            kind="nvidia",
-            resource="nvidia.com/gpu",
-            per_node=gpus_per_instance(cluster.gpu_nodes.instance_type),
-            node_selector=dict(GPU_NODE_LABEL),
-            tolerations=(toleration(NVIDIA_TAINT),),
-        )
-    if cfg.kind == "tpu":
-        host = tpu_host(cluster.tpu_pool.machine_type)
-        return Accelerator(
-            kind="tpu",
-            resource="google.com/tpu",
-            per_node=host.chips,
-            whole_node=True,
-            node_selector={
-                "cloud.google.com/gke-tpu-accelerator": host.accelerator_label,
-                "cloud.google.com/gke-tpu-topology": cluster.tpu_pool.topology or host.topology,
-            },
-            tolerations=(toleration(TPU_TAINT),),
+            kind=cfg.kind,
+            resource=RESOURCES[cfg.kind],
+            per_node=pool.per_node,
+            whole_node=cfg.kind == "tpu",
+            node_selector=dict(pool.labels),
+            tolerations=(toleration(pool.taint),),
+            device_plugin=pool.device_plugin,
         )
     return Accelerator(kind="none")

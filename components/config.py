@@ -24,7 +24,10 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from .hardware import GPUS_PER_INSTANCE, TPU_ACCELERATOR_LABELS, gpus_per_instance, tpu_host
+from .hardware import (
+    EKS_GPU_TAINT, G2_GPUS, GKE_GPU_TAINT, GKE_TPU_TAINT, GPUS_PER_INSTANCE, TPU_ACCELERATOR_LABELS,
+    AcceleratorPool, gpus_per_instance, tpu_host,
+)
 
 PROJECT = "llm-platform"
 
@@ -171,6 +174,14 @@ class EksCluster(_Model):
     system_nodes: NodeGroup = NodeGroup(instance_type="m6i.large", min_size=2, desired_size=2, max_size=3)
     gpu_nodes: GpuNodeGroup = GpuNodeGroup()
 
+    def accelerator_pool(self, kind: str) -> AcceleratorPool:
+        return AcceleratorPool(
+            per_node=gpus_per_instance(self.gpu_nodes.instance_type),
+            labels={"llm-platform/accelerator": "nvidia"},
+            taint=EKS_GPU_TAINT,
+            device_plugin="nvidia-chart",
+        )
+
     @model_validator(mode="after")
     def _zones_in_region(self) -> "EksCluster":
         for zone in self.availability_zones:
@@ -196,8 +207,29 @@ class TpuNodePool(GkeNodePool):
     spot: bool = False
 
 
+def _g2_machine(value: str) -> str:
+    if value not in G2_GPUS:
+        raise ValueError(f"expected a G2 (NVIDIA L4) machine type such as 'g2-standard-8', got {value!r}")
+    return value
+
+
+class GpuNodePool(GkeNodePool):
+    """NVIDIA L4 GPUs on G2 machines, drivers installed by GKE."""
+
+    machine_type: Annotated[str, AfterValidator(_g2_machine)] = "g2-standard-8"
+    accelerator_type: Literal["nvidia-l4"] = "nvidia-l4"
+    min_nodes: int = Field(0, ge=0)
+    max_nodes: int = Field(1, ge=1)
+    zone: str = Field(pattern=r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
+    spot: bool = False
+
+    @property
+    def gpus(self) -> int:
+        return G2_GPUS[self.machine_type]
+
+
 class GkeCluster(_Model):
-    """GKE Standard in its own VPC network: a system pool and a TPU pool."""
+    """GKE Standard in its own VPC network: a system pool and a TPU or GPU pool."""
 
     kind: Literal["gke"]
     name: DnsLabel = "llm-platform"
@@ -209,11 +241,36 @@ class GkeCluster(_Model):
     kubernetes_version: str = Field("1.33", pattern=r"^1\.[0-9]+$")
     subnet_cidr: str = Field("10.10.0.0/20", pattern=r"^[0-9.]+/[0-9]+$")
     system_pool: GkeNodePool = GkeNodePool()
-    tpu_pool: TpuNodePool
+    tpu_pool: Optional[TpuNodePool] = None
+    gpu_pool: Optional[GpuNodePool] = None
+
+    def accelerator_pool(self, kind: str) -> AcceleratorPool:
+        if kind == "tpu":
+            host = tpu_host(self.tpu_pool.machine_type)
+            return AcceleratorPool(
+                per_node=host.chips,
+                labels={
+                    "cloud.google.com/gke-tpu-accelerator": host.accelerator_label,
+                    "cloud.google.com/gke-tpu-topology": self.tpu_pool.topology or host.topology,
+                },
+                taint=GKE_TPU_TAINT,
+                device_plugin="managed",
+            )
+        return AcceleratorPool(
+            per_node=self.gpu_pool.gpus,
+            labels={"cloud.google.com/gke-accelerator": self.gpu_pool.accelerator_type},
+            taint=GKE_GPU_TAINT,
+            device_plugin="managed",
+        )
 
     @model_validator(mode="after")
-    def _zones_in_region(self) -> "GkeCluster":
-        for key, zone in (("location", self.location), ("tpuPool.zone", self.tpu_pool.zone)):
+    def _pools_in_region(self) -> "GkeCluster":
+        if (self.tpu_pool is None) == (self.gpu_pool is None):
+            raise ValueError("tpuPool: expected exactly one accelerator pool, tpuPool or gpuPool")
+        zones = [("location", self.location)]
+        zones += [("tpuPool.zone", self.tpu_pool.zone)] if self.tpu_pool else []
+        zones += [("gpuPool.zone", self.gpu_pool.zone)] if self.gpu_pool else []
+        for key, zone in zones:
             if zone and not zone.startswith(self.region):
                 raise ValueError(f"{key}: expected {self.region} or one of its zones, got {zone!r}")
         return self
@@ -365,17 +422,9 @@ ACCELERATORS_BY_CLUSTER = {
     "minikube": ("vulkan", "none"),
     "existing": ("none",),
     "eks": ("nvidia",),
-    "gke": ("tpu",),
+    "gke": ("tpu", "nvidia"),
 }
 RUNTIMES_BY_ACCELERATOR = {"vulkan": ("llama-cpp",), "none": ("llama-cpp",), "nvidia": ("vllm",), "tpu": ("vllm",)}
-
-
-def _accelerators_per_node(cluster: Any) -> Optional[int]:
-    if cluster.kind == "eks":
-        return gpus_per_instance(cluster.gpu_nodes.instance_type)
-    if cluster.kind == "gke":
-        return tpu_host(cluster.tpu_pool.machine_type).chips
-    return None
 
 
 class StackConfig(_Model):
@@ -397,7 +446,12 @@ class StackConfig(_Model):
         if accel not in ACCELERATORS_BY_CLUSTER[self.cluster.kind]:
             allowed = " or ".join(ACCELERATORS_BY_CLUSTER[self.cluster.kind])
             raise ValueError(f"accelerator.kind: {self.cluster.kind} clusters serve on {allowed}, got {accel!r}")
-        per_node = _accelerators_per_node(self.cluster)
+        if self.cluster.kind == "gke" and accel == "tpu" and self.cluster.tpu_pool is None:
+            raise ValueError("cluster.tpuPool: required to serve on 'tpu'")
+        if self.cluster.kind == "gke" and accel == "nvidia" and self.cluster.gpu_pool is None:
+            raise ValueError("cluster.gpuPool: required to serve on 'nvidia'")
+        pool = self.cluster.accelerator_pool(accel) if accel in ("nvidia", "tpu") else None
+        per_node = pool.per_node if pool else None
         for i, m in enumerate(self.models):
             if m.runtime not in RUNTIMES_BY_ACCELERATOR[accel]:
                 raise ValueError(

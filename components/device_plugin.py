@@ -43,14 +43,14 @@ class GpuDevicePlugin(pulumi.ComponentResource):
         self.daemon_set: Optional[k8s.apps.v1.DaemonSet] = None
 
         self.release: Optional[k8s.helm.v3.Release] = None
-        if accel.device_path:
+        if accel.device_plugin == "generic":
             self.daemon_set = self._generic_device_plugin(name, accel, args["provider"])
             self.installed = f"{NAME} advertising {accel.device_path} as {accel.resource}"
-        elif accel.kind == "nvidia":
+        elif accel.device_plugin == "nvidia-chart":
             self.release = self._nvidia_device_plugin(name, accel, args["provider"])
             self.installed = f"nvidia-device-plugin {NVIDIA_CHART_VERSION} on GPU nodes, advertising {accel.resource}"
-        elif accel.kind == "tpu":
-            self.installed = f"nothing: GKE runs its own TPU device plugin, advertising {accel.resource}"
+        elif accel.device_plugin == "managed":
+            self.installed = f"nothing: the cloud runs the device plugin (and drivers) for {accel.resource}"
         else:
             self.installed = "nothing: CPU-only serving needs no device plugin"
         self.register_outputs({"resourceName": self.resource_name, "installed": self.installed})

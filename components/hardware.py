@@ -46,3 +46,27 @@ def topology_chips(topology: str) -> int:
     for dim in topology.split("x"):
         chips *= int(dim)
     return chips
+
+
+# Taints of accelerator nodes. Pods' tolerations are derived from these, never retyped.
+EKS_GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}
+# GKE adds these to its GPU and TPU nodes itself.
+GKE_GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+GKE_TPU_TAINT = {"key": "google.com/tpu", "value": "present", "effect": "NoSchedule"}
+
+# GPUs on a GKE G2 (L4) machine type.
+G2_GPUS = {"g2-standard-4": 1, "g2-standard-8": 1, "g2-standard-12": 1, "g2-standard-16": 1,
+           "g2-standard-32": 1, "g2-standard-24": 2, "g2-standard-48": 4, "g2-standard-96": 8}
+
+
+@dataclass(frozen=True)
+class AcceleratorPool:
+    """The node pool that carries a cluster's accelerators, as the scheduler sees it."""
+
+    # Units of the accelerator on one node.
+    per_node: int
+    # Labels that select the pool's nodes, and the taint only accelerator pods tolerate.
+    labels: dict
+    taint: dict
+    # Who makes the accelerator schedulable: "nvidia-chart" (we install it) or "managed" (the cloud).
+    device_plugin: str

@@ -238,3 +238,39 @@ def test_impossible_gke_combinations_refused(cluster_patch, expected):
         harness.run("gke", {"llm-platform:cluster": cluster})
     assert str(info.value.error).startswith(f"Pulumi.gke.yaml: {expected}")
     assert info.value.registrations == []
+
+
+def test_gke_l4_gpu_pool_uses_gke_managed_drivers():
+    base = harness.stack_config("gke")
+    cluster = {k: v for k, v in base["llm-platform:cluster"].items() if k != "tpuPool"}
+    model = {**base["llm-platform:models"][0], "accelerators": 2}
+    rec = harness.run("gke", {
+        "llm-platform:cluster": {**cluster, "gpuPool": {"machineType": "g2-standard-24", "zone": "us-central1-b"}},
+        "llm-platform:accelerator": {"kind": "nvidia"},
+        "llm-platform:models": [model],
+    })
+    pool = rec.one("gcp:container/nodePool:NodePool", "cluster-gpu").inputs["nodeConfig"]
+    assert pool["guestAccelerators"] == [{
+        "type": "nvidia-l4", "count": 2, "gpuDriverInstallationConfig": {"gpuDriverVersion": "LATEST"}}]
+    assert not [r for r in rec.of_type(RELEASE) if r.name.startswith("gpu")]  # GKE runs the plugin
+    spec = pod(rec)
+    c = spec["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2" and flag(c["args"], "--tensor-parallel-size") == "2"
+    assert spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}]
+
+
+@pytest.mark.parametrize("patch, accelerator, expected", [
+    ({"gpuPool": {"zone": "us-central1-b"}}, "tpu",
+     "llm-platform:cluster.tpuPool: expected exactly one accelerator pool, tpuPool or gpuPool"),
+    ({}, "nvidia", "llm-platform:cluster.gpuPool: required to serve on 'nvidia'"),
+    ({"gpuPool": {"machineType": "n1-standard-8", "zone": "us-central1-b"}, "tpuPool": None}, "nvidia",
+     "llm-platform:cluster.gpuPool.machineType: expected a G2 (NVIDIA L4) machine type"),
+])
+def test_gke_pool_and_accelerator_must_agree(patch, accelerator, expected):
+    cluster = {k: v for k, v in {**harness.stack_config("gke")["llm-platform:cluster"], **patch}.items()
+               if v is not None}
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("gke", {"llm-platform:cluster": cluster, "llm-platform:accelerator": {"kind": accelerator}})
+    assert str(info.value.error).startswith(f"Pulumi.gke.yaml: {expected}")
+    assert info.value.registrations == []

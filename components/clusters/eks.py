@@ -9,7 +9,6 @@ import json
 import pulumi
 import pulumi_aws as aws
 
-from ..accelerators import GPU_NODE_LABEL, NVIDIA_TAINT
 from ..config import EksCluster
 from .base import BuiltCluster, IngressFacts
 
@@ -143,11 +142,12 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
         )
 
     system = node_group("system", cfg.system_nodes, "AL2023_x86_64_STANDARD", labels={"llm-platform/pool": "system"})
+    gpu = cfg.accelerator_pool("nvidia")
     node_group(
         "gpu", cfg.gpu_nodes, cfg.gpu_nodes.ami_type,
-        labels={"llm-platform/pool": "gpu", **GPU_NODE_LABEL},
+        labels={"llm-platform/pool": "gpu", **gpu.labels},
         # Only pods that tolerate this (the model servers, the device plugin) land on GPUs.
-        taints=[node_group_taint(NVIDIA_TAINT)],
+        taints=[node_group_taint(gpu.taint)],
     )
 
     # --- EBS CSI through EKS Pod Identity ------------------------------------------------

@@ -1,5 +1,5 @@
-"""GKE Standard in its own VPC network: a system pool and a TPU pool, Workload Identity on, and a
-kubeconfig that authenticates with `gke-gcloud-auth-plugin`."""
+"""GKE Standard in its own VPC network: a system pool and a TPU (or NVIDIA L4) pool, Workload
+Identity on, and a kubeconfig that authenticates with `gke-gcloud-auth-plugin`."""
 
 from __future__ import annotations
 
@@ -89,15 +89,24 @@ def build(parent: pulumi.Resource, name: str, cfg: GkeCluster) -> BuiltCluster:
                      "workload_metadata_config": _WORKLOAD_METADATA, "labels": {"llm-platform/pool": "system"}},
         opts=opts,
     )
-    pool = cfg.tpu_pool
+    if cfg.tpu_pool:
+        pool, kind, extra = cfg.tpu_pool, "tpu", {"placement_policy": tpu_placement(cfg)}
+        accelerator_config = {}
+    else:
+        pool, kind, extra = cfg.gpu_pool, "gpu", {}
+        # GKE installs the NVIDIA driver and runs the device plugin itself.
+        accelerator_config = {"guest_accelerators": [{
+            "type": pool.accelerator_type,
+            "count": pool.gpus,
+            "gpu_driver_installation_config": {"gpu_driver_version": "LATEST"},
+        }]}
     gcp.container.NodePool(
-        f"{name}-tpu",
-        name="tpu",
+        f"{name}-{kind}",
+        name=kind,
         cluster=cluster.name,
         location=location,
         node_locations=[pool.zone],
         autoscaling={"min_node_count": pool.min_nodes, "max_node_count": pool.max_nodes},
-        placement_policy=tpu_placement(cfg),
         node_config={
             "machine_type": pool.machine_type,
             "spot": pool.spot,
@@ -105,9 +114,11 @@ def build(parent: pulumi.Resource, name: str, cfg: GkeCluster) -> BuiltCluster:
             "workload_metadata_config": _WORKLOAD_METADATA,
             # Take on-demand capacity unless a reservation is configured explicitly.
             "reservation_affinity": {"consume_reservation_type": "NO_RESERVATION"},
-            "labels": {"llm-platform/pool": "tpu"},
+            "labels": {"llm-platform/pool": kind},
+            **accelerator_config,
         },
         opts=opts,
+        **extra,
     )
     return BuiltCluster(
         kubeconfig=kubeconfig(cluster.name, cluster.endpoint, cluster.master_auth.cluster_ca_certificate),
