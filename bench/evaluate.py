@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests import harness  # noqa: E402
+from tools import mock_engine as harness  # noqa: E402
 
 
 def models(stack: str, n: int) -> list[dict]:

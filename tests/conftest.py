@@ -1,6 +1,6 @@
 import pytest
 
-from tests import harness
+from tools import mock_engine as harness
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import PROJECT_DIR, STACKS
+from tools.mock_engine import PROJECT_DIR, STACKS
 
 pytestmark = pytest.mark.automation
 POLICY_DIR = PROJECT_DIR / "policy"

@@ -5,7 +5,7 @@ import json
 import kubernetes_validate
 import pytest
 
-from tests import harness
+from tools import mock_engine as harness
 from tests.test_schemas import core_objects, manifest
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"

@@ -4,7 +4,7 @@ names the stack file, the key and what was expected."""
 import pulumi
 import pytest
 
-from tests import harness
+from tools import mock_engine as harness
 
 CLUSTER = {
     "kind": "minikube", "modelsDir": "~/models",

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from tests.harness import PROJECT_DIR
+from tools.mock_engine import PROJECT_DIR
 
 SCRIPT = PROJECT_DIR / "scripts" / "fetch_model.py"
 BODY = b"GGUF" + bytes(range(256)) * 64

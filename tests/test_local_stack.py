@@ -4,7 +4,7 @@ import shlex
 
 import yaml
 
-from tests import harness
+from tools import mock_engine as harness
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 SERVICE = "kubernetes:core/v1:Service"

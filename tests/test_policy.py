@@ -8,7 +8,7 @@ import sys
 import pulumi_policy
 import pytest
 
-from tests import harness
+from tools import mock_engine as harness
 
 sys.path.insert(0, str(harness.PROJECT_DIR / "policy"))
 import rules  # noqa: E402

@@ -4,7 +4,7 @@ Kubernetes version the stack targets."""
 import kubernetes_validate
 import pytest
 
-from tests import harness
+from tools import mock_engine as harness
 
 
 def manifest(value):

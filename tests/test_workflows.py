@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests import harness
+from tools import mock_engine as harness
 
 WORKFLOWS = harness.PROJECT_DIR / ".github" / "workflows"
 # Inputs of pulumi/actions (its action.yml).
