@@ -39,6 +39,8 @@ servers = [
         "host_models_dir": cluster.host_models_dir,
         "storage_class": cluster.storage_class,
         "hf_token": pulumi.Output.secret(cfg.hf_token) if cfg.hf_token else None,
+        "priority_class": cluster.serving_priority_class,
+        "retain_cache": not cfg.delete_model_caches,
     })
     for m in cfg.models
 ]

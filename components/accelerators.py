@@ -32,6 +32,8 @@ class Accelerator:
     # Device path the generic device plugin exposes (Vulkan through /dev/dri).
     device_path: Optional[str] = None
     share_count: int = 1
+    # Units the cluster can offer at most (None: CPU-only, no accelerator limit).
+    capacity: Optional[int] = None
 
     def units(self, requested: Optional[int] = None) -> int:
         if not self.resource:
@@ -40,6 +42,11 @@ class Accelerator:
             return self.per_node
         return requested or 1
 
+    def fits_surge(self, units: int, replicas: int) -> bool:
+        """Whether one extra pod fits while `replicas` run: a rolling update can then keep
+        every replica serving."""
+        return self.capacity is None or self.capacity >= units * (replicas + 1)
+
 
 def from_config(cfg: AcceleratorConfig, cluster: Any) -> Accelerator:
     if cfg.kind == "vulkan":
@@ -47,7 +54,7 @@ def from_config(cfg: AcceleratorConfig, cluster: Any) -> Accelerator:
         # generic-device-plugin advertises /dev/dri so pods can share it.
         return Accelerator(
             kind="vulkan", resource=RESOURCES["vulkan"], device_plugin="generic",
-            device_path="/dev/dri", share_count=cfg.share_count,
+            device_path="/dev/dri", share_count=cfg.share_count, capacity=cfg.share_count,
         )
     if cfg.kind in ("nvidia", "tpu"):
         pool = cluster.accelerator_pool(cfg.kind)
@@ -59,5 +66,6 @@ def from_config(cfg: AcceleratorConfig, cluster: Any) -> Accelerator:
             node_selector=dict(pool.labels),
             tolerations=(toleration(pool.taint),),
             device_plugin=pool.device_plugin,
+            capacity=pool.per_node * pool.max_nodes,
         )
     return Accelerator(kind="none")

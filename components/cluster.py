@@ -12,6 +12,8 @@ from .clusters import eks, existing, gke, minikube
 from .clusters.base import IngressFacts
 from .config import ClusterConfig
 
+SERVING_PRIORITY_CLASS = "llm-serving"
+
 # The one place a stack's kind of cluster picks its implementation.
 _BUILDERS = {
     "minikube": minikube.build,
@@ -34,6 +36,7 @@ class Cluster(pulumi.ComponentResource):
     host_models_dir: Optional[str]
     kubernetes_version: str
     storage_class: Optional[pulumi.Output[str]]
+    serving_priority_class: pulumi.Output[str]
 
     def __init__(self, name: str, args: ClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:Cluster", name, None, opts)
@@ -54,6 +57,15 @@ class Cluster(pulumi.ComponentResource):
             delete_unreachable=True,
             opts=pulumi.ResourceOptions(parent=self),
         )
+        # Model servers outrank ordinary workloads when nodes are short.
+        self.serving_priority_class = k8s.scheduling.v1.PriorityClass(
+            f"{name}-serving-priority",
+            metadata={"name": SERVING_PRIORITY_CLASS},
+            value=100000,
+            global_default=False,
+            description="llm-platform model servers",
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider),
+        ).metadata.name
         self.storage_class = None
         if built.storage_class_manifest:
             sc = k8s.storage.v1.StorageClass(

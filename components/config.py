@@ -180,6 +180,7 @@ class EksCluster(_Model):
             labels={"llm-platform/accelerator": "nvidia"},
             taint=EKS_GPU_TAINT,
             device_plugin="nvidia-chart",
+            max_nodes=self.gpu_nodes.max_size,
         )
 
     @model_validator(mode="after")
@@ -255,12 +256,14 @@ class GkeCluster(_Model):
                 },
                 taint=GKE_TPU_TAINT,
                 device_plugin="managed",
+                max_nodes=self.tpu_pool.max_nodes,
             )
         return AcceleratorPool(
             per_node=self.gpu_pool.gpus,
             labels={"cloud.google.com/gke-accelerator": self.gpu_pool.accelerator_type},
             taint=GKE_GPU_TAINT,
             device_plugin="managed",
+            max_nodes=self.gpu_pool.max_nodes,
         )
 
     @model_validator(mode="after")
@@ -437,6 +440,8 @@ class StackConfig(_Model):
     ui: UiConfig = UiConfig()
     apps: list[AppConfig] = []
     gateway: GatewayConfig = GatewayConfig()
+    # Keep model caches (PVCs) when the stack is destroyed, unless told otherwise.
+    delete_model_caches: bool = False
     # Hugging Face token for gated models: `pulumi config set --secret hfToken hf_...`.
     hf_token: Optional[str] = None
 

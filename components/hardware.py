@@ -70,3 +70,5 @@ class AcceleratorPool:
     taint: dict
     # Who makes the accelerator schedulable: "nvidia-chart" (we install it) or "managed" (the cloud).
     device_plugin: str
+    # Nodes the pool may scale to: with per_node, how many units exist at most.
+    max_nodes: int = 1

@@ -13,6 +13,10 @@ from .accelerators import Accelerator
 from .serving import CACHE_MOUNT, MODELS_MOUNT, ServerSpec, server_spec
 
 PROBE_PERIOD_S = 10
+# Long enough for a slow generation in flight to finish after the pod leaves the Service.
+TERMINATION_GRACE_S = 180
+# Endpoints are removed asynchronously: keep serving a moment before SIGTERM.
+PRESTOP_SLEEP_S = 15
 
 
 class LlmServerArgs(TypedDict):
@@ -26,6 +30,9 @@ class LlmServerArgs(TypedDict):
     storage_class: Optional[pulumi.Input[str]]
     # Hugging Face token (a Pulumi secret), for gated models; None for public ones.
     hf_token: Optional[pulumi.Output[str]]
+    priority_class: pulumi.Input[str]
+    # Keep the model cache PVC when the stack is destroyed.
+    retain_cache: bool
 
 
 def fetch_command(model, models_dir: str) -> str:
@@ -84,8 +91,10 @@ class LlmServer(pulumi.ComponentResource):
                     "storageClassName": args["storage_class"],
                     "resources": {"requests": {"storage": model.cache_size}},
                 },
-                # Bound only when its pod is scheduled (WaitForFirstConsumer): do not await.
-                opts=k8s_opts,
+                # Destroying the stack keeps downloaded weights unless config says otherwise.
+                opts=pulumi.ResourceOptions.merge(
+                    k8s_opts, pulumi.ResourceOptions(retain_on_delete=args["retain_cache"])
+                ),
             )
             volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": cache.metadata.name}})
             mounts.append({"name": "cache", "mountPath": CACHE_MOUNT})
@@ -108,10 +117,13 @@ class LlmServer(pulumi.ComponentResource):
             spec={
                 "replicas": model.replicas,
                 "progressDeadlineSeconds": spec.startup_minutes * 60,
+                "strategy": rollout_strategy(accel, spec.accelerators, model.replicas),
                 "selector": {"matchLabels": labels},
                 "template": {
                     "metadata": {"labels": labels},
                     "spec": {
+                        "priorityClassName": args["priority_class"],
+                        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
                         "containers": [_container(model, accel, spec, env, mounts)],
                         "nodeSelector": dict(accel.node_selector) or None,
                         "tolerations": list(accel.tolerations) or None,
@@ -126,6 +138,13 @@ class LlmServer(pulumi.ComponentResource):
                 ),
             )),
         )
+        if model.replicas > 1:
+            k8s.policy.v1.PodDisruptionBudget(
+                f"{name}-pdb",
+                metadata={**meta, "name": model.name},
+                spec={"maxUnavailable": 1, "selector": {"matchLabels": labels}},
+                opts=k8s_opts,
+            )
         self.service = k8s.core.v1.Service(
             f"{name}-service",
             metadata={**meta, "name": model.name},
@@ -139,6 +158,14 @@ class LlmServer(pulumi.ComponentResource):
             self.service.metadata.name, ".", self.service.metadata.namespace, ".svc.cluster.local"
         )
         self.register_outputs({"alias": self.alias, "serviceHost": self.service_host, "port": self.port})
+
+
+def rollout_strategy(accel: Accelerator, units: int, replicas: int) -> dict:
+    """Never drop the last ready replica when a new pod fits beside the old ones; where the
+    accelerators cannot hold one more pod (a single GPU, a TPU host), replace in place."""
+    if accel.fits_surge(units, replicas):
+        return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    return {"type": "Recreate"}
 
 
 def _container(model, accel: Accelerator, spec: ServerSpec, env: list, mounts: list) -> dict:
@@ -162,6 +189,7 @@ def _container(model, accel: Accelerator, spec: ServerSpec, env: list, mounts: l
         },
         "readinessProbe": {**probe, "periodSeconds": PROBE_PERIOD_S, "failureThreshold": 3},
         "livenessProbe": {**probe, "periodSeconds": 30, "failureThreshold": 5},
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},
     }
     if spec.command:
         container["command"] = spec.command

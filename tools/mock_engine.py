@@ -80,6 +80,7 @@ class Registration:
     dependencies: list[str]
     provider: str
     custom: bool
+    retain_on_delete: bool = False
 
     @property
     def provider_urn(self) -> str:
@@ -219,6 +220,7 @@ class _Monitor(pulumi_mocks.MockMonitor):
                 dependencies=list(request.dependencies),
                 provider=request.provider,
                 custom=request.custom,
+                retain_on_delete=bool(request.retainOnDelete),
             ))
         return response
 
