@@ -3,7 +3,7 @@
 import pulumi
 
 from components import (
-    Backend, Cluster, Gateway, GitOpsController, GpuDevicePlugin, LlmServer, Mesh, ModelRoute,
+    ApiKeys, Backend, Cluster, Gateway, GitOpsController, GpuDevicePlugin, LlmServer, Mesh, ModelRoute,
 )
 from components.accelerators import from_config as accelerator_from_config
 from components.apps import OPEN_WEBUI_PORT, all_apps, open_webui_host
@@ -30,6 +30,8 @@ mesh = Mesh("mesh", {
     "injected_namespaces": [cfg.models_namespace],
 })
 
+keys = ApiKeys("api-keys", {"client": cfg.api_key, "ui": cfg.ui_api_key}) if cfg.security.api_auth else None
+
 servers = [
     LlmServer(f"model-{m.name}", {
         "model": m,
@@ -41,11 +43,12 @@ servers = [
         "hf_token": pulumi.Output.secret(cfg.hf_token) if cfg.hf_token else None,
         "priority_class": cluster.serving_priority_class,
         "retain_cache": not cfg.delete_model_caches,
+        "api_keys": {"client": keys.client, "ui": keys.ui} if keys else None,
     })
     for m in cfg.models
 ]
 
-apps = all_apps(cfg, f"http://{mesh.ingress_service_host}")
+apps = all_apps(cfg, f"http://{mesh.ingress_service_host}", keys.ui if keys else None)
 GitOpsController("gitops", {"provider": provider, "chart_version": cfg.gitops.chart_version, "apps": apps})
 
 ui = Backend(open_webui_host(cfg), OPEN_WEBUI_PORT) if cfg.ui.enabled else None
@@ -64,3 +67,5 @@ pulumi.export("apiBaseUrl", gateway.api_base_url)
 pulumi.export("uiUrl", gateway.ui_url)
 pulumi.export("modelAliases", [s.alias for s in servers])
 pulumi.export("kubeconfig", cluster.kubeconfig)
+if keys:
+    pulumi.export("apiKey", keys.client)

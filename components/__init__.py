@@ -1,5 +1,6 @@
 """Reusable components of the llm-platform program."""
 
+from .api_keys import ApiKeys, ApiKeysArgs
 from .cluster import Cluster, ClusterArgs
 from .device_plugin import GpuDevicePlugin, GpuDevicePluginArgs
 from .gateway import Backend, Gateway, GatewayArgs, ModelRoute
@@ -8,7 +9,7 @@ from .llm_server import LlmServer, LlmServerArgs
 from .mesh import Mesh, MeshArgs
 
 __all__ = [
-    "App", "Backend", "Cluster", "ClusterArgs", "Gateway", "GatewayArgs", "GitOpsController",
+    "ApiKeys", "ApiKeysArgs", "App", "Backend", "Cluster", "ClusterArgs", "Gateway", "GatewayArgs", "GitOpsController",
     "GitOpsControllerArgs", "GpuDevicePlugin", "GpuDevicePluginArgs", "LlmServer", "LlmServerArgs",
     "Mesh", "MeshArgs", "ModelRoute",
 ]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
+import pulumi
+
 from .config import StackConfig
 from .gateway import model_prefix
 from .gitops import App
@@ -16,9 +20,18 @@ def open_webui_host(cfg: StackConfig) -> str:
     return f"{OPEN_WEBUI}.{cfg.ui.namespace}.svc.cluster.local"
 
 
-def open_webui(cfg: StackConfig, gateway_base: str) -> App:
+OPENAI_KEYS_SECRET = "open-webui-openai"
+
+
+def open_webui(cfg: StackConfig, gateway_base: str, api_key: Optional[pulumi.Output[str]]) -> App:
     # One OpenAI connection per model, each through the gateway like any other client.
     urls = [f"{gateway_base}{model_prefix(m.name)}" for m in cfg.models]
+    secrets, env = {}, []
+    if api_key is not None:
+        # Open WebUI pairs OPENAI_API_KEYS with OPENAI_API_BASE_URLS, ';'-separated.
+        secrets[OPENAI_KEYS_SECRET] = {"OPENAI_API_KEYS": api_key.apply(lambda k: ";".join([k] * len(urls)))}
+        env.append({"name": "OPENAI_API_KEYS",
+                    "valueFrom": {"secretKeyRef": {"name": OPENAI_KEYS_SECRET, "key": "OPENAI_API_KEYS"}}})
     return App(
         name=OPEN_WEBUI,
         namespace=cfg.ui.namespace,
@@ -32,13 +45,16 @@ def open_webui(cfg: StackConfig, gateway_base: str) -> App:
             "openaiBaseApiUrls": urls,
             # Chat history lives on a PVC and survives restarts.
             "persistence": {"enabled": True, "size": cfg.ui.storage_size},
+            # Replaces the chart's default env, which sets a literal OPENAI_API_KEY.
+            "extraEnvVars": env,
         },
         namespace_labels={"istio-injection": "enabled"},
+        secrets=secrets,
     )
 
 
-def all_apps(cfg: StackConfig, gateway_base: str) -> list[App]:
-    apps = [open_webui(cfg, gateway_base)] if cfg.ui.enabled else []
+def all_apps(cfg: StackConfig, gateway_base: str, ui_api_key: Optional[pulumi.Output[str]]) -> list[App]:
+    apps = [open_webui(cfg, gateway_base, ui_api_key)] if cfg.ui.enabled else []
     return apps + [
         App(
             name=a.name,

@@ -415,6 +415,13 @@ class GitOpsConfig(_Model):
     chart_version: ChartVersion = "10.1.3"
 
 
+class SecurityConfig(_Model):
+    """Secure by default; each switch is an opt-out for a laptop that needs it."""
+
+    # `/v1` requires an API key (Authorization: Bearer ...).
+    api_auth: bool = True
+
+
 class GatewayConfig(_Model):
     # None: answer on any host name (the ingress address is used in URLs).
     host: Optional[str] = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -440,6 +447,10 @@ class StackConfig(_Model):
     ui: UiConfig = UiConfig()
     apps: list[AppConfig] = []
     gateway: GatewayConfig = GatewayConfig()
+    security: SecurityConfig = SecurityConfig()
+    # API keys (Pulumi secrets); generated and kept in state when not set.
+    api_key: Optional[str] = None
+    ui_api_key: Optional[str] = None
     # Keep model caches (PVCs) when the stack is destroyed, unless told otherwise.
     delete_model_caches: bool = False
     # Hugging Face token for gated models: `pulumi config set --secret hfToken hf_...`.
@@ -533,7 +544,7 @@ def parse(raw: dict[str, Any], stack_file: str) -> StackConfig:
         raise ConfigError(f"{stack_file}: {key}: {msg}") from None
 
 
-SECRET_KEYS = ("hfToken",)
+SECRET_KEYS = ("hfToken", "apiKey", "uiApiKey")
 
 
 def _decode(value: Any) -> Any:

@@ -24,6 +24,9 @@ class App:
     target_revision: str
     values: dict[str, Any] = field(default_factory=dict)
     namespace_labels: dict[str, str] = field(default_factory=dict)
+    # Secrets created in the app's namespace before it syncs, name -> {key: value}; the
+    # values reference them by name, so no credential is written into the Application.
+    secrets: dict[str, dict[str, pulumi.Input[str]]] = field(default_factory=dict)
 
 
 class GitOpsControllerArgs(TypedDict):
@@ -77,6 +80,15 @@ class GitOpsController(pulumi.ComponentResource):
                 metadata={"name": app.namespace, "labels": dict(app.namespace_labels)},
                 opts=pulumi.ResourceOptions(parent=self, provider=provider),
             )
+            secrets = [
+                k8s.core.v1.Secret(
+                    f"{name}-secret-{secret_name}",
+                    metadata={"name": secret_name, "namespace": ns.metadata.name},
+                    string_data={k: pulumi.Output.secret(v) for k, v in data.items()},
+                    opts=pulumi.ResourceOptions(parent=self, provider=provider),
+                )
+                for secret_name, data in app.secrets.items()
+            ]
             self.applications[app.name] = k8s.apiextensions.CustomResource(
                 f"{name}-app-{app.name}",
                 api_version="argoproj.io/v1alpha1",
@@ -90,7 +102,7 @@ class GitOpsController(pulumi.ComponentResource):
                 spec=application_spec(app),
                 # The Application CRD comes with the Argo CD release.
                 opts=pulumi.ResourceOptions(
-                    parent=self, provider=provider, depends_on=[self.release, ns]
+                    parent=self, provider=provider, depends_on=[self.release, ns, *secrets]
                 ),
             )
         self.register_outputs({"applications": list(self.applications)})

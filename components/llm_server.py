@@ -10,7 +10,9 @@ import pulumi_command as command
 import pulumi_kubernetes as k8s
 
 from .accelerators import Accelerator
-from .serving import CACHE_MOUNT, MODELS_MOUNT, ServerSpec, server_spec
+from .serving import (
+    API_KEY_ENTRIES, API_KEYS_MOUNT, CACHE_MOUNT, MODELS_MOUNT, ServerSpec, api_key_env, server_spec,
+)
 
 PROBE_PERIOD_S = 10
 # Long enough for a slow generation in flight to finish after the pod leaves the Service.
@@ -31,6 +33,8 @@ class LlmServerArgs(TypedDict):
     # Hugging Face token (a Pulumi secret), for gated models; None for public ones.
     hf_token: Optional[pulumi.Output[str]]
     priority_class: pulumi.Input[str]
+    # API keys the server accepts (Pulumi secrets), by role ("client", "ui"); None: open API.
+    api_keys: Optional[dict[str, pulumi.Output[str]]]
     # Keep the model cache PVC when the stack is destroyed.
     retain_cache: bool
 
@@ -55,7 +59,7 @@ class LlmServer(pulumi.ComponentResource):
     def __init__(self, name: str, args: LlmServerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:LlmServer", name, None, opts)
         model, accel, provider = args["model"], args["accelerator"], args["provider"]
-        spec = server_spec(model, accel)
+        spec = server_spec(model, accel, api_auth=args["api_keys"] is not None)
         self.alias = model.name
         self.port = spec.port
         self.namespace = pulumi.Output.from_input(args["namespace"])
@@ -107,6 +111,8 @@ class LlmServer(pulumi.ComponentResource):
                 )
                 env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
                     "name": token.metadata.name, "key": "HF_TOKEN"}}})
+        if spec.api_keys_from:
+            self._api_keys(name, meta, spec, args["api_keys"], k8s_opts, volumes, mounts, env)
         if spec.shared_memory:
             volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}})
             mounts.append({"name": "shm", "mountPath": "/dev/shm"})
@@ -158,6 +164,26 @@ class LlmServer(pulumi.ComponentResource):
             self.service.metadata.name, ".", self.service.metadata.namespace, ".svc.cluster.local"
         )
         self.register_outputs({"alias": self.alias, "serviceHost": self.service_host, "port": self.port})
+
+
+    def _api_keys(self, name, meta, spec: ServerSpec, keys: dict, opts, volumes, mounts, env) -> None:
+        """The keys reach the server from a Secret, as a file or env vars: never in its args."""
+        secret = k8s.core.v1.Secret(
+            f"{name}-api-keys",
+            metadata={**meta, "name": f"{meta['labels']['app.kubernetes.io/name']}-api-keys"},
+            string_data={
+                **{entry: keys[entry] for entry in API_KEY_ENTRIES},
+                "keys": pulumi.Output.all(*(keys[e] for e in API_KEY_ENTRIES)).apply("\n".join),
+            },
+            opts=opts,
+        )
+        if spec.api_keys_from == "file":
+            volumes.append({"name": "api-keys", "secret": {
+                "secretName": secret.metadata.name, "items": [{"key": "keys", "path": "keys"}]}})
+            mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
+        else:
+            env.extend({"name": api_key_env(e), "valueFrom": {"secretKeyRef": {
+                "name": secret.metadata.name, "key": e}}} for e in API_KEY_ENTRIES)
 
 
 def rollout_strategy(accel: Accelerator, units: int, replicas: int) -> dict:

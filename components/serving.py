@@ -12,6 +12,9 @@ from .accelerators import Accelerator
 
 MODELS_MOUNT = "/mnt/models"
 CACHE_MOUNT = "/data"
+API_KEYS_MOUNT = "/etc/llm-platform/api-keys"
+# Keys of the API-key Secret each model server reads.
+API_KEY_ENTRIES = ("client", "ui")
 # llama.cpp's default port is moving (8080 -> 9931): always pass it explicitly.
 LLAMA_CPP_PORT = 8080
 VLLM_PORT = 8000
@@ -33,6 +36,9 @@ class ServerSpec:
     startup_minutes: int = 30
     accelerators: int = 0
     health_path: str = "/health"
+    # How the server reads its API keys: "file" (the Secret mounted at API_KEYS_MOUNT) or
+    # "env" (the Secret's entries as env vars, expanded by the kubelet into the args).
+    api_keys_from: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,18 @@ class _Runtime:
     model_store: str = "host"
     shared_memory: bool = False
     startup_minutes: int = 30
+    api_keys_from: str = "env"
+
+
+def api_key_env(entry: str) -> str:
+    return f"API_KEY_{entry.upper()}"
+
+
+def _api_key_args(api_keys_from: str) -> list[str]:
+    # Never the keys themselves: a file path, or $(VAR) references the kubelet fills in.
+    if api_keys_from == "file":
+        return ["--api-key-file", f"{API_KEYS_MOUNT}/keys"]
+    return ["--api-key", *(f"$({api_key_env(e)})" for e in API_KEY_ENTRIES)]
 
 
 def model_path(model) -> str:
@@ -59,10 +77,12 @@ def _llama_cpp_args(model, accel: Accelerator, units: int) -> list[str]:
         "-m", model_path(model),
         "--alias", model.name,
         "--ctx-size", str(model.ctx_size),
+        # Prometheus /metrics, for in-cluster scraping (the gateway does not route it).
+        "--metrics",
     ]
     if accel.resource:
         args += ["-ngl", str(ALL_LAYERS)]
-    return args + list(model.extra_args)
+    return args
 
 
 def _vllm_args(model, accel: Accelerator, units: int) -> list[str]:
@@ -77,7 +97,7 @@ def _vllm_args(model, accel: Accelerator, units: int) -> list[str]:
     ]
     if accel.kind == "nvidia":
         args += ["--gpu-memory-utilization", str(model.gpu_memory_utilization)]
-    return args + list(model.extra_args)
+    return args
 
 
 _VLLM_ENV = {"HF_HOME": f"{CACHE_MOUNT}/hf"}
@@ -87,11 +107,11 @@ RUNTIMES: dict[tuple[str, str], _Runtime] = {
     # GPU passthrough needs.
     ("llama-cpp", "vulkan"): _Runtime(
         image="quay.io/ramalama/ramalama:0.24", command=["llama-server"],
-        build_args=_llama_cpp_args, port=LLAMA_CPP_PORT,
+        build_args=_llama_cpp_args, port=LLAMA_CPP_PORT, api_keys_from="file",
     ),
     ("llama-cpp", "none"): _Runtime(
         image="ghcr.io/ggml-org/llama.cpp:server-b7000", command=None,
-        build_args=_llama_cpp_args, port=LLAMA_CPP_PORT,
+        build_args=_llama_cpp_args, port=LLAMA_CPP_PORT, api_keys_from="file",
     ),
     # Entrypoint is `vllm serve`: args start with the model.
     ("vllm", "nvidia"): _Runtime(
@@ -109,13 +129,16 @@ RUNTIMES: dict[tuple[str, str], _Runtime] = {
 }
 
 
-def server_spec(model, accel: Accelerator) -> ServerSpec:
+def server_spec(model, accel: Accelerator, api_auth: bool = False) -> ServerSpec:
     runtime = RUNTIMES[(model.runtime, accel.kind)]
     units = accel.units(getattr(model, "accelerators", None))
+    auth = _api_key_args(runtime.api_keys_from) if api_auth else []
+    args = runtime.build_args(model, accel, units) + auth + list(model.extra_args)
     return ServerSpec(
         image=model.image or runtime.image,
         command=runtime.command,
-        args=runtime.build_args(model, accel, units),
+        args=args,
+        api_keys_from=runtime.api_keys_from if api_auth else None,
         port=runtime.port,
         env=dict(runtime.env),
         model_store=runtime.model_store,

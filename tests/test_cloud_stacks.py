@@ -113,7 +113,7 @@ def test_eks_kubeconfig_is_a_secret_with_exec_auth(eks):
 
 def test_hf_token_is_a_secret_delivered_through_a_kubernetes_secret():
     rec = harness.run("eks", {"llm-platform:hfToken": "hf_secretvalue"}, secrets=("llm-platform:hfToken",))
-    secret = rec.one("kubernetes:core/v1:Secret")
+    secret = rec.one("kubernetes:core/v1:Secret", "model-qwen-hf-token")
     assert harness.is_secret(secret.inputs["stringData"])
     env = {e["name"]: e for e in pod(rec)["containers"][0]["env"]}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == secret.inputs["metadata"]["name"]

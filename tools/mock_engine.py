@@ -7,6 +7,7 @@ release reports itself deployed, and a local command returns what it prints on t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import runpy
 import sys
@@ -171,6 +172,8 @@ class _Mocks(pulumi.runtime.Mocks):
                 "status": "deployed",
                 "revision": 1,
             }
+        elif args.typ == "random:index/randomPassword:RandomPassword":
+            state["result"] = hashlib.sha256(args.name.encode()).hexdigest()[: int(args.inputs["length"])]
         elif args.typ == "kubernetes:core/v1:Service" and args.resource_id:
             # A read of the live ingress Service: its load balancer is up.
             point = {"ip": LB_IP} if pulumi.get_stack() == "gke" else {"hostname": LB_HOSTNAME}

@@ -1,0 +1,107 @@
+"""Who may call what: on every stack `/v1` needs a key that reaches the servers only through
+Kubernetes Secrets, and no key is ever written in plain text."""
+
+import json
+
+import pytest
+
+from tools import mock_engine as harness
+
+CLIENT_KEY = "client-key-0123456789abcdef"
+UI_KEY = "ui-key-0123456789abcdef"
+SECRET_OVERRIDES = {"llm-platform:apiKey": CLIENT_KEY, "llm-platform:uiApiKey": UI_KEY}
+SECRETS = tuple(SECRET_OVERRIDES)
+
+
+@pytest.fixture(scope="module", params=harness.STACKS)
+def keyed(request):
+    return harness.run(request.param, SECRET_OVERRIDES, secrets=SECRETS)
+
+
+def container(rec):
+    return rec.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]["spec"]["containers"][0]
+
+
+def plain_text(value) -> str:
+    """Everything in a recorded input that is not a Pulumi secret."""
+    if harness.is_secret(value):
+        return ""
+    if isinstance(value, dict):
+        return " ".join(f"{k} {plain_text(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return " ".join(plain_text(v) for v in value)
+    return json.dumps(value)
+
+
+def test_keys_never_appear_in_plain_text(keyed):
+    for r in keyed.registrations:
+        text = plain_text(r.inputs)
+        assert CLIENT_KEY not in text and UI_KEY not in text, f"{r.type} {r.name}"
+    assert "apiKey" in keyed.secret_outputs and keyed.outputs["apiKey"] == CLIENT_KEY
+
+
+def test_server_requires_a_key_read_from_a_secret(keyed):
+    c = container(keyed)
+    secret = next(r for r in keyed.of_type("kubernetes:core/v1:Secret") if r.name.endswith("-api-keys"))
+    data = harness.reveal(secret.inputs["stringData"])
+    assert data["client"] == CLIENT_KEY and data["ui"] == UI_KEY
+    assert data["keys"].splitlines() == [CLIENT_KEY, UI_KEY]
+    name = secret.inputs["metadata"]["name"]
+    if "--api-key-file" in c["args"]:  # llama.cpp: the Secret mounted as a file
+        path = c["args"][c["args"].index("--api-key-file") + 1]
+        mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+        volume = next(v for v in keyed.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]
+                      ["spec"]["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] == name
+        assert path.rsplit("/", 1)[1] == "keys"
+    else:  # vLLM: env vars from the Secret, expanded by the kubelet into --api-key
+        i = c["args"].index("--api-key")
+        refs = c["args"][i + 1:i + 3]
+        env = {e["name"]: e for e in c["env"]}
+        for ref, entry in zip(refs, ("client", "ui")):
+            var = ref.removeprefix("$(").removesuffix(")")
+            assert env[var]["valueFrom"]["secretKeyRef"] == {"name": name, "key": entry}
+
+
+def test_ui_gets_its_own_key_from_a_secret(keyed):
+    app = keyed.one("kubernetes:argoproj.io/v1alpha1:Application").inputs
+    env = app["spec"]["source"]["helm"]["valuesObject"]["extraEnvVars"]
+    assert env == [{"name": "OPENAI_API_KEYS",
+                    "valueFrom": {"secretKeyRef": {"name": "open-webui-openai", "key": "OPENAI_API_KEYS"}}}]
+    secret = keyed.one("kubernetes:core/v1:Secret", "gitops-secret-open-webui-openai")
+    assert secret.inputs["metadata"]["namespace"] == app["spec"]["destination"]["namespace"]
+    urls = app["spec"]["source"]["helm"]["valuesObject"]["openaiBaseApiUrls"]
+    assert harness.reveal(secret.inputs["stringData"])["OPENAI_API_KEYS"] == ";".join([UI_KEY] * len(urls))
+    assert secret.urn in keyed.one("kubernetes:argoproj.io/v1alpha1:Application").dependencies
+
+
+def test_keys_are_generated_when_not_configured():
+    rec = harness.run("local")
+    generated = rec.of_type("random:index/randomPassword:RandomPassword")
+    assert sorted(r.name for r in generated) == ["api-keys-client", "api-keys-ui"]
+    assert all(r.inputs["length"] >= 32 and r.inputs["special"] is False for r in generated)
+    assert "apiKey" in rec.secret_outputs
+
+
+def test_plain_text_api_key_is_refused():
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("local", {"llm-platform:apiKey": CLIENT_KEY})
+    assert "llm-platform:apiKey: expected a secret" in str(info.value.error)
+
+
+def test_health_and_metrics_are_not_behind_the_gateway_key(keyed):
+    c = container(keyed)
+    # Probes hit /health, which both servers leave open.
+    assert c["startupProbe"]["httpGet"]["path"] == "/health"
+    # /metrics is only reachable in-cluster: no route of the gateway reaches it.
+    routes = keyed.one("kubernetes:networking.istio.io/v1:VirtualService").inputs["spec"]["http"]
+    model_prefixes = [m["uri"]["prefix"] for r in routes if r["name"] != "ui" for m in r["match"]]
+    assert all(p.endswith("/v1") for p in model_prefixes)
+
+
+def test_laptop_can_opt_out_of_api_keys():
+    rec = harness.run("local", {"llm-platform:security": {"apiAuth": False}})
+    c = container(rec)
+    assert "--api-key-file" not in c["args"] and "--api-key" not in c["args"]
+    assert not rec.of_type("random:index/randomPassword:RandomPassword")
+    assert "apiKey" not in rec.outputs
