@@ -6,8 +6,11 @@ from components import (
     ApiKeys, Backend, Cluster, Gateway, GitOpsController, GpuDevicePlugin, LlmServer, Mesh, ModelRoute,
 )
 from components.accelerators import from_config as accelerator_from_config
-from components.apps import OPEN_WEBUI_PORT, all_apps, open_webui_host
+from components.apps import OPEN_WEBUI_PORT, OPEN_WEBUI_SERVICE_ACCOUNT, all_apps, open_webui_host
 from components.config import ConfigError, load
+from components.mesh import INGRESS_PRINCIPAL, principal
+from components.network_policy import ModelNetworkPolicies
+from components.serving import uses_model_cache
 
 try:
     cfg = load(pulumi.get_stack())
@@ -23,12 +26,27 @@ provider = cluster.provider
 
 GpuDevicePlugin("gpu", {"accelerator": cluster.accelerator, "provider": provider})
 
+ui_namespace = cfg.ui.namespace if cfg.ui.enabled else None
+# Only the ingress gateway and the UI may call the model servers.
+model_callers = [INGRESS_PRINCIPAL] + ([principal(ui_namespace, OPEN_WEBUI_SERVICE_ACCOUNT)] if ui_namespace else [])
 mesh = Mesh("mesh", {
     "provider": provider,
     "chart_version": cfg.mesh.chart_version,
     "ingress": cluster.ingress,
-    "injected_namespaces": [cfg.models_namespace],
+    "injected_namespaces": [cfg.models_namespace] + ([ui_namespace] if ui_namespace else []),
+    "strict_mtls": cfg.security.mtls,
+    "callers": {cfg.models_namespace: model_callers} if cfg.security.mtls else {},
 })
+
+models_namespace = mesh.namespaces[cfg.models_namespace].metadata.name
+if cfg.security.network_policies:
+    ModelNetworkPolicies("model-network", {
+        "provider": provider,
+        "namespace": models_namespace,
+        "ingress_from": [mesh.ingress_namespace] + ([ui_namespace] if ui_namespace else []),
+        "istio_namespace": mesh.system_namespace,
+        "https_egress": any(uses_model_cache(m, cluster.accelerator) for m in cfg.models),
+    })
 
 keys = ApiKeys("api-keys", {"client": cfg.api_key, "ui": cfg.ui_api_key}) if cfg.security.api_auth else None
 
@@ -36,7 +54,7 @@ servers = [
     LlmServer(f"model-{m.name}", {
         "model": m,
         "accelerator": cluster.accelerator,
-        "namespace": mesh.namespaces[cfg.models_namespace].metadata.name,
+        "namespace": models_namespace,
         "provider": provider,
         "host_models_dir": cluster.host_models_dir,
         "storage_class": cluster.storage_class,
@@ -48,7 +66,12 @@ servers = [
     for m in cfg.models
 ]
 
-apps = all_apps(cfg, f"http://{mesh.ingress_service_host}", keys.ui if keys else None)
+apps = all_apps(
+    cfg,
+    mesh.namespaces[ui_namespace].metadata.name if ui_namespace else None,
+    f"http://{mesh.ingress_service_host}",
+    keys.ui if keys else None,
+)
 GitOpsController("gitops", {"provider": provider, "chart_version": cfg.gitops.chart_version, "apps": apps})
 
 ui = Backend(open_webui_host(cfg), OPEN_WEBUI_PORT) if cfg.ui.enabled else None

@@ -21,9 +21,13 @@ def open_webui_host(cfg: StackConfig) -> str:
 
 
 OPENAI_KEYS_SECRET = "open-webui-openai"
+# The chart's service account is named after the release.
+OPEN_WEBUI_SERVICE_ACCOUNT = OPEN_WEBUI
 
 
-def open_webui(cfg: StackConfig, gateway_base: str, api_key: Optional[pulumi.Output[str]]) -> App:
+def open_webui(cfg: StackConfig, namespace: pulumi.Input[str], gateway_base: str,
+               api_key: Optional[pulumi.Output[str]]) -> App:
+    """Open WebUI in `namespace` (the mesh's, with sidecars), talking to the models through the gateway."""
     # One OpenAI connection per model, each through the gateway like any other client.
     urls = [f"{gateway_base}{model_prefix(m.name)}" for m in cfg.models]
     secrets, env = {}, []
@@ -34,7 +38,8 @@ def open_webui(cfg: StackConfig, gateway_base: str, api_key: Optional[pulumi.Out
                     "valueFrom": {"secretKeyRef": {"name": OPENAI_KEYS_SECRET, "key": "OPENAI_API_KEYS"}}})
     return App(
         name=OPEN_WEBUI,
-        namespace=cfg.ui.namespace,
+        namespace=namespace,
+        create_namespace=False,
         repo_url=OPEN_WEBUI_REPO,
         chart=OPEN_WEBUI,
         target_revision=cfg.ui.chart_version,
@@ -48,13 +53,13 @@ def open_webui(cfg: StackConfig, gateway_base: str, api_key: Optional[pulumi.Out
             # Replaces the chart's default env, which sets a literal OPENAI_API_KEY.
             "extraEnvVars": env,
         },
-        namespace_labels={"istio-injection": "enabled"},
         secrets=secrets,
     )
 
 
-def all_apps(cfg: StackConfig, gateway_base: str, ui_api_key: Optional[pulumi.Output[str]]) -> list[App]:
-    apps = [open_webui(cfg, gateway_base, ui_api_key)] if cfg.ui.enabled else []
+def all_apps(cfg: StackConfig, ui_namespace: Optional[pulumi.Input[str]], gateway_base: str,
+             ui_api_key: Optional[pulumi.Output[str]]) -> list[App]:
+    apps = [open_webui(cfg, ui_namespace, gateway_base, ui_api_key)] if cfg.ui.enabled else []
     return apps + [
         App(
             name=a.name,

@@ -420,6 +420,11 @@ class SecurityConfig(_Model):
 
     # `/v1` requires an API key (Authorization: Bearer ...).
     api_auth: bool = True
+    # STRICT mutual TLS in the model and UI namespaces, and only the ingress gateway and the UI
+    # may call the model servers.
+    mtls: bool = True
+    # Default-deny NetworkPolicies in the model namespace, with the few flows it needs allowed.
+    network_policies: bool = True
 
 
 class GatewayConfig(_Model):

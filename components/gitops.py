@@ -18,15 +18,16 @@ class App:
     """A Helm chart Argo CD keeps in sync in `namespace`."""
 
     name: str
-    namespace: str
+    # Created here unless `create_namespace` is False (then it already exists, e.g. the mesh's).
+    namespace: pulumi.Input[str]
     repo_url: str
     chart: str
     target_revision: str
     values: dict[str, Any] = field(default_factory=dict)
-    namespace_labels: dict[str, str] = field(default_factory=dict)
     # Secrets created in the app's namespace before it syncs, name -> {key: value}; the
     # values reference them by name, so no credential is written into the Application.
     secrets: dict[str, dict[str, pulumi.Input[str]]] = field(default_factory=dict)
+    create_namespace: bool = True
 
 
 class GitOpsControllerArgs(TypedDict):
@@ -35,7 +36,7 @@ class GitOpsControllerArgs(TypedDict):
     apps: Sequence[App]
 
 
-def application_spec(app: App) -> dict:
+def application_spec(app: App, namespace: pulumi.Input[str]) -> dict:
     return {
         "project": "default",
         "source": {
@@ -44,7 +45,7 @@ def application_spec(app: App) -> dict:
             "targetRevision": app.target_revision,
             "helm": {"releaseName": app.name, "valuesObject": app.values},
         },
-        "destination": {"server": IN_CLUSTER, "namespace": app.namespace},
+        "destination": {"server": IN_CLUSTER, "namespace": namespace},
         "syncPolicy": {
             "automated": {"prune": True, "selfHeal": True},
             "retry": {"limit": 10, "backoff": {"duration": "10s", "factor": 2, "maxDuration": "5m"}},
@@ -74,16 +75,18 @@ class GitOpsController(pulumi.ComponentResource):
         )
         self.applications = {}
         for app in args["apps"]:
-            # Pulumi owns the target namespace so its labels are set before Argo CD syncs.
-            ns = k8s.core.v1.Namespace(
-                f"{name}-ns-{app.name}",
-                metadata={"name": app.namespace, "labels": dict(app.namespace_labels)},
-                opts=pulumi.ResourceOptions(parent=self, provider=provider),
-            )
+            namespace = app.namespace
+            if app.create_namespace:
+                # Pulumi owns the target namespace so its labels are set before Argo CD syncs.
+                namespace = k8s.core.v1.Namespace(
+                    f"{name}-ns-{app.name}",
+                    metadata={"name": app.namespace},
+                    opts=pulumi.ResourceOptions(parent=self, provider=provider),
+                ).metadata.name
             secrets = [
                 k8s.core.v1.Secret(
                     f"{name}-secret-{secret_name}",
-                    metadata={"name": secret_name, "namespace": ns.metadata.name},
+                    metadata={"name": secret_name, "namespace": namespace},
                     string_data={k: pulumi.Output.secret(v) for k, v in data.items()},
                     opts=pulumi.ResourceOptions(parent=self, provider=provider),
                 )
@@ -99,10 +102,10 @@ class GitOpsController(pulumi.ComponentResource):
                     # Deleting the Application deletes what it deployed.
                     "finalizers": ["resources-finalizer.argocd.argoproj.io"],
                 },
-                spec=application_spec(app),
+                spec=application_spec(app, namespace),
                 # The Application CRD comes with the Argo CD release.
                 opts=pulumi.ResourceOptions(
-                    parent=self, provider=provider, depends_on=[self.release, ns, *secrets]
+                    parent=self, provider=provider, depends_on=[self.release, *secrets]
                 ),
             )
         self.register_outputs({"applications": list(self.applications)})

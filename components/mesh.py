@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, TypedDict
+from typing import Mapping, Optional, Sequence, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -17,6 +17,16 @@ INGRESS_RELEASE = "istio-ingress"
 INGRESS_SELECTOR = {"istio": "ingress"}
 HTTP_PORT = 80
 HTTPS_PORT = 443
+SECURITY_API = "security.istio.io/v1"
+
+
+def principal(namespace: str, service_account: str) -> str:
+    """The mTLS identity of a workload."""
+    return f"cluster.local/ns/{namespace}/sa/{service_account}"
+
+
+# The gateway chart runs the ingress under a service account named after the release.
+INGRESS_PRINCIPAL = principal(INGRESS_NS, INGRESS_RELEASE)
 
 
 class MeshArgs(TypedDict):
@@ -25,6 +35,10 @@ class MeshArgs(TypedDict):
     ingress: IngressFacts
     # Namespaces whose pods get an Envoy sidecar.
     injected_namespaces: Sequence[str]
+    # Pods in the injected namespaces accept only mutual TLS.
+    strict_mtls: bool
+    # Namespace -> the only workload identities (principals) allowed to call its pods.
+    callers: Mapping[str, Sequence[str]]
 
 
 def ingress_service_values(ingress: IngressFacts) -> dict:
@@ -53,6 +67,7 @@ class Mesh(pulumi.ComponentResource):
     # Where users reach the ingress: from the cluster's facts, or the load balancer's address.
     ingress_address: pulumi.Output[str]
     ingress_namespace: str = INGRESS_NS
+    system_namespace: str = SYSTEM_NS
     ingress_selector: dict[str, str] = INGRESS_SELECTOR
     ingress_service_host: str = f"{INGRESS_RELEASE}.{INGRESS_NS}.svc.cluster.local"
 
@@ -96,6 +111,30 @@ class Mesh(pulumi.ComponentResource):
             )
             for ns in args["injected_namespaces"]
         }
+        # Istio objects need the CRDs from `base` and istiod's validating webhook.
+        policy_opts = child(self.base, self.istiod)
+        for ns, namespace in self.namespaces.items():
+            if args["strict_mtls"]:
+                k8s.apiextensions.CustomResource(
+                    f"{name}-mtls-{ns}",
+                    api_version=SECURITY_API,
+                    kind="PeerAuthentication",
+                    metadata={"name": "default", "namespace": namespace.metadata.name},
+                    spec={"mtls": {"mode": "STRICT"}},
+                    opts=policy_opts,
+                )
+            if ns in args["callers"]:
+                # An ALLOW policy denies every request it does not match.
+                k8s.apiextensions.CustomResource(
+                    f"{name}-callers-{ns}",
+                    api_version=SECURITY_API,
+                    kind="AuthorizationPolicy",
+                    metadata={"name": "allowed-callers", "namespace": namespace.metadata.name},
+                    spec={"action": "ALLOW", "rules": [
+                        {"from": [{"source": {"principals": list(args["callers"][ns])}}]},
+                    ]},
+                    opts=policy_opts,
+                )
         ingress = args["ingress"]
         if ingress.address is not None:
             self.ingress_address = pulumi.Output.from_input(ingress.address)

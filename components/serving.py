@@ -146,3 +146,8 @@ def server_spec(model, accel: Accelerator, api_auth: bool = False) -> ServerSpec
         startup_minutes=runtime.startup_minutes,
         accelerators=units,
     )
+
+
+def uses_model_cache(model, accel: Accelerator) -> bool:
+    """Whether the server downloads weights into a cache (and so needs HTTPS out)."""
+    return RUNTIMES[(model.runtime, accel.kind)].model_store == "cache"

@@ -12,14 +12,13 @@ def test_render_writes_one_file_per_component(stack, tmp_path):
     assert render.main([stack, "--out", str(tmp_path)]) == 0
     files = {p.name: list(yaml.safe_load_all(p.read_text())) for p in tmp_path.glob("*.yaml")}
     assert {"mesh.yaml", "gitops.yaml", "gateway.yaml", "cloud.yaml"} <= set(files)
-    model_files = [name for name in files if name.startswith("model-")]
-    assert model_files
-    kinds = {d["kind"] for d in files[model_files[0]]}
+    model_file = f"model-{harness.stack_config(stack)['llm-platform:models'][0]['name']}.yaml"
+    kinds = {d["kind"] for d in files[model_file]}
     assert {"Deployment", "Service"} <= kinds
     assert {d["kind"] for d in files["gateway.yaml"]} == {"Gateway", "VirtualService"}
     releases = [d for d in files["mesh.yaml"] if d["kind"] == "HelmRelease"]
     assert [r["spec"]["chart"] for r in releases] == ["base", "istiod", "gateway"]
-    deployment = next(d for d in files[model_files[0]] if d["kind"] == "Deployment")
+    deployment = next(d for d in files[model_file] if d["kind"] == "Deployment")
     assert isinstance(deployment["spec"]["replicas"], int)  # no mock-engine floats
 
 

@@ -105,3 +105,77 @@ def test_laptop_can_opt_out_of_api_keys():
     assert "--api-key-file" not in c["args"] and "--api-key" not in c["args"]
     assert not rec.of_type("random:index/randomPassword:RandomPassword")
     assert "apiKey" not in rec.outputs
+
+
+# --- mesh mTLS, authorization and network policies ---------------------------------------
+
+NETPOL = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
+AUTHZ = "kubernetes:security.istio.io/v1:AuthorizationPolicy"
+PEERAUTH = "kubernetes:security.istio.io/v1:PeerAuthentication"
+INGRESS = ("istio-ingress", "cluster.local/ns/istio-ingress/sa/istio-ingress")
+UI = ("open-webui", "cluster.local/ns/open-webui/sa/open-webui")
+
+
+def in_namespace(rec, type_, ns):
+    return [r.inputs for r in rec.of_type(type_) if r.inputs["metadata"]["namespace"] == ns]
+
+
+def network_admits(rec, source_ns: str, dest_ns: str) -> bool:
+    """Would any NetworkPolicy of dest_ns let a pod in source_ns connect (Kubernetes semantics:
+    once a policy selects the pods for Ingress, only listed peers get in)?"""
+    policies = [p for p in in_namespace(rec, NETPOL, dest_ns) if "Ingress" in p["spec"]["policyTypes"]]
+    if not policies:
+        return True
+    return any(
+        peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == source_ns
+        for p in policies for rule in p["spec"].get("ingress", []) for peer in rule.get("from", [])
+    )
+
+
+def mesh_admits(rec, source_principal: str, dest_ns: str) -> bool:
+    allows = [p for p in in_namespace(rec, AUTHZ, dest_ns) if p["spec"]["action"] == "ALLOW"]
+    if not allows:
+        return True
+    return any(source_principal in src["source"].get("principals", [])
+               for p in allows for rule in p["spec"]["rules"] for src in rule.get("from", []))
+
+
+def egress_ports(rec, ns) -> set[int]:
+    return {port["port"] for p in in_namespace(rec, NETPOL, ns) for rule in p["spec"].get("egress", [])
+            for port in rule.get("ports", [])}
+
+
+@pytest.fixture(scope="module", params=harness.STACKS)
+def guarded(request):
+    return harness.run(request.param)
+
+
+def test_strict_mtls_in_model_and_ui_namespaces(guarded):
+    for ns in ("models", "open-webui"):
+        (peer,) = in_namespace(guarded, PEERAUTH, ns)
+        assert peer["spec"] == {"mtls": {"mode": "STRICT"}}
+
+
+@pytest.mark.parametrize("source, admitted", [
+    (INGRESS, True),
+    (UI, True),
+    (("default", "cluster.local/ns/default/sa/default"), False),
+    (("argocd", "cluster.local/ns/argocd/sa/argocd-server"), False),
+    (("models", "cluster.local/ns/models/sa/default"), False),
+])
+def test_only_the_gateway_and_ui_reach_the_model_servers(guarded, source, admitted):
+    ns, principal = source
+    assert network_admits(guarded, ns, "models") is admitted
+    assert mesh_admits(guarded, principal, "models") is admitted
+
+
+def test_model_namespace_denies_by_default_and_allows_only_what_it_needs(guarded):
+    (deny,) = [p for p in in_namespace(guarded, NETPOL, "models") if p["metadata"]["name"] == "default-deny"]
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    downloads = guarded.stack in ("eks", "gke")
+    assert egress_ports(guarded, "models") == ({53, 15012, 443} if downloads else {53, 15012})
+
+
+def test_laptop_can_opt_out_of_mesh_and_network_policies():
+    rec = harness.run("local", {"llm-platform:security": {"mtls": False, "networkPolicies": False}})
+    assert not rec.of_type(PEERAUTH) and not rec.of_type(AUTHZ) and not rec.of_type(NETPOL)
