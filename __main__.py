@@ -33,7 +33,12 @@ mesh = Mesh("mesh", {
     "provider": provider,
     "chart_version": cfg.mesh.chart_version,
     "ingress": cluster.ingress,
-    "injected_namespaces": [cfg.models_namespace] + ([ui_namespace] if ui_namespace else []),
+    "platform": cluster.istio_platform,
+    # The UI chart's pods run as root: baseline there, restricted where the models run.
+    "injected_namespaces": {
+        cfg.models_namespace: "restricted" if cfg.security.restricted_pods else "baseline",
+        **({ui_namespace: "baseline"} if ui_namespace else {}),
+    },
     "strict_mtls": cfg.security.mtls,
     "callers": {cfg.models_namespace: model_callers} if cfg.security.mtls else {},
 })
@@ -62,6 +67,7 @@ servers = [
         "priority_class": cluster.serving_priority_class,
         "retain_cache": not cfg.delete_model_caches,
         "api_keys": {"client": keys.client, "ui": keys.ui} if keys else None,
+        "restricted": cfg.security.restricted_pods,
     })
     for m in cfg.models
 ]

@@ -425,6 +425,8 @@ class SecurityConfig(_Model):
     mtls: bool = True
     # Default-deny NetworkPolicies in the model namespace, with the few flows it needs allowed.
     network_policies: bool = True
+    # Model servers run under the restricted Pod Security profile, enforced on their namespace.
+    restricted_pods: bool = True
 
 
 class GatewayConfig(_Model):

@@ -15,6 +15,10 @@ from .serving import (
 )
 
 PROBE_PERIOD_S = 10
+# Binds the host-folder volume only to its own claim, never to dynamic provisioning.
+HOST_MODELS_CLASS = "llm-platform-host-models"
+# A fixed non-root identity; fsGroup makes the cache volume writable for it.
+RUN_AS = 1001
 # Long enough for a slow generation in flight to finish after the pod leaves the Service.
 TERMINATION_GRACE_S = 180
 # Endpoints are removed asynchronously: keep serving a moment before SIGTERM.
@@ -37,6 +41,8 @@ class LlmServerArgs(TypedDict):
     api_keys: Optional[dict[str, pulumi.Output[str]]]
     # Keep the model cache PVC when the stack is destroyed.
     retain_cache: bool
+    # Run under the restricted Pod Security profile (non-root, no privilege, read-only root).
+    restricted: bool
 
 
 def fetch_command(model, models_dir: str) -> str:
@@ -74,7 +80,8 @@ class LlmServer(pulumi.ComponentResource):
         waits_for: list[pulumi.Resource] = []
         volumes, mounts, env = [], [], [{"name": k, "value": v} for k, v in spec.env.items()]
         if spec.model_store == "host":
-            volumes.append({"name": "models", "hostPath": {"path": MODELS_MOUNT, "type": "Directory"}})
+            claim = self._host_models_claim(name, meta, model.name, k8s_opts)
+            volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
             mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
             if args["host_models_dir"]:
                 # Runs where Pulumi runs: downloads only when the file is absent, then
@@ -113,6 +120,11 @@ class LlmServer(pulumi.ComponentResource):
                     "name": token.metadata.name, "key": "HF_TOKEN"}}})
         if spec.api_keys_from:
             self._api_keys(name, meta, spec, args["api_keys"], k8s_opts, volumes, mounts, env)
+        if args["restricted"]:
+            # The root filesystem is read-only: scratch space and HOME live here.
+            volumes.append({"name": "tmp", "emptyDir": {}})
+            mounts.append({"name": "tmp", "mountPath": "/tmp"})
+            env.append({"name": "HOME", "value": "/tmp"})
         if spec.shared_memory:
             volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}})
             mounts.append({"name": "shm", "mountPath": "/dev/shm"})
@@ -130,7 +142,8 @@ class LlmServer(pulumi.ComponentResource):
                     "spec": {
                         "priorityClassName": args["priority_class"],
                         "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
-                        "containers": [_container(model, accel, spec, env, mounts)],
+                        "securityContext": POD_SECURITY if args["restricted"] else None,
+                        "containers": [_container(model, accel, spec, env, mounts, args["restricted"])],
                         "nodeSelector": dict(accel.node_selector) or None,
                         "tolerations": list(accel.tolerations) or None,
                         "volumes": volumes,
@@ -166,6 +179,34 @@ class LlmServer(pulumi.ComponentResource):
         self.register_outputs({"alias": self.alias, "serviceHost": self.service_host, "port": self.port})
 
 
+    def _host_models_claim(self, name: str, meta: dict, alias: str, opts) -> pulumi.Output[str]:
+        """The node's /mnt/models as a PersistentVolume bound to this server's claim: pods then
+        mount a claim, which Pod Security admits, instead of a hostPath, which it refuses."""
+        volume = k8s.core.v1.PersistentVolume(
+            f"{name}-host-models",
+            metadata={"name": f"{alias}-host-models", "labels": meta["labels"]},
+            spec={
+                "capacity": {"storage": "1Ti"},
+                "accessModes": ["ReadOnlyMany"],
+                # Never touches the files: they belong to the host folder.
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": HOST_MODELS_CLASS,
+                "hostPath": {"path": MODELS_MOUNT, "type": "Directory"},
+            },
+            opts=opts,
+        )
+        return k8s.core.v1.PersistentVolumeClaim(
+            f"{name}-host-models",
+            metadata={**meta, "name": f"{alias}-host-models"},
+            spec={
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": HOST_MODELS_CLASS,
+                "volumeName": volume.metadata.name,
+                "resources": {"requests": {"storage": "1Ti"}},
+            },
+            opts=opts,
+        ).metadata.name
+
     def _api_keys(self, name, meta, spec: ServerSpec, keys: dict, opts, volumes, mounts, env) -> None:
         """The keys reach the server from a Secret, as a file or env vars: never in its args."""
         secret = k8s.core.v1.Secret(
@@ -194,7 +235,21 @@ def rollout_strategy(accel: Accelerator, units: int, replicas: int) -> dict:
     return {"type": "Recreate"}
 
 
-def _container(model, accel: Accelerator, spec: ServerSpec, env: list, mounts: list) -> dict:
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS,
+    "runAsGroup": RUN_AS,
+    "fsGroup": RUN_AS,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+}
+
+
+def _container(model, accel: Accelerator, spec: ServerSpec, env: list, mounts: list, restricted: bool) -> dict:
     probe = {"httpGet": {"path": spec.health_path, "port": "http"}, "timeoutSeconds": 5}
     accelerators = {accel.resource: str(spec.accelerators)} if accel.resource else {}
     container = {
@@ -219,4 +274,6 @@ def _container(model, accel: Accelerator, spec: ServerSpec, env: list, mounts: l
     }
     if spec.command:
         container["command"] = spec.command
+    if restricted:
+        container["securityContext"] = dict(CONTAINER_SECURITY)
     return container

@@ -1,4 +1,5 @@
-"""Mesh: Istio from its Helm charts (base -> istiod -> gateway) and the injected namespaces."""
+"""Mesh: Istio from its Helm charts (base -> cni -> istiod -> gateway), the injected namespaces
+with their Pod Security levels, and the mesh's mTLS and authorization policies."""
 
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ class MeshArgs(TypedDict):
     provider: k8s.Provider
     chart_version: str
     ingress: IngressFacts
-    # Namespaces whose pods get an Envoy sidecar.
-    injected_namespaces: Sequence[str]
+    # Namespaces whose pods get an Envoy sidecar -> the Pod Security level enforced there.
+    injected_namespaces: Mapping[str, str]
+    # Istio's platform profile for this kind of cluster, if it needs one.
+    platform: Optional[str]
     # Pods in the injected namespaces accept only mutual TLS.
     strict_mtls: bool
     # Namespace -> the only workload identities (principals) allowed to call its pods.
@@ -59,8 +62,16 @@ def ingress_service_values(ingress: IngressFacts) -> dict:
     }
 
 
+def pod_security_labels(enforce: str) -> dict[str, str]:
+    """Pod Security Admission labels: enforce `enforce`, and warn and audit at restricted."""
+    labels = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("warn", "audit")}
+    labels["pod-security.kubernetes.io/enforce"] = enforce
+    return labels
+
+
 class Mesh(pulumi.ComponentResource):
     base: k8s.helm.v3.Release
+    cni: k8s.helm.v3.Release
     istiod: k8s.helm.v3.Release
     gateway: k8s.helm.v3.Release
     namespaces: dict[str, k8s.core.v1.Namespace]
@@ -94,9 +105,14 @@ class Mesh(pulumi.ComponentResource):
                 opts=child(*after),
             )
 
+        platform = {"global": {"platform": args["platform"]}} if args["platform"] else {}
         # base carries the CRDs every Istio object needs.
         self.base = release("base", "base", "istio-base", SYSTEM_NS, {"defaultRevision": "default"})
-        self.istiod = release("istiod", "istiod", "istiod", SYSTEM_NS, {}, self.base)
+        # The CNI node agent sets up traffic redirection, so injected pods need no NET_ADMIN
+        # init container and can pass the baseline and restricted Pod Security profiles.
+        self.cni = release("cni", "cni", "istio-cni", SYSTEM_NS, platform, self.base)
+        self.istiod = release("istiod", "istiod", "istiod", SYSTEM_NS,
+                              {**platform, "pilot": {"cni": {"enabled": True}}}, self.cni)
         self.gateway = release(
             "gateway", "gateway", INGRESS_RELEASE, INGRESS_NS,
             {"service": ingress_service_values(args["ingress"])}, self.istiod,
@@ -106,10 +122,10 @@ class Mesh(pulumi.ComponentResource):
         self.namespaces = {
             ns: k8s.core.v1.Namespace(
                 f"{name}-ns-{ns}",
-                metadata={"name": ns, "labels": {"istio-injection": "enabled"}},
+                metadata={"name": ns, "labels": {"istio-injection": "enabled", **pod_security_labels(level)}},
                 opts=child(self.istiod),
             )
-            for ns in args["injected_namespaces"]
+            for ns, level in args["injected_namespaces"].items()
         }
         # Istio objects need the CRDs from `base` and istiod's validating webhook.
         policy_opts = child(self.base, self.istiod)

@@ -68,7 +68,14 @@ def test_model_path_is_the_mounted_file(local):
     mount = next(m for m in c["volumeMounts"] if m["name"] == "models")
     volume = next(v for v in dep.inputs["spec"]["template"]["spec"]["volumes"] if v["name"] == "models")
     assert model_path == f"{mount['mountPath']}/tinyllama-1.1b-chat-v1.0.Q8_0.gguf"
-    assert volume["hostPath"]["path"] == mount["mountPath"] == "/mnt/models"
+    # The claim is bound to a volume over the node's /mnt/models.
+    claim = local.one("kubernetes:core/v1:PersistentVolumeClaim").inputs
+    assert claim["metadata"]["name"] == volume["persistentVolumeClaim"]["claimName"]
+    pv = local.one("kubernetes:core/v1:PersistentVolume").inputs
+    assert claim["spec"]["volumeName"] == pv["metadata"]["name"]
+    assert claim["spec"]["storageClassName"] == pv["spec"]["storageClassName"]
+    assert pv["spec"]["hostPath"]["path"] == mount["mountPath"] == "/mnt/models"
+    assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
     # ...and that folder is the one minikube mounts from the host.
     create = local.one(COMMAND, "cluster-minikube").inputs["create"]
     assert f":{mount['mountPath']}" in create
@@ -145,10 +152,12 @@ def test_open_webui_points_at_the_gateway_v1_with_ollama_off_and_storage(local):
 
 
 def test_istio_charts_installed_in_order_and_pinned(local):
-    base, istiod, gateway = (local.one(RELEASE, f"mesh-{n}") for n in ("base", "istiod", "gateway"))
-    assert base.urn in istiod.dependencies
+    base, cni, istiod, gateway = (local.one(RELEASE, f"mesh-{n}") for n in ("base", "cni", "istiod", "gateway"))
+    assert base.urn in cni.dependencies
+    assert cni.urn in istiod.dependencies
+    assert istiod.inputs["values"]["pilot"]["cni"]["enabled"] is True
     assert istiod.urn in gateway.dependencies
-    for rel in (base, istiod, gateway):
+    for rel in (base, cni, istiod, gateway):
         assert rel.inputs["repositoryOpts"]["repo"] == "https://istio-release.storage.googleapis.com/charts"
         assert rel.inputs["version"].count(".") == 2
     models_ns = local.one("kubernetes:core/v1:Namespace", "mesh-ns-models")

@@ -17,7 +17,7 @@ def test_render_writes_one_file_per_component(stack, tmp_path):
     assert {"Deployment", "Service"} <= kinds
     assert {d["kind"] for d in files["gateway.yaml"]} == {"Gateway", "VirtualService"}
     releases = [d for d in files["mesh.yaml"] if d["kind"] == "HelmRelease"]
-    assert [r["spec"]["chart"] for r in releases] == ["base", "istiod", "gateway"]
+    assert [r["spec"]["chart"] for r in releases] == ["base", "cni", "istiod", "gateway"]
     deployment = next(d for d in files[model_file] if d["kind"] == "Deployment")
     assert isinstance(deployment["spec"]["replicas"], int)  # no mock-engine floats
 

@@ -179,3 +179,93 @@ def test_model_namespace_denies_by_default_and_allows_only_what_it_needs(guarded
 def test_laptop_can_opt_out_of_mesh_and_network_policies():
     rec = harness.run("local", {"llm-platform:security": {"mtls": False, "networkPolicies": False}})
     assert not rec.of_type(PEERAUTH) and not rec.of_type(AUTHZ) and not rec.of_type(NETPOL)
+
+
+# --- Pod Security ------------------------------------------------------------------------
+
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+
+
+def restricted_violations(pod: dict) -> list[str]:
+    """What in a pod spec the Kubernetes 'restricted' Pod Security profile refuses."""
+    out = []
+    psc = pod.get("securityContext") or {}
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            out.append(flag)
+    for v in pod.get("volumes") or []:
+        kinds = set(v) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            out.append(f"volume {v['name']}: {sorted(kinds - RESTRICTED_VOLUMES)}")
+    for c in (pod.get("initContainers") or []) + pod["containers"]:
+        sc = c.get("securityContext") or {}
+        name = c["name"]
+        if sc.get("privileged"):
+            out.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{name}: allowPrivilegeEscalation not false")
+        if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
+            out.append(f"{name}: runAsNonRoot not set")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            out.append(f"{name}: runs as root")
+        seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{name}: seccompProfile {seccomp}")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            out.append(f"{name}: capabilities not dropped")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            out.append(f"{name}: adds {caps['add']}")
+        if any(p.get("hostPort") for p in c.get("ports") or []):
+            out.append(f"{name}: hostPort")
+    return out
+
+
+WORKLOADS = ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:DaemonSet", "kubernetes:apps/v1:StatefulSet")
+
+
+def test_every_pod_but_the_device_plugin_passes_the_restricted_profile(guarded):
+    checked, exceptions = 0, {}
+    for r in guarded.registrations:
+        if r.type in WORKLOADS:
+            problems = restricted_violations(r.inputs["spec"]["template"]["spec"])
+            checked += 1
+            if problems:
+                exceptions[r.inputs["metadata"]["name"]] = problems
+    assert checked >= 1
+    assert set(exceptions) <= {"generic-device-plugin"}, exceptions
+    if guarded.stack == "local":
+        assert "generic-device-plugin: privileged" in exceptions["generic-device-plugin"]
+
+
+def test_the_checker_refuses_what_the_profile_refuses(guarded):
+    pod = json.loads(json.dumps(guarded.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]["spec"]))
+    pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    pod["volumes"].append({"name": "h", "hostPath": {"path": "/"}})
+    del pod["securityContext"]["seccompProfile"]
+    assert len(restricted_violations(pod)) == 3
+
+
+def test_namespaces_enforce_the_matching_pod_security_level(guarded):
+    labels = {r.inputs["metadata"]["name"]: r.inputs["metadata"].get("labels", {})
+              for r in guarded.of_type("kubernetes:core/v1:Namespace")}
+    assert labels["models"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert labels["open-webui"]["pod-security.kubernetes.io/enforce"] == "baseline"
+    assert labels["open-webui"]["pod-security.kubernetes.io/warn"] == "restricted"
+
+
+def test_read_only_root_with_writable_scratch(guarded):
+    pod = guarded.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    tmp = next(m for m in c["volumeMounts"] if m["mountPath"] == "/tmp")
+    assert {"name": tmp["name"], "emptyDir": {}} in pod["volumes"]
+
+
+def test_laptop_can_opt_out_of_restricted_pods():
+    rec = harness.run("local", {"llm-platform:security": {"restrictedPods": False}})
+    pod = rec.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]["spec"]
+    assert "securityContext" not in pod["containers"][0]
+    models = next(r for r in rec.of_type("kubernetes:core/v1:Namespace") if r.inputs["metadata"]["name"] == "models")
+    assert models.inputs["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"

@@ -30,3 +30,5 @@ class BuiltCluster:
     storage_class: Optional[str] = None
     storage_class_manifest: Optional[dict] = None
     storage_ready: list = field(default_factory=list)
+    # Istio's `global.platform` for clusters whose CNI paths differ (gke, minikube, ...).
+    istio_platform: Optional[str] = None

@@ -123,6 +123,7 @@ def build(parent: pulumi.Resource, name: str, cfg: GkeCluster) -> BuiltCluster:
     return BuiltCluster(
         kubeconfig=kubeconfig(cluster.name, cluster.endpoint, cluster.master_auth.cluster_ca_certificate),
         ingress=IngressFacts(service_type="LoadBalancer", address=None),
+        istio_platform="gke",
         host_models_dir=None,
         storage_class=STORAGE_CLASS,
     )

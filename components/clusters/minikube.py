@@ -58,5 +58,6 @@ def build(parent: pulumi.Resource, name: str, cfg: MinikubeCluster) -> BuiltClus
             node_port=cfg.ingress_node_port,
             address=ip.stdout.apply(lambda s: f"{s.strip()}:{cfg.ingress_node_port}"),
         ),
+        istio_platform="minikube",
         host_models_dir=models_dir,
     )
