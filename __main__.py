@@ -88,6 +88,7 @@ gateway = Gateway("gateway", {
     "ui": ui,
     "host": cfg.gateway.host,
     "tls_secret": cfg.gateway.tls_secret,
+    "cert_manager": cfg.gateway.cert_manager,
     "address": mesh.ingress_address,
 })
 

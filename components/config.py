@@ -429,10 +429,29 @@ class SecurityConfig(_Model):
     restricted_pods: bool = True
 
 
+class CertManagerConfig(_Model):
+    """Certificates from an ACME issuer (Let's Encrypt by default) through cert-manager."""
+
+    chart_version: ChartVersion = "v1.21.2"
+    acme_email: str = Field(pattern=r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
+    acme_server: str = Field("https://acme-v02.api.letsencrypt.org/directory", pattern=r"^https://\S+$")
+
+
 class GatewayConfig(_Model):
     # None: answer on any host name (the ingress address is used in URLs).
     host: Optional[str] = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    # TLS from a certificate Secret in the istio-ingress namespace...
     tls_secret: Optional[DnsLabel] = None
+    # ...or issued by cert-manager.
+    cert_manager: Optional[CertManagerConfig] = None
+
+    @model_validator(mode="after")
+    def _tls_needs_a_host(self) -> "GatewayConfig":
+        if self.tls_secret and self.cert_manager:
+            raise ValueError("certManager: expected either tlsSecret or certManager, not both")
+        if (self.tls_secret or self.cert_manager) and not self.host:
+            raise ValueError("host: required when TLS is on (the certificate names it)")
+        return self
 
 
 ACCELERATORS_BY_CLUSTER = {

@@ -9,7 +9,12 @@ from typing import Optional, Sequence, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
+from .config import CertManagerConfig
 from .mesh import HTTP_PORT, HTTPS_PORT, Mesh
+
+CERT_MANAGER_REPO = "https://charts.jetstack.io"
+CERT_SECRET = "llm-gateway-tls"
+ACME_ISSUER = "llm-platform-acme"
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,8 @@ class GatewayArgs(TypedDict):
     ui: Optional[Backend]
     host: Optional[str]
     tls_secret: Optional[str]
+    # Issue the certificate with cert-manager (ACME) instead of naming a Secret.
+    cert_manager: Optional[CertManagerConfig]
     # Where the ingress is reached from outside, "ip:port" or a host name.
     address: pulumi.Input[str]
 
@@ -60,16 +67,22 @@ class Gateway(pulumi.ComponentResource):
         super().__init__("llm-platform:index:Gateway", name, None, opts)
         mesh, provider = args["mesh"], args["provider"]
         host, tls_secret = args["host"], args["tls_secret"]
+        if args["cert_manager"]:
+            tls_secret = self._issue_certificate(name, host, args["cert_manager"], mesh, provider)
         # In-cluster clients (the UI) call the ingress Service by its own name.
         hosts = [host, mesh.ingress_service_host] if host else ["*"]
+        http = {"number": HTTP_PORT, "name": "http", "protocol": "HTTP"}
 
-        servers = [{"port": {"number": HTTP_PORT, "name": "http", "protocol": "HTTP"}, "hosts": hosts}]
         if tls_secret:
-            servers.append({
-                "port": {"number": HTTPS_PORT, "name": "https", "protocol": "HTTPS"},
-                "hosts": hosts,
-                "tls": {"mode": "SIMPLE", "credentialName": tls_secret},
-            })
+            servers = [
+                # Outside callers are sent to HTTPS; in-cluster ones keep plain HTTP inside the mesh.
+                {"port": http, "hosts": [host], "tls": {"httpsRedirect": True}},
+                {"port": {**http, "name": "http-in-cluster"}, "hosts": [mesh.ingress_service_host]},
+                {"port": {"number": HTTPS_PORT, "name": "https", "protocol": "HTTPS"}, "hosts": [host],
+                 "tls": {"mode": "SIMPLE", "credentialName": tls_secret}},
+            ]
+        else:
+            servers = [{"port": http, "hosts": hosts}]
 
         # Istio objects need the CRDs from `base` and istiod's validating webhook.
         opts_cr = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[mesh.base, mesh.istiod])
@@ -107,3 +120,48 @@ class Gateway(pulumi.ComponentResource):
         self.api_base_url = self.url.apply(lambda u: f"{u}/v1")
         self.ui_url = self.url.apply(lambda u: f"{u}/")
         self.register_outputs({"url": self.url, "apiBaseUrl": self.api_base_url, "uiUrl": self.ui_url})
+
+    def _issue_certificate(self, name: str, host: str, cfg: CertManagerConfig, mesh: Mesh,
+                           provider: k8s.Provider) -> str:
+        """cert-manager with an ACME ClusterIssuer (HTTP-01 answered through the Istio ingress)
+        and a Certificate for `host`; returns the Secret the gateway serves it from."""
+        release = k8s.helm.v3.Release(
+            f"{name}-cert-manager",
+            name="cert-manager",
+            chart="cert-manager",
+            version=cfg.chart_version,
+            namespace="cert-manager",
+            create_namespace=True,
+            repository_opts={"repo": CERT_MANAGER_REPO},
+            values={"crds": {"enabled": True}},
+            opts=pulumi.ResourceOptions(parent=self, provider=provider),
+        )
+        # The CRDs come with the release.
+        cr_opts = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[release])
+        issuer = k8s.apiextensions.CustomResource(
+            f"{name}-acme-issuer",
+            api_version="cert-manager.io/v1",
+            kind="ClusterIssuer",
+            metadata={"name": ACME_ISSUER},
+            spec={"acme": {
+                "server": cfg.acme_server,
+                "email": cfg.acme_email,
+                "privateKeySecretRef": {"name": "llm-platform-acme-account"},
+                "solvers": [{"http01": {"ingress": {"ingressClassName": "istio"}}}],
+            }},
+            opts=cr_opts,
+        )
+        k8s.apiextensions.CustomResource(
+            f"{name}-certificate",
+            api_version="cert-manager.io/v1",
+            kind="Certificate",
+            metadata={"name": "llm-gateway", "namespace": mesh.ingress_namespace},
+            spec={
+                "secretName": CERT_SECRET,
+                "dnsNames": [host],
+                "issuerRef": {"name": ACME_ISSUER, "kind": "ClusterIssuer"},
+            },
+            opts=pulumi.ResourceOptions.merge(cr_opts, pulumi.ResourceOptions(depends_on=[issuer])),
+        )
+        # Istio serves the Secret as soon as cert-manager writes it: nothing waits for it.
+        return CERT_SECRET

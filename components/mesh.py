@@ -112,7 +112,14 @@ class Mesh(pulumi.ComponentResource):
         # init container and can pass the baseline and restricted Pod Security profiles.
         self.cni = release("cni", "cni", "istio-cni", SYSTEM_NS, platform, self.base)
         self.istiod = release("istiod", "istiod", "istiod", SYSTEM_NS,
-                              {**platform, "pilot": {"cni": {"enabled": True}}}, self.cni)
+                              {**platform, "pilot": {"cni": {"enabled": True}}, "meshConfig": {
+                                  # Kubernetes Ingresses of class istio (cert-manager's ACME
+                                  # HTTP-01 challenges) are served by our ingress gateway.
+                                  "ingressControllerMode": "STRICT",
+                                  "ingressClass": "istio",
+                                  "ingressSelector": INGRESS_SELECTOR["istio"],
+                                  "ingressService": INGRESS_RELEASE,
+                              }}, self.cni)
         self.gateway = release(
             "gateway", "gateway", INGRESS_RELEASE, INGRESS_NS,
             {"service": ingress_service_values(args["ingress"])}, self.istiod,

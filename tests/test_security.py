@@ -269,3 +269,59 @@ def test_laptop_can_opt_out_of_restricted_pods():
     assert "securityContext" not in pod["containers"][0]
     models = next(r for r in rec.of_type("kubernetes:core/v1:Namespace") if r.inputs["metadata"]["name"] == "models")
     assert models.inputs["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"
+
+
+# --- TLS at the gateway -------------------------------------------------------------------
+
+GATEWAY = "kubernetes:networking.istio.io/v1:Gateway"
+HOST = "llm.example.com"
+
+
+def servers(rec):
+    return rec.one(GATEWAY).inputs["spec"]["servers"]
+
+
+@pytest.mark.parametrize("stack_name", ["eks", "gke"])
+def test_cert_manager_issues_the_gateway_certificate(stack_name):
+    rec = harness.run(stack_name, {"llm-platform:gateway": {
+        "host": HOST, "certManager": {"acmeEmail": "ops@example.com"}}})
+    release = rec.one("kubernetes:helm.sh/v3:Release", "gateway-cert-manager")
+    assert release.inputs["version"] == "v1.21.2" and release.inputs["values"]["crds"]["enabled"] is True
+    issuer = rec.one("kubernetes:cert-manager.io/v1:ClusterIssuer")
+    cert = rec.one("kubernetes:cert-manager.io/v1:Certificate")
+    assert issuer.inputs["spec"]["acme"]["email"] == "ops@example.com"
+    assert cert.inputs["spec"]["dnsNames"] == [HOST]
+    assert cert.inputs["spec"]["issuerRef"] == {"name": issuer.inputs["metadata"]["name"], "kind": "ClusterIssuer"}
+    assert release.urn in issuer.dependencies and release.urn in cert.dependencies
+    https = next(s for s in servers(rec) if s["port"]["protocol"] == "HTTPS")
+    assert https["tls"] == {"mode": "SIMPLE", "credentialName": cert.inputs["spec"]["secretName"]}
+    assert cert.inputs["metadata"]["namespace"] == rec.one(GATEWAY).inputs["metadata"]["namespace"]
+    assert rec.outputs["apiBaseUrl"] == f"https://{HOST}/v1"
+
+
+def test_http_redirects_to_https_for_outside_callers_only():
+    rec = harness.run("eks", {"llm-platform:gateway": {"host": HOST, "tlsSecret": "llm-cert"}})
+    public_http = next(s for s in servers(rec) if s["port"]["number"] == 80 and s["hosts"] == [HOST])
+    assert public_http["tls"] == {"httpsRedirect": True}
+    internal = next(s for s in servers(rec) if s["hosts"] == ["istio-ingress.istio-ingress.svc.cluster.local"])
+    assert "tls" not in internal  # the UI calls the gateway in-cluster over plain HTTP (mTLS inside)
+    https = next(s for s in servers(rec) if s["port"]["number"] == 443)
+    assert https["tls"]["credentialName"] == "llm-cert"
+    assert not rec.of_type("kubernetes:cert-manager.io/v1:Certificate")
+
+
+def test_without_tls_no_redirect():
+    assert all("tls" not in s for s in servers(harness.run("local")))
+
+
+@pytest.mark.parametrize("gateway, expected", [
+    ({"tlsSecret": "llm-cert"}, "llm-platform:gateway.host: required when TLS is on"),
+    ({"host": HOST, "tlsSecret": "c", "certManager": {"acmeEmail": "a@b.io"}},
+     "llm-platform:gateway.certManager: expected either tlsSecret or certManager"),
+    ({"host": HOST, "certManager": {"acmeEmail": "not-an-email"}},
+     "llm-platform:gateway.certManager.acmeEmail: String should match pattern"),
+])
+def test_bad_tls_config_is_refused(gateway, expected):
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("eks", {"llm-platform:gateway": gateway})
+    assert str(info.value.error).startswith(f"Pulumi.eks.yaml: {expected}")
