@@ -382,6 +382,8 @@ DEFAULT_MODEL = ModelConfig(
     file="tinyllama-1.1b-chat-v1.0.Q8_0.gguf",
     hf_repo="TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF",
 )
+# A small public model that fits one L4 GPU or one TPU v5e host.
+DEFAULT_VLLM_MODEL = VllmModel(name="qwen", runtime="vllm", hf_model="Qwen/Qwen2.5-1.5B-Instruct")
 
 
 # --- platform services ---------------------------------------------------------------------
@@ -465,7 +467,9 @@ RUNTIMES_BY_ACCELERATOR = {"vulkan": ("llama-cpp",), "none": ("llama-cpp",), "nv
 
 class StackConfig(_Model):
     cluster: ClusterConfig
+    # Default: what the cluster kind serves on (see _defaults_for_the_cluster).
     accelerator: AcceleratorConfig = AcceleratorConfig()
+    # Default: TinyLlama on llama.cpp, or a small vLLM model on GPU/TPU clusters.
     models: list[AnyModel] = Field(default_factory=lambda: [DEFAULT_MODEL], min_length=1)
     models_namespace: DnsLabel = "models"
     mesh: MeshConfig = MeshConfig()
@@ -481,6 +485,28 @@ class StackConfig(_Model):
     delete_model_caches: bool = False
     # Hugging Face token for gated models: `pulumi config set --secret hfToken hf_...`.
     hf_token: Optional[str] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_for_the_cluster(cls, raw: Any) -> Any:
+        """Fill in the accelerator and models a cluster kind serves on, when left out."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("cluster"), dict):
+            return raw
+        kind = raw["cluster"].get("kind")
+        if not isinstance(kind, str) or kind not in ACCELERATORS_BY_CLUSTER:
+            return raw
+        raw = dict(raw)
+        accel = raw.get("accelerator")
+        if not (accel is None or isinstance(accel, dict)):
+            return raw
+        if accel is None or "kind" not in accel:
+            default = ACCELERATORS_BY_CLUSTER[kind][0]
+            if kind == "gke" and raw["cluster"].get("gpuPool") and not raw["cluster"].get("tpuPool"):
+                default = "nvidia"
+            raw["accelerator"] = {**(accel or {}), "kind": default}
+        if "models" not in raw and raw["accelerator"].get("kind") in ("nvidia", "tpu"):
+            raw["models"] = [DEFAULT_VLLM_MODEL]
+        return raw
 
     @model_validator(mode="after")
     def _fits_the_cluster(self) -> "StackConfig":
@@ -534,8 +560,13 @@ def _key_path(loc: tuple) -> str:
         ):
             continue  # the union tag pydantic inserts, not a key the user wrote
         else:
-            parts.append(("." if parts else f"{PROJECT}:") + item)
+            parts.append(("." if parts else f"{PROJECT}:") + display_key(item))
     return "".join(parts) or PROJECT
+
+
+def display_key(key: str) -> str:
+    """A key as written in the stack file; odd ones (spaces, colons, empty) quoted."""
+    return key if re.match(r"^[A-Za-z_][\w-]*$", key) else json.dumps(key)
 
 
 def _message(err: dict) -> str:
