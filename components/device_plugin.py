@@ -85,6 +85,9 @@ class GpuDevicePlugin(pulumi.ComponentResource):
                     "metadata": {"labels": labels},
                     "spec": {
                         "priorityClassName": "system-node-critical",
+                        # It talks to the kubelet's socket, not to the API server.
+                        "automountServiceAccountToken": False,
+                        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
                         # Runs on every node, whatever its taints.
                         "tolerations": [{"operator": "Exists"}],
                         "containers": [{
@@ -92,13 +95,15 @@ class GpuDevicePlugin(pulumi.ComponentResource):
                             "image": DEFAULT_IMAGE,
                             "args": ["--device", device_spec(accel)],
                             "ports": [{"name": "http", "containerPort": 8080}],
+                            "livenessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 30},
+                            "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 10},
                             "resources": {
                                 "requests": {"cpu": "50m", "memory": "10Mi"},
                                 "limits": {"cpu": "50m", "memory": "20Mi"},
                             },
                             # Documented exception to the restricted profile: it must see and
                             # hand out host devices.
-                            "securityContext": {"privileged": True},
+                            "securityContext": {"privileged": True, "readOnlyRootFilesystem": True},
                             "volumeMounts": [
                                 {"name": "device-plugins", "mountPath": "/var/lib/kubelet/device-plugins"},
                                 {"name": "dev", "mountPath": "/dev"},

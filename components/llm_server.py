@@ -17,8 +17,8 @@ from .serving import (
 PROBE_PERIOD_S = 10
 # Binds the host-folder volume only to its own claim, never to dynamic provisioning.
 HOST_MODELS_CLASS = "llm-platform-host-models"
-# A fixed non-root identity; fsGroup makes the cache volume writable for it.
-RUN_AS = 1001
+# A fixed non-root identity above the host's range; fsGroup makes the cache writable for it.
+RUN_AS = 10001
 # Long enough for a slow generation in flight to finish after the pod leaves the Service.
 TERMINATION_GRACE_S = 180
 # Endpoints are removed asynchronously: keep serving a moment before SIGTERM.
@@ -141,6 +141,8 @@ class LlmServer(pulumi.ComponentResource):
                     "metadata": {"labels": labels},
                     "spec": {
                         "priorityClassName": args["priority_class"],
+                        # Model servers never call the Kubernetes API.
+                        "automountServiceAccountToken": False,
                         "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
                         "securityContext": POD_SECURITY if args["restricted"] else None,
                         "containers": [_container(model, accel, spec, env, mounts, args["restricted"])],

@@ -1,0 +1,26 @@
+# Set-up and tests. `make test` is what CI runs (.ci/run) on a clean clone.
+PYTHON ?= python3
+
+.PHONY: test setup
+
+test: setup
+	.venv/bin/python -m pytest
+
+setup: .venv/.installed .venv-checkov/.installed tests/crd/node_modules/.installed
+
+# The program's and the tests' dependencies.
+.venv/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv .venv
+	.venv/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+# checkov pins packages that clash with pulumi's: it gets a virtualenv of its own.
+.venv-checkov/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip install -q -r requirements-checkov.txt
+	touch $@
+
+# Published schemas of the custom resources (Istio, Argo CD, cert-manager).
+tests/crd/node_modules/.installed: tests/crd/package.json tests/crd/package-lock.json
+	npm ci --prefix tests/crd --no-audit --no-fund --loglevel=error
+	touch $@
