@@ -9,7 +9,7 @@ from components.accelerators import from_config as accelerator_from_config
 from components.apps import OPEN_WEBUI_PORT, OPEN_WEBUI_SERVICE_ACCOUNT, all_apps, open_webui_host
 from components.config import ConfigError, load
 from components.mesh import INGRESS_PRINCIPAL, principal
-from components.network_policy import ModelNetworkPolicies
+from components.model_namespace import ModelNamespace
 from components.serving import uses_model_cache
 
 try:
@@ -43,15 +43,16 @@ mesh = Mesh("mesh", {
     "callers": {cfg.models_namespace: model_callers} if cfg.security.mtls else {},
 })
 
-models_namespace = mesh.namespaces[cfg.models_namespace].metadata.name
-if cfg.security.network_policies:
-    ModelNetworkPolicies("model-network", {
-        "provider": provider,
-        "namespace": models_namespace,
-        "ingress_from": [mesh.ingress_namespace] + ([ui_namespace] if ui_namespace else []),
-        "istio_namespace": mesh.system_namespace,
-        "https_egress": any(uses_model_cache(m, cluster.accelerator) for m in cfg.models),
-    })
+downloads = [uses_model_cache(m, cluster.accelerator) for m in cfg.models]
+model_namespace = ModelNamespace("models", {
+    "provider": provider,
+    "namespace": mesh.namespaces[cfg.models_namespace].metadata.name,
+    "network_policies": cfg.security.network_policies,
+    "ingress_from": [mesh.ingress_namespace] + ([ui_namespace] if ui_namespace else []),
+    "istio_namespace": mesh.system_namespace,
+    "https_egress": any(downloads),
+    "host_models": not all(downloads),
+})
 
 keys = ApiKeys("api-keys", {"client": cfg.api_key, "ui": cfg.ui_api_key}) if cfg.security.api_auth else None
 
@@ -59,9 +60,10 @@ servers = [
     LlmServer(f"model-{m.name}", {
         "model": m,
         "accelerator": cluster.accelerator,
-        "namespace": models_namespace,
+        "namespace": mesh.namespaces[cfg.models_namespace].metadata.name,
         "provider": provider,
         "host_models_dir": cluster.host_models_dir,
+        "host_models_claim": model_namespace.host_models_claim,
         "storage_class": cluster.storage_class,
         "hf_token": pulumi.Output.secret(cfg.hf_token) if cfg.hf_token else None,
         "priority_class": cluster.serving_priority_class,

@@ -15,8 +15,6 @@ from .serving import (
 )
 
 PROBE_PERIOD_S = 10
-# Binds the host-folder volume only to its own claim, never to dynamic provisioning.
-HOST_MODELS_CLASS = "llm-platform-host-models"
 # A fixed non-root identity above the host's range; fsGroup makes the cache writable for it.
 RUN_AS = 10001
 # Long enough for a slow generation in flight to finish after the pod leaves the Service.
@@ -32,6 +30,8 @@ class LlmServerArgs(TypedDict):
     provider: k8s.Provider
     # Host folder mounted on the node at /mnt/models; GGUF files are fetched there.
     host_models_dir: Optional[str]
+    # The namespace's claim on the node's /mnt/models (servers that read GGUF files from it).
+    host_models_claim: Optional[pulumi.Input[str]]
     # StorageClass of the model cache PVC (servers that download weights).
     storage_class: Optional[pulumi.Input[str]]
     # Hugging Face token (a Pulumi secret), for gated models; None for public ones.
@@ -80,8 +80,8 @@ class LlmServer(pulumi.ComponentResource):
         waits_for: list[pulumi.Resource] = []
         volumes, mounts, env = [], [], [{"name": k, "value": v} for k, v in spec.env.items()]
         if spec.model_store == "host":
-            claim = self._host_models_claim(name, meta, model.name, k8s_opts)
-            volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+            volumes.append({"name": "models", "persistentVolumeClaim": {
+                "claimName": args["host_models_claim"], "readOnly": True}})
             mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
             if args["host_models_dir"]:
                 # Runs where Pulumi runs: downloads only when the file is absent, then
@@ -180,34 +180,6 @@ class LlmServer(pulumi.ComponentResource):
         )
         self.register_outputs({"alias": self.alias, "serviceHost": self.service_host, "port": self.port})
 
-
-    def _host_models_claim(self, name: str, meta: dict, alias: str, opts) -> pulumi.Output[str]:
-        """The node's /mnt/models as a PersistentVolume bound to this server's claim: pods then
-        mount a claim, which Pod Security admits, instead of a hostPath, which it refuses."""
-        volume = k8s.core.v1.PersistentVolume(
-            f"{name}-host-models",
-            metadata={"name": f"{alias}-host-models", "labels": meta["labels"]},
-            spec={
-                "capacity": {"storage": "1Ti"},
-                "accessModes": ["ReadOnlyMany"],
-                # Never touches the files: they belong to the host folder.
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": HOST_MODELS_CLASS,
-                "hostPath": {"path": MODELS_MOUNT, "type": "Directory"},
-            },
-            opts=opts,
-        )
-        return k8s.core.v1.PersistentVolumeClaim(
-            f"{name}-host-models",
-            metadata={**meta, "name": f"{alias}-host-models"},
-            spec={
-                "accessModes": ["ReadOnlyMany"],
-                "storageClassName": HOST_MODELS_CLASS,
-                "volumeName": volume.metadata.name,
-                "resources": {"requests": {"storage": "1Ti"}},
-            },
-            opts=opts,
-        ).metadata.name
 
     def _api_keys(self, name, meta, spec: ServerSpec, keys: dict, opts, volumes, mounts, env) -> None:
         """The keys reach the server from a Secret, as a file or env vars: never in its args."""
