@@ -43,10 +43,11 @@ mesh = Mesh("mesh", {
     "callers": {cfg.models_namespace: model_callers} if cfg.security.mtls else {},
 })
 
+models_namespace = mesh.namespaces[cfg.models_namespace].metadata.name
 downloads = [uses_model_cache(m, cluster.accelerator) for m in cfg.models]
 model_namespace = ModelNamespace("models", {
     "provider": provider,
-    "namespace": mesh.namespaces[cfg.models_namespace].metadata.name,
+    "namespace": models_namespace,
     "network_policies": cfg.security.network_policies,
     "ingress_from": [mesh.ingress_namespace] + ([ui_namespace] if ui_namespace else []),
     "istio_namespace": mesh.system_namespace,
@@ -60,7 +61,7 @@ servers = [
     LlmServer(f"model-{m.name}", {
         "model": m,
         "accelerator": cluster.accelerator,
-        "namespace": mesh.namespaces[cfg.models_namespace].metadata.name,
+        "namespace": models_namespace,
         "provider": provider,
         "host_models_dir": cluster.host_models_dir,
         "host_models_claim": model_namespace.host_models_claim,

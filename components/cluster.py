@@ -35,7 +35,6 @@ class Cluster(pulumi.ComponentResource):
     ingress: IngressFacts
     host_models_dir: Optional[str]
     istio_platform: Optional[str]
-    kubernetes_version: str
     storage_class: Optional[pulumi.Output[str]]
     serving_priority_class: pulumi.Output[str]
 
@@ -49,8 +48,6 @@ class Cluster(pulumi.ComponentResource):
         self.ingress = built.ingress
         self.host_models_dir = built.host_models_dir
         self.istio_platform = built.istio_platform
-        # "v1.34.0" (minikube) or "1.33" (EKS, GKE) -> "1.33": what schemas are keyed by.
-        self.kubernetes_version = ".".join(cfg.kubernetes_version.lstrip("v").split(".")[:2])
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
