@@ -92,34 +92,9 @@ class LlmServer(pulumi.ComponentResource):
                     opts=pulumi.ResourceOptions(parent=self),
                 ))
         else:
-            # Weights (and compiled XLA graphs) outlive pods: restarts never download again.
-            cache = k8s.core.v1.PersistentVolumeClaim(
-                f"{name}-cache",
-                metadata={**meta, "name": f"{model.name}-cache",
-                          "annotations": {"pulumi.com/skipAwait": "true"}},
-                spec={
-                    "accessModes": ["ReadWriteOnce"],
-                    "storageClassName": args["storage_class"],
-                    "resources": {"requests": {"storage": model.cache_size}},
-                },
-                # Destroying the stack keeps downloaded weights unless config says otherwise.
-                opts=pulumi.ResourceOptions.merge(
-                    k8s_opts, pulumi.ResourceOptions(retain_on_delete=args["retain_cache"])
-                ),
-            )
-            volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": cache.metadata.name}})
-            mounts.append({"name": "cache", "mountPath": CACHE_MOUNT})
-            if args["hf_token"] is not None:
-                token = k8s.core.v1.Secret(
-                    f"{name}-hf-token",
-                    metadata={**meta, "name": f"{model.name}-hf-token"},
-                    string_data={"HF_TOKEN": args["hf_token"]},
-                    opts=k8s_opts,
-                )
-                env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
-                    "name": token.metadata.name, "key": "HF_TOKEN"}}})
+            self._model_cache(name, model, meta, args, k8s_opts, volumes, mounts, env)
         if spec.api_keys_from:
-            self._api_keys(name, meta, spec, args["api_keys"], k8s_opts, volumes, mounts, env)
+            self._api_keys(name, model.name, meta, spec, args["api_keys"], k8s_opts, volumes, mounts, env)
         if args["restricted"]:
             # The root filesystem is read-only: scratch space and HOME live here.
             volumes.append({"name": "tmp", "emptyDir": {}})
@@ -180,12 +155,39 @@ class LlmServer(pulumi.ComponentResource):
         )
         self.register_outputs({"alias": self.alias, "serviceHost": self.service_host, "port": self.port})
 
+    def _model_cache(self, name, model, meta: dict, args: LlmServerArgs, opts, volumes, mounts, env) -> None:
+        """Weights (and compiled XLA graphs) on a PVC that outlives pods: restarts never download
+        again; plus the Hugging Face token, when there is one, from a Secret."""
+        cache = k8s.core.v1.PersistentVolumeClaim(
+            f"{name}-cache",
+            metadata={**meta, "name": f"{model.name}-cache",
+                      # Bound only when its pod is scheduled (WaitForFirstConsumer): do not await.
+                      "annotations": {"pulumi.com/skipAwait": "true"}},
+            spec={
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": args["storage_class"],
+                "resources": {"requests": {"storage": model.cache_size}},
+            },
+            # Destroying the stack keeps downloaded weights unless config says otherwise.
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=args["retain_cache"])),
+        )
+        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": cache.metadata.name}})
+        mounts.append({"name": "cache", "mountPath": CACHE_MOUNT})
+        if args["hf_token"] is not None:
+            token = k8s.core.v1.Secret(
+                f"{name}-hf-token",
+                metadata={**meta, "name": f"{model.name}-hf-token"},
+                string_data={"HF_TOKEN": args["hf_token"]},
+                opts=opts,
+            )
+            env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+                "name": token.metadata.name, "key": "HF_TOKEN"}}})
 
-    def _api_keys(self, name, meta, spec: ServerSpec, keys: dict, opts, volumes, mounts, env) -> None:
+    def _api_keys(self, name, alias: str, meta, spec: ServerSpec, keys: dict, opts, volumes, mounts, env) -> None:
         """The keys reach the server from a Secret, as a file or env vars: never in its args."""
         secret = k8s.core.v1.Secret(
             f"{name}-api-keys",
-            metadata={**meta, "name": f"{meta['labels']['app.kubernetes.io/name']}-api-keys"},
+            metadata={**meta, "name": f"{alias}-api-keys"},
             string_data={
                 **{entry: keys[entry] for entry in API_KEY_ENTRIES},
                 "keys": pulumi.Output.all(*(keys[e] for e in API_KEY_ENTRIES)).apply("\n".join),
