@@ -43,9 +43,10 @@ def workspace_env(tmp_path):
     }
 
 
-@pytest.fixture(scope="session")
-def policy_pack() -> str:
-    """The pack's own virtualenv, as `pulumi preview --policy-pack` expects it."""
+@pytest.fixture
+def policy_pack(workspace_env) -> str:
+    """The pack's own virtualenv, as `pulumi preview --policy-pack` expects it (made once, and
+    only where the CLI is there to use it)."""
     venv = POLICY_DIR / ".venv"
     if not venv.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
