@@ -3,6 +3,7 @@ line naming the file and the key: never a traceback, never a resource registered
 
 import copy
 import json
+import os
 
 import pulumi
 from hypothesis import HealthCheck, event, given, settings
@@ -82,11 +83,13 @@ def test_every_config_is_accepted_or_refused_in_one_line(raw):
         check_refusal(str(err), raw)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("FUZZ_PROGRAM_EXAMPLES", "40")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stack_configs())
 def test_program_registers_nothing_before_refusing(raw):
     """Through the real program: refused configs register nothing; accepted ones run."""
-    stack = "local" if raw.get("cluster", {}).get("kind") not in ("eks", "gke") else raw["cluster"]["kind"]
+    cluster = raw.get("cluster")
+    kind = cluster.get("kind") if isinstance(cluster, dict) else None
+    stack = kind if kind in ("eks", "gke") else "local"
     overrides = {f"{PROJECT}:{k}": v for k, v in raw.items()}
     base_keys = tuple(k for k in harness.stack_config(stack) if k not in overrides)
     try:
