@@ -41,6 +41,7 @@ mesh = Mesh("mesh", {
     },
     "strict_mtls": cfg.security.mtls,
     "callers": {cfg.models_namespace: model_callers} if cfg.security.mtls else {},
+    "metrics_from": {cfg.models_namespace: cfg.security.metrics_from},
 })
 
 models_namespace = mesh.namespaces[cfg.models_namespace].metadata.name
@@ -50,6 +51,7 @@ model_namespace = ModelNamespace("models", {
     "namespace": models_namespace,
     "network_policies": cfg.security.network_policies,
     "ingress_from": [mesh.ingress_namespace] + ([ui_namespace] if ui_namespace else []),
+    "metrics_from": cfg.security.metrics_from,
     "istio_namespace": mesh.system_namespace,
     "https_egress": any(downloads),
     "host_models": not all(downloads),
@@ -71,6 +73,7 @@ servers = [
         "retain_cache": not cfg.delete_model_caches,
         "api_keys": {"client": keys.client, "ui": keys.ui} if keys else None,
         "restricted": cfg.security.restricted_pods,
+        "supplemental_groups": cfg.security.supplemental_groups,
     })
     for m in cfg.models
 ]

@@ -429,6 +429,11 @@ class SecurityConfig(_Model):
     network_policies: bool = True
     # Model servers run under the restricted Pod Security profile, enforced on their namespace.
     restricted_pods: bool = True
+    # Extra groups for the model servers, e.g. the node's render group so a non-root server can
+    # open /dev/dri.
+    supplemental_groups: list[Annotated[int, Field(ge=1)]] = []
+    # Namespaces (e.g. your Prometheus's) allowed to GET /metrics from the model servers.
+    metrics_from: list[DnsLabel] = []
 
 
 class CertManagerConfig(_Model):

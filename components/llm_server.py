@@ -43,6 +43,8 @@ class LlmServerArgs(TypedDict):
     retain_cache: bool
     # Run under the restricted Pod Security profile (non-root, no privilege, read-only root).
     restricted: bool
+    # Extra groups (e.g. the node's render group for /dev/dri).
+    supplemental_groups: list[int]
 
 
 def fetch_command(model, models_dir: str) -> str:
@@ -119,7 +121,7 @@ class LlmServer(pulumi.ComponentResource):
                         # Model servers never call the Kubernetes API.
                         "automountServiceAccountToken": False,
                         "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
-                        "securityContext": POD_SECURITY if args["restricted"] else None,
+                        "securityContext": pod_security(args["restricted"], args["supplemental_groups"]),
                         "containers": [_container(model, accel, spec, env, mounts, args["restricted"])],
                         "nodeSelector": dict(accel.node_selector) or None,
                         "tolerations": list(accel.tolerations) or None,
@@ -218,6 +220,11 @@ POD_SECURITY = {
     "fsGroup": RUN_AS,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
+def pod_security(restricted: bool, groups: list[int]) -> Optional[dict]:
+    context = {**(POD_SECURITY if restricted else {}), **({"supplementalGroups": groups} if groups else {})}
+    return context or None
+
+
 CONTAINER_SECURITY = {
     "allowPrivilegeEscalation": False,
     "capabilities": {"drop": ["ALL"]},

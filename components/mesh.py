@@ -42,6 +42,8 @@ class MeshArgs(TypedDict):
     strict_mtls: bool
     # Namespace -> the only workload identities (principals) allowed to call its pods.
     callers: Mapping[str, Sequence[str]]
+    # Namespace -> namespaces whose pods may GET /metrics there (and nothing else).
+    metrics_from: Mapping[str, Sequence[str]]
 
 
 def ingress_service_values(ingress: IngressFacts) -> dict:
@@ -155,6 +157,10 @@ class Mesh(pulumi.ComponentResource):
                     metadata={"name": "allowed-callers", "namespace": namespace.metadata.name},
                     spec={"action": "ALLOW", "rules": [
                         {"from": [{"source": {"principals": list(args["callers"][ns])}}]},
+                        *([{
+                            "from": [{"source": {"namespaces": list(args["metrics_from"][ns])}}],
+                            "to": [{"operation": {"methods": ["GET"], "paths": ["/metrics"]}}],
+                        }] if args["metrics_from"].get(ns) else []),
                     ]},
                     opts=policy_opts,
                 )

@@ -25,8 +25,10 @@ class ModelNamespaceArgs(TypedDict):
     network_policies: bool
     # Mount the node's /mnt/models (GGUF files from the host) for the servers here.
     host_models: bool
-    # Namespaces whose pods may open connections to the model servers.
+    # Namespaces whose pods may open connections to the model servers...
     ingress_from: Sequence[str]
+    # ...and those that only scrape /metrics (the mesh limits them to that path).
+    metrics_from: Sequence[str]
     istio_namespace: str
     # Whether any server here downloads weights (HTTPS out to the model hub).
     https_egress: bool
@@ -42,7 +44,7 @@ def policy_specs(args: ModelNamespaceArgs) -> dict[str, dict]:
     specs = {
         "default-deny": {"podSelector": every_pod, "policyTypes": ["Ingress", "Egress"]},
         "allow-callers": {"podSelector": every_pod, "policyTypes": ["Ingress"],
-                          "ingress": [{"from": _from_namespaces(args["ingress_from"])}]},
+                          "ingress": [{"from": _from_namespaces([*args["ingress_from"], *args["metrics_from"]])}]},
         "allow-dns": {"podSelector": every_pod, "policyTypes": ["Egress"], "egress": [{
             "to": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: "kube-system"}},
                     "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],

@@ -325,3 +325,22 @@ def test_bad_tls_config_is_refused(gateway, expected):
     with pytest.raises(harness.ProgramFailed) as info:
         harness.run("eks", {"llm-platform:gateway": gateway})
     assert str(info.value.error).startswith(f"Pulumi.eks.yaml: {expected}")
+
+
+def test_a_monitoring_namespace_may_scrape_metrics_and_nothing_else():
+    rec = harness.run("local", {"llm-platform:security": {"metricsFrom": ["monitoring"]}})
+    assert network_admits(rec, "monitoring", "models")
+    (policy,) = in_namespace(rec, AUTHZ, "models")
+    scrape = next(r for r in policy["spec"]["rules"] if "to" in r)
+    assert scrape["from"] == [{"source": {"namespaces": ["monitoring"]}}]
+    assert scrape["to"] == [{"operation": {"methods": ["GET"], "paths": ["/metrics"]}}]
+    # The monitoring namespace is not a caller of the API.
+    assert not mesh_admits(rec, "cluster.local/ns/monitoring/sa/prometheus", "models")
+
+
+def test_supplemental_groups_reach_the_model_pod():
+    rec = harness.run("local", {"llm-platform:security": {"supplementalGroups": [109]}})
+    pod = rec.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]["spec"]
+    assert pod["securityContext"]["supplementalGroups"] == [109]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert restricted_violations(pod) == []
