@@ -390,7 +390,7 @@ DEFAULT_VLLM_MODEL = VllmModel(name="qwen", runtime="vllm", hf_model="Qwen/Qwen2
 
 
 class MeshConfig(_Model):
-    chart_version: ChartVersion = "1.30.4"
+    chart_version: ChartVersion = "1.30.3"
 
 
 class UiConfig(_Model):
@@ -414,7 +414,7 @@ class AppConfig(_Model):
 
 
 class GitOpsConfig(_Model):
-    chart_version: ChartVersion = "10.1.3"
+    chart_version: ChartVersion = "10.1.1"
 
 
 class SecurityConfig(_Model):
@@ -439,7 +439,7 @@ class SecurityConfig(_Model):
 class CertManagerConfig(_Model):
     """Certificates from an ACME issuer (Let's Encrypt by default) through cert-manager."""
 
-    chart_version: ChartVersion = "v1.21.2"
+    chart_version: ChartVersion = "v1.21.1"
     acme_email: str = Field(pattern=r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
     acme_server: str = Field("https://acme-v02.api.letsencrypt.org/directory", pattern=r"^https://\S+$")
 

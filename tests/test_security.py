@@ -286,7 +286,7 @@ def test_cert_manager_issues_the_gateway_certificate(stack_name):
     rec = harness.run(stack_name, {"llm-platform:gateway": {
         "host": HOST, "certManager": {"acmeEmail": "ops@example.com"}}})
     release = rec.one("kubernetes:helm.sh/v3:Release", "gateway-cert-manager")
-    assert release.inputs["version"] == "v1.21.2" and release.inputs["values"]["crds"]["enabled"] is True
+    assert release.inputs["version"] == "v1.21.1" and release.inputs["values"]["crds"]["enabled"] is True
     issuer = rec.one("kubernetes:cert-manager.io/v1:ClusterIssuer")
     cert = rec.one("kubernetes:cert-manager.io/v1:Certificate")
     assert issuer.inputs["spec"]["acme"]["email"] == "ops@example.com"
