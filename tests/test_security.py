@@ -618,3 +618,20 @@ def test_tls_objects_match_their_schemas(acme):
     assert validate(objects) == [None] * len(objects)
     kubernetes_validate.validate(manifest(acme.one("kubernetes:networking.k8s.io/v1:IngressClass").inputs),
                                  "1.33", strict=True)
+
+
+def test_istiod_as_its_chart_renders_it_serves_the_challenge_from_our_ingress(acme):
+    """The istiod chart turns the values into the env var and mesh config istiod reads."""
+    import yaml
+
+    release = acme.one("kubernetes:helm.sh/v3:Release", "mesh-istiod").inputs
+    gateway = acme.one("kubernetes:helm.sh/v3:Release", "mesh-gateway").inputs
+    docs = render_chart(f"{release['chart']}-{release['version']}.tgz", release["values"], release["name"],
+                        release["namespace"])
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["K8S_INGRESS_NS"] == gateway["namespace"]
+    (mesh_cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "istio"]
+    mesh = yaml.safe_load(mesh_cm["data"]["mesh"])
+    assert mesh["ingressService"] == gateway["name"] and mesh["ingressControllerMode"] == "STRICT"
+    assert mesh["ingressSelector"] == acme.one(GATEWAY).inputs["spec"]["selector"]["istio"]
