@@ -6,11 +6,12 @@ from components import (
     ApiKeys, Backend, Cluster, Gateway, GitOpsController, GpuDevicePlugin, LlmServer, Mesh, ModelRoute,
 )
 from components.accelerators import from_config as accelerator_from_config
-from components.apps import OPEN_WEBUI_PORT, OPEN_WEBUI_SERVICE_ACCOUNT, all_apps, open_webui_host
+from components.apps import OPEN_WEBUI_PORT, OPEN_WEBUI_SERVICE_ACCOUNT, ModelEndpoint, all_apps, open_webui_host
 from components.config import ConfigError, load
 from components.mesh import INGRESS_PRINCIPAL, principal
 from components.model_namespace import ModelNamespace
 from components.serving import uses_model_cache
+from components.ui_admin import UiAdmin
 
 try:
     cfg = load(pulumi.get_stack())
@@ -46,14 +47,20 @@ mesh = Mesh("mesh", {
 
 models_namespace = mesh.namespaces[cfg.models_namespace].metadata.name
 downloads = [uses_model_cache(m, cluster.accelerator) for m in cfg.models]
+# NetworkPolicies are only worth creating where the cluster's CNI enforces them.
+network_policies = cfg.security.network_policies and cluster.network_policy_enforced
+if cfg.security.network_policies and not network_policies:
+    pulumi.log.warn("NetworkPolicies skipped: this cluster is not known to enforce them "
+                    "(set cluster.networkPolicy: enforced once its CNI does)")
 model_namespace = ModelNamespace("models", {
     "provider": provider,
     "namespace": models_namespace,
-    "network_policies": cfg.security.network_policies,
+    "network_policies": network_policies,
     "ingress_from": [mesh.ingress_namespace] + ([ui_namespace] if ui_namespace else []),
     "metrics_from": cfg.security.metrics_from,
     "istio_namespace": mesh.system_namespace,
     "https_egress": any(downloads),
+    "cluster_cidrs": cluster.internal_cidrs,
     "host_models": not all(downloads),
 })
 
@@ -78,11 +85,14 @@ servers = [
     for m in cfg.models
 ]
 
+ui_admin = UiAdmin("ui-admin", {"password": cfg.ui_admin_password}) if cfg.ui.enabled else None
 apps = all_apps(
     cfg,
     mesh.namespaces[ui_namespace].metadata.name if ui_namespace else None,
-    f"http://{mesh.ingress_service_host}",
+    # The UI calls each server's Service through the mesh (it is an allowed caller).
+    [ModelEndpoint(s.alias, pulumi.Output.concat("http://", s.service_host, f":{s.port}/v1")) for s in servers],
     keys.ui if keys else None,
+    ui_admin.password if ui_admin else None,
 )
 GitOpsController("gitops", {"provider": provider, "chart_version": cfg.gitops.chart_version, "apps": apps})
 
@@ -105,3 +115,6 @@ pulumi.export("modelAliases", [s.alias for s in servers])
 pulumi.export("kubeconfig", cluster.kubeconfig)
 if keys:
     pulumi.export("apiKey", keys.client)
+if ui_admin:
+    pulumi.export("uiAdminEmail", cfg.ui.admin_email)
+    pulumi.export("uiAdminPassword", ui_admin.password)

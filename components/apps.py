@@ -1,19 +1,26 @@
-"""The apps Argo CD delivers: Open WebUI (pointed at the gateway) plus any from config."""
+"""The apps Argo CD delivers: Open WebUI (talking to the model servers through the mesh) plus
+any from config."""
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import pulumi
 
 from .config import StackConfig
-from .gateway import model_prefix
 from .gitops import App
 
 OPEN_WEBUI_REPO = "https://helm.openwebui.com/"
 OPEN_WEBUI = "open-webui"
 # The chart names its Service after the release and serves on port 80.
 OPEN_WEBUI_PORT = 80
+# Set explicitly so the mesh's allow-list names the account the pods really run as (left
+# unset, the chart calls it "<release>-sa").
+OPEN_WEBUI_SERVICE_ACCOUNT = OPEN_WEBUI
+# The bundled Redis (websocket manager). Istio picks a port's protocol from its name; the
+# chart's default name, "http", would make the sidecars parse Redis as HTTP.
+OPEN_WEBUI_REDIS_PORT_NAME = "tcp-redis"
 
 
 def open_webui_host(cfg: StackConfig) -> str:
@@ -21,21 +28,40 @@ def open_webui_host(cfg: StackConfig) -> str:
 
 
 OPENAI_KEYS_SECRET = "open-webui-openai"
-# The chart's service account is named after the release.
-OPEN_WEBUI_SERVICE_ACCOUNT = OPEN_WEBUI
+ADMIN_SECRET = "open-webui-admin"
 
 
-def open_webui(cfg: StackConfig, namespace: pulumi.Input[str], gateway_base: str,
-               api_key: Optional[pulumi.Output[str]]) -> App:
-    """Open WebUI in `namespace` (the mesh's, with sidecars), talking to the models through the gateway."""
-    # One OpenAI connection per model, each through the gateway like any other client.
-    urls = [f"{gateway_base}{model_prefix(m.name)}" for m in cfg.models]
-    secrets, env = {}, []
+@dataclass(frozen=True)
+class ModelEndpoint:
+    """An OpenAI-compatible base URL of one model server, e.g. http://<service>:<port>/v1."""
+
+    alias: str
+    base_url: pulumi.Input[str]
+
+
+def _secret_env(name: str, secret: str) -> dict:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": name}}}
+
+
+def open_webui(cfg: StackConfig, namespace: pulumi.Input[str], models: Sequence[ModelEndpoint],
+               api_key: Optional[pulumi.Output[str]], admin_password: pulumi.Output[str]) -> App:
+    """Open WebUI in `namespace` (the mesh's, with sidecars). It calls each model server's
+    Service directly: inside the mesh, under its own identity, never through the public ingress."""
+    urls = [m.base_url for m in models]
+    secrets = {ADMIN_SECRET: {"WEBUI_ADMIN_PASSWORD": admin_password}}
+    env = [
+        # The stack is the source of truth: connections, keys and sign-up are read from the
+        # environment on every start instead of from what the first start stored in the DB.
+        {"name": "ENABLE_PERSISTENT_CONFIG", "value": "False"},
+        {"name": "ENABLE_SIGNUP", "value": str(cfg.ui.signup)},
+        # The admin account is created at first start when no user exists yet.
+        {"name": "WEBUI_ADMIN_EMAIL", "value": cfg.ui.admin_email},
+        _secret_env("WEBUI_ADMIN_PASSWORD", ADMIN_SECRET),
+    ]
     if api_key is not None:
         # Open WebUI pairs OPENAI_API_KEYS with OPENAI_API_BASE_URLS, ';'-separated.
         secrets[OPENAI_KEYS_SECRET] = {"OPENAI_API_KEYS": api_key.apply(lambda k: ";".join([k] * len(urls)))}
-        env.append({"name": "OPENAI_API_KEYS",
-                    "valueFrom": {"secretKeyRef": {"name": OPENAI_KEYS_SECRET, "key": "OPENAI_API_KEYS"}}})
+        env.append(_secret_env("OPENAI_API_KEYS", OPENAI_KEYS_SECRET))
     return App(
         name=OPEN_WEBUI,
         namespace=namespace,
@@ -48,6 +74,8 @@ def open_webui(cfg: StackConfig, namespace: pulumi.Input[str], gateway_base: str
             "pipelines": {"enabled": False},
             "enableOpenaiApi": True,
             "openaiBaseApiUrls": urls,
+            "serviceAccount": {"name": OPEN_WEBUI_SERVICE_ACCOUNT},
+            "websocket": {"redis": {"service": {"portName": OPEN_WEBUI_REDIS_PORT_NAME}}},
             # Chat history lives on a PVC and survives restarts.
             "persistence": {"enabled": True, "size": cfg.ui.storage_size},
             # Replaces the chart's default env, which sets a literal OPENAI_API_KEY.
@@ -57,9 +85,9 @@ def open_webui(cfg: StackConfig, namespace: pulumi.Input[str], gateway_base: str
     )
 
 
-def all_apps(cfg: StackConfig, ui_namespace: Optional[pulumi.Input[str]], gateway_base: str,
-             ui_api_key: Optional[pulumi.Output[str]]) -> list[App]:
-    apps = [open_webui(cfg, ui_namespace, gateway_base, ui_api_key)] if cfg.ui.enabled else []
+def all_apps(cfg: StackConfig, ui_namespace: Optional[pulumi.Input[str]], models: Sequence[ModelEndpoint],
+             ui_api_key: Optional[pulumi.Output[str]], ui_admin_password: Optional[pulumi.Output[str]]) -> list[App]:
+    apps = [open_webui(cfg, ui_namespace, models, ui_api_key, ui_admin_password)] if cfg.ui.enabled else []
     return apps + [
         App(
             name=a.name,

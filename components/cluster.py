@@ -35,6 +35,8 @@ class Cluster(pulumi.ComponentResource):
     ingress: IngressFacts
     host_models_dir: Optional[str]
     istio_platform: Optional[str]
+    network_policy_enforced: bool
+    internal_cidrs: list
     storage_class: Optional[pulumi.Output[str]]
     serving_priority_class: pulumi.Output[str]
 
@@ -48,6 +50,8 @@ class Cluster(pulumi.ComponentResource):
         self.ingress = built.ingress
         self.host_models_dir = built.host_models_dir
         self.istio_platform = built.istio_platform
+        self.network_policy_enforced = built.network_policy_enforced
+        self.internal_cidrs = built.internal_cidrs
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,

@@ -123,6 +123,9 @@ class ExistingCluster(_Model):
     models_dir: Optional[str] = None
     ingress_service_type: Literal["LoadBalancer", "NodePort", "ClusterIP"] = "LoadBalancer"
     ingress_address: str = "localhost"
+    # Whether this cluster's CNI enforces NetworkPolicies; the program cannot see it. The
+    # model namespace's NetworkPolicies are created only when this says "enforced".
+    network_policy: Literal["enforced", "unknown"] = "unknown"
 
 
 class NodeGroup(_Model):
@@ -398,8 +401,13 @@ class UiConfig(_Model):
 
     enabled: bool = True
     namespace: DnsLabel = "open-webui"
-    chart_version: ChartVersion = "14.1.0"
+    chart_version: ChartVersion = "16.0.0"
     storage_size: Quantity = "2Gi"
+    # The admin account created at first start (password: the `uiAdminPassword` secret, or
+    # generated and shown by `pulumi stack output uiAdminPassword --show-secrets`).
+    admin_email: str = Field("admin@llm-platform.local", pattern=r"^[^@\s]+@[^@\s]+$")
+    # Whether visitors may create accounts; closed by default, the admin adds users.
+    signup: bool = False
 
 
 class AppConfig(_Model):
@@ -486,6 +494,8 @@ class StackConfig(_Model):
     # API keys (Pulumi secrets); generated and kept in state when not set.
     api_key: Optional[str] = None
     ui_api_key: Optional[str] = None
+    # Open WebUI's admin password (a Pulumi secret); generated and kept in state when not set.
+    ui_admin_password: Optional[str] = None
     # Keep model caches (PVCs) when the stack is destroyed, unless told otherwise.
     delete_model_caches: bool = False
     # Hugging Face token for gated models: `pulumi config set --secret hfToken hf_...`.
@@ -571,7 +581,7 @@ def _key_path(loc: tuple) -> str:
 
 def display_key(key: str) -> str:
     """A key as written in the stack file; odd ones (spaces, colons, empty) quoted."""
-    return key if re.match(r"^[A-Za-z_][\w-]*$", key) else json.dumps(key)
+    return key if re.fullmatch(r"[A-Za-z_][\w-]*", key) else json.dumps(key)
 
 
 def _message(err: dict) -> str:
@@ -606,7 +616,7 @@ def parse(raw: dict[str, Any], stack_file: str) -> StackConfig:
         raise ConfigError(f"{stack_file}: {key}: {msg}") from None
 
 
-SECRET_KEYS = ("hfToken", "apiKey", "uiApiKey")
+SECRET_KEYS = ("hfToken", "apiKey", "uiApiKey", "uiAdminPassword")
 
 
 def _decode(value: Any) -> Any:

@@ -10,11 +10,12 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from .config import CertManagerConfig
-from .mesh import HTTP_PORT, HTTPS_PORT, Mesh
+from .mesh import HTTP_PORT, HTTPS_PORT, INGRESS_CLASS, INGRESS_CONTROLLER, Mesh
 
 CERT_MANAGER_REPO = "https://charts.jetstack.io"
 CERT_SECRET = "llm-gateway-tls"
 ACME_ISSUER = "llm-platform-acme"
+GATEWAY_NAME = "llm-gateway"
 
 
 @dataclass(frozen=True)
@@ -69,20 +70,12 @@ class Gateway(pulumi.ComponentResource):
         host, tls_secret = args["host"], args["tls_secret"]
         if args["cert_manager"]:
             tls_secret = self._issue_certificate(name, host, args["cert_manager"], mesh, provider)
-        # In-cluster clients (the UI) call the ingress Service by its own name.
-        hosts = [host, mesh.ingress_service_host] if host else ["*"]
+        hosts = [host] if host else ["*"]
         http = {"number": HTTP_PORT, "name": "http", "protocol": "HTTP"}
-
+        servers = [{"port": http, "hosts": hosts}]
         if tls_secret:
-            servers = [
-                # Outside callers are sent to HTTPS; in-cluster ones keep plain HTTP inside the mesh.
-                {"port": http, "hosts": [host], "tls": {"httpsRedirect": True}},
-                {"port": {**http, "name": "http-in-cluster"}, "hosts": [mesh.ingress_service_host]},
-                {"port": {"number": HTTPS_PORT, "name": "https", "protocol": "HTTPS"}, "hosts": [host],
-                 "tls": {"mode": "SIMPLE", "credentialName": tls_secret}},
-            ]
-        else:
-            servers = [{"port": http, "hosts": hosts}]
+            servers.append({"port": {"number": HTTPS_PORT, "name": "https", "protocol": "HTTPS"}, "hosts": hosts,
+                            "tls": {"mode": "SIMPLE", "credentialName": tls_secret}})
 
         # Istio objects need the CRDs from `base` and istiod's validating webhook.
         opts_cr = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[mesh.base, mesh.istiod])
@@ -90,29 +83,47 @@ class Gateway(pulumi.ComponentResource):
             f"{name}-gateway",
             api_version="networking.istio.io/v1",
             kind="Gateway",
-            metadata={"name": "llm-gateway", "namespace": mesh.ingress_namespace},
+            metadata={"name": GATEWAY_NAME, "namespace": mesh.ingress_namespace},
             spec={"selector": dict(mesh.ingress_selector), "servers": servers},
             opts=opts_cr,
         )
+        gateways = [f"{mesh.ingress_namespace}/{GATEWAY_NAME}"]
 
         models = list(args["models"])
-        http = [_route(f"model-{m.alias}", model_prefix(m.alias), m.backend, rewrite="/v1") for m in models]
+        routes = [_route(f"model-{m.alias}", model_prefix(m.alias), m.backend, rewrite="/v1") for m in models]
         if models:
-            http.append(_route("v1", "/v1", models[0].backend))
+            routes.append(_route("v1", "/v1", models[0].backend))
         if args["ui"]:
-            http.append(_route("ui", "/", args["ui"]))
+            routes.append(_route("ui", "/", args["ui"]))
+        if tls_secret:
+            # With TLS the platform answers only on HTTPS; port 80 only redirects (below).
+            for route in routes:
+                route["match"] = [{**m, "port": HTTPS_PORT} for m in route["match"]]
         self.virtual_service = k8s.apiextensions.CustomResource(
             f"{name}-routes",
             api_version="networking.istio.io/v1",
             kind="VirtualService",
             metadata={"name": "llm-routes", "namespace": mesh.ingress_namespace},
-            spec={
-                "hosts": hosts,
-                "gateways": [f"{mesh.ingress_namespace}/llm-gateway"],
-                "http": http,
-            },
+            spec={"hosts": hosts, "gateways": gateways, "http": routes},
             opts=opts_cr,
         )
+        if tls_secret:
+            # Plain HTTP is sent to HTTPS by a catch-all route rather than the server's
+            # `httpsRedirect`, which would also redirect the ACME HTTP-01 challenge (served on
+            # port 80 before any certificate exists). Istio orders catch-all routes after the
+            # challenge's exact path on the same host, so the challenge is answered.
+            self.redirect = k8s.apiextensions.CustomResource(
+                f"{name}-https-redirect",
+                api_version="networking.istio.io/v1",
+                kind="VirtualService",
+                metadata={"name": "llm-https-redirect", "namespace": mesh.ingress_namespace},
+                spec={"hosts": hosts, "gateways": gateways, "http": [{
+                    "name": "to-https",
+                    "match": [{"port": HTTP_PORT}],
+                    "redirect": {"scheme": "https", "redirectCode": 301},
+                }]},
+                opts=opts_cr,
+            )
 
         scheme = "https" if tls_secret else "http"
         authority = pulumi.Output.from_input(host or args["address"])
@@ -136,8 +147,16 @@ class Gateway(pulumi.ComponentResource):
             values={"crds": {"enabled": True}},
             opts=pulumi.ResourceOptions(parent=self, provider=provider),
         )
+        # The solver's challenge Ingress names this class; istiod (ingressControllerMode STRICT)
+        # serves an Ingress only when its IngressClass names Istio's controller.
+        ingress_class = k8s.networking.v1.IngressClass(
+            f"{name}-ingress-class",
+            metadata={"name": INGRESS_CLASS},
+            spec={"controller": INGRESS_CONTROLLER},
+            opts=pulumi.ResourceOptions(parent=self, provider=provider),
+        )
         # The CRDs come with the release.
-        cr_opts = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[release])
+        cr_opts = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[release, ingress_class])
         issuer = k8s.apiextensions.CustomResource(
             f"{name}-acme-issuer",
             api_version="cert-manager.io/v1",
@@ -147,7 +166,7 @@ class Gateway(pulumi.ComponentResource):
                 "server": cfg.acme_server,
                 "email": cfg.acme_email,
                 "privateKeySecretRef": {"name": "llm-platform-acme-account"},
-                "solvers": [{"http01": {"ingress": {"ingressClassName": "istio"}}}],
+                "solvers": [{"http01": {"ingress": {"ingressClassName": INGRESS_CLASS}}}],
             }},
             opts=cr_opts,
         )

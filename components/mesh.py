@@ -18,6 +18,10 @@ INGRESS_RELEASE = "istio-ingress"
 INGRESS_SELECTOR = {"istio": "ingress"}
 HTTP_PORT = 80
 HTTPS_PORT = 443
+# Kubernetes Ingresses (cert-manager's HTTP-01 challenges) are served by the ingress gateway
+# when their IngressClass names Istio's ingress controller.
+INGRESS_CLASS = "istio"
+INGRESS_CONTROLLER = "istio.io/ingress-controller"
 SECURITY_API = "security.istio.io/v1"
 
 
@@ -62,6 +66,33 @@ def ingress_service_values(ingress: IngressFacts) -> dict:
             port("https", HTTPS_PORT, 1),
         ],
     }
+
+
+# The gateway chart's pod labels (app = release name, istio = release name without "istio-").
+INGRESS_POD_LABELS = {"app": INGRESS_RELEASE, **INGRESS_SELECTOR}
+
+
+def ingress_values(ingress: IngressFacts) -> dict:
+    """Values of the gateway chart: the Service, and on clusters that can hold more than one
+    replica, at least two spread over nodes and zones with a PodDisruptionBudget, so a node
+    drain or a zone outage does not drop all traffic."""
+    values: dict = {"service": ingress_service_values(ingress)}
+    if ingress.min_replicas > 1:
+        def spread(key: str, when: str) -> dict:
+            # Honor taints: nodes the gateway cannot run on (GPU/TPU pools) are no domain.
+            return {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": when, "nodeTaintsPolicy": "Honor",
+                    "labelSelector": {"matchLabels": dict(INGRESS_POD_LABELS)}}
+
+        values.update({
+            "autoscaling": {"enabled": True, "minReplicas": ingress.min_replicas,
+                            "maxReplicas": max(ingress.min_replicas, 5)},
+            "podDisruptionBudget": {"minAvailable": 1},
+            "topologySpreadConstraints": [
+                spread("kubernetes.io/hostname", "DoNotSchedule"),
+                spread("topology.kubernetes.io/zone", "ScheduleAnyway"),
+            ],
+        })
+    return values
 
 
 def pod_security_labels(enforce: str) -> dict[str, str]:
@@ -113,18 +144,22 @@ class Mesh(pulumi.ComponentResource):
         # The CNI node agent sets up traffic redirection, so injected pods need no NET_ADMIN
         # init container and can pass the baseline and restricted Pod Security profiles.
         self.cni = release("cni", "cni", "istio-cni", SYSTEM_NS, platform, self.base)
-        self.istiod = release("istiod", "istiod", "istiod", SYSTEM_NS,
-                              {**platform, "pilot": {"cni": {"enabled": True}}, "meshConfig": {
-                                  # Kubernetes Ingresses of class istio (cert-manager's ACME
-                                  # HTTP-01 challenges) are served by our ingress gateway.
-                                  "ingressControllerMode": "STRICT",
-                                  "ingressClass": "istio",
-                                  "ingressSelector": INGRESS_SELECTOR["istio"],
-                                  "ingressService": INGRESS_RELEASE,
-                              }}, self.cni)
+        self.istiod = release("istiod", "istiod", "istiod", SYSTEM_NS, {
+            **platform,
+            "pilot": {"cni": {"enabled": True}},
+            # Ingresses istiod serves (cert-manager's HTTP-01 challenges) become a Gateway and
+            # VirtualService in this namespace, and their status carries the address of the
+            # Service `ingressService` there; istiod's default is istio-system.
+            "env": {"K8S_INGRESS_NS": INGRESS_NS},
+            "meshConfig": {
+                "ingressControllerMode": "STRICT",
+                "ingressClass": INGRESS_CLASS,
+                "ingressSelector": INGRESS_SELECTOR["istio"],
+                "ingressService": INGRESS_RELEASE,
+            },
+        }, self.cni)
         self.gateway = release(
-            "gateway", "gateway", INGRESS_RELEASE, INGRESS_NS,
-            {"service": ingress_service_values(args["ingress"])}, self.istiod,
+            "gateway", "gateway", INGRESS_RELEASE, INGRESS_NS, ingress_values(args["ingress"]), self.istiod,
         )
         # The injection webhook must exist before pods start in these namespaces, or they
         # would run without a sidecar.

@@ -3,7 +3,8 @@ NetworkPolicies with only the flows they need, and the claim on the host models 
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, TypedDict
+import ipaddress
+from typing import NotRequired, Optional, Sequence, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -12,6 +13,9 @@ from .serving import MODELS_MOUNT
 
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"
 ISTIOD_XDS_PORT = 15012
+# Never "the internet": private (RFC 1918), carrier-grade NAT (RFC 6598, used for pods by
+# some CNIs) and link-local (RFC 3927: cloud metadata endpoints) ranges.
+NON_PUBLIC_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16")
 
 
 HOST_MODELS = "host-models"
@@ -32,10 +36,26 @@ class ModelNamespaceArgs(TypedDict):
     istio_namespace: str
     # Whether any server here downloads weights (HTTPS out to the model hub).
     https_egress: bool
+    # The cluster's own ranges (nodes, pods, Services, control plane); HTTPS egress excludes them.
+    cluster_cidrs: NotRequired[Sequence[pulumi.Input[str]]]
 
 
 def _from_namespaces(names: Sequence[str]) -> list[dict]:
     return [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: n}}} for n in names]
+
+
+def outside_ranges(cluster_cidrs: Sequence[pulumi.Input[str]]) -> list[pulumi.Input[str]]:
+    """What HTTPS egress must not reach: every non-public range, plus the cluster's own ranges
+    that lie outside them (a VPC on public addresses, a public control-plane endpoint)."""
+    fixed = [ipaddress.ip_network(r) for r in NON_PUBLIC_RANGES]
+    out: list[pulumi.Input[str]] = list(NON_PUBLIC_RANGES)
+    for cidr in cluster_cidrs:
+        if isinstance(cidr, str):
+            net = ipaddress.ip_network(cidr, strict=False)
+            if any(net.subnet_of(f) for f in fixed) or cidr in out:
+                continue
+        out.append(cidr)
+    return out
 
 
 def policy_specs(args: ModelNamespaceArgs) -> dict[str, dict]:
@@ -58,7 +78,8 @@ def policy_specs(args: ModelNamespaceArgs) -> dict[str, dict]:
     }
     if args["https_egress"]:
         specs["allow-https"] = {"podSelector": every_pod, "policyTypes": ["Egress"], "egress": [{
-            "to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+            # The model hub, not the API server, nodes, metadata endpoint or other pods.
+            "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": outside_ranges(args.get("cluster_cidrs", []))}}],
             "ports": [{"protocol": "TCP", "port": 443}],
         }]}
     return specs

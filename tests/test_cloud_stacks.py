@@ -274,3 +274,30 @@ def test_gke_pool_and_accelerator_must_agree(patch, accelerator, expected):
         harness.run("gke", {"llm-platform:cluster": cluster, "llm-platform:accelerator": {"kind": accelerator}})
     assert str(info.value.error).startswith(f"Pulumi.gke.yaml: {expected}")
     assert info.value.registrations == []
+
+
+# --- the ingress survives a node drain on the cloud stacks ---------------------------------
+
+@pytest.mark.parametrize("stack_name, replicas", [("local", 1), ("eks", 2), ("gke", 2)])
+def test_ingress_replicas_spread_and_disruption_budget(stack_name, replicas):
+    """The gateway chart's own templates, given the values the program passes: two or more
+    replicas kept on eks/gke, spread over nodes, with a PodDisruptionBudget; one on a laptop."""
+    from tests.test_security import render_chart
+
+    rec = harness.run(stack_name)
+    release = rec.one("kubernetes:helm.sh/v3:Release", "mesh-gateway").inputs
+    docs = render_chart(f"{release['chart']}-{release['version']}.tgz", release["values"], release["name"],
+                        release["namespace"])
+    kinds = {d["kind"]: d for d in docs}
+    hpa = kinds["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["minReplicas"] == replicas
+    if replicas == 1:
+        assert "PodDisruptionBudget" not in kinds
+        return
+    assert kinds["PodDisruptionBudget"]["spec"]["minAvailable"] == 1
+    pod = kinds["Deployment"]["spec"]["template"]
+    spread = {c["topologyKey"]: c for c in pod["spec"]["topologySpreadConstraints"]}
+    assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert "topology.kubernetes.io/zone" in spread
+    for c in spread.values():  # the constraint selects the gateway's own pods
+        assert c["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()

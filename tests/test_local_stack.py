@@ -136,13 +136,15 @@ def test_gateway_binds_to_the_mesh_ingress(local):
     assert ingress["values"]["service"]["type"] == "NodePort"
 
 
-def test_open_webui_points_at_the_gateway_v1_with_ollama_off_and_storage(local):
+def test_open_webui_calls_the_model_service_with_ollama_off_and_storage(local):
     app = local.one("kubernetes:argoproj.io/v1alpha1:Application").inputs
     values = app["spec"]["source"]["helm"]["valuesObject"]
+    svc = local.one(SERVICE, "model-tinyllama-service").inputs
     assert app["spec"]["source"]["chart"] == "open-webui"
     assert values["ollama"]["enabled"] is False
+    # Straight to the server's Service inside the mesh, not through the public ingress.
     assert values["openaiBaseApiUrls"] == [
-        "http://istio-ingress.istio-ingress.svc.cluster.local/models/tinyllama/v1"
+        f"http://tinyllama.models.svc.cluster.local:{int(svc['spec']['ports'][0]['port'])}/v1"
     ]
     assert values["persistence"]["enabled"] is True
     # The per-model prefix is routed and rewritten to the server's /v1.
@@ -251,5 +253,5 @@ def test_more_models_each_get_a_server_route_and_ui_connection():
     assert routes["v1"]["route"][0]["destination"]["host"] == "tinyllama.models.svc.cluster.local"
     urls = rec.one("kubernetes:argoproj.io/v1alpha1:Application").inputs["spec"]["source"]["helm"][
         "valuesObject"]["openaiBaseApiUrls"]
-    assert len(urls) == 2 and urls[1].endswith("/models/qwen/v1")
+    assert len(urls) == 2 and urls[1].startswith("http://qwen.models.svc.cluster.local:") and urls[1].endswith("/v1")
     assert rec.outputs["modelAliases"] == ["tinyllama", "qwen"]

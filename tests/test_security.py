@@ -66,8 +66,8 @@ def test_server_requires_a_key_read_from_a_secret(keyed):
 def test_ui_gets_its_own_key_from_a_secret(keyed):
     app = keyed.one("kubernetes:argoproj.io/v1alpha1:Application").inputs
     env = app["spec"]["source"]["helm"]["valuesObject"]["extraEnvVars"]
-    assert env == [{"name": "OPENAI_API_KEYS",
-                    "valueFrom": {"secretKeyRef": {"name": "open-webui-openai", "key": "OPENAI_API_KEYS"}}}]
+    assert {"name": "OPENAI_API_KEYS",
+            "valueFrom": {"secretKeyRef": {"name": "open-webui-openai", "key": "OPENAI_API_KEYS"}}} in env
     secret = keyed.one("kubernetes:core/v1:Secret", "gitops-secret-open-webui-openai")
     assert secret.inputs["metadata"]["namespace"] == app["spec"]["destination"]["namespace"]
     urls = app["spec"]["source"]["helm"]["valuesObject"]["openaiBaseApiUrls"]
@@ -77,7 +77,7 @@ def test_ui_gets_its_own_key_from_a_secret(keyed):
 
 def test_keys_are_generated_when_not_configured():
     rec = harness.run("local")
-    generated = rec.of_type("random:index/randomPassword:RandomPassword")
+    generated = [r for r in rec.of_type("random:index/randomPassword:RandomPassword") if r.name.startswith("api-keys")]
     assert sorted(r.name for r in generated) == ["api-keys-client", "api-keys-ui"]
     assert all(r.inputs["length"] >= 32 and r.inputs["special"] is False for r in generated)
     assert "apiKey" in rec.secret_outputs
@@ -103,7 +103,7 @@ def test_laptop_can_opt_out_of_api_keys():
     rec = harness.run("local", {"llm-platform:security": {"apiAuth": False}})
     c = container(rec)
     assert "--api-key-file" not in c["args"] and "--api-key" not in c["args"]
-    assert not rec.of_type("random:index/randomPassword:RandomPassword")
+    assert not [r for r in rec.of_type("random:index/randomPassword:RandomPassword") if r.name.startswith("api-keys")]
     assert "apiKey" not in rec.outputs
 
 
@@ -299,15 +299,100 @@ def test_cert_manager_issues_the_gateway_certificate(stack_name):
     assert rec.outputs["apiBaseUrl"] == f"https://{HOST}/v1"
 
 
-def test_http_redirects_to_https_for_outside_callers_only():
+def istio_answer(rec, port: int, host: str, path: str, extra_routes: tuple = ()):
+    """What the ingress gateway does with `GET path` on `port` for `Host: host`, as Istio builds
+    it (pilot/pkg/networking/core/gateway.go, route.SortVHostRoutes): the Gateway server for
+    that port and host, then the routes of every VirtualService bound to it for that host —
+    matches limited to another port left out, catch-all routes (prefix "/") moved last — and
+    the first match wins. `extra_routes` are routes of other gateways on the same host (the
+    VirtualService istiod derives from an Ingress). None: no server answers (404)."""
+    gw = rec.one(GATEWAY).inputs
+    server = next((s for s in gw["spec"]["servers"] if s["port"]["number"] == port
+                   and (host in s["hosts"] or "*" in s["hosts"])), None)
+    if server is None:
+        return None
+    if server.get("tls", {}).get("httpsRedirect"):
+        return "redirect:https"
+    bound = f"{gw['metadata']['namespace']}/{gw['metadata']['name']}"
+    routes = []
+    for vs in rec.of_type(VS):
+        spec = vs.inputs["spec"]
+        if bound in spec["gateways"] and (host in spec["hosts"] or "*" in spec["hosts"]):
+            for route in spec["http"]:
+                for m in route["match"]:
+                    if m.get("port", port) == port:
+                        routes.append((m.get("uri", {"prefix": "/"}), route))
+    routes += list(extra_routes)
+    routes.sort(key=lambda r: r[0] == {"prefix": "/"})  # stable: catch-alls last
+    for uri, route in routes:
+        if ("exact" in uri and path == uri["exact"]) or ("prefix" in uri and path.startswith(uri["prefix"])):
+            if "redirect" in route:
+                return f"redirect:{route['redirect']['scheme']}"
+            return route["route"][0]["destination"]["host"]
+    return None
+
+
+VS = "kubernetes:networking.istio.io/v1:VirtualService"
+CHALLENGE = "/.well-known/acme-challenge/token123"
+# The route istiod derives from cert-manager's challenge Ingress (path type ImplementationSpecific
+# becomes an exact match).
+SOLVER = ({"exact": CHALLENGE}, {"route": [{"destination": {"host": "cm-acme-http-solver.istio-ingress.svc.cluster.local"}}]})
+
+
+@pytest.fixture(scope="module")
+def acme():
+    return harness.run("eks", {"llm-platform:gateway": {"host": HOST, "certManager": {"acmeEmail": "ops@example.com"}}})
+
+
+def test_acme_challenge_is_served_on_http_and_everything_else_redirected(acme):
+    assert istio_answer(acme, 80, HOST, CHALLENGE, (SOLVER,)) == SOLVER[1]["route"][0]["destination"]["host"]
+    for path in ("/v1/models", "/models/qwen/v1/models", "/", "/.well-known/other"):
+        assert istio_answer(acme, 80, HOST, path, (SOLVER,)) == "redirect:https", path
+    assert istio_answer(acme, 443, HOST, "/v1/models") == "qwen.models.svc.cluster.local"
+    assert istio_answer(acme, 443, HOST, "/") == "open-webui.open-webui.svc.cluster.local"
+
+
+def test_the_challenge_ingress_is_one_istiod_serves_on_our_gateway(acme):
+    issuer = acme.one("kubernetes:cert-manager.io/v1:ClusterIssuer").inputs
+    cls_name = issuer["spec"]["acme"]["solvers"][0]["http01"]["ingress"]["ingressClassName"]
+    ingress_class = acme.one("kubernetes:networking.k8s.io/v1:IngressClass")
+    # istiod (ingressControllerMode STRICT) serves an Ingress whose class names its controller.
+    assert ingress_class.inputs["metadata"]["name"] == cls_name
+    assert ingress_class.inputs["spec"]["controller"] == "istio.io/ingress-controller"
+    assert ingress_class.urn in acme.one("kubernetes:cert-manager.io/v1:ClusterIssuer").dependencies
+    istiod = acme.one("kubernetes:helm.sh/v3:Release", "mesh-istiod").inputs["values"]
+    gateway = acme.one("kubernetes:helm.sh/v3:Release", "mesh-gateway").inputs
+    # istiod puts the derived Gateway, and looks for meshConfig.ingressService, in K8S_INGRESS_NS.
+    assert istiod["env"]["K8S_INGRESS_NS"] == gateway["namespace"]
+    assert istiod["meshConfig"]["ingressService"] == gateway["name"]
+    assert istiod["meshConfig"]["ingressControllerMode"] == "STRICT"
+
+
+def test_a_static_tls_secret_also_redirects_http():
     rec = harness.run("eks", {"llm-platform:gateway": {"host": HOST, "tlsSecret": "llm-cert"}})
-    public_http = next(s for s in servers(rec) if s["port"]["number"] == 80 and s["hosts"] == [HOST])
-    assert public_http["tls"] == {"httpsRedirect": True}
-    internal = next(s for s in servers(rec) if s["hosts"] == ["istio-ingress.istio-ingress.svc.cluster.local"])
-    assert "tls" not in internal  # the UI calls the gateway in-cluster over plain HTTP (mTLS inside)
+    assert istio_answer(rec, 80, HOST, "/v1/models") == "redirect:https"
     https = next(s for s in servers(rec) if s["port"]["number"] == 443)
     assert https["tls"]["credentialName"] == "llm-cert"
     assert not rec.of_type("kubernetes:cert-manager.io/v1:Certificate")
+
+
+@pytest.mark.parametrize("stack_name", harness.STACKS)
+def test_no_plaintext_way_in_through_the_public_listener(stack_name):
+    """The in-cluster Service name is no back door: with TLS, port 80 answers it with nothing."""
+    rec = harness.run(stack_name, {"llm-platform:gateway": {"host": HOST, "tlsSecret": "llm-cert"}})
+    internal = "istio-ingress.istio-ingress.svc.cluster.local"
+    assert istio_answer(rec, 80, internal, "/v1/models") is None
+    assert all(s["hosts"] == [HOST] for s in servers(rec))
+
+
+def test_the_ui_reaches_the_models_through_the_mesh_not_the_ingress(guarded):
+    values = guarded.one("kubernetes:argoproj.io/v1alpha1:Application").inputs["spec"]["source"]["helm"]["valuesObject"]
+    hosts = {s.inputs["metadata"]["name"] + "." + s.inputs["metadata"]["namespace"]
+             for s in guarded.of_type("kubernetes:core/v1:Service")}
+    for url in values["openaiBaseApiUrls"]:
+        assert url.split("//")[1].split(".svc")[0] in hosts, url
+    assert network_admits(guarded, "open-webui", "models")
+    assert mesh_admits(guarded, ui_principal(guarded), "models")
 
 
 def test_without_tls_no_redirect():
@@ -344,3 +429,209 @@ def test_supplemental_groups_reach_the_model_pod():
     assert pod["securityContext"]["supplementalGroups"] == [109]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert restricted_violations(pod) == []
+
+
+# --- Open WebUI as its pinned chart renders it -------------------------------------------
+
+CHARTS = harness.PROJECT_DIR.parent / "shared" / "upstream" / "charts"
+# Istio reads a Service port's protocol from appProtocol, else from its name's prefix.
+ISTIO_PROTOCOLS = ("http", "http2", "https", "grpc", "grpc-web", "mongo", "redis", "mysql", "tcp", "tls", "udp")
+
+
+def render_chart(archive_name: str, values: dict, release: str, namespace: str) -> list[dict]:
+    archive = CHARTS / archive_name
+    if not archive.is_file():
+        pytest.skip(f"chart archive {archive} is not there")
+    from helm_python import Chart
+    import yaml
+
+    rendered = Chart.load(str(archive)).render(harness.reveal(values), name=release, namespace=namespace,
+                                               is_install=True)
+    return [doc for path, text in rendered.items() if path.endswith((".yaml", ".yml"))
+            for doc in yaml.safe_load_all(text) if doc]
+
+
+def rendered_ui(rec) -> list[dict]:
+    source = rec.one("kubernetes:argoproj.io/v1alpha1:Application").inputs["spec"]
+    return render_chart(f"{source['source']['chart']}-{source['source']['targetRevision']}.tgz",
+                        source["source"]["helm"]["valuesObject"], source["source"]["helm"]["releaseName"],
+                        source["destination"]["namespace"])
+
+
+def ui_workload(docs) -> dict:
+    (workload,) = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet") and not d["metadata"]["name"].endswith("-redis")]
+    return workload
+
+
+def ui_principal(rec) -> str:
+    docs = rendered_ui(rec)
+    sa = ui_workload(docs)["spec"]["template"]["spec"]["serviceAccountName"]
+    assert any(d["kind"] == "ServiceAccount" and d["metadata"]["name"] == sa for d in docs), sa
+    ns = rec.one("kubernetes:argoproj.io/v1alpha1:Application").inputs["spec"]["destination"]["namespace"]
+    return f"cluster.local/ns/{ns}/sa/{sa}"
+
+
+def istio_protocol(port: dict) -> str:
+    if port.get("appProtocol"):
+        return port["appProtocol"]
+    prefix = port.get("name", "").split("-")[0]
+    return prefix if prefix in ISTIO_PROTOCOLS else "auto-detect"
+
+
+def test_the_ui_account_in_the_allow_list_is_the_one_the_chart_creates(guarded):
+    """The AuthorizationPolicy names the service account the chart's pods really run as."""
+    principal = ui_principal(guarded)
+    (policy,) = in_namespace(guarded, AUTHZ, "models")
+    assert principal in policy["spec"]["rules"][0]["from"][0]["source"]["principals"]
+
+
+def test_every_ui_service_port_speaks_the_protocol_istio_reads_from_its_name(guarded):
+    services = {d["metadata"]["name"]: d for d in rendered_ui(guarded) if d["kind"] == "Service"}
+    redis = services["open-webui-redis"]["spec"]["ports"]
+    assert [istio_protocol(p) for p in redis] == ["tcp"]
+    assert [istio_protocol(p) for p in services["open-webui"]["spec"]["ports"]] == ["http"]
+
+
+def ui_env(rec) -> dict:
+    container = ui_workload(rendered_ui(rec))["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_the_ui_follows_the_stack_on_every_start(guarded):
+    env = ui_env(guarded)
+    # Otherwise connections and keys are read from the DB the first start filled.
+    assert env["ENABLE_PERSISTENT_CONFIG"]["value"] == "False"
+    urls = env["OPENAI_API_BASE_URLS"]["value"].split(";")
+    assert all(".models.svc.cluster.local:" in u for u in urls)
+
+
+def test_the_ui_admin_comes_from_a_secret_and_sign_up_is_closed(guarded):
+    env = ui_env(guarded)
+    assert env["ENABLE_SIGNUP"]["value"] == "False"
+    assert env["WEBUI_ADMIN_EMAIL"]["value"] == guarded.outputs["uiAdminEmail"]
+    ref = env["WEBUI_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    secret = next(r for r in guarded.of_type("kubernetes:core/v1:Secret") if r.inputs["metadata"]["name"] == ref["name"])
+    data = secret.inputs["stringData"]
+    assert harness.is_secret(data) or harness.is_secret(data[ref["key"]])
+    password = harness.reveal(data)[ref["key"]]
+    generated = guarded.one("random:index/randomPassword:RandomPassword", "ui-admin-password")
+    assert len(password) == generated.inputs["length"] >= 24
+    assert "uiAdminPassword" in guarded.secret_outputs and guarded.outputs["uiAdminPassword"] == password
+    assert secret.urn in guarded.one("kubernetes:argoproj.io/v1alpha1:Application").dependencies
+
+
+def test_the_ui_admin_and_sign_up_are_configurable():
+    rec = harness.run("local", {"llm-platform:uiAdminPassword": "admin-pass-0123456789",
+                                "llm-platform:ui": {"signup": True, "adminEmail": "me@example.org"}},
+                      secrets=("llm-platform:uiAdminPassword",))
+    env = ui_env(rec)
+    assert env["ENABLE_SIGNUP"]["value"] == "True" and env["WEBUI_ADMIN_EMAIL"]["value"] == "me@example.org"
+    assert harness.reveal(rec.one("kubernetes:core/v1:Secret", "gitops-secret-open-webui-admin")
+                          .inputs["stringData"])["WEBUI_ADMIN_PASSWORD"] == "admin-pass-0123456789"
+    assert not rec.of_type("random:index/randomPassword:RandomPassword") or all(
+        r.name.startswith("api-keys") for r in rec.of_type("random:index/randomPassword:RandomPassword"))
+
+
+def test_plain_text_ui_admin_password_is_refused():
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("local", {"llm-platform:uiAdminPassword": "admin-pass-0123456789"})
+    assert "llm-platform:uiAdminPassword: expected a secret" in str(info.value.error)
+
+
+# --- NetworkPolicies only where the cluster enforces them ----------------------------------
+
+def test_every_stack_starts_a_cni_that_enforces_network_policies():
+    local, eks, gke = (harness.run(s) for s in harness.STACKS)
+    start = next(r for r in local.of_type("command:local:Command") if "minikube start" in r.inputs["create"])
+    assert "--cni calico" in start.inputs["create"]
+    addon = eks.one("aws:eks/addon:Addon", "cluster-vpc-cni").inputs
+    assert addon["addonName"] == "vpc-cni"
+    assert json.loads(addon["configurationValues"])["enableNetworkPolicy"] == "true"
+    assert gke.one("gcp:container/cluster:Cluster").inputs["datapathProvider"] == "ADVANCED_DATAPATH"
+    # Istio's CNI plugin finds the platform's CNI folders.
+    for rec, platform in ((local, "minikube"), (gke, "gke")):
+        cni = rec.one("kubernetes:helm.sh/v3:Release", "mesh-cni").inputs["values"]
+        assert cni["global"]["platform"] == platform
+    for rec in (local, eks, gke):
+        assert in_namespace(rec, NETPOL, "models")
+
+
+@pytest.mark.parametrize("enforced, created", [(None, False), ("unknown", False), ("enforced", True)])
+def test_an_existing_cluster_gets_policies_only_when_config_says_its_cni_enforces_them(tmp_path, enforced, created):
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(harness.KUBECONFIG)
+    cluster = {"kind": "existing", "kubeconfig": str(kubeconfig), "accelerator": None}
+    cluster.pop("accelerator")
+    if enforced:
+        cluster["networkPolicy"] = enforced
+    rec = harness.run("local", {"llm-platform:cluster": cluster, "llm-platform:accelerator": {"kind": "none"}})
+    assert bool(rec.of_type(NETPOL)) is created
+
+
+# --- HTTPS egress reaches the internet, not the cluster --------------------------------------
+
+def egress_443_allowed(rec, ip: str) -> bool:
+    """Would the model namespace's policies let a pod open ip:443 (Kubernetes semantics)?"""
+    import ipaddress
+
+    addr = ipaddress.ip_address(ip)
+    for policy in in_namespace(rec, NETPOL, "models"):
+        for rule in policy["spec"].get("egress", []):
+            if not any(p["port"] == 443 for p in rule.get("ports", [])):
+                continue
+            for peer in rule.get("to", []):
+                block = peer.get("ipBlock")
+                if block and addr in ipaddress.ip_network(block["cidr"]) and not any(
+                        addr in ipaddress.ip_network(e) for e in block.get("except", [])):
+                    return True
+    return False
+
+
+@pytest.mark.parametrize("stack_name", ["eks", "gke"])
+def test_https_egress_reaches_the_hub_but_not_the_cluster(stack_name):
+    rec = harness.run(stack_name)
+    assert egress_443_allowed(rec, "18.164.174.23")  # a public address (huggingface.co's CDN)
+    for inside in ("169.254.169.254", "10.0.1.10", "10.64.3.4", "10.68.0.1", "172.20.0.1", "192.168.1.1",
+                   "100.64.0.10"):
+        assert not egress_443_allowed(rec, inside), inside
+    if stack_name == "gke":  # the public control-plane endpoint the mocks answer
+        assert not egress_443_allowed(rec, "34.30.0.10")
+
+
+def test_a_vpc_on_public_addresses_is_excluded_too():
+    from components.model_namespace import outside_ranges
+
+    ranges = outside_ranges(["10.0.0.0/16", "44.0.0.0/16"])
+    assert "44.0.0.0/16" in ranges and "10.0.0.0/16" not in ranges and "169.254.0.0/16" in ranges
+
+
+def test_tls_objects_match_their_schemas(acme):
+    """The redirect route, port matches and the IngressClass validate (Istio's published
+    schema; Kubernetes' for the IngressClass)."""
+    import kubernetes_validate
+
+    from tests.test_crd_schemas import custom_resources, validate
+    from tests.test_schemas import manifest
+
+    objects = [o for o in custom_resources(acme) if o["kind"] in ("Gateway", "VirtualService")]
+    assert len(objects) == 3
+    assert validate(objects) == [None] * len(objects)
+    kubernetes_validate.validate(manifest(acme.one("kubernetes:networking.k8s.io/v1:IngressClass").inputs),
+                                 "1.33", strict=True)
+
+
+def test_istiod_as_its_chart_renders_it_serves_the_challenge_from_our_ingress(acme):
+    """The istiod chart turns the values into the env var and mesh config istiod reads."""
+    import yaml
+
+    release = acme.one("kubernetes:helm.sh/v3:Release", "mesh-istiod").inputs
+    gateway = acme.one("kubernetes:helm.sh/v3:Release", "mesh-gateway").inputs
+    docs = render_chart(f"{release['chart']}-{release['version']}.tgz", release["values"], release["name"],
+                        release["namespace"])
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["K8S_INGRESS_NS"] == gateway["namespace"]
+    (mesh_cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "istio"]
+    mesh = yaml.safe_load(mesh_cm["data"]["mesh"])
+    assert mesh["ingressService"] == gateway["name"] and mesh["ingressControllerMode"] == "STRICT"
+    assert mesh["ingressSelector"] == acme.one(GATEWAY).inputs["spec"]["selector"]["istio"]

@@ -16,6 +16,8 @@ class IngressFacts:
     address: Optional[pulumi.Input[str]]
     node_port: Optional[int] = None
     annotations: dict[str, str] = field(default_factory=dict)
+    # Ingress gateway replicas kept at all times (more than one: spread and disruption budget).
+    min_replicas: int = 1
 
 
 @dataclass(frozen=True)
@@ -32,3 +34,8 @@ class BuiltCluster:
     storage_ready: list = field(default_factory=list)
     # Istio's `global.platform` for clusters whose CNI paths differ (gke, minikube, ...).
     istio_platform: Optional[str] = None
+    # Whether the cluster's CNI enforces NetworkPolicies (and chains the Istio CNI plugin).
+    network_policy_enforced: bool = False
+    # Address ranges of the cluster itself (nodes, pods, Services, control plane) beyond the
+    # private ranges: egress "to the internet" must not reach them.
+    internal_cidrs: list = field(default_factory=list)

@@ -20,6 +20,10 @@ NLB_ANNOTATIONS = {
 }
 _EKS_EFFECT = {"NoSchedule": "NO_SCHEDULE", "NoExecute": "NO_EXECUTE", "PreferNoSchedule": "PREFER_NO_SCHEDULE"}
 _MANAGED = "arn:aws:iam::aws:policy/"
+# The VPC CNI enforces NetworkPolicies only with its network policy agent switched on.
+VPC_CNI_CONFIGURATION = {"enableNetworkPolicy": "true"}
+# The ingress keeps two replicas through node drains.
+INGRESS_REPLICAS = 2
 
 
 def node_group_taint(taint: dict) -> dict:
@@ -150,6 +154,12 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
         taints=[node_group_taint(gpu.taint)],
     )
 
+    # --- network policy enforcement ----------------------------------------------------
+    # The managed add-on takes over the VPC CNI EKS installs itself (hence OVERWRITE).
+    aws.eks.Addon(f"{name}-vpc-cni", cluster_name=cluster.name, addon_name="vpc-cni",
+                  configuration_values=json.dumps(VPC_CNI_CONFIGURATION),
+                  resolve_conflicts_on_create="OVERWRITE", resolve_conflicts_on_update="OVERWRITE", opts=opts)
+
     # --- EBS CSI through EKS Pod Identity ------------------------------------------------
     agent = aws.eks.Addon(f"{name}-pod-identity", cluster_name=cluster.name, addon_name="eks-pod-identity-agent",
                           opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[system])))
@@ -166,7 +176,11 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
     name_once_admin = pulumi.Output.all(admin_policy.id, cluster.name).apply(lambda a: a[1])
     return BuiltCluster(
         kubeconfig=kubeconfig(name_once_admin, cluster.endpoint, cluster.certificate_authority.data, cfg.region),
-        ingress=IngressFacts(service_type="LoadBalancer", address=None, annotations=dict(NLB_ANNOTATIONS)),
+        ingress=IngressFacts(service_type="LoadBalancer", address=None, annotations=dict(NLB_ANNOTATIONS),
+                             min_replicas=INGRESS_REPLICAS),
+        network_policy_enforced=True,
+        # Nodes, pods (VPC addresses) and the control plane's ENIs; the Service range is private.
+        internal_cidrs=[cfg.vpc_cidr],
         host_models_dir=None,
         storage_class=STORAGE_CLASS,
         storage_class_manifest={

@@ -16,4 +16,6 @@ def build(parent: pulumi.Resource, name: str, cfg: ExistingCluster) -> BuiltClus
         context=cfg.context,
         ingress=IngressFacts(service_type=cfg.ingress_service_type, address=cfg.ingress_address),
         host_models_dir=expand_path(cfg.models_dir) if cfg.models_dir else None,
+        # Only the user knows whether the cluster's CNI enforces NetworkPolicies.
+        network_policy_enforced=cfg.network_policy == "enforced",
     )

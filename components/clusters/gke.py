@@ -16,6 +16,13 @@ from .base import BuiltCluster, IngressFacts
 STORAGE_CLASS = "standard-rwo"
 _WORKLOAD_METADATA = {"mode": "GKE_METADATA"}
 _SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+POD_RANGE = "10.64.0.0/14"
+SERVICE_RANGE = "10.68.0.0/20"
+# GKE Dataplane V2 (Cilium) enforces NetworkPolicies; its CNI config is what the Istio CNI
+# plugin chains onto (`global.platform: gke` finds GKE's CNI binary folder).
+DATAPATH = "ADVANCED_DATAPATH"
+# The ingress keeps two replicas through node drains.
+INGRESS_REPLICAS = 2
 
 
 def kubeconfig(name: pulumi.Input[str], endpoint: pulumi.Input[str], ca: pulumi.Input[str]):
@@ -57,8 +64,8 @@ def build(parent: pulumi.Resource, name: str, cfg: GkeCluster) -> BuiltCluster:
     subnet = gcp.compute.Subnetwork(
         f"{name}-subnet", name=cfg.name, network=network.id, region=cfg.region, ip_cidr_range=cfg.subnet_cidr,
         secondary_ip_ranges=[
-            {"range_name": "pods", "ip_cidr_range": "10.64.0.0/14"},
-            {"range_name": "services", "ip_cidr_range": "10.68.0.0/20"},
+            {"range_name": "pods", "ip_cidr_range": POD_RANGE},
+            {"range_name": "services", "ip_cidr_range": SERVICE_RANGE},
         ],
         private_ip_google_access=True,
         opts=opts,
@@ -76,6 +83,7 @@ def build(parent: pulumi.Resource, name: str, cfg: GkeCluster) -> BuiltCluster:
         min_master_version=cfg.kubernetes_version,
         workload_identity_config={"workload_pool": f"{cfg.project}.svc.id.goog"},
         ip_allocation_policy={"cluster_secondary_range_name": "pods", "services_secondary_range_name": "services"},
+        datapath_provider=DATAPATH,
         deletion_protection=False,
         opts=opts,
     )
@@ -122,8 +130,11 @@ def build(parent: pulumi.Resource, name: str, cfg: GkeCluster) -> BuiltCluster:
     )
     return BuiltCluster(
         kubeconfig=kubeconfig(cluster.name, cluster.endpoint, cluster.master_auth.cluster_ca_certificate),
-        ingress=IngressFacts(service_type="LoadBalancer", address=None),
+        ingress=IngressFacts(service_type="LoadBalancer", address=None, min_replicas=INGRESS_REPLICAS),
         istio_platform="gke",
         host_models_dir=None,
         storage_class=STORAGE_CLASS,
+        network_policy_enforced=True,
+        # The control plane's endpoint is a public address on a public cluster.
+        internal_cidrs=[cfg.subnet_cidr, POD_RANGE, SERVICE_RANGE, cluster.endpoint.apply(lambda ip: f"{ip}/32")],
     )

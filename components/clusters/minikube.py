@@ -11,6 +11,11 @@ from ..config import MinikubeCluster, expand_path
 from ..serving import MODELS_MOUNT
 from .base import BuiltCluster, IngressFacts
 
+CNI = "calico"
+# minikube's pod and Service ranges (both private, listed for completeness).
+POD_CIDR = "10.244.0.0/16"
+SERVICE_CIDR = "10.96.0.0/12"
+
 
 def start_command(cfg: MinikubeCluster) -> list[str]:
     return [
@@ -21,6 +26,9 @@ def start_command(cfg: MinikubeCluster) -> list[str]:
         "--memory", cfg.memory,
         "--disk-size", cfg.disk_size,
         "--kubernetes-version", cfg.kubernetes_version,
+        # minikube's default bridge CNI ignores NetworkPolicies; Calico enforces them and
+        # writes a standard CNI config the Istio CNI plugin chains onto.
+        "--cni", CNI,
         # Since minikube 1.37 --mount-string alone mounts the folder (virtiofs on krunkit).
         "--mount-string", f"{expand_path(cfg.models_dir)}:{MODELS_MOUNT}",
     ]
@@ -60,4 +68,6 @@ def build(parent: pulumi.Resource, name: str, cfg: MinikubeCluster) -> BuiltClus
         ),
         istio_platform="minikube",
         host_models_dir=models_dir,
+        network_policy_enforced=True,
+        internal_cidrs=[POD_CIDR, SERVICE_CIDR],
     )
