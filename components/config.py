@@ -74,6 +74,14 @@ def pinned_image(value: str) -> str:
     return value
 
 
+def _master_key(value: str) -> str:
+    # The message never repeats the value: it is a secret.
+    if not re.fullmatch(r"sk-\S{16,}", value):
+        raise ValueError("expected a key starting with 'sk-' followed by at least 16 characters (LiteLLM's "
+                         "master key format); the value given does not")
+    return value
+
+
 def _existing_file(value: str) -> str:
     if not os.path.isfile(os.path.expanduser(value)):
         raise ValueError(f"expected a readable kubeconfig file, {value!r} does not exist")
@@ -410,6 +418,39 @@ class UiConfig(_Model):
     signup: bool = False
 
 
+class ProviderModel(_Model):
+    """A model of a hosted OpenAI-compatible provider, offered through the front door."""
+
+    # The name clients send as `model`.
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    # LiteLLM's "<provider>/<model>", e.g. "openai/gpt-4o-mini" or "anthropic/claude-sonnet-4-5".
+    model: str = Field(pattern=r"^[a-z0-9_]+/\S+$")
+    api_base: Optional[str] = Field(None, pattern=r"^https://\S+$")
+
+
+class FrontDoorResources(Resources):
+    cpu: Quantity = "500m"
+    memory: Quantity = "1Gi"
+    cpu_limit: Quantity = "2"
+    memory_limit: Quantity = "2Gi"
+
+
+class FrontDoorConfig(_Model):
+    """LiteLLM's proxy in front of every model: one base URL, routing by `model`."""
+
+    namespace: DnsLabel = "front-door"
+    # None: the release the tests run (components/front_door.py).
+    image: Optional[Image] = None
+    replicas: int = Field(1, ge=1)
+    # Longest a request (a long streamed generation included) may take.
+    timeout_seconds: int = Field(900, ge=30, le=3600)
+    # Prometheus metrics at /metrics.
+    metrics: bool = True
+    resources: FrontDoorResources = FrontDoorResources()
+    # Hosted models; each needs its key in the `providerKeys` secret, under its name.
+    providers: list[ProviderModel] = []
+
+
 class AppConfig(_Model):
     """Any further Helm chart Argo CD should deliver."""
 
@@ -491,9 +532,12 @@ class StackConfig(_Model):
     apps: list[AppConfig] = []
     gateway: GatewayConfig = GatewayConfig()
     security: SecurityConfig = SecurityConfig()
-    # API keys (Pulumi secrets); generated and kept in state when not set.
-    api_key: Optional[str] = None
-    ui_api_key: Optional[str] = None
+    front_door: FrontDoorConfig = FrontDoorConfig()
+    # The client API key (a Pulumi secret), the front door's master key; generated and kept in
+    # state when not set. LiteLLM takes only master keys that start with "sk-".
+    api_key: Optional[Annotated[str, AfterValidator(_master_key)]] = None
+    # Keys of the hosted providers (a Pulumi secret): provider entry name -> key.
+    provider_keys: dict[str, str] = {}
     # Open WebUI's admin password (a Pulumi secret); generated and kept in state when not set.
     ui_admin_password: Optional[str] = None
     # Keep model caches (PVCs) when the stack is destroyed, unless told otherwise.
@@ -550,6 +594,18 @@ class StackConfig(_Model):
                 raise ValueError(
                     f"models[{i}].accelerators: a TPU pod takes every chip of its host ({per_node}), got {asked}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _providers_have_keys(self) -> "StackConfig":
+        names = [m.name for m in self.models]
+        for i, p in enumerate(self.front_door.providers):
+            if p.name in names:
+                raise ValueError(f"frontDoor.providers[{i}].name: {p.name!r} is already a model of the stack")
+            names.append(p.name)
+            if p.name not in self.provider_keys:
+                raise ValueError(f"providerKeys: expected a key for provider {p.name!r} "
+                                 f"(`pulumi config set --secret --path providerKeys.{p.name} ...`)")
         return self
 
     @field_validator("models")
@@ -616,7 +672,7 @@ def parse(raw: dict[str, Any], stack_file: str) -> StackConfig:
         raise ConfigError(f"{stack_file}: {key}: {msg}") from None
 
 
-SECRET_KEYS = ("hfToken", "apiKey", "uiApiKey", "uiAdminPassword")
+SECRET_KEYS = ("hfToken", "apiKey", "uiAdminPassword", "providerKeys")
 
 
 def _decode(value: Any) -> Any:

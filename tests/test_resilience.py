@@ -9,7 +9,8 @@ PDB = "kubernetes:policy/v1:PodDisruptionBudget"
 
 
 def server(rec):
-    return rec.of_type(DEPLOYMENT)[0].inputs
+    # The front door has a Deployment too.
+    return next(r for r in rec.of_type(DEPLOYMENT) if r.name.startswith("model-")).inputs
 
 
 @pytest.fixture(scope="module", params=harness.STACKS)

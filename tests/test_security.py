@@ -7,9 +7,8 @@ import pytest
 
 from tools import mock_engine as harness
 
-CLIENT_KEY = "client-key-0123456789abcdef"
-UI_KEY = "ui-key-0123456789abcdef"
-SECRET_OVERRIDES = {"llm-platform:apiKey": CLIENT_KEY, "llm-platform:uiApiKey": UI_KEY}
+CLIENT_KEY = "sk-client-key-0123456789abcdef"
+SECRET_OVERRIDES = {"llm-platform:apiKey": CLIENT_KEY}
 SECRETS = tuple(SECRET_OVERRIDES)
 
 
@@ -18,8 +17,13 @@ def keyed(request):
     return harness.run(request.param, SECRET_OVERRIDES, secrets=SECRETS)
 
 
+def model_server(rec):
+    """The (first) model server's Deployment; the front door's is another."""
+    return next(r for r in rec.of_type("kubernetes:apps/v1:Deployment") if r.name.startswith("model-"))
+
+
 def container(rec):
-    return rec.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]["spec"]["containers"][0]
+    return model_server(rec).inputs["spec"]["template"]["spec"]["containers"][0]
 
 
 def plain_text(value) -> str:
@@ -33,10 +37,17 @@ def plain_text(value) -> str:
     return json.dumps(value)
 
 
+def backend_key(rec) -> str:
+    """The key the front door presents to the model servers."""
+    return harness.reveal(rec.one("kubernetes:core/v1:Secret", "front-door-keys").inputs["stringData"])[
+        "BACKEND_API_KEY"]
+
+
 def test_keys_never_appear_in_plain_text(keyed):
+    backend = backend_key(keyed)
     for r in keyed.registrations:
         text = plain_text(r.inputs)
-        assert CLIENT_KEY not in text and UI_KEY not in text, f"{r.type} {r.name}"
+        assert CLIENT_KEY not in text and backend not in text, f"{r.type} {r.name}"
     assert "apiKey" in keyed.secret_outputs and keyed.outputs["apiKey"] == CLIENT_KEY
 
 
@@ -44,13 +55,16 @@ def test_server_requires_a_key_read_from_a_secret(keyed):
     c = container(keyed)
     secret = next(r for r in keyed.of_type("kubernetes:core/v1:Secret") if r.name.endswith("-api-keys"))
     data = harness.reveal(secret.inputs["stringData"])
-    assert data["client"] == CLIENT_KEY and data["ui"] == UI_KEY
-    assert data["keys"].splitlines() == [CLIENT_KEY, UI_KEY]
+    # The servers take only the front door's key, not the clients' (the master key).
+    backend = backend_key(keyed)
+    assert backend != CLIENT_KEY
+    assert data["client"] == data["ui"] == backend
+    assert set(data["keys"].splitlines()) == {backend}
     name = secret.inputs["metadata"]["name"]
     if "--api-key-file" in c["args"]:  # llama.cpp: the Secret mounted as a file
         path = c["args"][c["args"].index("--api-key-file") + 1]
         mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
-        volume = next(v for v in keyed.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]
+        volume = next(v for v in model_server(keyed).inputs["spec"]["template"]
                       ["spec"]["volumes"] if v["name"] == mount["name"])
         assert volume["secret"]["secretName"] == name
         assert path.rsplit("/", 1)[1] == "keys"
@@ -63,7 +77,7 @@ def test_server_requires_a_key_read_from_a_secret(keyed):
             assert env[var]["valueFrom"]["secretKeyRef"] == {"name": name, "key": entry}
 
 
-def test_ui_gets_its_own_key_from_a_secret(keyed):
+def test_ui_gets_the_front_door_key_from_a_secret(keyed):
     app = keyed.one("kubernetes:argoproj.io/v1alpha1:Application").inputs
     env = app["spec"]["source"]["helm"]["valuesObject"]["extraEnvVars"]
     assert {"name": "OPENAI_API_KEYS",
@@ -71,16 +85,28 @@ def test_ui_gets_its_own_key_from_a_secret(keyed):
     secret = keyed.one("kubernetes:core/v1:Secret", "gitops-secret-open-webui-openai")
     assert secret.inputs["metadata"]["namespace"] == app["spec"]["destination"]["namespace"]
     urls = app["spec"]["source"]["helm"]["valuesObject"]["openaiBaseApiUrls"]
-    assert harness.reveal(secret.inputs["stringData"])["OPENAI_API_KEYS"] == ";".join([UI_KEY] * len(urls))
+    # LiteLLM without a database takes only its master key (virtual keys need Postgres).
+    assert len(urls) == 1
+    assert harness.reveal(secret.inputs["stringData"])["OPENAI_API_KEYS"] == CLIENT_KEY
     assert secret.urn in keyed.one("kubernetes:argoproj.io/v1alpha1:Application").dependencies
 
 
 def test_keys_are_generated_when_not_configured():
     rec = harness.run("local")
     generated = [r for r in rec.of_type("random:index/randomPassword:RandomPassword") if r.name.startswith("api-keys")]
-    assert sorted(r.name for r in generated) == ["api-keys-client", "api-keys-ui"]
+    assert sorted(r.name for r in generated) == ["api-keys-backend", "api-keys-client"]
     assert all(r.inputs["length"] >= 32 and r.inputs["special"] is False for r in generated)
     assert "apiKey" in rec.secret_outputs
+    # LiteLLM takes a master key only with this prefix.
+    assert rec.outputs["apiKey"].startswith("sk-") and len(rec.outputs["apiKey"]) >= 40
+
+
+def test_a_configured_client_key_must_suit_the_front_door():
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("local", {"llm-platform:apiKey": "client-key-0123456789abcdef"}, secrets=("llm-platform:apiKey",))
+    message = str(info.value.error)
+    assert "llm-platform:apiKey: expected a key starting with 'sk-'" in message
+    assert "client-key-0123456789abcdef" not in message
 
 
 def test_plain_text_api_key_is_refused():
@@ -95,8 +121,8 @@ def test_health_and_metrics_are_not_behind_the_gateway_key(keyed):
     assert c["startupProbe"]["httpGet"]["path"] == "/health"
     # /metrics is only reachable in-cluster: no route of the gateway reaches it.
     routes = keyed.one("kubernetes:networking.istio.io/v1:VirtualService").inputs["spec"]["http"]
-    model_prefixes = [m["uri"]["prefix"] for r in routes if r["name"] != "ui" for m in r["match"]]
-    assert all(p.endswith("/v1") for p in model_prefixes)
+    api_prefixes = [m["uri"]["prefix"] for r in routes if r["name"] != "ui" for m in r["match"]]
+    assert api_prefixes == ["/v1"]
 
 
 def test_laptop_can_opt_out_of_api_keys():
@@ -114,6 +140,7 @@ AUTHZ = "kubernetes:security.istio.io/v1:AuthorizationPolicy"
 PEERAUTH = "kubernetes:security.istio.io/v1:PeerAuthentication"
 INGRESS = ("istio-ingress", "cluster.local/ns/istio-ingress/sa/istio-ingress")
 UI = ("open-webui", "cluster.local/ns/open-webui/sa/open-webui")
+FRONT_DOOR = ("front-door", "cluster.local/ns/front-door/sa/litellm")
 
 
 def in_namespace(rec, type_, ns):
@@ -150,23 +177,40 @@ def guarded(request):
     return harness.run(request.param)
 
 
-def test_strict_mtls_in_model_and_ui_namespaces(guarded):
-    for ns in ("models", "open-webui"):
+def test_strict_mtls_in_model_front_door_and_ui_namespaces(guarded):
+    for ns in ("models", "front-door", "open-webui"):
         (peer,) = in_namespace(guarded, PEERAUTH, ns)
         assert peer["spec"] == {"mtls": {"mode": "STRICT"}}
+
+
+@pytest.mark.parametrize("source, admitted", [
+    (FRONT_DOOR, True),
+    (INGRESS, False),
+    (UI, False),
+    (("default", "cluster.local/ns/default/sa/default"), False),
+    (("argocd", "cluster.local/ns/argocd/sa/argocd-server"), False),
+    (("models", "cluster.local/ns/models/sa/default"), False),
+])
+def test_only_the_front_door_reaches_the_model_servers(guarded, source, admitted):
+    ns, principal = source
+    assert network_admits(guarded, ns, "models") is admitted
+    assert mesh_admits(guarded, principal, "models") is admitted
 
 
 @pytest.mark.parametrize("source, admitted", [
     (INGRESS, True),
     (UI, True),
     (("default", "cluster.local/ns/default/sa/default"), False),
-    (("argocd", "cluster.local/ns/argocd/sa/argocd-server"), False),
     (("models", "cluster.local/ns/models/sa/default"), False),
 ])
-def test_only_the_gateway_and_ui_reach_the_model_servers(guarded, source, admitted):
-    ns, principal = source
-    assert network_admits(guarded, ns, "models") is admitted
-    assert mesh_admits(guarded, principal, "models") is admitted
+def test_only_the_gateway_and_ui_reach_the_front_door(guarded, source, admitted):
+    assert mesh_admits(guarded, source[1], "front-door") is admitted
+
+
+def test_the_front_door_runs_as_the_account_the_policy_names(guarded):
+    pod = guarded.one("kubernetes:apps/v1:Deployment", "front-door-deployment").inputs["spec"]["template"]["spec"]
+    account = guarded.one("kubernetes:core/v1:ServiceAccount", "front-door-service-account").inputs["metadata"]
+    assert f"cluster.local/ns/{account['namespace']}/sa/{pod['serviceAccountName']}" == FRONT_DOOR[1]
 
 
 def test_model_namespace_denies_by_default_and_allows_only_what_it_needs(guarded):
@@ -240,7 +284,7 @@ def test_every_pod_but_the_device_plugin_passes_the_restricted_profile(guarded):
 
 
 def test_the_checker_refuses_what_the_profile_refuses(guarded):
-    pod = json.loads(json.dumps(guarded.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]["spec"]))
+    pod = json.loads(json.dumps(model_server(guarded).inputs["spec"]["template"]["spec"]))
     pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
     pod["volumes"].append({"name": "h", "hostPath": {"path": "/"}})
     del pod["securityContext"]["seccompProfile"]
@@ -256,7 +300,7 @@ def test_namespaces_enforce_the_matching_pod_security_level(guarded):
 
 
 def test_read_only_root_with_writable_scratch(guarded):
-    pod = guarded.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]["spec"]
+    pod = model_server(guarded).inputs["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     tmp = next(m for m in c["volumeMounts"] if m["mountPath"] == "/tmp")
@@ -265,7 +309,7 @@ def test_read_only_root_with_writable_scratch(guarded):
 
 def test_laptop_can_opt_out_of_restricted_pods():
     rec = harness.run("local", {"llm-platform:security": {"restrictedPods": False}})
-    pod = rec.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]["spec"]
+    pod = model_server(rec).inputs["spec"]["template"]["spec"]
     assert "securityContext" not in pod["containers"][0]
     models = next(r for r in rec.of_type("kubernetes:core/v1:Namespace") if r.inputs["metadata"]["name"] == "models")
     assert models.inputs["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"
@@ -346,9 +390,9 @@ def acme():
 
 def test_acme_challenge_is_served_on_http_and_everything_else_redirected(acme):
     assert istio_answer(acme, 80, HOST, CHALLENGE, (SOLVER,)) == SOLVER[1]["route"][0]["destination"]["host"]
-    for path in ("/v1/models", "/models/qwen/v1/models", "/", "/.well-known/other"):
+    for path in ("/v1/models", "/", "/.well-known/other"):
         assert istio_answer(acme, 80, HOST, path, (SOLVER,)) == "redirect:https", path
-    assert istio_answer(acme, 443, HOST, "/v1/models") == "qwen.models.svc.cluster.local"
+    assert istio_answer(acme, 443, HOST, "/v1/models") == "litellm.front-door.svc.cluster.local"
     assert istio_answer(acme, 443, HOST, "/") == "open-webui.open-webui.svc.cluster.local"
 
 
@@ -385,14 +429,13 @@ def test_no_plaintext_way_in_through_the_public_listener(stack_name):
     assert all(s["hosts"] == [HOST] for s in servers(rec))
 
 
-def test_the_ui_reaches_the_models_through_the_mesh_not_the_ingress(guarded):
+def test_the_ui_reaches_the_front_door_through_the_mesh_not_the_ingress(guarded):
     values = guarded.one("kubernetes:argoproj.io/v1alpha1:Application").inputs["spec"]["source"]["helm"]["valuesObject"]
-    hosts = {s.inputs["metadata"]["name"] + "." + s.inputs["metadata"]["namespace"]
-             for s in guarded.of_type("kubernetes:core/v1:Service")}
-    for url in values["openaiBaseApiUrls"]:
-        assert url.split("//")[1].split(".svc")[0] in hosts, url
-    assert network_admits(guarded, "open-webui", "models")
-    assert mesh_admits(guarded, ui_principal(guarded), "models")
+    svc = guarded.one("kubernetes:core/v1:Service", "front-door-service").inputs["metadata"]
+    assert [url.split("//")[1].split(".svc")[0] for url in values["openaiBaseApiUrls"]] == [
+        f"{svc['name']}.{svc['namespace']}"]
+    assert network_admits(guarded, "open-webui", svc["namespace"])
+    assert mesh_admits(guarded, ui_principal(guarded), svc["namespace"])
 
 
 def test_without_tls_no_redirect():
@@ -416,16 +459,19 @@ def test_a_monitoring_namespace_may_scrape_metrics_and_nothing_else():
     rec = harness.run("local", {"llm-platform:security": {"metricsFrom": ["monitoring"]}})
     assert network_admits(rec, "monitoring", "models")
     (policy,) = in_namespace(rec, AUTHZ, "models")
-    scrape = next(r for r in policy["spec"]["rules"] if "to" in r)
-    assert scrape["from"] == [{"source": {"namespaces": ["monitoring"]}}]
-    assert scrape["to"] == [{"operation": {"methods": ["GET"], "paths": ["/metrics"]}}]
-    # The monitoring namespace is not a caller of the API.
-    assert not mesh_admits(rec, "cluster.local/ns/monitoring/sa/prometheus", "models")
+    for ns in ("models", "front-door"):
+        (policy,) = in_namespace(rec, AUTHZ, ns)
+        scrape = next(r for r in policy["spec"]["rules"] if "to" in r)
+        assert scrape["from"] == [{"source": {"namespaces": ["monitoring"]}}]
+        # LiteLLM answers /metrics with a redirect to /metrics/.
+        assert scrape["to"] == [{"operation": {"methods": ["GET"], "paths": ["/metrics", "/metrics/"]}}]
+        # The monitoring namespace is not a caller of the API.
+        assert not mesh_admits(rec, "cluster.local/ns/monitoring/sa/prometheus", ns)
 
 
 def test_supplemental_groups_reach_the_model_pod():
     rec = harness.run("local", {"llm-platform:security": {"supplementalGroups": [109]}})
-    pod = rec.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]["spec"]
+    pod = model_server(rec).inputs["spec"]["template"]["spec"]
     assert pod["securityContext"]["supplementalGroups"] == [109]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert restricted_violations(pod) == []
@@ -481,7 +527,7 @@ def istio_protocol(port: dict) -> str:
 def test_the_ui_account_in_the_allow_list_is_the_one_the_chart_creates(guarded):
     """The AuthorizationPolicy names the service account the chart's pods really run as."""
     principal = ui_principal(guarded)
-    (policy,) = in_namespace(guarded, AUTHZ, "models")
+    (policy,) = in_namespace(guarded, AUTHZ, "front-door")
     assert principal in policy["spec"]["rules"][0]["from"][0]["source"]["principals"]
 
 
@@ -501,8 +547,9 @@ def test_the_ui_follows_the_stack_on_every_start(guarded):
     env = ui_env(guarded)
     # Otherwise connections and keys are read from the DB the first start filled.
     assert env["ENABLE_PERSISTENT_CONFIG"]["value"] == "False"
+    # One connection, the front door: models added later appear without touching the UI.
     urls = env["OPENAI_API_BASE_URLS"]["value"].split(";")
-    assert all(".models.svc.cluster.local:" in u for u in urls)
+    assert len(urls) == 1 and ".front-door.svc.cluster.local:" in urls[0]
 
 
 def test_the_ui_admin_comes_from_a_secret_and_sign_up_is_closed(guarded):
