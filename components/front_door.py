@@ -100,9 +100,10 @@ def litellm_config(models: Sequence[tuple[str, str]], cfg: FrontDoorConfig, auth
         # A scraper must not need the master key (it opens everything); the mesh lets only
         # the namespaces in security.metricsFrom GET it, and the ingress never routes it.
         settings["require_auth_for_metrics_endpoint"] = False
-    general: dict = {}
-    if auth:
-        general["master_key"] = f"os.environ/{MASTER_KEY_ENV}"
+    # The proxy refuses to start without a master key unless told the open API is meant
+    # (security.apiAuth: false).
+    general: dict = ({"master_key": f"os.environ/{MASTER_KEY_ENV}"} if auth
+                     else {"dangerously_permit_weak_or_unset_master_key": True})
     return {
         "model_list": model_list,
         "litellm_settings": settings,
