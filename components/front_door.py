@@ -150,6 +150,8 @@ class FrontDoor(pulumi.ComponentResource):
         env = [
             # The cost map ships in the image: no call out to fetch it at start.
             {"name": "LITELLM_LOCAL_MODEL_COST_MAP", "value": "True"},
+            # The root filesystem is read-only; caches go to the scratch volume.
+            {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
             *({"name": k, "valueFrom": {"secretKeyRef": {"name": KEYS_SECRET, "key": k}}} for k in keys),
         ]
         secret = None
@@ -194,7 +196,8 @@ class FrontDoor(pulumi.ComponentResource):
                             "args": ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--port", str(PORT)],
                             "env": env,
                             "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
-                            "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+                            "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                                             {"name": "tmp", "mountPath": "/tmp"}],
                             "resources": {
                                 "requests": {"cpu": cfg.resources.cpu, "memory": cfg.resources.memory},
                                 "limits": {"cpu": cfg.resources.cpu_limit, "memory": cfg.resources.memory_limit},
@@ -206,10 +209,14 @@ class FrontDoor(pulumi.ComponentResource):
                                               "periodSeconds": 30, "failureThreshold": 5},
                             # Leave the Service's endpoints before the proxy stops taking requests.
                             "lifecycle": {"preStop": {"sleep": {"seconds": 10}}},
-                            "securityContext": {"allowPrivilegeEscalation": False,
+                            # The image ships its admin UI already laid out, so nothing is
+                            # written outside /tmp (LiteLLM falls back to the packaged UI if
+                            # it cannot write one).
+                            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                                 "capabilities": {"drop": ["ALL"]}},
                         }],
-                        "volumes": [{"name": "config", "configMap": {"name": config_map.metadata.name}}],
+                        "volumes": [{"name": "config", "configMap": {"name": config_map.metadata.name}},
+                                    {"name": "tmp", "emptyDir": {}}],
                     },
                 },
             },
