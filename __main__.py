@@ -104,6 +104,13 @@ front_door = FrontDoor("front-door", {
     "master_key": keys.client if keys else None,
     "backend_key": keys.backend if keys else None,
     "provider_keys": {name: pulumi.Output.secret(key) for name, key in cfg.provider_keys.items()},
+    "mesh_ready": [mesh.base, mesh.istiod],
+    "network_policies": network_policies,
+    "callers_namespaces": [mesh.ingress_namespace] + ([ui_namespace] if ui_namespace else []),
+    "metrics_from": cfg.security.metrics_from,
+    "models_namespace": cfg.models_namespace,
+    "istio_namespace": mesh.system_namespace,
+    "cluster_cidrs": cluster.internal_cidrs,
 })
 
 ui_admin = UiAdmin("ui-admin", {"password": cfg.ui_admin_password}) if cfg.ui.enabled else None

@@ -450,6 +450,19 @@ class FrontDoorConfig(_Model):
     # Hosted models; each needs its key in the `providerKeys` secret, under its name.
     providers: list[ProviderModel] = []
 
+    @model_validator(mode="after")
+    def _providers_have_a_host(self) -> "FrontDoorConfig":
+        if not self.providers:
+            return self
+        # Imported here: the front door's module imports this one's neighbours.
+        from .front_door import PROVIDER_HOSTS, provider_host
+
+        for i, p in enumerate(self.providers):
+            if provider_host(p) is None:
+                raise ValueError(f"providers[{i}].apiBase: required for {p.model.split('/')[0]!r} models "
+                                 f"(known without it: {', '.join(PROVIDER_HOSTS)})")
+        return self
+
 
 class AppConfig(_Model):
     """Any further Helm chart Argo CD should deliver."""

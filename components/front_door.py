@@ -8,13 +8,17 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence, TypedDict
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence, TypedDict
+from urllib.parse import urlparse
 
 import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
-from .config import FrontDoorConfig
+from .model_namespace import NAMESPACE_LABEL, policy_specs
+
+if TYPE_CHECKING:
+    from .config import FrontDoorConfig, ProviderModel
 
 # LiteLLM's proxy, pinned to a release whose PyPI wheel (litellm[proxy]) the tests run; since
 # 1.84 the images are tagged with the plain version (vX.Y.Z). The non_root variant runs as
@@ -42,6 +46,23 @@ KEYS_SECRET = "litellm-keys"
 NO_KEY = "no-key"
 
 
+# Where LiteLLM sends a provider's requests when the entry names no apiBase.
+PROVIDER_HOSTS = {
+    "openai": "api.openai.com",
+    "anthropic": "api.anthropic.com",
+    "mistral": "api.mistral.ai",
+    "groq": "api.groq.com",
+    "gemini": "generativelanguage.googleapis.com",
+}
+
+
+def provider_host(provider: "ProviderModel") -> Optional[str]:
+    """The one host the front door may reach for a provider entry (None: unknown)."""
+    if provider.api_base:
+        return urlparse(provider.api_base).hostname
+    return PROVIDER_HOSTS.get(provider.model.split("/", 1)[0])
+
+
 def provider_key_env(name: str) -> str:
     return "PROVIDER_KEY_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
 
@@ -58,7 +79,7 @@ class FrontDoorArgs(TypedDict):
     provider: k8s.Provider
     # The mesh's injected namespace for the front door.
     namespace: pulumi.Input[str]
-    config: FrontDoorConfig
+    config: "FrontDoorConfig"
     models: Sequence[ModelBackend]
     # The stack's client key (starts with "sk-"), the proxy's master key; None: open API.
     master_key: Optional[pulumi.Output[str]]
@@ -66,9 +87,19 @@ class FrontDoorArgs(TypedDict):
     backend_key: Optional[pulumi.Output[str]]
     # Hosted providers' keys by provider entry name (Pulumi secrets).
     provider_keys: Mapping[str, pulumi.Output[str]]
+    # What Istio objects wait for (the CRDs and istiod's webhook).
+    mesh_ready: Sequence[pulumi.Resource]
+    # NetworkPolicies (where the cluster enforces them): who may call the front door, and
+    # where its model servers live.
+    network_policies: bool
+    callers_namespaces: Sequence[str]
+    metrics_from: Sequence[str]
+    models_namespace: str
+    istio_namespace: str
+    cluster_cidrs: Sequence[pulumi.Input[str]]
 
 
-def litellm_config(models: Sequence[tuple[str, str]], cfg: FrontDoorConfig, auth: bool) -> dict:
+def litellm_config(models: Sequence[tuple[str, str]], cfg: "FrontDoorConfig", auth: bool) -> dict:
     """LiteLLM's proxy config for (alias, base URL) pairs and the configured providers."""
     timeouts = {"timeout": cfg.timeout_seconds, "stream_timeout": cfg.timeout_seconds}
     model_list = [
@@ -236,8 +267,57 @@ class FrontDoor(pulumi.ComponentResource):
                                                  "protocol": "TCP"}]},
             opts=child,
         )
+        self._egress(name, args, namespace, child)
         self.service_host = pulumi.Output.concat(
             self.service.metadata.name, ".", self.service.metadata.namespace, ".svc.cluster.local")
         self.base_url = pulumi.Output.concat("http://", self.service_host, f":{PORT}/v1")
         self.register_outputs({"serviceHost": self.service_host, "baseUrl": self.base_url,
                                "models": self.model_names})
+
+    def _egress(self, name: str, args: FrontDoorArgs, namespace: pulumi.Output[str], child) -> None:
+        """The front door reaches its model servers and the providers' hosts, nothing else: its
+        sidecar knows only registered hosts (a ServiceEntry per provider host), and, where the
+        cluster enforces them, NetworkPolicies allow only those flows."""
+        cfg = args["config"]
+        istio = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=list(args["mesh_ready"])))
+        hosts = sorted({provider_host(p) for p in cfg.providers})
+        k8s.apiextensions.CustomResource(
+            f"{name}-sidecar",
+            api_version="networking.istio.io/v1",
+            kind="Sidecar",
+            metadata={"name": "default", "namespace": namespace},
+            spec={
+                "egress": [{"hosts": ["./*", f"{args['models_namespace']}/*", f"{args['istio_namespace']}/*"]}],
+                "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"},
+            },
+            opts=istio,
+        )
+        for host in hosts:
+            k8s.apiextensions.CustomResource(
+                f"{name}-provider-{host}",
+                api_version="networking.istio.io/v1",
+                kind="ServiceEntry",
+                metadata={"name": host.replace(".", "-"), "namespace": namespace},
+                spec={
+                    "hosts": [host],
+                    "exportTo": ["."],
+                    "location": "MESH_EXTERNAL",
+                    "resolution": "DNS",
+                    # LiteLLM speaks TLS itself; the sidecar passes it through by SNI.
+                    "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
+                },
+                opts=istio,
+            )
+        if not args["network_policies"]:
+            return
+        specs = policy_specs({
+            "provider": args["provider"], "namespace": namespace, "network_policies": True, "host_models": False,
+            "ingress_from": list(args["callers_namespaces"]), "metrics_from": list(args["metrics_from"]),
+            "istio_namespace": args["istio_namespace"], "https_egress": bool(hosts),
+            "cluster_cidrs": list(args["cluster_cidrs"]),
+        })
+        specs["allow-models"] = {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{
+            "to": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: args["models_namespace"]}}}]}]}
+        for policy, spec in specs.items():
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-{policy}", metadata={"name": policy, "namespace": namespace}, spec=spec, opts=child)

@@ -88,6 +88,31 @@ def test_provider_entry_rendered_with_its_key_from_a_secret(recorded):
     assert recorded.outputs["modelAliases"] == [m["name"] for m in MODELS] + [PROVIDER["name"]]
 
 
+def test_egress_only_to_the_models_and_the_providers_hosts(recorded):
+    sidecar = recorded.one("kubernetes:networking.istio.io/v1:Sidecar").inputs
+    assert sidecar["metadata"]["namespace"] == "front-door"
+    assert sidecar["spec"]["outboundTrafficPolicy"] == {"mode": "REGISTRY_ONLY"}
+    assert "models/*" in sidecar["spec"]["egress"][0]["hosts"]
+    (entry,) = recorded.of_type("kubernetes:networking.istio.io/v1:ServiceEntry")
+    assert entry.inputs["spec"]["hosts"] == [urlparse(PROVIDER["apiBase"]).hostname]
+    assert entry.inputs["spec"]["exportTo"] == ["."]
+    policies = {p.inputs["metadata"]["name"]: p.inputs["spec"] for p in recorded.of_type(
+        "kubernetes:networking.k8s.io/v1:NetworkPolicy") if p.inputs["metadata"]["namespace"] == "front-door"}
+    assert policies["default-deny"]["policyTypes"] == ["Ingress", "Egress"]
+    callers = {peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+               for rule in policies["allow-callers"]["ingress"] for peer in rule["from"]}
+    assert callers == {"istio-ingress", "open-webui"}
+    assert [int(p["port"]) for p in policies["allow-https"]["egress"][0]["ports"]] == [443]
+
+
+def test_a_provider_without_a_known_host_is_refused():
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("local", {**OVERRIDES, "llm-platform:frontDoor": {"providers": [
+            {"name": "gpt-mini", "model": "someprovider/model-x"}]}},
+            secrets=("llm-platform:apiKey", "llm-platform:providerKeys"))
+    assert "llm-platform:frontDoor.providers[0].apiBase: required for 'someprovider' models" in str(info.value.error)
+
+
 def test_no_retry_and_long_timeouts(recorded):
     cfg = rendered_config(recorded)
     assert cfg["litellm_settings"]["num_retries"] == 0 and cfg["router_settings"]["num_retries"] == 0

@@ -204,6 +204,7 @@ def test_only_the_front_door_reaches_the_model_servers(guarded, source, admitted
     (("models", "cluster.local/ns/models/sa/default"), False),
 ])
 def test_only_the_gateway_and_ui_reach_the_front_door(guarded, source, admitted):
+    assert network_admits(guarded, source[0], "front-door") is admitted
     assert mesh_admits(guarded, source[1], "front-door") is admitted
 
 
