@@ -8,6 +8,7 @@ from components import (
 from components.accelerators import from_config as accelerator_from_config
 from components.apps import OPEN_WEBUI_PORT, OPEN_WEBUI_SERVICE_ACCOUNT, ModelEndpoint, all_apps, open_webui_host
 from components.config import ConfigError, load
+from components.llama_router import LlamaRouter
 from components.front_door import SERVICE_ACCOUNT as FRONT_DOOR_SERVICE_ACCOUNT, FrontDoor, ModelBackend
 from components.mesh import INGRESS_PRINCIPAL, principal
 from components.model_namespace import ModelNamespace
@@ -74,7 +75,7 @@ model_namespace = ModelNamespace("models", {
 
 keys = ApiKeys("api-keys", {"client": cfg.api_key}) if cfg.security.api_auth else None
 
-servers = [
+servers = [] if cfg.llama_router.enabled else [
     LlmServer(f"model-{m.name}", {
         "model": m,
         "accelerator": cluster.accelerator,
@@ -94,13 +95,32 @@ servers = [
     for m in cfg.models
 ]
 
+backends = [ModelBackend(s.alias, pulumi.Output.concat("http://", s.service_host, f":{s.port}/v1")) for s in servers]
+if cfg.llama_router.enabled:
+    # One llama-server for every model: it routes by the request's "model" (the alias).
+    router = LlamaRouter("llama-router", {
+        "config": cfg.llama_router,
+        "models": cfg.models,
+        "accelerator": cluster.accelerator,
+        "namespace": models_namespace,
+        "provider": provider,
+        "host_models_dir": cluster.host_models_dir,
+        "host_models_claim": model_namespace.host_models_claim,
+        "priority_class": cluster.serving_priority_class,
+        "api_key": keys.backend if keys else None,
+        "restricted": cfg.security.restricted_pods,
+        "supplemental_groups": cfg.security.supplemental_groups,
+    })
+    router_url = pulumi.Output.concat("http://", router.service_host, f":{router.port}/v1")
+    backends = [ModelBackend(m.name, router_url) for m in cfg.models]
+
 front_door = FrontDoor("front-door", {
     "provider": provider,
     "namespace": mesh.namespaces[front_door_namespace].metadata.name,
     "config": cfg.front_door,
-    # Each server serves its model under the alias (llama.cpp --alias, vLLM --served-model-name).
-    "models": [ModelBackend(s.alias, pulumi.Output.concat("http://", s.service_host, f":{s.port}/v1"))
-               for s in servers],
+    # Each server serves its model under the alias (llama.cpp --alias or preset, vLLM
+    # --served-model-name).
+    "models": backends,
     "master_key": keys.client if keys else None,
     "backend_key": keys.backend if keys else None,
     "provider_keys": {name: pulumi.Output.secret(key) for name, key in cfg.provider_keys.items()},

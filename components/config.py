@@ -464,6 +464,17 @@ class FrontDoorConfig(_Model):
         return self
 
 
+class LlamaRouterConfig(_Model):
+    """llama.cpp's router mode: one llama-server serves every GGUF model, loading on demand."""
+
+    enabled: bool = False
+    # Models held in memory at once; the least recently used beyond it is unloaded.
+    models_max: int = Field(2, ge=1)
+    resources: Resources = Resources()
+    # None: the stack's llama.cpp image (its build must have router mode).
+    image: Optional[Image] = None
+
+
 class AppConfig(_Model):
     """Any further Helm chart Argo CD should deliver."""
 
@@ -546,6 +557,7 @@ class StackConfig(_Model):
     gateway: GatewayConfig = GatewayConfig()
     security: SecurityConfig = SecurityConfig()
     front_door: FrontDoorConfig = FrontDoorConfig()
+    llama_router: LlamaRouterConfig = LlamaRouterConfig()
     # The client API key (a Pulumi secret), the front door's master key; generated and kept in
     # state when not set. LiteLLM takes only master keys that start with "sk-".
     api_key: Optional[Annotated[str, AfterValidator(_master_key)]] = None
@@ -607,6 +619,13 @@ class StackConfig(_Model):
                 raise ValueError(
                     f"models[{i}].accelerators: a TPU pod takes every chip of its host ({per_node}), got {asked}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _router_serves_gguf(self) -> "StackConfig":
+        if self.llama_router.enabled and self.accelerator.kind not in ("vulkan", "none"):
+            raise ValueError(f"llamaRouter.enabled: router mode serves GGUF files with llama.cpp "
+                             f"(accelerator vulkan or none), not on {self.accelerator.kind!r}")
         return self
 
     @model_validator(mode="after")
