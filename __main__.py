@@ -118,6 +118,7 @@ front_door = FrontDoor("front-door", {
     "provider": provider,
     "namespace": mesh.namespaces[front_door_namespace].metadata.name,
     "config": cfg.front_door,
+    "default_replicas": cluster.ingress.min_replicas,
     # Each server serves its model under the alias (llama.cpp --alias or preset, vLLM
     # --served-model-name).
     "models": backends,

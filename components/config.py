@@ -441,7 +441,8 @@ class FrontDoorConfig(_Model):
     namespace: DnsLabel = "front-door"
     # None: the release the tests run (components/front_door.py).
     image: Optional[Image] = None
-    replicas: int = Field(1, ge=1)
+    # None: as many as the ingress gateway keeps (1 on a laptop, 2 on the clouds).
+    replicas: Optional[int] = Field(None, ge=1)
     # Longest a request (a long streamed generation included) may take.
     timeout_seconds: int = Field(900, ge=30, le=3600)
     # Prometheus metrics at /metrics.

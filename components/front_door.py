@@ -80,6 +80,9 @@ class FrontDoorArgs(TypedDict):
     # The mesh's injected namespace for the front door.
     namespace: pulumi.Input[str]
     config: "FrontDoorConfig"
+    # Used where the config sets none: the only way to every model is never a single pod where
+    # the cluster can hold two.
+    default_replicas: int
     models: Sequence[ModelBackend]
     # The stack's client key (starts with "sk-"), the proxy's master key; None: open API.
     master_key: Optional[pulumi.Output[str]]
@@ -153,6 +156,7 @@ class FrontDoor(pulumi.ComponentResource):
     def __init__(self, name: str, args: FrontDoorArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:FrontDoor", name, None, opts)
         cfg, provider = args["config"], args["provider"]
+        replicas = cfg.replicas or args["default_replicas"]
         namespace = pulumi.Output.from_input(args["namespace"])
         auth = args["master_key"] is not None
         child = pulumi.ResourceOptions(parent=self, provider=provider)
@@ -208,7 +212,7 @@ class FrontDoor(pulumi.ComponentResource):
             f"{name}-deployment",
             metadata={**meta, "name": NAME},
             spec={
-                "replicas": cfg.replicas,
+                "replicas": replicas,
                 "selector": {"matchLabels": labels},
                 # Never drop the last ready proxy: it is the only way to every model.
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
@@ -248,13 +252,19 @@ class FrontDoor(pulumi.ComponentResource):
                         }],
                         "volumes": [{"name": "config", "configMap": {"name": config_map.metadata.name}},
                                     {"name": "tmp", "emptyDir": {}}],
+                        # Replicas on different nodes (and zones), so one drain leaves one up.
+                        "topologySpreadConstraints": [
+                            {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
+                             "labelSelector": {"matchLabels": labels}}
+                            for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
+                        ] if replicas > 1 else None,
                     },
                 },
             },
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
                 depends_on=[r for r in (config_map, secret) if r is not None])),
         )
-        if cfg.replicas > 1:
+        if replicas > 1:
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb", metadata={**meta, "name": NAME},
                 spec={"maxUnavailable": 1, "selector": {"matchLabels": labels}}, opts=child,

@@ -133,6 +133,16 @@ def test_an_open_api_is_said_so_or_the_proxy_would_not_start():
     assert not rec.of_type(SECRET) or not any(r.name == "front-door-keys" for r in rec.of_type(SECRET))
 
 
+@pytest.mark.parametrize("stack, replicas", [("local", 1), ("eks", 2), ("gke", 2)])
+def test_never_a_single_front_door_where_the_cluster_holds_two(stack, replicas):
+    rec = harness.run(stack)
+    spec = rec.one(DEPLOYMENT, "front-door-deployment").inputs["spec"]
+    assert spec["replicas"] == replicas
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pdbs = [r for r in rec.of_type("kubernetes:policy/v1:PodDisruptionBudget") if r.name == "front-door-pdb"]
+    assert len(pdbs) == (replicas > 1)
+
+
 def test_image_is_the_release_the_tests_run(recorded):
     pinned = (ROOT / "requirements-litellm.txt").read_text()
     version = re.search(r"litellm\[proxy\]==(\S+)", pinned).group(1)
