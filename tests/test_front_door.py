@@ -11,7 +11,6 @@ import re
 import socket
 import statistics
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -192,11 +191,11 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(recorded):
+def stack(recorded, tmp_path_factory):
     missing = [str(p) for p in (LITELLM, LLAMA_SERVER, TINY_MODEL) if not p.exists()]
     if missing:
         pytest.skip(f"real front door test needs {', '.join(missing)} (`make setup` builds .venv-litellm)")
-    tmp = Path(tempfile.mkdtemp(prefix="front-door-"))
+    tmp = tmp_path_factory.mktemp("front-door")
     keys = harness.reveal(recorded.one(SECRET, "front-door-keys").inputs["stringData"])
     backend_key = keys[front_door.BACKEND_KEY_ENV]
     (tmp / "api-keys").write_text(backend_key + "\n")

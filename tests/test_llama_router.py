@@ -7,8 +7,6 @@ from __future__ import annotations
 import configparser
 import json
 import subprocess
-import tempfile
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -73,11 +71,11 @@ def test_router_mode_is_refused_where_models_are_not_gguf():
 
 
 @pytest.fixture(scope="module")
-def running(recorded):
+def running(recorded, tmp_path_factory):
     missing = [str(p) for p in (LITELLM, LLAMA_SERVER, TINY_MODEL) if not p.exists()]
     if missing:
         pytest.skip(f"real router test needs {', '.join(missing)} (`make setup` builds .venv-litellm)")
-    tmp = Path(tempfile.mkdtemp(prefix="llama-router-"))
+    tmp = tmp_path_factory.mktemp("llama-router")
     keys = harness.reveal(recorded.one("kubernetes:core/v1:Secret", "front-door-keys").inputs["stringData"])
     (tmp / "keys").write_text(harness.reveal(recorded.one("kubernetes:core/v1:Secret", "llama-router-api-keys")
                                              .inputs["stringData"])["keys"] + "\n")
