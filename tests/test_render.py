@@ -22,6 +22,30 @@ def test_render_writes_one_file_per_component(stack, tmp_path):
     assert isinstance(deployment["spec"]["replicas"], int)  # no mock-engine floats
 
 
+@pytest.mark.parametrize("stack", harness.STACKS)
+def test_render_writes_what_each_chart_installs(stack, tmp_path):
+    assert render.main([stack, "--out", str(tmp_path)]) == 0
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are large
+    files = {p.name: list(yaml.load_all(p.read_text(), Loader=loader)) for p in tmp_path.glob("chart-*.yaml")}
+    expected = {"chart-istio-base.yaml", "chart-istio-cni.yaml", "chart-istiod.yaml", "chart-istio-ingress.yaml",
+                "chart-argocd.yaml", "chart-open-webui.yaml"}
+    if stack == "eks":
+        expected.add("chart-nvidia-device-plugin.yaml")
+    assert set(files) == expected
+    # Argo CD's chart brings its CRDs; Open WebUI (an Argo CD app) its workload, in its namespace.
+    assert any(d["kind"] == "CustomResourceDefinition" for d in files["chart-argocd.yaml"])
+    webui = next(d for d in files["chart-open-webui.yaml"] if d["kind"] == "StatefulSet")
+    assert webui["metadata"]["namespace"] == "open-webui"
+
+
+def test_secrets_copied_into_chart_output_are_masked():
+    secret = {harness.rpc._special_sig_key: harness.rpc._special_secret_sig, "value": "s3cr3t-value"}
+    texts = render.secret_texts({"values": {"password": secret}})
+    rendered = {"data": {"password": "czNjcjN0LXZhbHVl"}, "stringData": {"url": "redis://:s3cr3t-value@redis"}}
+    assert render.scrubbed(rendered, texts) == {"data": {"password": render.SECRET},
+                                                "stringData": {"url": f"redis://:{render.SECRET}@redis"}}
+
+
 def test_cloud_summary_names_the_cluster_resources(tmp_path):
     render.main(["local", "--out", str(tmp_path)])
     cloud = list(yaml.safe_load_all((tmp_path / "cloud.yaml").read_text()))

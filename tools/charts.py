@@ -271,6 +271,7 @@ def namespaced(obj: dict, scopes: Optional[dict] = None) -> bool:
 
 # --- the whole cluster ------------------------------------------------------------------------
 
+# Release name -> why the last `cluster_objects` call left its chart out.
 SKIPPED: dict[str, str] = {}
 
 
@@ -300,6 +301,7 @@ def cluster_objects(rec: mock_engine.Recording, kube: Optional[str] = None) -> l
     """Everything the stack would have in its cluster: the program's objects and every chart's
     (Argo CD apps included). User-added apps whose chart is not vendored are skipped (see SKIPPED)."""
     kube = kube or kube_version(rec.stack)
+    SKIPPED.clear()
     out = program_objects(rec)
     for release in chart_releases(rec):
         if release.extra and not release.archive.is_file():
