@@ -423,18 +423,21 @@ def _edited(cluster, kind, name, edit):
     return out
 
 
+def _redis_port(name, app_protocol=None):
+    def edit(obj):
+        obj["spec"]["ports"][0]["name"] = name
+        obj["spec"]["ports"][0].pop("appProtocol", None)
+        if app_protocol:
+            obj["spec"]["ports"][0]["appProtocol"] = app_protocol
+    return edit
+
+
 def test_a_redis_port_named_http_is_flagged_and_tcp_is_not(eks_cluster):
     _, cluster = eks_cluster
-    found = protocol_mismatches(cluster)
-    assert any("open-webui-redis" in f and "redis" in f for f in found), found
-
-    def rename(obj):
-        obj["spec"]["ports"][0]["name"] = "tcp-redis"
-    assert not protocol_mismatches(_edited(cluster, "Service", "open-webui-redis", rename))
-
-    def app_protocol(obj):
-        obj["spec"]["ports"][0]["appProtocol"] = "redis"
-    assert not protocol_mismatches(_edited(cluster, "Service", "open-webui-redis", app_protocol))
+    found = protocol_mismatches(_edited(cluster, "Service", "open-webui-redis", _redis_port("http")))
+    assert any("open-webui-redis port 'http'" in f and "speaks redis" in f for f in found), found
+    assert not protocol_mismatches(_edited(cluster, "Service", "open-webui-redis", _redis_port("tcp-redis")))
+    assert not protocol_mismatches(_edited(cluster, "Service", "open-webui-redis", _redis_port("http", "redis")))
 
 
 def test_istio_protocol_rules():
@@ -450,12 +453,17 @@ def test_istio_protocol_rules():
 
 def test_a_principal_without_its_service_account_is_flagged(eks_cluster):
     _, cluster = eks_cluster
-    assert any("sa/open-webui " in f for f in missing_principals(cluster))
 
-    def right_name(obj):
-        obj["spec"]["rules"][0]["from"][0]["source"]["principals"] = [
-            "cluster.local/ns/istio-ingress/sa/istio-ingress", "cluster.local/ns/open-webui/sa/open-webui-sa"]
-    assert not missing_principals(_edited(cluster, "AuthorizationPolicy", "allowed-callers", right_name))
+    def principals(*sas):
+        def edit(obj):
+            obj["spec"]["rules"][0]["from"][0]["source"]["principals"] = [f"cluster.local/ns/{sa}" for sa in sas]
+        return edit
+    wrong = principals("istio-ingress/sa/istio-ingress", "open-webui/sa/open-webui")
+    assert missing_principals(_edited(cluster, "AuthorizationPolicy", "allowed-callers", wrong)) == [
+        "program:mesh AuthorizationPolicy models/allowed-callers: principal cluster.local/ns/open-webui/sa/open-webui "
+        "names ServiceAccount open-webui/open-webui, which nothing creates"]
+    right = principals("istio-ingress/sa/istio-ingress", "open-webui/sa/open-webui-sa")
+    assert not missing_principals(_edited(cluster, "AuthorizationPolicy", "allowed-callers", right))
 
 
 def test_a_reference_to_nothing_is_flagged(eks_cluster):
@@ -521,7 +529,14 @@ def test_network_policy_enforcement_is_read_from_each_cluster_kind():
 
 def test_floating_and_undocumented_images_are_flagged(eks_cluster):
     _, cluster = eks_cluster
-    found = unpinned_images(cluster)
+
+    def pinned(obj):
+        obj["spec"]["template"]["spec"]["containers"][0]["image"] = "docker.io/istio/pilot:1.30.3"
+    assert not any("Deployment istio-system/istiod" in f for f in unpinned_images(_edited(cluster, "Deployment", "istiod", pinned)))
+
+    def latest(obj):
+        obj["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.istio.io/testing/pilot:latest"
+    found = unpinned_images(_edited(cluster, "Deployment", "istiod", latest))
     assert any("registry.istio.io/testing/pilot:latest" in f for f in found), found
 
     def floating(obj):
