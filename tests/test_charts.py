@@ -10,6 +10,12 @@ import pytest
 from tools import charts
 
 
+@pytest.fixture(autouse=True)
+def _charts_here():
+    from tests.conftest import need_charts
+    need_charts()
+
+
 def releases(rec):
     found = charts.chart_releases(rec)
     assert found, "no chart releases found in the recording"

@@ -18,6 +18,12 @@ import pytest
 from tools import charts
 from tools import mock_engine as harness
 
+@pytest.fixture(autouse=True)
+def _charts_here():
+    from tests.conftest import need_charts
+    need_charts()
+
+
 # --- helpers --------------------------------------------------------------------------------------
 
 
@@ -408,7 +414,8 @@ def test_every_chart_is_pinned_to_a_vendored_release(stack_recording):
 
 @pytest.fixture(scope="module")
 def eks_cluster():
-    from tests.conftest import recording
+    from tests.conftest import need_charts, recording
+    need_charts()
     return recording("eks"), charts.cluster_objects(recording("eks"))
 
 

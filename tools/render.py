@@ -133,11 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         print(failed.error, file=sys.stderr)
         return 1
     out = args.out or Path("out") / args.stack
-    try:
-        files = {**render(rec), **render_charts(rec)}
-    except charts.ChartError as err:
-        print(err, file=sys.stderr)
-        return 1
+    files = render(rec)
+    if charts.CHARTS_DIR.is_dir():
+        try:
+            files.update(render_charts(rec))
+        except charts.ChartError as err:
+            print(err, file=sys.stderr)
+            return 1
+    else:
+        print(f"charts not rendered: {charts.CHARTS_DIR} is absent", file=sys.stderr)
     write(files, out)
     for name, docs in sorted(files.items()):
         print(f"{out / name}: {len(docs)} documents")
