@@ -6,11 +6,20 @@ import yaml
 from tools import mock_engine as harness
 from tools import render
 
+# libyaml's parser: the charts' CRDs are large.
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-@pytest.mark.parametrize("stack", harness.STACKS)
-def test_render_writes_one_file_per_component(stack, tmp_path):
-    assert render.main([stack, "--out", str(tmp_path)]) == 0
-    files = {p.name: list(yaml.safe_load_all(p.read_text())) for p in tmp_path.glob("*.yaml")}
+
+@pytest.fixture(scope="module", params=harness.STACKS)
+def rendered(request, tmp_path_factory):
+    """(stack, file name -> documents) of `python -m tools.render <stack>`, run once per stack."""
+    out = tmp_path_factory.mktemp(request.param)
+    assert render.main([request.param, "--out", str(out)]) == 0
+    return request.param, {p.name: list(yaml.load_all(p.read_text(), Loader=LOADER)) for p in out.glob("*.yaml")}
+
+
+def test_render_writes_one_file_per_component(rendered):
+    stack, files = rendered
     assert {"mesh.yaml", "gitops.yaml", "gateway.yaml", "cloud.yaml"} <= set(files)
     model_file = f"model-{harness.stack_config(stack)['llm-platform:models'][0]['name']}.yaml"
     kinds = {d["kind"] for d in files[model_file]}
@@ -22,13 +31,11 @@ def test_render_writes_one_file_per_component(stack, tmp_path):
     assert isinstance(deployment["spec"]["replicas"], int)  # no mock-engine floats
 
 
-@pytest.mark.parametrize("stack", harness.STACKS)
-def test_render_writes_what_each_chart_installs(stack, tmp_path):
+def test_render_writes_what_each_chart_installs(rendered):
     from tests.conftest import need_charts
     need_charts()
-    assert render.main([stack, "--out", str(tmp_path)]) == 0
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are large
-    files = {p.name: list(yaml.load_all(p.read_text(), Loader=loader)) for p in tmp_path.glob("chart-*.yaml")}
+    stack, files = rendered
+    files = {name: docs for name, docs in files.items() if name.startswith("chart-")}
     expected = {"chart-istio-base.yaml", "chart-istio-cni.yaml", "chart-istiod.yaml", "chart-istio-ingress.yaml",
                 "chart-argocd.yaml", "chart-open-webui.yaml"}
     if stack == "eks":
