@@ -52,3 +52,13 @@ def cluster(stack_recording) -> list[charts.Manifest]:
     """The whole cluster the variant would have: program objects and every chart's, rendered once."""
     need_charts()
     return charts.cluster_objects(stack_recording)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How long Helm took to render the charts this session (each release once per version)."""
+    if charts.RENDER_SECONDS:
+        total = sum(charts.RENDER_SECONDS.values())
+        slowest = sorted(charts.RENDER_SECONDS.items(), key=lambda kv: -kv[1])[:3]
+        terminalreporter.write_line(
+            f"chart renders: {len(charts.RENDER_SECONDS)} in {total:.1f}s (slowest: "
+            + ", ".join(f"{k} {v:.1f}s" for k, v in slowest) + ")")

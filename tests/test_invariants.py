@@ -210,8 +210,8 @@ def created_at_run_time(cluster) -> set[tuple[str, Optional[str], str]]:
 
 
 def references(cluster) -> Iterator[tuple[charts.Manifest, str, Optional[str], str]]:
-    """(referring object, kind, namespace or None, name) for every reference to a class, Secret
-    or ConfigMap that must exist (optional references left out)."""
+    """(referring object, kind, namespace or None, name) for every reference to a class, Secret,
+    ConfigMap or ServiceAccount that must exist (optional references left out)."""
     for m in cluster:
         obj, spec = m.obj, m.obj.get("spec") or {}
         kind = obj["kind"]
@@ -228,8 +228,16 @@ def references(cluster) -> Iterator[tuple[charts.Manifest, str, Optional[str], s
             for claim in spec.get("volumeClaimTemplates") or []:
                 if (claim.get("spec") or {}).get("storageClassName"):
                     yield m, "StorageClass", None, claim["spec"]["storageClassName"]
+        if kind == "Gateway" and obj["apiVersion"].startswith("networking.istio.io/"):
+            # Istio reads a server's certificate from a Secret in the gateway pods' namespace,
+            # which the program keeps as the Gateway's own.
+            for server in spec.get("servers") or []:
+                if (server.get("tls") or {}).get("credentialName"):
+                    yield m, "Secret", ns_of(obj), server["tls"]["credentialName"]
     for m, pod, _ in pod_templates(cluster):
         ns = ns_of(m.obj)
+        if pod.get("serviceAccountName") not in (None, "", "default"):
+            yield m, "ServiceAccount", ns, pod["serviceAccountName"]
         if pod.get("priorityClassName"):
             yield m, "PriorityClass", None, pod["priorityClassName"]
         for c in containers(pod):
@@ -488,6 +496,12 @@ def test_a_reference_to_nothing_is_flagged(eks_cluster):
     found = dangling_references(_edited(cluster, "StatefulSet", "open-webui", no_secret), "eks")
     assert found == ["chart:open-webui StatefulSet open-webui/open-webui refers to Secret open-webui/missing, "
                      "which nothing creates"]
+
+    def no_account(obj):
+        obj["spec"]["template"]["spec"]["serviceAccountName"] = "open-webui"
+    assert dangling_references(_edited(cluster, "StatefulSet", "open-webui", no_account), "eks") == [
+        "chart:open-webui StatefulSet open-webui/open-webui refers to ServiceAccount open-webui/open-webui, "
+        "which nothing creates"]
 
     def no_priority(obj):
         obj["spec"]["template"]["spec"]["priorityClassName"] = "llm-servng"
