@@ -57,8 +57,8 @@ def cluster(stack_recording) -> list[charts.Manifest]:
 def pytest_terminal_summary(terminalreporter):
     """How long Helm took to render the charts this session (each release once per version)."""
     if charts.RENDER_SECONDS:
-        total = sum(charts.RENDER_SECONDS.values())
-        slowest = sorted(charts.RENDER_SECONDS.items(), key=lambda kv: -kv[1])[:3]
+        total = sum(seconds for _, seconds in charts.RENDER_SECONDS)
+        slowest = sorted(charts.RENDER_SECONDS, key=lambda kv: -kv[1])[:3]
         terminalreporter.write_line(
             f"chart renders: {len(charts.RENDER_SECONDS)} in {total:.1f}s (slowest: "
             + ", ".join(f"{k} {v:.1f}s" for k, v in slowest) + ")")

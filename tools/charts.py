@@ -195,7 +195,8 @@ def chart_of(release: ChartRelease):
 
 # --- rendering ------------------------------------------------------------------------------
 
-RENDER_SECONDS: dict[str, float] = {}
+# (release@kube version, seconds) of every render this process made.
+RENDER_SECONDS: list[tuple[str, float]] = []
 _RENDERED: dict[tuple[str, str], list[dict]] = {}
 
 
@@ -249,7 +250,7 @@ def render_release(release: ChartRelease, kube_version: str) -> list[dict]:
             obj.setdefault("metadata", {})
             if not obj["metadata"].get("namespace"):
                 obj["metadata"]["namespace"] = release.namespace
-    RENDER_SECONDS[f"{release.name}@{kube_version}"] = time.perf_counter() - started
+    RENDER_SECONDS.append((f"{release.name}@{kube_version}", time.perf_counter() - started))
     _RENDERED[cache_key] = objs
     return objs
 
