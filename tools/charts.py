@@ -10,6 +10,7 @@ suite renders must be what a real `up` would install.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -21,10 +22,10 @@ from typing import Any, Iterator, Optional
 
 import yaml
 
+from tools import mock_engine
+
 # libyaml's parser when present: the charts' CRDs are large.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-from tools import mock_engine
 
 SHARED_DIR = mock_engine.PROJECT_DIR.parent / "shared"
 CHARTS_DIR = SHARED_DIR / "upstream" / "charts"
@@ -225,10 +226,11 @@ def _is_test_hook(obj: dict) -> bool:
 
 def render_release(release: ChartRelease, kube_version: str) -> list[dict]:
     """The objects Helm installs for `release` (CRDs first, then templates; test hooks left
-    out), namespaced objects in the release namespace. Rendered once per session."""
+    out), namespaced objects in the release namespace. Rendered once per session; each call
+    returns its own copy."""
     cache_key = (release.key, kube_version)
     if cache_key in _RENDERED:
-        return _RENDERED[cache_key]
+        return copy.deepcopy(_RENDERED[cache_key])
     chart = chart_of(release)
     started = time.perf_counter()
     try:
@@ -252,7 +254,7 @@ def render_release(release: ChartRelease, kube_version: str) -> list[dict]:
                 obj["metadata"]["namespace"] = release.namespace
     RENDER_SECONDS.append((f"{release.name}@{kube_version}", time.perf_counter() - started))
     _RENDERED[cache_key] = objs
-    return objs
+    return copy.deepcopy(objs)
 
 
 def crd_scopes(objs: list[dict]) -> dict[tuple[str, str], str]:
@@ -300,7 +302,8 @@ def program_objects(rec: mock_engine.Recording) -> list[Manifest]:
 
 def cluster_objects(rec: mock_engine.Recording, kube: Optional[str] = None) -> list[Manifest]:
     """Everything the stack would have in its cluster: the program's objects and every chart's
-    (Argo CD apps included). User-added apps whose chart is not vendored are skipped (see SKIPPED)."""
+    (Argo CD apps included), at `kube` (default: the version in the stack's file). User-added
+    apps whose chart is not vendored are skipped (see SKIPPED)."""
     kube = kube or kube_version(rec.stack)
     SKIPPED.clear()
     out = program_objects(rec)
