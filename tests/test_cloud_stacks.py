@@ -156,7 +156,8 @@ def test_gke_model_pod_takes_every_chip_of_one_host(gke):
     }
     assert spec["tolerations"] == [{"key": "google.com/tpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}]
     env = {e["name"]: e.get("value") for e in c["env"]}
-    assert env["PJRT_DEVICE"] == "TPU" and env["VLLM_XLA_CACHE_PATH"].startswith("/data/")
+    # Compiled XLA graphs survive restarts on the cache volume.
+    assert env["VLLM_XLA_CACHE_PATH"].startswith("/data/")
     assert gke.one(PVC).inputs["spec"]["storageClassName"] == "standard-rwo"
 
 
