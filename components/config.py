@@ -325,6 +325,17 @@ def _gguf_file(value: str) -> str:
     return value
 
 
+def _no_key_flags(*flags: str):
+    """Refuse extra args that would put an API key on the command line or replace the file
+    the platform hands the keys over in."""
+    def check(args: list[str]) -> list[str]:
+        for arg in args:
+            if arg.split("=", 1)[0] in flags:
+                raise ValueError(f"expected no {arg.split('=', 1)[0]}: the platform passes the API keys (apiKey, uiApiKey)")
+        return args
+    return check
+
+
 def _sha256(value: str) -> str:
     if not _SHA256.match(value):
         raise ValueError("expected 64 lowercase hex digits")
@@ -347,7 +358,7 @@ class ModelConfig(_Model):
     replicas: int = Field(1, ge=0)
     resources: Resources = Resources()
     image: Optional[Image] = None
-    extra_args: list[str] = []
+    extra_args: Annotated[list[str], AfterValidator(_no_key_flags("--api-key", "--api-key-file"))] = []
 
     @field_validator("ctx_size")
     @classmethod
@@ -386,7 +397,7 @@ class VllmModel(_Model):
     cache_size: Quantity = "100Gi"
     resources: VllmResources = VllmResources()
     image: Optional[Image] = None
-    extra_args: list[str] = []
+    extra_args: Annotated[list[str], AfterValidator(_no_key_flags("--api-key", "--config"))] = []
 
 
 def _runtime_of(value: Any) -> str:

@@ -31,6 +31,8 @@ def refused(overrides=None, remove=()):
      "llm-platform:models[0].name", "expected a DNS label"),
     ({"llm-platform:models": [{**MODEL, "replicas": -1}]},
      "llm-platform:models[0].replicas", "greater than or equal to 0, got -1"),
+    ({"llm-platform:models": [{**MODEL, "extraArgs": ["--api-key", "k"]}]},
+     "llm-platform:models[0].extraArgs", "expected no --api-key: the platform passes the API keys"),
     ({"llm-platform:models": [{**MODEL, "ctxSize": 100}]},
      "llm-platform:models[0].ctxSize", "expected 0 (the model's own context) or at least 256 tokens, got 100"),
     ({"llm-platform:cluster": {"kind": "minikube"}},
