@@ -31,16 +31,17 @@ DRAIN_S = TERMINATION_GRACE_S - PRESTOP_SLEEP_S - 10
 # llama.cpp stops generations in flight on SIGTERM, so its preStop waits until the server says
 # it processes and defers no request (Prometheus /metrics, which `--metrics` enables). POSIX sh
 # and curl, both in the ggml-org and RamaLama images. The key goes to curl on stdin (`-K -`),
-# never on a command line. Arguments: pause, port, key file, drain bound (seconds).
+# never on a command line. Arguments: pause, port, key file, drain bound (seconds). If the server
+# does not answer, nothing is left to drain.
 LLAMA_CPP_DRAIN = r"""
 sleep "$1"
 key=""; [ -r "$3" ] && key=$(head -n 1 "$3")
-i=0
-while [ "$i" -lt "$4" ]; do
+end=$(( $(date +%s) + $4 ))
+while [ "$(date +%s)" -lt "$end" ]; do
   printf 'header = "Authorization: Bearer %s"\n' "$key" |
     curl -sf -m 5 -K - "http://127.0.0.1:$2/metrics" |
     grep -Eq '^llamacpp:requests_(processing|deferred) 0*[1-9]' || exit 0
-  sleep 1; i=$((i + 1))
+  sleep 1
 done
 """
 # llama.cpp's default port is moving (8080 -> 9931): always pass it explicitly.
