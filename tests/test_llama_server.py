@@ -8,6 +8,7 @@ the model id, streaming, metrics, context and threads, and draining on shutdown.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from components.serving import API_KEYS_MOUNT, MODELS_MOUNT
+from components.serving import API_KEYS_MOUNT, LLAMA_CPP_BUILD, MODELS_MOUNT
 from tools import mock_engine as harness
 
 SHARED = harness.PROJECT_DIR.parent / "shared"
@@ -39,9 +40,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def rendered():
-    rec = harness.run("local", {"llm-platform:apiKey": CLIENT_KEY, "llm-platform:uiApiKey": UI_KEY},
+@functools.cache
+def _render(accelerator: str) -> dict:
+    """The local stack's model server with known keys, on the Mac GPU (the stack file's
+    `vulkan`: RamaLama's image) or on CPU (`none`: ggml-org's image of the build run here)."""
+    rec = harness.run("local", {"llm-platform:apiKey": CLIENT_KEY, "llm-platform:uiApiKey": UI_KEY,
+                                "llm-platform:accelerator": {"kind": accelerator}},
                       secrets=("llm-platform:apiKey", "llm-platform:uiApiKey"))
     template = harness.reveal(rec.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"])
     secret = next(r for r in rec.of_type("kubernetes:core/v1:Secret") if r.name.endswith("-api-keys"))
@@ -50,6 +54,22 @@ def rendered():
         "secret_data": harness.reveal(secret.inputs["stringData"]),
         "aliases": rec.outputs["modelAliases"],
     }
+
+
+@pytest.fixture(scope="module", params=["vulkan", "none"])
+def rendered(request):
+    return _render(request.param)
+
+
+@pytest.fixture(scope="module")
+def rendered_gpu():
+    return _render("vulkan")
+
+
+def test_cpu_image_is_the_build_run_here():
+    c = _render("none")["container"]
+    assert c["image"] == f"ghcr.io/ggml-org/llama.cpp:server-{LLAMA_CPP_BUILD}" and "command" not in c
+    assert LLAMA_CPP_BUILD in (SHARED / "bin" / "README.md").read_text()
 
 
 def _mapped(container: dict, port: int, key_file: Path) -> list[str]:
@@ -251,25 +271,25 @@ def _pre_stop(container: dict, srv: Server) -> list[str]:
 
 
 @pytest.fixture
-def fresh_server(rendered, tmp_path):
-    srv = Server(rendered, tmp_path)
+def fresh_server(rendered_gpu, tmp_path):
+    srv = Server(rendered_gpu, tmp_path)
     yield srv
     srv.stop()
 
 
-def test_sigterm_alone_cuts_a_generation_in_flight(fresh_server, rendered):
+def test_sigterm_alone_cuts_a_generation_in_flight(fresh_server, rendered_gpu):
     """Without the drain: what the pod would do if SIGTERM came right after the pause."""
-    conn, resp = _long_stream(fresh_server, rendered["aliases"][0])
+    conn, resp = _long_stream(fresh_server, rendered_gpu["aliases"][0])
     fresh_server.proc.send_signal(signal.SIGTERM)
     events = _rest_of_stream(conn, resp)
     conn.close()
     assert b"data: [DONE]" not in events
 
 
-def test_pre_stop_lets_the_generation_finish_before_sigterm(fresh_server, rendered):
-    conn, resp = _long_stream(fresh_server, rendered["aliases"][0])
+def test_pre_stop_lets_the_generation_finish_before_sigterm(fresh_server, rendered_gpu):
+    conn, resp = _long_stream(fresh_server, rendered_gpu["aliases"][0])
     started = time.monotonic()
-    hook = subprocess.run(_pre_stop(rendered["container"], fresh_server), capture_output=True, timeout=120)
+    hook = subprocess.run(_pre_stop(rendered_gpu["container"], fresh_server), capture_output=True, timeout=120)
     waited = time.monotonic() - started
     assert hook.returncode == 0, hook.stderr
     # The kubelet sends SIGTERM once the hook returns.
