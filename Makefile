@@ -6,7 +6,7 @@ PYTHON ?= python3
 test: setup
 	.venv/bin/python -m pytest
 
-setup: .venv/.installed .venv-checkov/.installed tests/crd/node_modules/.installed
+setup: .venv/.installed .venv-checkov/.installed tests/crd/node_modules/.installed .cache/vllm/.fetched
 
 # The program's and the tests' dependencies.
 .venv/.installed: requirements.txt requirements-dev.txt
@@ -23,4 +23,10 @@ setup: .venv/.installed .venv-checkov/.installed tests/crd/node_modules/.install
 # Published schemas of the custom resources (Istio, Argo CD, cert-manager).
 tests/crd/node_modules/.installed: tests/crd/package.json tests/crd/package-lock.json
 	npm ci --prefix tests/crd --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The wheel of the vLLM release the images run (about 320 MB, once): the suite reads its argument
+# parser and env vars. A new pin in components/serving.py fetches the new release.
+.cache/vllm/.fetched: components/serving.py | .venv/.installed
+	.venv/bin/python -m tools.vllm_wheel
 	touch $@

@@ -300,17 +300,43 @@ class AcceleratorConfig(_Model):
 # --- models --------------------------------------------------------------------------------
 
 
+_QUANTITY_SUFFIX = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+                    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def whole_cpus(quantity: str) -> int:
+    """The whole CPUs a CPU quantity grants ("4" -> 4, "3500m" -> 3), at least one."""
+    number, suffix = re.match(r"^([0-9.]+)(\D*)$", quantity).groups()
+    return max(1, int(float(number) * _QUANTITY_SUFFIX.get(suffix, 1)))
+
+
 class Resources(_Model):
     cpu: Quantity = "2"
     memory: Quantity = "4Gi"
     cpu_limit: Quantity = "4"
     memory_limit: Quantity = "6Gi"
 
+    @property
+    def threads(self) -> int:
+        """Compute threads that fit the CPU limit: more would contend for the pod's CFS quota."""
+        return whole_cpus(self.cpu_limit)
+
 
 def _gguf_file(value: str) -> str:
     if "/" in value or not value.endswith(".gguf"):
         raise ValueError(f"expected a GGUF file name such as 'model.Q8_0.gguf' (no folders), got {value!r}")
     return value
+
+
+def _no_key_flags(*flags: str):
+    """Refuse extra args that would put an API key on the command line or replace the file
+    the platform hands the keys over in."""
+    def check(args: list[str]) -> list[str]:
+        for arg in args:
+            if arg.split("=", 1)[0] in flags:
+                raise ValueError(f"expected no {arg.split('=', 1)[0]}: the platform passes the API keys (apiKey, uiApiKey)")
+        return args
+    return check
 
 
 def _sha256(value: str) -> str:
@@ -329,11 +355,20 @@ class ModelConfig(_Model):
     url: Optional[str] = Field(None, pattern=r"^https://\S+$")
     sha256: Optional[Annotated[str, AfterValidator(_sha256)]] = None
     size_bytes: Optional[int] = Field(None, gt=0)
-    ctx_size: int = Field(4096, ge=256)
+    # Tokens of context; 0 (the default): the context the model was trained for, read from the
+    # GGUF file by the server. A larger value than that only wastes memory.
+    ctx_size: int = Field(0, ge=0)
     replicas: int = Field(1, ge=0)
     resources: Resources = Resources()
     image: Optional[Image] = None
-    extra_args: list[str] = []
+    extra_args: Annotated[list[str], AfterValidator(_no_key_flags("--api-key", "--api-key-file"))] = []
+
+    @field_validator("ctx_size")
+    @classmethod
+    def _usable_context(cls, value: int) -> int:
+        if 0 < value < 256:
+            raise ValueError(f"expected 0 (the model's own context) or at least 256 tokens, got {value}")
+        return value
 
     @property
     def download_url(self) -> Optional[str]:
@@ -365,7 +400,7 @@ class VllmModel(_Model):
     cache_size: Quantity = "100Gi"
     resources: VllmResources = VllmResources()
     image: Optional[Image] = None
-    extra_args: list[str] = []
+    extra_args: Annotated[list[str], AfterValidator(_no_key_flags("--api-key", "--config"))] = []
 
 
 def _runtime_of(value: Any) -> str:

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import shlex
 from typing import Optional, TypedDict
 
 import pulumi
 import pulumi_command as command
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
 from .accelerators import Accelerator
 from .serving import (
-    API_KEY_ENTRIES, API_KEYS_MOUNT, CACHE_MOUNT, MODELS_MOUNT, ServerSpec, api_key_env, server_spec,
+    API_KEY_ENTRIES, API_KEYS_MOUNT, CACHE_MOUNT, MODELS_MOUNT, TERMINATION_GRACE_S, ServerSpec,
+    api_keys_file_content, server_spec,
 )
 
 PROBE_PERIOD_S = 10
 # A fixed non-root identity above the host's range; fsGroup makes the cache writable for it.
 RUN_AS = 10001
-# Long enough for a slow generation in flight to finish after the pod leaves the Service.
-TERMINATION_GRACE_S = 180
-# Endpoints are removed asynchronously: keep serving a moment before SIGTERM.
-PRESTOP_SLEEP_S = 15
+# Pod-template annotation that changes with the API keys: servers read them only at start, so
+# a rotated key rolls the pods.
+KEYS_DIGEST_ANNOTATION = "llm-platform/api-keys-digest"
 
 
 class LlmServerArgs(TypedDict):
@@ -81,6 +84,7 @@ class LlmServer(pulumi.ComponentResource):
 
         waits_for: list[pulumi.Resource] = []
         volumes, mounts, env = [], [], [{"name": k, "value": v} for k, v in spec.env.items()]
+        annotations: dict = {}
         if spec.model_store == "host":
             volumes.append({"name": "models", "persistentVolumeClaim": {
                 "claimName": args["host_models_claim"], "readOnly": True}})
@@ -95,13 +99,15 @@ class LlmServer(pulumi.ComponentResource):
                 ))
         else:
             self._model_cache(name, model, meta, args, k8s_opts, volumes, mounts, env)
-        if spec.api_keys_from:
-            self._api_keys(name, model.name, meta, spec, args["api_keys"], k8s_opts, volumes, mounts, env)
+        if spec.api_keys_file:
+            annotations[KEYS_DIGEST_ANNOTATION] = self._api_keys(
+                name, model.name, meta, spec, args["api_keys"], k8s_opts, volumes, mounts)
         if args["restricted"]:
             # The root filesystem is read-only: scratch space and HOME live here.
             volumes.append({"name": "tmp", "emptyDir": {}})
             mounts.append({"name": "tmp", "mountPath": "/tmp"})
-            env.append({"name": "HOME", "value": "/tmp"})
+            if "HOME" not in spec.env:
+                env.append({"name": "HOME", "value": "/tmp"})
         if spec.shared_memory:
             volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}})
             mounts.append({"name": "shm", "mountPath": "/dev/shm"})
@@ -115,7 +121,7 @@ class LlmServer(pulumi.ComponentResource):
                 "strategy": rollout_strategy(accel, spec.accelerators, model.replicas),
                 "selector": {"matchLabels": labels},
                 "template": {
-                    "metadata": {"labels": labels},
+                    "metadata": {"labels": labels, "annotations": annotations or None},
                     "spec": {
                         "priorityClassName": args["priority_class"],
                         # Model servers never call the Kubernetes API.
@@ -185,24 +191,31 @@ class LlmServer(pulumi.ComponentResource):
             env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
                 "name": token.metadata.name, "key": "HF_TOKEN"}}})
 
-    def _api_keys(self, name, alias: str, meta, spec: ServerSpec, keys: dict, opts, volumes, mounts, env) -> None:
-        """The keys reach the server from a Secret, as a file or env vars: never in its args."""
+    def _api_keys(self, name, alias: str, meta, spec: ServerSpec, keys: dict, opts, volumes, mounts) -> pulumi.Output[str]:
+        """The keys reach the server as a file from a Secret: never in its args, env or logs.
+        Returns a digest of them for the pod template, so that a new key rolls the pods."""
+        ordered = pulumi.Output.all(*(keys[e] for e in API_KEY_ENTRIES))
         secret = k8s.core.v1.Secret(
             f"{name}-api-keys",
             metadata={**meta, "name": f"{alias}-api-keys"},
             string_data={
                 **{entry: keys[entry] for entry in API_KEY_ENTRIES},
-                "keys": pulumi.Output.all(*(keys[e] for e in API_KEY_ENTRIES)).apply("\n".join),
+                spec.api_keys_file: ordered.apply(lambda ks: api_keys_file_content(spec.api_keys_file, ks)),
             },
             opts=opts,
         )
-        if spec.api_keys_from == "file":
-            volumes.append({"name": "api-keys", "secret": {
-                "secretName": secret.metadata.name, "items": [{"key": "keys", "path": "keys"}]}})
-            mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
-        else:
-            env.extend({"name": api_key_env(e), "valueFrom": {"secretKeyRef": {
-                "name": secret.metadata.name, "key": e}}} for e in API_KEY_ENTRIES)
+        volumes.append({"name": "api-keys", "secret": {
+            "secretName": secret.metadata.name,
+            "items": [{"key": spec.api_keys_file, "path": spec.api_keys_file}]}})
+        mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
+        # A keyed digest: a plain hash of a chosen (weak) key could be guessed offline from the
+        # pod spec; the salt stays in the stack's encrypted state.
+        salt = random.RandomPassword(f"{name}-keys-digest-salt", length=32, special=False,
+                                     opts=pulumi.ResourceOptions(parent=self))
+        digest = pulumi.Output.all(salt.result, ordered).apply(
+            lambda v: hmac.new(v[0].encode(), "\n".join(v[1]).encode(), hashlib.sha256).hexdigest())
+        # Not a secret (nothing can be recovered from it): keep the pod template readable in diffs.
+        return pulumi.Output.unsecret(digest)
 
 
 def rollout_strategy(accel: Accelerator, units: int, replicas: int) -> dict:
@@ -253,7 +266,9 @@ def _container(model, accel: Accelerator, spec: ServerSpec, env: list, mounts: l
         },
         "readinessProbe": {**probe, "periodSeconds": PROBE_PERIOD_S, "failureThreshold": 3},
         "livenessProbe": {**probe, "periodSeconds": 30, "failureThreshold": 5},
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},
+        # Leave the Service's endpoints, then let requests in flight finish before SIGTERM
+        # (llama.cpp) or on it (vLLM's --shutdown-timeout).
+        "lifecycle": {"preStop": spec.pre_stop},
     }
     if spec.command:
         container["command"] = spec.command

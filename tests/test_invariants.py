@@ -395,10 +395,7 @@ def test_every_image_is_pinned(cluster):
     assert not unpinned_images(cluster)
 
 
-def test_every_image_the_program_chooses_is_documented(cluster, variant, request):
-    if variant == "gke":
-        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-            "the TPU vLLM image (vllm/vllm-tpu nightly) is not named in README.md")))
+def test_every_image_the_program_chooses_is_documented(cluster):
     assert not undocumented_program_images(cluster)
 
 

@@ -20,7 +20,14 @@ def stack(request):
 def test_graceful_shutdown_and_priority(stack):
     pod = server(stack)["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] >= 120
-    assert pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    pre_stop = pod["containers"][0]["lifecycle"]["preStop"]
+    if "exec" in pre_stop:  # llama.cpp: pause, then wait for requests in flight (bounded)
+        pause, _port, _keys, bound = pre_stop["exec"]["command"][4:]
+        assert 0 < int(pause) and int(pause) + int(bound) < pod["terminationGracePeriodSeconds"]
+    else:  # vLLM: pause, then drain on SIGTERM for --shutdown-timeout
+        args = pod["containers"][0]["args"]
+        drain = int(args[args.index("--shutdown-timeout") + 1])
+        assert pre_stop["sleep"]["seconds"] + drain < pod["terminationGracePeriodSeconds"]
     priority = stack.one("kubernetes:scheduling.k8s.io/v1:PriorityClass").inputs
     assert pod["priorityClassName"] == priority["metadata"]["name"]
     assert priority["value"] > 0 and not priority.get("globalDefault")

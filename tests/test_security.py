@@ -1,9 +1,11 @@
 """Who may call what: on every stack `/v1` needs a key that reaches the servers only through
 Kubernetes Secrets, and no key is ever written in plain text."""
 
+import hashlib
 import json
 
 import pytest
+import yaml
 
 from tools import mock_engine as harness
 
@@ -41,26 +43,47 @@ def test_keys_never_appear_in_plain_text(keyed):
 
 
 def test_server_requires_a_key_read_from_a_secret(keyed):
+    """Both keys reach the server as a file mounted from the Secret: no key in its args or env,
+    so none in /proc/*/cmdline, the pod spec or vLLM's argument log."""
     c = container(keyed)
     secret = next(r for r in keyed.of_type("kubernetes:core/v1:Secret") if r.name.endswith("-api-keys"))
     data = harness.reveal(secret.inputs["stringData"])
     assert data["client"] == CLIENT_KEY and data["ui"] == UI_KEY
-    assert data["keys"].splitlines() == [CLIENT_KEY, UI_KEY]
-    name = secret.inputs["metadata"]["name"]
-    if "--api-key-file" in c["args"]:  # llama.cpp: the Secret mounted as a file
-        path = c["args"][c["args"].index("--api-key-file") + 1]
-        mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
-        volume = next(v for v in keyed.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]
-                      ["spec"]["volumes"] if v["name"] == mount["name"])
-        assert volume["secret"]["secretName"] == name
-        assert path.rsplit("/", 1)[1] == "keys"
-    else:  # vLLM: env vars from the Secret, expanded by the kubelet into --api-key
-        i = c["args"].index("--api-key")
-        refs = c["args"][i + 1:i + 3]
-        env = {e["name"]: e for e in c["env"]}
-        for ref, entry in zip(refs, ("client", "ui")):
-            var = ref.removeprefix("$(").removesuffix(")")
-            assert env[var]["valueFrom"]["secretKeyRef"] == {"name": name, "key": entry}
+    flag = "--api-key-file" if "--api-key-file" in c["args"] else "--config"
+    path = c["args"][c["args"].index(flag) + 1]
+    entry = path.rsplit("/", 1)[1]
+    if flag == "--api-key-file":  # llama.cpp: one key a line
+        assert data[entry].splitlines() == [CLIENT_KEY, UI_KEY]
+    else:  # vLLM: its YAML config file, read as if the flags were given
+        assert yaml.safe_load(data[entry]) == {"api-key": [CLIENT_KEY, UI_KEY]}
+        assert entry.endswith(".yaml") and "--api-key" not in c["args"]
+    mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in keyed.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]
+                  ["spec"]["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"] == {"secretName": secret.inputs["metadata"]["name"],
+                                "items": [{"key": entry, "path": entry}]}
+    assert not [e for e in c.get("env") or [] if "KEY" in e["name"]]
+
+
+def _template(rec) -> dict:
+    return rec.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]
+
+
+@pytest.mark.parametrize("stack", harness.STACKS)
+def test_a_rotated_key_rolls_the_servers(stack):
+    """Servers read their keys only at start: the pod template changes with them."""
+    def digest(client_key: str) -> str:
+        rec = harness.run(stack, {**SECRET_OVERRIDES, "llm-platform:apiKey": client_key}, secrets=SECRETS)
+        annotations = _template(rec)["metadata"]["annotations"]
+        value = annotations["llm-platform/api-keys-digest"]
+        # Readable in diffs, yet no key in it or derivable from it without the salt in state.
+        assert not harness.is_secret(value) and client_key not in value and UI_KEY not in value
+        assert value not in (hashlib.sha256(client_key.encode()).hexdigest(),
+                             hashlib.sha256(f"{client_key}\n{UI_KEY}".encode()).hexdigest())
+        return value
+
+    assert digest(CLIENT_KEY) == digest(CLIENT_KEY)
+    assert digest(CLIENT_KEY) != digest(CLIENT_KEY + "-rotated")
 
 
 def test_ui_gets_its_own_key_from_a_secret(keyed):
@@ -77,7 +100,8 @@ def test_ui_gets_its_own_key_from_a_secret(keyed):
 
 def test_keys_are_generated_when_not_configured():
     rec = harness.run("local")
-    generated = [r for r in rec.of_type("random:index/randomPassword:RandomPassword") if r.name.startswith("api-keys")]
+    generated = [r for r in rec.of_type("random:index/randomPassword:RandomPassword")
+                 if r.name.startswith("api-keys-")]
     assert sorted(r.name for r in generated) == ["api-keys-client", "api-keys-ui"]
     assert all(r.inputs["length"] >= 32 and r.inputs["special"] is False for r in generated)
     assert "apiKey" in rec.secret_outputs
@@ -528,8 +552,8 @@ def test_the_ui_admin_and_sign_up_are_configurable():
     assert env["ENABLE_SIGNUP"]["value"] == "True" and env["WEBUI_ADMIN_EMAIL"]["value"] == "me@example.org"
     assert harness.reveal(rec.one("kubernetes:core/v1:Secret", "gitops-secret-open-webui-admin")
                           .inputs["stringData"])["WEBUI_ADMIN_PASSWORD"] == "admin-pass-0123456789"
-    assert not rec.of_type("random:index/randomPassword:RandomPassword") or all(
-        r.name.startswith("api-keys") for r in rec.of_type("random:index/randomPassword:RandomPassword"))
+    # The configured password is used: none is generated for the admin.
+    assert "ui-admin-password" not in [r.name for r in rec.of_type("random:index/randomPassword:RandomPassword")]
 
 
 def test_plain_text_ui_admin_password_is_refused():
