@@ -663,7 +663,7 @@ def _key_path(loc: tuple) -> str:
 
 def display_key(key: str) -> str:
     """A key as written in the stack file; odd ones (spaces, colons, empty) quoted."""
-    return key if re.match(r"^[A-Za-z_][\w-]*$", key) else json.dumps(key)
+    return key if re.fullmatch(r"[A-Za-z_][\w-]*", key) else json.dumps(key)
 
 
 def _message(err: dict) -> str:
