@@ -386,6 +386,8 @@ def _storage(value: str) -> str:
 Storage = Annotated[str, AfterValidator(_storage)]
 # Without a stated weight size: a cache that holds a model of a few tens of GB.
 DEFAULT_CACHE = "100Gi"
+# The cache classes provision 4000 IOPS, which gp3 and Hyperdisk give volumes of 8 GiB and up.
+MIN_CACHE_GI = 10
 
 
 def cache_for(weights: str) -> str:
@@ -422,6 +424,8 @@ class VllmModel(_Model):
 
     @model_validator(mode="after")
     def _cache_holds_the_weights(self) -> "VllmModel":
+        if quantity_bytes(self.cache) < MIN_CACHE_GI * GI:
+            raise ValueError(f"cacheSize: expected at least {MIN_CACHE_GI}Gi, got {self.cache!r}")
         if self.weights_size and quantity_bytes(self.cache) < quantity_bytes(self.weights_size):
             raise ValueError(f"cacheSize: {self.cache} cannot hold the model's weights "
                              f"(weightsSize {self.weights_size}); leave it out to size it from the weights")

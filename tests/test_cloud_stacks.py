@@ -435,3 +435,9 @@ def test_a_cache_smaller_than_the_weights_is_refused():
         "Pulumi.eks.yaml: llm-platform:models[0].cacheSize: 100Gi cannot hold the model's weights "
         "(weightsSize 140Gi); leave it out to size it from the weights")
     assert info.value.registrations == []
+
+
+def test_a_cache_too_small_for_its_provisioned_iops_is_refused():
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("eks", {"llm-platform:models": [big_model("eks", cacheSize="5Gi")]})
+    assert str(info.value.error) == "Pulumi.eks.yaml: llm-platform:models[0].cacheSize: expected at least 10Gi, got '5Gi'"

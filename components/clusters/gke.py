@@ -19,7 +19,7 @@ CACHE_CLASS = "model-cache"
 # only kind TPU v6e attaches) is provisioned: 500 MiB/s reads a 140 GiB model in ~5 minutes.
 PD_BALANCED_MIB_S = 140
 HYPERDISK_MIB_S = 500
-HYPERDISK_IOPS = 6000
+HYPERDISK_IOPS = 4000
 _WORKLOAD_METADATA = {"mode": "GKE_METADATA"}
 _SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 
