@@ -558,10 +558,16 @@ class StackConfig(_Model):
 
     @model_validator(mode="before")
     @classmethod
-    def _defaults_for_the_cluster(cls, raw: Any) -> Any:
-        """Fill in the accelerator and models a cluster kind serves on, when left out."""
+    def _no_removed_keys(cls, raw: Any) -> Any:
+        """A key that used to exist gets its own answer, not "unknown key"."""
         if isinstance(raw, dict) and "deleteModelCaches" in raw:
             raise ValueError(REMOVED_DELETE_MODEL_CACHES)
+        return raw
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_for_the_cluster(cls, raw: Any) -> Any:
+        """Fill in the accelerator and models a cluster kind serves on, when left out."""
         if not isinstance(raw, dict) or not isinstance(raw.get("cluster"), dict):
             return raw
         kind = raw["cluster"].get("kind")

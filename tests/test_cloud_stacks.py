@@ -393,19 +393,24 @@ def big_model(rec_stack: str, **keys) -> dict:
     return {k: v for k, v in {**model, **keys}.items() if v is not None}
 
 
+def startup_budget_s(sts: dict) -> int:
+    probe = sts["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    return probe["periodSeconds"] * probe["failureThreshold"]
+
+
 @pytest.mark.parametrize("stack", ["eks", "gke"])
-def test_a_70b_model_gets_a_cache_that_holds_it_and_time_to_load(stack):
-    rec = harness.run(stack, {"llm-platform:models": [big_model(stack, weightsSize="140Gi", cacheSize=None)]})
+@pytest.mark.parametrize("weights", [140, 400])  # a 70B and a 200B model in bf16
+def test_a_big_model_gets_a_cache_that_holds_it_and_time_to_load(stack, weights):
+    rec = harness.run(stack, {"llm-platform:models": [big_model(stack, weightsSize=f"{weights}Gi", cacheSize=None)]})
     sts = server(rec)
     (template,) = sts["spec"]["volumeClaimTemplates"]
-    assert gib(template["spec"]["resources"]["requests"]["storage"]) >= 140 * 1.1
-    probe = sts["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
-    budget_s = probe["periodSeconds"] * probe["failureThreshold"]
+    assert gib(template["spec"]["resources"]["requests"]["storage"]) >= weights * 1.1
+    budget_s = startup_budget_s(sts)
     # At least: download at a modest 50 MiB/s, then read back at what the cache class sustains.
     sc = cache_class(rec)
     params = sc["parameters"]
     throughput = int(params.get("throughput") or params.get("provisioned-throughput-on-create", "140Mi").removesuffix("Mi"))
-    assert budget_s >= 140 * GIB / (50 * MIB) + 140 * GIB / (throughput * MIB)
+    assert budget_s >= weights * GIB / (50 * MIB) + weights * GIB / (throughput * MIB)
     # Pulumi waits at least as long as the pods may take.
     timeouts = rec.one(STATEFULSET).custom_timeouts
     assert int(timeouts["create"].removesuffix("m")) * 60 > budget_s
