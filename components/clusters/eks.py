@@ -204,8 +204,9 @@ def cache_class(cfg: EksCluster) -> CacheClass:
             "volume_binding_mode": "WaitForFirstConsumer",
             "allow_volume_expansion": True,
             "reclaim_policy": "Delete",
+            # The driver reports and reads the well-known zone key as well as its own.
             "allowed_topologies": [{"matchLabelExpressions": [
-                {"key": "topology.ebs.csi.aws.com/zone", "values": [cfg.gpu_zone]}]}],
+                {"key": "topology.kubernetes.io/zone", "values": [cfg.gpu_zone]}]}],
         },
         throughput_mib_s=CACHE_THROUGHPUT_MIB_S,
     )
