@@ -13,3 +13,18 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 @pytest.fixture(scope="session")
 def local() -> harness.Recording:
     return harness.run("local")
+
+
+# --- A real control plane (tests/test_cluster.py): one per session, stopped at its end ------
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory):
+    from tests import kube
+
+    why = kube.missing()
+    if why:
+        pytest.skip(why)
+    cp = kube.ControlPlane(tmp_path_factory.mktemp("envtest") / "run")
+    yield cp
+    cp.stop()
