@@ -327,7 +327,9 @@ def test_gke_cache_disk_attaches_to_the_tpu_machine_in_its_zone(machine, disk):
     rec = harness.run("gke", {"llm-platform:cluster": {**cluster, "tpuPool": {**cluster["tpuPool"], "machineType": machine}}})
     sc = cache_class(rec)
     assert sc["provisioner"] == "pd.csi.storage.gke.io" and sc["parameters"]["type"] == disk
-    assert allowed_zones(sc) == set(rec.one("gcp:container/nodePool:NodePool", "cluster-tpu").inputs["nodeLocations"])
+    # Made where the first pod is scheduled, and the pool has one zone.
+    assert sc["volumeBindingMode"] == "WaitForFirstConsumer"
+    assert len(rec.one("gcp:container/nodePool:NodePool", "cluster-tpu").inputs["nodeLocations"]) == 1
     if disk == "hyperdisk-balanced":  # provisioned, not the 140 MiB/s baseline
         assert int(sc["parameters"]["provisioned-throughput-on-create"].removesuffix("Mi")) >= 400
 

@@ -134,7 +134,8 @@ def test_model_server_rollout_completes(control_plane, deployed, stacks, request
     ones must be placed. Either way: new pods appear and every one is bound."""
     if deployed.stack == "eks":
         request.applymarker(pytest.mark.xfail(
-            strict=True, reason="a surge rollout on EKS needs a second GPU node that nothing adds"))
+            strict=True, reason="no GPU is advertised until the device plugin serves the GPU nodes: the "
+                                "model server is Pending before any rollout (the StatefulSet needs no surge)"))
     cp = control_plane
     stacks.dirty()
     owners = set()
@@ -218,3 +219,109 @@ def test_node_shapes_follow_the_registered_pools():
     assert tpu and all(n.devices == {"google.com/tpu": 4} for n in tpu)
     assert all(n.labels["topology.kubernetes.io/zone"] == "us-central1-a" for n in tpu)
     assert yaml.safe_dump(tpu[0].manifest())
+
+
+# --- vLLM caches and rollouts on the EKS GPU pool -----------------------------------------
+
+
+EKS_TWO_REPLICAS = {
+    "llm-platform:cluster": {**mock_engine.stack_config("eks")["llm-platform:cluster"]},
+    "llm-platform:models": [{**mock_engine.stack_config("eks")["llm-platform:models"][0], "replicas": 2}],
+}
+EKS_TWO_REPLICAS["llm-platform:cluster"]["gpuNodes"] = {
+    **EKS_TWO_REPLICAS["llm-platform:cluster"]["gpuNodes"], "desiredSize": 2}
+
+
+def _gpus_advertised(objects, nodes):
+    """As once the device plugin runs on the GPU nodes (whether it lands there is what
+    test_daemonsets_serve_their_nodes checks): here only caches, zones and rollouts are tested."""
+    for n in nodes:
+        n.devices.update(n.devices_from_plugin)
+        n.devices_from_plugin.clear()
+
+
+def _mark_ready(cp: kube.ControlPlane, namespace: str) -> None:
+    """What the kubelet reports once a bound pod's containers run and its probes pass."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for pod in cp.pods(namespace, cs.MODEL_SERVERS):
+        if pod.spec.node_name and not pod.metadata.deletion_timestamp and not any(
+                c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []):
+            cp.core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {
+                "phase": "Running",
+                "conditions": [{"type": t, "status": "True", "lastTransitionTime": now}
+                               for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
+                "containerStatuses": [{"name": c.name, "ready": True, "started": True, "restartCount": 0,
+                                       "image": c.image, "imageID": "", "state": {"running": {"startedAt": now}}}
+                                      for c in pod.spec.containers]}})
+
+
+def _claims_by_pod(cp: kube.ControlPlane, namespace: str) -> dict[str, tuple[str, str, str]]:
+    """pod -> (its cache claim, the node it is bound to, the zone of the claim's volume)."""
+    out = {}
+    for pod in cp.pods(namespace, cs.MODEL_SERVERS):
+        claim = next(v.persistent_volume_claim.claim_name for v in pod.spec.volumes if v.persistent_volume_claim)
+        pvc = cp.core.read_namespaced_persistent_volume_claim(claim, namespace)
+        zone = None
+        if pvc.spec.volume_name:
+            pv = cp.core.read_persistent_volume(pvc.spec.volume_name)
+            zone = pv.spec.node_affinity.required.node_selector_terms[0].match_expressions[0].values[0]
+        out[pod.metadata.name] = (claim, pod.spec.node_name, zone)
+    return out
+
+
+def test_vllm_replicas_get_own_caches_and_roll_on_the_gpus_that_exist(control_plane, stacks):
+    """Two replicas on the two GPU nodes the node group runs (nothing adds a third): each pod
+    is bound with a claim of its own, in the GPU nodes' zone; a new pod template rolls out to
+    the end, one pod at a time on its own claim. Then the check bites: a GPU node in the other
+    zone (as the node group spanning both zones had) cannot take a replica whose cache is here."""
+    cp = control_plane
+    cp.reset(stacks.current.objects if stacks.current else [])
+    stacks.key, stacks.current = None, None
+    d = cs.deploy(cp, "eks", mock_engine.run("eks", EKS_TWO_REPLICAS), _gpus_advertised)
+    stacks.current = d
+    stacks.dirty()
+    ns = "models"
+    gpu_nodes = {n.name: n.labels["topology.kubernetes.io/zone"] for n in d.nodes if n.pool == "gpu"}
+    assert len(gpu_nodes) == 2 and len(set(gpu_nodes.values())) == 1
+    (zone,) = set(gpu_nodes.values())
+
+    kube.until(lambda: (cs.stand_ins(cp, d), _mark_ready(cp, ns),
+                        all(n for _, n, z in _claims_by_pod(cp, ns).values()))[-1] and
+               len(_claims_by_pod(cp, ns)) == 2, 60, "both replicas bound")
+    before = _claims_by_pod(cp, ns)
+    assert {c for c, _, _ in before.values()} == {"cache-qwen-0", "cache-qwen-1"}
+    assert {n for _, n, _ in before.values()} == set(gpu_nodes)
+    kube.until(lambda: (cs.stand_ins(cp, d), {z for _, _, z in _claims_by_pod(cp, ns).values()} == {zone})[-1],
+               30, "caches provisioned in the GPU zone")
+
+    sts = cp.dyn.resources.get(api_version="apps/v1", kind="StatefulSet")
+    cp.dyn.patch(sts, name="qwen", namespace=ns, content_type="application/merge-patch+json",
+                 body={"spec": {"template": {"metadata": {"annotations": {ROLLOUT_ANNOTATION: "1"}}}}})
+
+    def rolled() -> bool:
+        cs.stand_ins(cp, d)
+        kube.finish_terminations(cp, ns)
+        _mark_ready(cp, ns)
+        s = cp.apps.read_namespaced_stateful_set("qwen", ns)
+        st = s.status
+        return (st.observed_generation == s.metadata.generation and st.update_revision == st.current_revision
+                and st.updated_replicas == 2 and st.ready_replicas == 2)
+
+    kube.until(rolled, 60, "the rollout completes")
+    after = _claims_by_pod(cp, ns)
+    assert after == before  # same claim, same node, same zone for every replica
+    for pod in cp.pods(ns, cs.MODEL_SERVERS):
+        assert (pod.metadata.annotations or {}).get(ROLLOUT_ANNOTATION) == "1"
+
+    # The check bites: replica 1's node moves to the other zone; its replacement has no node left.
+    other = next(z for z in ("us-west-2a", "us-west-2b") if z != zone)
+    node = before["qwen-1"][1]
+    cp.core.patch_node(node, {"metadata": {"labels": {"topology.kubernetes.io/zone": other}}})
+    cp.core.delete_namespaced_pod("qwen-1", ns, grace_period_seconds=0)
+
+    def stuck() -> list[str]:
+        cs.stand_ins(cp, d)
+        return [p for p in cs.unbound_pods(cp, d, cs.MODEL_SERVERS) if "qwen-1" in p and "Unschedulable" in p]
+
+    problems = kube.until(stuck, 30, "replica 1 refused by the scheduler")
+    assert "volume node affinity conflict" in problems[0] or "node affinity" in problems[0], problems

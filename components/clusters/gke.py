@@ -132,12 +132,13 @@ def build(parent: pulumi.Resource, name: str, cfg: GkeCluster) -> BuiltCluster:
         istio_platform="gke",
         host_models_dir=None,
         storage_class=STORAGE_CLASS,
-        cache_class=cache_class(pool.machine_type, pool.zone),
+        cache_class=cache_class(pool.machine_type),
     )
 
 
-def cache_class(machine_type: str, zone: str) -> CacheClass:
-    """A disk type the accelerator machines can attach, only in their pool's zone."""
+def cache_class(machine_type: str) -> CacheClass:
+    """A disk type the accelerator machines can attach. The pool has one zone and a disk is made
+    where its first pod is scheduled, so every cache lives in the pool's zone."""
     disk = gke_cache_disk(machine_type)
     parameters, throughput = {"type": disk}, PD_BALANCED_MIB_S
     if disk == "hyperdisk-balanced":
@@ -152,7 +153,6 @@ def cache_class(machine_type: str, zone: str) -> CacheClass:
             "volume_binding_mode": "WaitForFirstConsumer",
             "allow_volume_expansion": True,
             "reclaim_policy": "Delete",
-            "allowed_topologies": [{"matchLabelExpressions": [{"key": "topology.gke.io/zone", "values": [zone]}]}],
         },
         throughput_mib_s=throughput,
     )
