@@ -5,7 +5,7 @@ import pulumi
 from components import (
     ApiKeys, Backend, Cluster, Gateway, GitOpsController, GpuDevicePlugin, LlmServer, Mesh, ModelRoute,
 )
-from components.accelerators import from_config as accelerator_from_config
+from components.accelerators import from_config as accelerator_from_config, units_in_use
 from components.apps import OPEN_WEBUI_PORT, OPEN_WEBUI_SERVICE_ACCOUNT, ModelEndpoint, all_apps, open_webui_host
 from components.config import ConfigError, load
 from components.mesh import INGRESS_PRINCIPAL, principal
@@ -74,10 +74,11 @@ servers = [
         "provider": provider,
         "host_models_dir": cluster.host_models_dir,
         "host_models_claim": model_namespace.host_models_claim,
-        "storage_class": cluster.storage_class,
+        "storage_class": cluster.cache_storage_class,
+        "cache_throughput_mib_s": cluster.cache_throughput_mib_s,
+        "units_in_use": units_in_use(cluster.accelerator, cfg.models),
         "hf_token": pulumi.Output.secret(cfg.hf_token) if cfg.hf_token else None,
         "priority_class": cluster.serving_priority_class,
-        "retain_cache": not cfg.delete_model_caches,
         "api_keys": {"client": keys.client, "ui": keys.ui} if keys else None,
         "restricted": cfg.security.restricted_pods,
         "supplemental_groups": cfg.security.supplemental_groups,

@@ -1,9 +1,13 @@
-"""LlmServer: one OpenAI-compatible model server (Deployment + Service) for one model."""
+"""LlmServer: one OpenAI-compatible model server for one model: a Deployment on the host's
+model files, or a StatefulSet whose replicas each cache the weights on a volume of their own;
+plus its Service."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
+import math
 import shlex
 from typing import Optional, TypedDict
 
@@ -13,6 +17,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from .accelerators import Accelerator
+from .config import quantity_bytes
 from .serving import (
     API_KEY_ENTRIES, API_KEYS_MOUNT, CACHE_MOUNT, MODELS_MOUNT, TERMINATION_GRACE_S, ServerSpec,
     api_keys_file_content, server_spec,
@@ -24,6 +29,14 @@ RUN_AS = 10001
 # Pod-template annotation that changes with the API keys: servers read them only at start, so
 # a rotated key rolls the pods.
 KEYS_DIGEST_ANNOTATION = "llm-platform/api-keys-digest"
+# A first start downloads the weights from the model hub: assume a modest steady rate.
+DOWNLOAD_MIB_S = 50
+# Beyond moving bytes: CUDA graph capture, or XLA compiling every shape on a TPU.
+LOAD_MINUTES = {"nvidia": 10, "tpu": 45}
+# Transfers rarely run at the nominal rate for the whole time.
+TRANSFER_MARGIN = 1.5
+# Pulumi waits this much beyond the pods' own startup budget (scheduling, image pull).
+AWAIT_MARGIN_MINUTES = 10
 
 
 class LlmServerArgs(TypedDict):
@@ -35,19 +48,34 @@ class LlmServerArgs(TypedDict):
     host_models_dir: Optional[str]
     # The namespace's claim on the node's /mnt/models (servers that read GGUF files from it).
     host_models_claim: Optional[pulumi.Input[str]]
-    # StorageClass of the model cache PVC (servers that download weights).
+    # StorageClass of the model caches (servers that download weights), and the MiB/s one
+    # such volume sustains (None: unknown).
     storage_class: Optional[pulumi.Input[str]]
+    cache_throughput_mib_s: Optional[int]
+    # Accelerator units all model servers on this accelerator hold together.
+    units_in_use: int
     # Hugging Face token (a Pulumi secret), for gated models; None for public ones.
     hf_token: Optional[pulumi.Output[str]]
     priority_class: pulumi.Input[str]
     # API keys the server accepts (Pulumi secrets), by role ("client", "ui"); None: open API.
     api_keys: Optional[dict[str, pulumi.Output[str]]]
-    # Keep the model cache PVC when the stack is destroyed.
-    retain_cache: bool
     # Run under the restricted Pod Security profile (non-root, no privilege, read-only root).
     restricted: bool
     # Extra groups (e.g. the node's render group for /dev/dri).
     supplemental_groups: list[int]
+
+
+def startup_minutes(model, accel: Accelerator, spec: ServerSpec, throughput_mib_s: Optional[int]) -> int:
+    """How long the slowest start may take: downloading the weights onto the cache, reading
+    them back, then loading/compiling. A model of unstated size gets the runtime's allowance,
+    which is also the floor."""
+    weights = getattr(model, "weights_size", None)
+    if not weights or not throughput_mib_s:
+        return spec.startup_minutes
+    mib = quantity_bytes(weights) / 2**20
+    transfer_s = mib / min(DOWNLOAD_MIB_S, throughput_mib_s) + mib / throughput_mib_s
+    derived = LOAD_MINUTES.get(accel.kind, 0) + TRANSFER_MARGIN * transfer_s / 60
+    return max(spec.startup_minutes, math.ceil(derived))
 
 
 def fetch_command(model, models_dir: str) -> str:
@@ -71,6 +99,8 @@ class LlmServer(pulumi.ComponentResource):
         super().__init__("llm-platform:index:LlmServer", name, None, opts)
         model, accel, provider = args["model"], args["accelerator"], args["provider"]
         spec = server_spec(model, accel, api_auth=args["api_keys"] is not None)
+        spec = dataclasses.replace(
+            spec, startup_minutes=startup_minutes(model, accel, spec, args["cache_throughput_mib_s"]))
         self.alias = model.name
         self.port = spec.port
         self.namespace = pulumi.Output.from_input(args["namespace"])
@@ -85,6 +115,7 @@ class LlmServer(pulumi.ComponentResource):
         waits_for: list[pulumi.Resource] = []
         volumes, mounts, env = [], [], [{"name": k, "value": v} for k, v in spec.env.items()]
         annotations: dict = {}
+        claim_templates = None
         if spec.model_store == "host":
             volumes.append({"name": "models", "persistentVolumeClaim": {
                 "claimName": args["host_models_claim"], "readOnly": True}})
@@ -98,7 +129,7 @@ class LlmServer(pulumi.ComponentResource):
                     opts=pulumi.ResourceOptions(parent=self),
                 ))
         else:
-            self._model_cache(name, model, meta, args, k8s_opts, volumes, mounts, env)
+            claim_templates = self._model_cache(name, model, meta, args, k8s_opts, mounts, env)
         if spec.api_keys_file:
             annotations[KEYS_DIGEST_ANNOTATION] = self._api_keys(
                 name, model.name, meta, spec, args["api_keys"], k8s_opts, volumes, mounts)
@@ -112,36 +143,52 @@ class LlmServer(pulumi.ComponentResource):
             volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}})
             mounts.append({"name": "shm", "mountPath": "/dev/shm"})
 
-        self.deployment = k8s.apps.v1.Deployment(
-            f"{name}-deployment",
-            metadata={**meta, "name": model.name},
-            spec={
-                "replicas": model.replicas,
-                "progressDeadlineSeconds": spec.startup_minutes * 60,
-                "strategy": rollout_strategy(accel, spec.accelerators, model.replicas),
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels, "annotations": annotations or None},
-                    "spec": {
-                        "priorityClassName": args["priority_class"],
-                        # Model servers never call the Kubernetes API.
-                        "automountServiceAccountToken": False,
-                        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
-                        "securityContext": pod_security(args["restricted"], args["supplemental_groups"]),
-                        "containers": [_container(model, accel, spec, env, mounts, args["restricted"])],
-                        "nodeSelector": dict(accel.node_selector) or None,
-                        "tolerations": list(accel.tolerations) or None,
-                        "volumes": volumes,
-                    },
-                },
+        template = {
+            "metadata": {"labels": labels, "annotations": annotations or None},
+            "spec": {
+                "priorityClassName": args["priority_class"],
+                # Model servers never call the Kubernetes API.
+                "automountServiceAccountToken": False,
+                "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
+                "securityContext": pod_security(args["restricted"], args["supplemental_groups"]),
+                "containers": [_container(model, accel, spec, env, mounts, args["restricted"])],
+                "nodeSelector": dict(accel.node_selector) or None,
+                "tolerations": list(accel.tolerations) or None,
+                "volumes": volumes,
             },
-            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
-                depends_on=waits_for,
-                custom_timeouts=pulumi.CustomTimeouts(
-                    create=f"{spec.startup_minutes + 10}m", update=f"{spec.startup_minutes + 10}m"
-                ),
-            )),
-        )
+        }
+        budget = spec.startup_minutes
+        if claim_templates is None:
+            self.workload = k8s.apps.v1.Deployment(
+                f"{name}-deployment",
+                metadata={**meta, "name": model.name},
+                spec={
+                    "replicas": model.replicas,
+                    "progressDeadlineSeconds": budget * 60,
+                    "strategy": rollout_strategy(accel, spec.accelerators, args["units_in_use"]),
+                    "selector": {"matchLabels": labels},
+                    "template": template,
+                },
+                opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
+                    depends_on=waits_for,
+                    custom_timeouts=_timeouts(budget + AWAIT_MARGIN_MINUTES, budget + AWAIT_MARGIN_MINUTES),
+                )),
+            )
+        else:
+            self.workload = k8s.apps.v1.StatefulSet(
+                f"{name}-statefulset",
+                metadata={**meta, "name": model.name},
+                spec=stateful_spec(model, labels, template, claim_templates),
+                # Replicas start together, but an update replaces them one by one, each of which
+                # may have to download again (a changed model): Pulumi waits for all of them.
+                opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
+                    depends_on=waits_for,
+                    custom_timeouts=_timeouts(
+                        budget + AWAIT_MARGIN_MINUTES,
+                        max(model.replicas, 1) * (budget + math.ceil(TERMINATION_GRACE_S / 60)) + AWAIT_MARGIN_MINUTES,
+                    ),
+                )),
+            )
         if model.replicas > 1:
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb",
@@ -163,24 +210,11 @@ class LlmServer(pulumi.ComponentResource):
         )
         self.register_outputs({"alias": self.alias, "serviceHost": self.service_host, "port": self.port})
 
-    def _model_cache(self, name, model, meta: dict, args: LlmServerArgs, opts, volumes, mounts, env) -> None:
-        """Weights (and compiled XLA graphs) on a PVC that outlives pods: restarts never download
-        again; plus the Hugging Face token, when there is one, from a Secret."""
-        cache = k8s.core.v1.PersistentVolumeClaim(
-            f"{name}-cache",
-            metadata={**meta, "name": f"{model.name}-cache",
-                      # Bound only when its pod is scheduled (WaitForFirstConsumer): do not await.
-                      "annotations": {"pulumi.com/skipAwait": "true"}},
-            spec={
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": args["storage_class"],
-                "resources": {"requests": {"storage": model.cache_size}},
-            },
-            # Destroying the stack keeps downloaded weights unless config says otherwise.
-            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=args["retain_cache"])),
-        )
-        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": cache.metadata.name}})
-        mounts.append({"name": "cache", "mountPath": CACHE_MOUNT})
+    def _model_cache(self, name, model, meta: dict, args: LlmServerArgs, opts, mounts, env) -> list[dict]:
+        """Each replica's own volume for the weights (and compiled XLA graphs): restarts and
+        rollouts never download again, and no two pods share a ReadWriteOnce disk. Plus the
+        Hugging Face token, when there is one, from a Secret."""
+        mounts.append({"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT})
         if args["hf_token"] is not None:
             token = k8s.core.v1.Secret(
                 f"{name}-hf-token",
@@ -190,6 +224,14 @@ class LlmServer(pulumi.ComponentResource):
             )
             env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
                 "name": token.metadata.name, "key": "HF_TOKEN"}}})
+        return [{
+            "metadata": {"name": CACHE_VOLUME, "labels": meta["labels"]},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": args["storage_class"],
+                "resources": {"requests": {"storage": model.cache}},
+            },
+        }]
 
     def _api_keys(self, name, alias: str, meta, spec: ServerSpec, keys: dict, opts, volumes, mounts) -> pulumi.Output[str]:
         """The keys reach the server as a file from a Secret: never in its args, env or logs.
@@ -218,12 +260,39 @@ class LlmServer(pulumi.ComponentResource):
         return pulumi.Output.unsecret(digest)
 
 
-def rollout_strategy(accel: Accelerator, units: int, replicas: int) -> dict:
-    """Never drop the last ready replica when a new pod fits beside the old ones; where the
-    accelerators cannot hold one more pod (a single GPU, a TPU host), replace in place."""
-    if accel.fits_surge(units, replicas):
+CACHE_VOLUME = "cache"
+
+
+def _timeouts(create_minutes: int, update_minutes: int) -> pulumi.CustomTimeouts:
+    return pulumi.CustomTimeouts(create=f"{create_minutes}m", update=f"{update_minutes}m")
+
+
+def rollout_strategy(accel: Accelerator, units: int, in_use: int) -> dict:
+    """For servers on the host's model files (a read-only claim any new pod can mount): never
+    drop the last ready replica when the accelerators that are really there (or that an
+    autoscaler adds) hold one more pod; otherwise replace in place."""
+    if accel.fits_surge(units, in_use):
         return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     return {"type": "Recreate"}
+
+
+def stateful_spec(model, labels: dict, template: dict, claim_templates: list[dict]) -> dict:
+    """Replica N always mounts claim cache-<name>-N. A rolling update replaces one pod at a time
+    on its own claim, so it never needs a second accelerator or a second copy of the weights;
+    with more than one replica the others keep serving."""
+    return {
+        # The Service that selects the pods (per-pod DNS is not needed).
+        "serviceName": model.name,
+        "replicas": model.replicas,
+        # Replicas download and start together, not one after another.
+        "podManagementPolicy": "Parallel",
+        "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}},
+        # A replaced StatefulSet, or a replica scaled away and back, finds its weights again.
+        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+        "selector": {"matchLabels": labels},
+        "template": template,
+        "volumeClaimTemplates": claim_templates,
+    }
 
 
 POD_SECURITY = {

@@ -62,3 +62,18 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(
             f"chart renders: {len(charts.RENDER_SECONDS)} in {total:.1f}s (slowest: "
             + ", ".join(f"{k} {v:.1f}s" for k, v in slowest) + ")")
+
+
+# --- A real control plane (tests/test_cluster.py): one per session, stopped at its end ------
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory):
+    from tests import kube
+
+    why = kube.missing()
+    if why:
+        pytest.skip(why)
+    cp = kube.ControlPlane(tmp_path_factory.mktemp("envtest") / "run")
+    yield cp
+    cp.stop()

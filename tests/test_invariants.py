@@ -472,9 +472,9 @@ def test_a_reference_to_nothing_is_flagged(eks_cluster):
     _, cluster = eks_cluster
 
     def no_class(obj):
-        obj["spec"]["storageClassName"] = "fast-nvme"
-    found = dangling_references(_edited(cluster, "PersistentVolumeClaim", "qwen-cache", no_class), "eks")
-    assert found == ["program:model-qwen PersistentVolumeClaim models/qwen-cache refers to StorageClass fast-nvme, "
+        obj["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] = "fast-nvme"
+    found = dangling_references(_edited(cluster, "StatefulSet", "qwen", no_class), "eks")
+    assert found == ["program:model-qwen StatefulSet models/qwen refers to StorageClass fast-nvme, "
                      "which nothing creates"]
 
     def no_secret(obj):
@@ -492,7 +492,7 @@ def test_a_reference_to_nothing_is_flagged(eks_cluster):
 
     def no_priority(obj):
         obj["spec"]["template"]["spec"]["priorityClassName"] = "llm-servng"
-    assert dangling_references(_edited(cluster, "Deployment", "qwen", no_priority), "eks")
+    assert dangling_references(_edited(cluster, "StatefulSet", "qwen", no_priority), "eks")
 
     issuer = charts.Manifest("program:gateway", {
         "apiVersion": "cert-manager.io/v1", "kind": "ClusterIssuer", "metadata": {"name": "acme"},
@@ -559,7 +559,7 @@ def test_floating_and_undocumented_images_are_flagged(eks_cluster):
 
     def floating(obj):
         obj["spec"]["template"]["spec"]["containers"][0]["image"] = "vllm/vllm-openai:latest"
-    edited = _edited(cluster, "Deployment", "qwen", floating)
+    edited = _edited(cluster, "StatefulSet", "qwen", floating)
     assert any("vllm/vllm-openai:latest" in f for f in unpinned_images(edited))
     assert any("vllm/vllm-openai:latest" in f for f in undocumented_program_images(edited))
     assert image_tag("redis@sha256:" + "0" * 64) is None and image_tag("redis") == ""

@@ -23,11 +23,13 @@ def test_render_writes_one_file_per_component(rendered):
     assert {"mesh.yaml", "gitops.yaml", "gateway.yaml", "cloud.yaml"} <= set(files)
     model_file = f"model-{harness.stack_config(stack)['llm-platform:models'][0]['name']}.yaml"
     kinds = {d["kind"] for d in files[model_file]}
-    assert {"Deployment", "Service"} <= kinds
+    # Servers that cache downloaded weights run as a StatefulSet (one cache per replica).
+    workload = "StatefulSet" if stack in ("eks", "gke") else "Deployment"
+    assert {workload, "Service"} <= kinds
     assert {d["kind"] for d in files["gateway.yaml"]} == {"Gateway", "VirtualService"}
     releases = [d for d in files["mesh.yaml"] if d["kind"] == "HelmRelease"]
     assert [r["spec"]["chart"] for r in releases] == ["base", "cni", "istiod", "gateway"]
-    deployment = next(d for d in files[model_file] if d["kind"] == "Deployment")
+    deployment = next(d for d in files[model_file] if d["kind"] == workload)
     assert isinstance(deployment["spec"]["replicas"], int)  # no mock-engine floats
 
 

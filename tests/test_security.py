@@ -20,8 +20,13 @@ def keyed(request):
     return harness.run(request.param, SECRET_OVERRIDES, secrets=SECRETS)
 
 
+def model_server(rec):
+    """The model server's workload: a Deployment, or a StatefulSet where it caches weights."""
+    return (rec.of_type("kubernetes:apps/v1:Deployment") + rec.of_type("kubernetes:apps/v1:StatefulSet"))[0]
+
+
 def container(rec):
-    return rec.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]["spec"]["containers"][0]
+    return model_server(rec).inputs["spec"]["template"]["spec"]["containers"][0]
 
 
 def plain_text(value) -> str:
@@ -58,7 +63,7 @@ def test_server_requires_a_key_read_from_a_secret(keyed):
         assert yaml.safe_load(data[entry]) == {"api-key": [CLIENT_KEY, UI_KEY]}
         assert entry.endswith(".yaml") and "--api-key" not in c["args"]
     mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
-    volume = next(v for v in keyed.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]
+    volume = next(v for v in model_server(keyed).inputs["spec"]["template"]
                   ["spec"]["volumes"] if v["name"] == mount["name"])
     assert volume["secret"] == {"secretName": secret.inputs["metadata"]["name"],
                                 "items": [{"key": entry, "path": entry}]}
@@ -66,7 +71,7 @@ def test_server_requires_a_key_read_from_a_secret(keyed):
 
 
 def _template(rec) -> dict:
-    return rec.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]
+    return model_server(rec).inputs["spec"]["template"]
 
 
 @pytest.mark.parametrize("stack", harness.STACKS)
@@ -264,7 +269,7 @@ def test_every_pod_but_the_device_plugin_passes_the_restricted_profile(guarded):
 
 
 def test_the_checker_refuses_what_the_profile_refuses(guarded):
-    pod = json.loads(json.dumps(guarded.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]["spec"]))
+    pod = json.loads(json.dumps(model_server(guarded).inputs["spec"]["template"]["spec"]))
     pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
     pod["volumes"].append({"name": "h", "hostPath": {"path": "/"}})
     del pod["securityContext"]["seccompProfile"]
@@ -280,7 +285,7 @@ def test_namespaces_enforce_the_matching_pod_security_level(guarded):
 
 
 def test_read_only_root_with_writable_scratch(guarded):
-    pod = guarded.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]["spec"]
+    pod = model_server(guarded).inputs["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     tmp = next(m for m in c["volumeMounts"] if m["mountPath"] == "/tmp")

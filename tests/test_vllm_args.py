@@ -38,7 +38,7 @@ def servers():
     out = {}
     for stack in VLLM_STACKS:
         rec = harness.run(stack, {"llm-platform:hfToken": "hf_test"}, secrets=("llm-platform:hfToken",))
-        template = harness.reveal(rec.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"])
+        template = harness.reveal(rec.one("kubernetes:apps/v1:StatefulSet").inputs["spec"]["template"])
         secret = next(r for r in rec.of_type("kubernetes:core/v1:Secret") if r.name.endswith("-api-keys"))
         out[stack] = (template["spec"]["containers"][0], harness.reveal(secret.inputs["stringData"]))
     return out

@@ -82,6 +82,8 @@ class Registration:
     provider: str
     custom: bool
     retain_on_delete: bool = False
+    # How long the engine waits on create/update ("" where the default applies).
+    custom_timeouts: Optional[dict] = None
 
     @property
     def provider_urn(self) -> str:
@@ -224,6 +226,7 @@ class _Monitor(pulumi_mocks.MockMonitor):
                 provider=request.provider,
                 custom=request.custom,
                 retain_on_delete=bool(request.retainOnDelete),
+                custom_timeouts={"create": request.customTimeouts.create, "update": request.customTimeouts.update},
             ))
         return response
 
