@@ -19,6 +19,7 @@ try:  # the whole render: program objects plus every chart, rendered by Helm
 except ImportError:  # pragma: no cover - only until the chart renderer is there
     charts = None
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MODEL_SERVERS = "app.kubernetes.io/component=model-server"
 # Webhook configurations are left out: their servers (istiod, cert-manager) are pods that never
 # run here, so every call to them would fail; objects are admitted by the built-in plugins only.
@@ -56,7 +57,7 @@ def _helm_render(rec: Recording) -> list[dict]:
                                        is_install=True).items():
             if path.endswith("NOTES.txt"):
                 continue
-            for doc in yaml.safe_load_all(text):
+            for doc in yaml.load_all(text, Loader=_LOADER):
                 hook = ((doc or {}).get("metadata", {}).get("annotations") or {}).get("helm.sh/hook", "")
                 if doc and not any(h in hook for h in ("test", "delete", "rollback")):
                     doc.setdefault("metadata", {}).setdefault("namespace", f"?{r['namespace']}")
@@ -123,13 +124,17 @@ def deploy(cp: kube.ControlPlane, stack: str, rec: Recording,
     if mutate:
         mutate(objects, nodes)
     d = Deployed(stack, rec, objects, nodes)
-    kube.declare_nodes(cp, nodes)
+    kube.declare_nodes(cp, nodes, wait=False)
 
     crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
     for obj in crds:
         _apply(cp, d, obj)
     cp.wait_established(o["metadata"]["name"] for o in crds)
-    for obj in sorted((o for o in objects if o["kind"] != "CustomResourceDefinition"), key=_rank):
+    rest = sorted((o for o in objects if o["kind"] != "CustomResourceDefinition"), key=_rank)
+    for obj in (o for o in rest if o["kind"] not in _LAST):
+        _apply(cp, d, obj)
+    kube.nodes_schedulable(cp)
+    for obj in (o for o in rest if o["kind"] in _LAST):
         _apply(cp, d, obj)
     settle(cp, d, settle_s)
     d.seconds = time.monotonic() - t0
@@ -153,6 +158,7 @@ def stand_ins(cp: kube.ControlPlane, d: Deployed) -> None:
     """What the kubelet, the device plugin and the CSI provisioner would do by now."""
     zone_of = {n.name: n.labels.get("topology.kubernetes.io/zone") for n in d.nodes}
     kube.provision_volumes(cp, zone_of)
+    kube.nudge_static_claims(cp)
     if d.stack in DEVICE_PLUGINS:
         ns, name = DEVICE_PLUGINS[d.stack]
         kube.advertise_plugin_devices(cp, d.nodes, owned_pods(cp, ns, "DaemonSet", name))

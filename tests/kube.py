@@ -120,6 +120,13 @@ class ControlPlane:
             return Rejection(ref(obj), err.status, _message(err))
         return None
 
+    def exists(self, obj: dict) -> bool:
+        try:
+            self.dyn.get(self.resource(obj), name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace"))
+        except NotFoundError:
+            return False
+        return True
+
     def wait_established(self, names: Iterable[str], timeout: float = 30) -> None:
         crds = self.dyn.resources.get(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition")
         for name in names:
@@ -152,9 +159,20 @@ class ControlPlane:
                 _ignore_missing(lambda: self.dyn.patch(
                     self.resource(obj), name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace"),
                     body={"metadata": {"finalizers": None}}, content_type="application/merge-patch+json"))
-        for ns in self.core.list_namespace().items:
-            if ns.metadata.name not in BUILTIN_NAMESPACES:
-                _ignore_missing(lambda: self.core.delete_namespace(ns.metadata.name))
+        batch = k8s_client.BatchV1Api(self.api)
+        doomed = [ns.metadata.name for ns in self.core.list_namespace().items
+                  if ns.metadata.name not in BUILTIN_NAMESPACES]
+        for ns in doomed:
+            # Controllers first, then their pods at once (no kubelet confirms a pod's end), so
+            # the namespace controller finds no pods and does not wait out their grace periods.
+            for delete in (self.apps.delete_collection_namespaced_daemon_set,
+                           self.apps.delete_collection_namespaced_deployment,
+                           self.apps.delete_collection_namespaced_stateful_set,
+                           self.apps.delete_collection_namespaced_replica_set,
+                           batch.delete_collection_namespaced_job):
+                delete(ns, propagation_policy="Background")
+            self.core.delete_collection_namespaced_pod(ns, grace_period_seconds=0)
+            _ignore_missing(lambda: self.core.delete_namespace(ns))
         for obj in reversed(applied):
             md = obj["metadata"]
             if obj["kind"] in ("CustomResourceDefinition", "Namespace"):
@@ -240,10 +258,15 @@ class NodeShape:
         }}
 
 
-def declare_nodes(cp: ControlPlane, shapes: list[NodeShape]) -> None:
+def declare_nodes(cp: ControlPlane, shapes: list[NodeShape], wait: bool = True) -> None:
     for shape in shapes:
         cp.core.create_node(shape.manifest())
         cp.core.patch_node_status(shape.name, shape.status(shape.devices))
+    if wait:
+        nodes_schedulable(cp)
+
+
+def nodes_schedulable(cp: ControlPlane) -> None:
     # The node lifecycle controller lifts the not-ready taint once it sees them Ready.
     until(lambda: all(not any(t.key.startswith("node.kubernetes.io/") for t in (n.spec.taints or []))
                       for n in cp.nodes()), 30, "nodes schedulable")
@@ -287,6 +310,16 @@ def provision_volumes(cp: ControlPlane, zone_of: dict[str, str]) -> None:
         except ApiException as err:
             if err.status != 409:
                 raise
+
+
+def nudge_static_claims(cp: ControlPlane) -> None:
+    """A claim naming its volume, created just after that volume, waits for the PV controller's
+    next resync (15 s) to bind; touching it makes the controller look again now."""
+    for pvc in cp.core.list_persistent_volume_claim_for_all_namespaces().items:
+        if pvc.spec.volume_name and pvc.status.phase == "Pending":
+            cp.core.patch_namespaced_persistent_volume_claim(
+                pvc.metadata.name, pvc.metadata.namespace,
+                {"metadata": {"annotations": {"test.llm-platform/nudged": str(time.monotonic())}}})
 
 
 def finish_terminations(cp: ControlPlane, namespace: str) -> None:

@@ -8,8 +8,9 @@ control plane waits on (a device plugin's resource, a provisioned volume, a fini
 
 from __future__ import annotations
 
+import copy
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 import pytest
 import yaml
@@ -28,7 +29,7 @@ def resource_of(stack: str) -> str:
 
 
 class Stacks:
-    """The stack (or broken variant) now on the control plane; another one replaces it."""
+    """The stack now on the control plane; another one replaces it."""
 
     def __init__(self, cp: kube.ControlPlane):
         self.cp = cp
@@ -36,20 +37,16 @@ class Stacks:
         self.current: Optional[cs.Deployed] = None
         self.timings: dict[str, float] = {}
 
-    def get(self, stack: str, variant: str = "", mutate: Optional[Callable] = None) -> cs.Deployed:
-        key = f"{stack}{'/' + variant if variant else ''}"
+    def get(self, stack: str) -> cs.Deployed:
+        key = stack
         if key != self.key:
             t0 = time.monotonic()
             self.cp.reset(self.current.objects if self.current else [])
             self.key, self.current = None, None
-            self.current = cs.deploy(self.cp, stack, mock_engine.run(stack), mutate)
+            self.current = cs.deploy(self.cp, stack, mock_engine.run(stack))
             self.key = key
             self.timings[key] = time.monotonic() - t0
         return self.current
-
-    def dirty(self) -> None:
-        """The cluster was changed by a test: the next user starts over."""
-        self.key = None
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +77,9 @@ def daemonset_expectations(d: cs.Deployed) -> dict[tuple[str, str], tuple[set[st
         # The device plugin makes the accelerator schedulable: every accelerator node, only those.
         ("kube-system", "generic-device-plugin"): (accel, every),
         ("nvidia-device-plugin", "nvidia-device-plugin"): (accel, accel),
+        # Only when GPU feature discovery is on: NFD's worker labels GPU nodes (it may run anywhere).
+        ("nvidia-device-plugin", "nvidia-device-plugin-node-feature-discovery-worker"): (accel, every),
+        ("nvidia-device-plugin", "nvidia-device-plugin-gpu-feature-discovery"): (accel, accel),
         # Only on nodes labelled for MPS, which this platform does not use.
         ("nvidia-device-plugin", "nvidia-device-plugin-mps-control-daemon"): (set(), set()),
     }
@@ -125,7 +125,7 @@ def test_no_pod_left_pending(control_plane, deployed):
     assert not problems, "\n".join(problems)
 
 
-def test_model_server_rollout_completes(control_plane, deployed, stacks, request):
+def test_model_server_rollout_completes(control_plane, deployed, request):
     """Change every model server's pod template and follow the rollout as far as a cluster
     without kubelets shows it. Pods never become Ready here, so a surge rollout stops after its
     first new pod; what decides whether it can complete is that this pod gets placed (a new pod
@@ -136,7 +136,6 @@ def test_model_server_rollout_completes(control_plane, deployed, stacks, request
         request.applymarker(pytest.mark.xfail(
             strict=True, reason="a surge rollout on EKS needs a second GPU node that nothing adds"))
     cp = control_plane
-    stacks.dirty()
     owners = set()
     for pod in cp.pods(None, cs.MODEL_SERVERS):
         for o in pod.metadata.owner_references or []:
@@ -173,35 +172,51 @@ def test_model_server_rollout_completes(control_plane, deployed, stacks, request
     pytest.fail("rollout cannot complete:\n" + "\n".join(problems))
 
 
-# --- the checks bite --------------------------------------------------------------------------
+# --- the checks bite: the same assertions on a deliberately broken cluster -------------------
+# They break the stack already applied (after the checks above ran on it, in this order).
 
 
-def _drop_gpu_present_label(objects, nodes):
-    for n in nodes:
-        n.labels.pop("nvidia.com/gpu.present", None)
+@pytest.mark.parametrize("deployed", ["eks"], indirect=True)
+def test_bites_gpu_node_without_the_plugin_label(control_plane, deployed):
+    """A GPU node joins without the label the device plugin's affinity needs: no plugin pod
+    there, so it would never advertise `nvidia.com/gpu`."""
+    cp = control_plane
+    gpu = next(n for n in deployed.nodes if n.pool == "gpu")
+    bare = copy.deepcopy(gpu)
+    bare.name = bare.labels["kubernetes.io/hostname"] = "gpu-node-without-label"
+    bare.labels.pop("nvidia.com/gpu.present", None)
+    deployed.nodes.append(bare)
+    kube.declare_nodes(cp, [bare])
+    cs.settle(cp, deployed, 30)
+    problems = coverage_problems(cp, deployed)
+    assert "DaemonSet nvidia-device-plugin/nvidia-device-plugin: no pod on gpu-node-without-label (pool gpu)" \
+        in problems, problems
 
 
-def _drop_model_server_tolerations(objects, nodes):
-    for o in objects:
-        if o["kind"] in ("Deployment", "StatefulSet") and \
-                o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "model-server":
-            o["spec"]["template"]["spec"].pop("tolerations", None)
+@pytest.mark.parametrize("deployed", ["eks", "gke"], indirect=True)
+def test_bites_model_server_without_toleration(control_plane, deployed):
+    """The model server without its toleration of the accelerator taint: never placed. (The local
+    node has no taint, so there is nothing to break there.)"""
+    cp = control_plane
+    servers = [o for o in deployed.objects if o["kind"] in ("Deployment", "StatefulSet")
+               and o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "model-server"]
+    for obj in servers:
+        cp.dyn.delete(cp.resource(obj), name=obj["metadata"]["name"], namespace=obj["metadata"]["namespace"],
+                      body={"propagationPolicy": "Background"})
 
+    def removed() -> bool:
+        for ns in deployed.namespaces:
+            kube.finish_terminations(cp, ns)
+        return not cp.pods(None, cs.MODEL_SERVERS) and not any(cp.exists(o) for o in servers)
 
-def test_bites_gpu_nodes_without_the_plugin_label(control_plane, stacks):
-    """GPU nodes lacking the label the device plugin's affinity needs: no plugin pod on them, so
-    `nvidia.com/gpu` is never advertised and the model server stays Pending."""
-    d = stacks.get("eks", "gpu-nodes-unlabelled", _drop_gpu_present_label)
-    assert any("nvidia-device-plugin: no pod on" in p for p in coverage_problems(control_plane, d))
-    placement = cs.model_server_placement(control_plane, d, accelerator_nodes(d))
-    assert any("Insufficient nvidia.com/gpu" in p for p in placement), placement
-
-
-def test_bites_model_server_without_toleration(control_plane, stacks):
-    d = stacks.get("gke", "no-toleration", _drop_model_server_tolerations)
-    assert not coverage_problems(control_plane, d)
-    placement = cs.model_server_placement(control_plane, d, accelerator_nodes(d))
-    assert any("untolerated taint" in p for p in placement), placement
+    kube.until(removed, 30, "model servers removed")
+    for obj in servers:
+        broken = copy.deepcopy(obj)
+        broken["spec"]["template"]["spec"].pop("tolerations")
+        assert cp.apply(broken) is None
+    cs.settle(cp, deployed, 30)
+    problems = cs.model_server_placement(cp, deployed, accelerator_nodes(deployed))
+    assert problems and all("untolerated taint" in p for p in problems), problems
 
 
 def test_node_shapes_follow_the_registered_pools():

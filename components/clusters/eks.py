@@ -10,6 +10,7 @@ import pulumi
 import pulumi_aws as aws
 
 from ..config import EksCluster
+from ..hardware import NVIDIA_GPU_PRESENT_LABEL
 from .base import BuiltCluster, IngressFacts
 
 STORAGE_CLASS = "gp3"
@@ -145,7 +146,8 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
     gpu = cfg.accelerator_pool("nvidia")
     node_group(
         "gpu", cfg.gpu_nodes, cfg.gpu_nodes.ami_type,
-        labels={"llm-platform/pool": "gpu", **gpu.labels},
+        # The device plugin's affinity needs NVIDIA_GPU_PRESENT_LABEL; the model pods select gpu.labels.
+        labels={"llm-platform/pool": "gpu", **gpu.labels, **NVIDIA_GPU_PRESENT_LABEL},
         # Only pods that tolerate this (the model servers, the device plugin) land on GPUs.
         taints=[node_group_taint(gpu.taint)],
     )
