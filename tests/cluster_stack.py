@@ -6,20 +6,12 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
-
-import yaml
+from typing import Optional
 
 from tests import kube, stack_nodes
-from tools import mock_engine
+from tools import charts
 from tools.mock_engine import Recording, reveal
 
-try:  # the whole render: program objects plus every chart, rendered by Helm
-    from tools import charts
-except ImportError:  # pragma: no cover - only until the chart renderer is there
-    charts = None
-
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MODEL_SERVERS = "app.kubernetes.io/component=model-server"
 # Webhook configurations are left out: their servers (istiod, cert-manager) are pods that never
 # run here, so every call to them would fail; objects are admitted by the built-in plugins only.
@@ -36,39 +28,17 @@ def _rank(obj: dict) -> int:
     return _ORDER.index(kind) if kind in _ORDER else (len(_ORDER) + 1 if kind in _LAST else len(_ORDER))
 
 
-def program_objects(rec: Recording) -> list[dict]:
-    return [kube.plain(reveal(r.inputs)) for r in rec.kubernetes_objects()]
-
-
-def _helm_render(rec: Recording) -> list[dict]:
-    """Each Helm release of the program rendered from its pinned archive with its values."""
-    import helm_python
-
-    out = []
-    for rel in rec.of_type("kubernetes:helm.sh/v3:Release"):
-        r = kube.plain(reveal(rel.inputs))
-        chart = helm_python.Chart.load(str(kube.PROJECT_DIR.parent / "shared" / "upstream" / "charts"
-                                           / f"{r['chart']}-{r['version']}.tgz"))
-        if r.get("createNamespace"):
-            out.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": r["namespace"]}})
-        for crd in chart.crds:
-            out.extend(d for d in yaml.safe_load_all(crd["data"] if isinstance(crd, dict) else crd) if d)
-        for path, text in chart.render(r.get("values") or {}, name=r["name"], namespace=r["namespace"],
-                                       is_install=True).items():
-            if path.endswith("NOTES.txt"):
-                continue
-            for doc in yaml.load_all(text, Loader=_LOADER):
-                hook = ((doc or {}).get("metadata", {}).get("annotations") or {}).get("helm.sh/hook", "")
-                if doc and not any(h in hook for h in ("test", "delete", "rollback")):
-                    doc.setdefault("metadata", {}).setdefault("namespace", f"?{r['namespace']}")
-                    out.append(doc)
-    return out
-
-
 def whole_render(rec: Recording) -> list[dict]:
-    if charts is not None:
-        return [copy.deepcopy(m.obj) for m in charts.cluster_objects(rec)]
-    return program_objects(rec) + _helm_render(rec)
+    """The program's objects and every chart's, as `up` would apply them; plus the namespaces
+    Helm creates for releases with `createNamespace`."""
+    objects = [copy.deepcopy(m.obj) for m in charts.cluster_objects(rec)]
+    declared = {o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"}
+    for rel in rec.of_type("kubernetes:helm.sh/v3:Release"):
+        r = reveal(rel.inputs)
+        if r.get("createNamespace") and r["namespace"] not in declared:
+            declared.add(r["namespace"])
+            objects.insert(0, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": r["namespace"]}})
+    return objects
 
 
 @dataclass
@@ -112,17 +82,13 @@ DEVICE_PLUGINS = {"local": ("kube-system", "generic-device-plugin"),
                   "eks": ("nvidia-device-plugin", "nvidia-device-plugin")}
 
 
-def deploy(cp: kube.ControlPlane, stack: str, rec: Recording,
-           mutate: Optional[Callable[[list[dict], list[kube.NodeShape]], None]] = None,
-           settle_s: float = 60) -> Deployed:
+def deploy(cp: kube.ControlPlane, stack: str, rec: Recording, settle_s: float = 60) -> Deployed:
     """Declare the stack's nodes, apply its whole render and let the controllers and the
-    scheduler settle. `mutate` breaks the render or the nodes on purpose."""
+    scheduler settle."""
     t0 = time.monotonic()
     objects = [o for o in whole_render(rec) if o["kind"] not in LEFT_OUT]
     objects = stack_nodes.CLOUD_OBJECTS[stack] + objects
     nodes = nodes_for(stack, rec, objects)
-    if mutate:
-        mutate(objects, nodes)
     d = Deployed(stack, rec, objects, nodes)
     kube.declare_nodes(cp, nodes, wait=False)
 
@@ -142,13 +108,6 @@ def deploy(cp: kube.ControlPlane, stack: str, rec: Recording,
 
 
 def _apply(cp: kube.ControlPlane, d: Deployed, obj: dict) -> None:
-    ns = obj["metadata"].get("namespace")
-    if ns and ns.startswith("?"):
-        # A chart left the namespace to Helm: namespaced kinds get the release's.
-        if cp.resource(obj).namespaced:
-            obj["metadata"]["namespace"] = ns[1:]
-        else:
-            del obj["metadata"]["namespace"]
     rejected = cp.apply(obj)
     if rejected:
         d.rejections.append(rejected)
@@ -259,5 +218,3 @@ def model_server_placement(cp: kube.ControlPlane, d: Deployed, accelerator_nodes
     return out + unbound_pods(cp, d, MODEL_SERVERS)
 
 
-def run(stack: str, **overrides) -> Recording:
-    return mock_engine.run(stack, **overrides)

@@ -282,15 +282,18 @@ def advertise_plugin_devices(cp: ControlPlane, shapes: list[NodeShape], plugin_p
 
 
 def provision_volumes(cp: ControlPlane, zone_of: dict[str, str]) -> None:
-    """What a CSI external-provisioner does for a WaitForFirstConsumer claim once the scheduler has
-    picked a node: a PV in that node's zone, pre-bound to the claim (the PV controller binds it)."""
+    """What a volume provisioner does for a claim of its class: a PV pre-bound to the claim (the PV
+    controller binds them), in the zone of the node the scheduler picked for WaitForFirstConsumer."""
     classes = {sc.metadata.name: sc for sc in k8s_client.StorageV1Api(cp.api).list_storage_class().items}
     for pvc in cp.core.list_persistent_volume_claim_for_all_namespaces().items:
         node = (pvc.metadata.annotations or {}).get("volume.kubernetes.io/selected-node")
         sc = classes.get(pvc.spec.storage_class_name or "")
-        if pvc.spec.volume_name or not node or not sc or sc.provisioner == "kubernetes.io/no-provisioner":
+        if pvc.spec.volume_name or not sc or sc.provisioner == "kubernetes.io/no-provisioner":
             continue
-        zone = zone_of.get(node)
+        # WaitForFirstConsumer: only once the scheduler picked a node; Immediate: at once.
+        if not node and sc.volume_binding_mode == "WaitForFirstConsumer":
+            continue
+        zone = zone_of.get(node) if node else None
         affinity = ({"required": {"nodeSelectorTerms": [{"matchExpressions": [
             {"key": "topology.kubernetes.io/zone", "operator": "In", "values": [zone]}]}]}} if zone else None)
         name = f"pvc-{pvc.metadata.uid}"
@@ -304,7 +307,9 @@ def provision_volumes(cp: ControlPlane, zone_of: dict[str, str]) -> None:
                          "persistentVolumeReclaimPolicy": sc.reclaim_policy or "Delete",
                          "claimRef": {"namespace": pvc.metadata.namespace, "name": pvc.metadata.name,
                                       "uid": pvc.metadata.uid},
-                         "csi": {"driver": sc.provisioner, "volumeHandle": name},
+                         # minikube's provisioner makes host paths; the clouds' are CSI drivers.
+                         **({"hostPath": {"path": f"/tmp/hostpath-provisioner/{pvc.metadata.namespace}/{name}"}}
+                            if "/" in sc.provisioner else {"csi": {"driver": sc.provisioner, "volumeHandle": name}}),
                          **({"nodeAffinity": affinity} if affinity else {})},
             })
         except ApiException as err:

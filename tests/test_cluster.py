@@ -18,6 +18,7 @@ import yaml
 from components.accelerators import RESOURCES
 from tests import cluster_stack as cs
 from tests import kube
+from tests.conftest import recording
 from tools import mock_engine
 
 STACKS = mock_engine.STACKS
@@ -43,7 +44,7 @@ class Stacks:
             t0 = time.monotonic()
             self.cp.reset(self.current.objects if self.current else [])
             self.key, self.current = None, None
-            self.current = cs.deploy(self.cp, stack, mock_engine.run(stack))
+            self.current = cs.deploy(self.cp, stack, recording(stack))
             self.key = key
             self.timings[key] = time.monotonic() - t0
         return self.current
