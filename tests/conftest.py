@@ -65,5 +65,13 @@ def control_plane(tmp_path_factory):
     if why:
         pytest.skip(why)
     cp = kube.ControlPlane(tmp_path_factory.mktemp("envtest") / "run")
+    kube.TIMINGS["control plane start"] = cp.start_s
     yield cp
     cp.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tests import kube
+
+    if kube.TIMINGS:
+        terminalreporter.write_line("cluster tests: " + ", ".join(f"{k} {v:.1f}s" for k, v in kube.TIMINGS.items()))

@@ -27,6 +27,8 @@ ENVTEST = PROJECT_DIR.parent / "shared" / "envtest"
 BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd")
 FIELD_MANAGER = "llm-platform"
 BUILTIN_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease"}
+# Seconds spent starting the control plane and putting each stack on it (printed after the run).
+TIMINGS: dict[str, float] = {}
 # What the tests themselves put on the cluster; removed with the stack that needed them.
 TEST_LABEL = "test.llm-platform/part-of"
 
@@ -172,6 +174,11 @@ class ControlPlane:
                            batch.delete_collection_namespaced_job):
                 delete(ns, propagation_policy="Background")
             self.core.delete_collection_namespaced_pod(ns, grace_period_seconds=0)
+            # The pods are gone: their claims' protection finalizer has nothing left to guard.
+            self.core.delete_collection_namespaced_persistent_volume_claim(ns)
+            for pvc in self.core.list_namespaced_persistent_volume_claim(ns).items:
+                _ignore_missing(lambda: self.core.patch_namespaced_persistent_volume_claim(
+                    pvc.metadata.name, ns, {"metadata": {"finalizers": None}}))
             _ignore_missing(lambda: self.core.delete_namespace(ns))
         for obj in reversed(applied):
             md = obj["metadata"]

@@ -36,7 +36,6 @@ class Stacks:
         self.cp = cp
         self.key: Optional[str] = None
         self.current: Optional[cs.Deployed] = None
-        self.timings: dict[str, float] = {}
 
     def get(self, stack: str) -> cs.Deployed:
         key = stack
@@ -46,16 +45,13 @@ class Stacks:
             self.key, self.current = None, None
             self.current = cs.deploy(self.cp, stack, recording(stack))
             self.key = key
-            self.timings[key] = time.monotonic() - t0
+            kube.TIMINGS[f"{key} reset+deploy"] = time.monotonic() - t0
         return self.current
 
 
 @pytest.fixture(scope="session")
 def stacks(control_plane):
-    s = Stacks(control_plane)
-    yield s
-    print("\ncluster tests: control plane started in %.1fs; reset+deploy: %s" % (
-        control_plane.start_s, ", ".join(f"{k} {v:.1f}s" for k, v in s.timings.items())))
+    return Stacks(control_plane)
 
 
 @pytest.fixture(scope="session", params=STACKS)
