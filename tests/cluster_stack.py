@@ -118,6 +118,7 @@ def stand_ins(cp: kube.ControlPlane, d: Deployed) -> None:
     zone_of = {n.name: n.labels.get("topology.kubernetes.io/zone") for n in d.nodes}
     kube.provision_volumes(cp, zone_of)
     kube.nudge_static_claims(cp)
+    kube.assign_pod_ips(cp)
     if d.stack in DEVICE_PLUGINS:
         ns, name = DEVICE_PLUGINS[d.stack]
         kube.advertise_plugin_devices(cp, d.nodes, owned_pods(cp, ns, "DaemonSet", name))
@@ -205,6 +206,35 @@ def daemonset_coverage(cp: kube.ControlPlane, d: Deployed, namespace: str, name:
     out = [f"DaemonSet {namespace}/{name}: no pod on {n} (pool {d.node(n).pool})" for n in sorted(must_serve - on)]
     out += [f"DaemonSet {namespace}/{name}: a pod on {n} (pool {d.node(n).pool}), where it must not run"
             for n in sorted(on - may_run - must_serve)]
+    return out
+
+
+def unreachable_service_ports(cp: kube.ControlPlane, d: Deployed) -> list[str]:
+    """Service ports the EndpointSlice controller could not resolve on the pods the Service
+    selects (a targetPort naming a port the pods do not have, or no pod selected at all)."""
+    from kubernetes import client as k8s_client
+
+    discovery = k8s_client.DiscoveryV1Api(cp.api)
+    out = []
+    for svc in d.of_kind("Service"):
+        md, spec = svc["metadata"], svc.get("spec") or {}
+        if not spec.get("selector") or spec.get("type") == "ExternalName":
+            continue
+        ns, name = md["namespace"], md["name"]
+        selector = ",".join(f"{k}={v}" for k, v in spec["selector"].items())
+        pods = {p.status.pod_ip for p in cp.pods(ns, selector) if p.status.pod_ip}
+        if not pods:
+            out.append(f"Service {ns}/{name}: selects no placed pod ({selector})")
+            continue
+        slices = discovery.list_namespaced_endpoint_slice(
+            ns, label_selector=f"kubernetes.io/service-name={name}").items
+        for port in spec.get("ports") or []:
+            served = {a for s in slices for e in s.endpoints or [] for a in e.addresses
+                      if any(p.name == port.get("name") and p.port for p in s.ports or [])}
+            if pods - served:
+                out.append(f"Service {ns}/{name}: port {port.get('name') or port['port']} "
+                           f"(targetPort {port.get('targetPort', port['port'])}) reaches "
+                           f"{len(pods & served)} of its {len(pods)} pods")
     return out
 
 

@@ -334,6 +334,20 @@ def nudge_static_claims(cp: ControlPlane) -> None:
                 {"metadata": {"annotations": {"test.llm-platform/nudged": str(time.monotonic())}}})
 
 
+def assign_pod_ips(cp: ControlPlane) -> None:
+    """What the kubelet (through the CNI plugin) reports once a pod's sandbox exists: its IP.
+    Without one, no controller puts the pod behind a Service."""
+    taken = {p.status.pod_ip for p in cp.pods() if p.status.pod_ip}
+    n = 0
+    for pod in cp.pods():
+        if pod.spec.node_name and not pod.status.pod_ip and not pod.metadata.deletion_timestamp:
+            while (ip := f"10.244.{n // 250}.{n % 250 + 2}") in taken:
+                n += 1
+            taken.add(ip)
+            _ignore_missing(lambda: cp.core.patch_namespaced_pod_status(
+                pod.metadata.name, pod.metadata.namespace, {"status": {"podIP": ip, "podIPs": [{"ip": ip}]}}))
+
+
 def finish_terminations(cp: ControlPlane, namespace: str) -> None:
     """What the kubelet does when a pod's containers have stopped: it removes the pod."""
     for pod in cp.pods(namespace):

@@ -122,6 +122,22 @@ def test_no_pod_left_pending(control_plane, deployed):
     assert not problems, "\n".join(problems)
 
 
+def test_services_reach_their_pods(control_plane, deployed):
+    """Every Service's ports resolve, by the EndpointSlice controller, on the pods it selects."""
+    cp = control_plane
+
+    def settled():
+        cs.stand_ins(cp, deployed)
+        return not cs.unreachable_service_ports(cp, deployed)
+
+    try:
+        kube.until(settled, 15, "endpoints of every Service", every=0.5)
+    except TimeoutError:
+        pass
+    problems = cs.unreachable_service_ports(cp, deployed)
+    assert not problems, "\n".join(problems)
+
+
 def test_model_server_rollout_completes(control_plane, deployed, request):
     """Change every model server's pod template and follow the rollout as far as a cluster
     without kubelets shows it. Pods never become Ready here, so a surge rollout stops after its
@@ -214,6 +230,23 @@ def test_bites_model_server_without_toleration(control_plane, deployed):
     cs.settle(cp, deployed, 30)
     problems = cs.model_server_placement(cp, deployed, accelerator_nodes(deployed))
     assert problems and all("untolerated taint" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("deployed", ["local"], indirect=True)
+def test_bites_service_target_port_renamed(control_plane, deployed):
+    """The model server's Service pointing at a port name its pods do not have."""
+    cp = control_plane
+    svc = next(o for o in deployed.of_kind("Service") if o["metadata"]["namespace"] == "models")
+    broken = copy.deepcopy(svc)
+    for port in broken["spec"]["ports"]:
+        port["targetPort"] = "renamed"
+    assert cp.apply(broken) is None
+    try:
+        kube.until(lambda: cs.unreachable_service_ports(cp, deployed), 15, "the endpoints to follow")
+    except TimeoutError:
+        pass
+    problems = cs.unreachable_service_ports(cp, deployed)
+    assert any(f"Service models/{svc['metadata']['name']}: port" in p for p in problems), problems
 
 
 def test_node_shapes_follow_the_registered_pools():
