@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import pytest
 import yaml
@@ -206,32 +206,6 @@ def test_bites_gpu_node_without_the_plugin_label(control_plane, deployed):
         in problems, problems
 
 
-@pytest.mark.parametrize("deployed", ["eks", "gke"], indirect=True)
-def test_bites_model_server_without_toleration(control_plane, deployed):
-    """The model server without its toleration of the accelerator taint: never placed. (The local
-    node has no taint, so there is nothing to break there.)"""
-    cp = control_plane
-    servers = [o for o in deployed.objects if o["kind"] in ("Deployment", "StatefulSet")
-               and o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "model-server"]
-    for obj in servers:
-        cp.dyn.delete(cp.resource(obj), name=obj["metadata"]["name"], namespace=obj["metadata"]["namespace"],
-                      body={"propagationPolicy": "Background"})
-
-    def removed() -> bool:
-        for ns in deployed.namespaces:
-            kube.finish_terminations(cp, ns)
-        return not cp.pods(None, cs.MODEL_SERVERS) and not any(cp.exists(o) for o in servers)
-
-    kube.until(removed, 30, "model servers removed")
-    for obj in servers:
-        broken = copy.deepcopy(obj)
-        broken["spec"]["template"]["spec"].pop("tolerations")
-        assert cp.apply(broken) is None
-    cs.settle(cp, deployed, 30)
-    problems = cs.model_server_placement(cp, deployed, accelerator_nodes(deployed))
-    assert problems and all("untolerated taint" in p for p in problems), problems
-
-
 @pytest.mark.parametrize("deployed", ["local"], indirect=True)
 def test_bites_service_target_port_renamed(control_plane, deployed):
     """The model server's Service pointing at a port name its pods do not have."""
@@ -247,6 +221,48 @@ def test_bites_service_target_port_renamed(control_plane, deployed):
         pass
     problems = cs.unreachable_service_ports(cp, deployed)
     assert any(f"Service models/{svc['metadata']['name']}: port" in p for p in problems), problems
+
+
+def _replace_model_servers(cp: kube.ControlPlane, d: cs.Deployed, breaks: Callable[[dict], None]) -> None:
+    """Remove the model server workloads, then apply broken copies of them."""
+    servers = [o for o in d.objects if o["kind"] in ("Deployment", "StatefulSet")
+               and o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "model-server"]
+    for obj in servers:
+        cp.dyn.delete(cp.resource(obj), name=obj["metadata"]["name"], namespace=obj["metadata"]["namespace"],
+                      body={"propagationPolicy": "Background"})
+
+    def removed() -> bool:
+        for ns in d.namespaces:
+            kube.finish_terminations(cp, ns)
+        return not cp.pods(None, cs.MODEL_SERVERS) and not any(cp.exists(o) for o in servers)
+
+    kube.until(removed, 30, "model servers removed")
+    for obj in servers:
+        broken = copy.deepcopy(obj)
+        breaks(broken["spec"]["template"]["spec"])
+        assert cp.apply(broken) is None
+    cs.settle(cp, d, 30)
+
+
+@pytest.mark.parametrize("deployed", ["eks", "gke"], indirect=True)
+def test_bites_model_server_without_toleration(control_plane, deployed):
+    """The model server without its toleration of the accelerator taint: never placed. (The local
+    node has no taint, so there is nothing to break there.)"""
+    _replace_model_servers(control_plane, deployed, lambda spec: spec.pop("tolerations"))
+    problems = cs.model_server_placement(control_plane, deployed, accelerator_nodes(deployed))
+    assert problems and all("untolerated taint" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("deployed", ["local"], indirect=True)
+def test_bites_privileged_model_server(control_plane, deployed):
+    """A privileged model server in the restricted namespace: Pod Security admission refuses its
+    pods, and the ReplicaSet says so."""
+    def privileged(spec: dict) -> None:
+        spec["containers"][0]["securityContext"] = {"privileged": True}
+
+    _replace_model_servers(control_plane, deployed, privileged)
+    problems = cs.failed_creates(control_plane, deployed)
+    assert any('violates PodSecurity "restricted' in p for p in problems), problems
 
 
 def test_node_shapes_follow_the_registered_pools():
