@@ -15,6 +15,7 @@ from tools.mock_engine import Recording, reveal
 MODEL_SERVERS = "app.kubernetes.io/component=model-server"
 # Webhook configurations are left out: their servers (istiod, cert-manager) are pods that never
 # run here, so every call to them would fail; objects are admitted by the built-in plugins only.
+# So no sidecar is injected: the istio-proxy container's requests are not counted on the nodes.
 LEFT_OUT = {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
 # Before workloads, so a pod never waits on its ServiceAccount, Secret or claim (Helm's order).
 _ORDER = ["Namespace", "PriorityClass", "StorageClass", "PersistentVolume", "ServiceAccount", "Secret",
