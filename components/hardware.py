@@ -48,6 +48,11 @@ def topology_chips(topology: str) -> int:
     return chips
 
 
+# The label NVIDIA's device plugin chart (0.20.0) accepts in its default node affinity to run on a
+# node without node-feature-discovery's PCI label. EKS GPU nodes carry it from their node group, so
+# the plugin runs there from the start, and nowhere else.
+NVIDIA_GPU_PRESENT_LABEL = {"nvidia.com/gpu.present": "true"}
+
 # Taints of accelerator nodes. Pods' tolerations are derived from these, never retyped.
 EKS_GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}
 # GKE adds these to its GPU and TPU nodes itself.

@@ -6,22 +6,16 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
-
-import yaml
+from typing import Optional
 
 from tests import kube, stack_nodes
-from tools import mock_engine
+from tools import charts
 from tools.mock_engine import Recording, reveal
-
-try:  # the whole render: program objects plus every chart, rendered by Helm
-    from tools import charts
-except ImportError:  # pragma: no cover - only until the chart renderer is there
-    charts = None
 
 MODEL_SERVERS = "app.kubernetes.io/component=model-server"
 # Webhook configurations are left out: their servers (istiod, cert-manager) are pods that never
 # run here, so every call to them would fail; objects are admitted by the built-in plugins only.
+# So no sidecar is injected: the istio-proxy container's requests are not counted on the nodes.
 LEFT_OUT = {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
 # Before workloads, so a pod never waits on its ServiceAccount, Secret or claim (Helm's order).
 _ORDER = ["Namespace", "PriorityClass", "StorageClass", "PersistentVolume", "ServiceAccount", "Secret",
@@ -35,39 +29,17 @@ def _rank(obj: dict) -> int:
     return _ORDER.index(kind) if kind in _ORDER else (len(_ORDER) + 1 if kind in _LAST else len(_ORDER))
 
 
-def program_objects(rec: Recording) -> list[dict]:
-    return [kube.plain(reveal(r.inputs)) for r in rec.kubernetes_objects()]
-
-
-def _helm_render(rec: Recording) -> list[dict]:
-    """Each Helm release of the program rendered from its pinned archive with its values."""
-    import helm_python
-
-    out = []
-    for rel in rec.of_type("kubernetes:helm.sh/v3:Release"):
-        r = kube.plain(reveal(rel.inputs))
-        chart = helm_python.Chart.load(str(kube.PROJECT_DIR.parent / "shared" / "upstream" / "charts"
-                                           / f"{r['chart']}-{r['version']}.tgz"))
-        if r.get("createNamespace"):
-            out.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": r["namespace"]}})
-        for crd in chart.crds:
-            out.extend(d for d in yaml.safe_load_all(crd["data"] if isinstance(crd, dict) else crd) if d)
-        for path, text in chart.render(r.get("values") or {}, name=r["name"], namespace=r["namespace"],
-                                       is_install=True).items():
-            if path.endswith("NOTES.txt"):
-                continue
-            for doc in yaml.safe_load_all(text):
-                hook = ((doc or {}).get("metadata", {}).get("annotations") or {}).get("helm.sh/hook", "")
-                if doc and not any(h in hook for h in ("test", "delete", "rollback")):
-                    doc.setdefault("metadata", {}).setdefault("namespace", f"?{r['namespace']}")
-                    out.append(doc)
-    return out
-
-
 def whole_render(rec: Recording) -> list[dict]:
-    if charts is not None:
-        return [copy.deepcopy(m.obj) for m in charts.cluster_objects(rec)]
-    return program_objects(rec) + _helm_render(rec)
+    """The program's objects and every chart's, as `up` would apply them; plus the namespaces
+    Helm creates for releases with `createNamespace`."""
+    objects = [copy.deepcopy(m.obj) for m in charts.cluster_objects(rec)]
+    declared = {o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"}
+    for rel in rec.of_type("kubernetes:helm.sh/v3:Release"):
+        r = reveal(rel.inputs)
+        if r.get("createNamespace") and r["namespace"] not in declared:
+            declared.add(r["namespace"])
+            objects.insert(0, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": r["namespace"]}})
+    return objects
 
 
 @dataclass
@@ -111,25 +83,25 @@ DEVICE_PLUGINS = {"local": ("kube-system", "generic-device-plugin"),
                   "eks": ("nvidia-device-plugin", "nvidia-device-plugin")}
 
 
-def deploy(cp: kube.ControlPlane, stack: str, rec: Recording,
-           mutate: Optional[Callable[[list[dict], list[kube.NodeShape]], None]] = None,
-           settle_s: float = 60) -> Deployed:
+def deploy(cp: kube.ControlPlane, stack: str, rec: Recording, settle_s: float = 60) -> Deployed:
     """Declare the stack's nodes, apply its whole render and let the controllers and the
-    scheduler settle. `mutate` breaks the render or the nodes on purpose."""
+    scheduler settle."""
     t0 = time.monotonic()
     objects = [o for o in whole_render(rec) if o["kind"] not in LEFT_OUT]
     objects = stack_nodes.CLOUD_OBJECTS[stack] + objects
     nodes = nodes_for(stack, rec, objects)
-    if mutate:
-        mutate(objects, nodes)
     d = Deployed(stack, rec, objects, nodes)
-    kube.declare_nodes(cp, nodes)
+    kube.declare_nodes(cp, nodes, wait=False)
 
     crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
     for obj in crds:
         _apply(cp, d, obj)
     cp.wait_established(o["metadata"]["name"] for o in crds)
-    for obj in sorted((o for o in objects if o["kind"] != "CustomResourceDefinition"), key=_rank):
+    rest = sorted((o for o in objects if o["kind"] != "CustomResourceDefinition"), key=_rank)
+    for obj in (o for o in rest if o["kind"] not in _LAST):
+        _apply(cp, d, obj)
+    kube.nodes_schedulable(cp)
+    for obj in (o for o in rest if o["kind"] in _LAST):
         _apply(cp, d, obj)
     settle(cp, d, settle_s)
     d.seconds = time.monotonic() - t0
@@ -137,13 +109,6 @@ def deploy(cp: kube.ControlPlane, stack: str, rec: Recording,
 
 
 def _apply(cp: kube.ControlPlane, d: Deployed, obj: dict) -> None:
-    ns = obj["metadata"].get("namespace")
-    if ns and ns.startswith("?"):
-        # A chart left the namespace to Helm: namespaced kinds get the release's.
-        if cp.resource(obj).namespaced:
-            obj["metadata"]["namespace"] = ns[1:]
-        else:
-            del obj["metadata"]["namespace"]
     rejected = cp.apply(obj)
     if rejected:
         d.rejections.append(rejected)
@@ -153,6 +118,8 @@ def stand_ins(cp: kube.ControlPlane, d: Deployed) -> None:
     """What the kubelet, the device plugin and the CSI provisioner would do by now."""
     zone_of = {n.name: n.labels.get("topology.kubernetes.io/zone") for n in d.nodes}
     kube.provision_volumes(cp, zone_of)
+    kube.nudge_static_claims(cp)
+    kube.assign_pod_ips(cp)
     if d.stack in DEVICE_PLUGINS:
         ns, name = DEVICE_PLUGINS[d.stack]
         kube.advertise_plugin_devices(cp, d.nodes, owned_pods(cp, ns, "DaemonSet", name))
@@ -243,6 +210,35 @@ def daemonset_coverage(cp: kube.ControlPlane, d: Deployed, namespace: str, name:
     return out
 
 
+def unreachable_service_ports(cp: kube.ControlPlane, d: Deployed) -> list[str]:
+    """Service ports the EndpointSlice controller could not resolve on the pods the Service
+    selects (a targetPort naming a port the pods do not have, or no pod selected at all)."""
+    from kubernetes import client as k8s_client
+
+    discovery = k8s_client.DiscoveryV1Api(cp.api)
+    out = []
+    for svc in d.of_kind("Service"):
+        md, spec = svc["metadata"], svc.get("spec") or {}
+        if not spec.get("selector") or spec.get("type") == "ExternalName":
+            continue
+        ns, name = md["namespace"], md["name"]
+        selector = ",".join(f"{k}={v}" for k, v in spec["selector"].items())
+        pods = {p.status.pod_ip for p in cp.pods(ns, selector) if p.status.pod_ip}
+        if not pods:
+            out.append(f"Service {ns}/{name}: selects no placed pod ({selector})")
+            continue
+        slices = discovery.list_namespaced_endpoint_slice(
+            ns, label_selector=f"kubernetes.io/service-name={name}").items
+        for port in spec.get("ports") or []:
+            served = {a for s in slices for e in s.endpoints or [] for a in e.addresses
+                      if any(p.name == port.get("name") and p.port for p in s.ports or [])}
+            if pods - served:
+                out.append(f"Service {ns}/{name}: port {port.get('name') or port['port']} "
+                           f"(targetPort {port.get('targetPort', port['port'])}) reaches "
+                           f"{len(pods & served)} of its {len(pods)} pods")
+    return out
+
+
 def model_server_placement(cp: kube.ControlPlane, d: Deployed, accelerator_nodes: set[str]) -> list[str]:
     out = []
     for ns in sorted(d.namespaces):
@@ -253,5 +249,3 @@ def model_server_placement(cp: kube.ControlPlane, d: Deployed, accelerator_nodes
     return out + unbound_pods(cp, d, MODEL_SERVERS)
 
 
-def run(stack: str, **overrides) -> Recording:
-    return mock_engine.run(stack, **overrides)

@@ -54,16 +54,6 @@ def cluster(stack_recording) -> list[charts.Manifest]:
     return charts.cluster_objects(stack_recording)
 
 
-def pytest_terminal_summary(terminalreporter):
-    """How long Helm took to render the charts this session (each release once per version)."""
-    if charts.RENDER_SECONDS:
-        total = sum(seconds for _, seconds in charts.RENDER_SECONDS)
-        slowest = sorted(charts.RENDER_SECONDS, key=lambda kv: -kv[1])[:3]
-        terminalreporter.write_line(
-            f"chart renders: {len(charts.RENDER_SECONDS)} in {total:.1f}s (slowest: "
-            + ", ".join(f"{k} {v:.1f}s" for k, v in slowest) + ")")
-
-
 # --- A real control plane (tests/test_cluster.py): one per session, stopped at its end ------
 
 
@@ -75,5 +65,21 @@ def control_plane(tmp_path_factory):
     if why:
         pytest.skip(why)
     cp = kube.ControlPlane(tmp_path_factory.mktemp("envtest") / "run")
+    kube.TIMINGS["control plane start"] = cp.start_s
     yield cp
     cp.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How long Helm took to render the charts (each release once per version) and how long the
+    control plane took per stack."""
+    from tests import kube
+
+    if charts.RENDER_SECONDS:
+        total = sum(seconds for _, seconds in charts.RENDER_SECONDS)
+        slowest = sorted(charts.RENDER_SECONDS, key=lambda kv: -kv[1])[:3]
+        terminalreporter.write_line(
+            f"chart renders: {len(charts.RENDER_SECONDS)} in {total:.1f}s (slowest: "
+            + ", ".join(f"{k} {v:.1f}s" for k, v in slowest) + ")")
+    if kube.TIMINGS:
+        terminalreporter.write_line("cluster tests: " + ", ".join(f"{k} {v:.1f}s" for k, v in kube.TIMINGS.items()))

@@ -27,6 +27,8 @@ ENVTEST = PROJECT_DIR.parent / "shared" / "envtest"
 BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd")
 FIELD_MANAGER = "llm-platform"
 BUILTIN_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease"}
+# Seconds spent starting the control plane and putting each stack on it (printed after the run).
+TIMINGS: dict[str, float] = {}
 # What the tests themselves put on the cluster; removed with the stack that needed them.
 TEST_LABEL = "test.llm-platform/part-of"
 
@@ -120,6 +122,13 @@ class ControlPlane:
             return Rejection(ref(obj), err.status, _message(err))
         return None
 
+    def exists(self, obj: dict) -> bool:
+        try:
+            self.dyn.get(self.resource(obj), name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace"))
+        except NotFoundError:
+            return False
+        return True
+
     def wait_established(self, names: Iterable[str], timeout: float = 30) -> None:
         crds = self.dyn.resources.get(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition")
         for name in names:
@@ -152,9 +161,25 @@ class ControlPlane:
                 _ignore_missing(lambda: self.dyn.patch(
                     self.resource(obj), name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace"),
                     body={"metadata": {"finalizers": None}}, content_type="application/merge-patch+json"))
-        for ns in self.core.list_namespace().items:
-            if ns.metadata.name not in BUILTIN_NAMESPACES:
-                _ignore_missing(lambda: self.core.delete_namespace(ns.metadata.name))
+        batch = k8s_client.BatchV1Api(self.api)
+        doomed = [ns.metadata.name for ns in self.core.list_namespace().items
+                  if ns.metadata.name not in BUILTIN_NAMESPACES]
+        for ns in doomed:
+            # Controllers first, then their pods at once (no kubelet confirms a pod's end), so
+            # the namespace controller finds no pods and does not wait out their grace periods.
+            for delete in (self.apps.delete_collection_namespaced_daemon_set,
+                           self.apps.delete_collection_namespaced_deployment,
+                           self.apps.delete_collection_namespaced_stateful_set,
+                           self.apps.delete_collection_namespaced_replica_set,
+                           batch.delete_collection_namespaced_job):
+                delete(ns, propagation_policy="Background")
+            self.core.delete_collection_namespaced_pod(ns, grace_period_seconds=0)
+            # The pods are gone: their claims' protection finalizer has nothing left to guard.
+            self.core.delete_collection_namespaced_persistent_volume_claim(ns)
+            for pvc in self.core.list_namespaced_persistent_volume_claim(ns).items:
+                _ignore_missing(lambda: self.core.patch_namespaced_persistent_volume_claim(
+                    pvc.metadata.name, ns, {"metadata": {"finalizers": None}}))
+            _ignore_missing(lambda: self.core.delete_namespace(ns))
         for obj in reversed(applied):
             md = obj["metadata"]
             if obj["kind"] in ("CustomResourceDefinition", "Namespace"):
@@ -240,10 +265,15 @@ class NodeShape:
         }}
 
 
-def declare_nodes(cp: ControlPlane, shapes: list[NodeShape]) -> None:
+def declare_nodes(cp: ControlPlane, shapes: list[NodeShape], wait: bool = True) -> None:
     for shape in shapes:
         cp.core.create_node(shape.manifest())
         cp.core.patch_node_status(shape.name, shape.status(shape.devices))
+    if wait:
+        nodes_schedulable(cp)
+
+
+def nodes_schedulable(cp: ControlPlane) -> None:
     # The node lifecycle controller lifts the not-ready taint once it sees them Ready.
     until(lambda: all(not any(t.key.startswith("node.kubernetes.io/") for t in (n.spec.taints or []))
                       for n in cp.nodes()), 30, "nodes schedulable")
@@ -259,15 +289,18 @@ def advertise_plugin_devices(cp: ControlPlane, shapes: list[NodeShape], plugin_p
 
 
 def provision_volumes(cp: ControlPlane, zone_of: dict[str, str]) -> None:
-    """What a CSI external-provisioner does for a WaitForFirstConsumer claim once the scheduler has
-    picked a node: a PV in that node's zone, pre-bound to the claim (the PV controller binds it)."""
+    """What a volume provisioner does for a claim of its class: a PV pre-bound to the claim (the PV
+    controller binds them), in the zone of the node the scheduler picked for WaitForFirstConsumer."""
     classes = {sc.metadata.name: sc for sc in k8s_client.StorageV1Api(cp.api).list_storage_class().items}
     for pvc in cp.core.list_persistent_volume_claim_for_all_namespaces().items:
         node = (pvc.metadata.annotations or {}).get("volume.kubernetes.io/selected-node")
         sc = classes.get(pvc.spec.storage_class_name or "")
-        if pvc.spec.volume_name or not node or not sc or sc.provisioner == "kubernetes.io/no-provisioner":
+        if pvc.spec.volume_name or not sc or sc.provisioner == "kubernetes.io/no-provisioner":
             continue
-        zone = zone_of.get(node)
+        # WaitForFirstConsumer: only once the scheduler picked a node; Immediate: at once.
+        if not node and sc.volume_binding_mode == "WaitForFirstConsumer":
+            continue
+        zone = zone_of.get(node) if node else None
         affinity = ({"required": {"nodeSelectorTerms": [{"matchExpressions": [
             {"key": "topology.kubernetes.io/zone", "operator": "In", "values": [zone]}]}]}} if zone else None)
         name = f"pvc-{pvc.metadata.uid}"
@@ -281,12 +314,38 @@ def provision_volumes(cp: ControlPlane, zone_of: dict[str, str]) -> None:
                          "persistentVolumeReclaimPolicy": sc.reclaim_policy or "Delete",
                          "claimRef": {"namespace": pvc.metadata.namespace, "name": pvc.metadata.name,
                                       "uid": pvc.metadata.uid},
-                         "csi": {"driver": sc.provisioner, "volumeHandle": name},
+                         # minikube's provisioner makes host paths; the clouds' are CSI drivers.
+                         **({"hostPath": {"path": f"/tmp/hostpath-provisioner/{pvc.metadata.namespace}/{name}"}}
+                            if "/" in sc.provisioner else {"csi": {"driver": sc.provisioner, "volumeHandle": name}}),
                          **({"nodeAffinity": affinity} if affinity else {})},
             })
         except ApiException as err:
             if err.status != 409:
                 raise
+
+
+def nudge_static_claims(cp: ControlPlane) -> None:
+    """A claim naming its volume, created just after that volume, waits for the PV controller's
+    next resync (15 s) to bind; touching it makes the controller look again now."""
+    for pvc in cp.core.list_persistent_volume_claim_for_all_namespaces().items:
+        if pvc.spec.volume_name and pvc.status.phase == "Pending":
+            cp.core.patch_namespaced_persistent_volume_claim(
+                pvc.metadata.name, pvc.metadata.namespace,
+                {"metadata": {"annotations": {"test.llm-platform/nudged": str(time.monotonic())}}})
+
+
+def assign_pod_ips(cp: ControlPlane) -> None:
+    """What the kubelet (through the CNI plugin) reports once a pod's sandbox exists: its IP.
+    Without one, no controller puts the pod behind a Service."""
+    taken = {p.status.pod_ip for p in cp.pods() if p.status.pod_ip}
+    n = 0
+    for pod in cp.pods():
+        if pod.spec.node_name and not pod.status.pod_ip and not pod.metadata.deletion_timestamp:
+            while (ip := f"10.244.{n // 250}.{n % 250 + 2}") in taken:
+                n += 1
+            taken.add(ip)
+            _ignore_missing(lambda: cp.core.patch_namespaced_pod_status(
+                pod.metadata.name, pod.metadata.namespace, {"status": {"podIP": ip, "podIPs": [{"ip": ip}]}}))
 
 
 def finish_terminations(cp: ControlPlane, namespace: str) -> None:

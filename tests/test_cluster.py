@@ -8,6 +8,7 @@ control plane waits on (a device plugin's resource, a provisioned volume, a fini
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Callable, Optional
 
@@ -17,6 +18,7 @@ import yaml
 from components.accelerators import RESOURCES
 from tests import cluster_stack as cs
 from tests import kube
+from tests.conftest import recording
 from tools import mock_engine
 
 STACKS = mock_engine.STACKS
@@ -28,36 +30,28 @@ def resource_of(stack: str) -> str:
 
 
 class Stacks:
-    """The stack (or broken variant) now on the control plane; another one replaces it."""
+    """The stack now on the control plane; another one replaces it."""
 
     def __init__(self, cp: kube.ControlPlane):
         self.cp = cp
         self.key: Optional[str] = None
         self.current: Optional[cs.Deployed] = None
-        self.timings: dict[str, float] = {}
 
-    def get(self, stack: str, variant: str = "", mutate: Optional[Callable] = None) -> cs.Deployed:
-        key = f"{stack}{'/' + variant if variant else ''}"
+    def get(self, stack: str) -> cs.Deployed:
+        key = stack
         if key != self.key:
             t0 = time.monotonic()
             self.cp.reset(self.current.objects if self.current else [])
             self.key, self.current = None, None
-            self.current = cs.deploy(self.cp, stack, mock_engine.run(stack), mutate)
+            self.current = cs.deploy(self.cp, stack, recording(stack))
             self.key = key
-            self.timings[key] = time.monotonic() - t0
+            kube.TIMINGS[f"{key} reset+deploy"] = time.monotonic() - t0
         return self.current
-
-    def dirty(self) -> None:
-        """The cluster was changed by a test: the next user starts over."""
-        self.key = None
 
 
 @pytest.fixture(scope="session")
 def stacks(control_plane):
-    s = Stacks(control_plane)
-    yield s
-    print("\ncluster tests: control plane started in %.1fs; reset+deploy: %s" % (
-        control_plane.start_s, ", ".join(f"{k} {v:.1f}s" for k, v in s.timings.items())))
+    return Stacks(control_plane)
 
 
 @pytest.fixture(scope="session", params=STACKS)
@@ -80,6 +74,9 @@ def daemonset_expectations(d: cs.Deployed) -> dict[tuple[str, str], tuple[set[st
         # The device plugin makes the accelerator schedulable: every accelerator node, only those.
         ("kube-system", "generic-device-plugin"): (accel, every),
         ("nvidia-device-plugin", "nvidia-device-plugin"): (accel, accel),
+        # Only when GPU feature discovery is on: NFD's worker labels GPU nodes (it may run anywhere).
+        ("nvidia-device-plugin", "nvidia-device-plugin-node-feature-discovery-worker"): (accel, every),
+        ("nvidia-device-plugin", "nvidia-device-plugin-gpu-feature-discovery"): (accel, accel),
         # Only on nodes labelled for MPS, which this platform does not use.
         ("nvidia-device-plugin", "nvidia-device-plugin-mps-control-daemon"): (set(), set()),
     }
@@ -125,19 +122,30 @@ def test_no_pod_left_pending(control_plane, deployed):
     assert not problems, "\n".join(problems)
 
 
-def test_model_server_rollout_completes(control_plane, deployed, stacks, request):
+def test_services_reach_their_pods(control_plane, deployed):
+    """Every Service's ports resolve, by the EndpointSlice controller, on the pods it selects."""
+    cp = control_plane
+
+    def settled():
+        cs.stand_ins(cp, deployed)
+        return not cs.unreachable_service_ports(cp, deployed)
+
+    try:
+        kube.until(settled, 15, "endpoints of every Service", every=0.5)
+    except TimeoutError:
+        pass
+    problems = cs.unreachable_service_ports(cp, deployed)
+    assert not problems, "\n".join(problems)
+
+
+def test_model_server_rollout_completes(control_plane, deployed, request):
     """Change every model server's pod template and follow the rollout as far as a cluster
     without kubelets shows it. Pods never become Ready here, so a surge rollout stops after its
     first new pod; what decides whether it can complete is that this pod gets placed (a new pod
     that fits nowhere stays Pending for good and the old one is never replaced). A Recreate or
     StatefulSet rollout removes old pods first: the stand-in kubelet finishes them, and the new
     ones must be placed. Either way: new pods appear and every one is bound."""
-    if deployed.stack == "eks":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="no GPU is advertised until the device plugin serves the GPU nodes: the "
-                                "model server is Pending before any rollout (the StatefulSet needs no surge)"))
     cp = control_plane
-    stacks.dirty()
     owners = set()
     for pod in cp.pods(None, cs.MODEL_SERVERS):
         for o in pod.metadata.owner_references or []:
@@ -174,35 +182,84 @@ def test_model_server_rollout_completes(control_plane, deployed, stacks, request
     pytest.fail("rollout cannot complete:\n" + "\n".join(problems))
 
 
-# --- the checks bite --------------------------------------------------------------------------
+# --- the checks bite: the same assertions on a deliberately broken cluster -------------------
+# They break the stack already applied (after the checks above ran on it, in this order).
 
 
-def _drop_gpu_present_label(objects, nodes):
-    for n in nodes:
-        n.labels.pop("nvidia.com/gpu.present", None)
+@pytest.mark.parametrize("deployed", ["eks"], indirect=True)
+def test_bites_gpu_node_without_the_plugin_label(control_plane, deployed):
+    """A GPU node joins without the label the device plugin's affinity needs: no plugin pod
+    there, so it would never advertise `nvidia.com/gpu`."""
+    cp = control_plane
+    gpu = next(n for n in deployed.nodes if n.pool == "gpu")
+    bare = copy.deepcopy(gpu)
+    bare.name = bare.labels["kubernetes.io/hostname"] = "gpu-node-without-label"
+    bare.labels.pop("nvidia.com/gpu.present", None)
+    deployed.nodes.append(bare)
+    kube.declare_nodes(cp, [bare])
+    cs.settle(cp, deployed, 30)
+    problems = coverage_problems(cp, deployed)
+    assert "DaemonSet nvidia-device-plugin/nvidia-device-plugin: no pod on gpu-node-without-label (pool gpu)" \
+        in problems, problems
 
 
-def _drop_model_server_tolerations(objects, nodes):
-    for o in objects:
-        if o["kind"] in ("Deployment", "StatefulSet") and \
-                o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "model-server":
-            o["spec"]["template"]["spec"].pop("tolerations", None)
+@pytest.mark.parametrize("deployed", ["local"], indirect=True)
+def test_bites_service_target_port_renamed(control_plane, deployed):
+    """The model server's Service pointing at a port name its pods do not have."""
+    cp = control_plane
+    svc = next(o for o in deployed.of_kind("Service") if o["metadata"]["namespace"] == "models")
+    broken = copy.deepcopy(svc)
+    for port in broken["spec"]["ports"]:
+        port["targetPort"] = "renamed"
+    assert cp.apply(broken) is None
+    try:
+        kube.until(lambda: cs.unreachable_service_ports(cp, deployed), 15, "the endpoints to follow")
+    except TimeoutError:
+        pass
+    problems = cs.unreachable_service_ports(cp, deployed)
+    assert any(f"Service models/{svc['metadata']['name']}: port" in p for p in problems), problems
 
 
-def test_bites_gpu_nodes_without_the_plugin_label(control_plane, stacks):
-    """GPU nodes lacking the label the device plugin's affinity needs: no plugin pod on them, so
-    `nvidia.com/gpu` is never advertised and the model server stays Pending."""
-    d = stacks.get("eks", "gpu-nodes-unlabelled", _drop_gpu_present_label)
-    assert any("nvidia-device-plugin: no pod on" in p for p in coverage_problems(control_plane, d))
-    placement = cs.model_server_placement(control_plane, d, accelerator_nodes(d))
-    assert any("Insufficient nvidia.com/gpu" in p for p in placement), placement
+def _replace_model_servers(cp: kube.ControlPlane, d: cs.Deployed, breaks: Callable[[dict], None]) -> None:
+    """Remove the model server workloads, then apply broken copies of them."""
+    servers = [o for o in d.objects if o["kind"] in ("Deployment", "StatefulSet")
+               and o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "model-server"]
+    for obj in servers:
+        cp.dyn.delete(cp.resource(obj), name=obj["metadata"]["name"], namespace=obj["metadata"]["namespace"],
+                      body={"propagationPolicy": "Background"})
+
+    def removed() -> bool:
+        for ns in d.namespaces:
+            kube.finish_terminations(cp, ns)
+        return not cp.pods(None, cs.MODEL_SERVERS) and not any(cp.exists(o) for o in servers)
+
+    kube.until(removed, 30, "model servers removed")
+    for obj in servers:
+        broken = copy.deepcopy(obj)
+        breaks(broken["spec"]["template"]["spec"])
+        assert cp.apply(broken) is None
+    cs.settle(cp, d, 30)
 
 
-def test_bites_model_server_without_toleration(control_plane, stacks):
-    d = stacks.get("gke", "no-toleration", _drop_model_server_tolerations)
-    assert not coverage_problems(control_plane, d)
-    placement = cs.model_server_placement(control_plane, d, accelerator_nodes(d))
-    assert any("untolerated taint" in p for p in placement), placement
+@pytest.mark.parametrize("deployed", ["eks", "gke"], indirect=True)
+def test_bites_model_server_without_toleration(control_plane, deployed):
+    """The model server without its toleration of the accelerator taint: never placed. (The local
+    node has no taint, so there is nothing to break there.)"""
+    _replace_model_servers(control_plane, deployed, lambda spec: spec.pop("tolerations"))
+    problems = cs.model_server_placement(control_plane, deployed, accelerator_nodes(deployed))
+    assert problems and all("untolerated taint" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("deployed", ["local"], indirect=True)
+def test_bites_privileged_model_server(control_plane, deployed):
+    """A privileged model server in the restricted namespace: Pod Security admission refuses its
+    pods, and the ReplicaSet says so."""
+    def privileged(spec: dict) -> None:
+        spec["containers"][0]["securityContext"] = {"privileged": True}
+
+    _replace_model_servers(control_plane, deployed, privileged)
+    problems = cs.failed_creates(control_plane, deployed)
+    assert any('violates PodSecurity "restricted' in p for p in problems), problems
 
 
 def test_node_shapes_follow_the_registered_pools():
@@ -230,14 +287,6 @@ EKS_TWO_REPLICAS = {
 }
 EKS_TWO_REPLICAS["llm-platform:cluster"]["gpuNodes"] = {
     **EKS_TWO_REPLICAS["llm-platform:cluster"]["gpuNodes"], "desiredSize": 2}
-
-
-def _gpus_advertised(objects, nodes):
-    """As once the device plugin runs on the GPU nodes (whether it lands there is what
-    test_daemonsets_serve_their_nodes checks): here only caches, zones and rollouts are tested."""
-    for n in nodes:
-        n.devices.update(n.devices_from_plugin)
-        n.devices_from_plugin.clear()
 
 
 def _mark_ready(cp: kube.ControlPlane, namespace: str) -> None:
@@ -277,9 +326,10 @@ def test_vllm_replicas_get_own_caches_and_roll_on_the_gpus_that_exist(control_pl
     cp = control_plane
     cp.reset(stacks.current.objects if stacks.current else [])
     stacks.key, stacks.current = None, None
-    d = cs.deploy(cp, "eks", mock_engine.run("eks", EKS_TWO_REPLICAS), _gpus_advertised)
-    stacks.current = d
-    stacks.dirty()
+    # GPUs are advertised once the device plugin's pods are bound, as on the real pool.
+    d = cs.deploy(cp, "eks", mock_engine.run("eks", EKS_TWO_REPLICAS))
+    # Not one of the stacks as shipped: the next stack test starts from a clean slate.
+    stacks.key, stacks.current = "eks-two-replicas", d
     ns = "models"
     gpu_nodes = {n.name: n.labels["topology.kubernetes.io/zone"] for n in d.nodes if n.pool == "gpu"}
     assert len(gpu_nodes) == 2 and len(set(gpu_nodes.values())) == 1

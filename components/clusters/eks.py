@@ -10,6 +10,7 @@ import pulumi
 import pulumi_aws as aws
 
 from ..config import EksCluster
+from ..hardware import NVIDIA_GPU_PRESENT_LABEL
 from .base import BuiltCluster, CacheClass, IngressFacts
 
 STORAGE_CLASS = "gp3"
@@ -157,7 +158,8 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
         "gpu", cfg.gpu_nodes, cfg.gpu_nodes.ami_type,
         # One zone: a model cache (an EBS volume) can only attach to a node in its own zone.
         subnets=[private[cfg.availability_zones.index(cfg.gpu_zone)]],
-        labels={"llm-platform/pool": "gpu", **gpu.labels},
+        # The device plugin's affinity needs NVIDIA_GPU_PRESENT_LABEL; the model pods select gpu.labels.
+        labels={"llm-platform/pool": "gpu", **gpu.labels, **NVIDIA_GPU_PRESENT_LABEL},
         # Only pods that tolerate this (the model servers, the device plugin) land on GPUs.
         taints=[node_group_taint(gpu.taint)],
     )
