@@ -9,46 +9,55 @@ from pathlib import Path
 
 PANELS = (("ttft_ms", "Time to first token", 1.0, "ms"),
           ("itl_ms", "Inter-token latency (TPOT)", 1.0, "ms"),
-          ("e2e_ms", "End-to-end latency", 1000.0, "s"))
+          ("e2e_ms", "End-to-end request latency", 1000.0, "s"))
 
 
 def draw(report: dict, dest: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     series: dict[str, list[dict]] = {}
     for lvl in report["levels"]:
         if lvl["figures"] and lvl["figures"].get("output_tokens_per_s"):
             series.setdefault(lvl["series"], []).append(lvl)
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(15, 4.8), constrained_layout=True)
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(15, 5), constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    handles = []
     for i, (name, levels) in enumerate(sorted(series.items())):
+        # Joined in order of concurrency: the curve shows what each step up in load buys and costs.
         levels.sort(key=lambda lvl: lvl["concurrency"])
         x = [lvl["figures"]["output_tokens_per_s"] for lvl in levels]
         color = colors[i % len(colors)]
-        for ax, (key, title, scale, unit) in zip(axes, PANELS):
+        handles.append(Line2D([], [], color=color, marker="o", linewidth=2.5, label=name))
+        for ax, (key, _, scale, _) in zip(axes, PANELS):
             p = {q: [lvl["figures"][key][q] / scale for lvl in levels] for q in ("p50", "p90", "p99")}
-            ax.fill_between(x, p["p50"], p["p99"], color=color, alpha=0.12, linewidth=0)
-            ax.plot(x, p["p90"], color=color, linestyle=":", linewidth=1)
-            ax.plot(x, p["p50"], color=color, marker="o", linewidth=2, label=name)
+            ax.fill_between(x, p["p50"], p["p90"], color=color, alpha=0.15, linewidth=0)
+            ax.plot(x, p["p99"], color=color, linestyle="none", marker="x", markersize=6, alpha=0.7)
+            ax.plot(x, p["p50"], color=color, marker="o", linewidth=2.5)
             for xi, yi, lvl in zip(x, p["p50"], levels):
-                ax.annotate(f"c={lvl['concurrency']}", (xi, yi), textcoords="offset points", xytext=(4, 6),
-                            fontsize=8, color=color)
-    for ax, (key, title, scale, unit) in zip(axes, PANELS):
-        ax.set_title(title)
-        ax.set_xlabel("output tokens/s (all streams)")
-        ax.set_ylabel(f"{unit}  (line p50, dotted p90, band to p99)")
+                ax.annotate(f"{lvl['concurrency']}", (xi, yi), textcoords="offset points", xytext=(0, 8),
+                            ha="center", fontsize=9, fontweight="bold", color=color)
+    for ax, (_, title, _, unit) in zip(axes, PANELS):
+        ax.set_title(f"{title} ({unit})", fontsize=12)
+        ax.set_xlabel("output tokens/s, all streams together")
         ax.set_ylim(bottom=0)
         ax.set_xlim(left=0)
+        ax.margins(x=0.12, y=0.15)
         ax.grid(True, alpha=0.3)
-    if series:
-        axes[0].legend(loc="upper left", fontsize=9)
+        ax.spines[["top", "right"]].set_visible(False)
+    handles += [Patch(color="grey", alpha=0.25, label="p50 to p90"),
+                Line2D([], [], color="grey", marker="x", linestyle="none", label="p99"),
+                Line2D([], [], color="none", label="numbers: concurrent streams")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=10, frameon=False)
     s = report["settings"]
-    status = "" if report["ok"] else "FAILED RUN - figures are not a result. "
-    fig.suptitle(f"{status}{report['target']}: {s['input_tokens']} in / {s['output_tokens']} out tokens, "
-                 f"concurrency {', '.join(map(str, s['concurrency']))} (AIPerf {report['tool']['version']})",
-                 color="firebrick" if not report["ok"] else "black")
+    title = (f"{report['target']}: {s['input_tokens']} in / {s['output_tokens']} out tokens, "
+             f"concurrency {', '.join(map(str, s['concurrency']))} - AIPerf {report['tool']['version']}")
+    if not report["ok"]:
+        title = "FAILED RUN, NOT A RESULT - " + title
+    fig.suptitle(title, fontsize=13, color="black" if report["ok"] else "firebrick")
     fig.savefig(dest, dpi=110)
 
 

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "tool": {"name": "aiperf", "version": aiperf.VERSION},
         "settings": {"concurrency": args.levels, "input_tokens": args.input_tokens,
                      "output_tokens": args.output_tokens, "ignore_eos": work.ignore_eos,
-                     "warmup": "one per stream," if args.warmup is None else args.warmup,
+                     "warmup": args.warmup,  # None: one per stream
                      "tokenizer": "word-level (offline)" if not args.tokenizer else args.tokenizer},
         "levels": levels,
     }

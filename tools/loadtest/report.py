@@ -71,8 +71,9 @@ def markdown(report: dict) -> str:
         "",
         f"Target: {report['target']}. Tool: AIPerf {report['tool']['version']}, streaming chat completions, "
         f"{s['input_tokens']} input words (the server's token count in `in tok`) and {s['output_tokens']} output tokens "
-        f"per request{' (ignore_eos)' if s['ignore_eos'] else ''}. Before each level, {s['warmup']} warm-up "
-        "request(s): checked like the rest (`failed` counts them) but left out of the figures.",
+        f"per request{' (ignore_eos)' if s['ignore_eos'] else ''}. Before each level, "
+        f"{'one warm-up request per stream' if s['warmup'] is None else str(s['warmup']) + ' warm-up requests'}: "
+        "checked like the rest (`failed` counts them) but left out of the figures.",
         "",
         "| model (path) | conc. | requests | failed | TTFT ms p50 / p90 / p99 | ITL (TPOT) ms p50 / p90 / p99 "
         "| E2E s p50 / p90 / p99 | out tok/s | req/s | in tok |",
