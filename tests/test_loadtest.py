@@ -159,6 +159,17 @@ def test_a_stream_cut_short_or_empty_is_a_failure(good_run):
     assert check.stream_problems(silent, ALIAS, check.Counter()) == ["empty completion"]
 
 
+def test_records_are_split_on_newlines_only(good_run, tmp_path):
+    """Generated text may hold U+2028 (a line separator to str.splitlines, not to JSON Lines)."""
+    _, out, _ = good_run
+    level = next(out.rglob(check.RAW_RECORDS)).parent
+    for name in (check.RECORDS, check.RAW_RECORDS):
+        lines = (level / name).read_bytes().split(b"\n")
+        (tmp_path / name).write_bytes(b"\n".join(lines).replace(b'"content":"', '"content":"\u2028'.encode(), 1))
+    checked = check.check_run(tmp_path, 5)
+    assert checked.total == 5 and checked.failures == []
+
+
 def test_a_stack_without_the_pulumi_cli_says_what_to_do(tmp_path):
     env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
     result = subprocess.run([sys.executable, "-m", "tools.loadtest", "-s", "local", "--out", str(tmp_path)],

@@ -49,6 +49,8 @@ class Workload:
     timeout_s: float
     seed: int
     tokenizer: str
+    # "pooled": keep-alive connections, as SDK clients do; "never": a new connection per request.
+    connections: str = "pooled"
 
 
 def config(url: str, model: str, concurrency: int, requests: int, warmup: int, work: Workload,
@@ -58,6 +60,7 @@ def config(url: str, model: str, concurrency: int, requests: int, warmup: int, w
         "url": url, "type": "chat", "streaming": True, "timeout": work.timeout_s,
         # Token counts from the server's own `usage`, not from the client-side tokenizer.
         "useServerTokenCount": True,
+        "connectionReuse": work.connections,
     }
     if with_key:
         endpoint["apiKey"] = "${%s}" % KEY_ENV

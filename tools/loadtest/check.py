@@ -34,7 +34,8 @@ class Checked:
 def _lines(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # Split on newlines only: generated text may hold U+2028 and the like, which splitlines() splits on.
+    return [json.loads(line) for line in path.read_bytes().split(b"\n") if line.strip()]
 
 
 def _error_reason(error: dict) -> str:

@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tokenizer", help="Hugging Face tokenizer (name or local folder) for the prompts "
                                        "(default: a word-level one built offline)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per request (default 600)")
+    p.add_argument("--connections", choices=("pooled", "never"), default="pooled",
+                   help="reuse connections like an SDK client (pooled, default) or open one per request (never)")
     p.add_argument("--direct", action="store_true",
                    help="also benchmark the first model's Service directly, through a kubectl port-forward")
     p.add_argument("--namespace", help="the models' namespace for --direct (default: from Pulumi.<stack>.yaml)")
@@ -90,7 +92,13 @@ def run_series(args, series: Series, work: aiperf.Workload, out: Path, progress:
                             with_key=bool(series.api_key))
         label = f"{series.label} c={c}"
         rc = aiperf.run(cfg, run_dir, series.api_key, progress, label)
-        checked = check.check_run(run_dir / "aiperf", requests + warmup)
+        try:
+            checked = check.check_run(run_dir / "aiperf", requests + warmup)
+        except (OSError, ValueError, KeyError) as err:
+            # Records that cannot be read prove nothing: the whole level counts as failed.
+            checked = check.Checked(total=requests + warmup)
+            for _ in range(requests + warmup):
+                checked.fail("-", "?", [f"the tool's records could not be read: {err}"[:200]])
         progress.finish_level(label, requests + warmup, len(checked.failures))
         levels.append({
             "series": series.label, "model": series.model, "path": series.path, "concurrency": c,
@@ -124,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED: nothing measured: {err}")
         return 2
     work = aiperf.Workload(args.input_tokens, args.output_tokens, not args.no_ignore_eos, args.timeout,
-                           args.seed, tokenizer)
+                           args.seed, tokenizer, args.connections)
     target = (f"stack {args.stack}" if args.stack else args.base_url) + (f" ({args.label})" if args.label else "")
     per_series = sum(sum(level_plan(args, c)) for c in args.levels)
     progress = aiperf.Progress(per_series * (len(series) + (1 if args.direct else 0)))
@@ -145,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "tool": {"name": "aiperf", "version": aiperf.VERSION},
         "settings": {"concurrency": args.levels, "input_tokens": args.input_tokens,
                      "output_tokens": args.output_tokens, "ignore_eos": work.ignore_eos,
+                     "connections": args.connections,
                      "warmup": args.warmup,  # None: one per stream
                      "tokenizer": "word-level (offline)" if not args.tokenizer else args.tokenizer},
         "levels": levels,
