@@ -12,12 +12,16 @@ PANELS = (("ttft_ms", "Time to first token", 1.0, "ms"),
           ("e2e_ms", "End-to-end request latency", 1000.0, "s"))
 
 
+def _ys(ax) -> list[float]:
+    return [y for line in ax.get_lines() for y in line.get_ydata() if y > 0] or [1.0]
+
+
 def draw(report: dict, dest: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
 
     series: dict[str, list[dict]] = {}
     for lvl in report["levels"]:
@@ -34,21 +38,28 @@ def draw(report: dict, dest: Path) -> None:
         handles.append(Line2D([], [], color=color, marker="o", linewidth=2.5, label=name))
         for ax, (key, _, scale, _) in zip(axes, PANELS):
             p = {q: [lvl["figures"][key][q] / scale for lvl in levels] for q in ("p50", "p90", "p99")}
-            ax.fill_between(x, p["p50"], p["p90"], color=color, alpha=0.15, linewidth=0)
+            # A bar per level, not a band: throughput can fall as load rises, and a band would fold.
+            ax.vlines(x, p["p50"], p["p90"], color=color, alpha=0.3, linewidth=7)
             ax.plot(x, p["p99"], color=color, linestyle="none", marker="x", markersize=6, alpha=0.7)
             ax.plot(x, p["p50"], color=color, marker="o", linewidth=2.5)
             for xi, yi, lvl in zip(x, p["p50"], levels):
-                ax.annotate(f"{lvl['concurrency']}", (xi, yi), textcoords="offset points", xytext=(0, 8),
-                            ha="center", fontsize=9, fontweight="bold", color=color)
+                ax.annotate(f"{lvl['concurrency']}", (xi, yi), textcoords="offset points", xytext=(7, -4),
+                            ha="left", fontsize=9, fontweight="bold", color=color)
     for ax, (_, title, _, unit) in zip(axes, PANELS):
         ax.set_title(f"{title} ({unit})", fontsize=12)
         ax.set_xlabel("output tokens/s, all streams together")
-        ax.set_ylim(bottom=0)
         ax.set_xlim(left=0)
+        low, high = ax.get_ylim() if not ax.has_data() else (min(_ys(ax)), max(_ys(ax)))
+        if low > 0 and high / low > 30:
+            # Latencies spanning orders of magnitude: a log axis keeps the light levels readable.
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        else:
+            ax.set_ylim(bottom=0)
         ax.margins(x=0.12, y=0.15)
         ax.grid(True, alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
-    handles += [Patch(color="grey", alpha=0.25, label="p50 to p90"),
+    handles += [Line2D([], [], color="grey", alpha=0.4, linewidth=7, label="p50 to p90"),
                 Line2D([], [], color="grey", marker="x", linestyle="none", label="p99"),
                 Line2D([], [], color="none", label="numbers: concurrent streams")]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=10, frameon=False)

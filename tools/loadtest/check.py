@@ -40,7 +40,13 @@ def _lines(path: Path) -> list[dict]:
 
 def _error_reason(error: dict) -> str:
     code, kind = error.get("code"), error.get("type") or "error"
-    return f"HTTP {code} {kind}" if code else f"{kind}: {str(error.get('message', ''))[:120]}"
+    if code:
+        return f"HTTP {code} {kind}"
+    # Client-side errors arrive as "Kind(args)": keep the kind once and the words.
+    message = str(error.get("message", ""))
+    if message.startswith(kind + "("):
+        message = message[len(kind) + 1:].rstrip(")").replace("None, ", "").strip("'\"")
+    return f"{kind}: {message[:120]}"
 
 
 def stream_problems(raw: dict, requested: str, served: Counter) -> list[str]:

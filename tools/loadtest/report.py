@@ -71,7 +71,8 @@ def markdown(report: dict) -> str:
         "",
         f"Target: {report['target']}. Tool: AIPerf {report['tool']['version']}, streaming chat completions, "
         f"{s['input_tokens']} input words (the server's token count in `in tok`) and {s['output_tokens']} output tokens "
-        f"per request{' (ignore_eos)' if s['ignore_eos'] else ''}, {s['connections']} connections. Before each level, "
+        f"per request{' (ignore_eos)' if s['ignore_eos'] else ''}, "
+        f"{'keep-alive connections' if s['connections'] == 'pooled' else 'a new connection per request'}. Before each level, "
         f"{'one warm-up request per stream' if s['warmup'] is None else str(s['warmup']) + ' warm-up requests'}: "
         "checked like the rest (`failed` counts them) but left out of the figures.",
         "",
