@@ -107,17 +107,19 @@ class PortForward:
         except FileNotFoundError:
             self._cleanup()
             raise TargetError(f"--direct needs {self.kubectl} on PATH") from None
-        ready, lines = threading.Event(), []
+        ready, lines, forwarding = threading.Event(), [], []
 
         def watch() -> None:
             for line in self.proc.stdout:
                 lines.append(line.strip())
                 if line.startswith("Forwarding from"):
+                    forwarding.append(True)
                     ready.set()
-            ready.set()
+            ready.set()  # kubectl ended: its output says why
 
         threading.Thread(target=watch, daemon=True).start()
-        if not ready.wait(self.timeout_s) or self.proc.poll() is not None:
+        ready.wait(self.timeout_s)
+        if not forwarding or self.proc.poll() is not None:
             self.__exit__(None, None, None)
             raise TargetError(f"kubectl port-forward service/{self.service} -n {self.namespace} did not start: "
                               f"{' | '.join(lines[-3:]) or 'no output'}")
