@@ -95,7 +95,7 @@ def test_a_clean_run_passes_with_plausible_figures(good_run):
         assert f["requests_per_s"] > 0
         assert f["output_tokens_per_s"] == pytest.approx(8 * f["requests_per_s"], rel=0.25)
     table = (out / "report.md").read_text()
-    assert table.startswith("PASSED") and f"| {ALIAS} (gateway) | 2 | 4 | 0 |" in table
+    assert table.startswith("PASSED") and f"| {ALIAS} | 2 | 4 | 0 |" in table
 
 
 def test_the_chart_is_written(good_run):

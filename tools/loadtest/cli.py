@@ -73,7 +73,7 @@ def resolve_series(args: argparse.Namespace) -> tuple[list[Series], dict]:
     models = args.model or outputs.get("modelAliases") or []
     if not models:
         raise TargetError(f"stack {args.stack} lists no modelAliases: pass --model")
-    series = [Series(m, "gateway", base_url_for_aiperf(base_url), key) for m in models]
+    series = [Series(m, "api", base_url_for_aiperf(base_url), key) for m in models]
     return series, outputs
 
 

@@ -30,13 +30,13 @@ class TargetError(RuntimeError):
 class Series:
     """One line of the report: a model reached one way."""
     model: str
-    path: str  # "gateway" (the stack's /v1 or --base-url) or "direct" (the model's Service)
+    path: str  # "api" (the stack's /v1 or --base-url) or "direct" (the model's Service)
     base_url: str
     api_key: Optional[str]
 
     @property
     def label(self) -> str:
-        return f"{self.model} ({self.path})"
+        return self.model if self.path == "api" else f"{self.model} ({self.path})"
 
 
 def stack_outputs(stack: str) -> dict:
