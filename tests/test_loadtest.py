@@ -170,6 +170,25 @@ def test_records_are_split_on_newlines_only(good_run, tmp_path):
     assert checked.total == 5 and checked.failures == []
 
 
+def test_a_stack_is_reached_through_its_outputs(server, tmp_path):
+    """-s reads the base URL, key and models from `pulumi stack output` (here a stand-in CLI that
+    prints outputs naming the real server)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    outputs = {"apiBaseUrl": server, "apiKey": KEY, "modelAliases": [ALIAS], "uiUrl": "http://x/"}
+    (bin_dir / "pulumi").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/pulumi-args\necho '{json.dumps(outputs)}'\n")
+    (bin_dir / "pulumi").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "LLM_API_KEY"}
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    result = subprocess.run([sys.executable, "-m", "tools.loadtest", "-s", "local", "--out", str(tmp_path / "out"), *ONE],
+                            cwd=harness.PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300)
+    assert (tmp_path / "pulumi-args").read_text().split() == [
+        "stack", "output", "--stack", "local", "--json", "--show-secrets"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"PASSED: all 2 requests checked (2xx, non-empty, final chunk, served model = "
+                                    f"requested) - stack local, {ALIAS}\n")
+
+
 def test_a_stack_without_the_pulumi_cli_says_what_to_do(tmp_path):
     env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
     result = subprocess.run([sys.executable, "-m", "tools.loadtest", "-s", "local", "--out", str(tmp_path)],
