@@ -87,7 +87,7 @@ def run_series(args, series: Series, work: aiperf.Workload, out: Path, progress:
     levels = []
     for c in args.levels:
         requests, warmup = level_plan(args, c)
-        run_dir = out / "runs" / f"{series.model}-{series.path}" / f"c{c}"
+        run_dir = out / "runs" / f"{series.model.replace('/', '_')}-{series.path}" / f"c{c}"
         cfg = aiperf.config(series.base_url, series.model, c, requests, warmup, work, run_dir / "aiperf",
                             with_key=bool(series.api_key))
         label = f"{series.label} c={c}"

@@ -15,9 +15,10 @@ PERCENTILES = ("p50", "p90", "p99")
 def figures(artifacts: Path) -> Optional[dict]:
     """Per-level figures from AIPerf's summary; None when it wrote none (every request failed)."""
     path = artifacts / SUMMARY
-    if not path.exists():
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
-    summary = json.loads(path.read_text())
 
     def avg(metric: str) -> Optional[float]:
         return (summary.get(metric) or {}).get("avg")
