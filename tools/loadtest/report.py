@@ -61,6 +61,10 @@ def _ms(d: dict, key: str, scale: float = 1.0, digits: int = 1) -> str:
     return " / ".join(f"{v / scale:.{digits}f}" for v in vals)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _num(v: Optional[float], digits: int = 1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
@@ -74,7 +78,7 @@ def markdown(report: dict) -> str:
         f"{s['input_tokens']} input words (the server's token count in `in tok`) and {s['output_tokens']} output tokens "
         f"per request{' (ignore_eos)' if s['ignore_eos'] else ''}, "
         f"{'keep-alive connections' if s['connections'] == 'pooled' else 'a new connection per request'}. Before each level, "
-        f"{'one warm-up request per stream' if s['warmup'] is None else str(s['warmup']) + ' warm-up requests'}: "
+        f"{'one warm-up request per stream' if s['warmup'] is None else _count(s['warmup'], 'warm-up request')}: "
         "checked like the rest (`failed` counts them) but left out of the figures.",
         "",
         "| model (path) | conc. | requests | failed | TTFT ms p50 / p90 / p99 | ITL (TPOT) ms p50 / p90 / p99 "
