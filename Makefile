@@ -6,7 +6,7 @@ PYTHON ?= python3
 test: setup
 	.venv/bin/python -m pytest
 
-setup: .venv/.installed .venv-checkov/.installed tests/crd/node_modules/.installed .cache/vllm/.fetched
+setup: .venv/.installed .venv-checkov/.installed .venv-loadtest/.installed tests/crd/node_modules/.installed .cache/vllm/.fetched
 
 # The program's and the tests' dependencies.
 .venv/.installed: requirements.txt requirements-dev.txt
@@ -18,6 +18,16 @@ setup: .venv/.installed .venv-checkov/.installed tests/crd/node_modules/.install
 .venv-checkov/.installed: requirements-checkov.txt
 	$(PYTHON) -m venv .venv-checkov
 	.venv-checkov/bin/pip install -q -r requirements-checkov.txt
+	touch $@
+
+# The serving benchmark's load generator (AIPerf) and chart (matplotlib): their pins clash with
+# pulumi's, so `python -m tools.loadtest` drives them here as subprocesses. The offline word-level
+# tokenizer for its prompts is built from the installed AIPerf's own corpus.
+.venv-loadtest/.installed: requirements-loadtest.txt tools/loadtest/wordtok.py
+	$(PYTHON) -m venv .venv-loadtest
+	.venv-loadtest/bin/pip install -q -r requirements-loadtest.txt
+	rm -rf .venv-loadtest/word-tokenizer
+	.venv-loadtest/bin/python -m tools.loadtest.wordtok .venv-loadtest/word-tokenizer
 	touch $@
 
 # Published schemas of the custom resources (Istio, Argo CD, cert-manager).
