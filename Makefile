@@ -6,7 +6,8 @@ PYTHON ?= python3
 test: setup
 	.venv/bin/python -m pytest
 
-setup: .venv/.installed .venv-checkov/.installed .venv-litellm/.installed tests/crd/node_modules/.installed
+setup: .venv/.installed .venv-checkov/.installed .venv-litellm/.installed .venv-loadtest/.installed \
+	tests/crd/node_modules/.installed .cache/vllm/.fetched
 
 # The program's and the tests' dependencies.
 .venv/.installed: requirements.txt requirements-dev.txt
@@ -27,7 +28,23 @@ setup: .venv/.installed .venv-checkov/.installed .venv-litellm/.installed tests/
 	.venv-litellm/bin/pip install -q -r requirements-litellm.txt
 	touch $@
 
+# The serving benchmark's load generator (AIPerf) and chart (matplotlib): their pins clash with
+# pulumi's, so `python -m tools.loadtest` drives them here as subprocesses. The offline word-level
+# tokenizer for its prompts is built from the installed AIPerf's own corpus.
+.venv-loadtest/.installed: requirements-loadtest.txt tools/loadtest/wordtok.py
+	$(PYTHON) -m venv .venv-loadtest
+	.venv-loadtest/bin/pip install -q -r requirements-loadtest.txt
+	rm -rf .venv-loadtest/word-tokenizer
+	.venv-loadtest/bin/python -m tools.loadtest.wordtok .venv-loadtest/word-tokenizer
+	touch $@
+
 # Published schemas of the custom resources (Istio, Argo CD, cert-manager).
 tests/crd/node_modules/.installed: tests/crd/package.json tests/crd/package-lock.json
 	npm ci --prefix tests/crd --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The wheel of the vLLM release the images run (about 320 MB, once): the suite reads its argument
+# parser and env vars. A new pin in components/serving.py fetches the new release.
+.cache/vllm/.fetched: components/serving.py | .venv/.installed
+	.venv/bin/python -m tools.vllm_wheel
 	touch $@

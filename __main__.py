@@ -5,7 +5,7 @@ import pulumi
 from components import (
     ApiKeys, Backend, Cluster, Gateway, GitOpsController, GpuDevicePlugin, LlmServer, Mesh,
 )
-from components.accelerators import from_config as accelerator_from_config
+from components.accelerators import from_config as accelerator_from_config, units_in_use
 from components.apps import OPEN_WEBUI_PORT, OPEN_WEBUI_SERVICE_ACCOUNT, ModelEndpoint, all_apps, open_webui_host
 from components.config import ConfigError, load
 from components.llama_router import LlamaRouter
@@ -83,12 +83,13 @@ servers = [] if cfg.llama_router.enabled else [
         "provider": provider,
         "host_models_dir": cluster.host_models_dir,
         "host_models_claim": model_namespace.host_models_claim,
-        "storage_class": cluster.storage_class,
+        "storage_class": cluster.cache_storage_class,
+        "cache_throughput_mib_s": cluster.cache_throughput_mib_s,
+        "units_in_use": units_in_use(cluster.accelerator, cfg.models),
         "hf_token": pulumi.Output.secret(cfg.hf_token) if cfg.hf_token else None,
         "priority_class": cluster.serving_priority_class,
-        "retain_cache": not cfg.delete_model_caches,
-        # The front door is the servers' one caller: both key entries hold its key.
-        "api_keys": {"client": keys.backend, "ui": keys.backend} if keys else None,
+        # The front door is the servers' one caller: they accept its key alone.
+        "api_keys": {"front-door": keys.backend} if keys else None,
         "restricted": cfg.security.restricted_pods,
         "supplemental_groups": cfg.security.supplemental_groups,
     })
@@ -107,7 +108,7 @@ if cfg.llama_router.enabled:
         "host_models_dir": cluster.host_models_dir,
         "host_models_claim": model_namespace.host_models_claim,
         "priority_class": cluster.serving_priority_class,
-        "api_key": keys.backend if keys else None,
+        "api_keys": {"front-door": keys.backend} if keys else None,
         "restricted": cfg.security.restricted_pods,
         "supplemental_groups": cfg.security.supplemental_groups,
     })

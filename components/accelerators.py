@@ -32,7 +32,8 @@ class Accelerator:
     # Device path the generic device plugin exposes (Vulkan through /dev/dri).
     device_path: Optional[str] = None
     share_count: int = 1
-    # Units the cluster can offer at most (None: CPU-only, no accelerator limit).
+    # Units pods can count on: on nodes that exist, or that an autoscaler adds for pending
+    # pods (None: CPU-only, no accelerator limit).
     capacity: Optional[int] = None
 
     def units(self, requested: Optional[int] = None) -> int:
@@ -42,10 +43,15 @@ class Accelerator:
             return self.per_node
         return requested or 1
 
-    def fits_surge(self, units: int, replicas: int) -> bool:
-        """Whether one extra pod fits while `replicas` run: a rolling update can then keep
-        every replica serving."""
-        return self.capacity is None or self.capacity >= units * (replicas + 1)
+    def fits_surge(self, units: int, in_use: int) -> bool:
+        """Whether one more pod of `units` fits beside the `in_use` units every server on this
+        accelerator already holds: a rolling update can then keep every replica serving."""
+        return self.capacity is None or self.capacity - in_use >= units
+
+
+def units_in_use(accel: Accelerator, models) -> int:
+    """Units every replica of every model holds together."""
+    return sum(accel.units(getattr(m, "accelerators", None)) * m.replicas for m in models)
 
 
 def from_config(cfg: AcceleratorConfig, cluster: Any) -> Accelerator:
@@ -66,6 +72,6 @@ def from_config(cfg: AcceleratorConfig, cluster: Any) -> Accelerator:
             node_selector=dict(pool.labels),
             tolerations=(toleration(pool.taint),),
             device_plugin=pool.device_plugin,
-            capacity=pool.per_node * pool.max_nodes,
+            capacity=pool.capacity,
         )
     return Accelerator(kind="none")

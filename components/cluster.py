@@ -38,6 +38,9 @@ class Cluster(pulumi.ComponentResource):
     network_policy_enforced: bool
     internal_cidrs: list
     storage_class: Optional[pulumi.Output[str]]
+    # StorageClass of the model caches (the default class where the cluster has no own).
+    cache_storage_class: Optional[pulumi.Output[str]]
+    cache_throughput_mib_s: Optional[int]
     serving_priority_class: pulumi.Output[str]
 
     def __init__(self, name: str, args: ClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
@@ -83,4 +86,14 @@ class Cluster(pulumi.ComponentResource):
             self.storage_class = sc.metadata.name
         elif built.storage_class:
             self.storage_class = pulumi.Output.from_input(built.storage_class)
-        self.register_outputs({"kubeconfig": self.kubeconfig, "storageClass": self.storage_class})
+        self.cache_storage_class, self.cache_throughput_mib_s = self.storage_class, None
+        if built.cache_class:
+            self.cache_storage_class = k8s.storage.v1.StorageClass(
+                f"{name}-{built.cache_class.name}",
+                metadata={"name": built.cache_class.name},
+                **built.cache_class.manifest,
+                opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=built.storage_ready),
+            ).metadata.name
+            self.cache_throughput_mib_s = built.cache_class.throughput_mib_s
+        self.register_outputs({"kubeconfig": self.kubeconfig, "storageClass": self.storage_class,
+                               "cacheStorageClass": self.cache_storage_class})

@@ -171,6 +171,9 @@ class GpuNodeGroup(NodeGroup):
     ami_type: Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"] = "AL2023_x86_64_NVIDIA"
     min_size: int = Field(0, ge=0)
     disk_size_gb: int = Field(200, ge=50)
+    # The one zone of the GPU nodes (default: the first of availabilityZones). An EBS model
+    # cache lives in one zone: its pod must always find a GPU node there.
+    zone: Optional[str] = Field(None, pattern=r"^[a-z]{2}(-gov)?-[a-z]+-[0-9][a-z]$")
 
 
 class EksCluster(_Model):
@@ -185,13 +188,20 @@ class EksCluster(_Model):
     system_nodes: NodeGroup = NodeGroup(instance_type="m6i.large", min_size=2, desired_size=2, max_size=3)
     gpu_nodes: GpuNodeGroup = GpuNodeGroup()
 
+    @property
+    def gpu_zone(self) -> str:
+        return self.gpu_nodes.zone or self.availability_zones[0]
+
     def accelerator_pool(self, kind: str) -> AcceleratorPool:
         return AcceleratorPool(
             per_node=gpus_per_instance(self.gpu_nodes.instance_type),
             labels={"llm-platform/accelerator": "nvidia"},
             taint=EKS_GPU_TAINT,
             device_plugin="nvidia-chart",
+            # Nothing scales a managed node group but its desired size (no autoscaler yet).
+            nodes=self.gpu_nodes.desired_size,
             max_nodes=self.gpu_nodes.max_size,
+            autoscaled=False,
         )
 
     @model_validator(mode="after")
@@ -199,6 +209,9 @@ class EksCluster(_Model):
         for zone in self.availability_zones:
             if not re.match(rf"^{re.escape(self.region)}[a-z]$", zone):
                 raise ValueError(f"availabilityZones: expected zones of {self.region} such as {self.region}a, got {zone!r}")
+        if self.gpu_nodes.zone and self.gpu_nodes.zone not in self.availability_zones:
+            raise ValueError(f"gpuNodes.zone: expected one of availabilityZones {self.availability_zones}, "
+                             f"got {self.gpu_nodes.zone!r}")
         return self
 
 
@@ -267,14 +280,19 @@ class GkeCluster(_Model):
                 },
                 taint=GKE_TPU_TAINT,
                 device_plugin="managed",
+                # A pool with `autoscaling` runs GKE's autoscaler: it adds nodes up to the max.
+                nodes=self.tpu_pool.min_nodes,
                 max_nodes=self.tpu_pool.max_nodes,
+                autoscaled=True,
             )
         return AcceleratorPool(
             per_node=self.gpu_pool.gpus,
             labels={"cloud.google.com/gke-accelerator": self.gpu_pool.accelerator_type},
             taint=GKE_GPU_TAINT,
             device_plugin="managed",
+            nodes=self.gpu_pool.min_nodes,
             max_nodes=self.gpu_pool.max_nodes,
+            autoscaled=True,
         )
 
     @model_validator(mode="after")
@@ -308,17 +326,43 @@ class AcceleratorConfig(_Model):
 # --- models --------------------------------------------------------------------------------
 
 
+_QUANTITY_SUFFIX = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+                    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def whole_cpus(quantity: str) -> int:
+    """The whole CPUs a CPU quantity grants ("4" -> 4, "3500m" -> 3), at least one."""
+    number, suffix = re.match(r"^([0-9.]+)(\D*)$", quantity).groups()
+    return max(1, int(float(number) * _QUANTITY_SUFFIX.get(suffix, 1)))
+
+
 class Resources(_Model):
     cpu: Quantity = "2"
     memory: Quantity = "4Gi"
     cpu_limit: Quantity = "4"
     memory_limit: Quantity = "6Gi"
 
+    @property
+    def threads(self) -> int:
+        """Compute threads that fit the CPU limit: more would contend for the pod's CFS quota."""
+        return whole_cpus(self.cpu_limit)
+
 
 def _gguf_file(value: str) -> str:
     if "/" in value or not value.endswith(".gguf"):
         raise ValueError(f"expected a GGUF file name such as 'model.Q8_0.gguf' (no folders), got {value!r}")
     return value
+
+
+def _no_key_flags(*flags: str):
+    """Refuse extra args that would put an API key on the command line or replace the file
+    the platform hands the keys over in."""
+    def check(args: list[str]) -> list[str]:
+        for arg in args:
+            if arg.split("=", 1)[0] in flags:
+                raise ValueError(f"expected no {arg.split('=', 1)[0]}: the platform passes the API keys (the front door's)")
+        return args
+    return check
 
 
 def _sha256(value: str) -> str:
@@ -337,11 +381,20 @@ class ModelConfig(_Model):
     url: Optional[str] = Field(None, pattern=r"^https://\S+$")
     sha256: Optional[Annotated[str, AfterValidator(_sha256)]] = None
     size_bytes: Optional[int] = Field(None, gt=0)
-    ctx_size: int = Field(4096, ge=256)
+    # Tokens of context; 0 (the default): the context the model was trained for, read from the
+    # GGUF file by the server. A larger value than that only wastes memory.
+    ctx_size: int = Field(0, ge=0)
     replicas: int = Field(1, ge=0)
     resources: Resources = Resources()
     image: Optional[Image] = None
-    extra_args: list[str] = []
+    extra_args: Annotated[list[str], AfterValidator(_no_key_flags("--api-key", "--api-key-file"))] = []
+
+    @field_validator("ctx_size")
+    @classmethod
+    def _usable_context(cls, value: int) -> int:
+        if 0 < value < 256:
+            raise ValueError(f"expected 0 (the model's own context) or at least 256 tokens, got {value}")
+        return value
 
     @property
     def download_url(self) -> Optional[str]:
@@ -359,8 +412,38 @@ class VllmResources(Resources):
     memory_limit: Quantity = "24Gi"
 
 
+_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+GI = 2**30
+
+
+def quantity_bytes(value: str) -> int:
+    """Bytes of a storage quantity such as '140Gi' or '150G'."""
+    m = re.match(r"^([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$", value)
+    return int(float(m[1]) * _UNITS[m[2]])
+
+
+def _storage(value: str) -> str:
+    m = re.match(r"^[0-9]+(\.[0-9]+)?(k|M|G|T|Ki|Mi|Gi|Ti)$", value)
+    if not m:
+        raise ValueError(f"expected a size such as '140Gi' or '150G', got {value!r}")
+    return value
+
+
+Storage = Annotated[str, AfterValidator(_storage)]
+# Without a stated weight size: a cache that holds a model of a few tens of GB.
+DEFAULT_CACHE = "100Gi"
+# The cache classes provision 4000 IOPS, which gp3 and Hyperdisk give volumes of 8 GiB and up.
+MIN_CACHE_GI = 10
+
+
+def cache_for(weights: str) -> str:
+    """Room for the weights plus a fifth and 10Gi: tokenizer files, partial downloads, the
+    XLA cache on TPUs, rounded up to whole Gi."""
+    return f"{-(-quantity_bytes(weights) * 6 // 5 // GI) + 10}Gi"
+
+
 class VllmModel(_Model):
-    """A Hugging Face model served by vLLM; weights are cached on a PVC."""
+    """A Hugging Face model served by vLLM; each replica caches the weights on its own volume."""
 
     name: DnsLabel
     runtime: Literal["vllm"]
@@ -370,10 +453,29 @@ class VllmModel(_Model):
     # Accelerators per replica (= --tensor-parallel-size). Default: 1 GPU, or every TPU chip of a host.
     accelerators: Optional[int] = Field(None, ge=1)
     replicas: int = Field(1, ge=0)
-    cache_size: Quantity = "100Gi"
+    # Size of the weights as downloaded (e.g. 140Gi for a 70B model in bf16): sizes the cache
+    # and the startup budget.
+    weights_size: Optional[Storage] = None
+    # Default: weightsSize plus headroom, or 100Gi when the weights' size is not stated.
+    cache_size: Optional[Storage] = None
     resources: VllmResources = VllmResources()
     image: Optional[Image] = None
-    extra_args: list[str] = []
+    extra_args: Annotated[list[str], AfterValidator(_no_key_flags("--api-key", "--config"))] = []
+
+    @property
+    def cache(self) -> str:
+        if self.cache_size:
+            return self.cache_size
+        return cache_for(self.weights_size) if self.weights_size else DEFAULT_CACHE
+
+    @model_validator(mode="after")
+    def _cache_holds_the_weights(self) -> "VllmModel":
+        if quantity_bytes(self.cache) < MIN_CACHE_GI * GI:
+            raise ValueError(f"cacheSize: expected at least {MIN_CACHE_GI}Gi, got {self.cache!r}")
+        if self.weights_size and quantity_bytes(self.cache) < quantity_bytes(self.weights_size):
+            raise ValueError(f"cacheSize: {self.cache} cannot hold the model's weights "
+                             f"(weightsSize {self.weights_size}); leave it out to size it from the weights")
+        return self
 
 
 def _runtime_of(value: Any) -> str:
@@ -566,10 +668,18 @@ class StackConfig(_Model):
     provider_keys: dict[str, str] = {}
     # Open WebUI's admin password (a Pulumi secret); generated and kept in state when not set.
     ui_admin_password: Optional[str] = None
-    # Keep model caches (PVCs) when the stack is destroyed, unless told otherwise.
-    delete_model_caches: bool = False
     # Hugging Face token for gated models: `pulumi config set --secret hfToken hf_...`.
     hf_token: Optional[str] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_removed_keys(cls, raw: Any) -> Any:
+        """A key that used to exist gets its own answer, not "unknown key"."""
+        if isinstance(raw, dict) and "deleteModelCaches" in raw:
+            raise ValueError(REMOVED_DELETE_MODEL_CACHES)
+        if isinstance(raw, dict) and "uiApiKey" in raw:
+            raise ValueError(REMOVED_UI_API_KEY)
+        return raw
 
     @model_validator(mode="before")
     @classmethod
@@ -620,6 +730,7 @@ class StackConfig(_Model):
                 raise ValueError(
                     f"models[{i}].accelerators: a TPU pod takes every chip of its host ({per_node}), got {asked}"
                 )
+        self._replicas_fit(pool)
         return self
 
     @model_validator(mode="after")
@@ -641,6 +752,30 @@ class StackConfig(_Model):
                                  f"(`pulumi config set --secret --path providerKeys.{p.name} ...`)")
         return self
 
+    def _replicas_fit(self, pool: Optional[AcceleratorPool]) -> None:
+        """Every replica of every model must find its accelerators on nodes that exist, or that
+        an autoscaler will add: otherwise `up` waits for pods that never schedule."""
+        kind = self.accelerator.kind
+        if kind == "vulkan":
+            capacity, where = self.accelerator.share_count, f"accelerator.shareCount {self.accelerator.share_count}"
+        elif pool is not None:
+            capacity = pool.capacity
+            where = (f"{pool.per_node} per node × up to {pool.max_nodes} nodes the autoscaler adds" if pool.autoscaled
+                     else f"{pool.per_node} per node × {pool.nodes} nodes that exist; nothing adds more")
+        else:
+            return
+        if self.llama_router.enabled:
+            return  # one router pod holds one share and serves every model from it
+        used = 0
+        for i, m in enumerate(self.models):
+            per_replica = pool.per_node if kind == "tpu" else (getattr(m, "accelerators", None) or 1)
+            used += per_replica * m.replicas
+            if used > capacity:
+                raise ValueError(
+                    f"models[{i}].replicas: the models need {used} {kind} units in all, the cluster offers "
+                    f"{capacity} ({where})"
+                )
+
     @field_validator("models")
     @classmethod
     def _unique_names(cls, models: list) -> list:
@@ -649,6 +784,16 @@ class StackConfig(_Model):
             if names.count(name) > 1:
                 raise ValueError(f"model name {name!r} is used more than once; names must be unique")
         return models
+
+
+REMOVED_UI_API_KEY = (
+    "uiApiKey: no longer a setting; Open WebUI reaches every model through the front door with "
+    "the client key (apiKey): remove the key"
+)
+REMOVED_DELETE_MODEL_CACHES = (
+    "deleteModelCaches: no longer a setting; model caches live as long as the cluster and "
+    "`pulumi destroy` deletes them with it (see the README, 'Model caches'): remove the key"
+)
 
 
 # --- loading -------------------------------------------------------------------------------

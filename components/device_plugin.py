@@ -65,10 +65,13 @@ class GpuDevicePlugin(pulumi.ComponentResource):
             create_namespace=True,
             repository_opts={"repo": NVIDIA_REPO},
             values={
-                # Only GPU nodes, whose taint it tolerates: the same facts the model pods use.
+                # Only GPU nodes, whose taint it tolerates: the same facts the model pods use. The
+                # chart's own affinity also stays: the GPU node group carries the label it accepts.
                 "nodeSelector": dict(accel.node_selector),
                 "tolerations": list(accel.tolerations),
-                "gfd": {"enabled": True},
+                # GPU feature discovery needs node-feature-discovery, whose worker tolerates only
+                # `nvidia.com/gpu=present`; nothing here reads the labels they add.
+                "gfd": {"enabled": False},
             },
             # GPU nodes may scale from zero: the DaemonSet is ready with no pods.
             opts=pulumi.ResourceOptions(parent=self, provider=provider),

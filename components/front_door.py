@@ -4,8 +4,6 @@ mesh (or to a hosted provider from config), holds the keys and counts the tokens
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence, TypedDict
@@ -15,6 +13,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
+from .llm_server import keyed_digest
 from .model_namespace import NAMESPACE_LABEL, policy_specs
 
 if TYPE_CHECKING:
@@ -195,10 +194,9 @@ class FrontDoor(pulumi.ComponentResource):
                 f"{name}-keys", metadata={**meta, "name": KEYS_SECRET},
                 string_data=dict(keys), opts=child,
             )
-        # A changed config or key must restart the proxy: it reads both only at start. The digest
-        # of random keys reveals nothing, and kept plain it leaves the pod spec readable in previews.
-        checksum = pulumi.Output.unsecret(pulumi.Output.all(rendered, *keys.values()).apply(
-            lambda parts: hashlib.sha256(json.dumps(parts).encode()).hexdigest()))
+        # A changed config or key must restart the proxy: it reads both only at start. Keyed like
+        # the model servers' digest, since the master key may be one a person chose.
+        checksum = keyed_digest(self, name, pulumi.Output.all(rendered, *keys.values()))
 
         account = k8s.core.v1.ServiceAccount(
             f"{name}-service-account",

@@ -48,6 +48,11 @@ def topology_chips(topology: str) -> int:
     return chips
 
 
+# The label NVIDIA's device plugin chart (0.20.0) accepts in its default node affinity to run on a
+# node without node-feature-discovery's PCI label. EKS GPU nodes carry it from their node group, so
+# the plugin runs there from the start, and nowhere else.
+NVIDIA_GPU_PRESENT_LABEL = {"nvidia.com/gpu.present": "true"}
+
 # Taints of accelerator nodes. Pods' tolerations are derived from these, never retyped.
 EKS_GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}
 # GKE adds these to its GPU and TPU nodes itself.
@@ -70,5 +75,29 @@ class AcceleratorPool:
     taint: dict
     # Who makes the accelerator schedulable: "nvidia-chart" (we install it) or "managed" (the cloud).
     device_plugin: str
-    # Nodes the pool may scale to: with per_node, how many units exist at most.
+    # Nodes there are when nothing scales the pool (EKS desiredSize, GKE minNodes)...
+    nodes: int = 1
+    # ...and the most it may grow to, which only counts where an autoscaler adds them.
     max_nodes: int = 1
+    # Whether something adds nodes for pending pods (GKE's per-pool autoscaler). The hook
+    # for a node autoscaler on EKS: set it where one manages the pool.
+    autoscaled: bool = False
+
+    @property
+    def schedulable_nodes(self) -> int:
+        """Nodes pods can count on: those an autoscaler would add, else those that exist."""
+        return self.max_nodes if self.autoscaled else self.nodes
+
+    @property
+    def capacity(self) -> int:
+        return self.per_node * self.schedulable_nodes
+
+
+# Disk types a GKE machine family can attach: TPU v6e takes only Hyperdisk, v5e and the G2
+# (L4) machines take Persistent Disk.
+GKE_CACHE_DISK = {"ct5lp-hightpu": "pd-balanced", "ct6e-standard": "hyperdisk-balanced", "g2-standard": "pd-balanced"}
+
+
+def gke_cache_disk(machine_type: str) -> str:
+    family = machine_type.rsplit("-", 1)[0]
+    return GKE_CACHE_DISK.get(family, "pd-balanced")

@@ -13,8 +13,10 @@ import pulumi_command as command
 import pulumi_kubernetes as k8s
 
 from .accelerators import Accelerator
-from .llm_server import CONTAINER_SECURITY, PROBE_PERIOD_S, fetch_command, pod_security
-from .serving import ALL_LAYERS, API_KEYS_MOUNT, LLAMA_CPP_PORT, MODELS_MOUNT, RUNTIMES, model_path
+from .llm_server import (
+    CONTAINER_SECURITY, KEYS_DIGEST_ANNOTATION, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security,
+)
+from .serving import ALL_LAYERS, API_KEYS_FILE, API_KEYS_MOUNT, LLAMA_CPP_PORT, MODELS_MOUNT, RUNTIMES, model_path
 
 if TYPE_CHECKING:
     from .config import LlamaRouterConfig, ModelConfig
@@ -47,7 +49,7 @@ def router_args(models_max: int, api_auth: bool) -> list[str]:
         "--metrics",
     ]
     if api_auth:
-        args += ["--api-key-file", f"{API_KEYS_MOUNT}/keys"]
+        args += ["--api-key-file", f"{API_KEYS_MOUNT}/{API_KEYS_FILE}"]
     return args
 
 
@@ -60,8 +62,8 @@ class LlamaRouterArgs(TypedDict):
     host_models_dir: Optional[str]
     host_models_claim: pulumi.Input[str]
     priority_class: pulumi.Input[str]
-    # The key the router accepts (the front door's); None: open API.
-    api_key: Optional[pulumi.Output[str]]
+    # The keys the router accepts by role (the front door's); None: open API.
+    api_keys: Optional[dict[str, pulumi.Output[str]]]
     restricted: bool
     supplemental_groups: list[int]
 
@@ -99,13 +101,12 @@ class LlamaRouter(pulumi.ComponentResource):
             {"name": "presets", "mountPath": PRESETS_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ]
-        if args["api_key"] is not None:
-            secret = k8s.core.v1.Secret(
-                f"{name}-api-keys", metadata={**meta, "name": f"{NAME}-api-keys"},
-                string_data={"keys": args["api_key"]}, opts=child,
-            )
-            volumes.append({"name": "api-keys", "secret": {"secretName": secret.metadata.name}})
-            mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
+        annotations = None
+        if args["api_keys"] is not None:
+            # As for every model server: a file from a Secret, and a rotated key rolls the pod.
+            annotations = {KEYS_DIGEST_ANNOTATION: api_keys_volume(
+                self, name, {**meta, "name": f"{NAME}-api-keys"}, API_KEYS_FILE, args["api_keys"],
+                child, volumes, mounts)}
 
         # The router is the only pod on the GPU: it asks for one share of it.
         accelerators = {accel.resource: "1"} if accel.resource else {}
@@ -114,7 +115,7 @@ class LlamaRouter(pulumi.ComponentResource):
         container = {
             "name": "server",
             "image": cfg.image or runtime.image,
-            "args": router_args(cfg.models_max, args["api_key"] is not None),
+            "args": router_args(cfg.models_max, args["api_keys"] is not None),
             # The model instances it starts are llama-server processes too; HOME for their caches.
             "env": [{"name": "HOME", "value": "/tmp"}],
             "ports": [{"name": "http", "containerPort": LLAMA_CPP_PORT, "protocol": "TCP"}],
@@ -140,7 +141,7 @@ class LlamaRouter(pulumi.ComponentResource):
                 # One GPU holder: the old pod goes before the new one takes the device.
                 "strategy": {"type": "Recreate"},
                 "selector": {"matchLabels": labels},
-                "template": {"metadata": {"labels": labels}, "spec": {
+                "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": {
                     "priorityClassName": args["priority_class"],
                     "automountServiceAccountToken": False,
                     "securityContext": pod_security(args["restricted"], args["supplemental_groups"]),

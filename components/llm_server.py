@@ -1,26 +1,42 @@
-"""LlmServer: one OpenAI-compatible model server (Deployment + Service) for one model."""
+"""LlmServer: one OpenAI-compatible model server for one model: a Deployment on the host's
+model files, or a StatefulSet whose replicas each cache the weights on a volume of their own;
+plus its Service."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import hmac
+import math
 import shlex
 from typing import Optional, TypedDict
 
 import pulumi
 import pulumi_command as command
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
 from .accelerators import Accelerator
+from .config import quantity_bytes
 from .serving import (
-    API_KEY_ENTRIES, API_KEYS_MOUNT, CACHE_MOUNT, MODELS_MOUNT, ServerSpec, api_key_env, server_spec,
+    API_KEY_ENTRIES, API_KEYS_MOUNT, CACHE_MOUNT, MODELS_MOUNT, TERMINATION_GRACE_S, ServerSpec,
+    api_keys_file_content, server_spec,
 )
 
 PROBE_PERIOD_S = 10
 # A fixed non-root identity above the host's range; fsGroup makes the cache writable for it.
 RUN_AS = 10001
-# Long enough for a slow generation in flight to finish after the pod leaves the Service.
-TERMINATION_GRACE_S = 180
-# Endpoints are removed asynchronously: keep serving a moment before SIGTERM.
-PRESTOP_SLEEP_S = 15
+# Pod-template annotation that changes with the API keys: servers read them only at start, so
+# a rotated key rolls the pods.
+KEYS_DIGEST_ANNOTATION = "llm-platform/api-keys-digest"
+# A first start downloads the weights from the model hub: assume a modest steady rate.
+DOWNLOAD_MIB_S = 50
+# Beyond moving bytes: CUDA graph capture, or XLA compiling every shape on a TPU.
+LOAD_MINUTES = {"nvidia": 10, "tpu": 45}
+# Transfers rarely run at the nominal rate for the whole time.
+TRANSFER_MARGIN = 1.5
+# Pulumi waits this much beyond the pods' own startup budget (scheduling, image pull).
+AWAIT_MARGIN_MINUTES = 10
 
 
 class LlmServerArgs(TypedDict):
@@ -32,19 +48,34 @@ class LlmServerArgs(TypedDict):
     host_models_dir: Optional[str]
     # The namespace's claim on the node's /mnt/models (servers that read GGUF files from it).
     host_models_claim: Optional[pulumi.Input[str]]
-    # StorageClass of the model cache PVC (servers that download weights).
+    # StorageClass of the model caches (servers that download weights), and the MiB/s one
+    # such volume sustains (None: unknown).
     storage_class: Optional[pulumi.Input[str]]
+    cache_throughput_mib_s: Optional[int]
+    # Accelerator units all model servers on this accelerator hold together.
+    units_in_use: int
     # Hugging Face token (a Pulumi secret), for gated models; None for public ones.
     hf_token: Optional[pulumi.Output[str]]
     priority_class: pulumi.Input[str]
     # API keys the server accepts (Pulumi secrets), by role ("client", "ui"); None: open API.
     api_keys: Optional[dict[str, pulumi.Output[str]]]
-    # Keep the model cache PVC when the stack is destroyed.
-    retain_cache: bool
     # Run under the restricted Pod Security profile (non-root, no privilege, read-only root).
     restricted: bool
     # Extra groups (e.g. the node's render group for /dev/dri).
     supplemental_groups: list[int]
+
+
+def startup_minutes(model, accel: Accelerator, spec: ServerSpec, throughput_mib_s: Optional[int]) -> int:
+    """How long the slowest start may take: downloading the weights onto the cache, reading
+    them back, then loading/compiling. A model of unstated size gets the runtime's allowance,
+    which is also the floor."""
+    weights = getattr(model, "weights_size", None)
+    if not weights or not throughput_mib_s:
+        return spec.startup_minutes
+    mib = quantity_bytes(weights) / 2**20
+    transfer_s = mib / min(DOWNLOAD_MIB_S, throughput_mib_s) + mib / throughput_mib_s
+    derived = LOAD_MINUTES.get(accel.kind, 0) + TRANSFER_MARGIN * transfer_s / 60
+    return max(spec.startup_minutes, math.ceil(derived))
 
 
 def fetch_command(model, models_dir: str) -> str:
@@ -68,6 +99,8 @@ class LlmServer(pulumi.ComponentResource):
         super().__init__("llm-platform:index:LlmServer", name, None, opts)
         model, accel, provider = args["model"], args["accelerator"], args["provider"]
         spec = server_spec(model, accel, api_auth=args["api_keys"] is not None)
+        spec = dataclasses.replace(
+            spec, startup_minutes=startup_minutes(model, accel, spec, args["cache_throughput_mib_s"]))
         self.alias = model.name
         self.port = spec.port
         self.namespace = pulumi.Output.from_input(args["namespace"])
@@ -81,6 +114,8 @@ class LlmServer(pulumi.ComponentResource):
 
         waits_for: list[pulumi.Resource] = []
         volumes, mounts, env = [], [], [{"name": k, "value": v} for k, v in spec.env.items()]
+        annotations: dict = {}
+        claim_templates = None
         if spec.model_store == "host":
             volumes.append({"name": "models", "persistentVolumeClaim": {
                 "claimName": args["host_models_claim"], "readOnly": True}})
@@ -94,48 +129,67 @@ class LlmServer(pulumi.ComponentResource):
                     opts=pulumi.ResourceOptions(parent=self),
                 ))
         else:
-            self._model_cache(name, model, meta, args, k8s_opts, volumes, mounts, env)
-        if spec.api_keys_from:
-            self._api_keys(name, model.name, meta, spec, args["api_keys"], k8s_opts, volumes, mounts, env)
+            claim_templates = self._model_cache(name, model, meta, args, k8s_opts, mounts, env)
+        if spec.api_keys_file:
+            annotations[KEYS_DIGEST_ANNOTATION] = api_keys_volume(
+                self, name, {**meta, "name": f"{model.name}-api-keys"}, spec.api_keys_file, args["api_keys"],
+                k8s_opts, volumes, mounts)
         if args["restricted"]:
             # The root filesystem is read-only: scratch space and HOME live here.
             volumes.append({"name": "tmp", "emptyDir": {}})
             mounts.append({"name": "tmp", "mountPath": "/tmp"})
-            env.append({"name": "HOME", "value": "/tmp"})
+            if "HOME" not in spec.env:
+                env.append({"name": "HOME", "value": "/tmp"})
         if spec.shared_memory:
             volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}})
             mounts.append({"name": "shm", "mountPath": "/dev/shm"})
 
-        self.deployment = k8s.apps.v1.Deployment(
-            f"{name}-deployment",
-            metadata={**meta, "name": model.name},
-            spec={
-                "replicas": model.replicas,
-                "progressDeadlineSeconds": spec.startup_minutes * 60,
-                "strategy": rollout_strategy(accel, spec.accelerators, model.replicas),
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "priorityClassName": args["priority_class"],
-                        # Model servers never call the Kubernetes API.
-                        "automountServiceAccountToken": False,
-                        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
-                        "securityContext": pod_security(args["restricted"], args["supplemental_groups"]),
-                        "containers": [_container(model, accel, spec, env, mounts, args["restricted"])],
-                        "nodeSelector": dict(accel.node_selector) or None,
-                        "tolerations": list(accel.tolerations) or None,
-                        "volumes": volumes,
-                    },
-                },
+        template = {
+            "metadata": {"labels": labels, "annotations": annotations or None},
+            "spec": {
+                "priorityClassName": args["priority_class"],
+                # Model servers never call the Kubernetes API.
+                "automountServiceAccountToken": False,
+                "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
+                "securityContext": pod_security(args["restricted"], args["supplemental_groups"]),
+                "containers": [_container(model, accel, spec, env, mounts, args["restricted"])],
+                "nodeSelector": dict(accel.node_selector) or None,
+                "tolerations": list(accel.tolerations) or None,
+                "volumes": volumes,
             },
-            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
-                depends_on=waits_for,
-                custom_timeouts=pulumi.CustomTimeouts(
-                    create=f"{spec.startup_minutes + 10}m", update=f"{spec.startup_minutes + 10}m"
-                ),
-            )),
-        )
+        }
+        budget = spec.startup_minutes
+        if claim_templates is None:
+            self.workload = k8s.apps.v1.Deployment(
+                f"{name}-deployment",
+                metadata={**meta, "name": model.name},
+                spec={
+                    "replicas": model.replicas,
+                    "progressDeadlineSeconds": budget * 60,
+                    "strategy": rollout_strategy(accel, spec.accelerators, args["units_in_use"]),
+                    "selector": {"matchLabels": labels},
+                    "template": template,
+                },
+                opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
+                    depends_on=waits_for,
+                    custom_timeouts=_timeouts(budget + AWAIT_MARGIN_MINUTES, budget + AWAIT_MARGIN_MINUTES),
+                )),
+            )
+        else:
+            self.workload = k8s.apps.v1.StatefulSet(
+                f"{name}-statefulset",
+                metadata={**meta, "name": model.name},
+                spec=stateful_spec(model, labels, template, claim_templates),
+                # Replicas start together, but an update replaces them one by one, each of which
+                # may have to download again (a changed model): Pulumi waits for all of them.
+                opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
+                    depends_on=waits_for,
+                    custom_timeouts=_timeouts(
+                        budget + AWAIT_MARGIN_MINUTES,
+                        max(model.replicas, 1) * (budget + math.ceil(TERMINATION_GRACE_S / 60)) + AWAIT_MARGIN_MINUTES,
+                    ),
+                )),
+            )
         if model.replicas > 1:
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb",
@@ -157,24 +211,11 @@ class LlmServer(pulumi.ComponentResource):
         )
         self.register_outputs({"alias": self.alias, "serviceHost": self.service_host, "port": self.port})
 
-    def _model_cache(self, name, model, meta: dict, args: LlmServerArgs, opts, volumes, mounts, env) -> None:
-        """Weights (and compiled XLA graphs) on a PVC that outlives pods: restarts never download
-        again; plus the Hugging Face token, when there is one, from a Secret."""
-        cache = k8s.core.v1.PersistentVolumeClaim(
-            f"{name}-cache",
-            metadata={**meta, "name": f"{model.name}-cache",
-                      # Bound only when its pod is scheduled (WaitForFirstConsumer): do not await.
-                      "annotations": {"pulumi.com/skipAwait": "true"}},
-            spec={
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": args["storage_class"],
-                "resources": {"requests": {"storage": model.cache_size}},
-            },
-            # Destroying the stack keeps downloaded weights unless config says otherwise.
-            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=args["retain_cache"])),
-        )
-        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": cache.metadata.name}})
-        mounts.append({"name": "cache", "mountPath": CACHE_MOUNT})
+    def _model_cache(self, name, model, meta: dict, args: LlmServerArgs, opts, mounts, env) -> list[dict]:
+        """Each replica's own volume for the weights (and compiled XLA graphs): restarts and
+        rollouts never download again, and no two pods share a ReadWriteOnce disk. Plus the
+        Hugging Face token, when there is one, from a Secret."""
+        mounts.append({"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT})
         if args["hf_token"] is not None:
             token = k8s.core.v1.Secret(
                 f"{name}-hf-token",
@@ -184,33 +225,83 @@ class LlmServer(pulumi.ComponentResource):
             )
             env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
                 "name": token.metadata.name, "key": "HF_TOKEN"}}})
-
-    def _api_keys(self, name, alias: str, meta, spec: ServerSpec, keys: dict, opts, volumes, mounts, env) -> None:
-        """The keys reach the server from a Secret, as a file or env vars: never in its args."""
-        secret = k8s.core.v1.Secret(
-            f"{name}-api-keys",
-            metadata={**meta, "name": f"{alias}-api-keys"},
-            string_data={
-                **{entry: keys[entry] for entry in API_KEY_ENTRIES},
-                "keys": pulumi.Output.all(*(keys[e] for e in API_KEY_ENTRIES)).apply("\n".join),
+        return [{
+            "metadata": {"name": CACHE_VOLUME, "labels": meta["labels"]},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": args["storage_class"],
+                "resources": {"requests": {"storage": model.cache}},
             },
-            opts=opts,
-        )
-        if spec.api_keys_from == "file":
-            volumes.append({"name": "api-keys", "secret": {
-                "secretName": secret.metadata.name, "items": [{"key": "keys", "path": "keys"}]}})
-            mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
-        else:
-            env.extend({"name": api_key_env(e), "valueFrom": {"secretKeyRef": {
-                "name": secret.metadata.name, "key": e}}} for e in API_KEY_ENTRIES)
+        }]
 
 
-def rollout_strategy(accel: Accelerator, units: int, replicas: int) -> dict:
-    """Never drop the last ready replica when a new pod fits beside the old ones; where the
-    accelerators cannot hold one more pod (a single GPU, a TPU host), replace in place."""
-    if accel.fits_surge(units, replicas):
+def keyed_digest(parent: pulumi.Resource, name: str, parts: pulumi.Input[list]) -> pulumi.Output[str]:
+    """A digest of secret material for a pod template, so that a change rolls the pods. Keyed:
+    a plain hash of a chosen (weak) key could be guessed offline from the pod spec; the salt
+    stays in the stack's encrypted state. Not a secret (nothing can be recovered from it), so
+    the pod template stays readable in diffs."""
+    salt = random.RandomPassword(f"{name}-keys-digest-salt", length=32, special=False,
+                                 opts=pulumi.ResourceOptions(parent=parent))
+    digest = pulumi.Output.all(salt.result, parts).apply(
+        lambda v: hmac.new(v[0].encode(), "\n".join(v[1]).encode(), hashlib.sha256).hexdigest())
+    return pulumi.Output.unsecret(digest)
+
+
+def api_keys_volume(parent: pulumi.Resource, name: str, metadata: dict, api_keys_file: str,
+                    keys: dict, opts, volumes: list, mounts: list) -> pulumi.Output[str]:
+    """The keys reach a llama.cpp or vLLM server as a file from a Secret: never in its args,
+    env or logs. Adds the volume and mount; returns the keyed digest of the keys for the pod
+    template (servers read them only at start)."""
+    ordered = pulumi.Output.all(*(keys[e] for e in API_KEY_ENTRIES))
+    secret = k8s.core.v1.Secret(
+        f"{name}-api-keys",
+        metadata=metadata,
+        string_data={
+            **{entry: keys[entry] for entry in API_KEY_ENTRIES},
+            api_keys_file: ordered.apply(lambda ks: api_keys_file_content(api_keys_file, ks)),
+        },
+        opts=opts,
+    )
+    volumes.append({"name": "api-keys", "secret": {
+        "secretName": secret.metadata.name,
+        "items": [{"key": api_keys_file, "path": api_keys_file}]}})
+    mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
+    return keyed_digest(parent, name, ordered)
+
+
+CACHE_VOLUME = "cache"
+
+
+def _timeouts(create_minutes: int, update_minutes: int) -> pulumi.CustomTimeouts:
+    return pulumi.CustomTimeouts(create=f"{create_minutes}m", update=f"{update_minutes}m")
+
+
+def rollout_strategy(accel: Accelerator, units: int, in_use: int) -> dict:
+    """For servers on the host's model files (a read-only claim any new pod can mount): never
+    drop the last ready replica when the accelerators that are really there (or that an
+    autoscaler adds) hold one more pod; otherwise replace in place."""
+    if accel.fits_surge(units, in_use):
         return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     return {"type": "Recreate"}
+
+
+def stateful_spec(model, labels: dict, template: dict, claim_templates: list[dict]) -> dict:
+    """Replica N always mounts claim cache-<name>-N. A rolling update replaces one pod at a time
+    on its own claim, so it never needs a second accelerator or a second copy of the weights;
+    with more than one replica the others keep serving."""
+    return {
+        # The Service that selects the pods (per-pod DNS is not needed).
+        "serviceName": model.name,
+        "replicas": model.replicas,
+        # Replicas download and start together, not one after another.
+        "podManagementPolicy": "Parallel",
+        "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}},
+        # A replaced StatefulSet, or a replica scaled away and back, finds its weights again.
+        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+        "selector": {"matchLabels": labels},
+        "template": template,
+        "volumeClaimTemplates": claim_templates,
+    }
 
 
 POD_SECURITY = {
@@ -253,7 +344,9 @@ def _container(model, accel: Accelerator, spec: ServerSpec, env: list, mounts: l
         },
         "readinessProbe": {**probe, "periodSeconds": PROBE_PERIOD_S, "failureThreshold": 3},
         "livenessProbe": {**probe, "periodSeconds": 30, "failureThreshold": 5},
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},
+        # Leave the Service's endpoints, then let requests in flight finish before SIGTERM
+        # (llama.cpp) or on it (vLLM's --shutdown-timeout).
+        "lifecycle": {"preStop": spec.pre_stop},
     }
     if spec.command:
         container["command"] = spec.command

@@ -11,6 +11,9 @@ import pulumi_kubernetes as k8s
 from .clusters.base import IngressFacts
 
 ISTIO_REPO = "https://istio-release.storage.googleapis.com/charts"
+# Where Istio publishes its release images; set explicitly so every image (istiod, the CNI
+# agent, sidecars and the gateway injected from istiod's template) is the chart's version.
+ISTIO_HUB = "docker.io/istio"
 SYSTEM_NS = "istio-system"
 INGRESS_NS = "istio-ingress"
 INGRESS_RELEASE = "istio-ingress"
@@ -138,7 +141,8 @@ class Mesh(pulumi.ComponentResource):
                 opts=child(*after),
             )
 
-        platform = {"global": {"platform": args["platform"]}} if args["platform"] else {}
+        images = {"hub": ISTIO_HUB, "tag": version}
+        platform = {"global": {**images, **({"platform": args["platform"]} if args["platform"] else {})}}
         # base carries the CRDs every Istio object needs.
         self.base = release("base", "base", "istio-base", SYSTEM_NS, {"defaultRevision": "default"})
         # The CNI node agent sets up traffic redirection, so injected pods need no NET_ADMIN

@@ -5,6 +5,7 @@ or runtime is a new row here rather than an `if` inside a component.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -13,8 +14,36 @@ from .accelerators import Accelerator
 MODELS_MOUNT = "/mnt/models"
 CACHE_MOUNT = "/data"
 API_KEYS_MOUNT = "/etc/llm-platform/api-keys"
-# Keys of the API-key Secret each model server reads.
-API_KEY_ENTRIES = ("client", "ui")
+# Keys of the API-key Secret each model server reads: the front door is its one caller.
+API_KEY_ENTRIES = ("front-door",)
+# Entries of that Secret the servers read as files: llama.cpp's key list (one key a line) and
+# vLLM's config file (`--config`, YAML), which carries `api-key` so no key reaches argv or env.
+API_KEYS_FILE = "keys"
+VLLM_CONFIG_FILE = "serve.yaml"
+
+# Shutdown: the pod gets TERMINATION_GRACE_S; its preStop first keeps serving PRESTOP_SLEEP_S
+# while the endpoints are removed, then the server may finish what is in flight for up to
+# DRAIN_S, leaving a margin before the kubelet's SIGKILL.
+TERMINATION_GRACE_S = 180
+PRESTOP_SLEEP_S = 15
+DRAIN_S = TERMINATION_GRACE_S - PRESTOP_SLEEP_S - 10
+
+# llama.cpp stops generations in flight on SIGTERM, so its preStop waits until the server says
+# it processes and defers no request (Prometheus /metrics, which `--metrics` enables). POSIX sh
+# and curl, both in the ggml-org and RamaLama images. The key goes to curl on stdin (`-K -`),
+# never on a command line. Arguments: pause, port, key file, drain bound (seconds). If the server
+# does not answer, nothing is left to drain.
+LLAMA_CPP_DRAIN = r"""
+sleep "$1"
+key=""; [ -r "$3" ] && key=$(head -n 1 "$3")
+end=$(( $(date +%s) + $4 ))
+while [ "$(date +%s)" -lt "$end" ]; do
+  printf 'header = "Authorization: Bearer %s"\n' "$key" |
+    curl -sf -m 5 -K - "http://127.0.0.1:$2/metrics" |
+    grep -Eq '^llamacpp:requests_(processing|deferred) 0*[1-9]' || exit 0
+  sleep 1
+done
+"""
 # llama.cpp's default port is moving (8080 -> 9931): always pass it explicitly.
 LLAMA_CPP_PORT = 8080
 VLLM_PORT = 8000
@@ -36,9 +65,10 @@ class ServerSpec:
     startup_minutes: int = 30
     accelerators: int = 0
     health_path: str = "/health"
-    # How the server reads its API keys: "file" (the Secret mounted at API_KEYS_MOUNT) or
-    # "env" (the Secret's entries as env vars, expanded by the kubelet into the args).
-    api_keys_from: Optional[str] = None
+    # The Secret entry the server reads its API keys from, mounted under API_KEYS_MOUNT.
+    api_keys_file: Optional[str] = None
+    # The container's preStop handler.
+    pre_stop: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -52,18 +82,28 @@ class _Runtime:
     model_store: str = "host"
     shared_memory: bool = False
     startup_minutes: int = 30
-    api_keys_from: str = "env"
+    api_keys_file: str = VLLM_CONFIG_FILE
+    pre_stop: Callable[[int], dict] = lambda port: {"sleep": {"seconds": PRESTOP_SLEEP_S}}
 
 
-def api_key_env(entry: str) -> str:
-    return f"API_KEY_{entry.upper()}"
+def _api_key_args(api_keys_file: str) -> list[str]:
+    # Never the keys themselves: the path of the file that holds them.
+    flag = "--api-key-file" if api_keys_file == API_KEYS_FILE else "--config"
+    return [flag, f"{API_KEYS_MOUNT}/{api_keys_file}"]
 
 
-def _api_key_args(api_keys_from: str) -> list[str]:
-    # Never the keys themselves: a file path, or $(VAR) references the kubelet fills in.
-    if api_keys_from == "file":
-        return ["--api-key-file", f"{API_KEYS_MOUNT}/keys"]
-    return ["--api-key", *(f"$({api_key_env(e)})" for e in API_KEY_ENTRIES)]
+def api_keys_file_content(api_keys_file: str, keys: list[str]) -> str:
+    """What the server reads: one key a line, or vLLM's config file (JSON is YAML)."""
+    if api_keys_file == API_KEYS_FILE:
+        return "\n".join(keys)
+    return json.dumps({"api-key": keys})
+
+
+def _llama_cpp_pre_stop(port: int) -> dict:
+    return {"exec": {"command": [
+        "sh", "-c", LLAMA_CPP_DRAIN, "drain",
+        str(PRESTOP_SLEEP_S), str(port), f"{API_KEYS_MOUNT}/{API_KEYS_FILE}", str(DRAIN_S),
+    ]}}
 
 
 def model_path(model) -> str:
@@ -76,8 +116,12 @@ def _llama_cpp_args(model, accel: Accelerator, units: int) -> list[str]:
         "--port", str(LLAMA_CPP_PORT),
         "-m", model_path(model),
         "--alias", model.name,
+        # 0: the context the model was trained for (read from the GGUF file).
         "--ctx-size", str(model.ctx_size),
-        # Prometheus /metrics, for in-cluster scraping (the gateway does not route it).
+        # One compute thread per CPU of the limit, not per host core.
+        "--threads", str(model.resources.threads),
+        # Prometheus /metrics, for in-cluster scraping (the gateway does not route it) and the
+        # preStop drain.
         "--metrics",
     ]
     if accel.resource:
@@ -94,35 +138,50 @@ def _vllm_args(model, accel: Accelerator, units: int) -> list[str]:
         "--max-model-len", str(model.max_model_len),
         "--tensor-parallel-size", str(units),
         "--download-dir", f"{CACHE_MOUNT}/hf/hub",
+        # On SIGTERM, finish requests in flight (0, the default, aborts them).
+        "--shutdown-timeout", str(DRAIN_S),
     ]
     if accel.kind == "nvidia":
         args += ["--gpu-memory-utilization", str(model.gpu_memory_utilization)]
     return args
 
 
-_VLLM_ENV = {"HF_HOME": f"{CACHE_MOUNT}/hf"}
+# The release both vLLM images run: the first that redacts `api_key` (and `hf_token`) in its
+# "non-default args" log line.
+VLLM_RELEASE = "0.29.0"
+# The llama.cpp build whose flags the suite runs against the real server.
+LLAMA_CPP_BUILD = "b11434"
+
+_VLLM_ENV = {
+    "HF_HOME": f"{CACHE_MOUNT}/hf",
+    # The pod's uid has no passwd entry: torch asks getpass.getuser(), which reads these first.
+    "USER": "vllm", "LOGNAME": "vllm",
+    "HOME": "/tmp",
+}
 
 RUNTIMES: dict[tuple[str, str], _Runtime] = {
     # RamaLama's image carries the Vulkan build of llama.cpp with the Mesa that krunkit's
-    # GPU passthrough needs.
+    # GPU passthrough needs (RamaLama 0.24 builds llama.cpp b10485).
     ("llama-cpp", "vulkan"): _Runtime(
         image="quay.io/ramalama/ramalama:0.24", command=["llama-server"],
-        build_args=_llama_cpp_args, port=LLAMA_CPP_PORT, api_keys_from="file",
+        build_args=_llama_cpp_args, port=LLAMA_CPP_PORT, api_keys_file=API_KEYS_FILE,
+        pre_stop=_llama_cpp_pre_stop,
     ),
     ("llama-cpp", "none"): _Runtime(
-        image="ghcr.io/ggml-org/llama.cpp:server-b7000", command=None,
-        build_args=_llama_cpp_args, port=LLAMA_CPP_PORT, api_keys_from="file",
+        image=f"ghcr.io/ggml-org/llama.cpp:server-{LLAMA_CPP_BUILD}", command=None,
+        build_args=_llama_cpp_args, port=LLAMA_CPP_PORT, api_keys_file=API_KEYS_FILE,
+        pre_stop=_llama_cpp_pre_stop,
     ),
     # Entrypoint is `vllm serve`: args start with the model.
     ("vllm", "nvidia"): _Runtime(
-        image="vllm/vllm-openai:v0.18.2", command=None,
+        image=f"vllm/vllm-openai:v{VLLM_RELEASE}", command=None,
         build_args=_vllm_args, port=VLLM_PORT, env=_VLLM_ENV,
         model_store="cache", shared_memory=True, startup_minutes=60,
     ),
     ("vllm", "tpu"): _Runtime(
-        image="vllm/vllm-tpu:nightly-20260626-c539adc-cc79815", command=["vllm", "serve"],
+        image=f"vllm/vllm-tpu:v{VLLM_RELEASE}", command=["vllm", "serve"],
         build_args=_vllm_args, port=VLLM_PORT,
-        env={**_VLLM_ENV, "PJRT_DEVICE": "TPU", "VLLM_XLA_CACHE_PATH": f"{CACHE_MOUNT}/xla"},
+        env={**_VLLM_ENV, "VLLM_XLA_CACHE_PATH": f"{CACHE_MOUNT}/xla"},
         # XLA compiles every shape on first start: allow for download plus compilation.
         model_store="cache", shared_memory=True, startup_minutes=90,
     ),
@@ -132,13 +191,14 @@ RUNTIMES: dict[tuple[str, str], _Runtime] = {
 def server_spec(model, accel: Accelerator, api_auth: bool = False) -> ServerSpec:
     runtime = RUNTIMES[(model.runtime, accel.kind)]
     units = accel.units(getattr(model, "accelerators", None))
-    auth = _api_key_args(runtime.api_keys_from) if api_auth else []
+    auth = _api_key_args(runtime.api_keys_file) if api_auth else []
     args = runtime.build_args(model, accel, units) + auth + list(model.extra_args)
     return ServerSpec(
         image=model.image or runtime.image,
         command=runtime.command,
         args=args,
-        api_keys_from=runtime.api_keys_from if api_auth else None,
+        api_keys_file=runtime.api_keys_file if api_auth else None,
+        pre_stop=runtime.pre_stop(runtime.port),
         port=runtime.port,
         env=dict(runtime.env),
         model_store=runtime.model_store,

@@ -3,13 +3,83 @@ import os
 import pytest
 from hypothesis import settings
 
+from tools import charts
 from tools import mock_engine as harness
 
 # CI explores the same examples on every run, so a red build always means a real change.
 settings.register_profile("ci", derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
+# Stacks as shipped, plus a variant for what only a config option installs: cert-manager
+# (TLS issued through ACME) is rendered on eks.
+TLS = {"llm-platform:gateway": {"host": "llm.example.com", "certManager": {"acmeEmail": "ops@example.com"}}}
+VARIANTS = {"local": ("local", {}), "eks": ("eks", {}), "gke": ("gke", {}), "eks-tls": ("eks", TLS)}
+
+_recordings: dict[str, harness.Recording] = {}
+
+
+def recording(variant: str) -> harness.Recording:
+    """The variant's recording, made once per session (tests must not change it)."""
+    if variant not in _recordings:
+        stack, overrides = VARIANTS[variant]
+        _recordings[variant] = harness.run(stack, overrides)
+    return _recordings[variant]
+
 
 @pytest.fixture(scope="session")
 def local() -> harness.Recording:
     return harness.run("local")
+
+
+@pytest.fixture(scope="session", params=list(VARIANTS))
+def variant(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def stack_recording(variant) -> harness.Recording:
+    return recording(variant)
+
+
+def need_charts() -> None:
+    """Skip, saying what is missing, where the vendored chart archives are not beside the repo."""
+    if not (charts.CHARTS_DIR / "SHA256SUMS").is_file():
+        pytest.skip(f"chart archives absent: {charts.CHARTS_DIR} (../shared/upstream/charts)")
+
+
+@pytest.fixture(scope="session")
+def cluster(stack_recording) -> list[charts.Manifest]:
+    """The whole cluster the variant would have: program objects and every chart's, rendered once."""
+    need_charts()
+    return charts.cluster_objects(stack_recording)
+
+
+# --- A real control plane (tests/test_cluster.py): one per session, stopped at its end ------
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory):
+    from tests import kube
+
+    why = kube.missing()
+    if why:
+        pytest.skip(why)
+    cp = kube.ControlPlane(tmp_path_factory.mktemp("envtest") / "run")
+    kube.TIMINGS["control plane start"] = cp.start_s
+    yield cp
+    cp.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How long Helm took to render the charts (each release once per version) and how long the
+    control plane took per stack."""
+    from tests import kube
+
+    if charts.RENDER_SECONDS:
+        total = sum(seconds for _, seconds in charts.RENDER_SECONDS)
+        slowest = sorted(charts.RENDER_SECONDS, key=lambda kv: -kv[1])[:3]
+        terminalreporter.write_line(
+            f"chart renders: {len(charts.RENDER_SECONDS)} in {total:.1f}s (slowest: "
+            + ", ".join(f"{k} {v:.1f}s" for k, v in slowest) + ")")
+    if kube.TIMINGS:
+        terminalreporter.write_line("cluster tests: " + ", ".join(f"{k} {v:.1f}s" for k, v in kube.TIMINGS.items()))

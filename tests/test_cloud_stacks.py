@@ -8,7 +8,8 @@ import pytest
 from tools import mock_engine as harness
 from tests.test_schemas import core_objects, manifest
 
-DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+STATEFULSET = "kubernetes:apps/v1:StatefulSet"
+STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
 RELEASE = "kubernetes:helm.sh/v3:Release"
 PVC = "kubernetes:core/v1:PersistentVolumeClaim"
 
@@ -23,8 +24,12 @@ def gke():
     return harness.run("gke")
 
 
+def server(rec, alias="qwen"):
+    return rec.one(STATEFULSET, f"model-{alias}-statefulset").inputs
+
+
 def pod(rec, alias="qwen"):
-    return rec.one(DEPLOYMENT, f"model-{alias}-deployment").inputs["spec"]["template"]["spec"]
+    return server(rec, alias)["spec"]["template"]["spec"]
 
 
 def flag(args, name):
@@ -85,15 +90,16 @@ def test_eks_model_pod_asks_for_gpus_and_lands_on_gpu_nodes(eks):
     assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}} in spec["volumes"]
 
 
-def test_eks_cache_pvc_uses_the_storage_class_that_exists(eks):
-    sc = eks.one("kubernetes:storage.k8s.io/v1:StorageClass").inputs
-    assert sc["provisioner"] == "ebs.csi.aws.com" and sc["parameters"] == {"type": "gp3", "encrypted": "true"}
-    pvc = eks.one(PVC).inputs
-    assert pvc["spec"]["storageClassName"] == sc["metadata"]["name"]
-    claim = next(v for v in pod(eks)["volumes"] if v["name"] == "cache")
-    assert claim["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+def test_eks_cache_claims_use_the_storage_class_that_exists(eks):
+    classes = {r.inputs["metadata"]["name"]: r.inputs for r in eks.of_type(STORAGE_CLASS)}
+    default = classes["gp3"]
+    assert default["provisioner"] == "ebs.csi.aws.com" and default["parameters"] == {"type": "gp3", "encrypted": "true"}
+    (template,) = server(eks)["spec"]["volumeClaimTemplates"]
+    cache = classes[template["spec"]["storageClassName"]]
+    assert cache["provisioner"] == "ebs.csi.aws.com" and cache["parameters"]["encrypted"] == "true"
+    mount = next(m for m in pod(eks)["containers"][0]["volumeMounts"] if m["name"] == template["metadata"]["name"])
     env = {e["name"]: e.get("value") for e in pod(eks)["containers"][0]["env"]}
-    assert env["HF_HOME"].startswith("/data/")
+    assert env["HF_HOME"].startswith(mount["mountPath"] + "/")
 
 
 def test_eks_ingress_is_an_nlb(eks):
@@ -156,8 +162,8 @@ def test_gke_model_pod_takes_every_chip_of_one_host(gke):
     }
     assert spec["tolerations"] == [{"key": "google.com/tpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}]
     env = {e["name"]: e.get("value") for e in c["env"]}
-    assert env["PJRT_DEVICE"] == "TPU" and env["VLLM_XLA_CACHE_PATH"].startswith("/data/")
-    assert gke.one(PVC).inputs["spec"]["storageClassName"] == "standard-rwo"
+    # Compiled XLA graphs survive restarts on the cache volume.
+    assert env["VLLM_XLA_CACHE_PATH"].startswith("/data/")
 
 
 def test_gke_needs_no_device_plugin_and_says_so(gke):
@@ -177,6 +183,20 @@ def test_gke_multi_host_slice_gets_compact_placement():
 # --- both --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("stack", ["eks", "gke"])
+def test_vllm_runs_as_a_user_without_a_passwd_entry(stack, eks, gke):
+    """torch asks getpass.getuser(), which fails for a uid missing from /etc/passwd unless
+    LOGNAME or USER is set; HOME must be writable on the read-only root filesystem."""
+    spec = pod({"eks": eks, "gke": gke}[stack])
+    c = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert spec["securityContext"]["runAsUser"] == 10001 and c["securityContext"]["readOnlyRootFilesystem"]
+    assert env["USER"] and env["LOGNAME"]
+    home = next(m for m in c["volumeMounts"] if env["HOME"] == m["mountPath"] or env["HOME"].startswith(m["mountPath"] + "/"))
+    assert not home.get("readOnly") and "emptyDir" in next(v for v in spec["volumes"] if v["name"] == home["name"])
+    assert c["image"].endswith(":v0.29.0")  # a release that exists on both registries and masks keys in its log
+
+
+@pytest.mark.parametrize("stack", ["eks", "gke"])
 def test_same_platform_on_the_new_clusters_provider(stack, eks, gke):
     rec = {"eks": eks, "gke": gke}[stack]
     provider = rec.one("pulumi:providers:kubernetes")
@@ -194,7 +214,7 @@ def test_same_platform_on_the_new_clusters_provider(stack, eks, gke):
 def test_core_objects_validate_strictly(stack, eks, gke):
     rec = {"eks": eks, "gke": gke}[stack]
     objs = core_objects(rec)
-    assert any(o.inputs["kind"] == "PersistentVolumeClaim" for o in objs)
+    assert any(o.inputs["kind"] == "StatefulSet" for o in objs)
     for o in objs:
         kubernetes_validate.validate(manifest(o.inputs), "1.33", strict=True)
 
@@ -301,3 +321,172 @@ def test_ingress_replicas_spread_and_disruption_budget(stack_name, replicas):
     assert "topology.kubernetes.io/zone" in spread
     for c in spread.values():  # the constraint selects the gateway's own pods
         assert c["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+
+
+# --- model caches: one per replica, in the accelerators' zone, fast enough for big models ---
+
+def zone_of_subnet(rec, subnet_id: str) -> str:
+    return next(r.inputs["availabilityZone"] for r in rec.of_type("aws:ec2/subnet:Subnet")
+                if f"{r.name}-id" == subnet_id)
+
+
+def cache_class(rec) -> dict:
+    (template,) = server(rec)["spec"]["volumeClaimTemplates"]
+    name = template["spec"]["storageClassName"]
+    return next(r.inputs for r in rec.of_type(STORAGE_CLASS) if r.inputs["metadata"]["name"] == name)
+
+
+def allowed_zones(storage_class: dict) -> set[str]:
+    return {z for t in storage_class["allowedTopologies"] for e in t["matchLabelExpressions"] for z in e["values"]}
+
+
+def test_eks_gpu_nodes_and_their_caches_share_one_zone(eks):
+    gpu = eks.one("aws:eks/nodeGroup:NodeGroup", "cluster-gpu").inputs
+    zones = {zone_of_subnet(eks, s) for s in gpu["subnetIds"]}
+    assert zones == {"us-west-2a"}  # the first of availabilityZones unless gpuNodes.zone says
+    sc = cache_class(eks)
+    assert sc["volumeBindingMode"] == "WaitForFirstConsumer"
+    assert allowed_zones(sc) == zones
+    system = eks.one("aws:eks/nodeGroup:NodeGroup", "cluster-system").inputs
+    assert {zone_of_subnet(eks, s) for s in system["subnetIds"]} == {"us-west-2a", "us-west-2b"}
+
+
+def test_eks_gpu_zone_is_configurable_and_checked():
+    cluster = harness.stack_config("eks")["llm-platform:cluster"]
+    rec = harness.run("eks", {"llm-platform:cluster": {**cluster, "gpuNodes": {**cluster["gpuNodes"], "zone": "us-west-2b"}}})
+    gpu = rec.one("aws:eks/nodeGroup:NodeGroup", "cluster-gpu").inputs
+    assert {zone_of_subnet(rec, s) for s in gpu["subnetIds"]} == allowed_zones(cache_class(rec)) == {"us-west-2b"}
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("eks", {"llm-platform:cluster": {**cluster, "gpuNodes": {**cluster["gpuNodes"], "zone": "us-west-2c"}}})
+    assert str(info.value.error).startswith(
+        "Pulumi.eks.yaml: llm-platform:cluster.gpuNodes.zone: expected one of availabilityZones")
+
+
+@pytest.mark.parametrize("machine, disk", [("ct5lp-hightpu-4t", "pd-balanced"), ("ct6e-standard-4t", "hyperdisk-balanced")])
+def test_gke_cache_disk_attaches_to_the_tpu_machine_in_its_zone(machine, disk):
+    cluster = harness.stack_config("gke")["llm-platform:cluster"]
+    rec = harness.run("gke", {"llm-platform:cluster": {**cluster, "tpuPool": {**cluster["tpuPool"], "machineType": machine}}})
+    sc = cache_class(rec)
+    assert sc["provisioner"] == "pd.csi.storage.gke.io" and sc["parameters"]["type"] == disk
+    # Made where the first pod is scheduled, and the pool has one zone.
+    assert sc["volumeBindingMode"] == "WaitForFirstConsumer"
+    assert len(rec.one("gcp:container/nodePool:NodePool", "cluster-tpu").inputs["nodeLocations"]) == 1
+    if disk == "hyperdisk-balanced":  # provisioned, not the 140 MiB/s baseline
+        assert int(sc["parameters"]["provisioned-throughput-on-create"].removesuffix("Mi")) >= 400
+
+
+def test_every_replica_gets_its_own_cache_and_the_service_still_selects_them():
+    cluster = harness.stack_config("eks")["llm-platform:cluster"]
+    model = harness.stack_config("eks")["llm-platform:models"][0]
+    rec = harness.run("eks", {
+        "llm-platform:cluster": {**cluster, "gpuNodes": {**cluster["gpuNodes"], "desiredSize": 2}},
+        "llm-platform:models": [{**model, "replicas": 2}],
+    })
+    # No claim shared by replicas (the front door's Deployment holds none).
+    assert [r.type for r in rec.model_servers()] == [STATEFULSET] and not rec.of_type(PVC)
+    sts = server(rec)
+    assert sts["spec"]["replicas"] == 2
+    (template,) = sts["spec"]["volumeClaimTemplates"]
+    assert template["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert template["spec"]["resources"]["requests"]["storage"] == model["cacheSize"]
+    # One pod at a time on its own claim: no second GPU or second copy of the weights needed.
+    assert sts["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    service = rec.one("kubernetes:core/v1:Service", "model-qwen-service").inputs
+    assert service["spec"]["selector"] == labels == sts["spec"]["selector"]["matchLabels"]
+    assert sts["spec"]["serviceName"] == service["metadata"]["name"]
+    pdb = rec.one("kubernetes:policy/v1:PodDisruptionBudget", "model-qwen-pdb").inputs
+    assert pdb["spec"]["selector"]["matchLabels"] == labels and pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_replicas_beyond_the_gpus_that_exist_are_refused():
+    """One GPU node exists (desiredSize 1) and nothing scales the group: a second replica would
+    stay Pending and `up` would wait for it until it times out."""
+    model = harness.stack_config("eks")["llm-platform:models"][0]
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("eks", {"llm-platform:models": [{**model, "replicas": 2}]})
+    assert str(info.value.error).startswith(
+        "Pulumi.eks.yaml: llm-platform:models[0].replicas: the models need 2 nvidia units in all, the cluster offers 1")
+    assert info.value.registrations == []
+
+
+def test_gke_pool_autoscaler_counts_as_capacity():
+    """GKE scales a pool with `autoscaling` up to maxNodes for pending pods."""
+    cluster = harness.stack_config("gke")["llm-platform:cluster"]
+    model = harness.stack_config("gke")["llm-platform:models"][0]
+    rec = harness.run("gke", {
+        "llm-platform:cluster": {**cluster, "tpuPool": {**cluster["tpuPool"], "maxNodes": 2}},
+        "llm-platform:models": [{**model, "replicas": 2}],
+    })
+    assert server(rec)["spec"]["replicas"] == 2
+
+
+# --- big models -------------------------------------------------------------------------
+
+GIB, MIB = 2**30, 2**20
+
+
+def gib(quantity: str) -> float:
+    assert quantity.endswith("Gi"), quantity
+    return float(quantity[:-2])
+
+
+def big_model(rec_stack: str, **keys) -> dict:
+    model = harness.stack_config(rec_stack)["llm-platform:models"][0]
+    return {k: v for k, v in {**model, **keys}.items() if v is not None}
+
+
+def startup_budget_s(sts: dict) -> int:
+    probe = sts["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    return probe["periodSeconds"] * probe["failureThreshold"]
+
+
+@pytest.mark.parametrize("stack", ["eks", "gke"])
+@pytest.mark.parametrize("weights", [140, 400])  # a 70B and a 200B model in bf16
+def test_a_big_model_gets_a_cache_that_holds_it_and_time_to_load(stack, weights):
+    rec = harness.run(stack, {"llm-platform:models": [big_model(stack, weightsSize=f"{weights}Gi", cacheSize=None)]})
+    sts = server(rec)
+    (template,) = sts["spec"]["volumeClaimTemplates"]
+    assert gib(template["spec"]["resources"]["requests"]["storage"]) >= weights * 1.1
+    budget_s = startup_budget_s(sts)
+    # At least: download at a modest 50 MiB/s, then read back at what the cache class sustains.
+    sc = cache_class(rec)
+    params = sc["parameters"]
+    throughput = int(params.get("throughput") or params.get("provisioned-throughput-on-create", "140Mi").removesuffix("Mi"))
+    assert budget_s >= weights * GIB / (50 * MIB) + weights * GIB / (throughput * MIB)
+    # Pulumi waits at least as long as the pods may take.
+    timeouts = rec.one(STATEFULSET).custom_timeouts
+    assert int(timeouts["create"].removesuffix("m")) * 60 > budget_s
+    assert int(timeouts["update"].removesuffix("m")) * 60 > budget_s
+
+
+def test_eks_cache_volumes_are_provisioned_for_throughput(eks):
+    params = cache_class(eks)["parameters"]
+    # gp3 gives 125 MiB/s and 3000 IOPS unless asked; ask within gp3's 0.25 MiB/s per IOPS.
+    assert params["type"] == "gp3" and int(params["throughput"]) >= 400 and int(params["iops"]) >= 3000
+    assert int(params["throughput"]) <= int(params["iops"]) / 4
+
+
+@pytest.mark.parametrize("stack", ["eks", "gke"])
+def test_small_default_model_keeps_its_cache_and_budget(stack):
+    sts = server(harness.run(stack))
+    (template,) = sts["spec"]["volumeClaimTemplates"]
+    assert template["spec"]["resources"]["requests"]["storage"] == "50Gi"  # the stack file's cacheSize
+    probe = sts["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] == {"eks": 60, "gke": 90}[stack] * 60
+
+
+def test_a_cache_smaller_than_the_weights_is_refused():
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("eks", {"llm-platform:models": [big_model("eks", weightsSize="140Gi", cacheSize="100Gi")]})
+    assert str(info.value.error) == (
+        "Pulumi.eks.yaml: llm-platform:models[0].cacheSize: 100Gi cannot hold the model's weights "
+        "(weightsSize 140Gi); leave it out to size it from the weights")
+    assert info.value.registrations == []
+
+
+def test_a_cache_too_small_for_its_provisioned_iops_is_refused():
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("eks", {"llm-platform:models": [big_model("eks", cacheSize="5Gi")]})
+    assert str(info.value.error) == "Pulumi.eks.yaml: llm-platform:models[0].cacheSize: expected at least 10Gi, got '5Gi'"

@@ -58,7 +58,9 @@ def test_model_server_asks_for_the_gpu_and_offloads_all_layers(local):
     assert int(_flag(c["args"], "-ngl")) >= 999
     assert _flag(c["args"], "--host") == "0.0.0.0"
     assert _flag(c["args"], "--alias") == "tinyllama"
-    assert _flag(c["args"], "--ctx-size") == "4096"
+    # The context the model was trained for (TinyLlama: 2048), threads as many as the CPU limit.
+    assert _flag(c["args"], "--ctx-size") == "0"
+    assert _flag(c["args"], "--threads") == c["resources"]["limits"]["cpu"] == "4"
     assert c["image"].startswith("quay.io/ramalama/ramalama:")
 
 

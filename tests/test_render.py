@@ -6,20 +6,55 @@ import yaml
 from tools import mock_engine as harness
 from tools import render
 
+# libyaml's parser: the charts' CRDs are large.
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-@pytest.mark.parametrize("stack", harness.STACKS)
-def test_render_writes_one_file_per_component(stack, tmp_path):
-    assert render.main([stack, "--out", str(tmp_path)]) == 0
-    files = {p.name: list(yaml.safe_load_all(p.read_text())) for p in tmp_path.glob("*.yaml")}
+
+@pytest.fixture(scope="module", params=harness.STACKS)
+def rendered(request, tmp_path_factory):
+    """(stack, file name -> documents) of `python -m tools.render <stack>`, run once per stack."""
+    out = tmp_path_factory.mktemp(request.param)
+    assert render.main([request.param, "--out", str(out)]) == 0
+    return request.param, {p.name: list(yaml.load_all(p.read_text(), Loader=LOADER)) for p in out.glob("*.yaml")}
+
+
+def test_render_writes_one_file_per_component(rendered):
+    stack, files = rendered
     assert {"mesh.yaml", "gitops.yaml", "gateway.yaml", "cloud.yaml"} <= set(files)
     model_file = f"model-{harness.stack_config(stack)['llm-platform:models'][0]['name']}.yaml"
     kinds = {d["kind"] for d in files[model_file]}
-    assert {"Deployment", "Service"} <= kinds
+    # Servers that cache downloaded weights run as a StatefulSet (one cache per replica).
+    workload = "StatefulSet" if stack in ("eks", "gke") else "Deployment"
+    assert {workload, "Service"} <= kinds
     assert {d["kind"] for d in files["gateway.yaml"]} == {"Gateway", "VirtualService"}
     releases = [d for d in files["mesh.yaml"] if d["kind"] == "HelmRelease"]
     assert [r["spec"]["chart"] for r in releases] == ["base", "cni", "istiod", "gateway"]
-    deployment = next(d for d in files[model_file] if d["kind"] == "Deployment")
+    deployment = next(d for d in files[model_file] if d["kind"] == workload)
     assert isinstance(deployment["spec"]["replicas"], int)  # no mock-engine floats
+
+
+def test_render_writes_what_each_chart_installs(rendered):
+    from tests.conftest import need_charts
+    need_charts()
+    stack, files = rendered
+    files = {name: docs for name, docs in files.items() if name.startswith("chart-")}
+    expected = {"chart-istio-base.yaml", "chart-istio-cni.yaml", "chart-istiod.yaml", "chart-istio-ingress.yaml",
+                "chart-argocd.yaml", "chart-open-webui.yaml"}
+    if stack == "eks":
+        expected.add("chart-nvidia-device-plugin.yaml")
+    assert set(files) == expected
+    # Argo CD's chart brings its CRDs; Open WebUI (an Argo CD app) its workload, in its namespace.
+    assert any(d["kind"] == "CustomResourceDefinition" for d in files["chart-argocd.yaml"])
+    webui = next(d for d in files["chart-open-webui.yaml"] if d["kind"] == "StatefulSet")
+    assert webui["metadata"]["namespace"] == "open-webui"
+
+
+def test_secrets_copied_into_chart_output_are_masked():
+    secret = {harness.rpc._special_sig_key: harness.rpc._special_secret_sig, "value": "s3cr3t-value"}
+    texts = render.secret_texts({"values": {"password": secret}})
+    rendered = {"data": {"password": "czNjcjN0LXZhbHVl"}, "stringData": {"url": "redis://:s3cr3t-value@redis"}}
+    assert render.scrubbed(rendered, texts) == {"data": {"password": render.SECRET},
+                                                "stringData": {"url": f"redis://:{render.SECRET}@redis"}}
 
 
 def test_cloud_summary_names_the_cluster_resources(tmp_path):

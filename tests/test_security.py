@@ -1,9 +1,12 @@
 """Who may call what: on every stack `/v1` needs a key that reaches the servers only through
 Kubernetes Secrets, and no key is ever written in plain text."""
 
+import hashlib
+import hmac
 import json
 
 import pytest
+import yaml
 
 from tools import mock_engine as harness
 
@@ -18,8 +21,9 @@ def keyed(request):
 
 
 def model_server(rec):
-    """The (first) model server's Deployment; the front door's is another."""
-    return next(r for r in rec.of_type("kubernetes:apps/v1:Deployment") if r.name.startswith("model-"))
+    """The model server's workload (a Deployment, or a StatefulSet where it caches weights),
+    found by its label: the front door's Deployment is another."""
+    return rec.model_servers()[0]
 
 
 def container(rec):
@@ -52,29 +56,65 @@ def test_keys_never_appear_in_plain_text(keyed):
 
 
 def test_server_requires_a_key_read_from_a_secret(keyed):
+    """Both keys reach the server as a file mounted from the Secret: no key in its args or env,
+    so none in /proc/*/cmdline, the pod spec or vLLM's argument log."""
     c = container(keyed)
     secret = next(r for r in keyed.of_type("kubernetes:core/v1:Secret") if r.name.endswith("-api-keys"))
     data = harness.reveal(secret.inputs["stringData"])
     # The servers take only the front door's key, not the clients' (the master key).
     backend = backend_key(keyed)
     assert backend != CLIENT_KEY
-    assert data["client"] == data["ui"] == backend
-    assert set(data["keys"].splitlines()) == {backend}
-    name = secret.inputs["metadata"]["name"]
-    if "--api-key-file" in c["args"]:  # llama.cpp: the Secret mounted as a file
-        path = c["args"][c["args"].index("--api-key-file") + 1]
-        mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
-        volume = next(v for v in model_server(keyed).inputs["spec"]["template"]
-                      ["spec"]["volumes"] if v["name"] == mount["name"])
-        assert volume["secret"]["secretName"] == name
-        assert path.rsplit("/", 1)[1] == "keys"
-    else:  # vLLM: env vars from the Secret, expanded by the kubelet into --api-key
-        i = c["args"].index("--api-key")
-        refs = c["args"][i + 1:i + 3]
-        env = {e["name"]: e for e in c["env"]}
-        for ref, entry in zip(refs, ("client", "ui")):
-            var = ref.removeprefix("$(").removesuffix(")")
-            assert env[var]["valueFrom"]["secretKeyRef"] == {"name": name, "key": entry}
+    assert data["front-door"] == backend
+    flag = "--api-key-file" if "--api-key-file" in c["args"] else "--config"
+    path = c["args"][c["args"].index(flag) + 1]
+    entry = path.rsplit("/", 1)[1]
+    if flag == "--api-key-file":  # llama.cpp: one key a line
+        assert data[entry].splitlines() == [backend]
+    else:  # vLLM: its YAML config file, read as if the flags were given
+        assert yaml.safe_load(data[entry]) == {"api-key": [backend]}
+        assert entry.endswith(".yaml") and "--api-key" not in c["args"]
+    mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in model_server(keyed).inputs["spec"]["template"]
+                  ["spec"]["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"] == {"secretName": secret.inputs["metadata"]["name"],
+                                "items": [{"key": entry, "path": entry}]}
+    assert not [e for e in c.get("env") or [] if "KEY" in e["name"]]
+
+
+def _template(rec) -> dict:
+    return model_server(rec).inputs["spec"]["template"]
+
+
+def _salt(rec, owner: str) -> str:
+    """The digest salt the mock engine hands the component `owner` (kept in state on a real stack)."""
+    name = f"{owner}-keys-digest-salt"
+    assert rec.one("random:index/randomPassword:RandomPassword", name)
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+@pytest.mark.parametrize("stack", harness.STACKS)
+def test_a_rotated_key_rolls_the_pods_that_hold_it(stack):
+    """Servers and the front door read their keys only at start, so their pod templates carry a
+    keyed digest of the keys they hold: the client key rolls the front door, the backend key the
+    servers (and a new client key leaves the servers alone)."""
+    def digests(client_key: str) -> tuple[str, str]:
+        rec = harness.run(stack, {**SECRET_OVERRIDES, "llm-platform:apiKey": client_key}, secrets=SECRETS)
+        server = _template(rec)["metadata"]["annotations"]["llm-platform/api-keys-digest"]
+        door = rec.one("kubernetes:apps/v1:Deployment", "front-door-deployment").inputs["spec"]["template"][
+            "metadata"]["annotations"]["llm-platform/config-checksum"]
+        backend = backend_key(rec)
+        # Readable in diffs, yet no key in it or derivable from it without the salt in state.
+        for value in (server, door):
+            assert not harness.is_secret(value) and client_key not in value and backend not in value
+        assert server == hmac.new(_salt(rec, model_server(rec).name.rsplit("-", 1)[0]).encode(),
+                                  backend.encode(), hashlib.sha256).hexdigest()
+        assert server != hashlib.sha256(backend.encode()).hexdigest()
+        return server, door
+
+    server, door = digests(CLIENT_KEY)
+    assert digests(CLIENT_KEY) == (server, door)
+    rotated_server, rotated_door = digests(CLIENT_KEY + "-rotated")
+    assert rotated_door != door and rotated_server == server
 
 
 def test_ui_gets_the_front_door_key_from_a_secret(keyed):
@@ -93,7 +133,8 @@ def test_ui_gets_the_front_door_key_from_a_secret(keyed):
 
 def test_keys_are_generated_when_not_configured():
     rec = harness.run("local")
-    generated = [r for r in rec.of_type("random:index/randomPassword:RandomPassword") if r.name.startswith("api-keys")]
+    generated = [r for r in rec.of_type("random:index/randomPassword:RandomPassword")
+                 if r.name.startswith("api-keys-")]
     assert sorted(r.name for r in generated) == ["api-keys-backend", "api-keys-client"]
     assert all(r.inputs["length"] >= 32 and r.inputs["special"] is False for r in generated)
     assert "apiKey" in rec.secret_outputs
@@ -107,6 +148,15 @@ def test_a_configured_client_key_must_suit_the_front_door():
     message = str(info.value.error)
     assert "llm-platform:apiKey: expected a key starting with 'sk-'" in message
     assert "client-key-0123456789abcdef" not in message
+
+
+def test_the_ui_key_setting_is_refused_with_what_happens_instead():
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("local", {**SECRET_OVERRIDES, "llm-platform:uiApiKey": "ui-key-0123456789abcdef"},
+                    secrets=(*SECRETS, "llm-platform:uiApiKey"))
+    message = str(info.value.error)
+    assert message.startswith("Pulumi.local.yaml: llm-platform:uiApiKey: no longer a setting; ")
+    assert "front door" in message and "ui-key-0123456789abcdef" not in message
 
 
 def test_plain_text_api_key_is_refused():
@@ -576,8 +626,8 @@ def test_the_ui_admin_and_sign_up_are_configurable():
     assert env["ENABLE_SIGNUP"]["value"] == "True" and env["WEBUI_ADMIN_EMAIL"]["value"] == "me@example.org"
     assert harness.reveal(rec.one("kubernetes:core/v1:Secret", "gitops-secret-open-webui-admin")
                           .inputs["stringData"])["WEBUI_ADMIN_PASSWORD"] == "admin-pass-0123456789"
-    assert not rec.of_type("random:index/randomPassword:RandomPassword") or all(
-        r.name.startswith("api-keys") for r in rec.of_type("random:index/randomPassword:RandomPassword"))
+    # The configured password is used: none is generated for the admin.
+    assert "ui-admin-password" not in [r.name for r in rec.of_type("random:index/randomPassword:RandomPassword")]
 
 
 def test_plain_text_ui_admin_password_is_refused():

@@ -82,6 +82,8 @@ class Registration:
     provider: str
     custom: bool
     retain_on_delete: bool = False
+    # How long the engine waits on create/update ("" where the default applies).
+    custom_timeouts: Optional[dict] = None
 
     @property
     def provider_urn(self) -> str:
@@ -109,6 +111,14 @@ class Recording:
 
     def named(self, name: str) -> Registration:
         return next(r for r in self.registrations if r.name == name)
+
+    def model_servers(self) -> list[Registration]:
+        """The model servers' workloads (Deployments, or StatefulSets where they cache weights),
+        found by their component label: other Deployments (the front door's) are not servers."""
+        return [
+            r for r in self.of_type("kubernetes:apps/v1:Deployment") + self.of_type("kubernetes:apps/v1:StatefulSet")
+            if (r.inputs.get("metadata") or {}).get("labels", {}).get("app.kubernetes.io/component") == "model-server"
+        ]
 
     def kubernetes_objects(self) -> list[Registration]:
         """Objects applied to the cluster (not providers, not Helm releases)."""
@@ -224,6 +234,7 @@ class _Monitor(pulumi_mocks.MockMonitor):
                 provider=request.provider,
                 custom=request.custom,
                 retain_on_delete=bool(request.retainOnDelete),
+                custom_timeouts={"create": request.customTimeouts.create, "update": request.customTimeouts.update},
             ))
         return response
 

@@ -6,13 +6,18 @@ Runs the real program with the stack's real config under the mock engine and wri
 DIR (default `out/<stack>`):
   <component>.yaml   every Kubernetes object the component applies, plus its Helm releases
                      (chart, repository, version, values) as `HelmRelease` documents
+  chart-<release>.yaml  the objects each chart release installs (Helm releases and the charts
+                     Argo CD delivers), rendered by Helm from the vendored archive with the
+                     program's values and the stack's Kubernetes version
   cloud.yaml         the cloud and host resources (AWS, GCP, local commands) with their inputs
-Secrets are written as "[secret]". Diff two branches' folders to review a change.
+Secrets are written as "[secret]" (also where a chart copies one into what it renders).
+Diff two branches' folders to review a change.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -20,9 +25,11 @@ from typing import Any
 
 import yaml
 
-from tools import mock_engine
+from tools import charts, mock_engine
 
 SECRET = "[secret]"
+# libyaml's emitter when present: the charts' CRDs are large.
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 COMPONENT_PREFIX = "llm-platform:index:"
 
 
@@ -67,12 +74,52 @@ def render(rec: mock_engine.Recording) -> dict[str, list[dict]]:
     return dict(files)
 
 
+def secret_texts(value: Any) -> set[str]:
+    """The plain text of every secret in recorded inputs, as written and base64-encoded."""
+    found: set[str] = set()
+    if mock_engine.is_secret(value):
+        plain = mock_engine.reveal(value)
+        for text in (plain.values() if isinstance(plain, dict) else [plain]):
+            if isinstance(text, str) and text:
+                found |= {text, base64.b64encode(text.encode()).decode()}
+    elif isinstance(value, dict):
+        for v in value.values():
+            found |= secret_texts(v)
+    elif isinstance(value, list):
+        for v in value:
+            found |= secret_texts(v)
+    return found
+
+
+def scrubbed(value: Any, secrets: set[str]) -> Any:
+    """`value` with every secret text replaced."""
+    if isinstance(value, str):
+        for text in sorted(secrets, key=len, reverse=True):
+            value = value.replace(text, SECRET)
+        return value
+    if isinstance(value, dict):
+        return {k: scrubbed(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrubbed(v, secrets) for v in value]
+    return value
+
+
+def render_charts(rec: mock_engine.Recording) -> dict[str, list[dict]]:
+    """chart-<release>.yaml -> the objects each chart release installs, secrets masked."""
+    secrets = set().union(*(secret_texts(reg.inputs) for reg in rec.registrations))
+    files: dict[str, list[dict]] = defaultdict(list)
+    for m in charts.cluster_objects(rec):
+        if m.source.startswith("chart:"):
+            files[f"chart-{m.source.split(':', 1)[1]}.yaml"].append(scrubbed(m.obj, secrets))
+    return dict(files)
+
+
 def write(files: dict[str, list[dict]], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.yaml"):
         old.unlink()
     for name, docs in sorted(files.items()):
-        (out / name).write_text(yaml.safe_dump_all(docs, sort_keys=True, default_flow_style=False))
+        (out / name).write_text(yaml.dump_all(docs, Dumper=_Dumper, sort_keys=True, default_flow_style=False))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,9 +134,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     out = args.out or Path("out") / args.stack
     files = render(rec)
+    if charts.CHARTS_DIR.is_dir():
+        try:
+            files.update(render_charts(rec))
+        except charts.ChartError as err:
+            print(err, file=sys.stderr)
+            return 1
+    else:
+        print(f"charts not rendered: {charts.CHARTS_DIR} is absent", file=sys.stderr)
     write(files, out)
     for name, docs in sorted(files.items()):
         print(f"{out / name}: {len(docs)} documents")
+    for release, reason in sorted(charts.SKIPPED.items()):
+        print(f"{release}: not rendered ({reason})")
     return 0
 
 

@@ -21,6 +21,18 @@ class IngressFacts:
 
 
 @dataclass(frozen=True)
+class CacheClass:
+    """The StorageClass model caches use: volumes fast enough to load weights, made only in
+    the zone of the accelerator nodes so a cache and its pod always meet."""
+
+    name: str
+    # StorageClass fields (provisioner, parameters, allowed_topologies, ...).
+    manifest: dict
+    # Sustained MiB/s one volume gives: the startup budget is derived from it.
+    throughput_mib_s: int
+
+
+@dataclass(frozen=True)
 class BuiltCluster:
     kubeconfig: pulumi.Input[str]
     ingress: IngressFacts
@@ -32,6 +44,8 @@ class BuiltCluster:
     storage_class: Optional[str] = None
     storage_class_manifest: Optional[dict] = None
     storage_ready: list = field(default_factory=list)
+    # Where model caches live, on clusters that serve models from downloaded weights.
+    cache_class: Optional[CacheClass] = None
     # Istio's `global.platform` for clusters whose CNI paths differ (gke, minikube, ...).
     istio_platform: Optional[str] = None
     # Whether the cluster's CNI enforces NetworkPolicies (and chains the Istio CNI plugin).

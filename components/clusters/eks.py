@@ -10,9 +10,16 @@ import pulumi
 import pulumi_aws as aws
 
 from ..config import EksCluster
-from .base import BuiltCluster, IngressFacts
+from ..hardware import NVIDIA_GPU_PRESENT_LABEL
+from .base import BuiltCluster, CacheClass, IngressFacts
 
 STORAGE_CLASS = "gp3"
+CACHE_CLASS = "model-cache"
+# gp3 without parameters gives 125 MiB/s and 3000 IOPS, so a 140 GiB model takes ~20 minutes
+# just to read. 500 MiB/s, with the IOPS to carry it in 128 KiB reads, cuts that to ~5; the GPU
+# instance's own EBS bandwidth caps it too. gp3 allows 500 IOPS per GiB: 4000 needs 8 GiB.
+CACHE_THROUGHPUT_MIB_S = 500
+CACHE_IOPS = 4000
 # Through the in-tree service controller: no extra controller or IAM policy is needed.
 NLB_ANNOTATIONS = {
     "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
@@ -128,13 +135,13 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
         _MANAGED + "AmazonEKSWorkerNodePolicy", _MANAGED + "AmazonEKS_CNI_Policy",
         _MANAGED + "AmazonEC2ContainerRegistryReadOnly"], opts)
 
-    def node_group(logical: str, group, ami_type: str, **extra) -> aws.eks.NodeGroup:
+    def node_group(logical: str, group, ami_type: str, subnets=private, **extra) -> aws.eks.NodeGroup:
         return aws.eks.NodeGroup(
             f"{name}-{logical}",
             cluster_name=cluster.name,
             node_group_name=logical,
             node_role_arn=node_role.arn,
-            subnet_ids=[s.id for s in private],
+            subnet_ids=[s.id for s in subnets],
             ami_type=ami_type,
             instance_types=[group.instance_type],
             disk_size=group.disk_size_gb,
@@ -149,7 +156,10 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
     gpu = cfg.accelerator_pool("nvidia")
     node_group(
         "gpu", cfg.gpu_nodes, cfg.gpu_nodes.ami_type,
-        labels={"llm-platform/pool": "gpu", **gpu.labels},
+        # One zone: a model cache (an EBS volume) can only attach to a node in its own zone.
+        subnets=[private[cfg.availability_zones.index(cfg.gpu_zone)]],
+        # The device plugin's affinity needs NVIDIA_GPU_PRESENT_LABEL; the model pods select gpu.labels.
+        labels={"llm-platform/pool": "gpu", **gpu.labels, **NVIDIA_GPU_PRESENT_LABEL},
         # Only pods that tolerate this (the model servers, the device plugin) land on GPUs.
         taints=[node_group_taint(gpu.taint)],
     )
@@ -191,4 +201,28 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
             "reclaim_policy": "Delete",
         },
         storage_ready=[ebs],
+        cache_class=cache_class(cfg),
+    )
+
+
+def cache_class(cfg: EksCluster) -> CacheClass:
+    """Encrypted gp3 with throughput for loading weights, only in the GPU nodes' zone; tagged
+    with the cluster so a volume left behind by an interrupted destroy can be found."""
+    return CacheClass(
+        name=CACHE_CLASS,
+        manifest={
+            "provisioner": "ebs.csi.aws.com",
+            "parameters": {
+                "type": "gp3", "encrypted": "true",
+                "throughput": str(CACHE_THROUGHPUT_MIB_S), "iops": str(CACHE_IOPS),
+                "tagSpecification_1": f"llm-platform/cluster={cfg.name}",
+            },
+            "volume_binding_mode": "WaitForFirstConsumer",
+            "allow_volume_expansion": True,
+            "reclaim_policy": "Delete",
+            # The driver reports and reads the well-known zone key as well as its own.
+            "allowed_topologies": [{"matchLabelExpressions": [
+                {"key": "topology.kubernetes.io/zone", "values": [cfg.gpu_zone]}]}],
+        },
+        throughput_mib_s=CACHE_THROUGHPUT_MIB_S,
     )

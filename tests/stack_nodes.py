@@ -1,0 +1,169 @@
+"""Nodes shaped like a stack's node pools, read from what the program registers (EKS node groups,
+GKE node pools, the minikube command) plus what the kubelet and the cloud add on their own:
+well-known labels, the cloud's accelerator taints, allocatable resources, and the extended
+resource a device plugin advertises."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Optional
+
+import yaml
+
+from components import hardware
+from tests.kube import NodeShape
+from tools.mock_engine import Recording, reveal
+
+# vCPUs, memory (MiB) and, on EKS, the VPC CNI's max pods of the machine types the stack files use.
+# A stack with another type fails here, naming it: add its shape from the provider's docs.
+MACHINES = {
+    "m6i.large": (2, 8192, 29), "m6i.xlarge": (4, 16384, 58),
+    "g5.xlarge": (4, 16384, 58), "g6.xlarge": (4, 16384, 58), "g6e.xlarge": (4, 32768, 58),
+    "g6.12xlarge": (48, 196608, 234),
+    "e2-standard-4": (4, 16384, 110), "g2-standard-8": (8, 32768, 110),
+    "ct5lp-hightpu-1t": (24, 49152, 110), "ct5lp-hightpu-4t": (112, 196608, 110),
+    "ct5lp-hightpu-8t": (224, 393216, 110), "ct6e-standard-4t": (180, 737280, 110),
+}
+GKE_DEFAULT_ZONES = ("a", "b", "c")
+_EFFECT = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
+
+
+def _machine(kind: str) -> tuple[int, int, int]:
+    if kind not in MACHINES:
+        raise KeyError(f"tests/stack_nodes.py: MACHINES has no shape for {kind!r}")
+    return MACHINES[kind]
+
+
+def _cpu_reserved_m(cores: int) -> int:
+    """kube-reserved CPU as EKS and GKE compute it: 6% of the first core, 1% of the second,
+    0.5% of the next two, 0.25% of the rest."""
+    steps = [(1, 60), (1, 10), (2, 5)]
+    left, reserved = cores, 0
+    for n, m in steps:
+        take = min(left, n)
+        reserved += take * m
+        left -= take
+    return reserved + int(left * 2.5)
+
+
+def _gke_memory_reserved_mi(mem: int) -> int:
+    """GKE: 25% of the first 4 GiB, 20% of the next 4, 10% of the next 8, 6% of the next 112,
+    2% above; plus 100 MiB eviction threshold."""
+    tiers = [(4096, 0.25), (4096, 0.20), (8192, 0.10), (114688, 0.06), (10**9, 0.02)]
+    left, reserved = mem, 0.0
+    for size, share in tiers:
+        take = min(left, size)
+        reserved += take * share
+        left -= take
+    return int(reserved) + 100
+
+
+def _base_labels(name: str, arch: str, instance: Optional[str], zone: Optional[str]) -> dict:
+    labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": arch}
+    if instance:
+        labels["node.kubernetes.io/instance-type"] = instance
+    if zone:
+        labels["topology.kubernetes.io/zone"] = zone
+        labels["topology.kubernetes.io/region"] = zone.rsplit("-", 1)[0] if zone[-2] == "-" else zone[:-1]
+    return labels
+
+
+def eks(rec: Recording) -> list[NodeShape]:
+    zone_of_subnet = {f"{r.name}-id": reveal(r.inputs)["availabilityZone"]
+                      for r in rec.of_type("aws:ec2/subnet:Subnet")}
+    shapes = []
+    for group in rec.of_type("aws:eks/nodeGroup:NodeGroup"):
+        g = reveal(group.inputs)
+        instance = g["instanceTypes"][0]
+        cores, mem, max_pods = _machine(instance)
+        zones = [zone_of_subnet[s] for s in g["subnetIds"]]
+        gpus = hardware.gpus_per_instance(instance) if "NVIDIA" in g["amiType"] else None
+        for i in range(int(g["scalingConfig"]["desiredSize"])):
+            zone = zones[i % len(zones)]
+            name = f"ip-10-0-{len(shapes)}-10.{zone[:-1]}.compute.internal"
+            labels = {**_base_labels(name, "arm64" if "ARM" in g["amiType"] else "amd64", instance, zone),
+                      "eks.amazonaws.com/nodegroup": g["nodeGroupName"],
+                      "eks.amazonaws.com/capacityType": "ON_DEMAND",
+                      **(g.get("labels") or {})}
+            taints = [{"key": t["key"], "value": t.get("value"), "effect": _EFFECT[t["effect"]]}
+                      for t in g.get("taints") or []]
+            shape = NodeShape(name=name, pool=g["nodeGroupName"], labels=labels, taints=taints,
+                              cpu=f"{cores * 1000 - _cpu_reserved_m(cores)}m",
+                              memory=f"{mem - (11 * max_pods + 255) - 100}Mi", pods=max_pods)
+            if gpus:
+                # Bottlerocket runs NVIDIA's plugin itself; on AL2023 a plugin pod must come first.
+                target = shape.devices if g["amiType"].startswith("BOTTLEROCKET") else shape.devices_from_plugin
+                target["nvidia.com/gpu"] = gpus
+            shapes.append(shape)
+    return shapes
+
+
+def gke(rec: Recording) -> list[NodeShape]:
+    shapes = []
+    for pool in rec.of_type("gcp:container/nodePool:NodePool"):
+        p = reveal(pool.inputs)
+        cfg = p["nodeConfig"]
+        machine = cfg["machineType"]
+        cores, mem, max_pods = _machine(machine)
+        location = p["location"]
+        zones = p.get("nodeLocations") or (
+            [location] if location[-2] == "-" else [f"{location}-{z}" for z in GKE_DEFAULT_ZONES])
+        labels = {"cloud.google.com/gke-nodepool": p["name"],
+                  "cloud.google.com/machine-family": machine.split("-")[0],
+                  "cloud.google.com/gke-os-distribution": "cos", **(cfg.get("labels") or {})}
+        taints, devices = [], {}
+        tpu = hardware.tpu_host(machine)
+        if tpu:
+            # GKE labels and taints TPU nodes and runs their device plugin itself.
+            labels["cloud.google.com/gke-tpu-accelerator"] = tpu.accelerator_label
+            labels["cloud.google.com/gke-tpu-topology"] = tpu.topology
+            taints.append(dict(hardware.GKE_TPU_TAINT))
+            devices["google.com/tpu"] = tpu.chips
+        for acc in cfg.get("guestAccelerators") or []:
+            labels["cloud.google.com/gke-accelerator"] = acc["type"]
+            taints.append(dict(hardware.GKE_GPU_TAINT))
+            devices["nvidia.com/gpu"] = int(acc["count"])
+        # An autoscaled pool: GKE's autoscaler adds nodes up to maxNodeCount per zone on demand.
+        per_zone = int(p["autoscaling"]["maxNodeCount"])
+        for zone in zones:
+            for i in range(per_zone):
+                name = f"gke-{p['name']}-{zone[-1]}{i}"
+                shapes.append(NodeShape(
+                    name=name, pool=p["name"], labels={**_base_labels(name, "amd64", machine, zone), **labels},
+                    taints=list(taints), cpu=f"{cores * 1000 - _cpu_reserved_m(cores)}m",
+                    memory=f"{mem - _gke_memory_reserved_mi(mem)}Mi", pods=max_pods, devices=dict(devices)))
+    return shapes
+
+
+def minikube(rec: Recording, plugin_device_arg: Optional[str]) -> list[NodeShape]:
+    start = next(reveal(r.inputs)["create"] for r in rec.of_type("command:local:Command")
+                 if "minikube start" in reveal(r.inputs).get("create", ""))
+    argv = shlex.split(start.split("|| ", 1)[1].rstrip(")"))
+    opt = {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i].startswith("--")}
+    name = opt["--profile"]
+    mem = opt["--memory"]
+    mem_mi = int(mem[:-1]) * 1024 if mem.endswith("g") else int(mem.rstrip("mb"))
+    devices = {}
+    if plugin_device_arg:
+        # squat's generic-device-plugin advertises `count` units per group of its --device spec.
+        spec = yaml.safe_load(plugin_device_arg)
+        devices[f"squat.ai/{spec['name']}"] = sum(g.get("count", 1) for g in spec["groups"])
+    return [NodeShape(
+        name=name, pool="minikube",
+        # A single minikube node is its control plane too, without the control-plane taint.
+        labels={**_base_labels(name, "arm64", None, None), "minikube.k8s.io/name": name,
+                 "minikube.k8s.io/primary": "true", "node-role.kubernetes.io/control-plane": ""},
+        taints=[], cpu=opt["--cpus"], memory=f"{mem_mi}Mi", pods=110, devices_from_plugin=devices)]
+
+
+# Objects the cloud or minikube put on every cluster that the render refers to.
+CLOUD_OBJECTS = {
+    "local": [{"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+               "metadata": {"name": "standard", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+               "provisioner": "k8s.io/minikube-hostpath", "volumeBindingMode": "Immediate"}],
+    "eks": [],
+    "gke": [{"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+             "metadata": {"name": "standard-rwo", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+             "provisioner": "pd.csi.storage.gke.io", "parameters": {"type": "pd-balanced"},
+             "volumeBindingMode": "WaitForFirstConsumer", "allowVolumeExpansion": True}],
+}

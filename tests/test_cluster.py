@@ -1,0 +1,377 @@
+"""Each stack's whole render on a real control plane, with nodes shaped like its node pools:
+what an operator checks after `up`, and broken variants showing that those checks bite.
+
+One stack at a time on a clean slate: its nodes are the only nodes, so no stack's pods can land
+on another's. There is no kubelet; `tests/kube.py` stands in for the few node-side steps the
+control plane waits on (a device plugin's resource, a provisioned volume, a finished pod).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Callable, Optional
+
+import pytest
+import yaml
+
+from components.accelerators import RESOURCES
+from tests import cluster_stack as cs
+from tests import kube
+from tests.conftest import recording
+from tools import mock_engine
+
+STACKS = mock_engine.STACKS
+ROLLOUT_ANNOTATION = "test.llm-platform/rollout"
+
+
+def resource_of(stack: str) -> str:
+    return RESOURCES[mock_engine.stack_config(stack)["llm-platform:accelerator"]["kind"]]
+
+
+class Stacks:
+    """The stack now on the control plane; another one replaces it."""
+
+    def __init__(self, cp: kube.ControlPlane):
+        self.cp = cp
+        self.key: Optional[str] = None
+        self.current: Optional[cs.Deployed] = None
+
+    def get(self, stack: str) -> cs.Deployed:
+        key = stack
+        if key != self.key:
+            t0 = time.monotonic()
+            self.cp.reset(self.current.objects if self.current else [])
+            self.key, self.current = None, None
+            self.current = cs.deploy(self.cp, stack, recording(stack))
+            self.key = key
+            kube.TIMINGS[f"{key} reset+deploy"] = time.monotonic() - t0
+        return self.current
+
+
+@pytest.fixture(scope="session")
+def stacks(control_plane):
+    return Stacks(control_plane)
+
+
+@pytest.fixture(scope="session", params=STACKS)
+def deployed(request, stacks) -> cs.Deployed:
+    return stacks.get(request.param)
+
+
+def accelerator_nodes(d: cs.Deployed) -> set[str]:
+    res = resource_of(d.stack)
+    return {n.name for n in d.nodes if res in n.devices or res in n.devices_from_plugin}
+
+
+def daemonset_expectations(d: cs.Deployed) -> dict[tuple[str, str], tuple[set[str], set[str]]]:
+    """(namespace, name) -> (nodes it must serve, nodes it may run on)."""
+    every = {n.name for n in d.nodes}
+    accel = accelerator_nodes(d)
+    return {
+        # Injected pods on a node without Istio's CNI agent start without their traffic redirect.
+        ("istio-system", "istio-cni-node"): (every, every),
+        # The device plugin makes the accelerator schedulable: every accelerator node, only those.
+        ("kube-system", "generic-device-plugin"): (accel, every),
+        ("nvidia-device-plugin", "nvidia-device-plugin"): (accel, accel),
+        # Only when GPU feature discovery is on: NFD's worker labels GPU nodes (it may run anywhere).
+        ("nvidia-device-plugin", "nvidia-device-plugin-node-feature-discovery-worker"): (accel, every),
+        ("nvidia-device-plugin", "nvidia-device-plugin-gpu-feature-discovery"): (accel, accel),
+        # Only on nodes labelled for MPS, which this platform does not use.
+        ("nvidia-device-plugin", "nvidia-device-plugin-mps-control-daemon"): (set(), set()),
+    }
+
+
+def coverage_problems(cp: kube.ControlPlane, d: cs.Deployed) -> list[str]:
+    expected = daemonset_expectations(d)
+    out = []
+    for ds in d.of_kind("DaemonSet"):
+        key = (ds["metadata"]["namespace"], ds["metadata"]["name"])
+        if key not in expected:
+            out.append(f"DaemonSet {key[0]}/{key[1]}: no expectation of which nodes it serves (add one)")
+            continue
+        must, may = expected[key]
+        out += cs.daemonset_coverage(cp, d, *key, must_serve=must, may_run=may)
+    return out
+
+
+# --- after `up` -------------------------------------------------------------------------------
+
+
+def test_nothing_rejected_or_forbidden(control_plane, deployed):
+    """Every object is accepted by strict server-side apply, and every controller could create
+    its pods (Pod Security admission and the other built-in admission plugins are live)."""
+    problems = [str(r) for r in deployed.rejections] + cs.failed_creates(control_plane, deployed)
+    assert not problems, "\n".join(problems)
+
+
+def test_daemonsets_serve_their_nodes(control_plane, deployed):
+    problems = coverage_problems(control_plane, deployed)
+    assert not problems, "\n".join(problems)
+
+
+def test_model_servers_bound_to_accelerator_nodes(control_plane, deployed):
+    pods = control_plane.pods(None, cs.MODEL_SERVERS)
+    assert pods, "no model server pods at all"
+    problems = cs.model_server_placement(control_plane, deployed, accelerator_nodes(deployed))
+    assert not problems, "\n".join(problems)
+
+
+def test_no_pod_left_pending(control_plane, deployed):
+    problems = cs.unbound_pods(control_plane, deployed)
+    assert not problems, "\n".join(problems)
+
+
+def test_services_reach_their_pods(control_plane, deployed):
+    """Every Service's ports resolve, by the EndpointSlice controller, on the pods it selects."""
+    cp = control_plane
+
+    def settled():
+        cs.stand_ins(cp, deployed)
+        return not cs.unreachable_service_ports(cp, deployed)
+
+    try:
+        kube.until(settled, 15, "endpoints of every Service", every=0.5)
+    except TimeoutError:
+        pass
+    problems = cs.unreachable_service_ports(cp, deployed)
+    assert not problems, "\n".join(problems)
+
+
+def test_model_server_rollout_completes(control_plane, deployed, request):
+    """Change every model server's pod template and follow the rollout as far as a cluster
+    without kubelets shows it. Pods never become Ready here, so a surge rollout stops after its
+    first new pod; what decides whether it can complete is that this pod gets placed (a new pod
+    that fits nowhere stays Pending for good and the old one is never replaced). A Recreate or
+    StatefulSet rollout removes old pods first: the stand-in kubelet finishes them, and the new
+    ones must be placed. Either way: new pods appear and every one is bound."""
+    cp = control_plane
+    owners = set()
+    for pod in cp.pods(None, cs.MODEL_SERVERS):
+        for o in pod.metadata.owner_references or []:
+            if o.kind == "ReplicaSet":
+                rs = cp.apps.read_namespaced_replica_set(o.name, pod.metadata.namespace)
+                owners |= {("Deployment", pod.metadata.namespace, x.name) for x in rs.metadata.owner_references or []}
+            elif o.kind == "StatefulSet":
+                owners.add(("StatefulSet", pod.metadata.namespace, o.name))
+    assert owners, "no workload owns the model server pods"
+    patch = {"spec": {"template": {"metadata": {"annotations": {ROLLOUT_ANNOTATION: "1"}}}}}
+    for kind, ns, name in owners:
+        res = cp.dyn.resources.get(api_version="apps/v1", kind=kind)
+        cp.dyn.patch(res, name=name, namespace=ns, body=patch, content_type="application/merge-patch+json")
+
+    def new_pods():
+        return [p for p in cp.pods(None, cs.MODEL_SERVERS)
+                if (p.metadata.annotations or {}).get(ROLLOUT_ANNOTATION) == "1"]
+
+    deadline, stuck_since = time.monotonic() + 45, None
+    while time.monotonic() < deadline:
+        cs.stand_ins(cp, deployed)
+        for ns in deployed.namespaces:
+            kube.finish_terminations(cp, ns)
+        new = new_pods()
+        if new and all(p.spec.node_name for p in new):
+            return
+        unplaceable = [p for p in new if any(c.type == "PodScheduled" and c.reason == "Unschedulable"
+                                             for c in p.status.conditions or [])]
+        stuck_since = (stuck_since or time.monotonic()) if unplaceable else None
+        if stuck_since and time.monotonic() - stuck_since > 5:
+            break
+        time.sleep(0.5)
+    problems = cs.unbound_pods(cp, deployed, cs.MODEL_SERVERS) or ["no pod of the new template was created"]
+    pytest.fail("rollout cannot complete:\n" + "\n".join(problems))
+
+
+# --- the checks bite: the same assertions on a deliberately broken cluster -------------------
+# They break the stack already applied (after the checks above ran on it, in this order).
+
+
+@pytest.mark.parametrize("deployed", ["eks"], indirect=True)
+def test_bites_gpu_node_without_the_plugin_label(control_plane, deployed):
+    """A GPU node joins without the label the device plugin's affinity needs: no plugin pod
+    there, so it would never advertise `nvidia.com/gpu`."""
+    cp = control_plane
+    gpu = next(n for n in deployed.nodes if n.pool == "gpu")
+    bare = copy.deepcopy(gpu)
+    bare.name = bare.labels["kubernetes.io/hostname"] = "gpu-node-without-label"
+    bare.labels.pop("nvidia.com/gpu.present", None)
+    deployed.nodes.append(bare)
+    kube.declare_nodes(cp, [bare])
+    cs.settle(cp, deployed, 30)
+    problems = coverage_problems(cp, deployed)
+    assert "DaemonSet nvidia-device-plugin/nvidia-device-plugin: no pod on gpu-node-without-label (pool gpu)" \
+        in problems, problems
+
+
+@pytest.mark.parametrize("deployed", ["local"], indirect=True)
+def test_bites_service_target_port_renamed(control_plane, deployed):
+    """The model server's Service pointing at a port name its pods do not have."""
+    cp = control_plane
+    svc = next(o for o in deployed.of_kind("Service") if o["metadata"]["namespace"] == "models")
+    broken = copy.deepcopy(svc)
+    for port in broken["spec"]["ports"]:
+        port["targetPort"] = "renamed"
+    assert cp.apply(broken) is None
+    try:
+        kube.until(lambda: cs.unreachable_service_ports(cp, deployed), 15, "the endpoints to follow")
+    except TimeoutError:
+        pass
+    problems = cs.unreachable_service_ports(cp, deployed)
+    assert any(f"Service models/{svc['metadata']['name']}: port" in p for p in problems), problems
+
+
+def _replace_model_servers(cp: kube.ControlPlane, d: cs.Deployed, breaks: Callable[[dict], None]) -> None:
+    """Remove the model server workloads, then apply broken copies of them."""
+    servers = [o for o in d.objects if o["kind"] in ("Deployment", "StatefulSet")
+               and o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "model-server"]
+    for obj in servers:
+        cp.dyn.delete(cp.resource(obj), name=obj["metadata"]["name"], namespace=obj["metadata"]["namespace"],
+                      body={"propagationPolicy": "Background"})
+
+    def removed() -> bool:
+        for ns in d.namespaces:
+            kube.finish_terminations(cp, ns)
+        return not cp.pods(None, cs.MODEL_SERVERS) and not any(cp.exists(o) for o in servers)
+
+    kube.until(removed, 30, "model servers removed")
+    for obj in servers:
+        broken = copy.deepcopy(obj)
+        breaks(broken["spec"]["template"]["spec"])
+        assert cp.apply(broken) is None
+    cs.settle(cp, d, 30)
+
+
+@pytest.mark.parametrize("deployed", ["eks", "gke"], indirect=True)
+def test_bites_model_server_without_toleration(control_plane, deployed):
+    """The model server without its toleration of the accelerator taint: never placed. (The local
+    node has no taint, so there is nothing to break there.)"""
+    _replace_model_servers(control_plane, deployed, lambda spec: spec.pop("tolerations"))
+    problems = cs.model_server_placement(control_plane, deployed, accelerator_nodes(deployed))
+    assert problems and all("untolerated taint" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("deployed", ["local"], indirect=True)
+def test_bites_privileged_model_server(control_plane, deployed):
+    """A privileged model server in the restricted namespace: Pod Security admission refuses its
+    pods, and the ReplicaSet says so."""
+    def privileged(spec: dict) -> None:
+        spec["containers"][0]["securityContext"] = {"privileged": True}
+
+    _replace_model_servers(control_plane, deployed, privileged)
+    problems = cs.failed_creates(control_plane, deployed)
+    assert any('violates PodSecurity "restricted' in p for p in problems), problems
+
+
+def test_node_shapes_follow_the_registered_pools():
+    """The declared nodes come from the recorded node groups/pools, not from the test."""
+    from tests import stack_nodes
+
+    eks_nodes = stack_nodes.eks(mock_engine.run("eks"))
+    gpu = [n for n in eks_nodes if n.pool == "gpu"]
+    assert gpu and all(n.labels["node.kubernetes.io/instance-type"] == "g6.xlarge" for n in gpu)
+    assert all(n.devices_from_plugin == {"nvidia.com/gpu": 1} for n in gpu)
+    assert all(t["effect"] == "NoSchedule" for n in gpu for t in n.taints)
+    gke_nodes = stack_nodes.gke(mock_engine.run("gke"))
+    tpu = [n for n in gke_nodes if n.pool == "tpu"]
+    assert tpu and all(n.devices == {"google.com/tpu": 4} for n in tpu)
+    assert all(n.labels["topology.kubernetes.io/zone"] == "us-central1-a" for n in tpu)
+    assert yaml.safe_dump(tpu[0].manifest())
+
+
+# --- vLLM caches and rollouts on the EKS GPU pool -----------------------------------------
+
+
+EKS_TWO_REPLICAS = {
+    "llm-platform:cluster": {**mock_engine.stack_config("eks")["llm-platform:cluster"]},
+    "llm-platform:models": [{**mock_engine.stack_config("eks")["llm-platform:models"][0], "replicas": 2}],
+}
+EKS_TWO_REPLICAS["llm-platform:cluster"]["gpuNodes"] = {
+    **EKS_TWO_REPLICAS["llm-platform:cluster"]["gpuNodes"], "desiredSize": 2}
+
+
+def _mark_ready(cp: kube.ControlPlane, namespace: str) -> None:
+    """What the kubelet reports once a bound pod's containers run and its probes pass."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for pod in cp.pods(namespace, cs.MODEL_SERVERS):
+        if pod.spec.node_name and not pod.metadata.deletion_timestamp and not any(
+                c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []):
+            cp.core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {
+                "phase": "Running",
+                "conditions": [{"type": t, "status": "True", "lastTransitionTime": now}
+                               for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
+                "containerStatuses": [{"name": c.name, "ready": True, "started": True, "restartCount": 0,
+                                       "image": c.image, "imageID": "", "state": {"running": {"startedAt": now}}}
+                                      for c in pod.spec.containers]}})
+
+
+def _claims_by_pod(cp: kube.ControlPlane, namespace: str) -> dict[str, tuple[str, str, str]]:
+    """pod -> (its cache claim, the node it is bound to, the zone of the claim's volume)."""
+    out = {}
+    for pod in cp.pods(namespace, cs.MODEL_SERVERS):
+        claim = next(v.persistent_volume_claim.claim_name for v in pod.spec.volumes if v.persistent_volume_claim)
+        pvc = cp.core.read_namespaced_persistent_volume_claim(claim, namespace)
+        zone = None
+        if pvc.spec.volume_name:
+            pv = cp.core.read_persistent_volume(pvc.spec.volume_name)
+            zone = pv.spec.node_affinity.required.node_selector_terms[0].match_expressions[0].values[0]
+        out[pod.metadata.name] = (claim, pod.spec.node_name, zone)
+    return out
+
+
+def test_vllm_replicas_get_own_caches_and_roll_on_the_gpus_that_exist(control_plane, stacks):
+    """Two replicas on the two GPU nodes the node group runs (nothing adds a third): each pod
+    is bound with a claim of its own, in the GPU nodes' zone; a new pod template rolls out to
+    the end, one pod at a time on its own claim. Then the check bites: a GPU node in the other
+    zone (as the node group spanning both zones had) cannot take a replica whose cache is here."""
+    cp = control_plane
+    cp.reset(stacks.current.objects if stacks.current else [])
+    stacks.key, stacks.current = None, None
+    # GPUs are advertised once the device plugin's pods are bound, as on the real pool.
+    d = cs.deploy(cp, "eks", mock_engine.run("eks", EKS_TWO_REPLICAS))
+    # Not one of the stacks as shipped: the next stack test starts from a clean slate.
+    stacks.key, stacks.current = "eks-two-replicas", d
+    ns = "models"
+    gpu_nodes = {n.name: n.labels["topology.kubernetes.io/zone"] for n in d.nodes if n.pool == "gpu"}
+    assert len(gpu_nodes) == 2 and len(set(gpu_nodes.values())) == 1
+    (zone,) = set(gpu_nodes.values())
+
+    kube.until(lambda: (cs.stand_ins(cp, d), _mark_ready(cp, ns),
+                        all(n for _, n, z in _claims_by_pod(cp, ns).values()))[-1] and
+               len(_claims_by_pod(cp, ns)) == 2, 60, "both replicas bound")
+    before = _claims_by_pod(cp, ns)
+    assert {c for c, _, _ in before.values()} == {"cache-qwen-0", "cache-qwen-1"}
+    assert {n for _, n, _ in before.values()} == set(gpu_nodes)
+    kube.until(lambda: (cs.stand_ins(cp, d), {z for _, _, z in _claims_by_pod(cp, ns).values()} == {zone})[-1],
+               30, "caches provisioned in the GPU zone")
+
+    sts = cp.dyn.resources.get(api_version="apps/v1", kind="StatefulSet")
+    cp.dyn.patch(sts, name="qwen", namespace=ns, content_type="application/merge-patch+json",
+                 body={"spec": {"template": {"metadata": {"annotations": {ROLLOUT_ANNOTATION: "1"}}}}})
+
+    def rolled() -> bool:
+        cs.stand_ins(cp, d)
+        kube.finish_terminations(cp, ns)
+        _mark_ready(cp, ns)
+        s = cp.apps.read_namespaced_stateful_set("qwen", ns)
+        st = s.status
+        return (st.observed_generation == s.metadata.generation and st.update_revision == st.current_revision
+                and st.updated_replicas == 2 and st.ready_replicas == 2)
+
+    kube.until(rolled, 60, "the rollout completes")
+    after = _claims_by_pod(cp, ns)
+    assert after == before  # same claim, same node, same zone for every replica
+    for pod in cp.pods(ns, cs.MODEL_SERVERS):
+        assert (pod.metadata.annotations or {}).get(ROLLOUT_ANNOTATION) == "1"
+
+    # The check bites: replica 1's node moves to the other zone; its replacement has no node left.
+    other = next(z for z in ("us-west-2a", "us-west-2b") if z != zone)
+    node = before["qwen-1"][1]
+    cp.core.patch_node(node, {"metadata": {"labels": {"topology.kubernetes.io/zone": other}}})
+    cp.core.delete_namespaced_pod("qwen-1", ns, grace_period_seconds=0)
+
+    def stuck() -> list[str]:
+        cs.stand_ins(cp, d)
+        return [p for p in cs.unbound_pods(cp, d, cs.MODEL_SERVERS) if "qwen-1" in p and "Unschedulable" in p]
+
+    problems = kube.until(stuck, 30, "replica 1 refused by the scheduler")
+    assert "volume node affinity conflict" in problems[0] or "node affinity" in problems[0], problems

@@ -1,0 +1,243 @@
+"""The serving benchmark (tools/loadtest), run at a tiny scale against the real llama-server with
+the tiny model: its figures, its checks of every answer, its verdict line and exit code, its chart."""
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tools import mock_engine as harness
+from tools.loadtest import aiperf, check
+from tools.loadtest.target import PortForward, TargetError
+
+SHARED = harness.PROJECT_DIR.parent / "shared"
+LLAMA_SERVER = SHARED / "bin" / "llama-server"
+MODEL = SHARED / "models" / "tiny-random-llama.gguf"
+ALIAS = "tinyllama"
+KEY = "loadtest-key-0123456789"
+# Tiny and bounded: 2 levels, 4 measured + 1 warm-up request each, 8 output tokens. A connection per
+# request: llama-server closes a kept-alive connection after a streamed answer, and a client that
+# reuses it in that moment loses the request (the benchmark rightly counts it; the README tells).
+SMALL = ["--concurrency", "1,2", "--requests", "4", "--warmup", "1", "--input-tokens", "24", "--output-tokens", "8",
+         "--connections", "never"]
+ONE = ["--concurrency", "1", "--requests", "2", "--warmup", "0", "--input-tokens", "24", "--output-tokens", "8",
+       "--connections", "never"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not LLAMA_SERVER.exists() or not MODEL.exists():
+        pytest.skip(f"needs {LLAMA_SERVER} and {MODEL} (the shared real parts)")
+    if not aiperf.AIPERF.exists():
+        pytest.fail("the benchmark needs its own virtualenv: python3 -m venv .venv-loadtest && "
+                    ".venv-loadtest/bin/pip install -r requirements-loadtest.txt (`make test` does it)")
+    key_file = tmp_path_factory.mktemp("keys") / "keys"
+    key_file.write_text(KEY)
+    port = _free_port()
+    proc = subprocess.Popen([str(LLAMA_SERVER), "-m", str(MODEL), "--alias", ALIAS, "--api-key-file", str(key_file),
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("llama-server did not become healthy")
+        yield f"{url}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def loadtest(tmp: Path, *args: str, key: str = KEY) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LLM_API_KEY": key}
+    return subprocess.run([sys.executable, "-m", "tools.loadtest", "--out", str(tmp), *args],
+                          cwd=harness.PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def good_run(server, tmp_path_factory):
+    out = tmp_path_factory.mktemp("good")
+    result = loadtest(out, "--base-url", server, "--model", ALIAS, "--label", "CPU, tiny random model", *SMALL)
+    return result, out, json.loads((out / "report.json").read_text())
+
+
+def test_a_clean_run_passes_with_plausible_figures(good_run):
+    result, out, report = good_run
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[0].startswith("PASSED: all 10 requests checked")
+    assert report["ok"] and [lvl["concurrency"] for lvl in report["levels"]] == [1, 2]
+    for lvl in report["levels"]:
+        f = lvl["figures"]
+        assert lvl["failed"] == 0 and lvl["tool_exit_code"] == 0 and lvl["requests_checked"] == 5
+        # Every chunk of every answer named the model that was asked for.
+        assert set(lvl["served_models"]) == {ALIAS}
+        assert 0 < f["ttft_ms"]["p50"] <= f["ttft_ms"]["p90"] <= f["ttft_ms"]["p99"] < 30_000
+        assert 0 < f["itl_ms"]["p50"] <= f["itl_ms"]["p99"]
+        assert f["ttft_ms"]["p50"] < f["e2e_ms"]["p99"] and f["e2e_ms"]["p50"] <= f["e2e_ms"]["p99"]
+        # ignore_eos: every answer is exactly the requested length, as the server counted it.
+        assert f["output_tokens_mean"] == 8
+        # The prompt as the server counted it: at least the words asked for, plus the chat template.
+        assert 24 <= f["input_tokens_server"] < 200
+        assert f["requests_per_s"] > 0
+        assert f["output_tokens_per_s"] == pytest.approx(8 * f["requests_per_s"], rel=0.25)
+    table = (out / "report.md").read_text()
+    assert table.startswith("PASSED") and f"| {ALIAS} | 2 | 4 | 0 |" in table
+
+
+def test_the_chart_is_written(good_run):
+    _, out, _ = good_run
+    png = (out / "chart.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000
+
+
+def test_the_key_is_in_no_argument_or_artifact(good_run):
+    _, out, _ = good_run
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+    config = json.loads(next(out.rglob("aiperf.yaml")).read_text())
+    assert config["benchmark"]["endpoint"]["apiKey"] == "${%s}" % aiperf.KEY_ENV
+
+
+def test_a_wrong_key_fails_the_run(server, tmp_path):
+    result = loadtest(tmp_path, "--base-url", server, "--model", ALIAS, *ONE, key="not-the-key")
+    first = result.stdout.splitlines()[0]
+    assert result.returncode == 1
+    assert first.startswith("FAILED: 2 of 2 requests failed (2x HTTP 401"), first
+    assert "not a result" in first
+
+
+def test_an_unknown_model_fails_the_run(server, tmp_path):
+    # llama-server answers any model name with its own alias and 200: only the comparison catches it.
+    result = loadtest(tmp_path, "--base-url", server, "--model", "gpt-4o", *ONE)
+    first = result.stdout.splitlines()[0]
+    assert result.returncode == 1
+    assert first.startswith("FAILED: 2 of 2 requests failed (2x served model 'tinyllama' is not the requested 'gpt-4o'")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["levels"][0]["served_models"] == {ALIAS: report["levels"][0]["served_models"][ALIAS]}
+
+
+def test_a_stream_cut_short_or_empty_is_a_failure(good_run):
+    """A real answer from the good run, cut before its final chunk, or with its text removed."""
+    _, out, _ = good_run
+    raw = json.loads((next(out.rglob(check.RAW_RECORDS))).read_text().splitlines()[0])
+    assert check.stream_problems(raw, ALIAS, check.Counter()) == []
+
+    def data(r):
+        return [json.loads(p["value"]) for resp in r["responses"] for p in resp["packets"]
+                if p.get("name") == "data" and p["value"] != "[DONE]"]
+
+    final = next(i for i, resp in enumerate(raw["responses"])
+                 if any('"finish_reason":"' in p["value"] for p in resp["packets"]))
+    cut = {**raw, "responses": raw["responses"][:final]}
+    assert check.stream_problems(cut, ALIAS, check.Counter()) == [
+        "stream ended without a final chunk (no finish_reason)"]
+    assert any(c["choices"] and c["choices"][0]["delta"].get("content") for c in data(cut))
+
+    silent = json.loads(json.dumps(raw))
+    for resp in silent["responses"]:
+        for p in resp["packets"]:
+            if p.get("name") == "data" and p["value"] != "[DONE]":
+                chunk = json.loads(p["value"])
+                for choice in chunk.get("choices", []):
+                    choice.get("delta", {}).pop("content", None)
+                p["value"] = json.dumps(chunk)
+    assert check.stream_problems(silent, ALIAS, check.Counter()) == ["empty completion"]
+
+
+def test_records_are_split_on_newlines_only(good_run, tmp_path):
+    """Generated text may hold U+2028 (a line separator to str.splitlines, not to JSON Lines)."""
+    _, out, _ = good_run
+    level = next(out.rglob(check.RAW_RECORDS)).parent
+    for name in (check.RECORDS, check.RAW_RECORDS):
+        lines = (level / name).read_bytes().split(b"\n")
+        (tmp_path / name).write_bytes(b"\n".join(lines).replace(b'"content":"', '"content":"\u2028'.encode(), 1))
+    checked = check.check_run(tmp_path, 5)
+    assert checked.total == 5 and checked.failures == []
+
+
+def test_a_stack_is_reached_through_its_outputs(server, tmp_path):
+    """-s reads the base URL, key and models from `pulumi stack output` (here a stand-in CLI that
+    prints outputs naming the real server)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    outputs = {"apiBaseUrl": server, "apiKey": KEY, "modelAliases": [ALIAS], "uiUrl": "http://x/"}
+    (bin_dir / "pulumi").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/pulumi-args\necho '{json.dumps(outputs)}'\n")
+    (bin_dir / "pulumi").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "LLM_API_KEY"}
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    result = subprocess.run([sys.executable, "-m", "tools.loadtest", "-s", "local", "--out", str(tmp_path / "out"), *ONE],
+                            cwd=harness.PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300)
+    assert (tmp_path / "pulumi-args").read_text().split() == [
+        "stack", "output", "--stack", "local", "--json", "--show-secrets"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"PASSED: all 2 requests checked (2xx, non-empty, final chunk, served model = "
+                                    f"requested) - stack local, {ALIAS}\n")
+
+
+def test_a_stack_without_the_pulumi_cli_says_what_to_do(tmp_path):
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    result = subprocess.run([sys.executable, "-m", "tools.loadtest", "-s", "local", "--out", str(tmp_path)],
+                            cwd=harness.PROJECT_DIR, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stdout.splitlines() == [
+        "FAILED: nothing measured: -s local reads the stack's outputs with the pulumi CLI, which is not on PATH; "
+        "pass --base-url, --model and the key (LLM_API_KEY) instead"]
+
+
+STUB_KUBECTL = """#!/bin/sh
+printf '%s\\n' "$@" > "$(dirname "$0")/argv"
+cp "$2" "$(dirname "$0")/kubeconfig-seen" 2>/dev/null
+trap 'echo closed > "$(dirname "$0")/closed"; exit 0' TERM
+echo "Forwarding from 127.0.0.1:${7%%:*} -> 8080"
+while :; do sleep 0.1; done
+"""
+
+
+def test_direct_opens_the_port_forward_it_names_and_closes_it(tmp_path):
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text(STUB_KUBECTL)
+    kubectl.chmod(0o755)
+    with PortForward("tinyllama", "models", kubeconfig_text="kind: Config\n", kubectl=str(kubectl)) as fwd:
+        kubeconfig = Path(fwd.kubeconfig)
+        assert stat.S_IMODE(kubeconfig.stat().st_mode) == 0o600
+        assert fwd.url == f"http://127.0.0.1:{fwd.port}"
+        proc = fwd.proc
+    assert (tmp_path / "argv").read_text().split() == [
+        "--kubeconfig", str(kubeconfig), "--namespace", "models", "port-forward", "service/tinyllama",
+        f"{fwd.port}:http", "--address", "127.0.0.1"]
+    assert (tmp_path / "kubeconfig-seen").read_text() == "kind: Config\n"
+    assert proc.poll() is not None and (tmp_path / "closed").read_text().strip() == "closed"
+    assert not kubeconfig.exists()
+
+
+def test_a_port_forward_that_cannot_start_is_one_line_and_leaves_nothing(tmp_path):
+    kubectl = "kubectl"
+    if subprocess.run(["which", kubectl], capture_output=True).returncode:
+        pytest.skip("kubectl not on PATH")
+    # The real kubectl against an API server that is not there.
+    config = ("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+              "users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
+              "current-context: x\n")
+    forward = PortForward("tinyllama", "models", kubeconfig_text=config, timeout_s=20)
+    with pytest.raises(TargetError, match=r"kubectl port-forward service/tinyllama -n models did not start: .*127\.0\.0\.1:1"):
+        forward.__enter__()
+    assert forward.proc.poll() is not None and forward._tmp is None

@@ -1,0 +1,145 @@
+"""How AIPerf is run: its virtualenv, one config file per run, a progress bar from its records."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools.loadtest.check import RECORDS
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV = ROOT / ".venv-loadtest"
+AIPERF = VENV / "bin" / "aiperf"
+PYTHON = VENV / "bin" / "python"
+# Built once per virtualenv from the corpus of the AIPerf release installed there.
+WORD_TOKENIZER = VENV / "word-tokenizer"
+# The key reaches AIPerf through its environment (the config names the variable), never an argument.
+KEY_ENV = "LOADTEST_API_KEY"
+VERSION = "0.13.0"
+
+
+class ToolMissing(RuntimeError):
+    pass
+
+
+def ensure_installed() -> None:
+    if not AIPERF.exists():
+        raise ToolMissing(f"{AIPERF.relative_to(ROOT)} is missing: run `make .venv-loadtest/.installed` "
+                          "(AIPerf and matplotlib in their own virtualenv)")
+
+
+def word_tokenizer() -> Path:
+    if not (WORD_TOKENIZER / "tokenizer.json").exists():
+        subprocess.run([str(PYTHON), "-m", "tools.loadtest.wordtok", str(WORD_TOKENIZER)], cwd=ROOT,
+                       check=True, capture_output=True)
+    return WORD_TOKENIZER
+
+
+@dataclass(frozen=True)
+class Workload:
+    input_tokens: int
+    output_tokens: int
+    # Keep generating to output_tokens even past an end-of-sequence token (vLLM, llama.cpp).
+    ignore_eos: bool
+    timeout_s: float
+    seed: int
+    tokenizer: str
+    # "pooled": keep-alive connections, as SDK clients do; "never": a new connection per request.
+    connections: str = "pooled"
+
+
+def config(url: str, model: str, concurrency: int, requests: int, warmup: int, work: Workload,
+           artifacts: Path, with_key: bool) -> dict:
+    """AIPerf's YAML config (written as JSON, which YAML reads) for one concurrency level."""
+    endpoint = {
+        "url": url, "type": "chat", "streaming": True, "timeout": work.timeout_s,
+        # Token counts from the server's own `usage`, not from the client-side tokenizer.
+        "useServerTokenCount": True,
+        "connectionReuse": work.connections,
+    }
+    if with_key:
+        endpoint["apiKey"] = "${%s}" % KEY_ENV
+    if work.ignore_eos:
+        endpoint["extra"] = {"ignore_eos": True}
+    bench = {
+        "model": model,
+        "endpoint": endpoint,
+        "tokenizer": {"name": work.tokenizer},
+        "dataset": {"type": "synthetic", "entries": max(requests, 16), "randomSeed": work.seed,
+                    "prompts": {"isl": work.input_tokens, "osl": work.output_tokens}},
+        "profiling": {"type": "concurrency", "concurrency": concurrency, "requests": requests},
+        # Raw records carry every streamed chunk: the checks read them.
+        "artifacts": {"dir": str(artifacts), "raw": True, "records": ["jsonl"], "summary": ["json"]},
+        "gpuTelemetry": {"enabled": False},
+        "serverMetrics": {"enabled": False},
+        "runtime": {"ui": "none"},
+    }
+    if warmup:
+        bench["warmup"] = {"type": "concurrency", "concurrency": concurrency, "requests": warmup}
+    return {"schemaVersion": "2.0", "randomSeed": work.seed, "benchmark": bench}
+
+
+def command(config_file: Path) -> list[str]:
+    return [str(AIPERF), "profile", "--config", str(config_file)]
+
+
+class Progress:
+    """One bar over the whole run on a terminal; a line per finished level elsewhere."""
+
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.done, self.stream = total, 0, stream
+        self.tty = stream.isatty()
+
+    def show(self, label: str, current: int) -> None:
+        if not self.tty:
+            return
+        n = min(self.done + current, self.total)
+        filled = int(30 * n / max(self.total, 1))
+        self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {n}/{self.total} requests  {label:<40}")
+        self.stream.flush()
+
+    def finish_level(self, label: str, count: int, failed: int) -> None:
+        self.done += count
+        if self.tty:
+            self.show(label, 0)
+            if self.done >= self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(f"{self.done}/{self.total} requests: {label} done, {failed} failed\n")
+        self.stream.flush()
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+def run(cfg: dict, run_dir: Path, api_key: str | None, progress: Progress, label: str) -> int:
+    """Run AIPerf once; its console output goes to aiperf.log in run_dir. Returns its exit code."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "aiperf.yaml"
+    config_file.write_text(json.dumps(cfg, indent=2))
+    env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop(KEY_ENV, None)
+    if api_key:
+        env[KEY_ENV] = api_key
+    with (run_dir / "aiperf.log").open("w") as log:
+        proc = subprocess.Popen(command(config_file), cwd=run_dir, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            while proc.poll() is None:
+                progress.show(label, _count_lines(run_dir / "aiperf" / RECORDS))
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait(30)
+            raise
+    return proc.returncode
