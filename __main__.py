@@ -93,6 +93,7 @@ apps = all_apps(
     # The UI calls each server's Service through the mesh (it is an allowed caller).
     [ModelEndpoint(s.alias, pulumi.Output.concat("http://", s.service_host, f":{s.port}/v1")) for s in servers],
     keys.ui if keys else None,
+    keys.digest(keys.ui) if keys else None,
     ui_admin.password if ui_admin else None,
 )
 GitOpsController("gitops", {"provider": provider, "chart_version": cfg.gitops.chart_version, "apps": apps})

@@ -80,12 +80,26 @@ def _existing_file(value: str) -> str:
     return value
 
 
+_API_KEY = re.compile(r"^[A-Za-z0-9._~+/=][A-Za-z0-9._~+/=-]{15,}$")
+
+
+def _api_key(value: str) -> str:
+    # Keys travel as a file of one key a line (llama.cpp), a YAML list expanded into flags (vLLM,
+    # where a leading '-' would read as a flag) and a ';'-separated list (Open WebUI). The error
+    # never repeats the key.
+    if not _API_KEY.match(value):
+        raise ValueError("expected at least 16 characters of letters, digits and . _ ~ + / = -, "
+                         "not starting with '-'")
+    return value
+
+
 DnsLabel = Annotated[str, AfterValidator(_dns_label)]
 Quantity = Annotated[str, AfterValidator(_quantity)]
 MinikubeSize = Annotated[str, AfterValidator(_minikube_size)]
 K8sVersion = Annotated[str, AfterValidator(_k8s_version)]
 ChartVersion = Annotated[str, AfterValidator(_pinned_chart)]
 Image = Annotated[str, AfterValidator(pinned_image)]
+ApiKey = Annotated[str, AfterValidator(_api_key)]
 
 
 class _Model(BaseModel):
@@ -594,8 +608,8 @@ class StackConfig(_Model):
     gateway: GatewayConfig = GatewayConfig()
     security: SecurityConfig = SecurityConfig()
     # API keys (Pulumi secrets); generated and kept in state when not set.
-    api_key: Optional[str] = None
-    ui_api_key: Optional[str] = None
+    api_key: Optional[ApiKey] = None
+    ui_api_key: Optional[ApiKey] = None
     # Open WebUI's admin password (a Pulumi secret); generated and kept in state when not set.
     ui_admin_password: Optional[str] = None
     # Hugging Face token for gated models: `pulumi config set --secret hfToken hf_...`.

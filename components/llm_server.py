@@ -5,8 +5,6 @@ plus its Service."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import hmac
 import math
 import shlex
 from typing import Optional, TypedDict
@@ -17,6 +15,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from .accelerators import Accelerator
+from .api_keys import KEYS_DIGEST_ANNOTATION, keyed_digest
 from .config import quantity_bytes
 from .serving import (
     API_KEY_ENTRIES, API_KEYS_MOUNT, CACHE_MOUNT, MODELS_MOUNT, TERMINATION_GRACE_S, ServerSpec,
@@ -26,9 +25,6 @@ from .serving import (
 PROBE_PERIOD_S = 10
 # A fixed non-root identity above the host's range; fsGroup makes the cache writable for it.
 RUN_AS = 10001
-# Pod-template annotation that changes with the API keys: servers read them only at start, so
-# a rotated key rolls the pods.
-KEYS_DIGEST_ANNOTATION = "llm-platform/api-keys-digest"
 # A first start downloads the weights from the model hub: assume a modest steady rate.
 DOWNLOAD_MIB_S = 50
 # Beyond moving bytes: CUDA graph capture, or XLA compiling every shape on a TPU.
@@ -250,14 +246,9 @@ class LlmServer(pulumi.ComponentResource):
             "secretName": secret.metadata.name,
             "items": [{"key": spec.api_keys_file, "path": spec.api_keys_file}]}})
         mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
-        # A keyed digest: a plain hash of a chosen (weak) key could be guessed offline from the
-        # pod spec; the salt stays in the stack's encrypted state.
         salt = random.RandomPassword(f"{name}-keys-digest-salt", length=32, special=False,
                                      opts=pulumi.ResourceOptions(parent=self))
-        digest = pulumi.Output.all(salt.result, ordered).apply(
-            lambda v: hmac.new(v[0].encode(), "\n".join(v[1]).encode(), hashlib.sha256).hexdigest())
-        # Not a secret (nothing can be recovered from it): keep the pod template readable in diffs.
-        return pulumi.Output.unsecret(digest)
+        return keyed_digest(salt.result, [keys[e] for e in API_KEY_ENTRIES])
 
 
 CACHE_VOLUME = "cache"
