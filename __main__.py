@@ -143,6 +143,7 @@ apps = all_apps(
     [ModelEndpoint("front-door", front_door.base_url)],
     # The proxy takes only its master key until virtual keys (a database) exist.
     keys.client if keys else None,
+    keys.digest(keys.client) if keys else None,
     ui_admin.password if ui_admin else None,
 )
 GitOpsController("gitops", {"provider": provider, "chart_version": cfg.gitops.chart_version, "apps": apps})

@@ -7,13 +7,27 @@ state; the backend key is always generated: only the front door ever holds it.
 
 from __future__ import annotations
 
-from typing import Optional, TypedDict
+import hashlib
+import hmac
+from typing import Optional, Sequence, TypedDict
 
 import pulumi
 import pulumi_random as random
 
 # LiteLLM accepts a master key only with this prefix.
 MASTER_KEY_PREFIX = "sk-"
+# Pod-template annotation that changes with the API keys: servers and the UI read them only at
+# start, so a rotated key rolls their pods.
+KEYS_DIGEST_ANNOTATION = "llm-platform/api-keys-digest"
+
+
+def keyed_digest(salt: pulumi.Input[str], keys: Sequence[pulumi.Input[str]]) -> pulumi.Output[str]:
+    """An HMAC of the keys: a plain hash of a chosen (weak) key could be guessed offline from the
+    pod spec, the salt stays in the stack's encrypted state. Not a secret (nothing can be
+    recovered from it), so pod templates stay readable in diffs."""
+    digest = pulumi.Output.all(salt, *keys).apply(
+        lambda v: hmac.new(v[0].encode(), "\n".join(v[1:]).encode(), hashlib.sha256).hexdigest())
+    return pulumi.Output.unsecret(digest)
 
 
 class ApiKeysArgs(TypedDict):
@@ -38,4 +52,10 @@ class ApiKeys(pulumi.ComponentResource):
         self.client = (pulumi.Output.secret(configured) if configured is not None
                        else generated("client", MASTER_KEY_PREFIX))
         self.backend = generated("backend")
+        self._salt = random.RandomPassword(f"{name}-digest-salt", length=32, special=False,
+                                           opts=pulumi.ResourceOptions(parent=self)).result
         self.register_outputs({"client": self.client, "backend": self.backend})
+
+    def digest(self, *keys: pulumi.Input[str]) -> pulumi.Output[str]:
+        """What a pod that reads `keys` at start carries, so that it rolls when they change."""
+        return keyed_digest(self._salt, keys)

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import pulumi
 
+from .api_keys import KEYS_DIGEST_ANNOTATION
 from .config import StackConfig
 from .gitops import App
 
@@ -44,7 +45,8 @@ def _secret_env(name: str, secret: str) -> dict:
 
 
 def open_webui(cfg: StackConfig, namespace: pulumi.Input[str], models: Sequence[ModelEndpoint],
-               api_key: Optional[pulumi.Output[str]], admin_password: pulumi.Output[str]) -> App:
+               api_key: Optional[pulumi.Output[str]], api_key_digest: Optional[pulumi.Output[str]],
+               admin_password: pulumi.Output[str]) -> App:
     """Open WebUI in `namespace` (the mesh's, with sidecars). It calls the OpenAI endpoints in
     `models` (the front door) inside the mesh, under its own identity, never through the public
     ingress; it lists whatever models they serve, so models added later appear too."""
@@ -81,14 +83,19 @@ def open_webui(cfg: StackConfig, namespace: pulumi.Input[str], models: Sequence[
             "persistence": {"enabled": True, "size": cfg.ui.storage_size},
             # Replaces the chart's default env, which sets a literal OPENAI_API_KEY.
             "extraEnvVars": env,
+            # The UI reads its key only at start: a rotated key changes the pod template, so
+            # Argo CD rolls the UI along with the model servers.
+            **({"podAnnotations": {KEYS_DIGEST_ANNOTATION: api_key_digest}} if api_key_digest is not None else {}),
         },
         secrets=secrets,
     )
 
 
 def all_apps(cfg: StackConfig, ui_namespace: Optional[pulumi.Input[str]], models: Sequence[ModelEndpoint],
-             ui_api_key: Optional[pulumi.Output[str]], ui_admin_password: Optional[pulumi.Output[str]]) -> list[App]:
-    apps = [open_webui(cfg, ui_namespace, models, ui_api_key, ui_admin_password)] if cfg.ui.enabled else []
+             ui_api_key: Optional[pulumi.Output[str]], ui_api_key_digest: Optional[pulumi.Output[str]],
+             ui_admin_password: Optional[pulumi.Output[str]]) -> list[App]:
+    apps = [open_webui(cfg, ui_namespace, models, ui_api_key, ui_api_key_digest, ui_admin_password)
+            ] if cfg.ui.enabled else []
     return apps + [
         App(
             name=a.name,

@@ -88,12 +88,26 @@ def _existing_file(value: str) -> str:
     return value
 
 
+_API_KEY = re.compile(r"^[A-Za-z0-9._~+/=][A-Za-z0-9._~+/=-]{15,}$")
+
+
+def _api_key(value: str) -> str:
+    # Keys travel as a file of one key a line (llama.cpp), a YAML list expanded into flags (vLLM,
+    # where a leading '-' would read as a flag) and a ';'-separated list (Open WebUI). The error
+    # never repeats the key.
+    if not _API_KEY.match(value):
+        raise ValueError("expected at least 16 characters of letters, digits and . _ ~ + / = -, "
+                         "not starting with '-'")
+    return value
+
+
 DnsLabel = Annotated[str, AfterValidator(_dns_label)]
 Quantity = Annotated[str, AfterValidator(_quantity)]
 MinikubeSize = Annotated[str, AfterValidator(_minikube_size)]
 K8sVersion = Annotated[str, AfterValidator(_k8s_version)]
 ChartVersion = Annotated[str, AfterValidator(_pinned_chart)]
 Image = Annotated[str, AfterValidator(pinned_image)]
+ApiKey = Annotated[str, AfterValidator(_api_key)]
 
 
 class _Model(BaseModel):
@@ -663,7 +677,7 @@ class StackConfig(_Model):
     llama_router: LlamaRouterConfig = LlamaRouterConfig()
     # The client API key (a Pulumi secret), the front door's master key; generated and kept in
     # state when not set. LiteLLM takes only master keys that start with "sk-".
-    api_key: Optional[Annotated[str, AfterValidator(_master_key)]] = None
+    api_key: Optional[Annotated[ApiKey, AfterValidator(_master_key)]] = None
     # Keys of the hosted providers (a Pulumi secret): provider entry name -> key.
     provider_keys: dict[str, str] = {}
     # Open WebUI's admin password (a Pulumi secret); generated and kept in state when not set.

@@ -11,9 +11,10 @@ from urllib.parse import urlparse
 
 import pulumi
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 import yaml
 
-from .llm_server import keyed_digest
+from .api_keys import keyed_digest
 from .model_namespace import NAMESPACE_LABEL, policy_specs
 
 if TYPE_CHECKING:
@@ -196,7 +197,9 @@ class FrontDoor(pulumi.ComponentResource):
             )
         # A changed config or key must restart the proxy: it reads both only at start. Keyed like
         # the model servers' digest, since the master key may be one a person chose.
-        checksum = keyed_digest(self, name, pulumi.Output.all(rendered, *keys.values()))
+        salt = random.RandomPassword(f"{name}-keys-digest-salt", length=32, special=False,
+                                     opts=pulumi.ResourceOptions(parent=self))
+        checksum = keyed_digest(salt.result, [rendered, *keys.values()])
 
         account = k8s.core.v1.ServiceAccount(
             f"{name}-service-account",

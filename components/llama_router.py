@@ -13,9 +13,8 @@ import pulumi_command as command
 import pulumi_kubernetes as k8s
 
 from .accelerators import Accelerator
-from .llm_server import (
-    CONTAINER_SECURITY, KEYS_DIGEST_ANNOTATION, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security,
-)
+from .api_keys import KEYS_DIGEST_ANNOTATION
+from .llm_server import CONTAINER_SECURITY, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security
 from .serving import ALL_LAYERS, API_KEYS_FILE, API_KEYS_MOUNT, LLAMA_CPP_PORT, MODELS_MOUNT, RUNTIMES, model_path
 
 if TYPE_CHECKING:

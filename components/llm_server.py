@@ -5,8 +5,6 @@ plus its Service."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import hmac
 import math
 import shlex
 from typing import Optional, TypedDict
@@ -17,6 +15,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from .accelerators import Accelerator
+from .api_keys import KEYS_DIGEST_ANNOTATION, keyed_digest
 from .config import quantity_bytes
 from .serving import (
     API_KEY_ENTRIES, API_KEYS_MOUNT, CACHE_MOUNT, MODELS_MOUNT, TERMINATION_GRACE_S, ServerSpec,
@@ -26,9 +25,6 @@ from .serving import (
 PROBE_PERIOD_S = 10
 # A fixed non-root identity above the host's range; fsGroup makes the cache writable for it.
 RUN_AS = 10001
-# Pod-template annotation that changes with the API keys: servers read them only at start, so
-# a rotated key rolls the pods.
-KEYS_DIGEST_ANNOTATION = "llm-platform/api-keys-digest"
 # A first start downloads the weights from the model hub: assume a modest steady rate.
 DOWNLOAD_MIB_S = 50
 # Beyond moving bytes: CUDA graph capture, or XLA compiling every shape on a TPU.
@@ -235,17 +231,6 @@ class LlmServer(pulumi.ComponentResource):
         }]
 
 
-def keyed_digest(parent: pulumi.Resource, name: str, parts: pulumi.Input[list]) -> pulumi.Output[str]:
-    """A digest of secret material for a pod template, so that a change rolls the pods. Keyed:
-    a plain hash of a chosen (weak) key could be guessed offline from the pod spec; the salt
-    stays in the stack's encrypted state. Not a secret (nothing can be recovered from it), so
-    the pod template stays readable in diffs."""
-    salt = random.RandomPassword(f"{name}-keys-digest-salt", length=32, special=False,
-                                 opts=pulumi.ResourceOptions(parent=parent))
-    digest = pulumi.Output.all(salt.result, parts).apply(
-        lambda v: hmac.new(v[0].encode(), "\n".join(v[1]).encode(), hashlib.sha256).hexdigest())
-    return pulumi.Output.unsecret(digest)
-
 
 def api_keys_volume(parent: pulumi.Resource, name: str, metadata: dict, api_keys_file: str,
                     keys: dict, opts, volumes: list, mounts: list) -> pulumi.Output[str]:
@@ -266,7 +251,9 @@ def api_keys_volume(parent: pulumi.Resource, name: str, metadata: dict, api_keys
         "secretName": secret.metadata.name,
         "items": [{"key": api_keys_file, "path": api_keys_file}]}})
     mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
-    return keyed_digest(parent, name, ordered)
+    salt = random.RandomPassword(f"{name}-keys-digest-salt", length=32, special=False,
+                                 opts=pulumi.ResourceOptions(parent=parent))
+    return keyed_digest(salt.result, [keys[e] for e in API_KEY_ENTRIES])
 
 
 CACHE_VOLUME = "cache"

@@ -78,7 +78,10 @@ def policy_specs(args: ModelNamespaceArgs) -> dict[str, dict]:
     }
     if args["https_egress"]:
         specs["allow-https"] = {"podSelector": every_pod, "policyTypes": ["Egress"], "egress": [{
-            # The model hub, not the API server, nodes, metadata endpoint or other pods.
+            # The model hub: not nodes, pods, Services or the metadata endpoint (private and
+            # link-local ranges), nor the cluster's own public ranges where they are known (GKE's
+            # endpoint). EKS's public API endpoint has no fixed address to leave out; model pods
+            # carry no service-account token for it.
             "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": outside_ranges(args.get("cluster_cidrs", []))}}],
             "ports": [{"protocol": "TCP", "port": 443}],
         }]}

@@ -31,16 +31,19 @@ DRAIN_S = TERMINATION_GRACE_S - PRESTOP_SLEEP_S - 10
 # llama.cpp stops generations in flight on SIGTERM, so its preStop waits until the server says
 # it processes and defers no request (Prometheus /metrics, which `--metrics` enables). POSIX sh
 # and curl, both in the ggml-org and RamaLama images. The key goes to curl on stdin (`-K -`),
-# never on a command line. Arguments: pause, port, key file, drain bound (seconds). If the server
-# does not answer, nothing is left to drain.
+# never on a command line. Arguments: pause, port, key file, drain bound (seconds). Only a
+# /metrics that answers and shows nothing in flight ends the wait early: one that refuses (the
+# mounted key rotated since the server read it at start) or fails says nothing, so the hook
+# waits out the bound rather than cut a generation.
 LLAMA_CPP_DRAIN = r"""
 sleep "$1"
-key=""; [ -r "$3" ] && key=$(head -n 1 "$3")
 end=$(( $(date +%s) + $4 ))
 while [ "$(date +%s)" -lt "$end" ]; do
-  printf 'header = "Authorization: Bearer %s"\n' "$key" |
-    curl -sf -m 5 -K - "http://127.0.0.1:$2/metrics" |
-    grep -Eq '^llamacpp:requests_(processing|deferred) 0*[1-9]' || exit 0
+  key=""; [ -r "$3" ] && key=$(head -n 1 "$3")
+  if m=$(printf 'header = "Authorization: Bearer %s"\n' "$key" |
+         curl -sf -m 5 -K - "http://127.0.0.1:$2/metrics"); then
+    printf '%s\n' "$m" | grep -Eq '^llamacpp:requests_(processing|deferred) 0*[1-9]' || exit 0
+  fi
   sleep 1
 done
 """

@@ -301,3 +301,20 @@ def test_pre_stop_lets_the_generation_finish_before_sigterm(fresh_server, render
     events = _rest_of_stream(conn, resp)
     conn.close()
     assert events and events[-1] == b"data: [DONE]", f"stream cut after the hook returned ({waited:.1f}s)"
+
+
+def test_pre_stop_drains_even_after_the_mounted_key_rotated(fresh_server, rendered_gpu):
+    """A new key rolls the pods, but by then the kubelet has already refreshed the mounted key
+    file: the old server refuses it on /metrics. The hook must not read that as idle."""
+    conn, resp = _long_stream(fresh_server, rendered_gpu["aliases"][0])
+    fresh_server.key_file.write_text("rotated-front-door-key\n")
+    command = _pre_stop(rendered_gpu["container"], fresh_server)
+    command[-1] = "8"  # a short bound: the hook can only wait it out
+    started = time.monotonic()
+    hook = subprocess.run(command, capture_output=True, timeout=60)
+    waited = time.monotonic() - started
+    assert hook.returncode == 0, hook.stderr
+    fresh_server.proc.send_signal(signal.SIGTERM)
+    events = _rest_of_stream(conn, resp)
+    conn.close()
+    assert events and events[-1] == b"data: [DONE]", f"stream cut after the hook returned ({waited:.1f}s)"

@@ -134,7 +134,7 @@ def test_ui_gets_the_front_door_key_from_a_secret(keyed):
 def test_keys_are_generated_when_not_configured():
     rec = harness.run("local")
     generated = [r for r in rec.of_type("random:index/randomPassword:RandomPassword")
-                 if r.name.startswith("api-keys-")]
+                 if r.name in ("api-keys-client", "api-keys-backend")]
     assert sorted(r.name for r in generated) == ["api-keys-backend", "api-keys-client"]
     assert all(r.inputs["length"] >= 32 and r.inputs["special"] is False for r in generated)
     assert "apiKey" in rec.secret_outputs
@@ -733,3 +733,30 @@ def test_istiod_as_its_chart_renders_it_serves_the_challenge_from_our_ingress(ac
     mesh = yaml.safe_load(mesh_cm["data"]["mesh"])
     assert mesh["ingressService"] == gateway["name"] and mesh["ingressControllerMode"] == "STRICT"
     assert mesh["ingressSelector"] == acme.one(GATEWAY).inputs["spec"]["selector"]["istio"]
+
+
+def test_a_rotated_client_key_rolls_the_ui():
+    """Open WebUI reads its key (the front door's client key) from the Secret only at start: the
+    pod template the real chart renders from the program's values changes with the key (Argo CD
+    then rolls the UI)."""
+    def ui_template(client_key: str) -> dict:
+        rec = harness.run("local", {**SECRET_OVERRIDES, "llm-platform:apiKey": client_key}, secrets=SECRETS)
+        return ui_workload(rendered_ui(rec))["spec"]["template"]
+
+    before, same, rotated = ui_template(CLIENT_KEY), ui_template(CLIENT_KEY), ui_template(CLIENT_KEY + "-rotated")
+    value = before["metadata"]["annotations"]["llm-platform/api-keys-digest"]
+    assert CLIENT_KEY not in value and value != hashlib.sha256(CLIENT_KEY.encode()).hexdigest()
+    assert before == same
+    assert rotated["metadata"]["annotations"]["llm-platform/api-keys-digest"] != value
+
+
+@pytest.mark.parametrize("key", ["-flag-like-0123456789ab", "two;keys-0123456789ab", "line\nbreak-0123456789", "short"])
+def test_a_key_the_servers_would_misread_is_refused_without_repeating_it(key):
+    """vLLM expands its config-file key list into flags (a leading '-' becomes a flag), Open
+    WebUI splits its keys on ';', llama.cpp's key file holds one key a line."""
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("local", {"llm-platform:apiKey": key}, secrets=("llm-platform:apiKey",))
+    message = str(info.value.error)
+    assert message.startswith("Pulumi.local.yaml: llm-platform:apiKey: expected at least 16 characters")
+    assert key not in message and "\n" not in message
+    assert info.value.registrations == []
