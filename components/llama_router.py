@@ -15,7 +15,9 @@ import pulumi_kubernetes as k8s
 from .accelerators import Accelerator
 from .api_keys import KEYS_DIGEST_ANNOTATION
 from .llm_server import CONTAINER_SECURITY, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security
-from .serving import ALL_LAYERS, API_KEYS_FILE, API_KEYS_MOUNT, LLAMA_CPP_PORT, MODELS_MOUNT, RUNTIMES, model_path
+from .serving import (
+    ALL_LAYERS, API_KEYS_FILE, API_KEYS_MOUNT, LLAMA_CPP_PORT, MODELS_MOUNT, PRESTOP_SLEEP_S, RUNTIMES, model_path,
+)
 
 if TYPE_CHECKING:
     from .config import LlamaRouterConfig, ModelConfig
@@ -39,12 +41,16 @@ def presets(models: Sequence["ModelConfig"], accel: Accelerator) -> str:
     return out.getvalue()
 
 
-def router_args(models_max: int, api_auth: bool) -> list[str]:
+def router_args(models_max: int, api_auth: bool, threads: int) -> list[str]:
+    # The router starts each model's llama-server with its own flags, and these override a
+    # preset's: nothing per model belongs here.
     args = [
         "--host", "0.0.0.0",
         "--port", str(LLAMA_CPP_PORT),
         "--models-preset", f"{PRESETS_DIR}/{PRESETS_FILE}",
         "--models-max", str(models_max),
+        # One compute thread per CPU of the limit, not per host core, for each model instance.
+        "--threads", str(threads),
         "--metrics",
     ]
     if api_auth:
@@ -114,7 +120,7 @@ class LlamaRouter(pulumi.ComponentResource):
         container = {
             "name": "server",
             "image": cfg.image or runtime.image,
-            "args": router_args(cfg.models_max, args["api_keys"] is not None),
+            "args": router_args(cfg.models_max, args["api_keys"] is not None, cfg.resources.threads),
             # The model instances it starts are llama-server processes too; HOME for their caches.
             "env": [{"name": "HOME", "value": "/tmp"}],
             "ports": [{"name": "http", "containerPort": LLAMA_CPP_PORT, "protocol": "TCP"}],
@@ -127,6 +133,10 @@ class LlamaRouter(pulumi.ComponentResource):
             "startupProbe": {**probe, "periodSeconds": PROBE_PERIOD_S, "failureThreshold": 30},
             "readinessProbe": {**probe, "periodSeconds": PROBE_PERIOD_S, "failureThreshold": 3},
             "livenessProbe": {**probe, "periodSeconds": 30, "failureThreshold": 5},
+            # Leave the Service's endpoints before the server is told to stop. Unlike a single
+            # server, the router answers /metrics only per model, so the drain that waits for
+            # requests in flight does not apply: a generation still running after the pause is cut.
+            "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},
         }
         if runtime.command:
             container["command"] = runtime.command
@@ -143,6 +153,7 @@ class LlamaRouter(pulumi.ComponentResource):
                 "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": {
                     "priorityClassName": args["priority_class"],
                     "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": PRESTOP_SLEEP_S + 30,
                     "securityContext": pod_security(args["restricted"], args["supplemental_groups"]),
                     "containers": [container],
                     "nodeSelector": dict(accel.node_selector) or None,

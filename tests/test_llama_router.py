@@ -46,6 +46,12 @@ def test_one_server_for_every_model_and_the_front_door_routes_to_it(recorded):
     c = router_container(recorded)
     assert c["resources"]["limits"]["squat.ai/dri"] == "1"
     assert "-m" not in c["args"] and c["args"][c["args"].index("--models-max") + 1] == "1"
+    # Threads from the CPU limit (passed on to every model instance the router starts).
+    assert c["args"][c["args"].index("--threads") + 1] == c["resources"]["limits"]["cpu"]
+    template = recorded.one(DEPLOYMENT, "llama-router-deployment").inputs["spec"]["template"]
+    # The key file's digest rolls the router when the front door's key changes.
+    assert template["metadata"]["annotations"]["llm-platform/api-keys-digest"]
+    assert c["lifecycle"]["preStop"]["sleep"]["seconds"] < template["spec"]["terminationGracePeriodSeconds"]
     text = recorded.one("kubernetes:core/v1:ConfigMap", "llama-router-presets").inputs["data"][
         llama_router.PRESETS_FILE]
     # llama.cpp's preset files open with a global `version` line before any section.
@@ -90,7 +96,9 @@ def running(recorded, tmp_path_factory):
     mapped = {"--host": "127.0.0.1", "--port": str(router_port), "--models-preset": str(tmp / "presets.ini"),
               "--api-key-file": str(tmp / "keys")}
     argv = [mapped.get(args[i - 1], a) if i else a for i, a in enumerate(args)]
-    procs = [subprocess.Popen([str(LLAMA_SERVER), *argv, "--threads", "1"],
+    # One thread: a shared test machine, not the pod's CPU limit.
+    argv = [("1" if args[i - 1] == "--threads" else a) if i else a for i, a in enumerate(argv)]
+    procs = [subprocess.Popen([str(LLAMA_SERVER), *argv],
                               stdout=(tmp / "router.log").open("w"), stderr=subprocess.STDOUT)]
     try:
         cfg = yaml.safe_load(recorded.one("kubernetes:core/v1:ConfigMap", "front-door-config").inputs["data"][
