@@ -6,7 +6,8 @@ PYTHON ?= python3
 test: setup
 	.venv/bin/python -m pytest
 
-setup: .venv/.installed .venv-checkov/.installed .venv-loadtest/.installed tests/crd/node_modules/.installed .cache/vllm/.fetched
+setup: .venv/.installed .venv-checkov/.installed .venv-litellm/.installed .venv-loadtest/.installed \
+	tests/crd/node_modules/.installed .cache/vllm/.fetched
 
 # The program's and the tests' dependencies.
 .venv/.installed: requirements.txt requirements-dev.txt
@@ -18,6 +19,13 @@ setup: .venv/.installed .venv-checkov/.installed .venv-loadtest/.installed tests
 .venv-checkov/.installed: requirements-checkov.txt
 	$(PYTHON) -m venv .venv-checkov
 	.venv-checkov/bin/pip install -q -r requirements-checkov.txt
+	touch $@
+
+# The front door's LiteLLM release, started for real by tests/test_front_door.py; its pins clash
+# with pulumi's too.
+.venv-litellm/.installed: requirements-litellm.txt
+	$(PYTHON) -m venv .venv-litellm
+	.venv-litellm/bin/pip install -q -r requirements-litellm.txt
 	touch $@
 
 # The serving benchmark's load generator (AIPerf) and chart (matplotlib): their pins clash with

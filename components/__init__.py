@@ -3,13 +3,14 @@
 from .api_keys import ApiKeys, ApiKeysArgs
 from .cluster import Cluster, ClusterArgs
 from .device_plugin import GpuDevicePlugin, GpuDevicePluginArgs
-from .gateway import Backend, Gateway, GatewayArgs, ModelRoute
+from .front_door import FrontDoor, FrontDoorArgs
+from .gateway import Backend, Gateway, GatewayArgs
 from .gitops import App, GitOpsController, GitOpsControllerArgs
 from .llm_server import LlmServer, LlmServerArgs
 from .mesh import Mesh, MeshArgs
 
 __all__ = [
-    "ApiKeys", "ApiKeysArgs", "App", "Backend", "Cluster", "ClusterArgs", "Gateway", "GatewayArgs", "GitOpsController",
+    "ApiKeys", "ApiKeysArgs", "App", "Backend", "Cluster", "ClusterArgs", "FrontDoor", "FrontDoorArgs", "Gateway", "GatewayArgs", "GitOpsController",
     "GitOpsControllerArgs", "GpuDevicePlugin", "GpuDevicePluginArgs", "LlmServer", "LlmServerArgs",
-    "Mesh", "MeshArgs", "ModelRoute",
+    "Mesh", "MeshArgs",
 ]

@@ -1,6 +1,8 @@
-"""ApiKeys: the keys that open `/v1`: one for API clients, one for the chat UI.
+"""ApiKeys: the client key that opens `/v1` (the front door's master key), and the key the front
+door presents to the model servers.
 
-Each comes from a Pulumi secret in config, or is generated once and kept (encrypted) in state.
+The client key comes from a Pulumi secret in config, or is generated once and kept (encrypted) in
+state; the backend key is always generated: only the front door ever holds it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Optional, Sequence, TypedDict
 import pulumi
 import pulumi_random as random
 
+# LiteLLM accepts a master key only with this prefix.
+MASTER_KEY_PREFIX = "sk-"
 # Pod-template annotation that changes with the API keys: servers and the UI read them only at
 # start, so a rotated key rolls their pods.
 KEYS_DIGEST_ANNOTATION = "llm-platform/api-keys-digest"
@@ -27,31 +31,30 @@ def keyed_digest(salt: pulumi.Input[str], keys: Sequence[pulumi.Input[str]]) -> 
 
 
 class ApiKeysArgs(TypedDict):
-    # Keys set with `pulumi config set --secret`; None: generate one.
+    # Set with `pulumi config set --secret apiKey sk-...`; None: generate one.
     client: Optional[pulumi.Input[str]]
-    ui: Optional[pulumi.Input[str]]
 
 
 class ApiKeys(pulumi.ComponentResource):
     client: pulumi.Output[str]
-    ui: pulumi.Output[str]
+    backend: pulumi.Output[str]
 
     def __init__(self, name: str, args: ApiKeysArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:ApiKeys", name, None, opts)
 
-        def key(role: str, configured: Optional[pulumi.Input[str]]) -> pulumi.Output[str]:
-            if configured is not None:
-                return pulumi.Output.secret(configured)
-            generated = random.RandomPassword(
+        def generated(role: str, prefix: str = "") -> pulumi.Output[str]:
+            password = random.RandomPassword(
                 f"{name}-{role}", length=48, special=False, opts=pulumi.ResourceOptions(parent=self)
             )
-            return pulumi.Output.secret(generated.result)
+            return pulumi.Output.secret(pulumi.Output.concat(prefix, password.result))
 
-        self.client = key("client", args["client"])
-        self.ui = key("ui", args["ui"])
+        configured = args["client"]
+        self.client = (pulumi.Output.secret(configured) if configured is not None
+                       else generated("client", MASTER_KEY_PREFIX))
+        self.backend = generated("backend")
         self._salt = random.RandomPassword(f"{name}-digest-salt", length=32, special=False,
                                            opts=pulumi.ResourceOptions(parent=self)).result
-        self.register_outputs({"client": self.client, "ui": self.ui})
+        self.register_outputs({"client": self.client, "backend": self.backend})
 
     def digest(self, *keys: pulumi.Input[str]) -> pulumi.Output[str]:
         """What a pod that reads `keys` at start carries, so that it rolls when they change."""

@@ -1,4 +1,4 @@
-"""The apps Argo CD delivers: Open WebUI (talking to the model servers through the mesh) plus
+"""The apps Argo CD delivers: Open WebUI (talking to the front door through the mesh) plus
 any from config."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ ADMIN_SECRET = "open-webui-admin"
 
 @dataclass(frozen=True)
 class ModelEndpoint:
-    """An OpenAI-compatible base URL of one model server, e.g. http://<service>:<port>/v1."""
+    """An OpenAI-compatible base URL, e.g. http://<service>:<port>/v1."""
 
     alias: str
     base_url: pulumi.Input[str]
@@ -47,8 +47,9 @@ def _secret_env(name: str, secret: str) -> dict:
 def open_webui(cfg: StackConfig, namespace: pulumi.Input[str], models: Sequence[ModelEndpoint],
                api_key: Optional[pulumi.Output[str]], api_key_digest: Optional[pulumi.Output[str]],
                admin_password: pulumi.Output[str]) -> App:
-    """Open WebUI in `namespace` (the mesh's, with sidecars). It calls each model server's
-    Service directly: inside the mesh, under its own identity, never through the public ingress."""
+    """Open WebUI in `namespace` (the mesh's, with sidecars). It calls the OpenAI endpoints in
+    `models` (the front door) inside the mesh, under its own identity, never through the public
+    ingress; it lists whatever models they serve, so models added later appear too."""
     urls = [m.base_url for m in models]
     secrets = {ADMIN_SECRET: {"WEBUI_ADMIN_PASSWORD": admin_password}}
     env = [

@@ -74,6 +74,14 @@ def pinned_image(value: str) -> str:
     return value
 
 
+def _master_key(value: str) -> str:
+    # The message never repeats the value: it is a secret.
+    if not re.fullmatch(r"sk-\S{16,}", value):
+        raise ValueError("expected a key starting with 'sk-' followed by at least 16 characters (LiteLLM's "
+                         "master key format); the value given does not")
+    return value
+
+
 def _existing_file(value: str) -> str:
     if not os.path.isfile(os.path.expanduser(value)):
         raise ValueError(f"expected a readable kubeconfig file, {value!r} does not exist")
@@ -366,7 +374,7 @@ def _no_key_flags(*flags: str):
     def check(args: list[str]) -> list[str]:
         for arg in args:
             if arg.split("=", 1)[0] in flags:
-                raise ValueError(f"expected no {arg.split('=', 1)[0]}: the platform passes the API keys (apiKey, uiApiKey)")
+                raise ValueError(f"expected no {arg.split('=', 1)[0]}: the platform passes the API keys (the front door's)")
         return args
     return check
 
@@ -526,6 +534,64 @@ class UiConfig(_Model):
     signup: bool = False
 
 
+class ProviderModel(_Model):
+    """A model of a hosted OpenAI-compatible provider, offered through the front door."""
+
+    # The name clients send as `model`.
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    # LiteLLM's "<provider>/<model>", e.g. "openai/gpt-4o-mini" or "anthropic/claude-sonnet-4-5".
+    model: str = Field(pattern=r"^[a-z0-9_]+/\S+$")
+    api_base: Optional[str] = Field(None, pattern=r"^https://\S+$")
+
+
+class FrontDoorResources(Resources):
+    cpu: Quantity = "500m"
+    memory: Quantity = "1Gi"
+    cpu_limit: Quantity = "2"
+    memory_limit: Quantity = "2Gi"
+
+
+class FrontDoorConfig(_Model):
+    """LiteLLM's proxy in front of every model: one base URL, routing by `model`."""
+
+    namespace: DnsLabel = "front-door"
+    # None: the release the tests run (components/front_door.py).
+    image: Optional[Image] = None
+    # None: as many as the ingress gateway keeps (1 on a laptop, 2 on the clouds).
+    replicas: Optional[int] = Field(None, ge=1)
+    # Longest a request (a long streamed generation included) may take.
+    timeout_seconds: int = Field(900, ge=30, le=3600)
+    # Prometheus metrics at /metrics.
+    metrics: bool = True
+    resources: FrontDoorResources = FrontDoorResources()
+    # Hosted models; each needs its key in the `providerKeys` secret, under its name.
+    providers: list[ProviderModel] = []
+
+    @model_validator(mode="after")
+    def _providers_have_a_host(self) -> "FrontDoorConfig":
+        if not self.providers:
+            return self
+        # Imported here: the front door's module imports this one's neighbours.
+        from .front_door import PROVIDER_HOSTS, provider_host
+
+        for i, p in enumerate(self.providers):
+            if provider_host(p) is None:
+                raise ValueError(f"providers[{i}].apiBase: required for {p.model.split('/')[0]!r} models "
+                                 f"(known without it: {', '.join(PROVIDER_HOSTS)})")
+        return self
+
+
+class LlamaRouterConfig(_Model):
+    """llama.cpp's router mode: one llama-server serves every GGUF model, loading on demand."""
+
+    enabled: bool = False
+    # Models held in memory at once; the least recently used beyond it is unloaded.
+    models_max: int = Field(2, ge=1)
+    resources: Resources = Resources()
+    # None: the stack's llama.cpp image (its build must have router mode).
+    image: Optional[Image] = None
+
+
 class AppConfig(_Model):
     """Any further Helm chart Argo CD should deliver."""
 
@@ -607,9 +673,13 @@ class StackConfig(_Model):
     apps: list[AppConfig] = []
     gateway: GatewayConfig = GatewayConfig()
     security: SecurityConfig = SecurityConfig()
-    # API keys (Pulumi secrets); generated and kept in state when not set.
-    api_key: Optional[ApiKey] = None
-    ui_api_key: Optional[ApiKey] = None
+    front_door: FrontDoorConfig = FrontDoorConfig()
+    llama_router: LlamaRouterConfig = LlamaRouterConfig()
+    # The client API key (a Pulumi secret), the front door's master key; generated and kept in
+    # state when not set. LiteLLM takes only master keys that start with "sk-".
+    api_key: Optional[Annotated[ApiKey, AfterValidator(_master_key)]] = None
+    # Keys of the hosted providers (a Pulumi secret): provider entry name -> key.
+    provider_keys: dict[str, str] = {}
     # Open WebUI's admin password (a Pulumi secret); generated and kept in state when not set.
     ui_admin_password: Optional[str] = None
     # Hugging Face token for gated models: `pulumi config set --secret hfToken hf_...`.
@@ -621,6 +691,8 @@ class StackConfig(_Model):
         """A key that used to exist gets its own answer, not "unknown key"."""
         if isinstance(raw, dict) and "deleteModelCaches" in raw:
             raise ValueError(REMOVED_DELETE_MODEL_CACHES)
+        if isinstance(raw, dict) and "uiApiKey" in raw:
+            raise ValueError(REMOVED_UI_API_KEY)
         return raw
 
     @model_validator(mode="before")
@@ -675,6 +747,25 @@ class StackConfig(_Model):
         self._replicas_fit(pool)
         return self
 
+    @model_validator(mode="after")
+    def _router_serves_gguf(self) -> "StackConfig":
+        if self.llama_router.enabled and self.accelerator.kind not in ("vulkan", "none"):
+            raise ValueError(f"llamaRouter.enabled: router mode serves GGUF files with llama.cpp "
+                             f"(accelerator vulkan or none), not on {self.accelerator.kind!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _providers_have_keys(self) -> "StackConfig":
+        names = [m.name for m in self.models]
+        for i, p in enumerate(self.front_door.providers):
+            if p.name in names:
+                raise ValueError(f"frontDoor.providers[{i}].name: {p.name!r} is already a model of the stack")
+            names.append(p.name)
+            if p.name not in self.provider_keys:
+                raise ValueError(f"providerKeys: expected a key for provider {p.name!r} "
+                                 f"(`pulumi config set --secret --path providerKeys.{p.name} ...`)")
+        return self
+
     def _replicas_fit(self, pool: Optional[AcceleratorPool]) -> None:
         """Every replica of every model must find its accelerators on nodes that exist, or that
         an autoscaler will add: otherwise `up` waits for pods that never schedule."""
@@ -687,6 +778,8 @@ class StackConfig(_Model):
                      else f"{pool.per_node} per node × {pool.nodes} nodes that exist; nothing adds more")
         else:
             return
+        if self.llama_router.enabled:
+            return  # one router pod holds one share and serves every model from it
         used = 0
         for i, m in enumerate(self.models):
             per_replica = pool.per_node if kind == "tpu" else (getattr(m, "accelerators", None) or 1)
@@ -707,6 +800,10 @@ class StackConfig(_Model):
         return models
 
 
+REMOVED_UI_API_KEY = (
+    "uiApiKey: no longer a setting; Open WebUI reaches every model through the front door with "
+    "the client key (apiKey): remove the key"
+)
 REMOVED_DELETE_MODEL_CACHES = (
     "deleteModelCaches: no longer a setting; model caches live as long as the cluster and "
     "`pulumi destroy` deletes them with it (see the README, 'Model caches'): remove the key"
@@ -767,7 +864,7 @@ def parse(raw: dict[str, Any], stack_file: str) -> StackConfig:
         raise ConfigError(f"{stack_file}: {key}: {msg}") from None
 
 
-SECRET_KEYS = ("hfToken", "apiKey", "uiApiKey", "uiAdminPassword")
+SECRET_KEYS = ("hfToken", "apiKey", "uiAdminPassword", "providerKeys")
 
 
 def _decode(value: Any) -> Any:

@@ -1,10 +1,10 @@
 """Gateway: the one way in. Istio Gateway + VirtualService on the mesh's ingress:
-`/v1` -> the default model, `/models/<alias>/v1` -> that model, `/` -> the chat UI."""
+`/v1` -> the front door (every model, by name), `/` -> the chat UI."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, TypedDict
+from typing import Optional, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -24,17 +24,11 @@ class Backend:
     port: int
 
 
-@dataclass(frozen=True)
-class ModelRoute:
-    alias: str
-    backend: Backend
-
-
 class GatewayArgs(TypedDict):
     provider: k8s.Provider
     mesh: Mesh
-    # The first model also answers on the plain `/v1` prefix.
-    models: Sequence[ModelRoute]
+    # The OpenAI API of every model: the front door.
+    api: Backend
     ui: Optional[Backend]
     host: Optional[str]
     tls_secret: Optional[str]
@@ -44,18 +38,12 @@ class GatewayArgs(TypedDict):
     address: pulumi.Input[str]
 
 
-def model_prefix(alias: str) -> str:
-    return f"/models/{alias}/v1"
-
-
-def _route(name: str, prefix: str, backend: Backend, rewrite: Optional[str] = None) -> dict:
+def _route(name: str, prefix: str, backend: Backend) -> dict:
     route = {
         "name": name,
         "match": [{"uri": {"prefix": prefix}}],
         "route": [{"destination": {"host": backend.host, "port": {"number": backend.port}}}],
     }
-    if rewrite:
-        route["rewrite"] = {"uri": rewrite}
     return route
 
 
@@ -89,10 +77,7 @@ class Gateway(pulumi.ComponentResource):
         )
         gateways = [f"{mesh.ingress_namespace}/{GATEWAY_NAME}"]
 
-        models = list(args["models"])
-        routes = [_route(f"model-{m.alias}", model_prefix(m.alias), m.backend, rewrite="/v1") for m in models]
-        if models:
-            routes.append(_route("v1", "/v1", models[0].backend))
+        routes = [_route("v1", "/v1", args["api"])]
         if args["ui"]:
             routes.append(_route("ui", "/", args["ui"]))
         if tls_secret:

@@ -127,8 +127,9 @@ class LlmServer(pulumi.ComponentResource):
         else:
             claim_templates = self._model_cache(name, model, meta, args, k8s_opts, mounts, env)
         if spec.api_keys_file:
-            annotations[KEYS_DIGEST_ANNOTATION] = self._api_keys(
-                name, model.name, meta, spec, args["api_keys"], k8s_opts, volumes, mounts)
+            annotations[KEYS_DIGEST_ANNOTATION] = api_keys_volume(
+                self, name, {**meta, "name": f"{model.name}-api-keys"}, spec.api_keys_file, args["api_keys"],
+                k8s_opts, volumes, mounts)
         if args["restricted"]:
             # The root filesystem is read-only: scratch space and HOME live here.
             volumes.append({"name": "tmp", "emptyDir": {}})
@@ -229,26 +230,30 @@ class LlmServer(pulumi.ComponentResource):
             },
         }]
 
-    def _api_keys(self, name, alias: str, meta, spec: ServerSpec, keys: dict, opts, volumes, mounts) -> pulumi.Output[str]:
-        """The keys reach the server as a file from a Secret: never in its args, env or logs.
-        Returns a digest of them for the pod template, so that a new key rolls the pods."""
-        ordered = pulumi.Output.all(*(keys[e] for e in API_KEY_ENTRIES))
-        secret = k8s.core.v1.Secret(
-            f"{name}-api-keys",
-            metadata={**meta, "name": f"{alias}-api-keys"},
-            string_data={
-                **{entry: keys[entry] for entry in API_KEY_ENTRIES},
-                spec.api_keys_file: ordered.apply(lambda ks: api_keys_file_content(spec.api_keys_file, ks)),
-            },
-            opts=opts,
-        )
-        volumes.append({"name": "api-keys", "secret": {
-            "secretName": secret.metadata.name,
-            "items": [{"key": spec.api_keys_file, "path": spec.api_keys_file}]}})
-        mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
-        salt = random.RandomPassword(f"{name}-keys-digest-salt", length=32, special=False,
-                                     opts=pulumi.ResourceOptions(parent=self))
-        return keyed_digest(salt.result, [keys[e] for e in API_KEY_ENTRIES])
+
+
+def api_keys_volume(parent: pulumi.Resource, name: str, metadata: dict, api_keys_file: str,
+                    keys: dict, opts, volumes: list, mounts: list) -> pulumi.Output[str]:
+    """The keys reach a llama.cpp or vLLM server as a file from a Secret: never in its args,
+    env or logs. Adds the volume and mount; returns the keyed digest of the keys for the pod
+    template (servers read them only at start)."""
+    ordered = pulumi.Output.all(*(keys[e] for e in API_KEY_ENTRIES))
+    secret = k8s.core.v1.Secret(
+        f"{name}-api-keys",
+        metadata=metadata,
+        string_data={
+            **{entry: keys[entry] for entry in API_KEY_ENTRIES},
+            api_keys_file: ordered.apply(lambda ks: api_keys_file_content(api_keys_file, ks)),
+        },
+        opts=opts,
+    )
+    volumes.append({"name": "api-keys", "secret": {
+        "secretName": secret.metadata.name,
+        "items": [{"key": api_keys_file, "path": api_keys_file}]}})
+    mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
+    salt = random.RandomPassword(f"{name}-keys-digest-salt", length=32, special=False,
+                                 opts=pulumi.ResourceOptions(parent=parent))
+    return keyed_digest(salt.result, [keys[e] for e in API_KEY_ENTRIES])
 
 
 CACHE_VOLUME = "cache"

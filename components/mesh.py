@@ -198,7 +198,8 @@ class Mesh(pulumi.ComponentResource):
                         {"from": [{"source": {"principals": list(args["callers"][ns])}}]},
                         *([{
                             "from": [{"source": {"namespaces": list(args["metrics_from"][ns])}}],
-                            "to": [{"operation": {"methods": ["GET"], "paths": ["/metrics"]}}],
+                            # LiteLLM serves /metrics/ (and redirects /metrics there).
+                            "to": [{"operation": {"methods": ["GET"], "paths": ["/metrics", "/metrics/"]}}],
                         }] if args["metrics_from"].get(ns) else []),
                     ]},
                     opts=policy_opts,

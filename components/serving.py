@@ -14,8 +14,8 @@ from .accelerators import Accelerator
 MODELS_MOUNT = "/mnt/models"
 CACHE_MOUNT = "/data"
 API_KEYS_MOUNT = "/etc/llm-platform/api-keys"
-# Keys of the API-key Secret each model server reads.
-API_KEY_ENTRIES = ("client", "ui")
+# Keys of the API-key Secret each model server reads: the front door is its one caller.
+API_KEY_ENTRIES = ("front-door",)
 # Entries of that Secret the servers read as files: llama.cpp's key list (one key a line) and
 # vLLM's config file (`--config`, YAML), which carries `api-key` so no key reaches argv or env.
 API_KEYS_FILE = "keys"

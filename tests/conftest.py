@@ -10,10 +10,12 @@ from tools import mock_engine as harness
 settings.register_profile("ci", derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
-# Stacks as shipped, plus a variant for what only a config option installs: cert-manager
-# (TLS issued through ACME) is rendered on eks.
+# Stacks as shipped, plus variants for what only a config option installs: cert-manager (TLS
+# issued through ACME) on eks, and llama.cpp's router mode (one server for every model) on local.
 TLS = {"llm-platform:gateway": {"host": "llm.example.com", "certManager": {"acmeEmail": "ops@example.com"}}}
-VARIANTS = {"local": ("local", {}), "eks": ("eks", {}), "gke": ("gke", {}), "eks-tls": ("eks", TLS)}
+ROUTER = {"llm-platform:llamaRouter": {"enabled": True}}
+VARIANTS = {"local": ("local", {}), "eks": ("eks", {}), "gke": ("gke", {}), "eks-tls": ("eks", TLS),
+            "local-router": ("local", ROUTER)}
 
 _recordings: dict[str, harness.Recording] = {}
 

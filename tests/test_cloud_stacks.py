@@ -8,7 +8,6 @@ import pytest
 from tools import mock_engine as harness
 from tests.test_schemas import core_objects, manifest
 
-DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 STATEFULSET = "kubernetes:apps/v1:StatefulSet"
 STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
 RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -383,7 +382,8 @@ def test_every_replica_gets_its_own_cache_and_the_service_still_selects_them():
         "llm-platform:cluster": {**cluster, "gpuNodes": {**cluster["gpuNodes"], "desiredSize": 2}},
         "llm-platform:models": [{**model, "replicas": 2}],
     })
-    assert not rec.of_type(DEPLOYMENT) and not rec.of_type(PVC)  # no claim shared by replicas
+    # No claim shared by replicas (the front door's Deployment holds none).
+    assert [r.type for r in rec.model_servers()] == [STATEFULSET] and not rec.of_type(PVC)
     sts = server(rec)
     assert sts["spec"]["replicas"] == 2
     (template,) = sts["spec"]["volumeClaimTemplates"]
@@ -396,7 +396,7 @@ def test_every_replica_gets_its_own_cache_and_the_service_still_selects_them():
     service = rec.one("kubernetes:core/v1:Service", "model-qwen-service").inputs
     assert service["spec"]["selector"] == labels == sts["spec"]["selector"]["matchLabels"]
     assert sts["spec"]["serviceName"] == service["metadata"]["name"]
-    pdb = rec.one("kubernetes:policy/v1:PodDisruptionBudget").inputs
+    pdb = rec.one("kubernetes:policy/v1:PodDisruptionBudget", "model-qwen-pdb").inputs
     assert pdb["spec"]["selector"]["matchLabels"] == labels and pdb["spec"]["maxUnavailable"] == 1
 
 

@@ -18,7 +18,7 @@ import yaml
 from components.accelerators import RESOURCES
 from tests import cluster_stack as cs
 from tests import kube
-from tests.conftest import recording
+from tests.conftest import VARIANTS, recording
 from tools import mock_engine
 
 STACKS = mock_engine.STACKS
@@ -37,13 +37,13 @@ class Stacks:
         self.key: Optional[str] = None
         self.current: Optional[cs.Deployed] = None
 
-    def get(self, stack: str) -> cs.Deployed:
-        key = stack
+    def get(self, variant: str) -> cs.Deployed:
+        key = variant
         if key != self.key:
             t0 = time.monotonic()
             self.cp.reset(self.current.objects if self.current else [])
             self.key, self.current = None, None
-            self.current = cs.deploy(self.cp, stack, recording(stack))
+            self.current = cs.deploy(self.cp, VARIANTS[variant][0], recording(variant))
             self.key = key
             kube.TIMINGS[f"{key} reset+deploy"] = time.monotonic() - t0
         return self.current
@@ -375,3 +375,26 @@ def test_vllm_replicas_get_own_caches_and_roll_on_the_gpus_that_exist(control_pl
 
     problems = kube.until(stuck, 30, "replica 1 refused by the scheduler")
     assert "volume node affinity conflict" in problems[0] or "node affinity" in problems[0], problems
+
+
+# --- llama.cpp router mode on the local stack -----------------------------------------------
+
+
+def test_llama_router_runs_on_the_gpu_behind_the_front_door(control_plane, stacks):
+    """Router mode (one llama-server for every model) passes the same checks: admitted, bound to
+    the GPU node, nothing Pending, and its Service and the front door's resolve on their pods."""
+    # Not one of the stacks as shipped: after the per-stack tests, like the one above.
+    cp, d = control_plane, stacks.get("local-router")
+    assert [p.metadata.name.rsplit("-", 2)[0] for p in cp.pods(None, cs.MODEL_SERVERS)] == ["llama-router"]
+
+    def settled():
+        cs.stand_ins(cp, d)
+        return not cs.unreachable_service_ports(cp, d)
+
+    try:
+        kube.until(settled, 15, "endpoints of every Service", every=0.5)
+    except TimeoutError:
+        pass
+    problems = ([str(r) for r in d.rejections] + cs.failed_creates(cp, d) + cs.unbound_pods(cp, d)
+                + cs.model_server_placement(cp, d, accelerator_nodes(d)) + cs.unreachable_service_ports(cp, d))
+    assert not problems, "\n".join(problems)

@@ -71,7 +71,7 @@ def test_missing_cluster_key_is_refused():
 
 def test_defaults_serve_tinyllama_when_no_models_are_configured():
     rec = harness.run("local", remove=("llm-platform:models",))
-    args = rec.one("kubernetes:apps/v1:Deployment").inputs["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = rec.one("kubernetes:apps/v1:Deployment", "model-tinyllama-deployment").inputs["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "/mnt/models/tinyllama-1.1b-chat-v1.0.Q8_0.gguf" in args
     assert rec.outputs["modelAliases"] == ["tinyllama"]
 
@@ -87,7 +87,7 @@ def test_existing_cluster_serves_on_cpu_with_the_users_kubeconfig(tmp_path):
     assert not rec.of_type("kubernetes:apps/v1:DaemonSet")  # no device plugin on CPU
     provider = rec.one("pulumi:providers:kubernetes")
     assert provider.inputs["context"] == "kind-dev"
-    c = rec.one("kubernetes:apps/v1:Deployment").inputs["spec"]["template"]["spec"]["containers"][0]
+    c = rec.one("kubernetes:apps/v1:Deployment", "model-tinyllama-deployment").inputs["spec"]["template"]["spec"]["containers"][0]
     assert "-ngl" not in c["args"] and "command" not in c
     assert not any("/" in k for k in c["resources"]["limits"])  # no accelerator resource
     assert rec.one("kubernetes:helm.sh/v3:Release", "mesh-gateway").inputs["values"]["service"]["type"] == "LoadBalancer"

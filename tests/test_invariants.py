@@ -457,13 +457,15 @@ def test_a_principal_without_its_service_account_is_flagged(eks_cluster):
 
     def principals(*sas):
         def edit(obj):
-            obj["spec"]["rules"][0]["from"][0]["source"]["principals"] = [f"cluster.local/ns/{sa}" for sa in sas]
+            # The UI calls the front door (the models take only the front door's identity).
+            if obj["metadata"]["namespace"] == "front-door":
+                obj["spec"]["rules"][0]["from"][0]["source"]["principals"] = [f"cluster.local/ns/{sa}" for sa in sas]
         return edit
     # The chart's own default name, which the program overrides.
     wrong = principals("istio-ingress/sa/istio-ingress", "open-webui/sa/open-webui-sa")
     assert missing_principals(_edited(cluster, "AuthorizationPolicy", "allowed-callers", wrong)) == [
-        "program:mesh AuthorizationPolicy models/allowed-callers: principal cluster.local/ns/open-webui/sa/open-webui-sa "
-        "names ServiceAccount open-webui/open-webui-sa, which nothing creates"]
+        "program:mesh AuthorizationPolicy front-door/allowed-callers: principal "
+        "cluster.local/ns/open-webui/sa/open-webui-sa names ServiceAccount open-webui/open-webui-sa, which nothing creates"]
     right = principals("istio-ingress/sa/istio-ingress", "open-webui/sa/open-webui")
     assert not missing_principals(_edited(cluster, "AuthorizationPolicy", "allowed-callers", right))
 

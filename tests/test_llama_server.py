@@ -1,7 +1,7 @@
 """The real llama.cpp server, started with exactly the args and env the local stack renders.
 
 Only what cannot exist here is mapped: the model path under /mnt/models becomes the tiny test
-model, the API-key file path a temporary file holding known keys, and --host/--port loopback
+model, the API-key file path a temporary file holding the rendered keys, and --host/--port loopback
 and a free port. Everything the pod relies on is then asked of the server itself: probes, keys,
 the model id, streaming, metrics, context and threads, and draining on shutdown.
 """
@@ -25,8 +25,7 @@ from tools import mock_engine as harness
 SHARED = harness.PROJECT_DIR.parent / "shared"
 BINARY = SHARED / "bin" / "llama-server"
 MODEL = SHARED / "models" / "tiny-random-llama.gguf"
-CLIENT_KEY = "client-key-0123456789abcdef"
-UI_KEY = "ui-key-0123456789abcdef"
+CLIENT_KEY = "sk-client-key-0123456789abcdef"
 # Long enough to still be generating when the pod is told to stop, short enough to keep the
 # suite quick (the tiny model's context is 2048 tokens).
 LONG_REPLY_TOKENS = 1200
@@ -42,16 +41,19 @@ def _free_port() -> int:
 
 @functools.cache
 def _render(accelerator: str) -> dict:
-    """The local stack's model server with known keys, on the Mac GPU (the stack file's
+    """The local stack's model server with a known client key, on the Mac GPU (the stack file's
     `vulkan`: RamaLama's image) or on CPU (`none`: ggml-org's image of the build run here)."""
-    rec = harness.run("local", {"llm-platform:apiKey": CLIENT_KEY, "llm-platform:uiApiKey": UI_KEY,
-                                "llm-platform:accelerator": {"kind": accelerator}},
-                      secrets=("llm-platform:apiKey", "llm-platform:uiApiKey"))
-    template = harness.reveal(rec.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"])
+    rec = harness.run("local", {"llm-platform:apiKey": CLIENT_KEY, "llm-platform:accelerator": {"kind": accelerator}},
+                      secrets=("llm-platform:apiKey",))
+    (server,) = rec.model_servers()
+    template = harness.reveal(server.inputs["spec"]["template"])
     secret = next(r for r in rec.of_type("kubernetes:core/v1:Secret") if r.name.endswith("-api-keys"))
+    secret_data = harness.reveal(secret.inputs["stringData"])
     return {
         "container": template["spec"]["containers"][0],
-        "secret_data": harness.reveal(secret.inputs["stringData"]),
+        "secret_data": secret_data,
+        # The front door's key: the one key the server accepts.
+        "key": secret_data["front-door"],
         "aliases": rec.outputs["modelAliases"],
     }
 
@@ -103,6 +105,7 @@ class Server:
         # The Secret's entry the pod mounts, written as the kubelet would.
         key_file.write_text(rendered["secret_data"]["keys"])
         self.key_file = key_file
+        self.key = rendered["key"]
         container = rendered["container"]
         env = {e["name"]: e["value"] for e in container.get("env") or []}
         self.log = tmp / f"server-{self.port}.log"
@@ -179,22 +182,23 @@ def test_probes_see_503_while_loading_then_200(server, rendered):
     assert server.get(c["readinessProbe"]["httpGet"]["path"])[0] == 200
 
 
-def test_chat_needs_one_of_the_keys(server, rendered):
+def test_chat_needs_the_front_doors_key(server, rendered):
+    """Only the front door may call a model server: the clients' key opens the front door, not it."""
     alias = rendered["aliases"][0]
     assert server.post("/v1/chat/completions", _chat(alias))[0] == 401
     assert server.post("/v1/chat/completions", _chat(alias), key="not-a-key")[0] == 401
-    for key in (CLIENT_KEY, UI_KEY):
-        status, body = server.post("/v1/chat/completions", _chat(alias), key=key)
-        assert status == 200, body
-        assert body["choices"][0]["message"]["role"] == "assistant"
+    assert server.post("/v1/chat/completions", _chat(alias), key=CLIENT_KEY)[0] == 401
+    status, body = server.post("/v1/chat/completions", _chat(alias), key=server.key)
+    assert status == 200, body
+    assert body["choices"][0]["message"]["role"] == "assistant"
 
 
 def test_model_id_is_the_published_alias(server, rendered):
     alias = rendered["aliases"][0]
-    status, body = server.get("/v1/models", key=CLIENT_KEY)
+    status, body = server.get("/v1/models", key=server.key)
     assert status == 200
     assert [m["id"] for m in json.loads(body)["data"]] == [alias]
-    assert server.post("/v1/chat/completions", _chat(alias), key=CLIENT_KEY)[1]["model"] == alias
+    assert server.post("/v1/chat/completions", _chat(alias), key=server.key)[1]["model"] == alias
 
 
 def test_model_list_needs_the_key_too(server):
@@ -204,7 +208,7 @@ def test_model_list_needs_the_key_too(server):
 
 
 def test_streaming_sends_chunks_then_done(server, rendered):
-    conn, resp = server.request("POST", "/v1/chat/completions", CLIENT_KEY,
+    conn, resp = server.request("POST", "/v1/chat/completions", server.key,
                                 _chat(rendered["aliases"][0], stream=True, max_tokens=16))
     try:
         assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/event-stream")
@@ -219,7 +223,7 @@ def test_streaming_sends_chunks_then_done(server, rendered):
 def test_metrics_are_served_with_the_key(server, rendered):
     assert "--metrics" in rendered["container"]["args"]
     assert server.get("/metrics")[0] == 401
-    status, text = server.get("/metrics", key=CLIENT_KEY)
+    status, text = server.get("/metrics", key=server.key)
     assert status == 200
     # What the preStop drain reads.
     assert "llamacpp:requests_processing " in text and "llamacpp:requests_deferred " in text
@@ -227,7 +231,7 @@ def test_metrics_are_served_with_the_key(server, rendered):
 
 def test_context_comes_from_the_model_and_threads_from_the_cpu_limit(server, rendered):
     args = rendered["container"]["args"]
-    meta = json.loads(server.get("/v1/models", key=CLIENT_KEY)[1])["data"][0]["meta"]
+    meta = json.loads(server.get("/v1/models", key=server.key)[1])["data"][0]["meta"]
     assert args[args.index("--ctx-size") + 1] == "0" and meta["n_ctx"] == meta["n_ctx_train"]
     threads = args[args.index("--threads") + 1]
     assert threads == rendered["container"]["resources"]["limits"]["cpu"]
@@ -238,7 +242,7 @@ def test_context_comes_from_the_model_and_threads_from_the_cpu_limit(server, ren
 
 
 def _long_stream(srv: Server, alias: str):
-    conn, resp = srv.request("POST", "/v1/chat/completions", CLIENT_KEY, _chat(
+    conn, resp = srv.request("POST", "/v1/chat/completions", srv.key, _chat(
         alias, stream=True, max_tokens=LONG_REPLY_TOKENS, ignore_eos=True))
     assert resp.status == 200
     for _ in range(5):  # generating, not just accepted
@@ -303,7 +307,7 @@ def test_pre_stop_drains_even_after_the_mounted_key_rotated(fresh_server, render
     """A new key rolls the pods, but by then the kubelet has already refreshed the mounted key
     file: the old server refuses it on /metrics. The hook must not read that as idle."""
     conn, resp = _long_stream(fresh_server, rendered_gpu["aliases"][0])
-    fresh_server.key_file.write_text("rotated-client-key\nrotated-ui-key\n")
+    fresh_server.key_file.write_text("rotated-front-door-key\n")
     command = _pre_stop(rendered_gpu["container"], fresh_server)
     command[-1] = "8"  # a short bound: the hook can only wait it out
     started = time.monotonic()

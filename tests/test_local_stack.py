@@ -107,17 +107,20 @@ def test_probes_use_health_and_allow_slow_loads(local):
     assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
 
 
-def test_v1_routes_to_the_model_service_and_root_to_the_ui(local):
-    svc = local.one(SERVICE, "model-tinyllama-service").inputs
-    _, c = _server_container(local)
+def test_v1_routes_to_the_front_door_and_root_to_the_ui(local):
+    svc = local.one(SERVICE, "front-door-service").inputs
+    proxy = local.one(DEPLOYMENT, "front-door-deployment").inputs["spec"]["template"]
     routes = {r["name"]: r for r in local.one(VS).inputs["spec"]["http"]}
+    # One base URL for every model: no per-model prefixes any more.
+    assert list(routes) == ["v1", "ui"]
 
     v1 = routes["v1"]
     assert v1["match"] == [{"uri": {"prefix": "/v1"}}]
     dest = v1["route"][0]["destination"]
     assert dest["host"] == f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
-    assert dest["port"]["number"] == svc["spec"]["ports"][0]["port"] == c["ports"][0]["containerPort"]
-    assert svc["spec"]["selector"] == local.one(DEPLOYMENT).inputs["spec"]["template"]["metadata"]["labels"]
+    assert dest["port"]["number"] == svc["spec"]["ports"][0]["port"] == proxy["spec"]["containers"][0]["ports"][0][
+        "containerPort"]
+    assert svc["spec"]["selector"] == proxy["metadata"]["labels"]
 
     ui = routes["ui"]
     assert ui["match"] == [{"uri": {"prefix": "/"}}]
@@ -138,21 +141,18 @@ def test_gateway_binds_to_the_mesh_ingress(local):
     assert ingress["values"]["service"]["type"] == "NodePort"
 
 
-def test_open_webui_calls_the_model_service_with_ollama_off_and_storage(local):
+def test_open_webui_calls_the_front_door_with_ollama_off_and_storage(local):
     app = local.one("kubernetes:argoproj.io/v1alpha1:Application").inputs
     values = app["spec"]["source"]["helm"]["valuesObject"]
-    svc = local.one(SERVICE, "model-tinyllama-service").inputs
+    svc = local.one(SERVICE, "front-door-service").inputs
     assert app["spec"]["source"]["chart"] == "open-webui"
     assert values["ollama"]["enabled"] is False
-    # Straight to the server's Service inside the mesh, not through the public ingress.
+    # One connection, straight to the front door's Service inside the mesh, not through the
+    # public ingress: it lists every model, those added later too.
     assert values["openaiBaseApiUrls"] == [
-        f"http://tinyllama.models.svc.cluster.local:{int(svc['spec']['ports'][0]['port'])}/v1"
+        f"http://litellm.front-door.svc.cluster.local:{int(svc['spec']['ports'][0]['port'])}/v1"
     ]
     assert values["persistence"]["enabled"] is True
-    # The per-model prefix is routed and rewritten to the server's /v1.
-    route = next(r for r in local.one(VS).inputs["spec"]["http"] if r["name"] == "model-tinyllama")
-    assert route["match"][0]["uri"]["prefix"] == "/models/tinyllama/v1"
-    assert route["rewrite"] == {"uri": "/v1"}
 
 
 def test_istio_charts_installed_in_order_and_pinned(local):
@@ -182,7 +182,7 @@ def test_custom_resources_wait_for_the_release_with_their_crds(local):
 def test_nothing_waits_on_what_it_does_not_need(local):
     argocd = local.one(RELEASE, "gitops-argocd")
     mesh = {local.one(RELEASE, f"mesh-{n}").urn for n in ("base", "istiod", "gateway")}
-    server = local.one(DEPLOYMENT)
+    server = local.one(DEPLOYMENT, "model-tinyllama-deployment")
     # Argo CD and the model servers do not wait for Istio's ingress gateway.
     assert not mesh & set(argocd.dependencies)
     assert local.one(RELEASE, "mesh-gateway").urn not in local.depends_transitively(server)
@@ -241,7 +241,7 @@ def test_second_run_registers_identical_resources(local):
     assert sorted(first, key=repr) == sorted(second, key=repr)
 
 
-def test_more_models_each_get_a_server_route_and_ui_connection():
+def test_more_models_each_get_a_server_behind_the_one_front_door():
     models = [
         {"name": "tinyllama", "file": "tinyllama-1.1b-chat-v1.0.Q8_0.gguf",
          "hfRepo": "TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF"},
@@ -249,11 +249,16 @@ def test_more_models_each_get_a_server_route_and_ui_connection():
          "url": "https://example.org/qwen2.5-0.5b-instruct-q8_0.gguf", "ctxSize": 8192},
     ]
     rec = harness.run("local", {"llm-platform:models": models})
-    assert {r.name for r in rec.of_type(DEPLOYMENT)} == {"model-tinyllama-deployment", "model-qwen-deployment"}
+    assert {r.name for r in rec.of_type(DEPLOYMENT)} == {
+        "model-tinyllama-deployment", "model-qwen-deployment", "front-door-deployment"}
     routes = {r["name"]: r for r in rec.one(VS).inputs["spec"]["http"]}
-    assert routes["model-qwen"]["route"][0]["destination"]["host"] == "qwen.models.svc.cluster.local"
-    assert routes["v1"]["route"][0]["destination"]["host"] == "tinyllama.models.svc.cluster.local"
+    assert routes["v1"]["route"][0]["destination"]["host"] == "litellm.front-door.svc.cluster.local"
+    # The front door knows both, by alias.
+    config = yaml.safe_load(rec.one("kubernetes:core/v1:ConfigMap", "front-door-config").inputs["data"]["config.yaml"])
+    bases = {m["model_name"]: m["litellm_params"]["api_base"] for m in config["model_list"]}
+    assert bases["qwen"].startswith("http://qwen.models.svc.cluster.local:") and bases["qwen"].endswith("/v1")
+    assert set(bases) == {"tinyllama", "qwen"}
     urls = rec.one("kubernetes:argoproj.io/v1alpha1:Application").inputs["spec"]["source"]["helm"][
         "valuesObject"]["openaiBaseApiUrls"]
-    assert len(urls) == 2 and urls[1].startswith("http://qwen.models.svc.cluster.local:") and urls[1].endswith("/v1")
+    assert len(urls) == 1 and urls[0].startswith("http://litellm.front-door.svc.cluster.local:")
     assert rec.outputs["modelAliases"] == ["tinyllama", "qwen"]

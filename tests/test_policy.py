@@ -46,7 +46,7 @@ def test_every_stack_passes_every_rule(stack):
 @pytest.fixture(scope="module")
 def local_server():
     rec = harness.run("local")
-    reg = rec.one("kubernetes:apps/v1:Deployment")
+    reg = rec.one("kubernetes:apps/v1:Deployment", "model-tinyllama-deployment")
     return reg.type, harness.reveal(reg.inputs), rec
 
 
@@ -110,7 +110,7 @@ def test_plaintext_credentials_fire(local_server):
 
 def test_load_balancers_outside_the_mesh_ingress_fire(local_server):
     _, _, rec = local_server
-    svc = harness.reveal(rec.one("kubernetes:core/v1:Service").inputs)
+    svc = harness.reveal(rec.one("kubernetes:core/v1:Service", "model-tinyllama-service").inputs)
     svc["spec"]["type"] = "LoadBalancer"
     assert violations(rules.load_balancers_only_at_mesh_ingress, "kubernetes:core/v1:Service", svc) == [
         "Service of type LoadBalancer in namespace 'models'; expose it through the mesh ingress instead"]

@@ -11,7 +11,8 @@ PVC = "kubernetes:core/v1:PersistentVolumeClaim"
 
 
 def workload(rec):
-    (reg,) = rec.of_type(DEPLOYMENT) + rec.of_type(STATEFULSET)
+    # Found by its label: the front door has a Deployment too.
+    (reg,) = rec.model_servers()
     return reg
 
 
@@ -64,7 +65,8 @@ def test_surge_counts_every_server_on_the_accelerator():
     model = harness.stack_config("local")["llm-platform:models"][0]
     rec = harness.run("local", {"llm-platform:models": [
         {**model, "replicas": 2}, {**model, "name": "second", "replicas": 2}]})
-    for dep in rec.of_type(DEPLOYMENT):
+    assert len(rec.model_servers()) == 2
+    for dep in rec.model_servers():
         assert dep.inputs["spec"]["strategy"] == {"type": "Recreate"}, dep.name
 
 
@@ -81,7 +83,7 @@ def test_cache_backed_servers_roll_one_pod_at_a_time_on_their_own_claim(stack_na
     """No surge: a surge pod would need a second accelerator that may not exist and the old
     pod's ReadWriteOnce disk, which it cannot attach."""
     rec = harness.run(stack_name)
-    assert not rec.of_type(DEPLOYMENT)
+    assert [r.type for r in rec.model_servers()] == [STATEFULSET]
     spec = server(rec)["spec"]
     assert spec["updateStrategy"] == {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}
     assert [t["spec"]["accessModes"] for t in spec["volumeClaimTemplates"]] == [["ReadWriteOnce"]]

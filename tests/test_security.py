@@ -2,6 +2,7 @@
 Kubernetes Secrets, and no key is ever written in plain text."""
 
 import hashlib
+import hmac
 import json
 
 import pytest
@@ -9,9 +10,8 @@ import yaml
 
 from tools import mock_engine as harness
 
-CLIENT_KEY = "client-key-0123456789abcdef"
-UI_KEY = "ui-key-0123456789abcdef"
-SECRET_OVERRIDES = {"llm-platform:apiKey": CLIENT_KEY, "llm-platform:uiApiKey": UI_KEY}
+CLIENT_KEY = "sk-client-key-0123456789abcdef"
+SECRET_OVERRIDES = {"llm-platform:apiKey": CLIENT_KEY}
 SECRETS = tuple(SECRET_OVERRIDES)
 
 
@@ -21,8 +21,9 @@ def keyed(request):
 
 
 def model_server(rec):
-    """The model server's workload: a Deployment, or a StatefulSet where it caches weights."""
-    return (rec.of_type("kubernetes:apps/v1:Deployment") + rec.of_type("kubernetes:apps/v1:StatefulSet"))[0]
+    """The model server's workload (a Deployment, or a StatefulSet where it caches weights),
+    found by its label: the front door's Deployment is another."""
+    return rec.model_servers()[0]
 
 
 def container(rec):
@@ -40,10 +41,17 @@ def plain_text(value) -> str:
     return json.dumps(value)
 
 
+def backend_key(rec) -> str:
+    """The key the front door presents to the model servers."""
+    return harness.reveal(rec.one("kubernetes:core/v1:Secret", "front-door-keys").inputs["stringData"])[
+        "BACKEND_API_KEY"]
+
+
 def test_keys_never_appear_in_plain_text(keyed):
+    backend = backend_key(keyed)
     for r in keyed.registrations:
         text = plain_text(r.inputs)
-        assert CLIENT_KEY not in text and UI_KEY not in text, f"{r.type} {r.name}"
+        assert CLIENT_KEY not in text and backend not in text, f"{r.type} {r.name}"
     assert "apiKey" in keyed.secret_outputs and keyed.outputs["apiKey"] == CLIENT_KEY
 
 
@@ -53,14 +61,17 @@ def test_server_requires_a_key_read_from_a_secret(keyed):
     c = container(keyed)
     secret = next(r for r in keyed.of_type("kubernetes:core/v1:Secret") if r.name.endswith("-api-keys"))
     data = harness.reveal(secret.inputs["stringData"])
-    assert data["client"] == CLIENT_KEY and data["ui"] == UI_KEY
+    # The servers take only the front door's key, not the clients' (the master key).
+    backend = backend_key(keyed)
+    assert backend != CLIENT_KEY
+    assert data["front-door"] == backend
     flag = "--api-key-file" if "--api-key-file" in c["args"] else "--config"
     path = c["args"][c["args"].index(flag) + 1]
     entry = path.rsplit("/", 1)[1]
     if flag == "--api-key-file":  # llama.cpp: one key a line
-        assert data[entry].splitlines() == [CLIENT_KEY, UI_KEY]
+        assert data[entry].splitlines() == [backend]
     else:  # vLLM: its YAML config file, read as if the flags were given
-        assert yaml.safe_load(data[entry]) == {"api-key": [CLIENT_KEY, UI_KEY]}
+        assert yaml.safe_load(data[entry]) == {"api-key": [backend]}
         assert entry.endswith(".yaml") and "--api-key" not in c["args"]
     mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
     volume = next(v for v in model_server(keyed).inputs["spec"]["template"]
@@ -74,24 +85,39 @@ def _template(rec) -> dict:
     return model_server(rec).inputs["spec"]["template"]
 
 
+def _salt(rec, owner: str) -> str:
+    """The digest salt the mock engine hands the component `owner` (kept in state on a real stack)."""
+    name = f"{owner}-keys-digest-salt"
+    assert rec.one("random:index/randomPassword:RandomPassword", name)
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
 @pytest.mark.parametrize("stack", harness.STACKS)
-def test_a_rotated_key_rolls_the_servers(stack):
-    """Servers read their keys only at start: the pod template changes with them."""
-    def digest(client_key: str) -> str:
+def test_a_rotated_key_rolls_the_pods_that_hold_it(stack):
+    """Servers and the front door read their keys only at start, so their pod templates carry a
+    keyed digest of the keys they hold: the client key rolls the front door, the backend key the
+    servers (and a new client key leaves the servers alone)."""
+    def digests(client_key: str) -> tuple[str, str]:
         rec = harness.run(stack, {**SECRET_OVERRIDES, "llm-platform:apiKey": client_key}, secrets=SECRETS)
-        annotations = _template(rec)["metadata"]["annotations"]
-        value = annotations["llm-platform/api-keys-digest"]
+        server = _template(rec)["metadata"]["annotations"]["llm-platform/api-keys-digest"]
+        door = rec.one("kubernetes:apps/v1:Deployment", "front-door-deployment").inputs["spec"]["template"][
+            "metadata"]["annotations"]["llm-platform/config-checksum"]
+        backend = backend_key(rec)
         # Readable in diffs, yet no key in it or derivable from it without the salt in state.
-        assert not harness.is_secret(value) and client_key not in value and UI_KEY not in value
-        assert value not in (hashlib.sha256(client_key.encode()).hexdigest(),
-                             hashlib.sha256(f"{client_key}\n{UI_KEY}".encode()).hexdigest())
-        return value
+        for value in (server, door):
+            assert not harness.is_secret(value) and client_key not in value and backend not in value
+        assert server == hmac.new(_salt(rec, model_server(rec).name.rsplit("-", 1)[0]).encode(),
+                                  backend.encode(), hashlib.sha256).hexdigest()
+        assert server != hashlib.sha256(backend.encode()).hexdigest()
+        return server, door
 
-    assert digest(CLIENT_KEY) == digest(CLIENT_KEY)
-    assert digest(CLIENT_KEY) != digest(CLIENT_KEY + "-rotated")
+    server, door = digests(CLIENT_KEY)
+    assert digests(CLIENT_KEY) == (server, door)
+    rotated_server, rotated_door = digests(CLIENT_KEY + "-rotated")
+    assert rotated_door != door and rotated_server == server
 
 
-def test_ui_gets_its_own_key_from_a_secret(keyed):
+def test_ui_gets_the_front_door_key_from_a_secret(keyed):
     app = keyed.one("kubernetes:argoproj.io/v1alpha1:Application").inputs
     env = app["spec"]["source"]["helm"]["valuesObject"]["extraEnvVars"]
     assert {"name": "OPENAI_API_KEYS",
@@ -99,17 +125,38 @@ def test_ui_gets_its_own_key_from_a_secret(keyed):
     secret = keyed.one("kubernetes:core/v1:Secret", "gitops-secret-open-webui-openai")
     assert secret.inputs["metadata"]["namespace"] == app["spec"]["destination"]["namespace"]
     urls = app["spec"]["source"]["helm"]["valuesObject"]["openaiBaseApiUrls"]
-    assert harness.reveal(secret.inputs["stringData"])["OPENAI_API_KEYS"] == ";".join([UI_KEY] * len(urls))
+    # LiteLLM without a database takes only its master key (virtual keys need Postgres).
+    assert len(urls) == 1
+    assert harness.reveal(secret.inputs["stringData"])["OPENAI_API_KEYS"] == CLIENT_KEY
     assert secret.urn in keyed.one("kubernetes:argoproj.io/v1alpha1:Application").dependencies
 
 
 def test_keys_are_generated_when_not_configured():
     rec = harness.run("local")
     generated = [r for r in rec.of_type("random:index/randomPassword:RandomPassword")
-                 if r.name in ("api-keys-client", "api-keys-ui")]
-    assert sorted(r.name for r in generated) == ["api-keys-client", "api-keys-ui"]
+                 if r.name in ("api-keys-client", "api-keys-backend")]
+    assert sorted(r.name for r in generated) == ["api-keys-backend", "api-keys-client"]
     assert all(r.inputs["length"] >= 32 and r.inputs["special"] is False for r in generated)
     assert "apiKey" in rec.secret_outputs
+    # LiteLLM takes a master key only with this prefix.
+    assert rec.outputs["apiKey"].startswith("sk-") and len(rec.outputs["apiKey"]) >= 40
+
+
+def test_a_configured_client_key_must_suit_the_front_door():
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("local", {"llm-platform:apiKey": "client-key-0123456789abcdef"}, secrets=("llm-platform:apiKey",))
+    message = str(info.value.error)
+    assert "llm-platform:apiKey: expected a key starting with 'sk-'" in message
+    assert "client-key-0123456789abcdef" not in message
+
+
+def test_the_ui_key_setting_is_refused_with_what_happens_instead():
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("local", {**SECRET_OVERRIDES, "llm-platform:uiApiKey": "ui-key-0123456789abcdef"},
+                    secrets=(*SECRETS, "llm-platform:uiApiKey"))
+    message = str(info.value.error)
+    assert message.startswith("Pulumi.local.yaml: llm-platform:uiApiKey: no longer a setting; ")
+    assert "front door" in message and "ui-key-0123456789abcdef" not in message
 
 
 def test_plain_text_api_key_is_refused():
@@ -124,8 +171,8 @@ def test_health_and_metrics_are_not_behind_the_gateway_key(keyed):
     assert c["startupProbe"]["httpGet"]["path"] == "/health"
     # /metrics is only reachable in-cluster: no route of the gateway reaches it.
     routes = keyed.one("kubernetes:networking.istio.io/v1:VirtualService").inputs["spec"]["http"]
-    model_prefixes = [m["uri"]["prefix"] for r in routes if r["name"] != "ui" for m in r["match"]]
-    assert all(p.endswith("/v1") for p in model_prefixes)
+    api_prefixes = [m["uri"]["prefix"] for r in routes if r["name"] != "ui" for m in r["match"]]
+    assert api_prefixes == ["/v1"]
 
 
 def test_laptop_can_opt_out_of_api_keys():
@@ -143,6 +190,7 @@ AUTHZ = "kubernetes:security.istio.io/v1:AuthorizationPolicy"
 PEERAUTH = "kubernetes:security.istio.io/v1:PeerAuthentication"
 INGRESS = ("istio-ingress", "cluster.local/ns/istio-ingress/sa/istio-ingress")
 UI = ("open-webui", "cluster.local/ns/open-webui/sa/open-webui")
+FRONT_DOOR = ("front-door", "cluster.local/ns/front-door/sa/litellm")
 
 
 def in_namespace(rec, type_, ns):
@@ -179,23 +227,41 @@ def guarded(request):
     return harness.run(request.param)
 
 
-def test_strict_mtls_in_model_and_ui_namespaces(guarded):
-    for ns in ("models", "open-webui"):
+def test_strict_mtls_in_model_front_door_and_ui_namespaces(guarded):
+    for ns in ("models", "front-door", "open-webui"):
         (peer,) = in_namespace(guarded, PEERAUTH, ns)
         assert peer["spec"] == {"mtls": {"mode": "STRICT"}}
+
+
+@pytest.mark.parametrize("source, admitted", [
+    (FRONT_DOOR, True),
+    (INGRESS, False),
+    (UI, False),
+    (("default", "cluster.local/ns/default/sa/default"), False),
+    (("argocd", "cluster.local/ns/argocd/sa/argocd-server"), False),
+    (("models", "cluster.local/ns/models/sa/default"), False),
+])
+def test_only_the_front_door_reaches_the_model_servers(guarded, source, admitted):
+    ns, principal = source
+    assert network_admits(guarded, ns, "models") is admitted
+    assert mesh_admits(guarded, principal, "models") is admitted
 
 
 @pytest.mark.parametrize("source, admitted", [
     (INGRESS, True),
     (UI, True),
     (("default", "cluster.local/ns/default/sa/default"), False),
-    (("argocd", "cluster.local/ns/argocd/sa/argocd-server"), False),
     (("models", "cluster.local/ns/models/sa/default"), False),
 ])
-def test_only_the_gateway_and_ui_reach_the_model_servers(guarded, source, admitted):
-    ns, principal = source
-    assert network_admits(guarded, ns, "models") is admitted
-    assert mesh_admits(guarded, principal, "models") is admitted
+def test_only_the_gateway_and_ui_reach_the_front_door(guarded, source, admitted):
+    assert network_admits(guarded, source[0], "front-door") is admitted
+    assert mesh_admits(guarded, source[1], "front-door") is admitted
+
+
+def test_the_front_door_runs_as_the_account_the_policy_names(guarded):
+    pod = guarded.one("kubernetes:apps/v1:Deployment", "front-door-deployment").inputs["spec"]["template"]["spec"]
+    account = guarded.one("kubernetes:core/v1:ServiceAccount", "front-door-service-account").inputs["metadata"]
+    assert f"cluster.local/ns/{account['namespace']}/sa/{pod['serviceAccountName']}" == FRONT_DOOR[1]
 
 
 def test_model_namespace_denies_by_default_and_allows_only_what_it_needs(guarded):
@@ -294,7 +360,7 @@ def test_read_only_root_with_writable_scratch(guarded):
 
 def test_laptop_can_opt_out_of_restricted_pods():
     rec = harness.run("local", {"llm-platform:security": {"restrictedPods": False}})
-    pod = rec.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]["spec"]
+    pod = model_server(rec).inputs["spec"]["template"]["spec"]
     assert "securityContext" not in pod["containers"][0]
     models = next(r for r in rec.of_type("kubernetes:core/v1:Namespace") if r.inputs["metadata"]["name"] == "models")
     assert models.inputs["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"
@@ -375,9 +441,9 @@ def acme():
 
 def test_acme_challenge_is_served_on_http_and_everything_else_redirected(acme):
     assert istio_answer(acme, 80, HOST, CHALLENGE, (SOLVER,)) == SOLVER[1]["route"][0]["destination"]["host"]
-    for path in ("/v1/models", "/models/qwen/v1/models", "/", "/.well-known/other"):
+    for path in ("/v1/models", "/", "/.well-known/other"):
         assert istio_answer(acme, 80, HOST, path, (SOLVER,)) == "redirect:https", path
-    assert istio_answer(acme, 443, HOST, "/v1/models") == "qwen.models.svc.cluster.local"
+    assert istio_answer(acme, 443, HOST, "/v1/models") == "litellm.front-door.svc.cluster.local"
     assert istio_answer(acme, 443, HOST, "/") == "open-webui.open-webui.svc.cluster.local"
 
 
@@ -414,14 +480,13 @@ def test_no_plaintext_way_in_through_the_public_listener(stack_name):
     assert all(s["hosts"] == [HOST] for s in servers(rec))
 
 
-def test_the_ui_reaches_the_models_through_the_mesh_not_the_ingress(guarded):
+def test_the_ui_reaches_the_front_door_through_the_mesh_not_the_ingress(guarded):
     values = guarded.one("kubernetes:argoproj.io/v1alpha1:Application").inputs["spec"]["source"]["helm"]["valuesObject"]
-    hosts = {s.inputs["metadata"]["name"] + "." + s.inputs["metadata"]["namespace"]
-             for s in guarded.of_type("kubernetes:core/v1:Service")}
-    for url in values["openaiBaseApiUrls"]:
-        assert url.split("//")[1].split(".svc")[0] in hosts, url
-    assert network_admits(guarded, "open-webui", "models")
-    assert mesh_admits(guarded, ui_principal(guarded), "models")
+    svc = guarded.one("kubernetes:core/v1:Service", "front-door-service").inputs["metadata"]
+    assert [url.split("//")[1].split(".svc")[0] for url in values["openaiBaseApiUrls"]] == [
+        f"{svc['name']}.{svc['namespace']}"]
+    assert network_admits(guarded, "open-webui", svc["namespace"])
+    assert mesh_admits(guarded, ui_principal(guarded), svc["namespace"])
 
 
 def test_without_tls_no_redirect():
@@ -445,16 +510,19 @@ def test_a_monitoring_namespace_may_scrape_metrics_and_nothing_else():
     rec = harness.run("local", {"llm-platform:security": {"metricsFrom": ["monitoring"]}})
     assert network_admits(rec, "monitoring", "models")
     (policy,) = in_namespace(rec, AUTHZ, "models")
-    scrape = next(r for r in policy["spec"]["rules"] if "to" in r)
-    assert scrape["from"] == [{"source": {"namespaces": ["monitoring"]}}]
-    assert scrape["to"] == [{"operation": {"methods": ["GET"], "paths": ["/metrics"]}}]
-    # The monitoring namespace is not a caller of the API.
-    assert not mesh_admits(rec, "cluster.local/ns/monitoring/sa/prometheus", "models")
+    for ns in ("models", "front-door"):
+        (policy,) = in_namespace(rec, AUTHZ, ns)
+        scrape = next(r for r in policy["spec"]["rules"] if "to" in r)
+        assert scrape["from"] == [{"source": {"namespaces": ["monitoring"]}}]
+        # LiteLLM answers /metrics with a redirect to /metrics/.
+        assert scrape["to"] == [{"operation": {"methods": ["GET"], "paths": ["/metrics", "/metrics/"]}}]
+        # The monitoring namespace is not a caller of the API.
+        assert not mesh_admits(rec, "cluster.local/ns/monitoring/sa/prometheus", ns)
 
 
 def test_supplemental_groups_reach_the_model_pod():
     rec = harness.run("local", {"llm-platform:security": {"supplementalGroups": [109]}})
-    pod = rec.of_type("kubernetes:apps/v1:Deployment")[0].inputs["spec"]["template"]["spec"]
+    pod = model_server(rec).inputs["spec"]["template"]["spec"]
     assert pod["securityContext"]["supplementalGroups"] == [109]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert restricted_violations(pod) == []
@@ -510,7 +578,7 @@ def istio_protocol(port: dict) -> str:
 def test_the_ui_account_in_the_allow_list_is_the_one_the_chart_creates(guarded):
     """The AuthorizationPolicy names the service account the chart's pods really run as."""
     principal = ui_principal(guarded)
-    (policy,) = in_namespace(guarded, AUTHZ, "models")
+    (policy,) = in_namespace(guarded, AUTHZ, "front-door")
     assert principal in policy["spec"]["rules"][0]["from"][0]["source"]["principals"]
 
 
@@ -530,8 +598,9 @@ def test_the_ui_follows_the_stack_on_every_start(guarded):
     env = ui_env(guarded)
     # Otherwise connections and keys are read from the DB the first start filled.
     assert env["ENABLE_PERSISTENT_CONFIG"]["value"] == "False"
+    # One connection, the front door: models added later appear without touching the UI.
     urls = env["OPENAI_API_BASE_URLS"]["value"].split(";")
-    assert all(".models.svc.cluster.local:" in u for u in urls)
+    assert len(urls) == 1 and ".front-door.svc.cluster.local:" in urls[0]
 
 
 def test_the_ui_admin_comes_from_a_secret_and_sign_up_is_closed(guarded):
@@ -666,16 +735,17 @@ def test_istiod_as_its_chart_renders_it_serves_the_challenge_from_our_ingress(ac
     assert mesh["ingressSelector"] == acme.one(GATEWAY).inputs["spec"]["selector"]["istio"]
 
 
-def test_a_rotated_ui_key_rolls_the_ui():
-    """Open WebUI reads its key from the Secret only at start: the pod template the real chart
-    renders from the program's values changes with the key (Argo CD then rolls the UI)."""
-    def ui_template(ui_key: str) -> dict:
-        rec = harness.run("local", {**SECRET_OVERRIDES, "llm-platform:uiApiKey": ui_key}, secrets=SECRETS)
+def test_a_rotated_client_key_rolls_the_ui():
+    """Open WebUI reads its key (the front door's client key) from the Secret only at start: the
+    pod template the real chart renders from the program's values changes with the key (Argo CD
+    then rolls the UI)."""
+    def ui_template(client_key: str) -> dict:
+        rec = harness.run("local", {**SECRET_OVERRIDES, "llm-platform:apiKey": client_key}, secrets=SECRETS)
         return ui_workload(rendered_ui(rec))["spec"]["template"]
 
-    before, same, rotated = ui_template(UI_KEY), ui_template(UI_KEY), ui_template(UI_KEY + "-rotated")
+    before, same, rotated = ui_template(CLIENT_KEY), ui_template(CLIENT_KEY), ui_template(CLIENT_KEY + "-rotated")
     value = before["metadata"]["annotations"]["llm-platform/api-keys-digest"]
-    assert UI_KEY not in value and value != hashlib.sha256(UI_KEY.encode()).hexdigest()
+    assert CLIENT_KEY not in value and value != hashlib.sha256(CLIENT_KEY.encode()).hexdigest()
     assert before == same
     assert rotated["metadata"]["annotations"]["llm-platform/api-keys-digest"] != value
 

@@ -112,6 +112,14 @@ class Recording:
     def named(self, name: str) -> Registration:
         return next(r for r in self.registrations if r.name == name)
 
+    def model_servers(self) -> list[Registration]:
+        """The model servers' workloads (Deployments, or StatefulSets where they cache weights),
+        found by their component label: other Deployments (the front door's) are not servers."""
+        return [
+            r for r in self.of_type("kubernetes:apps/v1:Deployment") + self.of_type("kubernetes:apps/v1:StatefulSet")
+            if (r.inputs.get("metadata") or {}).get("labels", {}).get("app.kubernetes.io/component") == "model-server"
+        ]
+
     def kubernetes_objects(self) -> list[Registration]:
         """Objects applied to the cluster (not providers, not Helm releases)."""
         return [

@@ -1,0 +1,334 @@
+"""FrontDoor: one OpenAI-compatible base URL for every model of the stack. LiteLLM's proxy, in
+its own mesh namespace, routes each request by its `model` to that model's Service inside the
+mesh (or to a hosted provider from config), holds the keys and counts the tokens."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence, TypedDict
+from urllib.parse import urlparse
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+import yaml
+
+from .api_keys import keyed_digest
+from .model_namespace import NAMESPACE_LABEL, policy_specs
+
+if TYPE_CHECKING:
+    from .config import FrontDoorConfig, ProviderModel
+
+# LiteLLM's proxy, pinned to a release whose PyPI wheel (litellm[proxy]) the tests run; since
+# 1.84 the images are tagged with the plain version (vX.Y.Z). The non_root variant runs as
+# `nobody` and owns what it writes, so the pod passes the restricted Pod Security profile.
+# Keep in step with requirements-litellm.txt.
+LITELLM_VERSION = "1.108.7"
+LITELLM_IMAGE = f"ghcr.io/berriai/litellm-non_root:v{LITELLM_VERSION}"
+# The image's user (`nobody`); named by number so the kubelet can check it is not root.
+RUN_AS = 65534
+PORT = 4000
+NAME = "litellm"
+SERVICE_ACCOUNT = NAME
+CONFIG_DIR = "/etc/litellm"
+CONFIG_FILE = "config.yaml"
+# Open routes of the proxy, answered without a key.
+READINESS_PATH = "/health/readiness"
+LIVENESS_PATH = "/health/liveliness"
+# LiteLLM answers /metrics with a redirect to this.
+METRICS_PATH = "/metrics/"
+# Env vars the config refers to with `os.environ/<NAME>`: keys never enter the ConfigMap.
+MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
+BACKEND_KEY_ENV = "BACKEND_API_KEY"
+KEYS_SECRET = "litellm-keys"
+# Sent to model servers when the stack runs without API keys (the OpenAI client wants one).
+NO_KEY = "no-key"
+
+
+# Where LiteLLM sends a provider's requests when the entry names no apiBase.
+PROVIDER_HOSTS = {
+    "openai": "api.openai.com",
+    "anthropic": "api.anthropic.com",
+    "mistral": "api.mistral.ai",
+    "groq": "api.groq.com",
+    "gemini": "generativelanguage.googleapis.com",
+}
+
+
+def provider_host(provider: "ProviderModel") -> Optional[str]:
+    """The one host the front door may reach for a provider entry (None: unknown)."""
+    if provider.api_base:
+        return urlparse(provider.api_base).hostname
+    return PROVIDER_HOSTS.get(provider.model.split("/", 1)[0])
+
+
+def provider_key_env(name: str) -> str:
+    return "PROVIDER_KEY_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
+@dataclass(frozen=True)
+class ModelBackend:
+    """A model of the stack: the alias clients send, and its server's OpenAI base URL."""
+
+    alias: str
+    base_url: pulumi.Input[str]
+
+
+class FrontDoorArgs(TypedDict):
+    provider: k8s.Provider
+    # The mesh's injected namespace for the front door.
+    namespace: pulumi.Input[str]
+    config: "FrontDoorConfig"
+    # Used where the config sets none: the only way to every model is never a single pod where
+    # the cluster can hold two.
+    default_replicas: int
+    models: Sequence[ModelBackend]
+    # The stack's client key (starts with "sk-"), the proxy's master key; None: open API.
+    master_key: Optional[pulumi.Output[str]]
+    # The key the model servers accept; None: they take none.
+    backend_key: Optional[pulumi.Output[str]]
+    # Hosted providers' keys by provider entry name (Pulumi secrets).
+    provider_keys: Mapping[str, pulumi.Output[str]]
+    # What Istio objects wait for (the CRDs and istiod's webhook).
+    mesh_ready: Sequence[pulumi.Resource]
+    # NetworkPolicies (where the cluster enforces them): who may call the front door, and
+    # where its model servers live.
+    network_policies: bool
+    callers_namespaces: Sequence[str]
+    metrics_from: Sequence[str]
+    models_namespace: str
+    istio_namespace: str
+    cluster_cidrs: Sequence[pulumi.Input[str]]
+
+
+def litellm_config(models: Sequence[tuple[str, str]], cfg: "FrontDoorConfig", auth: bool) -> dict:
+    """LiteLLM's proxy config for (alias, base URL) pairs and the configured providers."""
+    timeouts = {"timeout": cfg.timeout_seconds, "stream_timeout": cfg.timeout_seconds}
+    model_list = [
+        {"model_name": alias, "litellm_params": {
+            # Every server speaks OpenAI's API and serves the model under its alias.
+            "model": f"openai/{alias}",
+            "api_base": base_url,
+            "api_key": f"os.environ/{BACKEND_KEY_ENV}" if auth else NO_KEY,
+            **timeouts,
+        }}
+        for alias, base_url in models
+    ]
+    for p in cfg.providers:
+        params = {"model": p.model, "api_key": f"os.environ/{provider_key_env(p.name)}", **timeouts}
+        if p.api_base:
+            params["api_base"] = p.api_base
+        model_list.append({"model_name": p.name, "litellm_params": params})
+    settings: dict = {
+        # A request that already streamed must never be sent again.
+        "num_retries": 0,
+        # With the default aiohttp transport, some requests to llama-server under concurrent
+        # streams fail with "Cannot write to closing transport" (a reused connection); with
+        # httpx's none do (tests/test_front_door.py).
+        "disable_aiohttp_transport": True,
+        "request_timeout": cfg.timeout_seconds,
+    }
+    if cfg.metrics:
+        settings["callbacks"] = ["prometheus"]
+        # A scraper must not need the master key (it opens everything); the mesh lets only
+        # the namespaces in security.metricsFrom GET it, and the ingress never routes it.
+        settings["require_auth_for_metrics_endpoint"] = False
+    # The proxy refuses to start without a master key unless told the open API is meant
+    # (security.apiAuth: false).
+    general: dict = ({"master_key": f"os.environ/{MASTER_KEY_ENV}"} if auth
+                     else {"dangerously_permit_weak_or_unset_master_key": True})
+    return {
+        "model_list": model_list,
+        "litellm_settings": settings,
+        "router_settings": {"num_retries": 0, "timeout": cfg.timeout_seconds},
+        "general_settings": general,
+    }
+
+
+class FrontDoor(pulumi.ComponentResource):
+    # In-cluster host of the front door's Service, and its port.
+    service_host: pulumi.Output[str]
+    port: int = PORT
+    base_url: pulumi.Output[str]
+    model_names: list[str]
+
+    def __init__(self, name: str, args: FrontDoorArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("llm-platform:index:FrontDoor", name, None, opts)
+        cfg, provider = args["config"], args["provider"]
+        replicas = cfg.replicas or args["default_replicas"]
+        namespace = pulumi.Output.from_input(args["namespace"])
+        auth = args["master_key"] is not None
+        child = pulumi.ResourceOptions(parent=self, provider=provider)
+        labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "front-door",
+                  "app.kubernetes.io/part-of": "llm-platform"}
+        meta = {"namespace": namespace, "labels": labels}
+        self.model_names = [m.alias for m in args["models"]] + [p.name for p in cfg.providers]
+
+        rendered = pulumi.Output.all(*(pulumi.Output.from_input(m.base_url) for m in args["models"])).apply(
+            lambda urls: yaml.safe_dump(litellm_config(
+                [(m.alias, u) for m, u in zip(args["models"], urls)], cfg, auth), sort_keys=False))
+        config_map = k8s.core.v1.ConfigMap(
+            f"{name}-config",
+            metadata={**meta, "name": f"{NAME}-config"},
+            data={CONFIG_FILE: rendered},
+            opts=child,
+        )
+
+        keys: dict[str, pulumi.Output[str]] = {}
+        if auth:
+            keys[MASTER_KEY_ENV] = args["master_key"]
+        if args["backend_key"] is not None:
+            keys[BACKEND_KEY_ENV] = args["backend_key"]
+        for p in cfg.providers:
+            keys[provider_key_env(p.name)] = args["provider_keys"][p.name]
+        env = [
+            # The cost map ships in the image: no call out to fetch it at start.
+            {"name": "LITELLM_LOCAL_MODEL_COST_MAP", "value": "True"},
+            # The root filesystem is read-only; caches go to the scratch volume.
+            {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
+            *({"name": k, "valueFrom": {"secretKeyRef": {"name": KEYS_SECRET, "key": k}}} for k in keys),
+        ]
+        secret = None
+        if keys:
+            secret = k8s.core.v1.Secret(
+                f"{name}-keys", metadata={**meta, "name": KEYS_SECRET},
+                string_data=dict(keys), opts=child,
+            )
+        # A changed config or key must restart the proxy: it reads both only at start. Keyed like
+        # the model servers' digest, since the master key may be one a person chose.
+        salt = random.RandomPassword(f"{name}-keys-digest-salt", length=32, special=False,
+                                     opts=pulumi.ResourceOptions(parent=self))
+        checksum = keyed_digest(salt.result, [rendered, *keys.values()])
+
+        account = k8s.core.v1.ServiceAccount(
+            f"{name}-service-account",
+            metadata={**meta, "name": SERVICE_ACCOUNT},
+            # The proxy never calls the Kubernetes API.
+            automount_service_account_token=False,
+            opts=child,
+        )
+        probe = {"port": "http", "scheme": "HTTP"}
+        self.deployment = k8s.apps.v1.Deployment(
+            f"{name}-deployment",
+            metadata={**meta, "name": NAME},
+            spec={
+                "replicas": replicas,
+                "selector": {"matchLabels": labels},
+                # Never drop the last ready proxy: it is the only way to every model.
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "template": {
+                    "metadata": {"labels": labels, "annotations": {"llm-platform/config-checksum": checksum}},
+                    "spec": {
+                        "serviceAccountName": account.metadata.name,
+                        "automountServiceAccountToken": False,
+                        # Streams in flight get time to finish when a pod goes away.
+                        "terminationGracePeriodSeconds": cfg.timeout_seconds + 30,
+                        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
+                                            "seccompProfile": {"type": "RuntimeDefault"}},
+                        "containers": [{
+                            "name": "proxy",
+                            "image": cfg.image or LITELLM_IMAGE,
+                            "args": ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--port", str(PORT)],
+                            "env": env,
+                            "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+                            "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                                             {"name": "tmp", "mountPath": "/tmp"}],
+                            "resources": {
+                                "requests": {"cpu": cfg.resources.cpu, "memory": cfg.resources.memory},
+                                "limits": {"cpu": cfg.resources.cpu_limit, "memory": cfg.resources.memory_limit},
+                            },
+                            "startupProbe": {"httpGet": {**probe, "path": READINESS_PATH},
+                                             "periodSeconds": 5, "failureThreshold": 60},
+                            "readinessProbe": {"httpGet": {**probe, "path": READINESS_PATH}, "periodSeconds": 10},
+                            "livenessProbe": {"httpGet": {**probe, "path": LIVENESS_PATH},
+                                              "periodSeconds": 30, "failureThreshold": 5},
+                            # Leave the Service's endpoints before the proxy stops taking requests.
+                            "lifecycle": {"preStop": {"sleep": {"seconds": 10}}},
+                            # The image ships its admin UI already laid out, so nothing is
+                            # written outside /tmp (LiteLLM falls back to the packaged UI if
+                            # it cannot write one).
+                            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                                "capabilities": {"drop": ["ALL"]}},
+                        }],
+                        "volumes": [{"name": "config", "configMap": {"name": config_map.metadata.name}},
+                                    {"name": "tmp", "emptyDir": {}}],
+                        # Replicas on different nodes (and zones), so one drain leaves one up.
+                        "topologySpreadConstraints": [
+                            {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
+                             "labelSelector": {"matchLabels": labels}}
+                            for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
+                        ] if replicas > 1 else None,
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                depends_on=[r for r in (config_map, secret) if r is not None])),
+        )
+        if replicas > 1:
+            k8s.policy.v1.PodDisruptionBudget(
+                f"{name}-pdb", metadata={**meta, "name": NAME},
+                spec={"maxUnavailable": 1, "selector": {"matchLabels": labels}}, opts=child,
+            )
+        self.service = k8s.core.v1.Service(
+            f"{name}-service",
+            metadata={**meta, "name": NAME},
+            # Port name "http": the mesh parses the traffic as HTTP (and streams it as such).
+            spec={"selector": labels, "ports": [{"name": "http", "port": PORT, "targetPort": "http",
+                                                 "protocol": "TCP"}]},
+            opts=child,
+        )
+        self._egress(name, args, namespace, child)
+        self.service_host = pulumi.Output.concat(
+            self.service.metadata.name, ".", self.service.metadata.namespace, ".svc.cluster.local")
+        self.base_url = pulumi.Output.concat("http://", self.service_host, f":{PORT}/v1")
+        self.register_outputs({"serviceHost": self.service_host, "baseUrl": self.base_url,
+                               "models": self.model_names})
+
+    def _egress(self, name: str, args: FrontDoorArgs, namespace: pulumi.Output[str], child) -> None:
+        """The front door reaches its model servers and the providers' hosts, nothing else: its
+        sidecar knows only registered hosts (a ServiceEntry per provider host), and, where the
+        cluster enforces them, NetworkPolicies allow only those flows."""
+        cfg = args["config"]
+        istio = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=list(args["mesh_ready"])))
+        hosts = sorted({provider_host(p) for p in cfg.providers})
+        k8s.apiextensions.CustomResource(
+            f"{name}-sidecar",
+            api_version="networking.istio.io/v1",
+            kind="Sidecar",
+            metadata={"name": "default", "namespace": namespace},
+            spec={
+                "egress": [{"hosts": ["./*", f"{args['models_namespace']}/*", f"{args['istio_namespace']}/*"]}],
+                "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"},
+            },
+            opts=istio,
+        )
+        for host in hosts:
+            k8s.apiextensions.CustomResource(
+                f"{name}-provider-{host}",
+                api_version="networking.istio.io/v1",
+                kind="ServiceEntry",
+                metadata={"name": host.replace(".", "-"), "namespace": namespace},
+                spec={
+                    "hosts": [host],
+                    "exportTo": ["."],
+                    "location": "MESH_EXTERNAL",
+                    "resolution": "DNS",
+                    # LiteLLM speaks TLS itself; the sidecar passes it through by SNI.
+                    "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
+                },
+                opts=istio,
+            )
+        if not args["network_policies"]:
+            return
+        specs = policy_specs({
+            "provider": args["provider"], "namespace": namespace, "network_policies": True, "host_models": False,
+            "ingress_from": list(args["callers_namespaces"]), "metrics_from": list(args["metrics_from"]),
+            "istio_namespace": args["istio_namespace"], "https_egress": bool(hosts),
+            "cluster_cidrs": list(args["cluster_cidrs"]),
+        })
+        specs["allow-models"] = {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{
+            "to": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: args["models_namespace"]}}}]}]}
+        for policy, spec in specs.items():
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-{policy}", metadata={"name": policy, "namespace": namespace}, spec=spec, opts=child)

@@ -1,0 +1,174 @@
+"""LlamaRouter: one llama-server in router mode serving every GGUF model of the stack from
+/mnt/models. It holds the GPU once, loads a model on its first request and unloads the least
+recently used beyond `modelsMax`, so a laptop offers many models without holding them all."""
+
+from __future__ import annotations
+
+import configparser
+import io
+from typing import TYPE_CHECKING, Optional, Sequence, TypedDict
+
+import pulumi
+import pulumi_command as command
+import pulumi_kubernetes as k8s
+
+from .accelerators import Accelerator
+from .api_keys import KEYS_DIGEST_ANNOTATION
+from .llm_server import CONTAINER_SECURITY, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security
+from .serving import (
+    ALL_LAYERS, API_KEYS_FILE, API_KEYS_MOUNT, LLAMA_CPP_PORT, MODELS_MOUNT, PRESTOP_SLEEP_S, RUNTIMES, model_path,
+)
+
+if TYPE_CHECKING:
+    from .config import LlamaRouterConfig, ModelConfig
+
+NAME = "llama-router"
+PRESETS_DIR = "/etc/llama-router"
+PRESETS_FILE = "presets.ini"
+
+
+def presets(models: Sequence["ModelConfig"], accel: Accelerator) -> str:
+    """llama.cpp's model presets: one section per model, named by its alias (the id clients
+    send), with its file and context size; `[*]` holds what every model shares."""
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.optionxform = str  # keys are flag names: keep their case
+    ini["*"] = {"ngl": str(ALL_LAYERS)} if accel.resource else {}
+    for m in models:
+        ini[m.name] = {"model": model_path(m), "c": str(m.ctx_size)}
+    out = io.StringIO()
+    out.write("version = 1\n\n")
+    ini.write(out)
+    return out.getvalue()
+
+
+def router_args(models_max: int, api_auth: bool, threads: int) -> list[str]:
+    # The router starts each model's llama-server with its own flags, and these override a
+    # preset's: nothing per model belongs here.
+    args = [
+        "--host", "0.0.0.0",
+        "--port", str(LLAMA_CPP_PORT),
+        "--models-preset", f"{PRESETS_DIR}/{PRESETS_FILE}",
+        "--models-max", str(models_max),
+        # One compute thread per CPU of the limit, not per host core, for each model instance.
+        "--threads", str(threads),
+        "--metrics",
+    ]
+    if api_auth:
+        args += ["--api-key-file", f"{API_KEYS_MOUNT}/{API_KEYS_FILE}"]
+    return args
+
+
+class LlamaRouterArgs(TypedDict):
+    config: "LlamaRouterConfig"
+    models: Sequence["ModelConfig"]
+    accelerator: Accelerator
+    namespace: pulumi.Input[str]
+    provider: k8s.Provider
+    host_models_dir: Optional[str]
+    host_models_claim: pulumi.Input[str]
+    priority_class: pulumi.Input[str]
+    # The keys the router accepts by role (the front door's); None: open API.
+    api_keys: Optional[dict[str, pulumi.Output[str]]]
+    restricted: bool
+    supplemental_groups: list[int]
+
+
+class LlamaRouter(pulumi.ComponentResource):
+    port: int = LLAMA_CPP_PORT
+    service_host: pulumi.Output[str]
+
+    def __init__(self, name: str, args: LlamaRouterArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("llm-platform:index:LlamaRouter", name, None, opts)
+        cfg, accel, provider = args["config"], args["accelerator"], args["provider"]
+        namespace = pulumi.Output.from_input(args["namespace"])
+        child = pulumi.ResourceOptions(parent=self, provider=provider)
+        labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "model-server",
+                  "app.kubernetes.io/part-of": "llm-platform"}
+        meta = {"namespace": namespace, "labels": labels}
+
+        # Runs where Pulumi runs: each file is downloaded only when absent, then verified.
+        fetches = [
+            command.local.Command(f"{name}-{m.name}-model-file", create=fetch_command(m, args["host_models_dir"]),
+                                  opts=pulumi.ResourceOptions(parent=self))
+            for m in args["models"] if args["host_models_dir"]
+        ]
+        config_map = k8s.core.v1.ConfigMap(
+            f"{name}-presets", metadata={**meta, "name": f"{NAME}-presets"},
+            data={PRESETS_FILE: presets(args["models"], accel)}, opts=child,
+        )
+        volumes = [
+            {"name": "models", "persistentVolumeClaim": {"claimName": args["host_models_claim"], "readOnly": True}},
+            {"name": "presets", "configMap": {"name": config_map.metadata.name}},
+            {"name": "tmp", "emptyDir": {}},
+        ]
+        mounts = [
+            {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True},
+            {"name": "presets", "mountPath": PRESETS_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ]
+        annotations = None
+        if args["api_keys"] is not None:
+            # As for every model server: a file from a Secret, and a rotated key rolls the pod.
+            annotations = {KEYS_DIGEST_ANNOTATION: api_keys_volume(
+                self, name, {**meta, "name": f"{NAME}-api-keys"}, API_KEYS_FILE, args["api_keys"],
+                child, volumes, mounts)}
+
+        # The router is the only pod on the GPU: it asks for one share of it.
+        accelerators = {accel.resource: "1"} if accel.resource else {}
+        probe = {"httpGet": {"path": "/health", "port": "http"}, "timeoutSeconds": 5}
+        runtime = RUNTIMES[("llama-cpp", accel.kind)]
+        container = {
+            "name": "server",
+            "image": cfg.image or runtime.image,
+            "args": router_args(cfg.models_max, args["api_keys"] is not None, cfg.resources.threads),
+            # The model instances it starts are llama-server processes too; HOME for their caches.
+            "env": [{"name": "HOME", "value": "/tmp"}],
+            "ports": [{"name": "http", "containerPort": LLAMA_CPP_PORT, "protocol": "TCP"}],
+            "resources": {
+                "requests": {"cpu": cfg.resources.cpu, "memory": cfg.resources.memory, **accelerators},
+                "limits": {"cpu": cfg.resources.cpu_limit, "memory": cfg.resources.memory_limit, **accelerators},
+            },
+            "volumeMounts": mounts,
+            # The router answers /health as soon as it listens; models load on demand.
+            "startupProbe": {**probe, "periodSeconds": PROBE_PERIOD_S, "failureThreshold": 30},
+            "readinessProbe": {**probe, "periodSeconds": PROBE_PERIOD_S, "failureThreshold": 3},
+            "livenessProbe": {**probe, "periodSeconds": 30, "failureThreshold": 5},
+            # Leave the Service's endpoints before the server is told to stop. Unlike a single
+            # server, the router answers /metrics only per model, so the drain that waits for
+            # requests in flight does not apply: a generation still running after the pause is cut.
+            "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},
+        }
+        if runtime.command:
+            container["command"] = runtime.command
+        if args["restricted"]:
+            container["securityContext"] = dict(CONTAINER_SECURITY)
+        self.deployment = k8s.apps.v1.Deployment(
+            f"{name}-deployment",
+            metadata={**meta, "name": NAME},
+            spec={
+                "replicas": 1,
+                # One GPU holder: the old pod goes before the new one takes the device.
+                "strategy": {"type": "Recreate"},
+                "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": {
+                    "priorityClassName": args["priority_class"],
+                    "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": PRESTOP_SLEEP_S + 30,
+                    "securityContext": pod_security(args["restricted"], args["supplemental_groups"]),
+                    "containers": [container],
+                    "nodeSelector": dict(accel.node_selector) or None,
+                    "tolerations": list(accel.tolerations) or None,
+                    "volumes": volumes,
+                }},
+            },
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=fetches)),
+        )
+        self.service = k8s.core.v1.Service(
+            f"{name}-service", metadata={**meta, "name": NAME},
+            spec={"selector": labels,
+                  "ports": [{"name": "http", "port": LLAMA_CPP_PORT, "targetPort": "http", "protocol": "TCP"}]},
+            opts=child,
+        )
+        self.service_host = pulumi.Output.concat(
+            self.service.metadata.name, ".", self.service.metadata.namespace, ".svc.cluster.local")
+        self.register_outputs({"serviceHost": self.service_host, "port": self.port})

@@ -1,0 +1,381 @@
+"""The front door for real: LiteLLM's proxy, the release the image runs (installed from PyPI into
+.venv-litellm), started with exactly the config the program renders, in front of two real
+llama-servers. Only the model servers' addresses are mapped to loopback."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from components import front_door
+from tools import mock_engine as harness
+
+ROOT = Path(__file__).resolve().parent.parent
+LITELLM = ROOT / ".venv-litellm" / "bin" / "litellm"
+SHARED = ROOT.parent / "shared"
+LLAMA_SERVER = SHARED / "bin" / "llama-server"
+TINY_MODEL = SHARED / "models" / "tiny-random-llama.gguf"
+
+CLIENT_KEY = "sk-test-client-0123456789abcdef"
+PROVIDER_KEY = "sk-provider-not-used-0123456789"
+MODELS = [
+    {"name": "tinyllama", "file": "tinyllama-1.1b-chat-v1.0.Q8_0.gguf"},
+    {"name": "qwen", "file": "qwen2.5-1.5b-instruct-q4_k_m.gguf"},
+]
+PROVIDER = {"name": "gpt-mini", "model": "openai/gpt-4o-mini", "apiBase": "https://api.openai.com/v1"}
+OVERRIDES = {
+    "llm-platform:models": MODELS,
+    "llm-platform:frontDoor": {"providers": [PROVIDER]},
+    "llm-platform:apiKey": CLIENT_KEY,
+    "llm-platform:providerKeys": {PROVIDER["name"]: PROVIDER_KEY},
+}
+CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
+SECRET = "kubernetes:core/v1:Secret"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    return harness.run("local", OVERRIDES, secrets=("llm-platform:apiKey", "llm-platform:providerKeys"))
+
+
+def rendered_config(rec) -> dict:
+    return yaml.safe_load(rec.one(CONFIG_MAP, "front-door-config").inputs["data"][front_door.CONFIG_FILE])
+
+
+def proxy_container(rec) -> dict:
+    return rec.one(DEPLOYMENT, "front-door-deployment").inputs["spec"]["template"]["spec"]["containers"][0]
+
+
+# --- what the program renders ------------------------------------------------------------
+
+
+def test_each_model_is_a_model_name_backed_by_its_service(recorded):
+    entries = {m["model_name"]: m["litellm_params"] for m in rendered_config(recorded)["model_list"]}
+    for m in MODELS:
+        svc = recorded.one("kubernetes:core/v1:Service", f"model-{m['name']}-service").inputs
+        port = int(svc["spec"]["ports"][0]["port"])
+        host = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
+        assert entries[m["name"]]["model"] == f"openai/{m['name']}"
+        assert entries[m["name"]]["api_base"] == f"http://{host}:{port}/v1"
+        assert entries[m["name"]]["api_key"] == f"os.environ/{front_door.BACKEND_KEY_ENV}"
+
+
+def test_provider_entry_rendered_with_its_key_from_a_secret(recorded):
+    entries = {m["model_name"]: m["litellm_params"] for m in rendered_config(recorded)["model_list"]}
+    env_name = front_door.provider_key_env(PROVIDER["name"])
+    assert entries[PROVIDER["name"]]["model"] == PROVIDER["model"]
+    assert entries[PROVIDER["name"]]["api_base"] == PROVIDER["apiBase"]
+    assert entries[PROVIDER["name"]]["api_key"] == f"os.environ/{env_name}"
+    env = {e["name"]: e for e in proxy_container(recorded)["env"]}
+    ref = env[env_name]["valueFrom"]["secretKeyRef"]
+    secret = recorded.one(SECRET, "front-door-keys")
+    assert ref["name"] == secret.inputs["metadata"]["name"]
+    assert harness.reveal(secret.inputs["stringData"])[ref["key"]] == PROVIDER_KEY
+    assert recorded.outputs["modelAliases"] == [m["name"] for m in MODELS] + [PROVIDER["name"]]
+
+
+def test_egress_only_to_the_models_and_the_providers_hosts(recorded):
+    sidecar = recorded.one("kubernetes:networking.istio.io/v1:Sidecar").inputs
+    assert sidecar["metadata"]["namespace"] == "front-door"
+    assert sidecar["spec"]["outboundTrafficPolicy"] == {"mode": "REGISTRY_ONLY"}
+    assert "models/*" in sidecar["spec"]["egress"][0]["hosts"]
+    (entry,) = recorded.of_type("kubernetes:networking.istio.io/v1:ServiceEntry")
+    assert entry.inputs["spec"]["hosts"] == [urlparse(PROVIDER["apiBase"]).hostname]
+    assert entry.inputs["spec"]["exportTo"] == ["."]
+    policies = {p.inputs["metadata"]["name"]: p.inputs["spec"] for p in recorded.of_type(
+        "kubernetes:networking.k8s.io/v1:NetworkPolicy") if p.inputs["metadata"]["namespace"] == "front-door"}
+    assert policies["default-deny"]["policyTypes"] == ["Ingress", "Egress"]
+    callers = {peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+               for rule in policies["allow-callers"]["ingress"] for peer in rule["from"]}
+    assert callers == {"istio-ingress", "open-webui"}
+    assert [int(p["port"]) for p in policies["allow-https"]["egress"][0]["ports"]] == [443]
+
+
+def test_a_provider_without_a_known_host_is_refused():
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("local", {**OVERRIDES, "llm-platform:frontDoor": {"providers": [
+            {"name": "gpt-mini", "model": "someprovider/model-x"}]}},
+            secrets=("llm-platform:apiKey", "llm-platform:providerKeys"))
+    assert "llm-platform:frontDoor.providers[0].apiBase: required for 'someprovider' models" in str(info.value.error)
+
+
+def test_no_retry_and_long_timeouts(recorded):
+    cfg = rendered_config(recorded)
+    assert cfg["litellm_settings"]["num_retries"] == 0 and cfg["router_settings"]["num_retries"] == 0
+    for entry in cfg["model_list"]:
+        assert entry["litellm_params"]["stream_timeout"] >= 600
+    assert cfg["general_settings"]["master_key"] == f"os.environ/{front_door.MASTER_KEY_ENV}"
+    # No key in the ConfigMap, in any form.
+    text = recorded.one(CONFIG_MAP, "front-door-config").inputs["data"][front_door.CONFIG_FILE]
+    assert CLIENT_KEY not in text and PROVIDER_KEY not in text and "sk-" not in text
+
+
+def test_an_open_api_is_said_so_or_the_proxy_would_not_start():
+    rec = harness.run("local", {"llm-platform:security": {"apiAuth": False}})
+    cfg = rendered_config(rec)
+    # LiteLLM refuses to start with no master key unless this is set.
+    assert cfg["general_settings"] == {"dangerously_permit_weak_or_unset_master_key": True}
+    assert all(m["litellm_params"]["api_key"] == front_door.NO_KEY for m in cfg["model_list"])
+    assert not rec.of_type(SECRET) or not any(r.name == "front-door-keys" for r in rec.of_type(SECRET))
+
+
+@pytest.mark.parametrize("stack, replicas", [("local", 1), ("eks", 2), ("gke", 2)])
+def test_never_a_single_front_door_where_the_cluster_holds_two(stack, replicas):
+    rec = harness.run(stack)
+    spec = rec.one(DEPLOYMENT, "front-door-deployment").inputs["spec"]
+    assert spec["replicas"] == replicas
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pdbs = [r for r in rec.of_type("kubernetes:policy/v1:PodDisruptionBudget") if r.name == "front-door-pdb"]
+    assert len(pdbs) == (replicas > 1)
+
+
+def test_image_is_the_release_the_tests_run(recorded):
+    pinned = (ROOT / "requirements-litellm.txt").read_text()
+    version = re.search(r"litellm\[proxy\]==(\S+)", pinned).group(1)
+    assert version == front_door.LITELLM_VERSION
+    assert proxy_container(recorded)["image"] == f"ghcr.io/berriai/litellm-non_root:v{version}"
+
+
+# --- the real proxy in front of real servers ---------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(port: int, method: str, path: str, key: str | None = None, body: dict | None = None,
+             timeout: float = 60) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, data
+
+
+def _wait_ready(port: int, path: str, proc: subprocess.Popen, log: Path, limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if _request(port, "GET", path, timeout=2)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"not ready after {limit_s}s:\n{log.read_text()[-3000:]}")
+
+
+class Stack:
+    def __init__(self, proxy_port: int, servers: dict[str, int], backend_key: str):
+        self.proxy_port, self.servers, self.backend_key = proxy_port, servers, backend_key
+
+
+@pytest.fixture(scope="module")
+def stack(recorded, tmp_path_factory):
+    missing = [str(p) for p in (LITELLM, LLAMA_SERVER, TINY_MODEL) if not p.exists()]
+    if missing:
+        pytest.skip(f"real front door test needs {', '.join(missing)} (`make setup` builds .venv-litellm)")
+    tmp = tmp_path_factory.mktemp("front-door")
+    keys = harness.reveal(recorded.one(SECRET, "front-door-keys").inputs["stringData"])
+    backend_key = keys[front_door.BACKEND_KEY_ENV]
+    (tmp / "api-keys").write_text(backend_key + "\n")
+    procs: list[subprocess.Popen] = []
+    try:
+        servers: dict[str, int] = {}
+        for m in MODELS:
+            port = _free_port()
+            log = tmp / f"{m['name']}.log"
+            procs.append(subprocess.Popen(
+                [str(LLAMA_SERVER), "-m", str(TINY_MODEL), "--alias", m["name"], "--host", "127.0.0.1",
+                 "--port", str(port), "--ctx-size", "2048", "--threads", "1", "--parallel", "4", "--metrics",
+                 "--api-key-file", str(tmp / "api-keys")],
+                stdout=log.open("w"), stderr=subprocess.STDOUT))
+            servers[m["name"]] = port
+        # The rendered config, with each Service's address mapped to its local server.
+        cfg = rendered_config(recorded)
+        hosts = {f"{m['name']}.models.svc.cluster.local": servers[m["name"]] for m in MODELS}
+        for entry in cfg["model_list"]:
+            base = urlparse(entry["litellm_params"]["api_base"])
+            if base.hostname in hosts:
+                entry["litellm_params"]["api_base"] = f"http://127.0.0.1:{hosts[base.hostname]}{base.path}"
+        assert all(urlparse(e["litellm_params"].get("api_base", "")).hostname in ("127.0.0.1", "api.openai.com")
+                   for e in cfg["model_list"])
+        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))
+        # The env the pod gets: literal values as rendered, Secret references resolved.
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp)}
+        for e in proxy_container(recorded)["env"]:
+            env[e["name"]] = e["value"] if "value" in e else keys[e["valueFrom"]["secretKeyRef"]["key"]]
+        proxy_port = _free_port()
+        log = tmp / "litellm.log"
+        procs.append(subprocess.Popen(
+            [str(LITELLM), "--config", str(tmp / "config.yaml"), "--host", "127.0.0.1", "--port", str(proxy_port)],
+            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=tmp))
+        for m in MODELS:
+            _wait_ready(servers[m["name"]], "/health", procs[MODELS.index(m)], tmp / f"{m['name']}.log", 30)
+        _wait_ready(proxy_port, front_door.READINESS_PATH, procs[-1], log, 180)
+        yield Stack(proxy_port, servers, backend_key)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _chat(model: str, stream: bool = False, max_tokens: int = 8) -> dict:
+    return {"model": model, "stream": stream, "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": "Say hello."}]}
+
+
+def _predicted_tokens(port: int, key: str) -> float:
+    status, body = _request(port, "GET", "/metrics", key)
+    assert status == 200
+    match = re.search(r"^llamacpp:tokens_predicted_total (\S+)$", body.decode(), re.M)
+    return float(match.group(1))
+
+
+def test_routes_each_model_to_its_own_server(stack):
+    for m in MODELS:
+        before = {a: _predicted_tokens(p, stack.backend_key) for a, p in stack.servers.items()}
+        status, body = _request(stack.proxy_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat(m["name"]))
+        assert status == 200, body
+        assert json.loads(body)["choices"][0]["message"]["content"] is not None
+        after = {a: _predicted_tokens(p, stack.backend_key) for a, p in stack.servers.items()}
+        assert after[m["name"]] > before[m["name"]]
+        assert all(after[a] == before[a] for a in stack.servers if a != m["name"])
+
+
+def test_models_lists_every_alias(stack):
+    status, body = _request(stack.proxy_port, "GET", "/v1/models", CLIENT_KEY)
+    assert status == 200, body
+    assert sorted(m["id"] for m in json.loads(body)["data"]) == sorted([m["name"] for m in MODELS] + [PROVIDER["name"]])
+
+
+def test_refused_without_the_client_key(stack):
+    for path, body in (("/v1/models", None), ("/v1/chat/completions", _chat("tinyllama"))):
+        method = "POST" if body else "GET"
+        status, answer = _request(stack.proxy_port, method, path, None, body)
+        assert status == 401, answer
+        for key in ("sk-wrong-0123456789abcdef", stack.backend_key):
+            # Any key but the master key is taken for a virtual key, and without a database
+            # LiteLLM refuses it with 400 "No connected db." rather than 401.
+            status, answer = _request(stack.proxy_port, method, path, key, body)
+            assert status in (400, 401), answer
+    # ...and the client key does not open the servers.
+    port = stack.servers["tinyllama"]
+    assert _request(port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat("tinyllama"))[0] == 401
+
+
+def _stream(port: int, key: str, model: str, max_tokens: int) -> tuple[float, int, bool]:
+    """One streamed completion: (seconds to the first content chunk, content chunks, ended with [DONE])."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    start = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(_chat(model, True, max_tokens)),
+                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+    first, chunks, done = None, 0, False
+    for raw in resp:
+        line = raw.decode().strip()
+        if not line.startswith("data: "):
+            continue
+        data = line[len("data: "):]
+        if data == "[DONE]":
+            done = True
+            break
+        delta = json.loads(data)["choices"][0]["delta"] if json.loads(data)["choices"] else {}
+        if delta.get("content"):
+            chunks += 1
+            if first is None:
+                first = time.perf_counter() - start
+    conn.close()
+    return (first if first is not None else float("nan")), chunks, done
+
+
+def test_streams_chunk_by_chunk_then_done(stack):
+    _, chunks, done = _stream(stack.proxy_port, CLIENT_KEY, "qwen", 16)
+    assert chunks >= 2 and done
+
+
+def test_unknown_model_is_a_clear_4xx(stack):
+    status, body = _request(stack.proxy_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat("no-such-model"))
+    assert 400 <= status < 500, body
+    text = body.decode()
+    assert "no-such-model" in text
+    # What LiteLLM says, for the README.
+    print(f"\nunknown model -> {status}: {text[:400]}")
+
+
+def test_metrics_served_to_a_scraper_without_the_master_key(stack):
+    assert _request(stack.proxy_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat("tinyllama"))[0] == 200
+    status, body = _request(stack.proxy_port, "GET", front_door.METRICS_PATH)
+    assert status == 200
+    assert re.search(r'^litellm_\w+\{.*model="tinyllama"', body.decode(), re.M), body.decode()[-2000:]
+
+
+# --- what the front door costs -----------------------------------------------------------
+
+
+def _load(targets: list[tuple[int, str, str]], streams: int, rounds: int, max_tokens: int) -> tuple[float, float]:
+    """`streams` concurrent streamed completions, `rounds` each, stream i to target i mod n (port,
+    key, model): (p50 time to first token in ms, content chunks per second)."""
+    ttfts: list[float] = []
+    tokens = [0]
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        port, key, model = targets[i % len(targets)]
+        for _ in range(rounds):
+            ttft, chunks, done = _stream(port, key, model, max_tokens)
+            assert done
+            with lock:
+                ttfts.append(ttft)
+                tokens[0] += chunks
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    assert len(ttfts) == streams * rounds
+    return statistics.median(ttfts) * 1000, tokens[0] / elapsed
+
+
+def test_front_door_cost_vs_direct(stack):
+    """Added p50 time to first token and throughput kept, at 1 and 16 concurrent streams, the same
+    requests sent straight to the servers and through the front door. Figures are printed (run
+    with -s); the assertions only check that every stream completed."""
+    direct = [(port, stack.backend_key, alias) for alias, port in stack.servers.items()]
+    via = [(stack.proxy_port, CLIENT_KEY, alias) for alias in stack.servers]
+    lines = []
+    for streams, rounds in ((1, 20), (16, 2)):
+        direct_ttft, direct_tps = _load(direct, streams, rounds, 32)
+        via_ttft, via_tps = _load(via, streams, rounds, 32)
+        lines.append(f"{streams:>2} streams: p50 TTFT direct {direct_ttft:.1f} ms, front door {via_ttft:.1f} ms "
+                     f"(+{via_ttft - direct_ttft:.1f} ms); throughput direct {direct_tps:.0f} chunks/s, "
+                     f"front door {via_tps:.0f} chunks/s ({100 * via_tps / direct_tps:.0f}%)")
+    print("\n" + "\n".join(lines))

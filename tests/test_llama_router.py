@@ -1,0 +1,148 @@
+"""llama.cpp's router mode for real: one llama-server started with exactly the args and presets
+the program renders (model paths, key file and port mapped to local ones) serves every model,
+loading on demand and unloading beyond modelsMax, behind the real front door."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import subprocess
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from components import front_door, llama_router
+from tests.test_front_door import (
+    CLIENT_KEY, LITELLM, LLAMA_SERVER, TINY_MODEL, _chat, _free_port, _request, _wait_ready, proxy_container,
+)
+from tools import mock_engine as harness
+
+MODELS = [
+    {"name": "tinyllama", "file": "tinyllama-1.1b-chat-v1.0.Q8_0.gguf", "ctxSize": 2048},
+    {"name": "qwen", "file": "qwen2.5-0.5b-instruct-q8_0.gguf", "ctxSize": 1024},
+    {"name": "phi", "file": "phi-3-mini-4k-instruct-q4.gguf", "ctxSize": 1024},
+]
+OVERRIDES = {
+    "llm-platform:models": MODELS,
+    "llm-platform:llamaRouter": {"enabled": True, "modelsMax": 1},
+    "llm-platform:apiKey": CLIENT_KEY,
+}
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    return harness.run("local", OVERRIDES, secrets=("llm-platform:apiKey",))
+
+
+def router_container(rec) -> dict:
+    return rec.one(DEPLOYMENT, "llama-router-deployment").inputs["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_one_server_for_every_model_and_the_front_door_routes_to_it(recorded):
+    deployments = {r.name for r in recorded.of_type(DEPLOYMENT)}
+    assert deployments == {"llama-router-deployment", "front-door-deployment"}
+    c = router_container(recorded)
+    assert c["resources"]["limits"]["squat.ai/dri"] == "1"
+    assert "-m" not in c["args"] and c["args"][c["args"].index("--models-max") + 1] == "1"
+    # Threads from the CPU limit (passed on to every model instance the router starts).
+    assert c["args"][c["args"].index("--threads") + 1] == c["resources"]["limits"]["cpu"]
+    template = recorded.one(DEPLOYMENT, "llama-router-deployment").inputs["spec"]["template"]
+    # The key file's digest rolls the router when the front door's key changes.
+    assert template["metadata"]["annotations"]["llm-platform/api-keys-digest"]
+    assert c["lifecycle"]["preStop"]["sleep"]["seconds"] < template["spec"]["terminationGracePeriodSeconds"]
+    text = recorded.one("kubernetes:core/v1:ConfigMap", "llama-router-presets").inputs["data"][
+        llama_router.PRESETS_FILE]
+    # llama.cpp's preset files open with a global `version` line before any section.
+    assert text.startswith("version = 1\n")
+    presets = configparser.ConfigParser()
+    presets.read_string(text.removeprefix("version = 1\n"))
+    assert [s for s in presets.sections() if s != "*"] == [m["name"] for m in MODELS]
+    assert presets["qwen"]["model"] == "/mnt/models/qwen2.5-0.5b-instruct-q8_0.gguf" and presets["qwen"]["c"] == "1024"
+    config = yaml.safe_load(recorded.one("kubernetes:core/v1:ConfigMap", "front-door-config").inputs["data"][
+        front_door.CONFIG_FILE])
+    assert {m["litellm_params"]["api_base"] for m in config["model_list"]} == {
+        "http://llama-router.models.svc.cluster.local:8080/v1"}
+    # Every GGUF file is still fetched into the host folder before the server starts.
+    fetches = [r for r in recorded.of_type("command:local:Command") if r.name.endswith("-model-file")]
+    assert len(fetches) == len(MODELS)
+    assert {f.urn for f in fetches} <= set(recorded.one(DEPLOYMENT, "llama-router-deployment").dependencies)
+
+
+def test_router_mode_is_refused_where_models_are_not_gguf():
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("eks", {"llm-platform:llamaRouter": {"enabled": True}})
+    assert "llm-platform:llamaRouter.enabled: router mode serves GGUF files" in str(info.value.error)
+
+
+@pytest.fixture(scope="module")
+def running(recorded, tmp_path_factory):
+    missing = [str(p) for p in (LITELLM, LLAMA_SERVER, TINY_MODEL) if not p.exists()]
+    if missing:
+        pytest.skip(f"real router test needs {', '.join(missing)} (`make setup` builds .venv-litellm)")
+    tmp = tmp_path_factory.mktemp("llama-router")
+    keys = harness.reveal(recorded.one("kubernetes:core/v1:Secret", "front-door-keys").inputs["stringData"])
+    (tmp / "keys").write_text(harness.reveal(recorded.one("kubernetes:core/v1:Secret", "llama-router-api-keys")
+                                             .inputs["stringData"])["keys"] + "\n")
+    # The rendered presets, each model's file mapped to the test model.
+    presets = recorded.one("kubernetes:core/v1:ConfigMap", "llama-router-presets").inputs["data"][
+        llama_router.PRESETS_FILE]
+    for m in MODELS:
+        presets = presets.replace(f"/mnt/models/{m['file']}", str(TINY_MODEL))
+    (tmp / "presets.ini").write_text(presets)
+    router_port = _free_port()
+    args = router_container(recorded)["args"]
+    mapped = {"--host": "127.0.0.1", "--port": str(router_port), "--models-preset": str(tmp / "presets.ini"),
+              "--api-key-file": str(tmp / "keys")}
+    argv = [mapped.get(args[i - 1], a) if i else a for i, a in enumerate(args)]
+    # One thread: a shared test machine, not the pod's CPU limit.
+    argv = [("1" if args[i - 1] == "--threads" else a) if i else a for i, a in enumerate(argv)]
+    procs = [subprocess.Popen([str(LLAMA_SERVER), *argv],
+                              stdout=(tmp / "router.log").open("w"), stderr=subprocess.STDOUT)]
+    try:
+        cfg = yaml.safe_load(recorded.one("kubernetes:core/v1:ConfigMap", "front-door-config").inputs["data"][
+            front_door.CONFIG_FILE])
+        for entry in cfg["model_list"]:
+            base = urlparse(entry["litellm_params"]["api_base"])
+            entry["litellm_params"]["api_base"] = f"http://127.0.0.1:{router_port}{base.path}"
+        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp)}
+        for e in proxy_container(recorded)["env"]:
+            env[e["name"]] = e["value"] if "value" in e else keys[e["valueFrom"]["secretKeyRef"]["key"]]
+        proxy_port = _free_port()
+        procs.append(subprocess.Popen(
+            [str(LITELLM), "--config", str(tmp / "config.yaml"), "--host", "127.0.0.1", "--port", str(proxy_port)],
+            stdout=(tmp / "litellm.log").open("w"), stderr=subprocess.STDOUT, env=env, cwd=tmp))
+        _wait_ready(router_port, "/health", procs[0], tmp / "router.log", 30)
+        _wait_ready(proxy_port, front_door.READINESS_PATH, procs[1], tmp / "litellm.log", 180)
+        yield router_port, proxy_port, keys[front_door.BACKEND_KEY_ENV]
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _loaded(router_port: int, key: str) -> set[str]:
+    status, body = _request(router_port, "GET", "/models", key)
+    assert status == 200, body
+    return {m["id"] for m in json.loads(body)["data"] if m["status"]["value"] == "loaded"}
+
+
+def test_every_model_answers_through_the_front_door_one_loaded_at_a_time(running):
+    router_port, proxy_port, backend_key = running
+    assert _loaded(router_port, backend_key) == set()  # nothing loads before it is asked for
+    status, body = _request(proxy_port, "GET", "/v1/models", CLIENT_KEY)
+    assert status == 200 and {m["id"] for m in json.loads(body)["data"]} == {m["name"] for m in MODELS}
+    for m in MODELS:
+        status, body = _request(proxy_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat(m["name"]), timeout=120)
+        assert status == 200, body
+        assert json.loads(body)["model"] == m["name"]
+        # modelsMax 1: the model just used is the one held; the others were unloaded.
+        assert _loaded(router_port, backend_key) == {m["name"]}
+    # The router takes only the front door's key.
+    assert _request(router_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat("qwen"))[0] == 401
