@@ -55,10 +55,10 @@ def missing(need: tuple[str, ...] = FULL) -> Optional[str]:
         if set(lacks) <= set(CONTROLLERS):
             why += " (setup-envtest ships only kube-apiserver and etcd; these tests need the real controllers and scheduler)"
         return why
-    lacks = [b for b in need if not (SHARED / "bin" / f"{b}.xz").is_file()]
-    if not (SHARED / "bin" / "SHA256SUMS").is_file() or lacks:
-        return f"KUBEBUILDER_ASSETS is unset and {SHARED / 'bin'} is missing{' ' + ', '.join(lacks) if lacks else ''}"
-    return None
+    if not (SHARED / "bin" / "SHA256SUMS").is_file():
+        return f"KUBEBUILDER_ASSETS is unset and {SHARED / 'bin'} is missing"
+    lacks = [f"{b}.xz" for b in need if not (SHARED / "bin" / f"{b}.xz").is_file()]
+    return f"KUBEBUILDER_ASSETS is unset and {SHARED / 'bin'} lacks {', '.join(lacks)}" if lacks else None
 
 
 def binaries() -> Path:
