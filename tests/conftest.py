@@ -66,6 +66,8 @@ def control_plane(tmp_path_factory):
     why = kube.missing()
     if why:
         pytest.skip(why)
+    # Every test on it applies the stacks' rendered charts: no control plane started without them.
+    need_charts()
     cp = kube.ControlPlane(tmp_path_factory.mktemp("envtest") / "run")
     kube.TIMINGS["control plane start"] = cp.start_s
     yield cp

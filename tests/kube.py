@@ -2,14 +2,12 @@
 for the suite, and the few things a kubelet, a device plugin, a CSI provisioner or a cloud would
 do that the control plane cannot do alone.
 
-The control plane comes from `<repo>/../shared/envtest` (its `start.sh`/`stop.sh`); the binaries
-from `KUBEBUILDER_ASSETS` when set (the envtest layout `setup-envtest` fills), else from there.
+`tests/envtest.py` starts the control plane: binaries from `KUBEBUILDER_ASSETS` when set (the
+envtest layout `setup-envtest` fills), else from `<repo>/../shared/envtest`.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +19,8 @@ from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
-from tools.mock_engine import PROJECT_DIR
+from tests import envtest
 
-ENVTEST = PROJECT_DIR.parent / "shared" / "envtest"
-BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd")
 FIELD_MANAGER = "llm-platform"
 BUILTIN_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease"}
 # Seconds spent starting the control plane and putting each stack on it (printed after the run).
@@ -34,17 +30,10 @@ TEST_LABEL = "test.llm-platform/part-of"
 
 
 def missing() -> Optional[str]:
-    """Why no control plane can be started here, in one line; None when one can."""
-    if not (ENVTEST / "start.sh").is_file():
-        return f"no control plane: {ENVTEST}/start.sh is missing"
-    assets = os.environ.get("KUBEBUILDER_ASSETS")
-    if assets:
-        absent = [b for b in BINARIES if not (Path(assets) / b).is_file()]
-        if absent:
-            return f"no control plane: KUBEBUILDER_ASSETS={assets} lacks {', '.join(absent)}"
-    elif not (ENVTEST / "bin").is_dir():
-        return f"no control plane: KUBEBUILDER_ASSETS is unset and {ENVTEST}/bin is missing"
-    return None
+    """Why no control plane (with its controllers and scheduler) can be started here, in one line;
+    None when one can."""
+    why = envtest.missing(envtest.FULL)
+    return f"no control plane: {why}" if why else None
 
 
 def plain(value: Any) -> Any:
@@ -80,24 +69,17 @@ class ControlPlane:
     """One started control plane and typed/dynamic clients on it."""
 
     def __init__(self, workdir: Path):
-        self.workdir = workdir
-        env = dict(os.environ)
-        if os.environ.get("KUBEBUILDER_ASSETS"):
-            env["ENVTEST_BIN"] = os.environ["KUBEBUILDER_ASSETS"]
         t0 = time.monotonic()
-        out = subprocess.run([str(ENVTEST / "start.sh"), str(workdir)], env=env, capture_output=True,
-                             text=True, timeout=180)
-        if out.returncode != 0:
-            raise RuntimeError(f"start.sh failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
+        self.run = envtest.start(workdir)
         self.start_s = time.monotonic() - t0
-        self.kubeconfig = out.stdout.strip()
+        self.kubeconfig = str(self.run.kubeconfig)
         self.api = k8s_config.new_client_from_config(config_file=self.kubeconfig)
         self.core = k8s_client.CoreV1Api(self.api)
         self.apps = k8s_client.AppsV1Api(self.api)
         self.dyn = DynamicClient(self.api)
 
     def stop(self) -> None:
-        subprocess.run([str(ENVTEST / "stop.sh"), str(self.workdir)], capture_output=True, timeout=60)
+        self.run.stop()
 
     # --- apply -------------------------------------------------------------------------
 
