@@ -36,17 +36,6 @@ def missing() -> Optional[str]:
     return f"no control plane: {why}" if why else None
 
 
-def plain(value: Any) -> Any:
-    """Recorded inputs carry numbers as floats (1.0); the API wants integers where they are whole."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
-
-
 @dataclass
 class Rejection:
     """An object the API server refused, and what it said."""

@@ -20,13 +20,11 @@ import pytest
 import yaml
 
 from components import front_door
+from tests.parts import LLAMA_SERVER, TINY_MODEL
 from tools import mock_engine as harness
 
 ROOT = Path(__file__).resolve().parent.parent
 LITELLM = ROOT / ".venv-litellm" / "bin" / "litellm"
-SHARED = ROOT.parent / "shared"
-LLAMA_SERVER = SHARED / "bin" / "llama-server"
-TINY_MODEL = SHARED / "models" / "tiny-random-llama.gguf"
 
 CLIENT_KEY = "sk-test-client-0123456789abcdef"
 PROVIDER_KEY = "sk-provider-not-used-0123456789"
