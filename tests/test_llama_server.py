@@ -276,6 +276,19 @@ def _pre_stop(container: dict, srv: Server) -> list[str]:
     return command[:4] + ["0", str(srv.port), str(srv.key_file), bound]
 
 
+def _stop_as_the_kubelet_does(srv: Server, hook_command: list[str], conn, resp) -> None:
+    """Run the preStop hook, SIGTERM once it returns (as the kubelet does), and require that the
+    stream in flight still ended with its final event."""
+    started = time.monotonic()
+    hook = subprocess.run(hook_command, capture_output=True, timeout=120)
+    waited = time.monotonic() - started
+    assert hook.returncode == 0, hook.stderr
+    srv.proc.send_signal(signal.SIGTERM)
+    events = _rest_of_stream(conn, resp)
+    conn.close()
+    assert events and events[-1] == b"data: [DONE]", f"stream cut after the hook returned ({waited:.1f}s)"
+
+
 @pytest.fixture
 def fresh_server(rendered_gpu, tmp_path):
     srv = Server(rendered_gpu, tmp_path)
@@ -294,15 +307,7 @@ def test_sigterm_alone_cuts_a_generation_in_flight(fresh_server, rendered_gpu):
 
 def test_pre_stop_lets_the_generation_finish_before_sigterm(fresh_server, rendered_gpu):
     conn, resp = _long_stream(fresh_server, rendered_gpu["aliases"][0])
-    started = time.monotonic()
-    hook = subprocess.run(_pre_stop(rendered_gpu["container"], fresh_server), capture_output=True, timeout=120)
-    waited = time.monotonic() - started
-    assert hook.returncode == 0, hook.stderr
-    # The kubelet sends SIGTERM once the hook returns.
-    fresh_server.proc.send_signal(signal.SIGTERM)
-    events = _rest_of_stream(conn, resp)
-    conn.close()
-    assert events and events[-1] == b"data: [DONE]", f"stream cut after the hook returned ({waited:.1f}s)"
+    _stop_as_the_kubelet_does(fresh_server, _pre_stop(rendered_gpu["container"], fresh_server), conn, resp)
 
 
 def test_pre_stop_drains_even_after_the_mounted_key_rotated(fresh_server, rendered_gpu):
@@ -312,11 +317,4 @@ def test_pre_stop_drains_even_after_the_mounted_key_rotated(fresh_server, render
     fresh_server.key_file.write_text("rotated-front-door-key\n")
     command = _pre_stop(rendered_gpu["container"], fresh_server)
     command[-1] = "8"  # a short bound: the hook can only wait it out
-    started = time.monotonic()
-    hook = subprocess.run(command, capture_output=True, timeout=60)
-    waited = time.monotonic() - started
-    assert hook.returncode == 0, hook.stderr
-    fresh_server.proc.send_signal(signal.SIGTERM)
-    events = _rest_of_stream(conn, resp)
-    conn.close()
-    assert events and events[-1] == b"data: [DONE]", f"stream cut after the hook returned ({waited:.1f}s)"
+    _stop_as_the_kubelet_does(fresh_server, command, conn, resp)
