@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -47,15 +48,25 @@ class Workload:
     # Keep generating to output_tokens even past an end-of-sequence token (vLLM, llama.cpp).
     ignore_eos: bool
     timeout_s: float
+    # The run's seed; each level of each series draws its prompts from a seed derived from it.
     seed: int
     tokenizer: str
     # "pooled": keep-alive connections, as SDK clients do; "never": a new connection per request.
     connections: str = "pooled"
 
 
+def level_seed(run_seed: int, series: str, concurrency: int) -> int:
+    """A seed of its own for each level of each series: prompts seen before would be answered
+    from the server's prompt cache (llama.cpp, vLLM prefix caching), flattering the figures."""
+    digest = hashlib.sha256(f"{run_seed}/{series}/{concurrency}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
 def config(url: str, model: str, concurrency: int, requests: int, warmup: int, work: Workload,
-           artifacts: Path, with_key: bool) -> dict:
-    """AIPerf's YAML config (written as JSON, which YAML reads) for one concurrency level."""
+           artifacts: Path, with_key: bool, seed: int) -> dict:
+    """AIPerf's YAML config (written as JSON, which YAML reads) for one concurrency level.
+    Warm-ups and measured requests take the dataset's entries in order, one each, so no prompt
+    is sent twice within a level."""
     endpoint = {
         "url": url, "type": "chat", "streaming": True, "timeout": work.timeout_s,
         # Token counts from the server's own `usage`, not from the client-side tokenizer.
@@ -70,7 +81,8 @@ def config(url: str, model: str, concurrency: int, requests: int, warmup: int, w
         "model": model,
         "endpoint": endpoint,
         "tokenizer": {"name": work.tokenizer},
-        "dataset": {"type": "synthetic", "entries": max(requests, 16), "randomSeed": work.seed,
+        "dataset": {"type": "synthetic", "entries": requests + warmup, "randomSeed": seed,
+                    "sampling": "sequential",
                     "prompts": {"isl": work.input_tokens, "osl": work.output_tokens}},
         "profiling": {"type": "concurrency", "concurrency": concurrency, "requests": requests},
         # Raw records carry every streamed chunk: the checks read them.
@@ -81,7 +93,7 @@ def config(url: str, model: str, concurrency: int, requests: int, warmup: int, w
     }
     if warmup:
         bench["warmup"] = {"type": "concurrency", "concurrency": concurrency, "requests": warmup}
-    return {"schemaVersion": "2.0", "randomSeed": work.seed, "benchmark": bench}
+    return {"schemaVersion": "2.0", "randomSeed": seed, "benchmark": bench}
 
 
 def command(config_file: Path) -> list[str]:
