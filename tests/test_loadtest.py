@@ -7,8 +7,10 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -193,6 +195,76 @@ def test_a_stream_cut_short_or_empty_is_a_failure(good_run):
                 p["value"] = json.dumps(chunk)
     assert check.stream_problems(silent, ALIAS, check.Counter()) == [
         "empty completion", "usage.completion_tokens 8 does not fit the text streamed (0 content chunks, 0 bytes)"]
+
+
+class DefectiveServer(BaseHTTPRequestHandler):
+    """Streams OpenAI chat chunks with one defect, chosen by the model asked for:
+    short   - one token and finish_reason "stop" although ignore_eos asked for the full length;
+    lying   - one one-letter chunk, but usage claims 10000 completion tokens;
+    nousage - a full answer with no usage chunk;
+    nomodel - a full answer whose chunks name no model."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        defect, wanted = body["model"], body.get("max_completion_tokens") or body.get("max_tokens") or 8
+        named = {} if defect == "nomodel" else {"model": defect}
+        tokens = ["x"] if defect in ("short", "lying") else [f" w{i}" for i in range(wanted)]
+        finish = "stop" if defect == "short" else "length"
+        usage = {"prompt_tokens": 30, "completion_tokens": 10000 if defect == "lying" else len(tokens)}
+        chunks = [{"choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]} for t in tokens]
+        chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        if defect != "nousage":
+            chunks.append({"choices": [], "usage": usage})
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for chunk in chunks:
+            chunk.update(named, object="chat.completion.chunk", id="c1", created=0)
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        self.wfile.write(b"data: [DONE]\n\n")
+
+
+@pytest.fixture(scope="module")
+def defective_server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), DefectiveServer)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("defect, reason", [
+    ("short", "finish_reason 'stop' with ignore_eos (expected 'length')"),
+    ("lying", "usage.completion_tokens 10000 is not the requested 8"),
+    ("nousage", "no usage in the stream (token counts unknown)"),
+    ("nomodel", "served model unknown (no chunk names a model)"),
+])
+def test_a_defective_answer_fails_the_run(defective_server, tmp_path, defect, reason):
+    """Answers that look fine to a status check but would make the figures lie."""
+    if not aiperf.AIPERF.exists():
+        pytest.fail("the benchmark needs its own virtualenv (`make .venv-loadtest/.installed`)")
+    result = loadtest(tmp_path, "--base-url", defective_server, "--model", defect, *ONE)
+    first = result.stdout.splitlines()[0]
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert first.startswith(f"FAILED: 2 of 2 requests failed (2x {reason}"), first
+    # The chart is drawn for a failed run too (titled as such), even with figures missing.
+    assert (tmp_path / "chart.png").exists(), result.stdout
+    reasons = json.loads((tmp_path / "report.json").read_text())["levels"][0]["failure_reasons"]
+    if defect == "lying":
+        assert reasons == {reason: 2, "usage.completion_tokens 10000 does not fit the text streamed "
+                                      "(1 content chunks, 1 bytes)": 2}
+    elif defect == "short":
+        assert reasons == {reason: 2, "usage.completion_tokens 1 is not the requested 8": 2}
+    else:
+        assert reasons == {reason: 2}
 
 
 def test_records_are_split_on_newlines_only(good_run, tmp_path):
