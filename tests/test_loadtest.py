@@ -202,7 +202,9 @@ class DefectiveServer(BaseHTTPRequestHandler):
     short   - one token and finish_reason "stop" although ignore_eos asked for the full length;
     lying   - one one-letter chunk, but usage claims 10000 completion tokens;
     nousage - a full answer with no usage chunk;
-    nomodel - a full answer whose chunks name no model."""
+    nomodel - a full answer whose chunks name no model;
+    slow    - a token every 0.2 s for up to a minute (sets `slow_started`)."""
+    slow_started = threading.Event()
 
     def log_message(self, *args):
         pass
@@ -210,6 +212,8 @@ class DefectiveServer(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         defect, wanted = body["model"], body.get("max_completion_tokens") or body.get("max_tokens") or 8
+        if defect == "slow":
+            return self.stream_slowly()
         named = {} if defect == "nomodel" else {"model": defect}
         tokens = ["x"] if defect in ("short", "lying") else [f" w{i}" for i in range(wanted)]
         finish = "stop" if defect == "short" else "length"
@@ -225,6 +229,20 @@ class DefectiveServer(BaseHTTPRequestHandler):
             chunk.update(named, object="chat.completion.chunk", id="c1", created=0)
             self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
         self.wfile.write(b"data: [DONE]\n\n")
+
+    def stream_slowly(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        DefectiveServer.slow_started.set()
+        chunk = {"choices": [{"index": 0, "delta": {"content": " w"}, "finish_reason": None}], "model": "slow"}
+        try:
+            for _ in range(300):
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass  # the client went away
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +283,62 @@ def test_a_defective_answer_fails_the_run(defective_server, tmp_path, defect, re
         assert reasons == {reason: 2, "usage.completion_tokens 1 is not the requested 8": 2}
     else:
         assert reasons == {reason: 2}
+
+
+def _processes() -> dict[int, tuple[str, int, int]]:
+    """pid -> (state, parent pid, process group) of every process."""
+    found = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[int(stat_file.parent.name)] = (fields[0], int(fields[1]), int(fields[2]))
+    return found
+
+
+def _group_members(pgid: int) -> list[int]:
+    return [pid for pid, (state, _, group) in _processes().items() if group == pgid and state != "Z"]
+
+
+def test_sigterm_leaves_nothing_running(defective_server, tmp_path):
+    """SIGTERM in the middle of a level ends AIPerf's whole process group, closes the --direct
+    port-forward and removes its kubeconfig file, like Ctrl-C."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    outputs = {"apiBaseUrl": defective_server, "apiKey": KEY, "modelAliases": ["slow"], "kubeconfig": "kind: Config\n"}
+    (bin_dir / "pulumi").write_text(f"#!/bin/sh\nprintf '%s\\n' '{json.dumps(outputs)}'\n")
+    (bin_dir / "kubectl").write_text(STUB_KUBECTL)
+    for tool in ("pulumi", "kubectl"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    DefectiveServer.slow_started.clear()
+    proc = subprocess.Popen([sys.executable, "-m", "tools.loadtest", "-s", "local", "--direct",
+                             "--out", str(tmp_path / "out"), *ONE], cwd=harness.PROJECT_DIR, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(600):
+            if DefectiveServer.slow_started.wait(0.1) or proc.poll() is not None:
+                break
+        assert DefectiveServer.slow_started.is_set(), proc.communicate()[0]
+        # AIPerf renames its processes: it is the benchmark's child, leading a group of its own.
+        pgid = next(pid for pid, (_, parent, group) in _processes().items() if parent == proc.pid and group == pid)
+        assert pgid != os.getpgid(proc.pid) and len(_group_members(pgid)) > 1
+        proc.send_signal(15)
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:  # the test failed early: still leave nothing behind
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 128 + 15, output
+    assert _group_members(pgid) == []
+    argv = (bin_dir / "argv").read_text().split()
+    assert (bin_dir / "closed").read_text().strip() == "closed"
+    assert not Path(argv[argv.index("--kubeconfig") + 1]).exists()
 
 
 def test_records_are_split_on_newlines_only(good_run, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -134,8 +135,34 @@ def _count_lines(path: Path) -> int:
         return 0
 
 
+def _exited(proc: subprocess.Popen) -> bool:
+    """Whether it ended, without reaping it: while an ended leader is unreaped, no other process
+    can take its pid, so signalling its process group cannot hit a stranger."""
+    return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 10) -> int:
+    """End AIPerf and every process it started (its own process group), then reap it."""
+    if not _exited(proc):
+        _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while not _exited(proc) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    # Workers that outlived their parent, or a parent that would not end.
+    _signal_group(proc, signal.SIGKILL)
+    return proc.wait()
+
+
 def run(cfg: dict, run_dir: Path, api_key: str | None, progress: Progress, label: str) -> int:
-    """Run AIPerf once; its console output goes to aiperf.log in run_dir. Returns its exit code."""
+    """Run AIPerf once; its console output goes to aiperf.log in run_dir. Returns its exit code.
+    Whatever ends the wait (its own end, Ctrl-C, SIGTERM), nothing it started is left running."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = run_dir / "aiperf.yaml"
     config_file.write_text(json.dumps(cfg, indent=2))
@@ -144,14 +171,13 @@ def run(cfg: dict, run_dir: Path, api_key: str | None, progress: Progress, label
     if api_key:
         env[KEY_ENV] = api_key
     with (run_dir / "aiperf.log").open("w") as log:
+        # Its own process group: its workers can be found and ended with it.
         proc = subprocess.Popen(command(config_file), cwd=run_dir, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            while proc.poll() is None:
+            while not _exited(proc):
                 progress.show(label, _count_lines(run_dir / "aiperf" / RECORDS))
                 time.sleep(0.5)
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait(30)
-            raise
-    return proc.returncode
+        finally:
+            rc = stop(proc)
+    return rc

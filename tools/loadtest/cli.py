@@ -124,7 +124,13 @@ def direct_series(args, first: Series, outputs: dict, stack: ExitStack) -> Serie
     return Series(first.model, "direct", forward.url, key)
 
 
+def _terminated(signum, _frame) -> None:
+    # Unwind as Ctrl-C does: AIPerf's process group, the port-forward and its kubeconfig file go.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminated)
     args = parse_args(argv)
     name = args.stack or "custom"
     out = args.out or aiperf.ROOT / "out" / "loadtest" / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
