@@ -381,6 +381,25 @@ def test_a_stack_without_the_pulumi_cli_says_what_to_do(tmp_path):
         "pass --base-url, --model and the key (LLM_API_KEY) instead"]
 
 
+def test_a_pulumi_answer_that_is_not_json_is_one_failed_line(tmp_path):
+    (tmp_path / "pulumi").write_text("#!/bin/sh\necho 'warning: a newer version of Pulumi is available'\n")
+    (tmp_path / "pulumi").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    result = subprocess.run([sys.executable, "-m", "tools.loadtest", "-s", "local", "--out", str(tmp_path / "out")],
+                            cwd=harness.PROJECT_DIR, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "FAILED: nothing measured: pulumi stack output --stack local did not print JSON: "
+        "'warning: a newer version of Pulumi is available'"]
+
+
+def test_any_error_is_one_failed_line(tmp_path):
+    (tmp_path / "taken").write_text("a file where the report folder should go")
+    result = loadtest(tmp_path / "taken", "--base-url", "http://127.0.0.1:9/v1", "--model", ALIAS, *ONE)
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
+    assert result.stdout.startswith("FAILED: the benchmark stopped: FileExistsError: "), result.stdout
+
+
 STUB_KUBECTL = """#!/bin/sh
 printf '%s\\n' "$@" > "$(dirname "$0")/argv"
 cp "$2" "$(dirname "$0")/kubeconfig-seen" 2>/dev/null

@@ -132,6 +132,14 @@ def _terminated(signum, _frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminated)
     args = parse_args(argv)
+    try:
+        return benchmark(args)
+    except Exception as err:  # noqa: BLE001 - whatever broke, the first line must say FAILED
+        print(f"FAILED: the benchmark stopped: {type(err).__name__}: {err}"[:400])
+        return 2
+
+
+def benchmark(args: argparse.Namespace) -> int:
     name = args.stack or "custom"
     out = args.out or aiperf.ROOT / "out" / "loadtest" / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     try:
