@@ -341,6 +341,13 @@ def test_sigterm_leaves_nothing_running(defective_server, tmp_path):
     assert not Path(argv[argv.index("--kubeconfig") + 1]).exists()
 
 
+def test_a_client_error_is_shown_as_it_came():
+    message = "ServerDisconnectedError(None, 'Server disconnected')"
+    assert check._error_reason({"type": "ServerDisconnectedError", "message": message}) == message
+    assert check._error_reason({"type": "TimeoutError", "message": "read timed out"}) == "TimeoutError: read timed out"
+    assert check._error_reason({"code": 401, "type": "Unauthorized", "message": "x"}) == "HTTP 401 Unauthorized"
+
+
 def test_records_are_split_on_newlines_only(good_run, tmp_path):
     """Generated text may hold U+2028 (a line separator to str.splitlines, not to JSON Lines)."""
     _, out, _ = good_run
