@@ -95,7 +95,9 @@ def stream_problems(raw: dict, requested: str, served: Counter, cached: Optional
                 usage, usage_chunk = chunk["usage"], chunk
             for choice in chunk.get("choices") or []:
                 delta = choice.get("delta") or {}
-                piece = (delta.get("content") or "") + (delta.get("reasoning_content") or "")
+                # A reasoning model's thinking: `reasoning` in vLLM now, `reasoning_content` before and in
+                # llama.cpp (the same text where a server sends both).
+                piece = (delta.get("content") or "") + (delta.get("reasoning_content") or delta.get("reasoning") or "")
                 text.append(piece)
                 content_chunks += bool(piece)
                 if choice.get("finish_reason"):
