@@ -7,8 +7,10 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -90,7 +92,10 @@ def test_a_clean_run_passes_with_plausible_figures(good_run):
         # Every chunk of every answer named the model that was asked for.
         assert set(lvl["served_models"]) == {ALIAS}
         assert 0 < f["ttft_ms"]["p50"] <= f["ttft_ms"]["p90"] <= f["ttft_ms"]["p99"] < 30_000
-        assert 0 < f["itl_ms"]["p50"] <= f["itl_ms"]["p99"]
+        # ITL here is AIPerf's per-request (E2E - TTFT) / (tokens - 1). The tiny model can stream a
+        # whole answer within one socket read, so a request's ITL may truly be 0.0: the median may
+        # be 0, but not every request of a level can arrive at once, so its p99 is positive.
+        assert 0 <= f["itl_ms"]["p50"] <= f["itl_ms"]["p99"] and f["itl_ms"]["p99"] > 0
         assert f["ttft_ms"]["p50"] < f["e2e_ms"]["p99"] and f["e2e_ms"]["p50"] <= f["e2e_ms"]["p99"]
         # ignore_eos: every answer is exactly the requested length, as the server counted it.
         assert f["output_tokens_mean"] == 8
@@ -99,7 +104,35 @@ def test_a_clean_run_passes_with_plausible_figures(good_run):
         assert f["requests_per_s"] > 0
         assert f["output_tokens_per_s"] == pytest.approx(8 * f["requests_per_s"], rel=0.25)
     table = (out / "report.md").read_text()
-    assert table.startswith("PASSED") and f"| {ALIAS} | 2 | 4 | 0 |" in table
+    assert table.startswith("PASSED") and f"| {ALIAS} | 2 | 4 + 1 | 0 |" in table
+
+
+def _prompts(level_dir: Path) -> list[str]:
+    return [json.dumps(json.loads(line)["payload"]["messages"])
+            for line in (level_dir / "aiperf" / check.RAW_RECORDS).read_text().splitlines()]
+
+
+def test_no_prompt_is_sent_twice_in_a_run(good_run):
+    """A prompt sent before is answered from the server's prompt cache (llama.cpp; vLLM's prefix
+    caching): every request of every level, warm-ups included, must carry a prompt of its own."""
+    _, out, report = good_run
+    levels = sorted((out / "runs" / f"{ALIAS}-api").iterdir())
+    prompts = [p for level in levels for p in _prompts(level)]
+    assert [lvl.name for lvl in levels] == ["c1", "c2"] and len(prompts) == 10
+    assert len(set(prompts)) == len(prompts)
+    assert isinstance(report["settings"]["seed"], int)
+
+
+def test_the_cached_prompt_tokens_are_reported(good_run):
+    """llama-server says how many prompt tokens it read from its cache: the report shows them per
+    level, and with prompts of their own they are at most a shared start, not the whole prompt."""
+    _, out, report = good_run
+    for lvl in report["levels"]:
+        f = lvl["figures"]
+        assert f["cached_input_tokens"] is not None
+        assert 0 <= f["cached_input_tokens"] < f["input_tokens_server"] / 2
+    header = (out / "report.md").read_text().split("| model (path)")[1].splitlines()[0]
+    assert header.rstrip().endswith("| in tok | cached |")
 
 
 def test_the_chart_is_written(good_run):
@@ -149,7 +182,7 @@ def test_a_stream_cut_short_or_empty_is_a_failure(good_run):
                  if any('"finish_reason":"' in p["value"] for p in resp["packets"]))
     cut = {**raw, "responses": raw["responses"][:final]}
     assert check.stream_problems(cut, ALIAS, check.Counter()) == [
-        "stream ended without a final chunk (no finish_reason)"]
+        "stream ended without a final chunk (no finish_reason)", "no usage in the stream (token counts unknown)"]
     assert any(c["choices"] and c["choices"][0]["delta"].get("content") for c in data(cut))
 
     silent = json.loads(json.dumps(raw))
@@ -160,7 +193,159 @@ def test_a_stream_cut_short_or_empty_is_a_failure(good_run):
                 for choice in chunk.get("choices", []):
                     choice.get("delta", {}).pop("content", None)
                 p["value"] = json.dumps(chunk)
-    assert check.stream_problems(silent, ALIAS, check.Counter()) == ["empty completion"]
+    assert check.stream_problems(silent, ALIAS, check.Counter()) == [
+        "empty completion", "usage.completion_tokens 8 does not fit the text streamed (0 content chunks, 0 bytes)"]
+
+
+class DefectiveServer(BaseHTTPRequestHandler):
+    """Streams OpenAI chat chunks with one defect, chosen by the model asked for:
+    short   - one token and finish_reason "stop" although ignore_eos asked for the full length;
+    lying   - one one-letter chunk, but usage claims 10000 completion tokens;
+    nousage - a full answer with no usage chunk;
+    nomodel - a full answer whose chunks name no model;
+    slow    - a token every 0.2 s for up to a minute (sets `slow_started`)."""
+    slow_started = threading.Event()
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        defect, wanted = body["model"], body.get("max_completion_tokens") or body.get("max_tokens") or 8
+        if defect == "slow":
+            return self.stream_slowly()
+        named = {} if defect == "nomodel" else {"model": defect}
+        tokens = ["x"] if defect in ("short", "lying") else [f" w{i}" for i in range(wanted)]
+        finish = "stop" if defect == "short" else "length"
+        usage = {"prompt_tokens": 30, "completion_tokens": 10000 if defect == "lying" else len(tokens)}
+        chunks = [{"choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]} for t in tokens]
+        chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        if defect != "nousage":
+            chunks.append({"choices": [], "usage": usage})
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for chunk in chunks:
+            chunk.update(named, object="chat.completion.chunk", id="c1", created=0)
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        self.wfile.write(b"data: [DONE]\n\n")
+
+    def stream_slowly(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        DefectiveServer.slow_started.set()
+        chunk = {"choices": [{"index": 0, "delta": {"content": " w"}, "finish_reason": None}], "model": "slow"}
+        try:
+            for _ in range(300):
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass  # the client went away
+
+
+@pytest.fixture(scope="module")
+def defective_server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), DefectiveServer)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("defect, reason", [
+    ("short", "finish_reason 'stop' with ignore_eos (expected 'length')"),
+    ("lying", "usage.completion_tokens 10000 is not the requested 8"),
+    ("nousage", "no usage in the stream (token counts unknown)"),
+    ("nomodel", "served model unknown (no chunk names a model)"),
+])
+def test_a_defective_answer_fails_the_run(defective_server, tmp_path, defect, reason):
+    """Answers that look fine to a status check but would make the figures lie."""
+    if not aiperf.AIPERF.exists():
+        pytest.fail("the benchmark needs its own virtualenv (`make .venv-loadtest/.installed`)")
+    result = loadtest(tmp_path, "--base-url", defective_server, "--model", defect, *ONE)
+    first = result.stdout.splitlines()[0]
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert first.startswith(f"FAILED: 2 of 2 requests failed (2x {reason}"), first
+    # The chart is drawn for a failed run too (titled as such), even with figures missing.
+    assert (tmp_path / "chart.png").exists(), result.stdout
+    reasons = json.loads((tmp_path / "report.json").read_text())["levels"][0]["failure_reasons"]
+    if defect == "lying":
+        assert reasons == {reason: 2, "usage.completion_tokens 10000 does not fit the text streamed "
+                                      "(1 content chunks, 1 bytes)": 2}
+    elif defect == "short":
+        assert reasons == {reason: 2, "usage.completion_tokens 1 is not the requested 8": 2}
+    else:
+        assert reasons == {reason: 2}
+
+
+def _processes() -> dict[int, tuple[str, int, int]]:
+    """pid -> (state, parent pid, process group) of every process."""
+    found = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[int(stat_file.parent.name)] = (fields[0], int(fields[1]), int(fields[2]))
+    return found
+
+
+def _group_members(pgid: int) -> list[int]:
+    return [pid for pid, (state, _, group) in _processes().items() if group == pgid and state != "Z"]
+
+
+def test_sigterm_leaves_nothing_running(defective_server, tmp_path):
+    """SIGTERM in the middle of a level ends AIPerf's whole process group, closes the --direct
+    port-forward and removes its kubeconfig file, like Ctrl-C."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    outputs = {"apiBaseUrl": defective_server, "apiKey": KEY, "modelAliases": ["slow"], "kubeconfig": "kind: Config\n"}
+    (bin_dir / "pulumi").write_text(f"#!/bin/sh\nprintf '%s\\n' '{json.dumps(outputs)}'\n")
+    (bin_dir / "kubectl").write_text(STUB_KUBECTL)
+    for tool in ("pulumi", "kubectl"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    DefectiveServer.slow_started.clear()
+    proc = subprocess.Popen([sys.executable, "-m", "tools.loadtest", "-s", "local", "--direct",
+                             "--out", str(tmp_path / "out"), *ONE], cwd=harness.PROJECT_DIR, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(600):
+            if DefectiveServer.slow_started.wait(0.1) or proc.poll() is not None:
+                break
+        assert DefectiveServer.slow_started.is_set(), proc.communicate()[0]
+        # AIPerf renames its processes: it is the benchmark's child, leading a group of its own.
+        pgid = next(pid for pid, (_, parent, group) in _processes().items() if parent == proc.pid and group == pid)
+        assert pgid != os.getpgid(proc.pid) and len(_group_members(pgid)) > 1
+        proc.send_signal(15)
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:  # the test failed early: still leave nothing behind
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 128 + 15, output
+    assert _group_members(pgid) == []
+    argv = (bin_dir / "argv").read_text().split()
+    assert (bin_dir / "closed").read_text().strip() == "closed"
+    assert not Path(argv[argv.index("--kubeconfig") + 1]).exists()
+
+
+def test_a_client_error_is_shown_as_it_came():
+    message = "ServerDisconnectedError(None, 'Server disconnected')"
+    assert check._error_reason({"type": "ServerDisconnectedError", "message": message}) == message
+    assert check._error_reason({"type": "TimeoutError", "message": "read timed out"}) == "TimeoutError: read timed out"
+    assert check._error_reason({"code": 401, "type": "Unauthorized", "message": "x"}) == "HTTP 401 Unauthorized"
 
 
 def test_records_are_split_on_newlines_only(good_run, tmp_path):
@@ -190,7 +375,7 @@ def test_a_stack_is_reached_through_its_outputs(server, tmp_path):
         "stack", "output", "--stack", "local", "--json", "--show-secrets"]
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith(f"PASSED: all 2 requests checked (2xx, non-empty, final chunk, served model = "
-                                    f"requested) - stack local, {ALIAS}\n")
+                                    f"requested, usage, exact length) - stack local, {ALIAS}\n")
 
 
 def test_a_stack_without_the_pulumi_cli_says_what_to_do(tmp_path):
@@ -201,6 +386,25 @@ def test_a_stack_without_the_pulumi_cli_says_what_to_do(tmp_path):
     assert result.stdout.splitlines() == [
         "FAILED: nothing measured: -s local reads the stack's outputs with the pulumi CLI, which is not on PATH; "
         "pass --base-url, --model and the key (LLM_API_KEY) instead"]
+
+
+def test_a_pulumi_answer_that_is_not_json_is_one_failed_line(tmp_path):
+    (tmp_path / "pulumi").write_text("#!/bin/sh\necho 'warning: a newer version of Pulumi is available'\n")
+    (tmp_path / "pulumi").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    result = subprocess.run([sys.executable, "-m", "tools.loadtest", "-s", "local", "--out", str(tmp_path / "out")],
+                            cwd=harness.PROJECT_DIR, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "FAILED: nothing measured: pulumi stack output --stack local did not print JSON: "
+        "'warning: a newer version of Pulumi is available'"]
+
+
+def test_any_error_is_one_failed_line(tmp_path):
+    (tmp_path / "taken").write_text("a file where the report folder should go")
+    result = loadtest(tmp_path / "taken", "--base-url", "http://127.0.0.1:9/v1", "--model", ALIAS, *ONE)
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
+    assert result.stdout.startswith("FAILED: the benchmark stopped: FileExistsError: "), result.stdout
 
 
 STUB_KUBECTL = """#!/bin/sh

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -47,15 +49,25 @@ class Workload:
     # Keep generating to output_tokens even past an end-of-sequence token (vLLM, llama.cpp).
     ignore_eos: bool
     timeout_s: float
+    # The run's seed; each level of each series draws its prompts from a seed derived from it.
     seed: int
     tokenizer: str
     # "pooled": keep-alive connections, as SDK clients do; "never": a new connection per request.
     connections: str = "pooled"
 
 
+def level_seed(run_seed: int, series: str, concurrency: int) -> int:
+    """A seed of its own for each level of each series: prompts seen before would be answered
+    from the server's prompt cache (llama.cpp, vLLM prefix caching), flattering the figures."""
+    digest = hashlib.sha256(f"{run_seed}/{series}/{concurrency}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
 def config(url: str, model: str, concurrency: int, requests: int, warmup: int, work: Workload,
-           artifacts: Path, with_key: bool) -> dict:
-    """AIPerf's YAML config (written as JSON, which YAML reads) for one concurrency level."""
+           artifacts: Path, with_key: bool, seed: int) -> dict:
+    """AIPerf's YAML config (written as JSON, which YAML reads) for one concurrency level.
+    Warm-ups and measured requests take the dataset's entries in order, one each, so no prompt
+    is sent twice within a level."""
     endpoint = {
         "url": url, "type": "chat", "streaming": True, "timeout": work.timeout_s,
         # Token counts from the server's own `usage`, not from the client-side tokenizer.
@@ -70,7 +82,8 @@ def config(url: str, model: str, concurrency: int, requests: int, warmup: int, w
         "model": model,
         "endpoint": endpoint,
         "tokenizer": {"name": work.tokenizer},
-        "dataset": {"type": "synthetic", "entries": max(requests, 16), "randomSeed": work.seed,
+        "dataset": {"type": "synthetic", "entries": requests + warmup, "randomSeed": seed,
+                    "sampling": "sequential",
                     "prompts": {"isl": work.input_tokens, "osl": work.output_tokens}},
         "profiling": {"type": "concurrency", "concurrency": concurrency, "requests": requests},
         # Raw records carry every streamed chunk: the checks read them.
@@ -81,7 +94,7 @@ def config(url: str, model: str, concurrency: int, requests: int, warmup: int, w
     }
     if warmup:
         bench["warmup"] = {"type": "concurrency", "concurrency": concurrency, "requests": warmup}
-    return {"schemaVersion": "2.0", "randomSeed": work.seed, "benchmark": bench}
+    return {"schemaVersion": "2.0", "randomSeed": seed, "benchmark": bench}
 
 
 def command(config_file: Path) -> list[str]:
@@ -122,8 +135,34 @@ def _count_lines(path: Path) -> int:
         return 0
 
 
+def _exited(proc: subprocess.Popen) -> bool:
+    """Whether it ended, without reaping it: while an ended leader is unreaped, no other process
+    can take its pid, so signalling its process group cannot hit a stranger."""
+    return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 10) -> int:
+    """End AIPerf and every process it started (its own process group), then reap it."""
+    if not _exited(proc):
+        _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while not _exited(proc) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    # Workers that outlived their parent, or a parent that would not end.
+    _signal_group(proc, signal.SIGKILL)
+    return proc.wait()
+
+
 def run(cfg: dict, run_dir: Path, api_key: str | None, progress: Progress, label: str) -> int:
-    """Run AIPerf once; its console output goes to aiperf.log in run_dir. Returns its exit code."""
+    """Run AIPerf once; its console output goes to aiperf.log in run_dir. Returns its exit code.
+    Whatever ends the wait (its own end, Ctrl-C, SIGTERM), nothing it started is left running."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = run_dir / "aiperf.yaml"
     config_file.write_text(json.dumps(cfg, indent=2))
@@ -132,14 +171,13 @@ def run(cfg: dict, run_dir: Path, api_key: str | None, progress: Progress, label
     if api_key:
         env[KEY_ENV] = api_key
     with (run_dir / "aiperf.log").open("w") as log:
+        # Its own process group: its workers can be found and ended with it.
         proc = subprocess.Popen(command(config_file), cwd=run_dir, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            while proc.poll() is None:
+            while not _exited(proc):
                 progress.show(label, _count_lines(run_dir / "aiperf" / RECORDS))
                 time.sleep(0.5)
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait(30)
-            raise
-    return proc.returncode
+        finally:
+            rc = stop(proc)
+    return rc

@@ -25,7 +25,10 @@ def draw(report: dict, dest: Path) -> None:
 
     series: dict[str, list[dict]] = {}
     for lvl in report["levels"]:
-        if lvl["figures"] and lvl["figures"].get("output_tokens_per_s"):
+        f = lvl["figures"]
+        # A level with a figure missing (e.g. no inter-token latency from one-token answers) has no point.
+        if f and f.get("output_tokens_per_s") and all(
+                (f.get(key) or {}).get(q) is not None for key, *_ in PANELS for q in ("p50", "p90", "p99")):
             series.setdefault(lvl["series"], []).append(lvl)
     fig, axes = plt.subplots(1, len(PANELS), figsize=(15, 5), constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

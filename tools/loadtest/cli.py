@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -51,7 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kubeconfig", help="kubeconfig for --direct (default: the stack's kubeconfig output)")
     p.add_argument("--label", help="what the run is, shown in the report (e.g. 'CPU, tiny model')")
     p.add_argument("--out", type=Path, help="report folder (default out/loadtest/<target>-<time>)")
-    p.add_argument("--seed", type=int, default=1, help="seed of the synthetic prompts (default 1)")
+    p.add_argument("--seed", type=int, help="seed of the run's synthetic prompts (default: a new one per run, "
+                                         "so a server's prompt cache holds none of them)")
     args = p.parse_args(argv)
     try:
         args.levels = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
@@ -89,7 +92,7 @@ def run_series(args, series: Series, work: aiperf.Workload, out: Path, progress:
         requests, warmup = level_plan(args, c)
         run_dir = out / "runs" / f"{series.model.replace('/', '_')}-{series.path}" / f"c{c}"
         cfg = aiperf.config(series.base_url, series.model, c, requests, warmup, work, run_dir / "aiperf",
-                            with_key=bool(series.api_key))
+                            with_key=bool(series.api_key), seed=aiperf.level_seed(work.seed, series.label, c))
         label = f"{series.label} c={c}"
         rc = aiperf.run(cfg, run_dir, series.api_key, progress, label)
         try:
@@ -107,7 +110,8 @@ def run_series(args, series: Series, work: aiperf.Workload, out: Path, progress:
             "failure_examples": [{"request_id": rid, "phase": phase, "reasons": reasons}
                                  for rid, phase, reasons in checked.failures[:FAILURE_EXAMPLES]],
             "served_models": dict(checked.served_models), "tool_exit_code": rc,
-            "figures": report.figures(run_dir / "aiperf"), "artifacts": str(run_dir.relative_to(out)),
+            "figures": report.figures(run_dir / "aiperf", checked.cached_prompt_tokens),
+            "artifacts": str(run_dir.relative_to(out)),
         })
     return levels
 
@@ -120,8 +124,22 @@ def direct_series(args, first: Series, outputs: dict, stack: ExitStack) -> Serie
     return Series(first.model, "direct", forward.url, key)
 
 
+def _terminated(signum, _frame) -> None:
+    # Unwind as Ctrl-C does: AIPerf's process group, the port-forward and its kubeconfig file go.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminated)
     args = parse_args(argv)
+    try:
+        return benchmark(args)
+    except Exception as err:  # noqa: BLE001 - whatever broke, the first line must say FAILED
+        print(f"FAILED: the benchmark stopped: {type(err).__name__}: {err}"[:400])
+        return 2
+
+
+def benchmark(args: argparse.Namespace) -> int:
     name = args.stack or "custom"
     out = args.out or aiperf.ROOT / "out" / "loadtest" / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     try:
@@ -131,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TargetError, aiperf.ToolMissing, subprocess.CalledProcessError) as err:
         print(f"FAILED: nothing measured: {err}")
         return 2
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     work = aiperf.Workload(args.input_tokens, args.output_tokens, not args.no_ignore_eos, args.timeout,
-                           args.seed, tokenizer, args.connections)
+                           seed, tokenizer, args.connections)
     target = (f"stack {args.stack}" if args.stack else args.base_url) + (f" ({args.label})" if args.label else "")
     per_series = sum(sum(level_plan(args, c)) for c in args.levels)
     progress = aiperf.Progress(per_series * (len(series) + (1 if args.direct else 0)))
@@ -147,13 +166,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         for s in series:
             levels += run_series(args, s, work, out, progress)
-    ok, line = report.verdict(levels, f"{target}, {', '.join(s.label for s in series)}")
+    ok, line = report.verdict(levels, f"{target}, {', '.join(s.label for s in series)}", work.ignore_eos)
     doc = {
         "ok": ok, "verdict": line, "target": target, "stack": args.stack,
         "tool": {"name": "aiperf", "version": aiperf.VERSION},
         "settings": {"concurrency": args.levels, "input_tokens": args.input_tokens,
                      "output_tokens": args.output_tokens, "ignore_eos": work.ignore_eos,
-                     "connections": args.connections,
+                     "connections": args.connections, "seed": seed,
                      "warmup": args.warmup,  # None: one per stream
                      "tokenizer": "word-level (offline)" if not args.tokenizer else args.tokenizer},
         "levels": levels,

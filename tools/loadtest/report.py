@@ -12,8 +12,9 @@ LATENCIES = {"ttft_ms": "time_to_first_token", "itl_ms": "inter_token_latency", 
 PERCENTILES = ("p50", "p90", "p99")
 
 
-def figures(artifacts: Path) -> Optional[dict]:
-    """Per-level figures from AIPerf's summary; None when it wrote none (every request failed)."""
+def figures(artifacts: Path, cached: Optional[list[int]] = None) -> Optional[dict]:
+    """Per-level figures from AIPerf's summary; None when it wrote none (every request failed).
+    `cached`: the prompt tokens each measured request read from the server's cache, as it said."""
     path = artifacts / SUMMARY
     try:
         summary = json.loads(path.read_text())
@@ -30,11 +31,13 @@ def figures(artifacts: Path) -> Optional[dict]:
         "input_tokens_server": avg("usage_prompt_tokens"),
         "output_tokens_mean": avg("output_sequence_length"),
         "duration_s": avg("benchmark_duration"),
+        # None: the server did not say.
+        "cached_input_tokens": sum(cached) / len(cached) if cached else None,
     })
     return out
 
 
-def verdict(levels: list[dict], label: str) -> tuple[bool, str]:
+def verdict(levels: list[dict], label: str, ignore_eos: bool = True) -> tuple[bool, str]:
     total = sum(lvl["requests_checked"] for lvl in levels)
     failed = sum(lvl["failed"] for lvl in levels)
     reasons: dict[str, int] = {}
@@ -50,8 +53,8 @@ def verdict(levels: list[dict], label: str) -> tuple[bool, str]:
         if tool_errors:
             line += f"; AIPerf exited non-zero on {len(tool_errors)} of {len(levels)} levels"
         return False, f"{line} - {label}. These figures are not a result."
-    return True, (f"PASSED: all {total} requests checked (2xx, non-empty, final chunk, served model = requested)"
-                  f" - {label}")
+    return True, (f"PASSED: all {total} requests checked (2xx, non-empty, final chunk, served model = requested, "
+                  f"usage{', exact length' if ignore_eos else ''}) - {label}")
 
 
 def _ms(d: dict, key: str, scale: float = 1.0, digits: int = 1) -> str:
@@ -79,19 +82,21 @@ def markdown(report: dict) -> str:
         f"per request{' (ignore_eos)' if s['ignore_eos'] else ''}, "
         f"{'keep-alive connections' if s['connections'] == 'pooled' else 'a new connection per request'}. Before each level, "
         f"{'one warm-up request per stream' if s['warmup'] is None else _count(s['warmup'], 'warm-up request')}: "
-        "checked like the rest (`failed` counts them) but left out of the figures.",
+        "checked like the rest (`failed` counts them) but left out of the figures. Every level of every path "
+        f"draws prompts of its own (run seed {s['seed']}), none sent before; `cached`: the prompt tokens the server "
+        "says it still read from its prompt cache, mean per request (`-`: it does not say).",
         "",
-        "| model (path) | conc. | requests | failed | TTFT ms p50 / p90 / p99 | ITL (TPOT) ms p50 / p90 / p99 "
-        "| E2E s p50 / p90 / p99 | out tok/s | req/s | in tok |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| model (path) | conc. | requests + warm-up | failed | TTFT ms p50 / p90 / p99 "
+        "| ITL (TPOT) ms p50 / p90 / p99 | E2E s p50 / p90 / p99 | out tok/s | req/s | in tok | cached |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for lvl in report["levels"]:
         f = lvl["figures"] or {}
         lines.append(
-            f"| {lvl['series']} | {lvl['concurrency']} | {lvl['requests']} | {lvl['failed']} "
+            f"| {lvl['series']} | {lvl['concurrency']} | {lvl['requests']} + {lvl['warmup']} | {lvl['failed']} "
             f"| {_ms(f, 'ttft_ms')} | {_ms(f, 'itl_ms', digits=2)} | {_ms(f, 'e2e_ms', 1000, 2)} "
             f"| {_num(f.get('output_tokens_per_s'))} | {_num(f.get('requests_per_s'), 2)} "
-            f"| {_num(f.get('input_tokens_server'), 0)} |")
+            f"| {_num(f.get('input_tokens_server'), 0)} | {_num(f.get('cached_input_tokens'), 0)} |")
     failures = [(lvl, f) for lvl in report["levels"] for f in lvl["failure_examples"]]
     if failures:
         lines += ["", "Failed requests (first of each level):", ""]

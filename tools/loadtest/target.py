@@ -48,7 +48,13 @@ def stack_outputs(stack: str) -> dict:
                          cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         raise TargetError(f"pulumi stack output --stack {stack}: {out.stderr.strip().splitlines()[-1:]}")
-    return json.loads(out.stdout)
+    try:
+        outputs = json.loads(out.stdout)
+    except ValueError:
+        raise TargetError(f"pulumi stack output --stack {stack} did not print JSON: {out.stdout.strip()[:120]!r}") from None
+    if not isinstance(outputs, dict):
+        raise TargetError(f"pulumi stack output --stack {stack} printed no object of outputs: {out.stdout.strip()[:120]!r}")
+    return outputs
 
 
 def base_url_for_aiperf(api_base_url: str) -> str:
