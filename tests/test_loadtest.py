@@ -93,9 +93,10 @@ def test_a_clean_run_passes_with_plausible_figures(good_run):
         assert set(lvl["served_models"]) == {ALIAS}
         assert 0 < f["ttft_ms"]["p50"] <= f["ttft_ms"]["p90"] <= f["ttft_ms"]["p99"] < 30_000
         # ITL here is AIPerf's per-request (E2E - TTFT) / (tokens - 1). The tiny model can stream a
-        # whole answer within one socket read, so a request's ITL may truly be 0.0: the median may
-        # be 0, but not every request of a level can arrive at once, so its p99 is positive.
-        assert 0 <= f["itl_ms"]["p50"] <= f["itl_ms"]["p99"] and f["itl_ms"]["p99"] > 0
+        # whole answer within one socket read, so a request's ITL may truly be 0.0 — on a loaded
+        # machine every request of a level did (seen once). Time passes end to end, though.
+        assert 0 <= f["itl_ms"]["p50"] <= f["itl_ms"]["p99"]
+        assert f["e2e_ms"]["p50"] > 0
         assert f["ttft_ms"]["p50"] < f["e2e_ms"]["p99"] and f["e2e_ms"]["p50"] <= f["e2e_ms"]["p99"]
         # ignore_eos: every answer is exactly the requested length, as the server counted it.
         assert f["output_tokens_mean"] == 8
