@@ -239,6 +239,20 @@ def unreachable_service_ports(cp: kube.ControlPlane, d: Deployed) -> list[str]:
     return out
 
 
+def settled_service_ports(cp: kube.ControlPlane, d: Deployed) -> list[str]:
+    """Service ports that reach none of their pods once the EndpointSlice controller has had
+    its chance (it works asynchronously: give it a moment before judging)."""
+    def settled():
+        stand_ins(cp, d)
+        return not unreachable_service_ports(cp, d)
+
+    try:
+        kube.until(settled, 15, "endpoints of every Service", every=0.5)
+    except TimeoutError:
+        pass
+    return unreachable_service_ports(cp, d)
+
+
 def model_server_placement(cp: kube.ControlPlane, d: Deployed, accelerator_nodes: set[str]) -> list[str]:
     out = []
     for ns in sorted(d.namespaces):

@@ -124,17 +124,7 @@ def test_no_pod_left_pending(control_plane, deployed):
 
 def test_services_reach_their_pods(control_plane, deployed):
     """Every Service's ports resolve, by the EndpointSlice controller, on the pods it selects."""
-    cp = control_plane
-
-    def settled():
-        cs.stand_ins(cp, deployed)
-        return not cs.unreachable_service_ports(cp, deployed)
-
-    try:
-        kube.until(settled, 15, "endpoints of every Service", every=0.5)
-    except TimeoutError:
-        pass
-    problems = cs.unreachable_service_ports(cp, deployed)
+    problems = cs.settled_service_ports(control_plane, deployed)
     assert not problems, "\n".join(problems)
 
 
@@ -386,15 +376,7 @@ def test_llama_router_runs_on_the_gpu_behind_the_front_door(control_plane, stack
     # Not one of the stacks as shipped: after the per-stack tests, like the one above.
     cp, d = control_plane, stacks.get("local-router")
     assert [p.metadata.name.rsplit("-", 2)[0] for p in cp.pods(None, cs.MODEL_SERVERS)] == ["llama-router"]
-
-    def settled():
-        cs.stand_ins(cp, d)
-        return not cs.unreachable_service_ports(cp, d)
-
-    try:
-        kube.until(settled, 15, "endpoints of every Service", every=0.5)
-    except TimeoutError:
-        pass
+    ports = cs.settled_service_ports(cp, d)
     problems = ([str(r) for r in d.rejections] + cs.failed_creates(cp, d) + cs.unbound_pods(cp, d)
-                + cs.model_server_placement(cp, d, accelerator_nodes(d)) + cs.unreachable_service_ports(cp, d))
+                + cs.model_server_placement(cp, d, accelerator_nodes(d)) + ports)
     assert not problems, "\n".join(problems)

@@ -233,13 +233,18 @@ def stack(recorded, tmp_path_factory):
         _wait_ready(proxy_port, front_door.READINESS_PATH, procs[-1], log, 180)
         yield Stack(proxy_port, servers, backend_key)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs, 10)
+
+
+def stop(procs: list, grace_s: float) -> None:
+    """Terminate every process, then kill those still running after `grace_s`."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def _chat(model: str, stream: bool = False, max_tokens: int = 8) -> dict:

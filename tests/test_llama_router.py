@@ -14,7 +14,7 @@ import yaml
 
 from components import front_door, llama_router
 from tests.test_front_door import (
-    CLIENT_KEY, LITELLM, LLAMA_SERVER, TINY_MODEL, _chat, _free_port, _request, _wait_ready, proxy_container,
+    CLIENT_KEY, LITELLM, LLAMA_SERVER, TINY_MODEL, _chat, stop, _free_port, _request, _wait_ready, proxy_container,
 )
 from tools import mock_engine as harness
 
@@ -118,13 +118,7 @@ def running(recorded, tmp_path_factory):
         _wait_ready(proxy_port, front_door.READINESS_PATH, procs[1], tmp / "litellm.log", 180)
         yield router_port, proxy_port, keys[front_door.BACKEND_KEY_ENV]
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs, 15)
 
 
 def _loaded(router_port: int, key: str) -> set[str]:
