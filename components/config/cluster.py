@@ -1,0 +1,236 @@
+"""Cluster section: which cluster the stack runs on and its node pools."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import (
+    AfterValidator,
+    Field,
+    model_validator,
+)
+
+from ..hardware import (
+    EKS_GPU_TAINT,
+    G2_GPUS,
+    GKE_GPU_TAINT,
+    GKE_TPU_TAINT,
+    GPUS_PER_INSTANCE,
+    TPU_ACCELERATOR_LABELS,
+    AcceleratorPool,
+    gpus_per_instance,
+    tpu_host,
+)
+from .base import DnsLabel, K8sVersion, MinikubeSize, _existing_file, _Model
+
+# --- cluster -------------------------------------------------------------------------------
+
+
+class MinikubeCluster(_Model):
+    """A minikube VM on the Mac (krunkit driver) with the host models folder mounted."""
+
+    kind: Literal["minikube"]
+    profile: DnsLabel = "llm-platform"
+    driver: Literal["krunkit"] = "krunkit"
+    cpus: int = Field(6, ge=2)
+    memory: MinikubeSize = "12g"
+    disk_size: MinikubeSize = "60g"
+    kubernetes_version: K8sVersion = "v1.34.0"
+    models_dir: str = Field(min_length=1)
+    ingress_node_port: int = Field(30080, ge=30000, le=32767)
+
+
+class ExistingCluster(_Model):
+    """A cluster the user already has, reached through a kubeconfig context."""
+
+    kind: Literal["existing"]
+    kubeconfig: Annotated[str, AfterValidator(_existing_file)] = Field("~/.kube/config", validate_default=True)
+    context: Optional[str] = None
+    kubernetes_version: K8sVersion = "v1.34.0"
+    # Folder on the host where model files are fetched to; it must be mounted on the
+    # node(s) at /mnt/models (kind extraMounts, k3d --volume, ...). None: manage files yourself.
+    models_dir: Optional[str] = None
+    ingress_service_type: Literal["LoadBalancer", "NodePort", "ClusterIP"] = "LoadBalancer"
+    ingress_address: str = "localhost"
+    # Whether this cluster's CNI enforces NetworkPolicies; the program cannot see it. The
+    # model namespace's NetworkPolicies are created only when this says "enforced".
+    network_policy: Literal["enforced", "unknown"] = "unknown"
+
+
+class NodeGroup(_Model):
+    instance_type: str = Field(pattern=r"^[a-z0-9-]+\.[a-z0-9]+$")
+    min_size: int = Field(1, ge=0)
+    desired_size: int = Field(1, ge=0)
+    max_size: int = Field(2, ge=1)
+    disk_size_gb: int = Field(50, ge=20)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "NodeGroup":
+        if not self.min_size <= self.desired_size <= self.max_size:
+            raise ValueError(
+                f"expected minSize <= desiredSize <= maxSize, got {self.min_size}, {self.desired_size}, {self.max_size}"
+            )
+        return self
+
+
+def _gpu_instance(value: str) -> str:
+    if gpus_per_instance(value) is None:
+        families = ", ".join(f"{f}.*" for f in GPUS_PER_INSTANCE)
+        raise ValueError(f"expected an NVIDIA GPU instance type ({families}), got {value!r}")
+    return value
+
+
+def _tpu_machine(value: str) -> str:
+    if tpu_host(value) is None:
+        kinds = " or ".join(f"{f}-1t/4t/8t" for f in TPU_ACCELERATOR_LABELS)
+        raise ValueError(f"cannot derive the TPU accelerator from {value!r}; expected {kinds}")
+    return value
+
+
+class GpuNodeGroup(NodeGroup):
+    instance_type: Annotated[str, AfterValidator(_gpu_instance)] = "g6.xlarge"
+    ami_type: Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"] = "AL2023_x86_64_NVIDIA"
+    min_size: int = Field(0, ge=0)
+    disk_size_gb: int = Field(200, ge=50)
+    # The one zone of the GPU nodes (default: the first of availabilityZones). An EBS model
+    # cache lives in one zone: its pod must always find a GPU node there.
+    zone: Optional[str] = Field(None, pattern=r"^[a-z]{2}(-gov)?-[a-z]+-[0-9][a-z]$")
+
+
+class EksCluster(_Model):
+    """EKS in its own VPC: a system node group and a tainted NVIDIA GPU node group."""
+
+    kind: Literal["eks"]
+    name: DnsLabel = "llm-platform"
+    region: str = Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-[0-9]$")
+    availability_zones: list[str] = Field(min_length=2)
+    kubernetes_version: str = Field("1.33", pattern=r"^1\.[0-9]+$")
+    vpc_cidr: str = Field("10.0.0.0/16", pattern=r"^[0-9.]+/16$")
+    system_nodes: NodeGroup = NodeGroup(instance_type="m6i.large", min_size=2, desired_size=2, max_size=3)
+    gpu_nodes: GpuNodeGroup = GpuNodeGroup()
+
+    @property
+    def gpu_zone(self) -> str:
+        return self.gpu_nodes.zone or self.availability_zones[0]
+
+    def accelerator_pool(self, kind: str) -> AcceleratorPool:
+        return AcceleratorPool(
+            per_node=gpus_per_instance(self.gpu_nodes.instance_type),
+            labels={"llm-platform/accelerator": "nvidia"},
+            taint=EKS_GPU_TAINT,
+            device_plugin="nvidia-chart",
+            # Nothing scales a managed node group but its desired size (no autoscaler yet).
+            nodes=self.gpu_nodes.desired_size,
+            max_nodes=self.gpu_nodes.max_size,
+            autoscaled=False,
+        )
+
+    @model_validator(mode="after")
+    def _zones_in_region(self) -> "EksCluster":
+        for zone in self.availability_zones:
+            if not re.match(rf"^{re.escape(self.region)}[a-z]$", zone):
+                raise ValueError(f"availabilityZones: expected zones of {self.region} such as {self.region}a, got {zone!r}")
+        if self.gpu_nodes.zone and self.gpu_nodes.zone not in self.availability_zones:
+            raise ValueError(f"gpuNodes.zone: expected one of availabilityZones {self.availability_zones}, "
+                             f"got {self.gpu_nodes.zone!r}")
+        return self
+
+
+class GkeNodePool(_Model):
+    machine_type: str = Field("e2-standard-4", pattern=r"^[a-z0-9]+-[a-z0-9-]+$")
+    min_nodes: int = Field(1, ge=0)
+    max_nodes: int = Field(3, ge=1)
+
+
+class TpuNodePool(GkeNodePool):
+    machine_type: Annotated[str, AfterValidator(_tpu_machine)] = "ct5lp-hightpu-4t"
+    min_nodes: int = Field(0, ge=0)
+    max_nodes: int = Field(1, ge=1)
+    # A zone of the region that offers this TPU generation.
+    zone: str = Field(pattern=r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
+    # Only for multi-host slices, e.g. "4x4"; single-host pools take the host's topology.
+    topology: Optional[str] = Field(None, pattern=r"^[0-9]+x[0-9]+(x[0-9]+)?$")
+    spot: bool = False
+
+
+def _g2_machine(value: str) -> str:
+    if value not in G2_GPUS:
+        raise ValueError(f"expected a G2 (NVIDIA L4) machine type such as 'g2-standard-8', got {value!r}")
+    return value
+
+
+class GpuNodePool(GkeNodePool):
+    """NVIDIA L4 GPUs on G2 machines, drivers installed by GKE."""
+
+    machine_type: Annotated[str, AfterValidator(_g2_machine)] = "g2-standard-8"
+    accelerator_type: Literal["nvidia-l4"] = "nvidia-l4"
+    min_nodes: int = Field(0, ge=0)
+    max_nodes: int = Field(1, ge=1)
+    zone: str = Field(pattern=r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
+    spot: bool = False
+
+    @property
+    def gpus(self) -> int:
+        return G2_GPUS[self.machine_type]
+
+
+class GkeCluster(_Model):
+    """GKE Standard in its own VPC network: a system pool and a TPU or GPU pool."""
+
+    kind: Literal["gke"]
+    name: DnsLabel = "llm-platform"
+    project: str = Field(pattern=r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
+    region: str = Field(pattern=r"^[a-z]+-[a-z]+[0-9]+$")
+    # A region for a regional control plane, or a zone for a zonal one.
+    location: Optional[str] = Field(None, pattern=r"^[a-z]+-[a-z]+[0-9]+(-[a-z])?$")
+    release_channel: Literal["RAPID", "REGULAR", "STABLE"] = "REGULAR"
+    kubernetes_version: str = Field("1.33", pattern=r"^1\.[0-9]+$")
+    subnet_cidr: str = Field("10.10.0.0/20", pattern=r"^[0-9.]+/[0-9]+$")
+    system_pool: GkeNodePool = GkeNodePool()
+    tpu_pool: Optional[TpuNodePool] = None
+    gpu_pool: Optional[GpuNodePool] = None
+
+    def accelerator_pool(self, kind: str) -> AcceleratorPool:
+        if kind == "tpu":
+            host = tpu_host(self.tpu_pool.machine_type)
+            return AcceleratorPool(
+                per_node=host.chips,
+                labels={
+                    "cloud.google.com/gke-tpu-accelerator": host.accelerator_label,
+                    "cloud.google.com/gke-tpu-topology": self.tpu_pool.topology or host.topology,
+                },
+                taint=GKE_TPU_TAINT,
+                device_plugin="managed",
+                # A pool with `autoscaling` runs GKE's autoscaler: it adds nodes up to the max.
+                nodes=self.tpu_pool.min_nodes,
+                max_nodes=self.tpu_pool.max_nodes,
+                autoscaled=True,
+            )
+        return AcceleratorPool(
+            per_node=self.gpu_pool.gpus,
+            labels={"cloud.google.com/gke-accelerator": self.gpu_pool.accelerator_type},
+            taint=GKE_GPU_TAINT,
+            device_plugin="managed",
+            nodes=self.gpu_pool.min_nodes,
+            max_nodes=self.gpu_pool.max_nodes,
+            autoscaled=True,
+        )
+
+    @model_validator(mode="after")
+    def _pools_in_region(self) -> "GkeCluster":
+        if (self.tpu_pool is None) == (self.gpu_pool is None):
+            raise ValueError("tpuPool: expected exactly one accelerator pool, tpuPool or gpuPool")
+        zones = [("location", self.location)]
+        zones += [("tpuPool.zone", self.tpu_pool.zone)] if self.tpu_pool else []
+        zones += [("gpuPool.zone", self.gpu_pool.zone)] if self.gpu_pool else []
+        for key, zone in zones:
+            if zone and not zone.startswith(self.region):
+                raise ValueError(f"{key}: expected {self.region} or one of its zones, got {zone!r}")
+        return self
+
+
+ClusterConfig = Annotated[
+    Union[MinikubeCluster, ExistingCluster, EksCluster, GkeCluster], Field(discriminator="kind")
+]
+CLUSTER_KINDS = ("minikube", "existing", "eks", "gke")

@@ -1,0 +1,201 @@
+"""Accelerator and models sections: what is served, on what, with which resources."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import (
+    AfterValidator,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from .base import _SHA256, DnsLabel, Image, Quantity, _Model
+
+# --- accelerator ---------------------------------------------------------------------------
+
+
+class AcceleratorConfig(_Model):
+    kind: Literal["none", "vulkan", "nvidia", "tpu"] = "vulkan"
+    # How many pods may share one GPU device (generic-device-plugin group count).
+    share_count: int = Field(4, ge=1, le=64)
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+_QUANTITY_SUFFIX = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+                    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def whole_cpus(quantity: str) -> int:
+    """The whole CPUs a CPU quantity grants ("4" -> 4, "3500m" -> 3), at least one."""
+    number, suffix = re.match(r"^([0-9.]+)(\D*)$", quantity).groups()
+    return max(1, int(float(number) * _QUANTITY_SUFFIX.get(suffix, 1)))
+
+
+class Resources(_Model):
+    cpu: Quantity = "2"
+    memory: Quantity = "4Gi"
+    cpu_limit: Quantity = "4"
+    memory_limit: Quantity = "6Gi"
+
+    @property
+    def threads(self) -> int:
+        """Compute threads that fit the CPU limit: more would contend for the pod's CFS quota."""
+        return whole_cpus(self.cpu_limit)
+
+
+def _gguf_file(value: str) -> str:
+    if "/" in value or not value.endswith(".gguf"):
+        raise ValueError(f"expected a GGUF file name such as 'model.Q8_0.gguf' (no folders), got {value!r}")
+    return value
+
+
+def _no_key_flags(*flags: str):
+    """Refuse extra args that would put an API key on the command line or replace the file
+    the platform hands the keys over in."""
+    def check(args: list[str]) -> list[str]:
+        for arg in args:
+            if arg.split("=", 1)[0] in flags:
+                raise ValueError(f"expected no {arg.split('=', 1)[0]}: the platform passes the API keys (the front door's)")
+        return args
+    return check
+
+
+def _sha256(value: str) -> str:
+    if not _SHA256.match(value):
+        raise ValueError("expected 64 lowercase hex digits")
+    return value
+
+
+class ModelConfig(_Model):
+    """A GGUF model served by llama.cpp; `name` is the alias clients pass as `model`."""
+
+    name: DnsLabel
+    runtime: Literal["llama-cpp"] = "llama-cpp"
+    file: Annotated[str, AfterValidator(_gguf_file)]
+    hf_repo: Optional[str] = Field(None, pattern=r"^[\w.-]+/[\w.-]+$")
+    url: Optional[str] = Field(None, pattern=r"^https://\S+$")
+    sha256: Optional[Annotated[str, AfterValidator(_sha256)]] = None
+    size_bytes: Optional[int] = Field(None, gt=0)
+    # Tokens of context; 0 (the default): the context the model was trained for, read from the
+    # GGUF file by the server. A larger value than that only wastes memory.
+    ctx_size: int = Field(0, ge=0)
+    replicas: int = Field(1, ge=0)
+    resources: Resources = Resources()
+    image: Optional[Image] = None
+    extra_args: Annotated[list[str], AfterValidator(_no_key_flags("--api-key", "--api-key-file"))] = []
+
+    @field_validator("ctx_size")
+    @classmethod
+    def _usable_context(cls, value: int) -> int:
+        if 0 < value < 256:
+            raise ValueError(f"expected 0 (the model's own context) or at least 256 tokens, got {value}")
+        return value
+
+    @property
+    def download_url(self) -> Optional[str]:
+        if self.url:
+            return self.url
+        if self.hf_repo:
+            return f"https://huggingface.co/{self.hf_repo}/resolve/main/{self.file}"
+        return None
+
+
+class VllmResources(Resources):
+    cpu: Quantity = "4"
+    memory: Quantity = "16Gi"
+    cpu_limit: Quantity = "8"
+    memory_limit: Quantity = "24Gi"
+
+
+_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+GI = 2**30
+
+
+def quantity_bytes(value: str) -> int:
+    """Bytes of a storage quantity such as '140Gi' or '150G'."""
+    m = re.match(r"^([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$", value)
+    return int(float(m[1]) * _UNITS[m[2]])
+
+
+def _storage(value: str) -> str:
+    m = re.match(r"^[0-9]+(\.[0-9]+)?(k|M|G|T|Ki|Mi|Gi|Ti)$", value)
+    if not m:
+        raise ValueError(f"expected a size such as '140Gi' or '150G', got {value!r}")
+    return value
+
+
+Storage = Annotated[str, AfterValidator(_storage)]
+# Without a stated weight size: a cache that holds a model of a few tens of GB.
+DEFAULT_CACHE = "100Gi"
+# The cache classes provision 4000 IOPS, which gp3 and Hyperdisk give volumes of 8 GiB and up.
+MIN_CACHE_GI = 10
+
+
+def cache_for(weights: str) -> str:
+    """Room for the weights plus a fifth and 10Gi: tokenizer files, partial downloads, the
+    XLA cache on TPUs, rounded up to whole Gi."""
+    return f"{-(-quantity_bytes(weights) * 6 // 5 // GI) + 10}Gi"
+
+
+class VllmModel(_Model):
+    """A Hugging Face model served by vLLM; each replica caches the weights on its own volume."""
+
+    name: DnsLabel
+    runtime: Literal["vllm"]
+    hf_model: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
+    max_model_len: int = Field(8192, ge=256)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    # Accelerators per replica (= --tensor-parallel-size). Default: 1 GPU, or every TPU chip of a host.
+    accelerators: Optional[int] = Field(None, ge=1)
+    replicas: int = Field(1, ge=0)
+    # Size of the weights as downloaded (e.g. 140Gi for a 70B model in bf16): sizes the cache
+    # and the startup budget.
+    weights_size: Optional[Storage] = None
+    # Default: weightsSize plus headroom, or 100Gi when the weights' size is not stated.
+    cache_size: Optional[Storage] = None
+    resources: VllmResources = VllmResources()
+    image: Optional[Image] = None
+    extra_args: Annotated[list[str], AfterValidator(_no_key_flags("--api-key", "--config"))] = []
+
+    @property
+    def cache(self) -> str:
+        if self.cache_size:
+            return self.cache_size
+        return cache_for(self.weights_size) if self.weights_size else DEFAULT_CACHE
+
+    @model_validator(mode="after")
+    def _cache_holds_the_weights(self) -> "VllmModel":
+        if quantity_bytes(self.cache) < MIN_CACHE_GI * GI:
+            raise ValueError(f"cacheSize: expected at least {MIN_CACHE_GI}Gi, got {self.cache!r}")
+        if self.weights_size and quantity_bytes(self.cache) < quantity_bytes(self.weights_size):
+            raise ValueError(f"cacheSize: {self.cache} cannot hold the model's weights "
+                             f"(weightsSize {self.weights_size}); leave it out to size it from the weights")
+        return self
+
+
+def _runtime_of(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("runtime", "llama-cpp")
+    return getattr(value, "runtime", "llama-cpp")
+
+
+AnyModel = Annotated[
+    Union[Annotated[ModelConfig, Tag("llama-cpp")], Annotated[VllmModel, Tag("vllm")]],
+    Discriminator(_runtime_of),
+]
+RUNTIMES = ("llama-cpp", "vllm")
+
+DEFAULT_MODEL = ModelConfig(
+    name="tinyllama",
+    file="tinyllama-1.1b-chat-v1.0.Q8_0.gguf",
+    hf_repo="TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF",
+)
+# A small public model that fits one L4 GPU or one TPU v5e host.
+DEFAULT_VLLM_MODEL = VllmModel(name="qwen", runtime="vllm", hf_model="Qwen/Qwen2.5-1.5B-Instruct")

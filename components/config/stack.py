@@ -1,0 +1,187 @@
+"""The whole stack: every section, and the checks across them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+from pydantic import (
+    AfterValidator,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from ..hardware import (
+    AcceleratorPool,
+)
+from .base import ApiKey, DnsLabel, _master_key, _Model
+from .cluster import ClusterConfig
+from .models import DEFAULT_MODEL, DEFAULT_VLLM_MODEL, AcceleratorConfig, AnyModel
+from .services import (
+    AppConfig,
+    FrontDoorConfig,
+    GatewayConfig,
+    GitOpsConfig,
+    LlamaRouterConfig,
+    MeshConfig,
+    SecurityConfig,
+    UiConfig,
+)
+
+ACCELERATORS_BY_CLUSTER = {
+    "minikube": ("vulkan", "none"),
+    "existing": ("none",),
+    "eks": ("nvidia",),
+    "gke": ("tpu", "nvidia"),
+}
+RUNTIMES_BY_ACCELERATOR = {"vulkan": ("llama-cpp",), "none": ("llama-cpp",), "nvidia": ("vllm",), "tpu": ("vllm",)}
+
+
+class StackConfig(_Model):
+    cluster: ClusterConfig
+    # Default: what the cluster kind serves on (see _defaults_for_the_cluster).
+    accelerator: AcceleratorConfig = AcceleratorConfig()
+    # Default: TinyLlama on llama.cpp, or a small vLLM model on GPU/TPU clusters.
+    models: list[AnyModel] = Field(default_factory=lambda: [DEFAULT_MODEL], min_length=1)
+    models_namespace: DnsLabel = "models"
+    mesh: MeshConfig = MeshConfig()
+    gitops: GitOpsConfig = GitOpsConfig()
+    ui: UiConfig = UiConfig()
+    apps: list[AppConfig] = []
+    gateway: GatewayConfig = GatewayConfig()
+    security: SecurityConfig = SecurityConfig()
+    front_door: FrontDoorConfig = FrontDoorConfig()
+    llama_router: LlamaRouterConfig = LlamaRouterConfig()
+    # The client API key (a Pulumi secret), the front door's master key; generated and kept in
+    # state when not set. LiteLLM takes only master keys that start with "sk-".
+    api_key: Optional[Annotated[ApiKey, AfterValidator(_master_key)]] = None
+    # Keys of the hosted providers (a Pulumi secret): provider entry name -> key.
+    provider_keys: dict[str, str] = {}
+    # Open WebUI's admin password (a Pulumi secret); generated and kept in state when not set.
+    ui_admin_password: Optional[str] = None
+    # Hugging Face token for gated models: `pulumi config set --secret hfToken hf_...`.
+    hf_token: Optional[str] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_removed_keys(cls, raw: Any) -> Any:
+        """A key that used to exist gets its own answer, not "unknown key"."""
+        if isinstance(raw, dict) and "deleteModelCaches" in raw:
+            raise ValueError(REMOVED_DELETE_MODEL_CACHES)
+        if isinstance(raw, dict) and "uiApiKey" in raw:
+            raise ValueError(REMOVED_UI_API_KEY)
+        return raw
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_for_the_cluster(cls, raw: Any) -> Any:
+        """Fill in the accelerator and models a cluster kind serves on, when left out."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("cluster"), dict):
+            return raw
+        kind = raw["cluster"].get("kind")
+        if not isinstance(kind, str) or kind not in ACCELERATORS_BY_CLUSTER:
+            return raw
+        raw = dict(raw)
+        accel = raw.get("accelerator")
+        if not (accel is None or isinstance(accel, dict)):
+            return raw
+        if accel is None or "kind" not in accel:
+            default = ACCELERATORS_BY_CLUSTER[kind][0]
+            if kind == "gke" and raw["cluster"].get("gpuPool") and not raw["cluster"].get("tpuPool"):
+                default = "nvidia"
+            raw["accelerator"] = {**(accel or {}), "kind": default}
+        if "models" not in raw and raw["accelerator"].get("kind") in ("nvidia", "tpu"):
+            raw["models"] = [DEFAULT_VLLM_MODEL]
+        return raw
+
+    @model_validator(mode="after")
+    def _fits_the_cluster(self) -> "StackConfig":
+        accel = self.accelerator.kind
+        if accel not in ACCELERATORS_BY_CLUSTER[self.cluster.kind]:
+            allowed = " or ".join(ACCELERATORS_BY_CLUSTER[self.cluster.kind])
+            raise ValueError(f"accelerator.kind: {self.cluster.kind} clusters serve on {allowed}, got {accel!r}")
+        if self.cluster.kind == "gke" and accel == "tpu" and self.cluster.tpu_pool is None:
+            raise ValueError("cluster.tpuPool: required to serve on 'tpu'")
+        if self.cluster.kind == "gke" and accel == "nvidia" and self.cluster.gpu_pool is None:
+            raise ValueError("cluster.gpuPool: required to serve on 'nvidia'")
+        pool = self.cluster.accelerator_pool(accel) if accel in ("nvidia", "tpu") else None
+        per_node = pool.per_node if pool else None
+        for i, m in enumerate(self.models):
+            if m.runtime not in RUNTIMES_BY_ACCELERATOR[accel]:
+                raise ValueError(
+                    f"models[{i}].runtime: on {accel!r} models run with "
+                    f"{' or '.join(RUNTIMES_BY_ACCELERATOR[accel])}, got {m.runtime!r}"
+                )
+            asked = getattr(m, "accelerators", None)
+            if asked and per_node and asked > per_node:
+                raise ValueError(
+                    f"models[{i}].accelerators: {asked} asked (tensor-parallel size) but a node has only {per_node}"
+                )
+            if asked and accel == "tpu" and asked != per_node:
+                raise ValueError(
+                    f"models[{i}].accelerators: a TPU pod takes every chip of its host ({per_node}), got {asked}"
+                )
+        self._replicas_fit(pool)
+        return self
+
+    @model_validator(mode="after")
+    def _router_serves_gguf(self) -> "StackConfig":
+        if self.llama_router.enabled and self.accelerator.kind not in ("vulkan", "none"):
+            raise ValueError(f"llamaRouter.enabled: router mode serves GGUF files with llama.cpp "
+                             f"(accelerator vulkan or none), not on {self.accelerator.kind!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _providers_have_keys(self) -> "StackConfig":
+        names = [m.name for m in self.models]
+        for i, p in enumerate(self.front_door.providers):
+            if p.name in names:
+                raise ValueError(f"frontDoor.providers[{i}].name: {p.name!r} is already a model of the stack")
+            names.append(p.name)
+            if p.name not in self.provider_keys:
+                raise ValueError(f"providerKeys: expected a key for provider {p.name!r} "
+                                 f"(`pulumi config set --secret --path providerKeys.{p.name} ...`)")
+        return self
+
+    def _replicas_fit(self, pool: Optional[AcceleratorPool]) -> None:
+        """Every replica of every model must find its accelerators on nodes that exist, or that
+        an autoscaler will add: otherwise `up` waits for pods that never schedule."""
+        kind = self.accelerator.kind
+        if kind == "vulkan":
+            capacity, where = self.accelerator.share_count, f"accelerator.shareCount {self.accelerator.share_count}"
+        elif pool is not None:
+            capacity = pool.capacity
+            where = (f"{pool.per_node} per node × up to {pool.max_nodes} nodes the autoscaler adds" if pool.autoscaled
+                     else f"{pool.per_node} per node × {pool.nodes} nodes that exist; nothing adds more")
+        else:
+            return
+        if self.llama_router.enabled:
+            return  # one router pod holds one share and serves every model from it
+        used = 0
+        for i, m in enumerate(self.models):
+            per_replica = pool.per_node if kind == "tpu" else (getattr(m, "accelerators", None) or 1)
+            used += per_replica * m.replicas
+            if used > capacity:
+                raise ValueError(
+                    f"models[{i}].replicas: the models need {used} {kind} units in all, the cluster offers "
+                    f"{capacity} ({where})"
+                )
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list) -> list:
+        names = [m.name for m in models]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"model name {name!r} is used more than once; names must be unique")
+        return models
+
+
+REMOVED_UI_API_KEY = (
+    "uiApiKey: no longer a setting; Open WebUI reaches every model through the front door with "
+    "the client key (apiKey): remove the key"
+)
+REMOVED_DELETE_MODEL_CACHES = (
+    "deleteModelCaches: no longer a setting; model caches live as long as the cluster and "
+    "`pulumi destroy` deletes them with it (see the README, 'Model caches'): remove the key"
+)
