@@ -16,7 +16,8 @@ from .accelerators import Accelerator
 from .api_keys import KEYS_DIGEST_ANNOTATION
 from .llm_server import CONTAINER_SECURITY, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security
 from .serving import (
-    ALL_LAYERS, API_KEYS_FILE, API_KEYS_MOUNT, LLAMA_CPP_PORT, MODELS_MOUNT, PRESTOP_SLEEP_S, RUNTIMES, model_path,
+    ALL_LAYERS, API_KEYS_FILE, API_KEYS_MOUNT, LLAMA_CPP_PORT, MODELS_MOUNT, RUNTIMES, TERMINATION_GRACE_S,
+    llama_router_pre_stop, model_path,
 )
 
 if TYPE_CHECKING:
@@ -133,10 +134,9 @@ class LlamaRouter(pulumi.ComponentResource):
             "startupProbe": {**probe, "periodSeconds": PROBE_PERIOD_S, "failureThreshold": 30},
             "readinessProbe": {**probe, "periodSeconds": PROBE_PERIOD_S, "failureThreshold": 3},
             "livenessProbe": {**probe, "periodSeconds": 30, "failureThreshold": 5},
-            # Leave the Service's endpoints before the server is told to stop. Unlike a single
-            # server, the router answers /metrics only per model, so the drain that waits for
-            # requests in flight does not apply: a generation still running after the pause is cut.
-            "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},
+            # Leave the Service's endpoints, then wait (bounded) until no model has a request in
+            # flight: llama.cpp cuts generations on SIGTERM.
+            "lifecycle": {"preStop": llama_router_pre_stop(LLAMA_CPP_PORT, [m.name for m in args["models"]])},
         }
         if runtime.command:
             container["command"] = runtime.command
@@ -153,7 +153,7 @@ class LlamaRouter(pulumi.ComponentResource):
                 "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": {
                     "priorityClassName": args["priority_class"],
                     "automountServiceAccountToken": False,
-                    "terminationGracePeriodSeconds": PRESTOP_SLEEP_S + 30,
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
                     "securityContext": pod_security(args["restricted"], args["supplemental_groups"]),
                     "containers": [container],
                     "nodeSelector": dict(accel.node_selector) or None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from .accelerators import Accelerator
 
@@ -44,6 +44,36 @@ while [ "$(date +%s)" -lt "$end" ]; do
          curl -sf -m 5 -K - "http://127.0.0.1:$2/metrics"); then
     printf '%s\n' "$m" | grep -Eq '^llamacpp:requests_(processing|deferred) 0*[1-9]' || exit 0
   fi
+  sleep 1
+done
+"""
+# The same wait for llama.cpp's router, model by model: the router answers /metrics only for
+# one model (`?model=`), and `autoload=false` keeps the check from loading an idle one (it is
+# refused as "not loaded", so nothing of it is in flight). A model still loading has a request
+# waiting for it, so any "loading" in the router's model list counts as busy. Arguments: pause,
+# port, key file, drain bound (seconds), then every model alias.
+LLAMA_ROUTER_DRAIN = r"""
+sleep "$1"; port=$2; keys=$3; end=$(( $(date +%s) + $4 )); shift 4
+while [ "$(date +%s)" -lt "$end" ]; do
+  key=""; [ -r "$keys" ] && key=$(head -n 1 "$keys")
+  busy=""
+  if list=$(printf 'header = "Authorization: Bearer %s"\n' "$key" |
+            curl -sf -m 5 -K - "http://127.0.0.1:$port/models"); then
+    case $list in *'"value":"loading"'*) busy=1 ;; esac
+  else
+    busy=1
+  fi
+  for model in "$@"; do
+    [ -n "$busy" ] && break
+    m=$(printf 'header = "Authorization: Bearer %s"\n' "$key" |
+        curl -s -m 5 -K - -w '\n%{http_code}' "http://127.0.0.1:$port/metrics?model=$model&autoload=false") || busy=1
+    case $(printf '%s\n' "$m" | tail -n 1) in
+      200) printf '%s\n' "$m" | grep -Eq '^llamacpp:requests_(processing|deferred) 0*[1-9]' && busy=1 ;;
+      400) case $m in *"not loaded"*) ;; *) busy=1 ;; esac ;;
+      *) busy=1 ;;
+    esac
+  done
+  [ -z "$busy" ] && exit 0
   sleep 1
 done
 """
@@ -106,6 +136,13 @@ def _llama_cpp_pre_stop(port: int) -> dict:
     return {"exec": {"command": [
         "sh", "-c", LLAMA_CPP_DRAIN, "drain",
         str(PRESTOP_SLEEP_S), str(port), f"{API_KEYS_MOUNT}/{API_KEYS_FILE}", str(DRAIN_S),
+    ]}}
+
+
+def llama_router_pre_stop(port: int, aliases: Sequence[str]) -> dict:
+    return {"exec": {"command": [
+        "sh", "-c", LLAMA_ROUTER_DRAIN, "drain",
+        str(PRESTOP_SLEEP_S), str(port), f"{API_KEYS_MOUNT}/{API_KEYS_FILE}", str(DRAIN_S), *aliases,
     ]}}
 
 

@@ -11,11 +11,11 @@ settings.register_profile("ci", derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 # Stacks as shipped, plus variants for what only a config option installs: cert-manager (TLS
-# issued through ACME) on eks, and llama.cpp's router mode (one server for every model) on local.
+# issued through ACME) on eks, and one llama-server pod per model (instead of the router) on local.
 TLS = {"llm-platform:gateway": {"host": "llm.example.com", "certManager": {"acmeEmail": "ops@example.com"}}}
-ROUTER = {"llm-platform:llamaRouter": {"enabled": True}}
+PODS = {"llm-platform:llamaRouter": {"enabled": False}}
 VARIANTS = {"local": ("local", {}), "eks": ("eks", {}), "gke": ("gke", {}), "eks-tls": ("eks", TLS),
-            "local-router": ("local", ROUTER)}
+            "local-pods": ("local", PODS)}
 
 _recordings: dict[str, harness.Recording] = {}
 
@@ -31,6 +31,12 @@ def recording(variant: str) -> harness.Recording:
 @pytest.fixture(scope="session")
 def local() -> harness.Recording:
     return harness.run("local")
+
+
+@pytest.fixture(scope="session")
+def local_pods() -> harness.Recording:
+    """The local stack with one llama-server pod per model."""
+    return recording("local-pods")
 
 
 @pytest.fixture(scope="session", params=list(VARIANTS))

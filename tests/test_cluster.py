@@ -367,15 +367,15 @@ def test_vllm_replicas_get_own_caches_and_roll_on_the_gpus_that_exist(control_pl
     assert "volume node affinity conflict" in problems[0] or "node affinity" in problems[0], problems
 
 
-# --- llama.cpp router mode on the local stack -----------------------------------------------
+# --- one llama-server pod per model on the local stack (router mode off) ---------------------
 
 
-def test_llama_router_runs_on_the_gpu_behind_the_front_door(control_plane, stacks):
-    """Router mode (one llama-server for every model) passes the same checks: admitted, bound to
-    the GPU node, nothing Pending, and its Service and the front door's resolve on their pods."""
+def test_one_pod_per_model_runs_on_the_gpu_behind_the_front_door(control_plane, stacks):
+    """With router mode off, one llama-server per model passes the same checks: admitted, bound
+    to the GPU node, nothing Pending, and its Service and the front door's resolve on their pods."""
     # Not one of the stacks as shipped: after the per-stack tests, like the one above.
-    cp, d = control_plane, stacks.get("local-router")
-    assert [p.metadata.name.rsplit("-", 2)[0] for p in cp.pods(None, cs.MODEL_SERVERS)] == ["llama-router"]
+    cp, d = control_plane, stacks.get("local-pods")
+    assert [p.metadata.name.rsplit("-", 2)[0] for p in cp.pods(None, cs.MODEL_SERVERS)] == ["tinyllama"]
     ports = cs.settled_service_ports(cp, d)
     problems = ([str(r) for r in d.rejections] + cs.failed_creates(cp, d) + cs.unbound_pods(cp, d)
                 + cs.model_server_placement(cp, d, accelerator_nodes(d)) + ports)

@@ -4,6 +4,7 @@ names the stack file, the key and what was expected."""
 import pulumi
 import pytest
 
+from tests.conftest import PODS
 from tools import mock_engine as harness
 
 CLUSTER = {
@@ -70,7 +71,7 @@ def test_missing_cluster_key_is_refused():
 
 
 def test_defaults_serve_tinyllama_when_no_models_are_configured():
-    rec = harness.run("local", remove=("llm-platform:models",))
+    rec = harness.run("local", PODS, remove=("llm-platform:models",))
     args = rec.one("kubernetes:apps/v1:Deployment", "model-tinyllama-deployment").inputs["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "/mnt/models/tinyllama-1.1b-chat-v1.0.Q8_0.gguf" in args
     assert rec.outputs["modelAliases"] == ["tinyllama"]
@@ -81,7 +82,7 @@ def test_existing_cluster_serves_on_cpu_with_the_users_kubeconfig(tmp_path):
     kubeconfig.write_text(harness.KUBECONFIG)
     rec = harness.run("local", {
         "llm-platform:cluster": {"kind": "existing", "kubeconfig": str(kubeconfig), "context": "kind-dev"},
-        "llm-platform:accelerator": {"kind": "none"},
+        "llm-platform:accelerator": {"kind": "none"}, **PODS,
     })
     assert not rec.of_type("command:local:Command")  # nothing created, no model fetch
     assert not rec.of_type("kubernetes:apps/v1:DaemonSet")  # no device plugin on CPU

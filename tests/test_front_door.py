@@ -21,6 +21,7 @@ import yaml
 
 from components import front_door
 from tests.parts import LLAMA_SERVER, TINY_MODEL
+from tests.conftest import PODS
 from tools import mock_engine as harness
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +34,9 @@ MODELS = [
     {"name": "qwen", "file": "qwen2.5-1.5b-instruct-q4_k_m.gguf"},
 ]
 PROVIDER = {"name": "gpt-mini", "model": "openai/gpt-4o-mini", "apiBase": "https://api.openai.com/v1"}
+# One server per model here; tests/test_llama_router.py puts the router behind the front door.
 OVERRIDES = {
+    **PODS,
     "llm-platform:models": MODELS,
     "llm-platform:frontDoor": {"providers": [PROVIDER]},
     "llm-platform:apiKey": CLIENT_KEY,

@@ -5,14 +5,19 @@ loading on demand and unloading beyond modelsMax, behind the real front door."""
 from __future__ import annotations
 
 import configparser
+import http.client
 import json
 import subprocess
+import threading
+import time
 from urllib.parse import urlparse
 
 import pytest
 import yaml
 
 from components import front_door, llama_router
+from components.serving import API_KEYS_FILE, API_KEYS_MOUNT
+from tests.test_llama_server import LONG_REPLY_TOKENS
 from tests.test_front_door import (
     CLIENT_KEY, LITELLM, LLAMA_SERVER, TINY_MODEL, _chat, stop, _free_port, _request, _wait_ready, proxy_container,
 )
@@ -51,7 +56,8 @@ def test_one_server_for_every_model_and_the_front_door_routes_to_it(recorded):
     template = recorded.one(DEPLOYMENT, "llama-router-deployment").inputs["spec"]["template"]
     # The key file's digest rolls the router when the front door's key changes.
     assert template["metadata"]["annotations"]["llm-platform/api-keys-digest"]
-    assert c["lifecycle"]["preStop"]["sleep"]["seconds"] < template["spec"]["terminationGracePeriodSeconds"]
+    pause, bound = c["lifecycle"]["preStop"]["exec"]["command"][4:8:3]
+    assert int(pause) + int(bound) < template["spec"]["terminationGracePeriodSeconds"]
     text = recorded.one("kubernetes:core/v1:ConfigMap", "llama-router-presets").inputs["data"][
         llama_router.PRESETS_FILE]
     # llama.cpp's preset files open with a global `version` line before any section.
@@ -116,7 +122,7 @@ def running(recorded, tmp_path_factory):
             stdout=(tmp / "litellm.log").open("w"), stderr=subprocess.STDOUT, env=env, cwd=tmp))
         _wait_ready(router_port, "/health", procs[0], tmp / "router.log", 30)
         _wait_ready(proxy_port, front_door.READINESS_PATH, procs[1], tmp / "litellm.log", 180)
-        yield router_port, proxy_port, keys[front_door.BACKEND_KEY_ENV]
+        yield router_port, proxy_port, keys[front_door.BACKEND_KEY_ENV], tmp / "keys"
     finally:
         stop(procs, 15)
 
@@ -128,7 +134,7 @@ def _loaded(router_port: int, key: str) -> set[str]:
 
 
 def test_every_model_answers_through_the_front_door_one_loaded_at_a_time(running):
-    router_port, proxy_port, backend_key = running
+    router_port, proxy_port, backend_key, _ = running
     assert _loaded(router_port, backend_key) == set()  # nothing loads before it is asked for
     status, body = _request(proxy_port, "GET", "/v1/models", CLIENT_KEY)
     assert status == 200 and {m["id"] for m in json.loads(body)["data"]} == {m["name"] for m in MODELS}
@@ -140,3 +146,35 @@ def test_every_model_answers_through_the_front_door_one_loaded_at_a_time(running
         assert _loaded(router_port, backend_key) == {m["name"]}
     # The router takes only the front door's key.
     assert _request(router_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat("qwen"))[0] == 401
+
+
+def test_pre_stop_waits_for_the_generation_in_flight_and_loads_nothing(running, recorded):
+    """The router's preStop (as rendered, pause 0) returns only once the stream in flight ended,
+    and checking the idle models does not load them (which, beyond modelsMax, would unload the
+    busy one and cut its stream)."""
+    router_port, _, backend_key, key_file = running
+    command = list(router_container(recorded)["lifecycle"]["preStop"]["exec"]["command"])
+    assert command[:2] == ["sh", "-c"] and command[6] == f"{API_KEYS_MOUNT}/{API_KEYS_FILE}"
+    assert command[8:] == [m["name"] for m in MODELS]
+    command[4:7] = ["0", str(router_port), str(key_file)]
+    conn = http.client.HTTPConnection("127.0.0.1", router_port, timeout=120)
+    conn.request("POST", "/v1/chat/completions", json.dumps(_chat(
+        "tinyllama", stream=True, max_tokens=LONG_REPLY_TOKENS) | {"ignore_eos": True}),
+        {"Authorization": f"Bearer {backend_key}", "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    for _ in range(5):  # generating, not just accepted
+        assert resp.readline().startswith(b"data: ") and resp.readline() == b"\n"
+    hook_done: list[float] = []
+    hook = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    threading.Thread(target=lambda: (hook.wait(), hook_done.append(time.monotonic())), daemon=True).start()
+    last = b""
+    while line := resp.readline():
+        if line.startswith(b"data: "):
+            last = line.strip()
+    stream_done = time.monotonic()
+    conn.close()
+    assert last == b"data: [DONE]"
+    assert hook.wait(timeout=30) == 0, hook.stdout.read()
+    assert hook_done[0] >= stream_done - 0.5, "the hook returned while the stream was still running"
+    assert _loaded(router_port, backend_key) == {"tinyllama"}

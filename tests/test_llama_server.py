@@ -21,6 +21,7 @@ import pytest
 
 from components.serving import API_KEYS_MOUNT, LLAMA_CPP_BUILD, MODELS_MOUNT
 from tests.parts import LLAMA_SERVER, SHARED, TINY_MODEL
+from tests.conftest import PODS
 from tools import mock_engine as harness
 
 BINARY, MODEL = LLAMA_SERVER, TINY_MODEL
@@ -41,8 +42,10 @@ def _free_port() -> int:
 @functools.cache
 def _render(accelerator: str) -> dict:
     """The local stack's model server with a known client key, on the Mac GPU (the stack file's
-    `vulkan`: RamaLama's image) or on CPU (`none`: ggml-org's image of the build run here)."""
-    rec = harness.run("local", {"llm-platform:apiKey": CLIENT_KEY, "llm-platform:accelerator": {"kind": accelerator}},
+    `vulkan`: RamaLama's image) or on CPU (`none`: ggml-org's image of the build run here), one
+    pod per model (tests/test_llama_router.py runs the router)."""
+    rec = harness.run("local", {**PODS, "llm-platform:apiKey": CLIENT_KEY,
+                                "llm-platform:accelerator": {"kind": accelerator}},
                       secrets=("llm-platform:apiKey",))
     (server,) = rec.model_servers()
     template = harness.reveal(server.inputs["spec"]["template"])

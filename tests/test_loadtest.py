@@ -17,7 +17,7 @@ import pytest
 
 from tools import mock_engine as harness
 from tools.loadtest import aiperf, check
-from tools.loadtest.target import PortForward, TargetError
+from tools.loadtest.target import PortForward, TargetError, model_service
 
 SHARED = harness.PROJECT_DIR.parent / "shared"
 LLAMA_SERVER = SHARED / "bin" / "llama-server"
@@ -415,6 +415,12 @@ trap 'echo closed > "$(dirname "$0")/closed"; exit 0' TERM
 echo "Forwarding from 127.0.0.1:${7%%:*} -> 8080"
 while :; do sleep 0.1; done
 """
+
+
+def test_direct_reaches_the_router_where_the_stack_runs_it():
+    # The router serves every model (by the request's `model`); elsewhere each model has its Service.
+    assert model_service("local", "tinyllama") == "llama-router"
+    assert model_service("eks", "llama") == "llama"
 
 
 def test_direct_opens_the_port_forward_it_names_and_closes_it(tmp_path):

@@ -4,6 +4,7 @@ import shlex
 
 import yaml
 
+from tests.conftest import PODS
 from tools import mock_engine as harness
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -51,8 +52,8 @@ def test_device_plugin_advertises_dev_dri(local):
     assert ds["metadata"]["namespace"] == "kube-system"
 
 
-def test_model_server_asks_for_the_gpu_and_offloads_all_layers(local):
-    _, c = _server_container(local)
+def test_model_server_asks_for_the_gpu_and_offloads_all_layers(local_pods):
+    _, c = _server_container(local_pods)
     assert c["resources"]["limits"]["squat.ai/dri"] == "1"
     assert c["command"] == ["llama-server"]
     assert int(_flag(c["args"], "-ngl")) >= 999
@@ -64,41 +65,41 @@ def test_model_server_asks_for_the_gpu_and_offloads_all_layers(local):
     assert c["image"].startswith("quay.io/ramalama/ramalama:")
 
 
-def test_model_path_is_the_mounted_file(local):
-    dep, c = _server_container(local)
+def test_model_path_is_the_mounted_file(local_pods):
+    dep, c = _server_container(local_pods)
     model_path = _flag(c["args"], "-m")
     mount = next(m for m in c["volumeMounts"] if m["name"] == "models")
     volume = next(v for v in dep.inputs["spec"]["template"]["spec"]["volumes"] if v["name"] == "models")
     assert model_path == f"{mount['mountPath']}/tinyllama-1.1b-chat-v1.0.Q8_0.gguf"
     # The claim is bound to a volume over the node's /mnt/models.
-    claim = local.one("kubernetes:core/v1:PersistentVolumeClaim").inputs
+    claim = local_pods.one("kubernetes:core/v1:PersistentVolumeClaim").inputs
     assert claim["metadata"]["name"] == volume["persistentVolumeClaim"]["claimName"]
-    pv = local.one("kubernetes:core/v1:PersistentVolume").inputs
+    pv = local_pods.one("kubernetes:core/v1:PersistentVolume").inputs
     assert claim["spec"]["volumeName"] == pv["metadata"]["name"]
     assert claim["spec"]["storageClassName"] == pv["spec"]["storageClassName"]
     assert pv["spec"]["hostPath"]["path"] == mount["mountPath"] == "/mnt/models"
     assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
     # ...and that folder is the one minikube mounts from the host.
-    create = local.one(COMMAND, "cluster-minikube").inputs["create"]
+    create = local_pods.one(COMMAND, "cluster-minikube").inputs["create"]
     assert f":{mount['mountPath']}" in create
 
 
-def test_model_file_fetched_into_the_mounted_host_folder_before_the_server(local):
-    fetch = local.one(COMMAND, "model-tinyllama-model-file")
+def test_model_file_fetched_into_the_mounted_host_folder_before_the_server(local_pods):
+    fetch = local_pods.one(COMMAND, "model-tinyllama-model-file")
     argv = shlex.split(fetch.inputs["create"])
-    start = shlex.split(local.one(COMMAND, "cluster-minikube").inputs["create"].split("||", 1)[1].strip(" ()"))
+    start = shlex.split(local_pods.one(COMMAND, "cluster-minikube").inputs["create"].split("||", 1)[1].strip(" ()"))
     host_dir = _flag(start, "--mount-string").split(":")[0]
     assert _flag(argv, "--dest") == f"{host_dir}/tinyllama-1.1b-chat-v1.0.Q8_0.gguf"
     assert _flag(argv, "--url") == (
         "https://huggingface.co/TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF/resolve/main/"
         "tinyllama-1.1b-chat-v1.0.Q8_0.gguf"
     )
-    dep, _ = _server_container(local)
+    dep, _ = _server_container(local_pods)
     assert fetch.urn in dep.dependencies
 
 
-def test_probes_use_health_and_allow_slow_loads(local):
-    _, c = _server_container(local)
+def test_probes_use_health_and_allow_slow_loads(local_pods):
+    _, c = _server_container(local_pods)
     for probe in ("startupProbe", "readinessProbe"):
         assert c[probe]["httpGet"]["path"] == "/health"
         assert c[probe]["httpGet"]["port"] in ("http", 8080)
@@ -182,7 +183,7 @@ def test_custom_resources_wait_for_the_release_with_their_crds(local):
 def test_nothing_waits_on_what_it_does_not_need(local):
     argocd = local.one(RELEASE, "gitops-argocd")
     mesh = {local.one(RELEASE, f"mesh-{n}").urn for n in ("base", "istiod", "gateway")}
-    server = local.one(DEPLOYMENT, "model-tinyllama-deployment")
+    server = local.one(DEPLOYMENT, "llama-router-deployment")
     # Argo CD and the model servers do not wait for Istio's ingress gateway.
     assert not mesh & set(argocd.dependencies)
     assert local.one(RELEASE, "mesh-gateway").urn not in local.depends_transitively(server)
@@ -190,7 +191,7 @@ def test_nothing_waits_on_what_it_does_not_need(local):
     # Mesh does not wait on model files or the device plugin.
     for name in ("mesh-base", "mesh-istiod", "mesh-gateway"):
         deps = local.depends_transitively(local.one(RELEASE, name))
-        assert local.one(COMMAND, "model-tinyllama-model-file").urn not in deps
+        assert local.one(COMMAND, "llama-router-tinyllama-model-file").urn not in deps
         assert local.one("kubernetes:apps/v1:DaemonSet").urn not in deps
 
 
@@ -207,7 +208,7 @@ def test_every_kubernetes_resource_uses_the_cluster_provider(local):
 def test_children_are_parented_to_their_components(local):
     components = {r.urn: r for r in local.registrations if r.type.startswith("llm-platform:index:")}
     names = {r.type.removeprefix("llm-platform:index:") for r in components.values()}
-    assert names >= {"Cluster", "GpuDevicePlugin", "Mesh", "GitOpsController", "LlmServer", "Gateway"}
+    assert names >= {"Cluster", "GpuDevicePlugin", "Mesh", "GitOpsController", "LlamaRouter", "FrontDoor", "Gateway"}
     for r in local.registrations:
         if r.custom:
             assert r.parent in components, f"{r.type} {r.name} has no component parent"
@@ -242,13 +243,14 @@ def test_second_run_registers_identical_resources(local):
 
 
 def test_more_models_each_get_a_server_behind_the_one_front_door():
+    """With router mode off: one llama-server pod per model."""
     models = [
         {"name": "tinyllama", "file": "tinyllama-1.1b-chat-v1.0.Q8_0.gguf",
          "hfRepo": "TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF"},
         {"name": "qwen", "file": "qwen2.5-0.5b-instruct-q8_0.gguf",
          "url": "https://example.org/qwen2.5-0.5b-instruct-q8_0.gguf", "ctxSize": 8192},
     ]
-    rec = harness.run("local", {"llm-platform:models": models})
+    rec = harness.run("local", {"llm-platform:models": models, **PODS})
     assert {r.name for r in rec.of_type(DEPLOYMENT)} == {
         "model-tinyllama-deployment", "model-qwen-deployment", "front-door-deployment"}
     routes = {r["name"]: r for r in rec.one(VS).inputs["spec"]["http"]}
@@ -262,3 +264,14 @@ def test_more_models_each_get_a_server_behind_the_one_front_door():
         "valuesObject"]["openaiBaseApiUrls"]
     assert len(urls) == 1 and urls[0].startswith("http://litellm.front-door.svc.cluster.local:")
     assert rec.outputs["modelAliases"] == ["tinyllama", "qwen"]
+
+
+def test_one_router_pod_serves_every_model_from_the_gpu(local):
+    """As shipped, local runs llama.cpp's router: one pod holds the GPU share and serves every
+    model from the mounted folder, all layers offloaded."""
+    assert {r.name for r in local.of_type(DEPLOYMENT)} == {"llama-router-deployment", "front-door-deployment"}
+    c = local.one(DEPLOYMENT, "llama-router-deployment").inputs["spec"]["template"]["spec"]["containers"][0]
+    assert c["resources"]["limits"]["squat.ai/dri"] == "1" and c["command"] == ["llama-server"]
+    presets = local.one("kubernetes:core/v1:ConfigMap", "llama-router-presets").inputs["data"]["presets.ini"]
+    assert "[*]\nngl = 999\n" in presets
+    assert "[tinyllama]\nmodel = /mnt/models/tinyllama-1.1b-chat-v1.0.Q8_0.gguf\n" in presets

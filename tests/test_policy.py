@@ -8,6 +8,7 @@ import sys
 import pulumi_policy
 import pytest
 
+from tests.conftest import recording
 from tools import mock_engine as harness
 
 sys.path.insert(0, str(harness.PROJECT_DIR / "policy"))
@@ -45,7 +46,7 @@ def test_every_stack_passes_every_rule(stack):
 
 @pytest.fixture(scope="module")
 def local_server():
-    rec = harness.run("local")
+    rec = recording("local-pods")
     reg = rec.one("kubernetes:apps/v1:Deployment", "model-tinyllama-deployment")
     return reg.type, harness.reveal(reg.inputs), rec
 

@@ -21,7 +21,9 @@ def rendered(request, tmp_path_factory):
 def test_render_writes_one_file_per_component(rendered):
     stack, files = rendered
     assert {"mesh.yaml", "gitops.yaml", "gateway.yaml", "cloud.yaml"} <= set(files)
-    model_file = f"model-{harness.stack_config(stack)['llm-platform:models'][0]['name']}.yaml"
+    # Local serves every model from llama.cpp's router; the clouds run a server per model.
+    model_file = "llama-router.yaml" if stack == "local" else \
+        f"model-{harness.stack_config(stack)['llm-platform:models'][0]['name']}.yaml"
     kinds = {d["kind"] for d in files[model_file]}
     # Servers that cache downloaded weights run as a StatefulSet (one cache per replica).
     workload = "StatefulSet" if stack in ("eks", "gke") else "Deployment"

@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.conftest import PODS, recording
 from tools import mock_engine as harness
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -20,9 +21,9 @@ def server(rec):
     return workload(rec).inputs
 
 
-@pytest.fixture(scope="module", params=harness.STACKS)
+@pytest.fixture(scope="module", params=["local", "local-pods", "eks", "gke"])
 def stack(request):
-    return harness.run(request.param)
+    return recording(request.param)
 
 
 def test_graceful_shutdown_and_priority(stack):
@@ -30,7 +31,7 @@ def test_graceful_shutdown_and_priority(stack):
     assert pod["terminationGracePeriodSeconds"] >= 120
     pre_stop = pod["containers"][0]["lifecycle"]["preStop"]
     if "exec" in pre_stop:  # llama.cpp: pause, then wait for requests in flight (bounded)
-        pause, _port, _keys, bound = pre_stop["exec"]["command"][4:]
+        pause, _port, _keys, bound = pre_stop["exec"]["command"][4:8]
         assert 0 < int(pause) and int(pause) + int(bound) < pod["terminationGracePeriodSeconds"]
     else:  # vLLM: pause, then drain on SIGTERM for --shutdown-timeout
         args = pod["containers"][0]["args"]
@@ -45,6 +46,10 @@ def test_startup_probe_outlasts_the_longest_load(stack):
     reg = workload(stack)
     probe = reg.inputs["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
     budget = probe["periodSeconds"] * probe["failureThreshold"]
+    if reg.name == "llama-router-deployment":
+        # The router answers /health once it listens; each model loads on its first request.
+        assert budget >= 60 and reg.inputs["spec"].get("progressDeadlineSeconds", 600) >= budget
+        return
     assert budget >= 30 * 60
     # Neither the rollout nor Pulumi's wait is declared failed before the probe gives up.
     if reg.type == DEPLOYMENT:
@@ -53,17 +58,22 @@ def test_startup_probe_outlasts_the_longest_load(stack):
         assert int(reg.custom_timeouts[verb].removesuffix("m")) * 60 > budget
 
 
-def test_local_rollout_surges_into_a_free_share_of_the_gpu(local):
+def test_local_rollout_surges_into_a_free_share_of_the_gpu(local_pods):
     # The GPU is shared by 4 pods and one is in use: a new pod fits beside the old one.
-    assert server(local)["spec"]["strategy"] == {
+    assert server(local_pods)["spec"]["strategy"] == {
         "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+
+
+def test_the_router_is_replaced_in_place(local):
+    # One GPU holder with every model loaded: the old pod drains and goes before the new one.
+    assert server(local)["spec"]["strategy"] == {"type": "Recreate"}
 
 
 def test_surge_counts_every_server_on_the_accelerator():
     """Two models of two replicas take all 4 shares of the GPU: a surge pod would stay Pending
     and the rollout would never finish, so each server is replaced in place."""
     model = harness.stack_config("local")["llm-platform:models"][0]
-    rec = harness.run("local", {"llm-platform:models": [
+    rec = harness.run("local", {**PODS, "llm-platform:models": [
         {**model, "replicas": 2}, {**model, "name": "second", "replicas": 2}]})
     assert len(rec.model_servers()) == 2
     for dep in rec.model_servers():
@@ -73,7 +83,7 @@ def test_surge_counts_every_server_on_the_accelerator():
 def test_shares_beyond_the_gpu_are_refused():
     model = harness.stack_config("local")["llm-platform:models"][0]
     with pytest.raises(harness.ProgramFailed) as info:
-        harness.run("local", {"llm-platform:models": [{**model, "replicas": 5}]})
+        harness.run("local", {**PODS, "llm-platform:models": [{**model, "replicas": 5}]})
     assert str(info.value.error).startswith(
         "Pulumi.local.yaml: llm-platform:models[0].replicas: the models need 5 vulkan units in all")
 
@@ -93,10 +103,10 @@ def test_cache_backed_servers_roll_one_pod_at_a_time_on_their_own_claim(stack_na
     assert not [v for v in spec["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
 
 
-def test_disruption_budget_only_with_more_than_one_replica():
-    assert not harness.run("local").of_type(PDB)
+def test_disruption_budget_only_with_more_than_one_replica(local, local_pods):
+    assert not local.of_type(PDB) and not local_pods.of_type(PDB)
     models = harness.stack_config("local")["llm-platform:models"]
-    rec = harness.run("local", {"llm-platform:models": [{**models[0], "replicas": 2}]})
+    rec = harness.run("local", {**PODS, "llm-platform:models": [{**models[0], "replicas": 2}]})
     pdb = rec.one(PDB).inputs
     dep = server(rec)
     assert pdb["spec"]["maxUnavailable"] == 1
@@ -129,6 +139,7 @@ def test_delete_model_caches_is_refused_with_what_happens_instead(value):
     assert info.value.registrations == []
 
 
-def test_host_model_files_are_never_deleted():
-    fetch = harness.run("local").one("command:local:Command", "model-tinyllama-model-file")
-    assert not fetch.inputs.get("delete")
+def test_host_model_files_are_never_deleted(local, local_pods):
+    for fetch in (local.one("command:local:Command", "llama-router-tinyllama-model-file"),
+                  local_pods.one("command:local:Command", "model-tinyllama-model-file")):
+        assert not fetch.inputs.get("delete")

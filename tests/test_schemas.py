@@ -45,7 +45,7 @@ def test_every_core_object_validates_strictly(local):
 
 
 def test_validation_catches_a_misspelt_field(local):
-    dep = manifest(local.one("kubernetes:apps/v1:Deployment", "model-tinyllama-deployment").inputs)
+    dep = manifest(local.one("kubernetes:apps/v1:Deployment", "llama-router-deployment").inputs)
     dep["spec"]["template"]["spec"]["containers"][0]["argz"] = dep["spec"]["template"]["spec"]["containers"][0].pop("args")
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(dep, "1.34", strict=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tools.loadtest import aiperf, check, report
 from tools.loadtest.target import (
-    PortForward, Series, TargetError, base_url_for_aiperf, models_namespace, stack_outputs,
+    PortForward, Series, TargetError, base_url_for_aiperf, model_service, models_namespace, stack_outputs,
 )
 
 KEY_VAR = "LLM_API_KEY"
@@ -118,7 +118,7 @@ def run_series(args, series: Series, work: aiperf.Workload, out: Path, progress:
 
 def direct_series(args, first: Series, outputs: dict, stack: ExitStack) -> Series:
     forward = stack.enter_context(PortForward(
-        first.model, args.namespace or models_namespace(args.stack or ""),
+        model_service(args.stack or "", first.model), args.namespace or models_namespace(args.stack or ""),
         kubeconfig=args.kubeconfig, kubeconfig_text=None if args.kubeconfig else outputs.get("kubeconfig")))
     key = os.environ.get(DIRECT_KEY_VAR) or first.api_key
     return Series(first.model, "direct", forward.url, key)

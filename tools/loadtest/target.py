@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
+from components import llama_router
 from tools.loadtest.aiperf import ROOT
 
 # Every model server's Service names its one port "http" (components/llm_server.py).
@@ -71,6 +74,17 @@ def models_namespace(stack: str) -> str:
         if m:
             return m.group(1)
     return DEFAULT_MODELS_NAMESPACE
+
+
+def model_service(stack: str, model: str) -> str:
+    """The Service that serves `model` directly: llama.cpp's router where the stack file turns
+    router mode on (it serves every model), else the model's own Service (named by its alias)."""
+    path = ROOT / f"Pulumi.{stack}.yaml"
+    if path.exists():
+        router = (yaml.safe_load(path.read_text()) or {}).get("config", {}).get("llm-platform:llamaRouter") or {}
+        if router.get("enabled"):
+            return llama_router.NAME
+    return model
 
 
 def free_port() -> int:
