@@ -40,7 +40,7 @@ async def user_api_key_auth(request, api_key: str):
     key = (api_key or "").removeprefix(BEARER).strip()
     if not key or not _is_ui_key(key):
         raise NotTheUiKey()
-    # The path the server dispatches on (the URL LiteLLM rebuilds from the Host header may differ).
+    # The path the server dispatches on (request.url is rebuilt from the Host header and may differ).
     route = request.scope.get("path", "")
     if (request.method, route) not in UI_ROUTES:
         raise ProxyException(message=f"The UI's key may not call {request.method} {route}",
