@@ -73,7 +73,7 @@ model_namespace = ModelNamespace("models", {
     "host_models": not all(downloads),
 })
 
-keys = ApiKeys("api-keys", {"client": cfg.api_key}) if cfg.security.api_auth else None
+keys = ApiKeys("api-keys", {"client": cfg.api_key, "ui": cfg.ui.enabled}) if cfg.security.api_auth else None
 
 servers = [] if cfg.llama_router.enabled else [
     LlmServer(f"model-{m.name}", {
@@ -124,6 +124,8 @@ front_door = FrontDoor("front-door", {
     # --served-model-name).
     "models": backends,
     "master_key": keys.client if keys else None,
+    # Open WebUI's key, let in by the front door's custom auth for inference alone.
+    "ui_key": keys.ui if keys else None,
     "backend_key": keys.backend if keys else None,
     "provider_keys": {name: pulumi.Output.secret(key) for name, key in cfg.provider_keys.items()},
     "mesh_ready": [mesh.base, mesh.istiod],
@@ -141,9 +143,9 @@ apps = all_apps(
     mesh.namespaces[ui_namespace].metadata.name if ui_namespace else None,
     # One connection: the front door, inside the mesh; it lists every model, later ones included.
     [ModelEndpoint("front-door", front_door.base_url)],
-    # The proxy takes only its master key until virtual keys (a database) exist.
-    keys.client if keys else None,
-    keys.digest(keys.client) if keys else None,
+    # Its own key, which the front door takes for listing models and inference alone.
+    keys.ui if keys else None,
+    keys.digest(keys.ui) if keys else None,
     ui_admin.password if ui_admin else None,
 )
 GitOpsController("gitops", {"provider": provider, "chart_version": cfg.gitops.chart_version, "apps": apps})
@@ -168,6 +170,9 @@ pulumi.export("modelAliases", front_door.model_names)
 pulumi.export("kubeconfig", cluster.kubeconfig)
 if keys:
     pulumi.export("apiKey", keys.client)
+    if keys.ui is not None:
+        # Open WebUI's own key: the front door's inference routes only.
+        pulumi.export("uiApiKey", keys.ui)
 if ui_admin:
     pulumi.export("uiAdminEmail", cfg.ui.admin_email)
     pulumi.export("uiAdminPassword", ui_admin.password)

@@ -1,8 +1,9 @@
-"""ApiKeys: the client key that opens `/v1` (the front door's master key), and the key the front
-door presents to the model servers.
+"""ApiKeys: the client key that opens `/v1` (the front door's master key), the UI's key (inference
+routes of the front door only), and the key the front door presents to the model servers.
 
 The client key comes from a Pulumi secret in config, or is generated once and kept (encrypted) in
-state; the backend key is always generated: only the front door ever holds it.
+state; the UI and backend keys are always generated: only the front door and its one holder ever
+see them.
 """
 
 from __future__ import annotations
@@ -33,10 +34,15 @@ def keyed_digest(salt: pulumi.Input[str], keys: Sequence[pulumi.Input[str]]) -> 
 class ApiKeysArgs(TypedDict):
     # Set with `pulumi config set --secret apiKey sk-...`; None: generate one.
     client: Optional[pulumi.Input[str]]
+    # Whether the UI runs, and so needs its key.
+    ui: bool
 
 
 class ApiKeys(pulumi.ComponentResource):
     client: pulumi.Output[str]
+    # Open WebUI's key (None without the UI): the front door takes it for listing models and
+    # inference alone.
+    ui: Optional[pulumi.Output[str]]
     backend: pulumi.Output[str]
 
     def __init__(self, name: str, args: ApiKeysArgs, opts: Optional[pulumi.ResourceOptions] = None):
@@ -51,10 +57,13 @@ class ApiKeys(pulumi.ComponentResource):
         configured = args["client"]
         self.client = (pulumi.Output.secret(configured) if configured is not None
                        else generated("client", MASTER_KEY_PREFIX))
+        # Prefixed like every LiteLLM key.
+        self.ui = generated("ui", MASTER_KEY_PREFIX) if args["ui"] else None
         self.backend = generated("backend")
         self._salt = random.RandomPassword(f"{name}-digest-salt", length=32, special=False,
                                            opts=pulumi.ResourceOptions(parent=self)).result
-        self.register_outputs({"client": self.client, "backend": self.backend})
+        self.register_outputs({"client": self.client, "backend": self.backend,
+                               **({"ui": self.ui} if self.ui is not None else {})})
 
     def digest(self, *keys: pulumi.Input[str]) -> pulumi.Output[str]:
         """What a pod that reads `keys` at start carries, so that it rolls when they change."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence, TypedDict
 from urllib.parse import urlparse
 
@@ -14,6 +15,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 import yaml
 
+from . import front_door_auth
 from .api_keys import keyed_digest
 from .model_namespace import NAMESPACE_LABEL, policy_specs
 
@@ -33,6 +35,11 @@ NAME = "litellm"
 SERVICE_ACCOUNT = NAME
 CONFIG_DIR = "/etc/litellm"
 CONFIG_FILE = "config.yaml"
+# The custom auth that lets the UI's key in (inference only); LiteLLM loads `<module>.<function>`
+# from the config file's directory.
+AUTH_MODULE = "front_door_auth"
+AUTH_FILE = f"{AUTH_MODULE}.py"
+AUTH_FUNCTION = f"{AUTH_MODULE}.user_api_key_auth"
 # Open routes of the proxy, answered without a key.
 READINESS_PATH = "/health/readiness"
 LIVENESS_PATH = "/health/liveliness"
@@ -41,6 +48,7 @@ METRICS_PATH = "/metrics/"
 # Env vars the config refers to with `os.environ/<NAME>`: keys never enter the ConfigMap.
 MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
 BACKEND_KEY_ENV = "BACKEND_API_KEY"
+UI_KEY_ENV = front_door_auth.UI_KEY_ENV
 KEYS_SECRET = "litellm-keys"
 # Sent to model servers when the stack runs without API keys (the OpenAI client wants one).
 NO_KEY = "no-key"
@@ -86,6 +94,8 @@ class FrontDoorArgs(TypedDict):
     models: Sequence[ModelBackend]
     # The stack's client key (starts with "sk-"), the proxy's master key; None: open API.
     master_key: Optional[pulumi.Output[str]]
+    # The UI's key: inference routes only; None: no such key.
+    ui_key: Optional[pulumi.Output[str]]
     # The key the model servers accept; None: they take none.
     backend_key: Optional[pulumi.Output[str]]
     # Hosted providers' keys by provider entry name (Pulumi secrets).
@@ -102,8 +112,10 @@ class FrontDoorArgs(TypedDict):
     cluster_cidrs: Sequence[pulumi.Input[str]]
 
 
-def litellm_config(models: Sequence[tuple[str, str]], cfg: "FrontDoorConfig", auth: bool) -> dict:
-    """LiteLLM's proxy config for (alias, base URL) pairs and the configured providers."""
+def litellm_config(models: Sequence[tuple[str, str]], cfg: "FrontDoorConfig", auth: bool,
+                   ui_key: bool = False) -> dict:
+    """LiteLLM's proxy config for (alias, base URL) pairs and the configured providers; `ui_key`:
+    the UI's inference-only key is let in by the custom auth."""
     timeouts = {"timeout": cfg.timeout_seconds, "stream_timeout": cfg.timeout_seconds}
     model_list = [
         {"model_name": alias, "litellm_params": {
@@ -138,12 +150,26 @@ def litellm_config(models: Sequence[tuple[str, str]], cfg: "FrontDoorConfig", au
     # (security.apiAuth: false).
     general: dict = ({"master_key": f"os.environ/{MASTER_KEY_ENV}"} if auth
                      else {"dangerously_permit_weak_or_unset_master_key": True})
+    if auth and ui_key:
+        general.update({
+            "custom_auth": AUTH_FUNCTION,
+            # "auto": a key the function does not know goes on to LiteLLM's own auth (master key).
+            "custom_auth_settings": {"mode": "auto"},
+            # Once custom_auth is set, LiteLLM skips its common checks (model access, budgets)
+            # for every key, the master key's included, unless told to run them.
+            "custom_auth_run_common_checks": True,
+        })
     return {
         "model_list": model_list,
         "litellm_settings": settings,
         "router_settings": {"num_retries": 0, "timeout": cfg.timeout_seconds},
         "general_settings": general,
     }
+
+
+def auth_module_source() -> str:
+    """The custom auth module's text, as it ships in the ConfigMap."""
+    return Path(front_door_auth.__file__).read_text()
 
 
 class FrontDoor(pulumi.ComponentResource):
@@ -159,6 +185,7 @@ class FrontDoor(pulumi.ComponentResource):
         replicas = cfg.replicas or args["default_replicas"]
         namespace = pulumi.Output.from_input(args["namespace"])
         auth = args["master_key"] is not None
+        ui_key = auth and args["ui_key"] is not None
         child = pulumi.ResourceOptions(parent=self, provider=provider)
         labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "front-door",
                   "app.kubernetes.io/part-of": "llm-platform"}
@@ -167,17 +194,22 @@ class FrontDoor(pulumi.ComponentResource):
 
         rendered = pulumi.Output.all(*(pulumi.Output.from_input(m.base_url) for m in args["models"])).apply(
             lambda urls: yaml.safe_dump(litellm_config(
-                [(m.alias, u) for m, u in zip(args["models"], urls)], cfg, auth), sort_keys=False))
+                [(m.alias, u) for m, u in zip(args["models"], urls)], cfg, auth, ui_key), sort_keys=False))
+        files: dict[str, pulumi.Input[str]] = {CONFIG_FILE: rendered}
+        if ui_key:
+            files[AUTH_FILE] = auth_module_source()
         config_map = k8s.core.v1.ConfigMap(
             f"{name}-config",
             metadata={**meta, "name": f"{NAME}-config"},
-            data={CONFIG_FILE: rendered},
+            data=files,
             opts=child,
         )
 
         keys: dict[str, pulumi.Output[str]] = {}
         if auth:
             keys[MASTER_KEY_ENV] = args["master_key"]
+        if ui_key:
+            keys[UI_KEY_ENV] = args["ui_key"]
         if args["backend_key"] is not None:
             keys[BACKEND_KEY_ENV] = args["backend_key"]
         for p in cfg.providers:
@@ -199,7 +231,7 @@ class FrontDoor(pulumi.ComponentResource):
         # the model servers' digest, since the master key may be one a person chose.
         salt = random.RandomPassword(f"{name}-keys-digest-salt", length=32, special=False,
                                      opts=pulumi.ResourceOptions(parent=self))
-        checksum = keyed_digest(salt.result, [rendered, *keys.values()])
+        checksum = keyed_digest(salt.result, [*files.values(), *keys.values()])
 
         account = k8s.core.v1.ServiceAccount(
             f"{name}-service-account",

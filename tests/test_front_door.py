@@ -56,6 +56,15 @@ def rendered_config(rec) -> dict:
     return yaml.safe_load(rec.one(CONFIG_MAP, "front-door-config").inputs["data"][front_door.CONFIG_FILE])
 
 
+def write_config_dir(rec, directory: Path, cfg: dict) -> Path:
+    """The ConfigMap's files as the pod mounts them (LiteLLM loads the custom auth from beside its
+    config), with `cfg` for the config; returns the config's path."""
+    for name, text in rec.one(CONFIG_MAP, "front-door-config").inputs["data"].items():
+        (directory / name).write_text(text)
+    (directory / front_door.CONFIG_FILE).write_text(yaml.safe_dump(cfg))
+    return directory / front_door.CONFIG_FILE
+
+
 def proxy_container(rec) -> dict:
     return rec.one(DEPLOYMENT, "front-door-deployment").inputs["spec"]["template"]["spec"]["containers"][0]
 
@@ -124,6 +133,33 @@ def test_no_retry_and_long_timeouts(recorded):
     assert CLIENT_KEY not in text and PROVIDER_KEY not in text and "sk-" not in text
 
 
+def test_the_ui_key_is_let_in_by_the_custom_auth_shipped_beside_the_config(recorded):
+    general = rendered_config(recorded)["general_settings"]
+    assert general["custom_auth"] == "front_door_auth.user_api_key_auth"
+    # "auto": keys the function does not know go on to LiteLLM's auth; common checks still run.
+    assert general["custom_auth_settings"] == {"mode": "auto"}
+    assert general["custom_auth_run_common_checks"] is True
+    data = recorded.one(CONFIG_MAP, "front-door-config").inputs["data"]
+    assert data["front_door_auth.py"] == (ROOT / "components" / "front_door_auth.py").read_text()
+    env = {e["name"]: e for e in proxy_container(recorded)["env"]}
+    ref = env["LITELLM_UI_KEY"]["valueFrom"]["secretKeyRef"]
+    secret = recorded.one(SECRET, "front-door-keys")
+    assert ref == {"name": secret.inputs["metadata"]["name"], "key": "LITELLM_UI_KEY"}
+    keys = harness.reveal(secret.inputs["stringData"])
+    assert keys["LITELLM_UI_KEY"].startswith("sk-") and keys["LITELLM_UI_KEY"] != CLIENT_KEY
+    assert "uiApiKey" in recorded.secret_outputs
+    assert recorded.outputs["uiApiKey"] == keys["LITELLM_UI_KEY"]
+
+
+def test_no_key_in_any_config_map(recorded):
+    keys = harness.reveal(recorded.one(SECRET, "front-door-keys").inputs["stringData"])
+    assert set(keys) >= {front_door.MASTER_KEY_ENV, front_door.UI_KEY_ENV, front_door.BACKEND_KEY_ENV}
+    for cm in recorded.of_type(CONFIG_MAP):
+        text = json.dumps(harness.reveal(cm.inputs.get("data") or {}))
+        for name, key in keys.items():
+            assert key not in text, f"{name} in ConfigMap {cm.name}"
+
+
 def test_an_open_api_is_said_so_or_the_proxy_would_not_start():
     rec = harness.run("local", {"llm-platform:security": {"apiAuth": False}})
     cfg = rendered_config(rec)
@@ -187,8 +223,8 @@ def _wait_ready(port: int, path: str, proc: subprocess.Popen, log: Path, limit_s
 
 
 class Stack:
-    def __init__(self, proxy_port: int, servers: dict[str, int], backend_key: str):
-        self.proxy_port, self.servers, self.backend_key = proxy_port, servers, backend_key
+    def __init__(self, proxy_port: int, servers: dict[str, int], backend_key: str, ui_key: str):
+        self.proxy_port, self.servers, self.backend_key, self.ui_key = proxy_port, servers, backend_key, ui_key
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +257,7 @@ def stack(recorded, tmp_path_factory):
                 entry["litellm_params"]["api_base"] = f"http://127.0.0.1:{hosts[base.hostname]}{base.path}"
         assert all(urlparse(e["litellm_params"].get("api_base", "")).hostname in ("127.0.0.1", "api.openai.com")
                    for e in cfg["model_list"])
-        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))
+        config = write_config_dir(recorded, tmp, cfg)
         # The env the pod gets: literal values as rendered, Secret references resolved.
         env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp)}
         for e in proxy_container(recorded)["env"]:
@@ -229,12 +265,12 @@ def stack(recorded, tmp_path_factory):
         proxy_port = _free_port()
         log = tmp / "litellm.log"
         procs.append(subprocess.Popen(
-            [str(LITELLM), "--config", str(tmp / "config.yaml"), "--host", "127.0.0.1", "--port", str(proxy_port)],
+            [str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(proxy_port)],
             stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=tmp))
         for m in MODELS:
             _wait_ready(servers[m["name"]], "/health", procs[MODELS.index(m)], tmp / f"{m['name']}.log", 30)
         _wait_ready(proxy_port, front_door.READINESS_PATH, procs[-1], log, 180)
-        yield Stack(proxy_port, servers, backend_key)
+        yield Stack(proxy_port, servers, backend_key, keys[front_door.UI_KEY_ENV])
     finally:
         stop(procs, 10)
 
@@ -292,6 +328,59 @@ def test_refused_without_the_client_key(stack):
     # ...and the client key does not open the servers.
     port = stack.servers["tinyllama"]
     assert _request(port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat("tinyllama"))[0] == 401
+
+
+# What the UI calls (Open WebUI lists models and chats, streamed or not, at the OpenAI base URL).
+def test_the_ui_key_lists_the_models_and_chats(stack):
+    for path in ("/v1/models", "/models"):
+        status, body = _request(stack.proxy_port, "GET", path, stack.ui_key)
+        assert status == 200, body
+        assert sorted(m["id"] for m in json.loads(body)["data"]) == sorted(
+            [m["name"] for m in MODELS] + [PROVIDER["name"]])
+    for path in ("/v1/chat/completions", "/chat/completions"):
+        status, body = _request(stack.proxy_port, "POST", path, stack.ui_key, _chat("tinyllama"))
+        assert status == 200, body
+        assert json.loads(body)["choices"][0]["message"]["content"] is not None
+    _, chunks, done = _stream(stack.proxy_port, stack.ui_key, "qwen", 16)
+    assert chunks >= 2 and done
+
+
+# Routes beyond inference: key management, the models' backends and config, spend, health
+# checks that call every model, and inference the UI never uses.
+UI_REFUSED = [
+    ("POST", "/key/generate", {}), ("GET", "/key/list", None), ("GET", "/model/info", None),
+    ("GET", "/v1/model/info", None), ("GET", "/config/yaml", None), ("POST", "/config/update", {}),
+    ("GET", "/get/config/callbacks", None), ("GET", "/health", None), ("GET", "/global/spend/logs", None),
+    ("GET", "/user/info", None), ("POST", "/v1/completions", {"model": "tinyllama", "prompt": "Hi"}),
+    ("POST", "/v1/responses", {"model": "tinyllama", "input": "Hi"}),
+]
+
+
+@pytest.mark.parametrize("method, path, body", UI_REFUSED, ids=[f"{m} {p}" for m, p, _ in UI_REFUSED])
+def test_the_ui_key_is_refused_beyond_inference(stack, method, path, body):
+    status, answer = _request(stack.proxy_port, method, path, stack.ui_key, body)
+    assert status == 403, answer
+    assert json.loads(answer)["error"]["message"] == f"The UI's key may not call {method} {path}"
+    # ...where the master key is let in (no database: some answer that they need one).
+    status, answer = _request(stack.proxy_port, method, path, CLIENT_KEY, body, timeout=120)
+    assert status not in (401, 403), answer
+    print(f"\nmaster key, {method} {path} -> {status} {answer[:120]!r}")
+
+
+def test_a_key_like_the_ui_key_is_not_it(stack):
+    for key in (stack.ui_key[:-1], stack.ui_key + "x", stack.ui_key[:-1] + chr(ord(stack.ui_key[-1]) ^ 1),
+                stack.ui_key.upper(), "Bearer " + stack.ui_key[:-1], "sk-\u00e9" + stack.ui_key[4:]):
+        status, answer = _request(stack.proxy_port, "GET", "/v1/models", key)
+        # Taken for a virtual key, which LiteLLM without a database refuses (400 "No connected db.").
+        assert status in (400, 401), (key, answer)
+    assert _request(stack.proxy_port, "GET", "/v1/models")[0] == 401
+
+
+def test_the_master_key_still_opens_everything(stack):
+    for method, path, body in (("GET", "/v1/models", None), ("GET", "/model/info", None),
+                               ("POST", "/v1/chat/completions", _chat("tinyllama"))):
+        status, answer = _request(stack.proxy_port, method, path, CLIENT_KEY, body)
+        assert status == 200, answer
 
 
 def _stream(port: int, key: str, model: str, max_tokens: int) -> tuple[float, int, bool]:

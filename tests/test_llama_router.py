@@ -20,6 +20,7 @@ from components.serving import API_KEYS_FILE, API_KEYS_MOUNT
 from tests.test_llama_server import LONG_REPLY_TOKENS
 from tests.test_front_door import (
     CLIENT_KEY, LITELLM, LLAMA_SERVER, TINY_MODEL, _chat, stop, _free_port, _request, _wait_ready, proxy_container,
+    write_config_dir,
 )
 from tools import mock_engine as harness
 
@@ -112,13 +113,13 @@ def running(recorded, tmp_path_factory):
         for entry in cfg["model_list"]:
             base = urlparse(entry["litellm_params"]["api_base"])
             entry["litellm_params"]["api_base"] = f"http://127.0.0.1:{router_port}{base.path}"
-        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))
+        config = write_config_dir(recorded, tmp, cfg)
         env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp)}
         for e in proxy_container(recorded)["env"]:
             env[e["name"]] = e["value"] if "value" in e else keys[e["valueFrom"]["secretKeyRef"]["key"]]
         proxy_port = _free_port()
         procs.append(subprocess.Popen(
-            [str(LITELLM), "--config", str(tmp / "config.yaml"), "--host", "127.0.0.1", "--port", str(proxy_port)],
+            [str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(proxy_port)],
             stdout=(tmp / "litellm.log").open("w"), stderr=subprocess.STDOUT, env=env, cwd=tmp))
         _wait_ready(router_port, "/health", procs[0], tmp / "router.log", 30)
         _wait_ready(proxy_port, front_door.READINESS_PATH, procs[1], tmp / "litellm.log", 180)

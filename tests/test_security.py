@@ -47,12 +47,19 @@ def backend_key(rec) -> str:
         "BACKEND_API_KEY"]
 
 
+def ui_key(rec) -> str:
+    """Open WebUI's key, as the front door holds it."""
+    return harness.reveal(rec.one("kubernetes:core/v1:Secret", "front-door-keys").inputs["stringData"])[
+        "LITELLM_UI_KEY"]
+
+
 def test_keys_never_appear_in_plain_text(keyed):
-    backend = backend_key(keyed)
+    backend, ui = backend_key(keyed), ui_key(keyed)
     for r in keyed.registrations:
         text = plain_text(r.inputs)
-        assert CLIENT_KEY not in text and backend not in text, f"{r.type} {r.name}"
+        assert CLIENT_KEY not in text and backend not in text and ui not in text, f"{r.type} {r.name}"
     assert "apiKey" in keyed.secret_outputs and keyed.outputs["apiKey"] == CLIENT_KEY
+    assert "uiApiKey" in keyed.secret_outputs and keyed.outputs["uiApiKey"] == ui
 
 
 def test_server_requires_a_key_read_from_a_secret(keyed):
@@ -97,11 +104,13 @@ def test_a_rotated_key_rolls_the_pods_that_hold_it(stack):
     """Servers and the front door read their keys only at start, so their pod templates carry a
     keyed digest of the keys they hold: the client key rolls the front door, the backend key the
     servers (and a new client key leaves the servers alone)."""
-    def digests(client_key: str) -> tuple[str, str]:
+    def digests(client_key: str) -> tuple[str, str, str]:
         rec = harness.run(stack, {**SECRET_OVERRIDES, "llm-platform:apiKey": client_key}, secrets=SECRETS)
         server = _template(rec)["metadata"]["annotations"]["llm-platform/api-keys-digest"]
         door = rec.one("kubernetes:apps/v1:Deployment", "front-door-deployment").inputs["spec"]["template"][
             "metadata"]["annotations"]["llm-platform/config-checksum"]
+        ui = rec.one("kubernetes:argoproj.io/v1alpha1:Application").inputs["spec"]["source"]["helm"][
+            "valuesObject"]["podAnnotations"]["llm-platform/api-keys-digest"]
         backend = backend_key(rec)
         # Readable in diffs, yet no key in it or derivable from it without the salt in state.
         for value in (server, door):
@@ -109,15 +118,18 @@ def test_a_rotated_key_rolls_the_pods_that_hold_it(stack):
         assert server == hmac.new(_salt(rec, model_server(rec).name.rsplit("-", 1)[0]).encode(),
                                   backend.encode(), hashlib.sha256).hexdigest()
         assert server != hashlib.sha256(backend.encode()).hexdigest()
-        return server, door
+        # ApiKeys' own salt ("api-keys-digest-salt").
+        assert ui == hmac.new(_salt(rec, "api").encode(), ui_key(rec).encode(), hashlib.sha256).hexdigest()
+        return server, door, ui
 
-    server, door = digests(CLIENT_KEY)
-    assert digests(CLIENT_KEY) == (server, door)
-    rotated_server, rotated_door = digests(CLIENT_KEY + "-rotated")
-    assert rotated_door != door and rotated_server == server
+    server, door, ui = digests(CLIENT_KEY)
+    assert digests(CLIENT_KEY) == (server, door, ui)
+    rotated_server, rotated_door, rotated_ui = digests(CLIENT_KEY + "-rotated")
+    # The UI holds its own key: a new client key leaves it alone too.
+    assert rotated_door != door and rotated_server == server and rotated_ui == ui
 
 
-def test_ui_gets_the_front_door_key_from_a_secret(keyed):
+def test_ui_gets_its_own_front_door_key_from_a_secret(keyed):
     app = keyed.one("kubernetes:argoproj.io/v1alpha1:Application").inputs
     env = app["spec"]["source"]["helm"]["valuesObject"]["extraEnvVars"]
     assert {"name": "OPENAI_API_KEYS",
@@ -125,21 +137,34 @@ def test_ui_gets_the_front_door_key_from_a_secret(keyed):
     secret = keyed.one("kubernetes:core/v1:Secret", "gitops-secret-open-webui-openai")
     assert secret.inputs["metadata"]["namespace"] == app["spec"]["destination"]["namespace"]
     urls = app["spec"]["source"]["helm"]["valuesObject"]["openaiBaseApiUrls"]
-    # LiteLLM without a database takes only its master key (virtual keys need Postgres).
     assert len(urls) == 1
-    assert harness.reveal(secret.inputs["stringData"])["OPENAI_API_KEYS"] == CLIENT_KEY
+    # The key the front door takes for inference alone (its custom auth), not the master key.
+    assert harness.reveal(secret.inputs["stringData"])["OPENAI_API_KEYS"] == ui_key(keyed) != CLIENT_KEY
     assert secret.urn in keyed.one("kubernetes:argoproj.io/v1alpha1:Application").dependencies
+
+
+def test_the_master_key_is_nowhere_in_the_ui(keyed):
+    """Not in Open WebUI's Application nor in any Secret Argo CD delivers with it, in any form."""
+    app = keyed.one("kubernetes:argoproj.io/v1alpha1:Application")
+    namespace = app.inputs["spec"]["destination"]["namespace"]
+    objects = [app] + [r for r in keyed.of_type("kubernetes:core/v1:Secret")
+                       if r.inputs["metadata"]["namespace"] == namespace]
+    assert {r.name for r in objects} >= {"gitops-secret-open-webui-openai", "gitops-secret-open-webui-admin"}
+    for r in objects:
+        assert CLIENT_KEY not in json.dumps(harness.reveal(r.inputs), default=str), r.name
 
 
 def test_keys_are_generated_when_not_configured():
     rec = harness.run("local")
     generated = [r for r in rec.of_type("random:index/randomPassword:RandomPassword")
-                 if r.name in ("api-keys-client", "api-keys-backend")]
-    assert sorted(r.name for r in generated) == ["api-keys-backend", "api-keys-client"]
+                 if r.name in ("api-keys-client", "api-keys-ui", "api-keys-backend")]
+    assert sorted(r.name for r in generated) == ["api-keys-backend", "api-keys-client", "api-keys-ui"]
     assert all(r.inputs["length"] >= 32 and r.inputs["special"] is False for r in generated)
     assert "apiKey" in rec.secret_outputs
     # LiteLLM takes a master key only with this prefix.
     assert rec.outputs["apiKey"].startswith("sk-") and len(rec.outputs["apiKey"]) >= 40
+    assert "uiApiKey" in rec.secret_outputs
+    assert rec.outputs["uiApiKey"].startswith("sk-") and len(rec.outputs["uiApiKey"]) >= 40
 
 
 def test_a_configured_client_key_must_suit_the_front_door():
@@ -735,19 +760,20 @@ def test_istiod_as_its_chart_renders_it_serves_the_challenge_from_our_ingress(ac
     assert mesh["ingressSelector"] == acme.one(GATEWAY).inputs["spec"]["selector"]["istio"]
 
 
-def test_a_rotated_client_key_rolls_the_ui():
-    """Open WebUI reads its key (the front door's client key) from the Secret only at start: the
-    pod template the real chart renders from the program's values changes with the key (Argo CD
-    then rolls the UI)."""
-    def ui_template(client_key: str) -> dict:
+def test_the_ui_rolls_with_its_own_key_not_the_client_key():
+    """Open WebUI reads its key from the Secret only at start: the pod template the real chart
+    renders from the program's values carries a keyed digest of the UI's own key (a new one rolls
+    the UI through Argo CD), and a rotated client key leaves the UI alone."""
+    def ui_template(client_key: str) -> tuple[dict, str]:
         rec = harness.run("local", {**SECRET_OVERRIDES, "llm-platform:apiKey": client_key}, secrets=SECRETS)
-        return ui_workload(rendered_ui(rec))["spec"]["template"]
+        return ui_workload(rendered_ui(rec))["spec"]["template"], ui_key(rec)
 
-    before, same, rotated = ui_template(CLIENT_KEY), ui_template(CLIENT_KEY), ui_template(CLIENT_KEY + "-rotated")
+    (before, key), (rotated, _) = ui_template(CLIENT_KEY), ui_template(CLIENT_KEY + "-rotated")
     value = before["metadata"]["annotations"]["llm-platform/api-keys-digest"]
-    assert CLIENT_KEY not in value and value != hashlib.sha256(CLIENT_KEY.encode()).hexdigest()
-    assert before == same
-    assert rotated["metadata"]["annotations"]["llm-platform/api-keys-digest"] != value
+    assert key not in value and value != hashlib.sha256(key.encode()).hexdigest()
+    assert value == hmac.new(hashlib.sha256(b"api-keys-digest-salt").hexdigest()[:32].encode(), key.encode(),
+                             hashlib.sha256).hexdigest()
+    assert rotated == before
 
 
 @pytest.mark.parametrize("key", ["-flag-like-0123456789ab", "two;keys-0123456789ab", "line\nbreak-0123456789", "short"])

@@ -179,7 +179,7 @@ class StackConfig(_Model):
 
 REMOVED_UI_API_KEY = (
     "uiApiKey: no longer a setting; Open WebUI reaches every model through the front door with "
-    "the client key (apiKey): remove the key"
+    "a key the stack generates for it (output uiApiKey): remove the key"
 )
 REMOVED_DELETE_MODEL_CACHES = (
     "deleteModelCaches: no longer a setting; model caches live as long as the cluster and "
