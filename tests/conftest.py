@@ -11,11 +11,13 @@ settings.register_profile("ci", derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 # Stacks as shipped, plus variants for what only a config option installs: cert-manager (TLS
-# issued through ACME) on eks, and llama.cpp's router mode (one server for every model) on local.
+# issued through ACME) on eks, llama.cpp's router mode (one server for every model) on local, and
+# the front door's virtual keys (the CloudNativePG operator and its PostgreSQL) on local.
 TLS = {"llm-platform:gateway": {"host": "llm.example.com", "certManager": {"acmeEmail": "ops@example.com"}}}
 ROUTER = {"llm-platform:llamaRouter": {"enabled": True}}
+VKEYS = {"llm-platform:frontDoor": {"virtualKeys": {"enabled": True}}}
 VARIANTS = {"local": ("local", {}), "eks": ("eks", {}), "gke": ("gke", {}), "eks-tls": ("eks", TLS),
-            "local-router": ("local", ROUTER)}
+            "local-router": ("local", ROUTER), "local-vkeys": ("local", VKEYS)}
 
 _recordings: dict[str, harness.Recording] = {}
 
