@@ -160,3 +160,11 @@ def test_no_network_policies_where_the_cluster_does_not_enforce_them(tmp_path):
                                 "llm-platform:accelerator": {"kind": "none"}})
     assert not policies(rec, "litellm-db") and rec.one(CLUSTER)
     assert int(harness.reveal(rec.one(CLUSTER).inputs["spec"])["instances"]) == 1
+
+
+def test_its_istio_objects_match_their_schemas(on):
+    from tests.test_crd_schemas import custom_resources, validate
+
+    objects = [o for o in custom_resources(on) if o["kind"] in ("DestinationRule", "Sidecar")]
+    assert sorted(o["kind"] for o in objects) == ["DestinationRule", "Sidecar"]
+    assert validate(objects) == [None] * len(objects)
