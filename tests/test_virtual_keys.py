@@ -168,3 +168,14 @@ def test_its_istio_objects_match_their_schemas(on):
     objects = [o for o in custom_resources(on) if o["kind"] in ("DestinationRule", "Sidecar")]
     assert sorted(o["kind"] for o in objects) == ["DestinationRule", "Sidecar"]
     assert validate(objects) == [None] * len(objects)
+
+
+def test_the_policy_pack_passes_with_virtual_keys_on(on):
+    from tests.test_policy import recorded, rules, violations
+
+    for reg, props in recorded(on):
+        for name, (check, _) in rules.RESOURCE_RULES.items():
+            assert violations(check, reg.type, props, reg.urn) == [], f"{name} on {reg.type} {reg.name}"
+    found = []
+    rules.STACK_RULES["model-namespaces-injected"][0]([(reg.type, props) for reg, props in recorded(on)], found.append)
+    assert found == []
