@@ -112,7 +112,8 @@ def policy_specs(args: KeysDatabaseArgs) -> dict[str, dict]:
                       "podSelector": {"matchLabels": OPERATOR_POD_LABELS}}],
             "ports": tcp(STATUS_PORT),
         }]},
-        # Standbys stream from the primary; instances ask each other's status when electing one.
+        # Standbys clone and stream from the primary; an instance's liveness check reaches the
+        # others' status port to tell whether it is cut off.
         "allow-instances": {"podSelector": every_pod, "policyTypes": ["Ingress", "Egress"],
                             "ingress": [{"from": [here], "ports": tcp(POSTGRES_PORT, STATUS_PORT)}],
                             "egress": [{"to": [here], "ports": tcp(POSTGRES_PORT, STATUS_PORT)}]},
