@@ -8,6 +8,7 @@ from components import (
 from components.accelerators import from_config as accelerator_from_config, units_in_use
 from components.apps import OPEN_WEBUI_PORT, OPEN_WEBUI_SERVICE_ACCOUNT, ModelEndpoint, all_apps, open_webui_host
 from components.config import ConfigError, load
+from components.database import KeysDatabase
 from components.llama_router import LlamaRouter
 from components.front_door import SERVICE_ACCOUNT as FRONT_DOOR_SERVICE_ACCOUNT, FrontDoor, ModelBackend
 from components.mesh import INGRESS_PRINCIPAL, principal
@@ -115,9 +116,24 @@ if cfg.llama_router.enabled:
     router_url = pulumi.Output.concat("http://", router.service_host, f":{router.port}/v1")
     backends = [ModelBackend(m.name, router_url) for m in cfg.models]
 
+front_door_ns = mesh.namespaces[front_door_namespace].metadata.name
+virtual_keys = cfg.front_door.virtual_keys
+database = KeysDatabase("keys-database", {
+    "provider": provider,
+    "chart_version": virtual_keys.chart_version,
+    "operator_namespace": virtual_keys.operator_namespace,
+    "namespace": virtual_keys.namespace,
+    "instances": virtual_keys.instance_count(cfg.cluster.kind),
+    "storage_size": virtual_keys.storage_size,
+    "storage_class": cluster.storage_class,
+    "client_namespace": front_door_ns,
+    "network_policies": network_policies,
+    "cluster_cidrs": cluster.internal_cidrs,
+}) if virtual_keys.enabled else None
+
 front_door = FrontDoor("front-door", {
     "provider": provider,
-    "namespace": mesh.namespaces[front_door_namespace].metadata.name,
+    "namespace": front_door_ns,
     "config": cfg.front_door,
     "default_replicas": cluster.ingress.min_replicas,
     # Each server serves its model under the alias (llama.cpp --alias or preset, vLLM
@@ -135,6 +151,7 @@ front_door = FrontDoor("front-door", {
     "models_namespace": cfg.models_namespace,
     "istio_namespace": mesh.system_namespace,
     "cluster_cidrs": cluster.internal_cidrs,
+    "database": database.connection if database else None,
 })
 
 ui_admin = UiAdmin("ui-admin", {"password": cfg.ui_admin_password}) if cfg.ui.enabled else None
@@ -173,6 +190,8 @@ if keys:
     if keys.ui is not None:
         # Open WebUI's own key: the front door's inference routes only.
         pulumi.export("uiApiKey", keys.ui)
+# Whether the front door issues virtual keys (made with apiKey, the master key).
+pulumi.export("virtualKeys", virtual_keys.enabled)
 if ui_admin:
     pulumi.export("uiAdminEmail", cfg.ui.admin_email)
     pulumi.export("uiAdminPassword", ui_admin.password)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Optional, Sequence, TypedDict
+from typing import TYPE_CHECKING, Mapping, NotRequired, Optional, Sequence, TypedDict
 from urllib.parse import urlparse
 
 import pulumi
@@ -21,6 +21,7 @@ from .model_namespace import NAMESPACE_LABEL, policy_specs
 
 if TYPE_CHECKING:
     from .config import FrontDoorConfig, ProviderModel
+    from .database import DatabaseConnection
 
 # LiteLLM's proxy, pinned to a release whose PyPI wheel (litellm[proxy]) the tests run; since
 # 1.84 the images are tagged with the plain version (vX.Y.Z). The non_root variant runs as
@@ -50,6 +51,11 @@ MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
 BACKEND_KEY_ENV = "BACKEND_API_KEY"
 UI_KEY_ENV = front_door_auth.UI_KEY_ENV
 KEYS_SECRET = "litellm-keys"
+# With a database, LiteLLM applies its migrations at start, copying its migration files into
+# this folder first (litellm_proxy_extras: LITELLM_MIGRATION_DIR), since the root filesystem is
+# read-only; /tmp is the scratch volume.
+MIGRATION_DIR_ENV = "LITELLM_MIGRATION_DIR"
+MIGRATION_DIR = "/tmp/litellm-migrations"
 # Sent to model servers when the stack runs without API keys (the OpenAI client wants one).
 NO_KEY = "no-key"
 
@@ -110,6 +116,8 @@ class FrontDoorArgs(TypedDict):
     models_namespace: str
     istio_namespace: str
     cluster_cidrs: Sequence[pulumi.Input[str]]
+    # The virtual keys' database (frontDoor.virtualKeys); None or absent: master key only.
+    database: NotRequired[Optional["DatabaseConnection"]]
 
 
 def litellm_config(models: Sequence[tuple[str, str]], cfg: "FrontDoorConfig", auth: bool,
@@ -221,6 +229,12 @@ class FrontDoor(pulumi.ComponentResource):
             {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
             *({"name": k, "valueFrom": {"secretKeyRef": {"name": KEYS_SECRET, "key": k}}} for k in keys),
         ]
+        database = args.get("database")
+        if database is not None:
+            # LiteLLM reads DATABASE_URL itself: virtual keys, teams, budgets and spend live there.
+            env += [{"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {
+                        "name": database.secret_name, "key": database.secret_key}}},
+                    {"name": MIGRATION_DIR_ENV, "value": MIGRATION_DIR}]
         secret = None
         if keys:
             secret = k8s.core.v1.Secret(
@@ -295,7 +309,8 @@ class FrontDoor(pulumi.ComponentResource):
                 },
             },
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
-                depends_on=[r for r in (config_map, secret) if r is not None])),
+                depends_on=[r for r in (config_map, secret) if r is not None]
+                + list(database.ready if database is not None else []))),
         )
         if replicas > 1:
             k8s.policy.v1.PodDisruptionBudget(
@@ -324,13 +339,15 @@ class FrontDoor(pulumi.ComponentResource):
         cfg = args["config"]
         istio = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=list(args["mesh_ready"])))
         hosts = sorted({provider_host(p) for p in cfg.providers})
+        database = args.get("database")
         k8s.apiextensions.CustomResource(
             f"{name}-sidecar",
             api_version="networking.istio.io/v1",
             kind="Sidecar",
             metadata={"name": "default", "namespace": namespace},
             spec={
-                "egress": [{"hosts": ["./*", f"{args['models_namespace']}/*", f"{args['istio_namespace']}/*"]}],
+                "egress": [{"hosts": ["./*", f"{args['models_namespace']}/*", f"{args['istio_namespace']}/*",
+                                      *([f"{database.namespace}/{database.host}"] if database else [])]}],
                 "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"},
             },
             opts=istio,
@@ -351,6 +368,18 @@ class FrontDoor(pulumi.ComponentResource):
                 },
                 opts=istio,
             )
+        if database is not None:
+            # The database runs outside the mesh and speaks TLS itself: its sidecar-less pods
+            # would refuse the mesh's mTLS, so the sidecar passes the connection through as it is
+            # (auto mTLS would do the same; this holds even under a mesh-wide ISTIO_MUTUAL rule).
+            k8s.apiextensions.CustomResource(
+                f"{name}-database-tls",
+                api_version="networking.istio.io/v1",
+                kind="DestinationRule",
+                metadata={"name": "keys-database", "namespace": namespace},
+                spec={"host": database.host, "exportTo": ["."], "trafficPolicy": {"tls": {"mode": "DISABLE"}}},
+                opts=istio,
+            )
         if not args["network_policies"]:
             return
         specs = policy_specs({
@@ -361,6 +390,10 @@ class FrontDoor(pulumi.ComponentResource):
         })
         specs["allow-models"] = {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{
             "to": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: args["models_namespace"]}}}]}]}
+        if database is not None:
+            specs["allow-database"] = {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{
+                "to": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: database.namespace}}}],
+                "ports": [{"protocol": "TCP", "port": database.port}]}]}
         for policy, spec in specs.items():
             k8s.networking.v1.NetworkPolicy(
                 f"{name}-{policy}", metadata={"name": policy, "namespace": namespace}, spec=spec, opts=child)

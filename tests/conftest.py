@@ -11,11 +11,13 @@ settings.register_profile("ci", derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 # Stacks as shipped, plus variants for what only a config option installs: cert-manager (TLS
-# issued through ACME) on eks, and one llama-server pod per model (instead of the router) on local.
+# issued through ACME) on eks, one llama-server pod per model (instead of the router) on local,
+# and the front door's virtual keys (the CloudNativePG operator and its PostgreSQL) on local.
 TLS = {"llm-platform:gateway": {"host": "llm.example.com", "certManager": {"acmeEmail": "ops@example.com"}}}
 PODS = {"llm-platform:llamaRouter": {"enabled": False}}
+VKEYS = {"llm-platform:frontDoor": {"virtualKeys": {"enabled": True}}}
 VARIANTS = {"local": ("local", {}), "eks": ("eks", {}), "gke": ("gke", {}), "eks-tls": ("eks", TLS),
-            "local-pods": ("local", PODS)}
+            "local-pods": ("local", PODS), "local-vkeys": ("local", VKEYS)}
 
 _recordings: dict[str, harness.Recording] = {}
 

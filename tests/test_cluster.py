@@ -380,3 +380,39 @@ def test_one_pod_per_model_runs_on_the_gpu_behind_the_front_door(control_plane, 
     problems = ([str(r) for r in d.rejections] + cs.failed_creates(cp, d) + cs.unbound_pods(cp, d)
                 + cs.model_server_placement(cp, d, accelerator_nodes(d)) + ports)
     assert not problems, "\n".join(problems)
+
+
+# --- the front door's virtual keys on the local stack ----------------------------------------
+
+
+def _keys_cluster(d: cs.Deployed) -> dict:
+    return next(o for o in d.objects if o["kind"] == "Cluster" and o["apiVersion"].startswith("postgresql.cnpg.io/"))
+
+
+def test_virtual_keys_database_is_admitted_beside_the_front_door(control_plane, stacks):
+    """With virtual keys on, the operator's chart and the program's database objects are
+    admitted (the `Cluster` strictly against the CRD the chart ships), the operator is placed,
+    nothing is Pending and every Service resolves on its pods."""
+    cp, d = control_plane, stacks.get("local-vkeys")
+    assert cp.exists(_keys_cluster(d))
+    operator = cp.pods("cnpg-system")
+    assert operator and all(p.spec.node_name for p in operator), "the operator is not placed"
+    policies = {o["metadata"]["name"] for o in d.of_kind("NetworkPolicy") if o["metadata"]["namespace"] == "litellm-db"}
+    assert {"default-deny", "allow-front-door", "allow-operator"} <= policies
+    problems = ([str(r) for r in d.rejections] + cs.failed_creates(cp, d) + cs.unbound_pods(cp, d)
+                + cs.settled_service_ports(cp, d))
+    assert not problems, "\n".join(problems)
+
+
+def test_bites_keys_cluster_field_the_crd_does_not_know(control_plane, stacks):
+    """A misspelt field in the `Cluster` (and an instance count below the CRD's minimum) is
+    refused by the API server, as `up` would be."""
+    cp, d = control_plane, stacks.get("local-vkeys")
+    misspelt = copy.deepcopy(_keys_cluster(d))
+    misspelt["spec"]["instance"] = misspelt["spec"].pop("instances")
+    rejected = cp.apply(misspelt)
+    assert rejected is not None and "instance" in str(rejected), rejected
+    none = copy.deepcopy(_keys_cluster(d))
+    none["spec"]["instances"] = 0
+    rejected = cp.apply(none)
+    assert rejected is not None and "instances" in str(rejected), rejected

@@ -58,6 +58,14 @@ def refused(overrides=None, remove=()):
      "llm-platform:cluster.kubernetesVersion", "such as 'v1.34.0'"),
     ({"llm-platform:models": []},
      "llm-platform:models", "at least 1 item"),
+    ({"llm-platform:security": {"apiAuth": False}, "llm-platform:frontDoor": {"virtualKeys": {"enabled": True}}},
+     "llm-platform:frontDoor.virtualKeys.enabled", "expected security.apiAuth: true"),
+    ({"llm-platform:frontDoor": {"virtualKeys": {"enabled": True, "instances": 10}}},
+     "llm-platform:frontDoor.virtualKeys.instances", "less than or equal to 9, got 10"),
+    ({"llm-platform:frontDoor": {"virtualKeys": {"enabled": True, "namespace": "front-door"}}},
+     "llm-platform:frontDoor.virtualKeys.namespace", "expected a namespace of its own, outside the mesh"),
+    ({"llm-platform:frontDoor": {"virtualKeys": {"enabled": True, "storageSize": "big"}}},
+     "llm-platform:frontDoor.virtualKeys.storageSize", "Kubernetes quantity"),
 ])
 def test_bad_value_is_refused_with_key_and_expectation(overrides, key, expected):
     message = refused(overrides)

@@ -22,6 +22,7 @@ from .models import *  # noqa: F401,F403
 from .models import RUNTIMES
 from .services import *  # noqa: F401,F403
 from .stack import *  # noqa: F401,F403
+from .virtual_keys import *  # noqa: F401,F403
 from .stack import StackConfig
 
 

@@ -11,6 +11,7 @@ from pydantic import (
 
 from .base import ChartVersion, DnsLabel, Image, Quantity, _Model
 from .models import Resources
+from .virtual_keys import VirtualKeysConfig
 
 # --- platform services ---------------------------------------------------------------------
 
@@ -65,6 +66,8 @@ class FrontDoorConfig(_Model):
     resources: FrontDoorResources = FrontDoorResources()
     # Hosted models; each needs its key in the `providerKeys` secret, under its name.
     providers: list[ProviderModel] = []
+    # Per-team keys with budgets and rate limits, backed by PostgreSQL (off by default).
+    virtual_keys: VirtualKeysConfig = VirtualKeysConfig()
 
     @model_validator(mode="after")
     def _providers_have_a_host(self) -> "FrontDoorConfig":

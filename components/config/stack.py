@@ -143,6 +143,22 @@ class StackConfig(_Model):
                                  f"(`pulumi config set --secret --path providerKeys.{p.name} ...`)")
         return self
 
+    @model_validator(mode="after")
+    def _virtual_keys_need_the_master_key(self) -> "StackConfig":
+        vk = self.front_door.virtual_keys
+        if not vk.enabled:
+            return self
+        if not self.security.api_auth:
+            raise ValueError("frontDoor.virtualKeys.enabled: expected security.apiAuth: true (virtual keys are "
+                             "issued with the master key, and an open API has none)")
+        meshed = {self.front_door.namespace, self.models_namespace, *([self.ui.namespace] if self.ui.enabled else [])}
+        for key in ("namespace", "operatorNamespace"):
+            name = vk.namespace if key == "namespace" else vk.operator_namespace
+            if name in meshed:
+                raise ValueError(f"frontDoor.virtualKeys.{key}: expected a namespace of its own, outside the mesh; "
+                                 f"{name!r} is already used")
+        return self
+
     def _replicas_fit(self, pool: Optional[AcceleratorPool]) -> None:
         """Every replica of every model must find its accelerators on nodes that exist, or that
         an autoscaler will add: otherwise `up` waits for pods that never schedule."""

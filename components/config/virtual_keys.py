@@ -1,0 +1,32 @@
+"""The front door's virtual keys: per-team keys with budgets, rate limits and spend, kept in a
+PostgreSQL database run by the CloudNativePG operator."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import Field
+
+from .base import ChartVersion, DnsLabel, Quantity, _Model
+
+# PostgreSQL instances by cluster kind when `instances` is not set: one on a laptop, a primary
+# and two standbys (spread over nodes) on the clouds.
+DEFAULT_INSTANCES = {"minikube": 1, "existing": 1, "eks": 3, "gke": 3}
+
+
+class VirtualKeysConfig(_Model):
+    """Off by default: the master key is then the only key, and nothing stores state."""
+
+    enabled: bool = False
+    # None: DEFAULT_INSTANCES for the cluster kind.
+    instances: Optional[int] = Field(None, ge=1, le=9)
+    storage_size: Quantity = "5Gi"
+    # The cloudnative-pg chart (operator 1.30.0).
+    chart_version: ChartVersion = "0.29.0"
+    # The database's own namespace, outside the mesh...
+    namespace: DnsLabel = "litellm-db"
+    # ...and the operator's.
+    operator_namespace: DnsLabel = "cnpg-system"
+
+    def instance_count(self, cluster_kind: str) -> int:
+        return self.instances or DEFAULT_INSTANCES[cluster_kind]
