@@ -197,6 +197,8 @@ def test_bites_gpu_node_without_the_plugin_label(control_plane, deployed):
 def test_bites_service_target_port_renamed(control_plane, deployed):
     """The model server's Service pointing at a port name its pods do not have."""
     cp = control_plane
+    # From a settled cluster: a Recreate rollout just before leaves a new pod not yet running.
+    cs.settle(cp, deployed, 30)
     svc = next(o for o in deployed.of_kind("Service") if o["metadata"]["namespace"] == "models")
     broken = copy.deepcopy(svc)
     for port in broken["spec"]["ports"]:
