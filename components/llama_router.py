@@ -15,8 +15,10 @@ import pulumi_kubernetes as k8s
 from .accelerators import Accelerator
 from .api_keys import KEYS_DIGEST_ANNOTATION
 from .llm_server import CONTAINER_SECURITY, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security
+from .monitoring import ScrapeTarget
 from .serving import (
-    ALL_LAYERS, API_KEYS_FILE, API_KEYS_MOUNT, LLAMA_CPP_PORT, MODELS_MOUNT, PRESTOP_SLEEP_S, RUNTIMES, model_path,
+    ALL_LAYERS, API_KEY_ENTRIES, API_KEYS_FILE, API_KEYS_MOUNT, LLAMA_CPP_PORT, METRICS_PATH, MODELS_MOUNT,
+    PRESTOP_SLEEP_S, RUNTIMES, model_path,
 )
 
 if TYPE_CHECKING:
@@ -171,4 +173,9 @@ class LlamaRouter(pulumi.ComponentResource):
         )
         self.service_host = pulumi.Output.concat(
             self.service.metadata.name, ".", self.service.metadata.namespace, ".svc.cluster.local")
+        # The router answers /metrics for one model at a time (?model=<alias>): one endpoint each.
+        self.scrape_target = ScrapeTarget(
+            name=NAME, namespace=namespace, selector=labels, port="http", path=METRICS_PATH,
+            bearer=(f"{NAME}-api-keys", API_KEY_ENTRIES[0]) if args["api_keys"] is not None else None,
+            models=tuple(m.name for m in args["models"]), per_model=True)
         self.register_outputs({"serviceHost": self.service_host, "port": self.port})
