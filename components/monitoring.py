@@ -20,7 +20,7 @@ import pulumi_random as random
 
 from .config import MonitoringConfig
 from .mesh import (
-    ENVOY_STATS_PATH, ENVOY_STATS_PORT_NAME, INGRESS_NS, SECURITY_API, MetricsAccess, pod_security_labels, principal,
+    ENVOY_STATS_PATH, ENVOY_STATS_PORT_NAME, INGRESS_NS, MetricsAccess, pod_security_labels, principal,
 )
 from .model_namespace import NAMESPACE_LABEL
 
@@ -182,8 +182,9 @@ def chart_values(cfg: MonitoringConfig, light: bool, vllm_release: str, admin_se
     sidecar = _resources(profile, "grafana-sidecar")
     values: dict = {
         "fullnameOverride": RELEASE,
-        # Managed control planes do not expose these to scraping.
-        **{part: {"enabled": False} for part in ("kubeEtcd", "kubeControllerManager", "kubeScheduler", "kubeProxy")},
+        # Managed control planes do not expose these to scraping; GKE runs kube-dns, not CoreDNS.
+        **{part: {"enabled": False} for part in
+           ("kubeEtcd", "kubeControllerManager", "kubeScheduler", "kubeProxy", "coreDns")},
         "prometheusOperator": {
             "resources": _resources(profile, "operator"),
             # Its webhook would need the API server to reach the operator through the
