@@ -149,9 +149,10 @@ def service_monitor_spec(t: ScrapeTarget) -> dict:
 
 
 # Envoy's stats on every injected pod and the ingress gateway: istio_requests_total and the rest.
+# Istio's injection templates label both kinds so (tlsMode is on sidecars only).
 ENVOY_POD_MONITOR = {
     "namespaceSelector": {"any": True},
-    "selector": {"matchExpressions": [{"key": "security.istio.io/tlsMode", "operator": "Exists"}]},
+    "selector": {"matchExpressions": [{"key": "service.istio.io/canonical-name", "operator": "Exists"}]},
     "podMetricsEndpoints": [{"port": ENVOY_STATS_PORT_NAME, "path": ENVOY_STATS_PATH, "scheme": "http"}],
 }
 

@@ -194,11 +194,21 @@ def _verified(path: Path) -> Path:
 
 @lru_cache(maxsize=None)
 def _chart(path: Path):
+    return _load(path)
+
+
+def _load(path: Path):
     import helm_python
+    return helm_python.Chart.load(str(_with_subcharts(path)))
+
+
+@lru_cache(maxsize=None)
+def _with_subcharts(path: Path) -> Path:
+    """The archive, or where there are vendored subcharts to add, the chart unpacked with them
+    beside it, as `helm dependency build` would leave it."""
     subcharts = _vendored_subcharts(path)
     if not subcharts:
-        return helm_python.Chart.load(str(path))
-    # Unpacked with its subcharts beside it, as `helm dependency build` would leave it.
+        return path
     root = Path(tempfile.mkdtemp(prefix="chart-"))
     with tarfile.open(path) as tar:
         tar.extractall(root, filter="data")
@@ -206,7 +216,7 @@ def _chart(path: Path):
     for sub in subcharts.values():
         with tarfile.open(sub) as tar:
             tar.extractall(chart_dir / "charts", filter="data")
-    return helm_python.Chart.load(str(chart_dir))
+    return chart_dir
 
 
 def _chart_yaml(path: Path) -> dict:
@@ -278,7 +288,10 @@ def render_release(release: ChartRelease, kube_version: str) -> list[dict]:
     cache_key = (release.key, kube_version)
     if cache_key in _RENDERED:
         return copy.deepcopy(_RENDERED[cache_key])
-    chart = chart_of(release)
+    # Rendering drops a chart's disabled subcharts from the loaded chart itself: one with
+    # subcharts is loaded afresh for each render.
+    path = archive(release)
+    chart = _load(path) if _vendored_subcharts(path) else chart_of(release)
     started = time.perf_counter()
     try:
         rendered = _helm_render(chart, release.values, release.name, release.namespace, kube_version)
