@@ -123,10 +123,11 @@ class ScrapeTarget:
     # (Secret, key) in the target's namespace holding the bearer token its /metrics wants.
     bearer: Optional[tuple[str, str]] = None
     # The model each endpoint reports, as the series' `model` label; with `per_model`, one
-    # endpoint each, asked with ?model=<alias> (llama.cpp's router answers per model).
+    # endpoint each, asked with ?model=<alias> (llama.cpp's router answers per model) and
+    # `params` besides.
     models: tuple[str, ...] = ()
     per_model: bool = False
-    extra: dict = field(default_factory=dict, compare=False)
+    params: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _endpoint(t: ScrapeTarget, model: Optional[str]) -> dict:
@@ -135,7 +136,7 @@ def _endpoint(t: ScrapeTarget, model: Optional[str]) -> dict:
         ep["authorization"] = {"type": "Bearer", "credentials": {"name": t.bearer[0], "key": t.bearer[1]}}
     if model is not None:
         if t.per_model:
-            ep["params"] = {"model": [model]}
+            ep["params"] = {"model": [model], **{k: list(v) for k, v in t.params.items()}}
         ep["relabelings"] = [{"targetLabel": "model", "replacement": model, "action": "replace"}]
     return ep
 

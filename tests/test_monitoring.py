@@ -112,7 +112,8 @@ def test_router_is_scraped_once_per_model():
     rec = recording("local-router")
     sm = rec.one("kubernetes:monitoring.coreos.com/v1:ServiceMonitor", "monitoring-llama-router").inputs["spec"]
     models = [m["name"] for m in harness.stack_config("local")["llm-platform:models"]]
-    assert [ep["params"] for ep in sm["endpoints"]] == [{"model": [m]} for m in models]
+    # autoload=false: a scrape never loads a model (tests/test_llama_router.py).
+    assert [ep["params"] for ep in sm["endpoints"]] == [{"model": [m], "autoload": ["false"]} for m in models]
     assert [ep["relabelings"][0]["replacement"] for ep in sm["endpoints"]] == models
 
 
