@@ -190,8 +190,10 @@ def chart_values(cfg: MonitoringConfig, light: bool, vllm_release: str, admin_se
         "prometheusOperator": {
             "resources": _resources(profile, "operator"),
             # Its webhook would need the API server to reach the operator through the
-            # namespace's default-deny; the CRDs' schemas still validate every object.
+            # namespace's default-deny; the CRDs' schemas still validate every object. Its TLS
+            # certificate comes from the webhook's setup job: without it, plain HTTP in-namespace.
             "admissionWebhooks": {"enabled": False},
+            "tls": {"enabled": False},
         },
         "prometheus": {"prometheusSpec": prometheus_spec},
         "alertmanager": {"enabled": not light},
