@@ -291,3 +291,39 @@ def test_front_door_dashboard_uses_metrics_litellm_defines():
     assert used
     base = {re.sub(r"_(total|bucket|sum|count)$", "", u) for u in used}
     assert base <= defined, base - defined
+
+
+def kps_values(rec) -> dict:
+    return harness.reveal(rec.one("kubernetes:helm.sh/v3:Release", "monitoring-kps").inputs["values"])
+
+
+def test_light_on_the_laptop_full_on_the_clouds():
+    light, full = kps_values(recording("local")), kps_values(recording("eks"))
+    for part in ("alertmanager", "kubeStateMetrics", "nodeExporter"):
+        assert light[part]["enabled"] is False and full[part]["enabled"] is True
+    assert light["prometheus"]["prometheusSpec"]["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"},
+                                                                 "limits": {"memory": "768Mi"}}
+    forced = kps_values(harness.run("eks", {"llm-platform:monitoring": {"light": True, "retention": "2d",
+                                                                        "storageSize": "20Gi"}}))
+    assert forced["alertmanager"]["enabled"] is False
+    spec = forced["prometheus"]["prometheusSpec"]
+    assert spec["retention"] == "2d"
+    assert spec["storageSpec"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"] == "20Gi"
+
+
+def test_without_monitoring_nothing_scrapes_and_nothing_admits_a_scraper():
+    rec = harness.run("local", {"llm-platform:monitoring": {"enabled": False}})
+    assert not [r for r in rec.registrations if "monitoring" in r.type or r.name.startswith("monitoring")]
+    assert "grafanaUrl" not in rec.outputs
+    for p in rec.of_type("kubernetes:security.istio.io/v1:AuthorizationPolicy"):
+        assert monitoring.PROMETHEUS_PRINCIPAL not in json.dumps(p.inputs)
+    for p in rec.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy"):
+        assert monitoring.NAMESPACE not in json.dumps(p.inputs)
+    routes = rec.one("kubernetes:networking.istio.io/v1:VirtualService", "gateway-routes").inputs["spec"]["http"]
+    assert "grafana" not in [r["name"] for r in routes]
+
+
+def test_a_bad_retention_is_refused_in_one_line():
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("local", {"llm-platform:monitoring": {"retention": "two weeks"}})
+    assert str(info.value.error).startswith("Pulumi.local.yaml: llm-platform:monitoring.retention: String should match")
