@@ -10,10 +10,12 @@ from components.apps import OPEN_WEBUI_PORT, OPEN_WEBUI_SERVICE_ACCOUNT, ModelEn
 from components.config import ConfigError, load
 from components.database import KeysDatabase
 from components.llama_router import LlamaRouter
+from components.front_door import METRICS_PATH as FRONT_DOOR_METRICS_PATH, PORT as FRONT_DOOR_PORT
 from components.front_door import SERVICE_ACCOUNT as FRONT_DOOR_SERVICE_ACCOUNT, FrontDoor, ModelBackend
 from components.mesh import INGRESS_PRINCIPAL, principal
 from components.model_namespace import ModelNamespace
-from components.serving import uses_model_cache
+from components.monitoring import GRAFANA_ADMIN_USER, Monitoring, metrics_access
+from components.serving import METRICS_PATH as SERVER_METRICS_PATH, RUNTIMES, VLLM_RELEASE, uses_model_cache
 from components.ui_admin import UiAdmin
 
 try:
@@ -36,6 +38,12 @@ front_door_namespace = cfg.front_door.namespace
 # the front door.
 front_door_callers = [INGRESS_PRINCIPAL] + (
     [principal(ui_namespace, OPEN_WEBUI_SERVICE_ACCOUNT)] if ui_namespace else [])
+# Prometheus scrapes each namespace's metrics port and path, and nothing else there.
+monitoring_on = cfg.monitoring.enabled
+server_metrics = metrics_access({RUNTIMES[(m.runtime, cfg.accelerator.kind)].port for m in cfg.models},
+                                [SERVER_METRICS_PATH]) if monitoring_on else None
+front_door_metrics = (metrics_access([FRONT_DOOR_PORT], [FRONT_DOOR_METRICS_PATH])
+                      if monitoring_on and cfg.front_door.metrics else None)
 mesh = Mesh("mesh", {
     "provider": provider,
     "chart_version": cfg.mesh.chart_version,
@@ -52,7 +60,8 @@ mesh = Mesh("mesh", {
         cfg.models_namespace: [principal(front_door_namespace, FRONT_DOOR_SERVICE_ACCOUNT)],
         front_door_namespace: front_door_callers,
     } if cfg.security.mtls else {},
-    "metrics_from": {ns: cfg.security.metrics_from for ns in (cfg.models_namespace, front_door_namespace)},
+    "metrics": {ns: access for ns, access in ((cfg.models_namespace, server_metrics),
+                                              (front_door_namespace, front_door_metrics)) if access},
 })
 
 models_namespace = mesh.namespaces[cfg.models_namespace].metadata.name
@@ -67,7 +76,7 @@ model_namespace = ModelNamespace("models", {
     "namespace": models_namespace,
     "network_policies": network_policies,
     "ingress_from": [front_door_namespace],
-    "metrics_from": cfg.security.metrics_from,
+    "metrics": server_metrics,
     "istio_namespace": mesh.system_namespace,
     "https_egress": any(downloads),
     "cluster_cidrs": cluster.internal_cidrs,
@@ -147,12 +156,23 @@ front_door = FrontDoor("front-door", {
     "mesh_ready": [mesh.base, mesh.istiod],
     "network_policies": network_policies,
     "callers_namespaces": [mesh.ingress_namespace] + ([ui_namespace] if ui_namespace else []),
-    "metrics_from": cfg.security.metrics_from,
+    "metrics": front_door_metrics,
     "models_namespace": cfg.models_namespace,
     "istio_namespace": mesh.system_namespace,
     "cluster_cidrs": cluster.internal_cidrs,
     "database": database.connection if database else None,
 })
+
+monitoring = Monitoring("monitoring", {
+    "provider": provider,
+    "config": cfg.monitoring,
+    "light": cfg.monitoring.light if cfg.monitoring.light is not None else cfg.cluster.kind == "minikube",
+    "vllm_release": VLLM_RELEASE,
+    "targets": [t for t in [*(s.scrape_target for s in servers), *([router.scrape_target] if cfg.llama_router.enabled
+                                                                  else []), front_door.scrape_target] if t],
+    "network_policies": network_policies,
+    "mesh_ready": [mesh.base, mesh.istiod],
+}) if monitoring_on else None
 
 ui_admin = UiAdmin("ui-admin", {"password": cfg.ui_admin_password}) if cfg.ui.enabled else None
 apps = all_apps(
@@ -173,6 +193,7 @@ gateway = Gateway("gateway", {
     "mesh": mesh,
     "api": Backend(front_door.service_host, front_door.port),
     "ui": ui,
+    "grafana": Backend(monitoring.grafana_host, monitoring.grafana_port) if monitoring else None,
     "host": cfg.gateway.host,
     "tls_secret": cfg.gateway.tls_secret,
     "cert_manager": cfg.gateway.cert_manager,
@@ -185,6 +206,11 @@ pulumi.export("uiUrl", gateway.ui_url)
 # Every name a client may send as "model" to apiBaseUrl.
 pulumi.export("modelAliases", front_door.model_names)
 pulumi.export("kubeconfig", cluster.kubeconfig)
+if monitoring:
+    pulumi.export("grafanaUrl", gateway.grafana_url)
+    pulumi.export("grafanaAdminUser", GRAFANA_ADMIN_USER)
+    pulumi.export("grafanaAdminPassword", monitoring.admin_password)
+    pulumi.export("prometheusUrl", monitoring.prometheus_url)
 if keys:
     pulumi.export("apiKey", keys.client)
     if keys.ui is not None:

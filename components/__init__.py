@@ -8,9 +8,10 @@ from .gateway import Backend, Gateway, GatewayArgs
 from .gitops import App, GitOpsController, GitOpsControllerArgs
 from .llm_server import LlmServer, LlmServerArgs
 from .mesh import Mesh, MeshArgs
+from .monitoring import Monitoring, MonitoringArgs
 
 __all__ = [
     "ApiKeys", "ApiKeysArgs", "App", "Backend", "Cluster", "ClusterArgs", "FrontDoor", "FrontDoorArgs", "Gateway", "GatewayArgs", "GitOpsController",
     "GitOpsControllerArgs", "GpuDevicePlugin", "GpuDevicePluginArgs", "LlmServer", "LlmServerArgs",
-    "Mesh", "MeshArgs",
+    "Mesh", "MeshArgs", "Monitoring", "MonitoringArgs",
 ]

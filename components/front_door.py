@@ -17,11 +17,13 @@ import yaml
 
 from . import front_door_auth
 from .api_keys import keyed_digest
+from .monitoring import ScrapeTarget
 from .model_namespace import NAMESPACE_LABEL, policy_specs
 
 if TYPE_CHECKING:
     from .config import FrontDoorConfig, ProviderModel
     from .database import DatabaseConnection
+    from .mesh import MetricsAccess
 
 # LiteLLM's proxy, pinned to a release whose PyPI wheel (litellm[proxy]) the tests run; since
 # 1.84 the images are tagged with the plain version (vX.Y.Z). The non_root variant runs as
@@ -112,7 +114,8 @@ class FrontDoorArgs(TypedDict):
     # where its model servers live.
     network_policies: bool
     callers_namespaces: Sequence[str]
-    metrics_from: Sequence[str]
+    # The scraper of the proxy's /metrics/ (None: nothing scrapes it).
+    metrics: Optional["MetricsAccess"]
     models_namespace: str
     istio_namespace: str
     cluster_cidrs: Sequence[pulumi.Input[str]]
@@ -152,7 +155,7 @@ def litellm_config(models: Sequence[tuple[str, str]], cfg: "FrontDoorConfig", au
     if cfg.metrics:
         settings["callbacks"] = ["prometheus"]
         # A scraper must not need the master key (it opens everything); the mesh lets only
-        # the namespaces in security.metricsFrom GET it, and the ingress never routes it.
+        # Prometheus's mesh identity GET it, and the ingress never routes it.
         settings["require_auth_for_metrics_endpoint"] = False
     # The proxy refuses to start without a master key unless told the open API is meant
     # (security.apiAuth: false).
@@ -329,6 +332,8 @@ class FrontDoor(pulumi.ComponentResource):
         self.service_host = pulumi.Output.concat(
             self.service.metadata.name, ".", self.service.metadata.namespace, ".svc.cluster.local")
         self.base_url = pulumi.Output.concat("http://", self.service_host, f":{PORT}/v1")
+        self.scrape_target = ScrapeTarget(
+            name=NAME, namespace=namespace, selector=labels, port="http", path=METRICS_PATH) if cfg.metrics else None
         self.register_outputs({"serviceHost": self.service_host, "baseUrl": self.base_url,
                                "models": self.model_names})
 
@@ -384,7 +389,7 @@ class FrontDoor(pulumi.ComponentResource):
             return
         specs = policy_specs({
             "provider": args["provider"], "namespace": namespace, "network_policies": True, "host_models": False,
-            "ingress_from": list(args["callers_namespaces"]), "metrics_from": list(args["metrics_from"]),
+            "ingress_from": list(args["callers_namespaces"]), "metrics": args["metrics"],
             "istio_namespace": args["istio_namespace"], "https_egress": bool(hosts),
             "cluster_cidrs": list(args["cluster_cidrs"]),
         })

@@ -1,5 +1,5 @@
 """Gateway: the one way in. Istio Gateway + VirtualService on the mesh's ingress:
-`/v1` -> the front door (every model, by name), `/` -> the chat UI."""
+`/v1` -> the front door (every model, by name), `/grafana` -> Grafana, `/` -> the chat UI."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from .config import CertManagerConfig
+from .monitoring import GRAFANA_PATH
 from .mesh import HTTP_PORT, HTTPS_PORT, INGRESS_CLASS, INGRESS_CONTROLLER, Mesh
 
 CERT_MANAGER_REPO = "https://charts.jetstack.io"
@@ -30,6 +31,8 @@ class GatewayArgs(TypedDict):
     # The OpenAI API of every model: the front door.
     api: Backend
     ui: Optional[Backend]
+    # Grafana, served under GRAFANA_PATH (it is configured for that sub-path).
+    grafana: Optional[Backend]
     host: Optional[str]
     tls_secret: Optional[str]
     # Issue the certificate with cert-manager (ACME) instead of naming a Secret.
@@ -51,6 +54,7 @@ class Gateway(pulumi.ComponentResource):
     url: pulumi.Output[str]
     api_base_url: pulumi.Output[str]
     ui_url: pulumi.Output[str]
+    grafana_url: Optional[pulumi.Output[str]]
 
     def __init__(self, name: str, args: GatewayArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:Gateway", name, None, opts)
@@ -78,6 +82,8 @@ class Gateway(pulumi.ComponentResource):
         gateways = [f"{mesh.ingress_namespace}/{GATEWAY_NAME}"]
 
         routes = [_route("v1", "/v1", args["api"])]
+        if args["grafana"]:
+            routes.append(_route("grafana", GRAFANA_PATH, args["grafana"]))
         if args["ui"]:
             routes.append(_route("ui", "/", args["ui"]))
         if tls_secret:
@@ -115,7 +121,9 @@ class Gateway(pulumi.ComponentResource):
         self.url = authority.apply(lambda a: f"{scheme}://{a}")
         self.api_base_url = self.url.apply(lambda u: f"{u}/v1")
         self.ui_url = self.url.apply(lambda u: f"{u}/")
-        self.register_outputs({"url": self.url, "apiBaseUrl": self.api_base_url, "uiUrl": self.ui_url})
+        self.grafana_url = self.url.apply(lambda u: f"{u}{GRAFANA_PATH}/") if args["grafana"] else None
+        self.register_outputs({"url": self.url, "apiBaseUrl": self.api_base_url, "uiUrl": self.ui_url,
+                               "grafanaUrl": self.grafana_url})
 
     def _issue_certificate(self, name: str, host: str, cfg: CertManagerConfig, mesh: Mesh,
                            provider: k8s.Provider) -> str:

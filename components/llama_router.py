@@ -15,15 +15,20 @@ import pulumi_kubernetes as k8s
 from .accelerators import Accelerator
 from .api_keys import KEYS_DIGEST_ANNOTATION
 from .llm_server import CONTAINER_SECURITY, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security
+from .monitoring import ScrapeTarget
 from .serving import (
-    ALL_LAYERS, API_KEYS_FILE, API_KEYS_MOUNT, LLAMA_CPP_PORT, MODELS_MOUNT, RUNTIMES, TERMINATION_GRACE_S,
-    llama_router_pre_stop, model_path,
+    ALL_LAYERS, API_KEY_ENTRIES, API_KEYS_FILE, API_KEYS_MOUNT, LLAMA_CPP_PORT, METRICS_PATH, MODELS_MOUNT,
+    RUNTIMES, TERMINATION_GRACE_S, llama_router_pre_stop, model_path,
 )
 
 if TYPE_CHECKING:
     from .config import LlamaRouterConfig, ModelConfig
 
 NAME = "llama-router"
+# The router answers /metrics for one model at a time (?model=<alias>), and by default loads
+# that model to answer, evicting another beyond --models-max: a scrape must not. With
+# autoload=false an unloaded model's scrape fails (400 "model is not loaded") and loads nothing.
+METRICS_PARAMS = {"autoload": ("false",)}
 PRESETS_DIR = "/etc/llama-router"
 PRESETS_FILE = "presets.ini"
 
@@ -171,4 +176,9 @@ class LlamaRouter(pulumi.ComponentResource):
         )
         self.service_host = pulumi.Output.concat(
             self.service.metadata.name, ".", self.service.metadata.namespace, ".svc.cluster.local")
+        # One endpoint per model: an unloaded model's target is down, not loaded by Prometheus.
+        self.scrape_target = ScrapeTarget(
+            name=NAME, namespace=namespace, selector=labels, port="http", path=METRICS_PATH,
+            bearer=(f"{NAME}-api-keys", API_KEY_ENTRIES[0]) if args["api_keys"] is not None else None,
+            models=tuple(m.name for m in args["models"]), per_model=True, params=METRICS_PARAMS)
         self.register_outputs({"serviceHost": self.service_host, "port": self.port})

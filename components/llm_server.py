@@ -17,8 +17,9 @@ import pulumi_random as random
 from .accelerators import Accelerator
 from .api_keys import KEYS_DIGEST_ANNOTATION, keyed_digest
 from .config import quantity_bytes
+from .monitoring import ScrapeTarget
 from .serving import (
-    API_KEY_ENTRIES, API_KEYS_MOUNT, CACHE_MOUNT, MODELS_MOUNT, TERMINATION_GRACE_S, ServerSpec,
+    API_KEY_ENTRIES, API_KEYS_MOUNT, CACHE_MOUNT, METRICS_PATH, MODELS_MOUNT, TERMINATION_GRACE_S, ServerSpec,
     api_keys_file_content, server_spec,
 )
 
@@ -205,6 +206,11 @@ class LlmServer(pulumi.ComponentResource):
         self.service_host = pulumi.Output.concat(
             self.service.metadata.name, ".", self.service.metadata.namespace, ".svc.cluster.local"
         )
+        # Prometheus presents the key the front door holds where /metrics wants one.
+        self.scrape_target = ScrapeTarget(
+            name=f"model-{model.name}", namespace=self.namespace, selector=labels, port="http", path=METRICS_PATH,
+            bearer=(f"{model.name}-api-keys", API_KEY_ENTRIES[0]) if spec.metrics_need_key else None,
+            models=(model.name,))
         self.register_outputs({"alias": self.alias, "serviceHost": self.service_host, "port": self.port})
 
     def _model_cache(self, name, model, meta: dict, args: LlmServerArgs, opts, mounts, env) -> list[dict]:

@@ -3,6 +3,7 @@ with their Pod Security levels, and the mesh's mTLS and authorization policies."
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, TypedDict
 
 import pulumi
@@ -35,6 +36,33 @@ def principal(namespace: str, service_account: str) -> str:
 
 # The gateway chart runs the ingress under a service account named after the release.
 INGRESS_PRINCIPAL = principal(INGRESS_NS, INGRESS_RELEASE)
+# Every injected proxy (and the ingress gateway) serves Envoy's own metrics here, in plain
+# text and outside the inbound capture: the mesh's policies do not apply to it.
+ENVOY_STATS_PORT = 15090
+ENVOY_STATS_PORT_NAME = "http-envoy-prom"
+ENVOY_STATS_PATH = "/stats/prometheus"
+
+
+@dataclass(frozen=True)
+class MetricsAccess:
+    """A scraper and exactly where it may go in a namespace: the mesh admits its identity to GET
+    `paths` on `ports` (through the sidecar, over mTLS), NetworkPolicies admit its pods to
+    `ports` and the proxies' stats port."""
+
+    principal: str
+    namespace: str
+    pod_labels: Mapping[str, str]
+    ports: tuple[int, ...]
+    paths: tuple[str, ...]
+
+
+def metrics_rule(access: MetricsAccess) -> dict:
+    """The AuthorizationPolicy rule that admits the scraper."""
+    return {
+        "from": [{"source": {"principals": [access.principal]}}],
+        "to": [{"operation": {"methods": ["GET"], "paths": list(access.paths),
+                              "ports": [str(p) for p in access.ports]}}],
+    }
 
 
 class MeshArgs(TypedDict):
@@ -49,8 +77,8 @@ class MeshArgs(TypedDict):
     strict_mtls: bool
     # Namespace -> the only workload identities (principals) allowed to call its pods.
     callers: Mapping[str, Sequence[str]]
-    # Namespace -> namespaces whose pods may GET /metrics there (and nothing else).
-    metrics_from: Mapping[str, Sequence[str]]
+    # Namespace -> the scraper allowed to GET its metrics (and nothing else).
+    metrics: Mapping[str, MetricsAccess]
 
 
 def ingress_service_values(ingress: IngressFacts) -> dict:
@@ -196,11 +224,7 @@ class Mesh(pulumi.ComponentResource):
                     metadata={"name": "allowed-callers", "namespace": namespace.metadata.name},
                     spec={"action": "ALLOW", "rules": [
                         {"from": [{"source": {"principals": list(args["callers"][ns])}}]},
-                        *([{
-                            "from": [{"source": {"namespaces": list(args["metrics_from"][ns])}}],
-                            # LiteLLM serves /metrics/ (and redirects /metrics there).
-                            "to": [{"operation": {"methods": ["GET"], "paths": ["/metrics", "/metrics/"]}}],
-                        }] if args["metrics_from"].get(ns) else []),
+                        *([metrics_rule(args["metrics"][ns])] if ns in args["metrics"] else []),
                     ]},
                     opts=policy_opts,
                 )

@@ -9,6 +9,7 @@ from typing import NotRequired, Optional, Sequence, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
+from .mesh import ENVOY_STATS_PORT, MetricsAccess
 from .serving import MODELS_MOUNT
 
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"
@@ -31,8 +32,8 @@ class ModelNamespaceArgs(TypedDict):
     host_models: bool
     # Namespaces whose pods may open connections to the model servers...
     ingress_from: Sequence[str]
-    # ...and those that only scrape /metrics (the mesh limits them to that path).
-    metrics_from: Sequence[str]
+    # ...and the scraper, on its ports only (the mesh limits it to their metrics paths).
+    metrics: Optional[MetricsAccess]
     istio_namespace: str
     # Whether any server here downloads weights (HTTPS out to the model hub).
     https_egress: bool
@@ -42,6 +43,15 @@ class ModelNamespaceArgs(TypedDict):
 
 def _from_namespaces(names: Sequence[str]) -> list[dict]:
     return [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: n}}} for n in names]
+
+
+def metrics_ingress(access: MetricsAccess) -> dict:
+    """The scraper's pods, on the metrics ports and the proxies' stats port, nothing else."""
+    return {
+        "from": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: access.namespace}},
+                  "podSelector": {"matchLabels": dict(access.pod_labels)}}],
+        "ports": [{"protocol": "TCP", "port": p} for p in (*access.ports, ENVOY_STATS_PORT)],
+    }
 
 
 def outside_ranges(cluster_cidrs: Sequence[pulumi.Input[str]]) -> list[pulumi.Input[str]]:
@@ -64,7 +74,7 @@ def policy_specs(args: ModelNamespaceArgs) -> dict[str, dict]:
     specs = {
         "default-deny": {"podSelector": every_pod, "policyTypes": ["Ingress", "Egress"]},
         "allow-callers": {"podSelector": every_pod, "policyTypes": ["Ingress"],
-                          "ingress": [{"from": _from_namespaces([*args["ingress_from"], *args["metrics_from"]])}]},
+                          "ingress": [{"from": _from_namespaces(args["ingress_from"])}]},
         "allow-dns": {"podSelector": every_pod, "policyTypes": ["Egress"], "egress": [{
             "to": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: "kube-system"}},
                     "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
@@ -76,6 +86,9 @@ def policy_specs(args: ModelNamespaceArgs) -> dict[str, dict]:
             "ports": [{"protocol": "TCP", "port": ISTIOD_XDS_PORT}],
         }]},
     }
+    if args["metrics"]:
+        specs["allow-metrics"] = {"podSelector": every_pod, "policyTypes": ["Ingress"],
+                                  "ingress": [metrics_ingress(args["metrics"])]}
     if args["https_egress"]:
         specs["allow-https"] = {"podSelector": every_pod, "policyTypes": ["Egress"], "egress": [{
             # The model hub: not nodes, pods, Services or the metadata endpoint (private and

@@ -80,6 +80,8 @@ done
 # llama.cpp's default port is moving (8080 -> 9931): always pass it explicitly.
 LLAMA_CPP_PORT = 8080
 VLLM_PORT = 8000
+# Prometheus metrics of both servers (llama.cpp with --metrics).
+METRICS_PATH = "/metrics"
 # -ngl larger than any model's layer count: every layer goes to the GPU.
 ALL_LAYERS = 999
 
@@ -102,6 +104,9 @@ class ServerSpec:
     api_keys_file: Optional[str] = None
     # The container's preStop handler.
     pre_stop: dict = field(default_factory=dict)
+    # Whether /metrics wants the API key too (llama.cpp guards every path but /health; vLLM's
+    # key guards /v1 only).
+    metrics_need_key: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,7 @@ class _Runtime:
     startup_minutes: int = 30
     api_keys_file: str = VLLM_CONFIG_FILE
     pre_stop: Callable[[int], dict] = lambda port: {"sleep": {"seconds": PRESTOP_SLEEP_S}}
+    metrics_need_key: bool = False
 
 
 def _api_key_args(api_keys_file: str) -> list[str]:
@@ -205,12 +211,12 @@ RUNTIMES: dict[tuple[str, str], _Runtime] = {
     ("llama-cpp", "vulkan"): _Runtime(
         image="quay.io/ramalama/ramalama:0.24", command=["llama-server"],
         build_args=_llama_cpp_args, port=LLAMA_CPP_PORT, api_keys_file=API_KEYS_FILE,
-        pre_stop=_llama_cpp_pre_stop,
+        pre_stop=_llama_cpp_pre_stop, metrics_need_key=True,
     ),
     ("llama-cpp", "none"): _Runtime(
         image=f"ghcr.io/ggml-org/llama.cpp:server-{LLAMA_CPP_BUILD}", command=None,
         build_args=_llama_cpp_args, port=LLAMA_CPP_PORT, api_keys_file=API_KEYS_FILE,
-        pre_stop=_llama_cpp_pre_stop,
+        pre_stop=_llama_cpp_pre_stop, metrics_need_key=True,
     ),
     # Entrypoint is `vllm serve`: args start with the model.
     ("vllm", "nvidia"): _Runtime(
@@ -245,6 +251,7 @@ def server_spec(model, accel: Accelerator, api_auth: bool = False) -> ServerSpec
         shared_memory=runtime.shared_memory,
         startup_minutes=runtime.startup_minutes,
         accelerators=units,
+        metrics_need_key=runtime.metrics_need_key and api_auth,
     )
 
 

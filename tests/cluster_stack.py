@@ -210,6 +210,17 @@ def daemonset_coverage(cp: kube.ControlPlane, d: Deployed, namespace: str, name:
     return out
 
 
+# The Prometheus operator makes these pods from its custom resources, and no operator runs on
+# the control plane: Services selecting them (by the labels the operator sets, as the chart's
+# Services do) are judged by the resource they name instead.
+OPERATOR_POD_SELECTORS = {"Prometheus": "operator.prometheus.io/name", "Alertmanager": "alertmanager"}
+
+
+def operator_made(d: Deployed, ns: str, selector: dict) -> bool:
+    return any(selector.get(label) == o["metadata"]["name"] and o["metadata"].get("namespace") == ns
+               for kind, label in OPERATOR_POD_SELECTORS.items() for o in d.of_kind(kind))
+
+
 def unreachable_service_ports(cp: kube.ControlPlane, d: Deployed) -> list[str]:
     """Service ports the EndpointSlice controller could not resolve on the pods the Service
     selects (a targetPort naming a port the pods do not have, or no pod selected at all)."""
@@ -222,6 +233,8 @@ def unreachable_service_ports(cp: kube.ControlPlane, d: Deployed) -> list[str]:
         if not spec.get("selector") or spec.get("type") == "ExternalName":
             continue
         ns, name = md["namespace"], md["name"]
+        if operator_made(d, ns, spec["selector"]):
+            continue
         selector = ",".join(f"{k}={v}" for k, v in spec["selector"].items())
         pods = {p.status.pod_ip for p in cp.pods(ns, selector) if p.status.pod_ip}
         if not pods:

@@ -77,6 +77,8 @@ def daemonset_expectations(d: cs.Deployed) -> dict[tuple[str, str], tuple[set[st
         # Only when GPU feature discovery is on: NFD's worker labels GPU nodes (it may run anywhere).
         ("nvidia-device-plugin", "nvidia-device-plugin-node-feature-discovery-worker"): (accel, every),
         ("nvidia-device-plugin", "nvidia-device-plugin-gpu-feature-discovery"): (accel, accel),
+        # Node metrics (full monitoring): every node, GPU nodes included (it tolerates NoSchedule).
+        ("monitoring", "kps-prometheus-node-exporter"): (every, every),
         # Only on nodes labelled for MPS, which this platform does not use.
         ("nvidia-device-plugin", "nvidia-device-plugin-mps-control-daemon"): (set(), set()),
     }
@@ -210,6 +212,18 @@ def test_bites_service_target_port_renamed(control_plane, deployed):
         pass
     problems = cs.unreachable_service_ports(cp, deployed)
     assert any(f"Service models/{svc['metadata']['name']}: port" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("deployed", ["local"], indirect=True)
+def test_service_monitors_validate_against_the_charts_crds(control_plane, deployed):
+    """The program's ServiceMonitors and PodMonitor were accepted by the CRDs the chart installs;
+    a misspelt field is refused by them, as `up` would be."""
+    monitors = [o for o in deployed.objects if o["kind"] in ("ServiceMonitor", "PodMonitor")]
+    assert {o["kind"] for o in monitors} == {"ServiceMonitor", "PodMonitor"}
+    assert all(control_plane.exists(o) for o in monitors)
+    broken = copy.deepcopy(next(o for o in monitors if o["kind"] == "ServiceMonitor"))
+    broken["spec"]["endpoints"][0]["tlsConfig"]["caFlie"] = broken["spec"]["endpoints"][0]["tlsConfig"].pop("caFile")
+    assert control_plane.apply(broken) is not None
 
 
 def _replace_model_servers(cp: kube.ControlPlane, d: cs.Deployed, breaks: Callable[[dict], None]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import configparser
 import http.client
 import json
+import re
 import subprocess
 import threading
 import time
@@ -83,16 +84,14 @@ def test_router_mode_is_refused_where_models_are_not_gguf():
     assert "llm-platform:llamaRouter.enabled: router mode serves GGUF files" in str(info.value.error)
 
 
-@pytest.fixture(scope="module")
-def running(recorded, tmp_path_factory):
-    missing = [str(p) for p in (LITELLM, LLAMA_SERVER, TINY_MODEL) if not p.exists()]
+def _start_router(recorded, tmp) -> tuple[subprocess.Popen, int]:
+    """The router as rendered: its presets (each model's file mapped to the test model), key
+    file and args, on a local port."""
+    missing = [str(p) for p in (LLAMA_SERVER, TINY_MODEL) if not p.exists()]
     if missing:
-        pytest.skip(f"real router test needs {', '.join(missing)} (`make setup` builds .venv-litellm)")
-    tmp = tmp_path_factory.mktemp("llama-router")
-    keys = harness.reveal(recorded.one("kubernetes:core/v1:Secret", "front-door-keys").inputs["stringData"])
+        pytest.skip(f"real router test needs {', '.join(missing)}")
     (tmp / "keys").write_text(harness.reveal(recorded.one("kubernetes:core/v1:Secret", "llama-router-api-keys")
                                              .inputs["stringData"])["keys"] + "\n")
-    # The rendered presets, each model's file mapped to the test model.
     presets = recorded.one("kubernetes:core/v1:ConfigMap", "llama-router-presets").inputs["data"][
         llama_router.PRESETS_FILE]
     for m in MODELS:
@@ -105,8 +104,18 @@ def running(recorded, tmp_path_factory):
     argv = [mapped.get(args[i - 1], a) if i else a for i, a in enumerate(args)]
     # One thread: a shared test machine, not the pod's CPU limit.
     argv = [("1" if args[i - 1] == "--threads" else a) if i else a for i, a in enumerate(argv)]
-    procs = [subprocess.Popen([str(LLAMA_SERVER), *argv],
-                              stdout=(tmp / "router.log").open("w"), stderr=subprocess.STDOUT)]
+    proc = subprocess.Popen([str(LLAMA_SERVER), *argv], stdout=(tmp / "router.log").open("w"), stderr=subprocess.STDOUT)
+    return proc, router_port
+
+
+@pytest.fixture(scope="module")
+def running(recorded, tmp_path_factory):
+    if not LITELLM.exists():
+        pytest.skip(f"real router test needs {LITELLM} (`make setup` builds .venv-litellm)")
+    tmp = tmp_path_factory.mktemp("llama-router")
+    keys = harness.reveal(recorded.one("kubernetes:core/v1:Secret", "front-door-keys").inputs["stringData"])
+    router, router_port = _start_router(recorded, tmp)
+    procs = [router]
     try:
         cfg = yaml.safe_load(recorded.one("kubernetes:core/v1:ConfigMap", "front-door-config").inputs["data"][
             front_door.CONFIG_FILE])
@@ -179,3 +188,45 @@ def test_pre_stop_waits_for_the_generation_in_flight_and_loads_nothing(running, 
     assert hook.wait(timeout=30) == 0, hook.stdout.read()
     assert hook_done[0] >= stream_done - 0.5, "the hook returned while the stream was still running"
     assert _loaded(router_port, backend_key) == {"tinyllama"}
+
+
+@pytest.fixture(scope="module")
+def router_alone(recorded, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("llama-router-alone")
+    proc, port = _start_router(recorded, tmp)
+    try:
+        _wait_ready(port, "/health", proc, tmp / "router.log", 30)
+        yield port
+    finally:
+        stop([proc], 15)
+
+
+def test_prometheus_scrapes_loaded_models_and_never_loads_one(recorded, router_alone):
+    """Each endpoint of the router's ServiceMonitor, asked as Prometheus asks it (path, params,
+    the key from the Secret it names): a loaded model answers with the series the llama.cpp
+    dashboard queries; an unloaded one fails and stays unloaded (modelsMax 1: loading it would
+    evict the model in use)."""
+    from components.monitoring import DASHBOARDS_DIR
+
+    port = router_alone
+    monitor = harness.reveal(recorded.one("kubernetes:monitoring.coreos.com/v1:ServiceMonitor",
+                                          "monitoring-llama-router").inputs["spec"])
+    (secret,) = [r for r in recorded.of_type("kubernetes:core/v1:Secret")
+                 if r.inputs["metadata"]["name"] == monitor["endpoints"][0]["authorization"]["credentials"]["name"]]
+    key = harness.reveal(secret.inputs["stringData"])[monitor["endpoints"][0]["authorization"]["credentials"]["key"]]
+
+    def scrape(ep) -> tuple[int, bytes]:
+        query = "&".join(f"{k}={v}" for k, vs in ep["params"].items() for v in vs)
+        return _request(port, "GET", f"{ep['path']}?{query}", key)
+
+    used = set(re.findall(r"llamacpp:[a-z_]+", (DASHBOARDS_DIR / "llamacpp.json").read_text()))
+    first, *others = monitor["endpoints"]
+    assert [scrape(ep)[0] for ep in monitor["endpoints"]] == [400] * len(MODELS)
+    assert _loaded(port, key) == set()
+    status, body = _request(port, "POST", "/v1/chat/completions", key, _chat(first["params"]["model"][0]), timeout=120)
+    assert status == 200, body
+    status, text = scrape(first)
+    served = {line.split()[0] for line in text.decode().splitlines() if line and not line.startswith("#")}
+    assert status == 200 and used and used <= served, used - served
+    assert [scrape(ep)[0] for ep in others] == [400] * len(others)
+    assert _loaded(port, key) == {first["params"]["model"][0]}

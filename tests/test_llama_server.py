@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import http.client
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -51,7 +52,17 @@ def _render(accelerator: str) -> dict:
     template = harness.reveal(server.inputs["spec"]["template"])
     secret = next(r for r in rec.of_type("kubernetes:core/v1:Secret") if r.name.endswith("-api-keys"))
     secret_data = harness.reveal(secret.inputs["stringData"])
+    # What Prometheus scrapes: the endpoint of the server's ServiceMonitor, its key from the
+    # Secret the endpoint names.
+    (monitor,) = [r for r in rec.of_type("kubernetes:monitoring.coreos.com/v1:ServiceMonitor")
+                  if r.name.startswith("monitoring-model-")]
+    (endpoint,) = harness.reveal(monitor.inputs["spec"]["endpoints"])
+    ref = endpoint["authorization"]["credentials"]
+    scrape_secret = next(r for r in rec.of_type("kubernetes:core/v1:Secret")
+                         if harness.reveal(r.inputs["metadata"])["name"] == ref["name"])
     return {
+        "scrape_path": endpoint["path"],
+        "scrape_key": harness.reveal(scrape_secret.inputs["stringData"])[ref["key"]],
         "container": template["spec"]["containers"][0],
         "secret_data": secret_data,
         # The front door's key: the one key the server accepts.
@@ -232,6 +243,19 @@ def test_metrics_are_served_with_the_key(server, rendered):
     assert status == 200
     # What the preStop drain reads.
     assert "llamacpp:requests_processing " in text and "llamacpp:requests_deferred " in text
+
+
+def test_prometheus_scrape_returns_what_the_dashboard_queries(server, rendered):
+    """Prometheus's request as its ServiceMonitor makes it (path, key from the named Secret)
+    is answered, with every llamacpp:* series the llama.cpp dashboard queries."""
+    from components.monitoring import DASHBOARDS_DIR
+
+    assert server.get(rendered["scrape_path"])[0] == 401
+    status, text = server.get(rendered["scrape_path"], key=rendered["scrape_key"])
+    assert status == 200
+    served = {line.split()[0].split("{")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    used = set(re.findall(r"llamacpp:[a-z_]+", (DASHBOARDS_DIR / "llamacpp.json").read_text()))
+    assert used and used <= served, used - served
 
 
 def test_context_comes_from_the_model_and_threads_from_the_cpu_limit(server, rendered):

@@ -112,8 +112,8 @@ def test_v1_routes_to_the_front_door_and_root_to_the_ui(local):
     svc = local.one(SERVICE, "front-door-service").inputs
     proxy = local.one(DEPLOYMENT, "front-door-deployment").inputs["spec"]["template"]
     routes = {r["name"]: r for r in local.one(VS).inputs["spec"]["http"]}
-    # One base URL for every model: no per-model prefixes any more.
-    assert list(routes) == ["v1", "ui"]
+    # One base URL for every model: no per-model prefixes any more; Grafana under /grafana.
+    assert list(routes) == ["v1", "grafana", "ui"]
 
     v1 = routes["v1"]
     assert v1["match"] == [{"uri": {"prefix": "/v1"}}]

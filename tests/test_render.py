@@ -20,7 +20,7 @@ def rendered(request, tmp_path_factory):
 
 def test_render_writes_one_file_per_component(rendered):
     stack, files = rendered
-    assert {"mesh.yaml", "gitops.yaml", "gateway.yaml", "cloud.yaml"} <= set(files)
+    assert {"mesh.yaml", "gitops.yaml", "gateway.yaml", "cloud.yaml", "monitoring.yaml"} <= set(files)
     # Local serves every model from llama.cpp's router; the clouds run a server per model.
     model_file = "llama-router.yaml" if stack == "local" else \
         f"model-{harness.stack_config(stack)['llm-platform:models'][0]['name']}.yaml"
@@ -41,7 +41,7 @@ def test_render_writes_what_each_chart_installs(rendered):
     stack, files = rendered
     files = {name: docs for name, docs in files.items() if name.startswith("chart-")}
     expected = {"chart-istio-base.yaml", "chart-istio-cni.yaml", "chart-istiod.yaml", "chart-istio-ingress.yaml",
-                "chart-argocd.yaml", "chart-open-webui.yaml"}
+                "chart-argocd.yaml", "chart-open-webui.yaml", "chart-kps.yaml"}
     if stack == "eks":
         expected.add("chart-nvidia-device-plugin.yaml")
     assert set(files) == expected
@@ -49,6 +49,8 @@ def test_render_writes_what_each_chart_installs(rendered):
     assert any(d["kind"] == "CustomResourceDefinition" for d in files["chart-argocd.yaml"])
     webui = next(d for d in files["chart-open-webui.yaml"] if d["kind"] == "StatefulSet")
     assert webui["metadata"]["namespace"] == "open-webui"
+    # kube-prometheus-stack with its Grafana subchart (vendored beside it).
+    assert any(d["kind"] == "Deployment" and d["metadata"]["name"] == "kps-grafana" for d in files["chart-kps.yaml"])
 
 
 def test_secrets_copied_into_chart_output_are_masked():

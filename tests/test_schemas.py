@@ -20,7 +20,7 @@ def manifest(value):
 
 
 # Custom resources: their schemas come with their CRDs, not with Kubernetes.
-CUSTOM_GROUPS = ("networking.istio.io", "security.istio.io", "argoproj.io", "cert-manager.io")
+CUSTOM_GROUPS = ("networking.istio.io", "security.istio.io", "argoproj.io", "cert-manager.io", "monitoring.coreos.com")
 
 
 def core_objects(rec):

@@ -196,8 +196,11 @@ def test_health_and_metrics_are_not_behind_the_gateway_key(keyed):
     assert c["startupProbe"]["httpGet"]["path"] == "/health"
     # /metrics is only reachable in-cluster: no route of the gateway reaches it.
     routes = keyed.one("kubernetes:networking.istio.io/v1:VirtualService").inputs["spec"]["http"]
-    api_prefixes = [m["uri"]["prefix"] for r in routes if r["name"] != "ui" for m in r["match"]]
+    api_prefixes = [m["uri"]["prefix"] for r in routes if r["name"] not in ("ui", "grafana") for m in r["match"]]
     assert api_prefixes == ["/v1"]
+    # /grafana goes to Grafana alone (its own login), never to a model or the front door.
+    (grafana,) = [r for r in routes if r["name"] == "grafana"]
+    assert [d["destination"]["host"] for d in grafana["route"]] == ["kps-grafana.monitoring.svc.cluster.local"]
 
 
 def test_laptop_can_opt_out_of_api_keys():
@@ -531,18 +534,11 @@ def test_bad_tls_config_is_refused(gateway, expected):
     assert str(info.value.error).startswith(f"Pulumi.eks.yaml: {expected}")
 
 
-def test_a_monitoring_namespace_may_scrape_metrics_and_nothing_else():
-    rec = harness.run("local", {"llm-platform:security": {"metricsFrom": ["monitoring"]}})
-    assert network_admits(rec, "monitoring", "models")
-    (policy,) = in_namespace(rec, AUTHZ, "models")
-    for ns in ("models", "front-door"):
-        (policy,) = in_namespace(rec, AUTHZ, ns)
-        scrape = next(r for r in policy["spec"]["rules"] if "to" in r)
-        assert scrape["from"] == [{"source": {"namespaces": ["monitoring"]}}]
-        # LiteLLM answers /metrics with a redirect to /metrics/.
-        assert scrape["to"] == [{"operation": {"methods": ["GET"], "paths": ["/metrics", "/metrics/"]}}]
-        # The monitoring namespace is not a caller of the API.
-        assert not mesh_admits(rec, "cluster.local/ns/monitoring/sa/prometheus", ns)
+def test_the_removed_metrics_from_setting_is_refused_with_what_happens_instead():
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("local", {"llm-platform:security": {"metricsFrom": ["monitoring"]}})
+    message = str(info.value.error)
+    assert message.startswith("Pulumi.local.yaml: llm-platform:security.metricsFrom: no longer a setting; ")
 
 
 def test_supplemental_groups_reach_the_model_pod():

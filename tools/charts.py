@@ -11,9 +11,12 @@ suite renders must be what a real `up` would install.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import hashlib
 import json
 import re
+import tarfile
+import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -25,7 +28,13 @@ import yaml
 from tools import mock_engine
 
 # libyaml's parser when present: the charts' CRDs are large.
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    pass
+
+
+# YAML 1.1's "=" (value) tag: a plain `=` in the Prometheus operator's CRDs (an enum of
+# relabel actions) is just the string, as Kubernetes reads it.
+_Loader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
 
 SHARED_DIR = mock_engine.PROJECT_DIR.parent / "shared"
 CHARTS_DIR = SHARED_DIR / "upstream" / "charts"
@@ -185,8 +194,56 @@ def _verified(path: Path) -> Path:
 
 @lru_cache(maxsize=None)
 def _chart(path: Path):
+    return _load(path)
+
+
+def _load(path: Path):
     import helm_python
-    return helm_python.Chart.load(str(path))
+    return helm_python.Chart.load(str(_with_subcharts(path)))
+
+
+@lru_cache(maxsize=None)
+def _with_subcharts(path: Path) -> Path:
+    """The archive, or where there are vendored subcharts to add, the chart unpacked with them
+    beside it, as `helm dependency build` would leave it."""
+    subcharts = _vendored_subcharts(path)
+    if not subcharts:
+        return path
+    root = Path(tempfile.mkdtemp(prefix="chart-"))
+    with tarfile.open(path) as tar:
+        tar.extractall(root, filter="data")
+    (chart_dir,) = [d for d in root.iterdir() if d.is_dir()]
+    for sub in subcharts.values():
+        with tarfile.open(sub) as tar:
+            tar.extractall(chart_dir / "charts", filter="data")
+    return chart_dir
+
+
+def _chart_yaml(path: Path) -> dict:
+    with tarfile.open(path) as tar:
+        (member,) = [m for m in tar.getmembers() if m.name.count("/") == 1 and m.name.endswith("/Chart.yaml")]
+        return yaml.safe_load(tar.extractfile(member).read())
+
+
+@lru_cache(maxsize=None)
+def _vendored_subcharts(path: Path) -> dict[str, Path]:
+    """Dependency name (or alias) -> vendored archive, for the subcharts a chart names from a
+    repository but does not carry (kube-prometheus-stack's archive is cut from its Git source;
+    the published package has them), found vendored at a version the chart accepts. One not
+    vendored is left out, as for a disabled one (Argo CD's redis-ha): tests that need a
+    subchart's objects look for them."""
+    with tarfile.open(path) as tar:
+        carried = {m.name.split("/")[2] for m in tar.getmembers() if m.name.count("/") >= 3
+                   and m.name.split("/")[1] == "charts"}
+    out = {}
+    for dep in _chart_yaml(path).get("dependencies") or []:
+        if not dep.get("repository") or dep["name"] in carried:
+            continue
+        found = sorted(p for p in CHARTS_DIR.glob(f"{dep['name']}-*.tgz")
+                       if fnmatch.fnmatch(p.name[len(dep["name"]) + 1:-len(".tgz")], str(dep["version"])))
+        if found:
+            out[dep.get("alias") or dep["name"]] = _verified(found[-1])
+    return out
 
 
 def chart_of(release: ChartRelease):
@@ -231,7 +288,10 @@ def render_release(release: ChartRelease, kube_version: str) -> list[dict]:
     cache_key = (release.key, kube_version)
     if cache_key in _RENDERED:
         return copy.deepcopy(_RENDERED[cache_key])
-    chart = chart_of(release)
+    # Rendering drops a chart's disabled subcharts from the loaded chart itself: one with
+    # subcharts is loaded afresh for each render.
+    path = archive(release)
+    chart = _load(path) if _vendored_subcharts(path) else chart_of(release)
     started = time.perf_counter()
     try:
         rendered = _helm_render(chart, release.values, release.name, release.namespace, kube_version)
@@ -354,10 +414,16 @@ def unknown_value_paths(release: ChartRelease) -> list[str]:
     defaults = _defaults(chart)
     templates = _template_text(path)
     aliases = _aliases(templates)
+    subcharts = _vendored_subcharts(path)
     unknown = []
     for p in value_paths(release.values):
-        if not (_known(p, defaults, templates) or (p[0] in aliases and _known(p[1:], defaults, templates))):
-            unknown.append(".".join(p))
+        if _known(p, defaults, templates) or (p[0] in aliases and _known(p[1:], defaults, templates)):
+            continue
+        # A subchart's values sit under its name.
+        sub = subcharts.get(p[0])
+        if sub and len(p) > 1 and _known(p[1:], _defaults(_chart(sub)), _template_text(sub)):
+            continue
+        unknown.append(".".join(p))
     return unknown
 
 
@@ -365,6 +431,9 @@ def _read_by_template(prefix: tuple, templates: str, whole: bool) -> bool:
     dotted = re.escape(".Values." + ".".join(prefix))
     # `whole`: the template takes the map as it is (toYaml, merge, range), so any key under it counts.
     pattern = dotted + (r"(?![\w.])" if whole else r"(?![\w])")
+    if whole and len(prefix) == 1:
+        # A key no dotted path can spell, read with `index` (grafana's "grafana.ini").
+        pattern = f"(?:{pattern})|(?:index \\$?\\.Values {re.escape(json.dumps(prefix[0]))})"
     return re.search(pattern, templates) is not None
 
 

@@ -20,6 +20,7 @@ from .cluster import *  # noqa: F401,F403
 from .cluster import CLUSTER_KINDS
 from .models import *  # noqa: F401,F403
 from .models import RUNTIMES
+from .monitoring import *  # noqa: F401,F403
 from .services import *  # noqa: F401,F403
 from .stack import *  # noqa: F401,F403
 from .virtual_keys import *  # noqa: F401,F403

@@ -124,8 +124,19 @@ class SecurityConfig(_Model):
     # Extra groups for the model servers, e.g. the node's render group so a non-root server can
     # open /dev/dri.
     supplemental_groups: list[Annotated[int, Field(ge=1)]] = []
-    # Namespaces (e.g. your Prometheus's) allowed to GET /metrics from the model servers.
-    metrics_from: list[DnsLabel] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_removed_keys(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "metricsFrom" in raw:
+            raise ValueError(REMOVED_METRICS_FROM)
+        return raw
+
+
+REMOVED_METRICS_FROM = (
+    "metricsFrom: no longer a setting; under STRICT mTLS a namespace rule cannot admit a scraper, "
+    "so the stack's own Prometheus (monitoring.enabled) scrapes with its mesh identity: remove the key"
+)
 
 
 class CertManagerConfig(_Model):

@@ -16,6 +16,7 @@ from ..hardware import (
 )
 from .base import ApiKey, DnsLabel, _master_key, _Model
 from .cluster import ClusterConfig
+from .monitoring import MonitoringConfig
 from .models import DEFAULT_MODEL, DEFAULT_VLLM_MODEL, AcceleratorConfig, AnyModel
 from .services import (
     AppConfig,
@@ -52,6 +53,7 @@ class StackConfig(_Model):
     security: SecurityConfig = SecurityConfig()
     front_door: FrontDoorConfig = FrontDoorConfig()
     llama_router: LlamaRouterConfig = LlamaRouterConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     # The client API key (a Pulumi secret), the front door's master key; generated and kept in
     # state when not set. LiteLLM takes only master keys that start with "sk-".
     api_key: Optional[Annotated[ApiKey, AfterValidator(_master_key)]] = None
