@@ -17,7 +17,7 @@ from tests.conftest import need_charts, recording
 from tools import charts
 from tools import mock_engine as harness
 
-VARIANTS = ("local", "eks", "local-router")
+VARIANTS = ("local", "eks", "local-pods")
 AUTHZ, NETPOL = "AuthorizationPolicy", "NetworkPolicy"
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
 
@@ -109,7 +109,7 @@ def test_llama_cpp_endpoints_carry_the_key_the_server_accepts(stack):
 
 
 def test_router_is_scraped_once_per_model():
-    rec = recording("local-router")
+    rec = recording("local")
     sm = rec.one("kubernetes:monitoring.coreos.com/v1:ServiceMonitor", "monitoring-llama-router").inputs["spec"]
     models = [m["name"] for m in harness.stack_config("local")["llm-platform:models"]]
     # autoload=false: a scrape never loads a model (tests/test_llama_router.py).
