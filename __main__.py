@@ -6,6 +6,7 @@ from components import (
     ApiKeys, Backend, Cluster, Gateway, GitOpsController, GpuDevicePlugin, LlmServer, Mesh,
 )
 from components.accelerators import from_config as accelerator_from_config, units_in_use
+from components.autoscaling import PodAutoscaling, ScaledServer
 from components.apps import OPEN_WEBUI_PORT, OPEN_WEBUI_SERVICE_ACCOUNT, ModelEndpoint, all_apps, open_webui_host
 from components.config import ConfigError, load
 from components.llama_router import LlamaRouter
@@ -14,6 +15,10 @@ from components.mesh import INGRESS_PRINCIPAL, principal
 from components.model_namespace import ModelNamespace
 from components.serving import uses_model_cache
 from components.ui_admin import UiAdmin
+
+# Prometheus' in-cluster address: KEDA reads the model servers' queues there.
+PROMETHEUS_URL = "http://kps-prometheus.monitoring.svc:9090"
+PROMETHEUS_NAMESPACE = "monitoring"
 
 try:
     cfg = load(pulumi.get_stack())
@@ -95,6 +100,19 @@ servers = [] if cfg.llama_router.enabled else [
     })
     for m in cfg.models
 ]
+
+scaled = [ScaledServer(m.name, cfg.models_namespace, s.workload_kind, m.runtime, m.autoscaling, s.workload)
+          for m, s in zip(cfg.models, servers) if m.autoscaling.enabled]
+if scaled:
+    if PROMETHEUS_NAMESPACE not in cfg.security.metrics_from:
+        pulumi.log.warn(f"autoscaling reads the servers' queues from Prometheus: add {PROMETHEUS_NAMESPACE!r} "
+                        "to security.metricsFrom so it may scrape them")
+    PodAutoscaling("autoscaling", {
+        "provider": provider,
+        "prometheus_url": PROMETHEUS_URL,
+        "servers": scaled,
+        "front_door_namespace": front_door_namespace,
+    })
 
 backends = [ModelBackend(s.alias, pulumi.Output.concat("http://", s.service_host, f":{s.port}/v1")) for s in servers]
 if cfg.llama_router.enabled:
