@@ -123,10 +123,13 @@ def gke(rec: Recording) -> list[NodeShape]:
             labels["cloud.google.com/gke-accelerator"] = acc["type"]
             taints.append(dict(hardware.GKE_GPU_TAINT))
             devices["nvidia.com/gpu"] = int(acc["count"])
-        # An autoscaled pool: GKE's autoscaler adds nodes up to maxNodeCount per zone on demand.
-        per_zone = int(p["autoscaling"]["maxNodeCount"])
-        for zone in zones:
-            for i in range(per_zone):
+        # An autoscaled pool: GKE's autoscaler adds nodes on demand up to maxNodeCount per zone,
+        # or totalMaxNodeCount over the pool's zones.
+        scaling = p["autoscaling"]
+        total = scaling.get("totalMaxNodeCount")
+        for z, zone in enumerate(zones):
+            count = int(scaling["maxNodeCount"]) if total is None else len(range(z, int(total), len(zones)))
+            for i in range(count):
                 name = f"gke-{p['name']}-{zone[-1]}{i}"
                 shapes.append(NodeShape(
                     name=name, pool=p["name"], labels={**_base_labels(name, "amd64", machine, zone), **labels},

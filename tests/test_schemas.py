@@ -20,7 +20,8 @@ def manifest(value):
 
 
 # Custom resources: their schemas come with their CRDs, not with Kubernetes.
-CUSTOM_GROUPS = ("networking.istio.io", "security.istio.io", "argoproj.io", "cert-manager.io")
+CUSTOM_GROUPS = ("networking.istio.io", "security.istio.io", "argoproj.io", "cert-manager.io", "keda.sh",
+                 "karpenter.sh", "karpenter.k8s.aws")
 
 
 def core_objects(rec):
