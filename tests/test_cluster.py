@@ -376,43 +376,58 @@ def _pending_unschedulable(cp: kube.ControlPlane, d: cs.Deployed) -> list[str]:
     return [p for p in cs.unbound_pods(cp, d, cs.MODEL_SERVERS) if "Unschedulable" in p]
 
 
-def test_eks_gpu_pool_at_zero_then_a_node_like_its_template_takes_the_model(control_plane, stacks):
-    """The autoscaled eks stack with no GPU node yet (Karpenter's pool at zero): everything is
-    admitted, the ScaledObject, NodePool and EC2NodeClass by their charts' CRDs; the model
-    server's pod is Pending, unschedulable. Then a node appears as Karpenter would launch it
-    from the NodePool and EC2NodeClass: the device plugin lands there, and the real scheduler
-    binds the model server's pod to it."""
+def _first_node_of(stack: str, pool: str):
+    """The node the pool's autoscaler adds first: Karpenter's from the NodePool and EC2NodeClass,
+    GKE's from the node pool."""
+    from tests import stack_nodes
+
+    rec = recording(FROM_ZERO[stack][0])
+    shapes = stack_nodes.karpenter(rec, count=1) if stack == "eks" else stack_nodes.gke(rec)
+    return next(n for n in shapes if n.pool == pool)
+
+
+# stack -> (variant, the accelerator pool that starts empty, the model server's first pod)
+FROM_ZERO = {"eks": ("eks-autoscaled", "gpu", "qwen-0"), "gke": ("gke", "tpu", "qwen-0")}
+
+
+@pytest.mark.parametrize("stack", list(FROM_ZERO))
+def test_accelerator_pool_at_zero_then_a_node_like_its_template_takes_the_model(control_plane, stacks, stack):
+    """The stack with no accelerator node yet (Karpenter's NodePool or GKE's pool at zero):
+    everything is admitted (on eks the ScaledObject, NodePool and EC2NodeClass by their charts'
+    CRDs); the model server's pod is Pending, unschedulable. Then a node appears as the
+    autoscaler would add it, shaped by the pool's template (labels, taints, capacity): on eks
+    the device plugin lands there first, and the real scheduler binds the model server's pod to
+    it."""
     cp = control_plane
+    variant, pool, pod_name = FROM_ZERO[stack]
     cp.reset(stacks.current.objects if stacks.current else [])
     stacks.key, stacks.current = None, None
-    rec = recording("eks-autoscaled")
-    d = cs.deploy(cp, "eks", rec, settle_s=30, empty_pools=("gpu",))
-    stacks.key, stacks.current = "eks-autoscaled-from-zero", d
-    assert not [n for n in d.nodes if n.pool == "gpu"]
+    d = cs.deploy(cp, stack, recording(variant), settle_s=30, empty_pools=(pool,))
+    stacks.key, stacks.current = f"{variant}-from-zero", d
+    assert not [n for n in d.nodes if n.pool == pool]
     problems = [str(r) for r in d.rejections] + cs.failed_creates(cp, d)
     assert not problems, "\n".join(problems)
-    for kind in ("ScaledObject", "NodePool", "EC2NodeClass"):
-        (obj,) = d.of_kind(kind)
-        assert cp.exists(obj), f"{kind} not stored"
-    (scaled,) = d.of_kind("ScaledObject")
-    (sts,) = [o for o in d.of_kind("StatefulSet") if o["metadata"]["name"] == scaled["spec"]["scaleTargetRef"]["name"]]
-    assert "replicas" not in sts["spec"]  # KEDA's to set; the API server's default (1) until then
+    if stack == "eks":
+        for kind in ("ScaledObject", "NodePool", "EC2NodeClass"):
+            (obj,) = d.of_kind(kind)
+            assert cp.exists(obj), f"{kind} not stored"
+        (scaled,) = d.of_kind("ScaledObject")
+        (sts,) = [o for o in d.of_kind("StatefulSet")
+                  if o["metadata"]["name"] == scaled["spec"]["scaleTargetRef"]["name"]]
+        assert "replicas" not in sts["spec"]  # KEDA's to set; the API server's default (1) until then
 
     pending = kube.until(lambda: _pending_unschedulable(cp, d), 30, "the model pod found unschedulable")
-    assert len(pending) == 1 and "qwen-0" in pending[0], pending
-    events = [e for e in cp.warnings() if e.reason == "FailedScheduling" and e.involved_object.name == "qwen-0"]
+    assert len(pending) == 1 and pod_name in pending[0], pending
+    events = [e for e in cp.warnings() if e.reason == "FailedScheduling" and e.involved_object.name == pod_name]
     assert events, "no FailedScheduling event for the model pod"
 
-    # Karpenter launches a node for the pending pod.
-    from tests import stack_nodes
-    (node,) = stack_nodes.karpenter(rec, count=1)
+    node = _first_node_of(stack, pool)
     d.nodes.append(node)
     kube.declare_nodes(cp, [node])
 
     def bound() -> Optional[str]:
         cs.stand_ins(cp, d)
-        pod = cp.core.read_namespaced_pod("qwen-0", "models")
-        return pod.spec.node_name
+        return cp.core.read_namespaced_pod(pod_name, "models").spec.node_name
 
     assert kube.until(bound, 60, "the model pod bound") == node.name
     problems = (coverage_problems(cp, d) + cs.unbound_pods(cp, d)
