@@ -3,10 +3,10 @@
 import pulumi
 
 from components import (
-    ApiKeys, Backend, Cluster, Gateway, GitOpsController, GpuDevicePlugin, LlmServer, Mesh,
+    ApiKeys, Backend, Cluster, Gateway, GitOpsController, GpuDevicePlugin, LlmServer, Mesh, PodAutoscaling,
 )
 from components.accelerators import from_config as accelerator_from_config, units_in_use
-from components.autoscaling import PodAutoscaling, ScaledServer
+from components.autoscaling import ScaledServer
 from components.apps import OPEN_WEBUI_PORT, OPEN_WEBUI_SERVICE_ACCOUNT, ModelEndpoint, all_apps, open_webui_host
 from components.config import ConfigError, load
 from components.llama_router import LlamaRouter
