@@ -105,7 +105,7 @@ class GpuNodeGroup(NodeGroup):
     # Karpenter: how long a GPU node stays empty before it is removed.
     consolidate_after: str = Field("10m", pattern=r"^[0-9]+(s|m|h)$")
     # Karpenter: the EKS-optimized AMI release ("latest", or pinned such as "v20251120").
-    ami_version: str = Field("latest", pattern=r"^(latest|v[0-9]{8})$")
+    ami_version: str = Field("latest", pattern=r"^(latest|v[0-9][0-9.]*)$")
 
     @model_validator(mode="after")
     def _fits_the_autoscaler(self) -> "GpuNodeGroup":
