@@ -78,6 +78,10 @@ def test_eks_gpu_nodes_come_from_karpenter(eks):
     release = harness.reveal(eks.one(RELEASE, "cluster-gpu-nodes-karpenter").inputs)
     assert (identity["namespace"], identity["serviceAccount"]) == (release["namespace"],
                                                                    release["values"]["serviceAccount"]["name"])
+    # Installed once it can run (system nodes) and act (its identity).
+    waits_for = eks.depends_transitively(eks.one(RELEASE, "cluster-gpu-nodes-karpenter"))
+    for needed in ("cluster-system", "cluster-karpenter-controller", "cluster-karpenter-nodes"):
+        assert {r.urn for r in eks.registrations if r.name == needed} & set(waits_for), needed
     queue = eks.one("aws:sqs/queue:Queue").inputs
     assert release["values"]["settings"] == {"clusterName": "llm-platform", "interruptionQueue": queue["name"]}
     assert release["skipCrds"] and harness.reveal(eks.one(RELEASE, "cluster-gpu-nodes-crds").inputs)["chart"].endswith(

@@ -3,6 +3,7 @@ encrypted gp3 default StorageClass, and a kubeconfig that authenticates with `aw
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 
@@ -165,6 +166,8 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
     if cfg.karpenter:
         # GPU nodes follow pending model pods (see components/node_autoscaler.py).
         node_autoscaler = karpenter.build(name, cfg, cluster, gpu_subnet, gpu, gpu_labels, tags, opts, provider)
+        # Its controller runs on the system nodes.
+        node_autoscaler = dataclasses.replace(node_autoscaler, ready=[*node_autoscaler.ready, system])
     else:
         node_group(
             GPU_POOL, cfg.gpu_nodes, cfg.gpu_nodes.ami_type,
