@@ -3,9 +3,10 @@
 import pulumi
 
 from components import (
-    ApiKeys, Backend, Cluster, Gateway, GitOpsController, GpuDevicePlugin, LlmServer, Mesh,
+    ApiKeys, Backend, Cluster, Gateway, GitOpsController, GpuDevicePlugin, LlmServer, Mesh, PodAutoscaling,
 )
 from components.accelerators import from_config as accelerator_from_config, units_in_use
+from components.autoscaling import ScaledServer
 from components.apps import OPEN_WEBUI_PORT, OPEN_WEBUI_SERVICE_ACCOUNT, ModelEndpoint, all_apps, open_webui_host
 from components.config import ConfigError, load
 from components.database import KeysDatabase
@@ -14,7 +15,7 @@ from components.front_door import METRICS_PATH as FRONT_DOOR_METRICS_PATH, PORT 
 from components.front_door import SERVICE_ACCOUNT as FRONT_DOOR_SERVICE_ACCOUNT, FrontDoor, ModelBackend
 from components.mesh import INGRESS_PRINCIPAL, principal
 from components.model_namespace import ModelNamespace
-from components.monitoring import GRAFANA_ADMIN_USER, Monitoring, metrics_access
+from components.monitoring import GRAFANA_ADMIN_USER, PROMETHEUS_URL, Monitoring, metrics_access
 from components.serving import METRICS_PATH as SERVER_METRICS_PATH, RUNTIMES, VLLM_RELEASE, uses_model_cache
 from components.ui_admin import UiAdmin
 
@@ -105,6 +106,16 @@ servers = [] if cfg.llama_router.enabled else [
     })
     for m in cfg.models
 ]
+
+scaled = [ScaledServer(m.name, cfg.models_namespace, s.workload_kind, m.runtime, m.autoscaling, s.workload)
+          for m, s in zip(cfg.models, servers) if m.autoscaling.enabled]
+if scaled:
+    PodAutoscaling("autoscaling", {
+        "provider": provider,
+        "prometheus_url": PROMETHEUS_URL,
+        "servers": scaled,
+        "front_door_namespace": front_door_namespace,
+    })
 
 backends = [ModelBackend(s.alias, pulumi.Output.concat("http://", s.service_host, f":{s.port}/v1")) for s in servers]
 if cfg.llama_router.enabled:

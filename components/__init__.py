@@ -1,6 +1,7 @@
 """Reusable components of the llm-platform program."""
 
 from .api_keys import ApiKeys, ApiKeysArgs
+from .autoscaling import PodAutoscaling, PodAutoscalingArgs
 from .cluster import Cluster, ClusterArgs
 from .device_plugin import GpuDevicePlugin, GpuDevicePluginArgs
 from .front_door import FrontDoor, FrontDoorArgs
@@ -9,9 +10,11 @@ from .gitops import App, GitOpsController, GitOpsControllerArgs
 from .llm_server import LlmServer, LlmServerArgs
 from .mesh import Mesh, MeshArgs
 from .monitoring import Monitoring, MonitoringArgs
+from .node_autoscaler import GpuNodeAutoscaler, GpuNodeAutoscalerArgs
 
 __all__ = [
     "ApiKeys", "ApiKeysArgs", "App", "Backend", "Cluster", "ClusterArgs", "FrontDoor", "FrontDoorArgs", "Gateway", "GatewayArgs", "GitOpsController",
     "GitOpsControllerArgs", "GpuDevicePlugin", "GpuDevicePluginArgs", "LlmServer", "LlmServerArgs",
-    "Mesh", "MeshArgs", "Monitoring", "MonitoringArgs",
+    "Mesh", "MeshArgs", "Monitoring", "MonitoringArgs", "PodAutoscaling", "PodAutoscalingArgs",
+    "GpuNodeAutoscaler", "GpuNodeAutoscalerArgs",
 ]

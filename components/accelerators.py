@@ -50,8 +50,8 @@ class Accelerator:
 
 
 def units_in_use(accel: Accelerator, models) -> int:
-    """Units every replica of every model holds together."""
-    return sum(accel.units(getattr(m, "accelerators", None)) * m.replicas for m in models)
+    """Units every replica of every model holds together (at the most an autoscaler runs)."""
+    return sum(accel.units(getattr(m, "accelerators", None)) * m.most_replicas for m in models)
 
 
 def from_config(cfg: AcceleratorConfig, cluster: Any) -> Accelerator:

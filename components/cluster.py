@@ -11,6 +11,7 @@ from .accelerators import Accelerator
 from .clusters import eks, existing, gke, minikube
 from .clusters.base import IngressFacts
 from .config import ClusterConfig
+from .node_autoscaler import GpuNodeAutoscaler
 
 SERVING_PRIORITY_CLASS = "llm-serving"
 
@@ -95,5 +96,9 @@ class Cluster(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=built.storage_ready),
             ).metadata.name
             self.cache_throughput_mib_s = built.cache_class.throughput_mib_s
+        # Karpenter on eks: GPU nodes follow pending model pods (GKE's pools scale themselves).
+        self.node_autoscaler = GpuNodeAutoscaler(f"{name}-gpu-nodes", {
+            "provider": self.provider, "facts": built.node_autoscaler,
+        }, opts=pulumi.ResourceOptions(parent=self)) if built.node_autoscaler else None
         self.register_outputs({"kubeconfig": self.kubeconfig, "storageClass": self.storage_class,
                                "cacheStorageClass": self.cache_storage_class})

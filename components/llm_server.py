@@ -161,7 +161,7 @@ class LlmServer(pulumi.ComponentResource):
                 f"{name}-deployment",
                 metadata={**meta, "name": model.name},
                 spec={
-                    "replicas": model.replicas,
+                    **replicas_field(model),
                     "progressDeadlineSeconds": budget * 60,
                     "strategy": rollout_strategy(accel, spec.accelerators, args["units_in_use"]),
                     "selector": {"matchLabels": labels},
@@ -183,11 +183,14 @@ class LlmServer(pulumi.ComponentResource):
                     depends_on=waits_for,
                     custom_timeouts=_timeouts(
                         budget + AWAIT_MARGIN_MINUTES,
-                        max(model.replicas, 1) * (budget + math.ceil(TERMINATION_GRACE_S / 60)) + AWAIT_MARGIN_MINUTES,
+                        max(model.most_replicas, 1) * (budget + math.ceil(TERMINATION_GRACE_S / 60)) + AWAIT_MARGIN_MINUTES,
                     ),
                 )),
             )
-        if model.replicas > 1:
+        self.workload_kind = "Deployment" if claim_templates is None else "StatefulSet"
+        # maxUnavailable, never minAvailable: a drain (or Karpenter emptying a node) may always
+        # take one pod, and an autoscaler's scale-down never goes through the budget at all.
+        if model.most_replicas > 1:
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb",
                 metadata={**meta, "name": model.name},
@@ -278,6 +281,12 @@ def rollout_strategy(accel: Accelerator, units: int, in_use: int) -> dict:
     return {"type": "Recreate"}
 
 
+def replicas_field(model) -> dict:
+    """The replica count Pulumi sets, or none where KEDA sets it: a server-side apply that named
+    the field would take it back from the autoscaler on every `up`."""
+    return {} if model.autoscaling.enabled else {"replicas": model.replicas}
+
+
 def stateful_spec(model, labels: dict, template: dict, claim_templates: list[dict]) -> dict:
     """Replica N always mounts claim cache-<name>-N. A rolling update replaces one pod at a time
     on its own claim, so it never needs a second accelerator or a second copy of the weights;
@@ -285,7 +294,7 @@ def stateful_spec(model, labels: dict, template: dict, claim_templates: list[dic
     return {
         # The Service that selects the pods (per-pod DNS is not needed).
         "serviceName": model.name,
-        "replicas": model.replicas,
+        **replicas_field(model),
         # Replicas download and start together, not one after another.
         "podManagementPolicy": "Parallel",
         "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}},

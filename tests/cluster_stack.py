@@ -16,7 +16,10 @@ MODEL_SERVERS = "app.kubernetes.io/component=model-server"
 # Webhook configurations are left out: their servers (istiod, cert-manager) are pods that never
 # run here, so every call to them would fail; objects are admitted by the built-in plugins only.
 # So no sidecar is injected: the istio-proxy container's requests are not counted on the nodes.
-LEFT_OUT = {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
+LEFT_OUT = {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
+            # KEDA's external metrics API: its server is a pod too. An APIService nobody answers
+            # fails discovery of its group, and namespaces then never finish deleting.
+            "APIService"}
 # Before workloads, so a pod never waits on its ServiceAccount, Secret or claim (Helm's order).
 _ORDER = ["Namespace", "PriorityClass", "StorageClass", "PersistentVolume", "ServiceAccount", "Secret",
           "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "PersistentVolumeClaim",
@@ -83,13 +86,14 @@ DEVICE_PLUGINS = {"local": ("kube-system", "generic-device-plugin"),
                   "eks": ("nvidia-device-plugin", "nvidia-device-plugin")}
 
 
-def deploy(cp: kube.ControlPlane, stack: str, rec: Recording, settle_s: float = 60) -> Deployed:
-    """Declare the stack's nodes, apply its whole render and let the controllers and the
-    scheduler settle."""
+def deploy(cp: kube.ControlPlane, stack: str, rec: Recording, settle_s: float = 60,
+           empty_pools: tuple[str, ...] = ()) -> Deployed:
+    """Declare the stack's nodes (none in `empty_pools`, as an autoscaler leaves a pool with
+    nothing to run), apply its whole render and let the controllers and the scheduler settle."""
     t0 = time.monotonic()
     objects = [o for o in whole_render(rec) if o["kind"] not in LEFT_OUT]
     objects = stack_nodes.CLOUD_OBJECTS[stack] + objects
-    nodes = nodes_for(stack, rec, objects)
+    nodes = [n for n in nodes_for(stack, rec, objects) if n.pool not in empty_pools]
     d = Deployed(stack, rec, objects, nodes)
     kube.declare_nodes(cp, nodes, wait=False)
 

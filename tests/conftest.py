@@ -10,14 +10,25 @@ from tools import mock_engine as harness
 settings.register_profile("ci", derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
+def mock_engine_model(stack: str) -> dict:
+    return harness.stack_config(stack)["llm-platform:models"][0]
+
+
 # Stacks as shipped, plus variants for what only a config option installs: cert-manager (TLS
 # issued through ACME) on eks, one llama-server pod per model (instead of the router) on local,
-# and the front door's virtual keys (the CloudNativePG operator and its PostgreSQL) on local.
+# the front door's virtual keys (the CloudNativePG operator and its PostgreSQL) on local, and
+# autoscaling on eks.
 TLS = {"llm-platform:gateway": {"host": "llm.example.com", "certManager": {"acmeEmail": "ops@example.com"}}}
 PODS = {"llm-platform:llamaRouter": {"enabled": False}}
 VKEYS = {"llm-platform:frontDoor": {"virtualKeys": {"enabled": True}}}
+# KEDA sizes the vLLM server on its queue, from zero (Prometheus in `monitoring` scrapes it).
+AUTOSCALED = {
+    "llm-platform:models": [{**{k: v for k, v in mock_engine_model("eks").items() if k != "replicas"},
+                             "autoscaling": {"enabled": True, "minReplicas": 0, "maxReplicas": 2,
+                                             "scaleToZero": True}}],
+}
 VARIANTS = {"local": ("local", {}), "eks": ("eks", {}), "gke": ("gke", {}), "eks-tls": ("eks", TLS),
-            "local-pods": ("local", PODS), "local-vkeys": ("local", VKEYS)}
+            "local-pods": ("local", PODS), "local-vkeys": ("local", VKEYS), "eks-autoscaled": ("eks", AUTOSCALED)}
 
 _recordings: dict[str, harness.Recording] = {}
 

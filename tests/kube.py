@@ -158,6 +158,11 @@ class ControlPlane:
             if md.get("namespace") in BUILTIN_NAMESPACES or not md.get("namespace"):
                 _ignore_missing(lambda: self.dyn.delete(self.resource(obj), name=md["name"],
                                                         namespace=md.get("namespace")))
+        # A stack's workloads in a namespace that stays (Karpenter in kube-system) leave their
+        # ReplicaSets behind for the garbage collector: remove them now.
+        for ns in BUILTIN_NAMESPACES:
+            self.apps.delete_collection_namespaced_replica_set(ns, propagation_policy="Background")
+
         # No kubelet confirms a pod's end: finish every deletion at once.
         def gone() -> bool:
             for pod in self.pods():
@@ -165,8 +170,13 @@ class ControlPlane:
                     pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0))
             left = [n.metadata.name for n in self.core.list_namespace().items
                     if n.metadata.name not in BUILTIN_NAMESPACES]
-            return not left and not self.pods()
+            replica_sets = [r for ns in BUILTIN_NAMESPACES for r in self.apps.list_namespaced_replica_set(ns).items]
+            return not left and not self.pods() and not replica_sets
         until(gone, 90, "namespaces of the previous stack deleted")
+        # Their events too (a pod refused once its service account was deleted): the next stack's
+        # checks read the events of these namespaces.
+        for ns in BUILTIN_NAMESPACES:
+            self.core.delete_collection_namespaced_event(ns)
         self.core.delete_collection_node()
         for pv in self.core.list_persistent_volume().items:
             _ignore_missing(lambda: self.core.delete_persistent_volume(pv.metadata.name))

@@ -1,5 +1,5 @@
-"""Nodes shaped like a stack's node pools, read from what the program registers (EKS node groups,
-GKE node pools, the minikube command) plus what the kubelet and the cloud add on their own:
+"""Nodes shaped like a stack's node pools, read from what the program registers (EKS node groups
+and Karpenter's NodePool, GKE node pools, the minikube command) plus what the kubelet and the cloud add on their own:
 well-known labels, the cloud's accelerator taints, allocatable resources, and the extended
 resource a device plugin advertises."""
 
@@ -95,6 +95,45 @@ def eks(rec: Recording) -> list[NodeShape]:
                 target = shape.devices if g["amiType"].startswith("BOTTLEROCKET") else shape.devices_from_plugin
                 target["nvidia.com/gpu"] = gpus
             shapes.append(shape)
+    return shapes + karpenter(rec)
+
+
+def _custom(rec: Recording, kind: str) -> list[dict]:
+    return [reveal(r.inputs) for r in rec.registrations
+            if r.type.startswith("kubernetes:") and r.inputs.get("kind") == kind]
+
+
+def karpenter(rec: Recording, count: Optional[int] = None) -> list[NodeShape]:
+    """Nodes as Karpenter launches them for pending pods: the NodePool template's labels and
+    taints, one value of each requirement (instance type, zone, capacity type), the labels
+    Karpenter adds, the instance type's capacity. `count` defaults to as many as the pool's GPU
+    limit allows (all it may ever add)."""
+    shapes = []
+    classes = {c["metadata"]["name"]: c for c in _custom(rec, "EC2NodeClass")}
+    for pool in _custom(rec, "NodePool"):
+        spec = pool["spec"]["template"]["spec"]
+        node_class = classes[spec["nodeClassRef"]["name"]]
+        req = {r["key"]: r["values"] for r in spec["requirements"] if r["operator"] == "In"}
+        instance, zone = req["node.kubernetes.io/instance-type"][0], req["topology.kubernetes.io/zone"][0]
+        cores, mem, max_pods = _machine(instance)
+        gpus = hardware.gpus_per_instance(instance)
+        limit = int(pool["spec"]["limits"]["nvidia.com/gpu"])
+        family = node_class["spec"]["amiSelectorTerms"][0]["alias"].split("@")[0]
+        for i in range(limit // gpus if count is None else count):
+            name = f"ip-10-0-{100 + len(shapes)}-20.{zone[:-1]}.compute.internal"
+            labels = {**_base_labels(name, req.get("kubernetes.io/arch", ["amd64"])[0], instance, zone),
+                      "karpenter.sh/nodepool": pool["metadata"]["name"],
+                      "karpenter.k8s.aws/ec2nodeclass": node_class["metadata"]["name"],
+                      "karpenter.sh/capacity-type": req["karpenter.sh/capacity-type"][0],
+                      "karpenter.sh/registered": "true", "karpenter.sh/initialized": "true",
+                      **pool["spec"]["template"]["metadata"]["labels"]}
+            shape = NodeShape(name=name, pool=pool["metadata"]["name"], labels=labels,
+                              taints=[dict(t) for t in spec.get("taints") or []],
+                              cpu=f"{cores * 1000 - _cpu_reserved_m(cores)}m",
+                              memory=f"{mem - (11 * max_pods + 255) - 100}Mi", pods=max_pods)
+            # Bottlerocket runs NVIDIA's plugin itself; on AL2023 a plugin pod must come first.
+            (shape.devices if family == "bottlerocket" else shape.devices_from_plugin)["nvidia.com/gpu"] = gpus
+            shapes.append(shape)
     return shapes
 
 
@@ -123,10 +162,13 @@ def gke(rec: Recording) -> list[NodeShape]:
             labels["cloud.google.com/gke-accelerator"] = acc["type"]
             taints.append(dict(hardware.GKE_GPU_TAINT))
             devices["nvidia.com/gpu"] = int(acc["count"])
-        # An autoscaled pool: GKE's autoscaler adds nodes up to maxNodeCount per zone on demand.
-        per_zone = int(p["autoscaling"]["maxNodeCount"])
-        for zone in zones:
-            for i in range(per_zone):
+        # An autoscaled pool: GKE's autoscaler adds nodes on demand up to maxNodeCount per zone,
+        # or totalMaxNodeCount over the pool's zones.
+        scaling = p["autoscaling"]
+        total = scaling.get("totalMaxNodeCount")
+        for z, zone in enumerate(zones):
+            count = int(scaling["maxNodeCount"]) if total is None else len(range(z, int(total), len(zones)))
+            for i in range(count):
                 name = f"gke-{p['name']}-{zone[-1]}{i}"
                 shapes.append(NodeShape(
                     name=name, pool=p["name"], labels={**_base_labels(name, "amd64", machine, zone), **labels},

@@ -29,6 +29,9 @@ def test_releases_found(stack_recording, variant):
         assert "nvidia-device-plugin" in names
     if variant == "eks-tls":
         assert "cert-manager" in names
+    if variant.startswith("eks"):
+        assert {"karpenter", "karpenter-crd"} <= names
+    assert ("keda" in names) == (variant == "eks-autoscaled")
     webui = next(r for r in releases(stack_recording) if r.name == "open-webui")
     assert webui.via == "argocd" and webui.namespace == "open-webui"
 

@@ -38,15 +38,85 @@ def flag(args, name):
 
 # --- eks ---------------------------------------------------------------------------------
 
-def test_eks_gpu_node_group(eks):
-    gpu = eks.one("aws:eks/nodeGroup:NodeGroup", "cluster-gpu").inputs
+def custom(rec, kind: str) -> dict:
+    (obj,) = [r.inputs for r in rec.registrations if r.type.startswith("kubernetes:") and r.inputs.get("kind") == kind]
+    return harness.reveal(obj)
+
+
+NODE_GROUP_ONLY = {"autoscaler": "none", "minSize": 0, "desiredSize": 1, "maxSize": 2}
+
+
+def eks_gpu_nodes(**keys):
+    cluster = harness.stack_config("eks")["llm-platform:cluster"]
+    nodes = {k: v for k, v in {**cluster["gpuNodes"], **keys}.items() if v is not None}
+    return {"llm-platform:cluster": {**cluster, "gpuNodes": nodes}}
+
+
+def test_eks_gpu_nodes_come_from_karpenter(eks):
+    """No GPU node exists until a model pod is pending; Karpenter's pool makes nodes the model
+    pods (toleration, selector) and the device plugin (label) land on, in the caches' zone."""
+    assert [r.inputs["nodeGroupName"] for r in eks.of_type("aws:eks/nodeGroup:NodeGroup")] == ["system"]
+    pool = custom(eks, "NodePool")["spec"]
+    template = pool["template"]
+    assert template["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}]
+    assert template["metadata"]["labels"]["llm-platform/accelerator"] == "nvidia"
+    assert template["metadata"]["labels"]["nvidia.com/gpu.present"] == "true"
+    req = {r["key"]: r["values"] for r in template["spec"]["requirements"]}
+    assert req["node.kubernetes.io/instance-type"] == ["g6.xlarge"]
+    assert req["topology.kubernetes.io/zone"] == ["us-west-2a"]
+    assert pool["limits"] == {"nvidia.com/gpu": "2"}  # maxSize 2 × 1 GPU
+    assert pool["disruption"]["consolidationPolicy"] == "WhenEmpty"
+    node_class = custom(eks, "EC2NodeClass")["spec"]
+    assert node_class["amiSelectorTerms"] == [{"alias": "al2023@latest"}]
+    assert template["spec"]["nodeClassRef"]["name"] == custom(eks, "EC2NodeClass")["metadata"]["name"]
+    profile = eks.one("aws:iam/instanceProfile:InstanceProfile").inputs
+    assert node_class["instanceProfile"] == profile["name"]
+    # The nodes' role may join the cluster; the controller's identity is its service account's.
+    entries = [r.inputs for r in eks.of_type("aws:eks/accessEntry:AccessEntry") if r.inputs.get("type") == "EC2_LINUX"]
+    assert len(entries) == 1
+    identity = eks.one("aws:eks/podIdentityAssociation:PodIdentityAssociation").inputs
+    release = harness.reveal(eks.one(RELEASE, "cluster-gpu-nodes-karpenter").inputs)
+    assert (identity["namespace"], identity["serviceAccount"]) == (release["namespace"],
+                                                                   release["values"]["serviceAccount"]["name"])
+    # Installed once it can run (system nodes) and act (its identity).
+    waits_for = eks.depends_transitively(eks.one(RELEASE, "cluster-gpu-nodes-karpenter"))
+    for needed in ("cluster-system", "cluster-karpenter-controller", "cluster-karpenter-nodes"):
+        assert {r.urn for r in eks.registrations if r.name == needed} & set(waits_for), needed
+    queue = eks.one("aws:sqs/queue:Queue").inputs
+    assert release["values"]["settings"] == {"clusterName": "llm-platform", "interruptionQueue": queue["name"]}
+    assert release["skipCrds"] and harness.reveal(eks.one(RELEASE, "cluster-gpu-nodes-crds").inputs)["chart"].endswith(
+        "/karpenter-crd")
+    # The node class finds only the GPU zone's subnet and the cluster's security group.
+    tags = [r.inputs for r in eks.of_type("aws:ec2/tag:Tag")]
+    assert len(tags) == 2  # the subnet's, and the security group's (its id is known only after `up`)
+    subnets = [t for t in tags if t.get("resourceId", "").startswith("cluster-private-")]
+    assert [t["resourceId"] for t in subnets] == ["cluster-private-us-west-2a-id"]
+    assert {(t["key"], t["value"]) for t in tags} == set(node_class["subnetSelectorTerms"][0]["tags"].items())
+    assert node_class["securityGroupSelectorTerms"] == node_class["subnetSelectorTerms"]
+
+
+def test_eks_gpu_node_group_without_autoscaler():
+    rec = harness.run("eks", eks_gpu_nodes(**NODE_GROUP_ONLY))
+    gpu = rec.one("aws:eks/nodeGroup:NodeGroup", "cluster-gpu").inputs
     assert gpu["amiType"] == "AL2023_x86_64_NVIDIA"
     assert gpu["instanceTypes"] == ["g6.xlarge"]
     assert gpu["scalingConfig"] == {"minSize": 0, "desiredSize": 1, "maxSize": 2}
     assert gpu["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
     assert gpu["labels"]["llm-platform/accelerator"] == "nvidia"
-    system = eks.one("aws:eks/nodeGroup:NodeGroup", "cluster-system").inputs
+    system = rec.one("aws:eks/nodeGroup:NodeGroup", "cluster-system").inputs
     assert "taints" not in system
+    assert not [r for r in rec.registrations if r.inputs.get("kind") in ("NodePool", "EC2NodeClass")]
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"desiredSize": 1}, "cluster.gpuNodes.desiredSize: not used with autoscaler 'karpenter'"),
+    ({"extraInstanceTypes": ["g6.12xlarge"]}, "cluster.gpuNodes.extraInstanceTypes: expected types with 1 GPU(s)"),
+    ({**NODE_GROUP_ONLY, "extraInstanceTypes": ["g5.xlarge"]}, "cluster.gpuNodes.extraInstanceTypes: only Karpenter"),
+])
+def test_eks_gpu_node_keys_that_do_not_fit_the_autoscaler_are_refused(keys, message):
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("eks", eks_gpu_nodes(**keys))
+    assert str(info.value.error).startswith(f"Pulumi.eks.yaml: llm-platform:{message}")
 
 
 def test_eks_network_spans_two_zones_tagged_for_load_balancers(eks):
@@ -60,7 +130,7 @@ def test_eks_network_spans_two_zones_tagged_for_load_balancers(eks):
 
 
 def test_eks_deployer_is_cluster_admin(eks):
-    entry = eks.one("aws:eks/accessEntry:AccessEntry").inputs
+    entry = eks.one("aws:eks/accessEntry:AccessEntry", "cluster-deployer").inputs
     assert entry["principalArn"] == harness.DEPLOYER_ROLE
     policy = eks.one("aws:eks/accessPolicyAssociation:AccessPolicyAssociation").inputs
     assert policy["policyArn"].endswith("AmazonEKSClusterAdminPolicy")
@@ -69,10 +139,10 @@ def test_eks_deployer_is_cluster_admin(eks):
 
 def test_eks_device_plugin_tolerates_the_gpu_taint_and_stays_on_gpu_nodes(eks):
     values = eks.one(RELEASE, "gpu-nvidia").inputs["values"]
-    taint = eks.one("aws:eks/nodeGroup:NodeGroup", "cluster-gpu").inputs["taints"][0]
+    template = custom(eks, "NodePool")["spec"]["template"]
+    (taint,) = template["spec"]["taints"]
     assert {"key": taint["key"], "operator": "Equal", "value": taint["value"], "effect": "NoSchedule"} in values["tolerations"]
-    labels = eks.one("aws:eks/nodeGroup:NodeGroup", "cluster-gpu").inputs["labels"]
-    assert values["nodeSelector"].items() <= labels.items()
+    assert values["nodeSelector"].items() <= template["metadata"]["labels"].items()
     assert eks.one(RELEASE, "gpu-nvidia").inputs["version"] == "0.20.0"
 
 
@@ -84,8 +154,8 @@ def test_eks_model_pod_asks_for_gpus_and_lands_on_gpu_nodes(eks):
     assert c["args"][0] == "Qwen/Qwen2.5-1.5B-Instruct"
     assert flag(c["args"], "--served-model-name") == "qwen"
     assert c["image"].startswith("vllm/vllm-openai:v")
-    gpu = eks.one("aws:eks/nodeGroup:NodeGroup", "cluster-gpu").inputs
-    assert spec["nodeSelector"].items() <= gpu["labels"].items()
+    labels = custom(eks, "NodePool")["spec"]["template"]["metadata"]["labels"]
+    assert spec["nodeSelector"].items() <= labels.items()
     assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}]
     assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}} in spec["volumes"]
 
@@ -143,7 +213,8 @@ def test_gke_tpu_pool(gke):
     pool = gke.one("gcp:container/nodePool:NodePool", "cluster-tpu").inputs
     assert pool["nodeConfig"]["machineType"] == "ct5lp-hightpu-4t"
     assert pool["nodeLocations"] == ["us-central1-a"]
-    assert pool["autoscaling"] == {"minNodeCount": 0, "maxNodeCount": 1}
+    # Totals for the pool, from zero: GKE adds a host for a pending model pod, removes it empty.
+    assert pool["autoscaling"] == {"totalMinNodeCount": 0, "totalMaxNodeCount": 1}
     assert "placementPolicy" not in pool  # single host: no topology or placement
     assert pool["nodeConfig"]["reservationAffinity"] == {"consumeReservationType": "NO_RESERVATION"}
     cluster = gke.one("gcp:container/cluster:Cluster").inputs
@@ -172,12 +243,27 @@ def test_gke_needs_no_device_plugin_and_says_so(gke):
     assert gke.outputs["apiBaseUrl"] == f"http://{harness.LB_IP}/v1"
 
 
-def test_gke_multi_host_slice_gets_compact_placement():
-    rec = harness.run("gke", {"llm-platform:cluster": {
+def multi_host(**keys):
+    return {"llm-platform:cluster": {
         **harness.stack_config("gke")["llm-platform:cluster"],
-        "tpuPool": {"machineType": "ct6e-standard-4t", "zone": "us-central1-b", "topology": "4x4"}}})
+        "tpuPool": {"machineType": "ct6e-standard-4t", "zone": "us-central1-b", "topology": "4x4", **keys}}}
+
+
+def test_gke_multi_host_slice_gets_compact_placement_and_scales_whole():
+    """A 4x4 v6e slice is 4 hosts of 4 chips: the pool goes from zero to the whole slice."""
+    rec = harness.run("gke", multi_host(maxNodes=4))
     pool = rec.one("gcp:container/nodePool:NodePool", "cluster-tpu").inputs
     assert pool["placementPolicy"] == {"type": "COMPACT", "tpuTopology": "4x4"}
+    assert pool["autoscaling"] == {"totalMinNodeCount": 0, "totalMaxNodeCount": 4}
+
+
+@pytest.mark.parametrize("counts", [{}, {"maxNodes": 8}, {"maxNodes": 4, "minNodes": 2}])
+def test_gke_part_of_a_multi_host_slice_is_refused(counts):
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("gke", multi_host(**counts))
+    assert str(info.value.error).startswith(
+        "Pulumi.gke.yaml: llm-platform:cluster.tpuPool.maxNodes: a 4x4 slice of ct6e-standard-4t is 4 hosts "
+        "and scales as a whole: expected maxNodes 4 and minNodes 0 or 4")
 
 
 # --- both --------------------------------------------------------------------------------
@@ -219,7 +305,7 @@ def test_core_objects_validate_strictly(stack, eks, gke):
         kubernetes_validate.validate(manifest(o.inputs), "1.33", strict=True)
 
 
-@pytest.mark.parametrize("stack, pool", [("eks", "cluster-gpu"), ("gke", "cluster-tpu")])
+@pytest.mark.parametrize("stack, pool", [("eks", "cluster-gpu-nodes-node-pool"), ("gke", "cluster-tpu")])
 def test_only_model_servers_wait_for_the_accelerator_pool(stack, pool, eks, gke):
     rec = {"eks": eks, "gke": gke}[stack]
     pool_urn = rec.named(pool).urn
@@ -340,24 +426,29 @@ def allowed_zones(storage_class: dict) -> set[str]:
     return {z for t in storage_class["allowedTopologies"] for e in t["matchLabelExpressions"] for z in e["values"]}
 
 
+def karpenter_zones(rec) -> set[str]:
+    reqs = custom(rec, "NodePool")["spec"]["template"]["spec"]["requirements"]
+    return {z for r in reqs if r["key"] == "topology.kubernetes.io/zone" for z in r["values"]}
+
+
 def test_eks_gpu_nodes_and_their_caches_share_one_zone(eks):
-    gpu = eks.one("aws:eks/nodeGroup:NodeGroup", "cluster-gpu").inputs
-    zones = {zone_of_subnet(eks, s) for s in gpu["subnetIds"]}
+    zones = karpenter_zones(eks)
     assert zones == {"us-west-2a"}  # the first of availabilityZones unless gpuNodes.zone says
     sc = cache_class(eks)
     assert sc["volumeBindingMode"] == "WaitForFirstConsumer"
     assert allowed_zones(sc) == zones
     system = eks.one("aws:eks/nodeGroup:NodeGroup", "cluster-system").inputs
     assert {zone_of_subnet(eks, s) for s in system["subnetIds"]} == {"us-west-2a", "us-west-2b"}
+    group = harness.run("eks", eks_gpu_nodes(**NODE_GROUP_ONLY))
+    gpu = group.one("aws:eks/nodeGroup:NodeGroup", "cluster-gpu").inputs
+    assert {zone_of_subnet(group, s) for s in gpu["subnetIds"]} == allowed_zones(cache_class(group)) == zones
 
 
 def test_eks_gpu_zone_is_configurable_and_checked():
-    cluster = harness.stack_config("eks")["llm-platform:cluster"]
-    rec = harness.run("eks", {"llm-platform:cluster": {**cluster, "gpuNodes": {**cluster["gpuNodes"], "zone": "us-west-2b"}}})
-    gpu = rec.one("aws:eks/nodeGroup:NodeGroup", "cluster-gpu").inputs
-    assert {zone_of_subnet(rec, s) for s in gpu["subnetIds"]} == allowed_zones(cache_class(rec)) == {"us-west-2b"}
+    rec = harness.run("eks", eks_gpu_nodes(zone="us-west-2b"))
+    assert karpenter_zones(rec) == allowed_zones(cache_class(rec)) == {"us-west-2b"}
     with pytest.raises(harness.ProgramFailed) as info:
-        harness.run("eks", {"llm-platform:cluster": {**cluster, "gpuNodes": {**cluster["gpuNodes"], "zone": "us-west-2c"}}})
+        harness.run("eks", eks_gpu_nodes(zone="us-west-2c"))
     assert str(info.value.error).startswith(
         "Pulumi.eks.yaml: llm-platform:cluster.gpuNodes.zone: expected one of availabilityZones")
 
@@ -378,10 +469,8 @@ def test_gke_cache_disk_attaches_to_the_tpu_machine_in_its_zone(machine, disk):
 def test_every_replica_gets_its_own_cache_and_the_service_still_selects_them():
     cluster = harness.stack_config("eks")["llm-platform:cluster"]
     model = harness.stack_config("eks")["llm-platform:models"][0]
-    rec = harness.run("eks", {
-        "llm-platform:cluster": {**cluster, "gpuNodes": {**cluster["gpuNodes"], "desiredSize": 2}},
-        "llm-platform:models": [{**model, "replicas": 2}],
-    })
+    # Karpenter adds the second GPU node (maxSize 2) for the second replica.
+    rec = harness.run("eks", {"llm-platform:models": [{**model, "replicas": 2}]})
     # No claim shared by replicas (the front door's Deployment holds none).
     assert [r.type for r in rec.model_servers()] == [STATEFULSET] and not rec.of_type(PVC)
     sts = server(rec)
@@ -405,10 +494,20 @@ def test_replicas_beyond_the_gpus_that_exist_are_refused():
     stay Pending and `up` would wait for it until it times out."""
     model = harness.stack_config("eks")["llm-platform:models"][0]
     with pytest.raises(harness.ProgramFailed) as info:
-        harness.run("eks", {"llm-platform:models": [{**model, "replicas": 2}]})
+        harness.run("eks", {**eks_gpu_nodes(**NODE_GROUP_ONLY), "llm-platform:models": [{**model, "replicas": 2}]})
     assert str(info.value.error).startswith(
         "Pulumi.eks.yaml: llm-platform:models[0].replicas: the models need 2 nvidia units in all, the cluster offers 1")
     assert info.value.registrations == []
+
+
+def test_replicas_beyond_karpenters_limit_are_refused():
+    """Karpenter adds GPU nodes up to maxSize (the NodePool's GPU limit), and no further."""
+    model = harness.stack_config("eks")["llm-platform:models"][0]
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("eks", {"llm-platform:models": [{**model, "replicas": 3}]})
+    assert str(info.value.error).startswith(
+        "Pulumi.eks.yaml: llm-platform:models[0].replicas: the models need 3 nvidia units in all, the cluster offers 2 "
+        "(1 per node × up to 2 nodes the autoscaler adds)")
 
 
 def test_gke_pool_autoscaler_counts_as_capacity():

@@ -277,6 +277,9 @@ def test_node_shapes_follow_the_registered_pools():
     assert gpu and all(n.labels["node.kubernetes.io/instance-type"] == "g6.xlarge" for n in gpu)
     assert all(n.devices_from_plugin == {"nvidia.com/gpu": 1} for n in gpu)
     assert all(t["effect"] == "NoSchedule" for n in gpu for t in n.taints)
+    # Karpenter's pool: as many nodes as its GPU limit allows, in the caches' zone.
+    assert len(gpu) == 2 and all(n.labels["karpenter.sh/nodepool"] == "gpu" for n in gpu)
+    assert {n.labels["topology.kubernetes.io/zone"] for n in gpu} == {"us-west-2a"}
     gke_nodes = stack_nodes.gke(mock_engine.run("gke"))
     tpu = [n for n in gke_nodes if n.pool == "tpu"]
     assert tpu and all(n.devices == {"google.com/tpu": 4} for n in tpu)
@@ -287,12 +290,10 @@ def test_node_shapes_follow_the_registered_pools():
 # --- vLLM caches and rollouts on the EKS GPU pool -----------------------------------------
 
 
+# Karpenter's pool may hold two GPU nodes (maxSize 2).
 EKS_TWO_REPLICAS = {
-    "llm-platform:cluster": {**mock_engine.stack_config("eks")["llm-platform:cluster"]},
     "llm-platform:models": [{**mock_engine.stack_config("eks")["llm-platform:models"][0], "replicas": 2}],
 }
-EKS_TWO_REPLICAS["llm-platform:cluster"]["gpuNodes"] = {
-    **EKS_TWO_REPLICAS["llm-platform:cluster"]["gpuNodes"], "desiredSize": 2}
 
 
 def _mark_ready(cp: kube.ControlPlane, namespace: str) -> None:
@@ -325,10 +326,10 @@ def _claims_by_pod(cp: kube.ControlPlane, namespace: str) -> dict[str, tuple[str
 
 
 def test_vllm_replicas_get_own_caches_and_roll_on_the_gpus_that_exist(control_plane, stacks):
-    """Two replicas on the two GPU nodes the node group runs (nothing adds a third): each pod
+    """Two replicas on the two GPU nodes Karpenter's pool may hold (its limit): each pod
     is bound with a claim of its own, in the GPU nodes' zone; a new pod template rolls out to
     the end, one pod at a time on its own claim. Then the check bites: a GPU node in the other
-    zone (as the node group spanning both zones had) cannot take a replica whose cache is here."""
+    zone (as a pool spanning both zones would add) cannot take a replica whose cache is here."""
     cp = control_plane
     cp.reset(stacks.current.objects if stacks.current else [])
     stacks.key, stacks.current = None, None
@@ -381,6 +382,73 @@ def test_vllm_replicas_get_own_caches_and_roll_on_the_gpus_that_exist(control_pl
 
     problems = kube.until(stuck, 30, "replica 1 refused by the scheduler")
     assert "volume node affinity conflict" in problems[0] or "node affinity" in problems[0], problems
+
+
+# --- autoscaling: KEDA's and Karpenter's objects, and a GPU pool that starts at zero ----------
+
+
+def _pending_unschedulable(cp: kube.ControlPlane, d: cs.Deployed) -> list[str]:
+    cs.stand_ins(cp, d)
+    return [p for p in cs.unbound_pods(cp, d, cs.MODEL_SERVERS) if "Unschedulable" in p]
+
+
+def _first_node_of(stack: str, pool: str):
+    """The node the pool's autoscaler adds first: Karpenter's from the NodePool and EC2NodeClass,
+    GKE's from the node pool."""
+    from tests import stack_nodes
+
+    rec = recording(FROM_ZERO[stack][0])
+    shapes = stack_nodes.karpenter(rec, count=1) if stack == "eks" else stack_nodes.gke(rec)
+    return next(n for n in shapes if n.pool == pool)
+
+
+# stack -> (variant, the accelerator pool that starts empty, the model server's first pod)
+FROM_ZERO = {"eks": ("eks-autoscaled", "gpu", "qwen-0"), "gke": ("gke", "tpu", "qwen-0")}
+
+
+@pytest.mark.parametrize("stack", list(FROM_ZERO))
+def test_accelerator_pool_at_zero_then_a_node_like_its_template_takes_the_model(control_plane, stacks, stack):
+    """The stack with no accelerator node yet (Karpenter's NodePool or GKE's pool at zero):
+    everything is admitted (on eks the ScaledObject, NodePool and EC2NodeClass by their charts'
+    CRDs); the model server's pod is Pending, unschedulable. Then a node appears as the
+    autoscaler would add it, shaped by the pool's template (labels, taints, capacity): on eks
+    the device plugin lands there first, and the real scheduler binds the model server's pod to
+    it."""
+    cp = control_plane
+    variant, pool, pod_name = FROM_ZERO[stack]
+    cp.reset(stacks.current.objects if stacks.current else [])
+    stacks.key, stacks.current = None, None
+    d = cs.deploy(cp, stack, recording(variant), settle_s=30, empty_pools=(pool,))
+    stacks.key, stacks.current = f"{variant}-from-zero", d
+    assert not [n for n in d.nodes if n.pool == pool]
+    problems = [str(r) for r in d.rejections] + cs.failed_creates(cp, d)
+    assert not problems, "\n".join(problems)
+    if stack == "eks":
+        for kind in ("ScaledObject", "NodePool", "EC2NodeClass"):
+            (obj,) = d.of_kind(kind)
+            assert cp.exists(obj), f"{kind} not stored"
+        (scaled,) = d.of_kind("ScaledObject")
+        (sts,) = [o for o in d.of_kind("StatefulSet")
+                  if o["metadata"]["name"] == scaled["spec"]["scaleTargetRef"]["name"]]
+        assert "replicas" not in sts["spec"]  # KEDA's to set; the API server's default (1) until then
+
+    pending = kube.until(lambda: _pending_unschedulable(cp, d), 30, "the model pod found unschedulable")
+    assert len(pending) == 1 and pod_name in pending[0], pending
+    events = [e for e in cp.warnings() if e.reason == "FailedScheduling" and e.involved_object.name == pod_name]
+    assert events, "no FailedScheduling event for the model pod"
+
+    node = _first_node_of(stack, pool)
+    d.nodes.append(node)
+    kube.declare_nodes(cp, [node])
+
+    def bound() -> Optional[str]:
+        cs.stand_ins(cp, d)
+        return cp.core.read_namespaced_pod(pod_name, "models").spec.node_name
+
+    assert kube.until(bound, 60, "the model pod bound") == node.name
+    problems = (coverage_problems(cp, d) + cs.unbound_pods(cp, d)
+                + cs.model_server_placement(cp, d, accelerator_nodes(d)))
+    assert not problems, "\n".join(problems)
 
 
 # --- one llama-server pod per model on the local stack (router mode off) ---------------------

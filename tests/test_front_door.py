@@ -430,6 +430,16 @@ def test_metrics_served_to_a_scraper_without_the_master_key(stack):
     assert re.search(r'^litellm_\w+\{.*model="tinyllama"', body.decode(), re.M), body.decode()[-2000:]
 
 
+def test_the_count_that_wakes_a_server_at_zero_is_reported_by_model(stack):
+    """KEDA brings a scaled-to-zero server back on this counter, by the model a client asked for."""
+    from components.autoscaling import FRONT_DOOR_REQUESTS
+
+    assert _request(stack.proxy_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat("tinyllama"))[0] == 200
+    body = _request(stack.proxy_port, "GET", front_door.METRICS_PATH)[1].decode()
+    assert re.search(rf'^{FRONT_DOOR_REQUESTS}\{{.*requested_model="tinyllama".*\}} [1-9]', body, re.M), \
+        [line for line in body.splitlines() if "total_requests" in line]
+
+
 # --- what the front door costs -----------------------------------------------------------
 
 

@@ -243,6 +243,10 @@ def test_metrics_are_served_with_the_key(server, rendered):
     assert status == 200
     # What the preStop drain reads.
     assert "llamacpp:requests_processing " in text and "llamacpp:requests_deferred " in text
+    # The queue KEDA scales llama.cpp servers on: a gauge the real server reports.
+    from components.autoscaling import QUEUE_METRIC
+    metric = QUEUE_METRIC["llama-cpp"]
+    assert f"# TYPE {metric} gauge" in text and f"\n{metric} " in text
 
 
 def test_prometheus_scrape_returns_what_the_dashboard_queries(server, rendered):

@@ -119,3 +119,12 @@ def test_the_check_bites(cli):
     with pytest.raises(AssertionError, match="takes float"):
         _check(cli, "--gpu-memory-utilization", ["most"])
     assert "VLLM_XLA_CACHE_PATHS" not in cli.env_vars and "VLLM_XLA_CACHE_PATH" in cli.env_vars
+
+
+def test_the_queue_autoscaling_reads_is_a_gauge_vllm_reports(cli):
+    """KEDA sizes vLLM servers on this metric: it must be one the release declares, as a gauge."""
+    from components.autoscaling import QUEUE_METRIC
+
+    reported = vllm_wheel.gauges(vllm_wheel.wheel_path(VLLM_RELEASE))
+    assert "vllm:num_requests_running" in reported  # the reading works at all
+    assert QUEUE_METRIC["vllm"] in reported

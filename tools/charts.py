@@ -75,6 +75,8 @@ class ChartRelease:
     values: dict = field(compare=False, hash=False)
     # A chart the user added under `apps`: not pinned by the platform, may be absent here.
     extra: bool = False
+    # Installed without the chart's crds/ folder (they come from a chart of their own).
+    skip_crds: bool = False
 
     @property
     def archive(self) -> Path:
@@ -82,7 +84,8 @@ class ChartRelease:
 
     @property
     def key(self) -> str:
-        return json.dumps([self.chart, self.version, self.name, self.namespace, self.values], sort_keys=True)
+        return json.dumps([self.chart, self.version, self.name, self.namespace, self.values, self.skip_crds],
+                          sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -133,10 +136,13 @@ def chart_releases(rec: mock_engine.Recording) -> list[ChartRelease]:
     for reg in rec.registrations:
         if reg.type == HELM_RELEASE:
             i = plain(reg.inputs)
+            chart, repo = i["chart"], (i.get("repositoryOpts") or {}).get("repo", "")
+            if chart.startswith("oci://"):  # an OCI registry names the chart in its reference
+                repo, _, chart = chart.rpartition("/")
             out.append(ChartRelease(
-                via="helm", logical=reg.name, chart=i["chart"], version=str(i.get("version") or ""),
+                via="helm", logical=reg.name, chart=chart, version=str(i.get("version") or ""),
                 name=i.get("name") or reg.name, namespace=i.get("namespace") or "default",
-                repo=(i.get("repositoryOpts") or {}).get("repo", ""), values=i.get("values") or {}))
+                repo=repo, values=i.get("values") or {}, skip_crds=bool(i.get("skipCrds"))))
         elif reg.type.startswith("kubernetes:") and reg.inputs.get("kind") == APPLICATION:
             i = plain(reg.inputs)
             source, dest = i["spec"]["source"], i["spec"]["destination"]
@@ -298,7 +304,7 @@ def render_release(release: ChartRelease, kube_version: str) -> list[dict]:
     except Exception as err:
         raise ChartError(f"{release.name}: {release.chart} {release.version} does not render: {err}") from err
     objs = []
-    for crd in chart.crds:
+    for crd in [] if release.skip_crds else chart.crds:
         objs += [d for d in yaml.load_all(crd["data"], Loader=_Loader) if d]
     for path in sorted(rendered):
         if path.endswith("NOTES.txt") or not rendered[path].strip():

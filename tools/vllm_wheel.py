@@ -94,3 +94,21 @@ if __name__ == "__main__":
     from components.serving import VLLM_RELEASE
 
     print(fetch(VLLM_RELEASE))
+
+
+# The module whose Prometheus logger declares the server's metrics.
+METRICS_MODULE = "vllm/v1/metrics/loggers.py"
+
+
+def gauges(wheel: Path) -> set[str]:
+    """Names of the Prometheus gauges vLLM's metrics logger declares (`self._gauge_cls(name=...)`)."""
+    with zipfile.ZipFile(wheel) as z:
+        tree = ast.parse(z.read(METRICS_MODULE).decode())
+    out = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "_gauge_cls"):
+            for kw in node.keywords:
+                if kw.arg == "name" and isinstance(kw.value, ast.Constant):
+                    out.add(kw.value.value)
+    return out

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import pulumi
 
@@ -53,3 +53,6 @@ class BuiltCluster:
     # Address ranges of the cluster itself (nodes, pods, Services, control plane) beyond the
     # private ranges: egress "to the internet" must not reach them.
     internal_cidrs: list = field(default_factory=list)
+    # What a node autoscaler the program installs on the cluster needs (Karpenter's facts on
+    # eks); None where the cloud scales the pools itself or nothing does.
+    node_autoscaler: Optional[Any] = None

@@ -1,8 +1,9 @@
-"""EKS in its own VPC: a system node group, a tainted NVIDIA GPU node group, EBS CSI with an
+"""EKS in its own VPC: a system node group, tainted NVIDIA GPU nodes (Karpenter's, or a node group), EBS CSI with an
 encrypted gp3 default StorageClass, and a kubeconfig that authenticates with `aws eks get-token`."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 
@@ -11,9 +12,12 @@ import pulumi_aws as aws
 
 from ..config import EksCluster
 from ..hardware import NVIDIA_GPU_PRESENT_LABEL
+from . import karpenter
 from .base import BuiltCluster, CacheClass, IngressFacts
 
 STORAGE_CLASS = "gp3"
+# The GPU nodes' pool: the managed node group's name, or Karpenter's NodePool's.
+GPU_POOL = "gpu"
 CACHE_CLASS = "model-cache"
 # gp3 without parameters gives 125 MiB/s and 3000 IOPS, so a 140 GiB model takes ~20 minutes
 # just to read. 500 MiB/s, with the IOPS to carry it in 128 KiB reads, cuts that to ~5; the GPU
@@ -154,15 +158,24 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
 
     system = node_group("system", cfg.system_nodes, "AL2023_x86_64_STANDARD", labels={"llm-platform/pool": "system"})
     gpu = cfg.accelerator_pool("nvidia")
-    node_group(
-        "gpu", cfg.gpu_nodes, cfg.gpu_nodes.ami_type,
-        # One zone: a model cache (an EBS volume) can only attach to a node in its own zone.
-        subnets=[private[cfg.availability_zones.index(cfg.gpu_zone)]],
-        # The device plugin's affinity needs NVIDIA_GPU_PRESENT_LABEL; the model pods select gpu.labels.
-        labels={"llm-platform/pool": "gpu", **gpu.labels, **NVIDIA_GPU_PRESENT_LABEL},
-        # Only pods that tolerate this (the model servers, the device plugin) land on GPUs.
-        taints=[node_group_taint(gpu.taint)],
-    )
+    # One zone: a model cache (an EBS volume) can only attach to a node in its own zone.
+    gpu_subnet = private[cfg.availability_zones.index(cfg.gpu_zone)]
+    # The device plugin's affinity needs NVIDIA_GPU_PRESENT_LABEL; the model pods select gpu.labels.
+    gpu_labels = {"llm-platform/pool": GPU_POOL, **gpu.labels, **NVIDIA_GPU_PRESENT_LABEL}
+    node_autoscaler = None
+    if cfg.karpenter:
+        # GPU nodes follow pending model pods (see components/node_autoscaler.py).
+        node_autoscaler = karpenter.build(name, cfg, cluster, gpu_subnet, gpu, gpu_labels, tags, opts, provider)
+        # Its controller runs on the system nodes.
+        node_autoscaler = dataclasses.replace(node_autoscaler, ready=[*node_autoscaler.ready, system])
+    else:
+        node_group(
+            GPU_POOL, cfg.gpu_nodes, cfg.gpu_nodes.ami_type,
+            subnets=[gpu_subnet],
+            labels=gpu_labels,
+            # Only pods that tolerate this (the model servers, the device plugin) land on GPUs.
+            taints=[node_group_taint(gpu.taint)],
+        )
 
     # --- network policy enforcement ----------------------------------------------------
     # The managed add-on takes over the VPC CNI EKS installs itself (hence OVERWRITE).
@@ -202,6 +215,7 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
         },
         storage_ready=[ebs],
         cache_class=cache_class(cfg),
+        node_autoscaler=node_autoscaler,
     )
 
 

@@ -120,7 +120,9 @@ def build(parent: pulumi.Resource, name: str, cfg: GkeCluster) -> BuiltCluster:
         cluster=cluster.name,
         location=location,
         node_locations=[pool.zone],
-        autoscaling={"min_node_count": pool.min_nodes, "max_node_count": pool.max_nodes},
+        # GKE's autoscaler adds nodes for pending pods and removes empty ones, down to zero; the
+        # counts are totals for the pool (one zone). A multi-host slice is added and removed whole.
+        autoscaling={"total_min_node_count": pool.min_nodes, "total_max_node_count": pool.max_nodes},
         node_config={
             "machine_type": pool.machine_type,
             "spot": pool.spot,

@@ -20,6 +20,7 @@ from ..hardware import (
     TPU_ACCELERATOR_LABELS,
     AcceleratorPool,
     gpus_per_instance,
+    topology_chips,
     tpu_host,
 )
 from .base import DnsLabel, K8sVersion, MinikubeSize, _existing_file, _Model
@@ -90,12 +91,42 @@ def _tpu_machine(value: str) -> str:
 
 class GpuNodeGroup(NodeGroup):
     instance_type: Annotated[str, AfterValidator(_gpu_instance)] = "g6.xlarge"
+    # Further instance types Karpenter may choose from, each with as many GPUs as instanceType.
+    extra_instance_types: list[Annotated[str, AfterValidator(_gpu_instance)]] = []
     ami_type: Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"] = "AL2023_x86_64_NVIDIA"
     min_size: int = Field(0, ge=0)
     disk_size_gb: int = Field(200, ge=50)
     # The one zone of the GPU nodes (default: the first of availabilityZones). An EBS model
     # cache lives in one zone: its pod must always find a GPU node there.
     zone: Optional[str] = Field(None, pattern=r"^[a-z]{2}(-gov)?-[a-z]+-[0-9][a-z]$")
+    # "karpenter": GPU nodes appear for pending model pods, up to maxSize, and go when empty.
+    # "none": a managed node group of desiredSize nodes that nothing scales.
+    autoscaler: Literal["karpenter", "none"] = "karpenter"
+    # Karpenter: how long a GPU node stays empty before it is removed.
+    consolidate_after: str = Field("10m", pattern=r"^[0-9]+(s|m|h)$")
+    # Karpenter: the EKS-optimized AMI release ("latest", or pinned such as "v20251120").
+    ami_version: str = Field("latest", pattern=r"^(latest|v[0-9][0-9.]*)$")
+
+    @model_validator(mode="after")
+    def _fits_the_autoscaler(self) -> "GpuNodeGroup":
+        if self.autoscaler == "karpenter":
+            for key, field in (("minSize", "min_size"), ("desiredSize", "desired_size")):
+                if field in self.model_fields_set:
+                    raise ValueError(f"{key}: not used with autoscaler 'karpenter', which adds GPU nodes for "
+                                     f"pending model pods up to maxSize and removes empty ones; remove the key")
+        elif self.extra_instance_types:
+            raise ValueError("extraInstanceTypes: only Karpenter chooses among instance types; a node group "
+                             "(autoscaler 'none') runs instanceType")
+        gpus = gpus_per_instance(self.instance_type)
+        for other in self.extra_instance_types:
+            if gpus_per_instance(other) != gpus:
+                raise ValueError(f"extraInstanceTypes: expected types with {gpus} GPU(s) like {self.instance_type}, "
+                                 f"got {other!r} ({gpus_per_instance(other)})")
+        return self
+
+    @property
+    def instance_types(self) -> list[str]:
+        return [self.instance_type, *self.extra_instance_types]
 
 
 class EksCluster(_Model):
@@ -120,11 +151,16 @@ class EksCluster(_Model):
             labels={"llm-platform/accelerator": "nvidia"},
             taint=EKS_GPU_TAINT,
             device_plugin="nvidia-chart",
-            # Nothing scales a managed node group but its desired size (no autoscaler yet).
-            nodes=self.gpu_nodes.desired_size,
+            # Karpenter adds nodes for pending pods up to maxSize; a plain node group has its
+            # desired size and nothing scales it.
+            nodes=0 if self.karpenter else self.gpu_nodes.desired_size,
             max_nodes=self.gpu_nodes.max_size,
-            autoscaled=False,
+            autoscaled=self.karpenter,
         )
+
+    @property
+    def karpenter(self) -> bool:
+        return self.gpu_nodes.autoscaler == "karpenter"
 
     @model_validator(mode="after")
     def _zones_in_region(self) -> "EksCluster":
@@ -152,6 +188,21 @@ class TpuNodePool(GkeNodePool):
     # Only for multi-host slices, e.g. "4x4"; single-host pools take the host's topology.
     topology: Optional[str] = Field(None, pattern=r"^[0-9]+x[0-9]+(x[0-9]+)?$")
     spot: bool = False
+
+    @property
+    def slice_hosts(self) -> int:
+        """Hosts of one slice: 1, or every host of a multi-host topology."""
+        host = tpu_host(self.machine_type)
+        return max(1, topology_chips(self.topology) // host.chips) if self.topology and host else 1
+
+    @model_validator(mode="after")
+    def _whole_slices(self) -> "TpuNodePool":
+        hosts = self.slice_hosts
+        if hosts > 1 and (self.max_nodes != hosts or self.min_nodes not in (0, hosts)):
+            raise ValueError(f"maxNodes: a {self.topology} slice of {self.machine_type} is {hosts} hosts and "
+                             f"scales as a whole: expected maxNodes {hosts} and minNodes 0 or {hosts}, "
+                             f"got {self.min_nodes}..{self.max_nodes}")
+        return self
 
 
 def _g2_machine(value: str) -> str:

@@ -73,6 +73,46 @@ def _sha256(value: str) -> str:
     return value
 
 
+class Autoscaling(_Model):
+    """Replicas that follow the model server's queue of waiting requests (KEDA on Prometheus)."""
+
+    enabled: bool = False
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    # Requests waiting per replica that the autoscaler aims for: more adds replicas.
+    target_queue_depth: int = Field(4, ge=1)
+    # Opt-in: no replica (and, with a node autoscaler, no accelerator node) while idle; the next
+    # request waits for a node, the image and the model to load (see the README's cold starts).
+    scale_to_zero: bool = False
+    # Idle time before the last replica goes (scale to zero only).
+    cooldown_seconds: int = Field(1800, ge=60)
+    # How long the queue must stay short before replicas are removed: reloading costs minutes.
+    scale_down_after_seconds: int = Field(300, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Autoscaling":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas: expected at most maxReplicas ({self.max_replicas}), "
+                             f"got {self.min_replicas}")
+        if self.min_replicas == 0 and not self.scale_to_zero:
+            raise ValueError("minReplicas: 0 scales the server to zero, which is opt-in: set "
+                             "scaleToZero: true (the first request then waits for a cold start)")
+        if self.scale_to_zero and self.min_replicas != 0:
+            raise ValueError(f"scaleToZero: expected minReplicas 0, got {self.min_replicas}")
+        return self
+
+
+def most_replicas(model) -> int:
+    """The most replicas the server may run: what accelerators, rollouts and budgets count."""
+    return model.autoscaling.max_replicas if model.autoscaling.enabled else model.replicas
+
+
+def _replicas_or_autoscaling(model) -> None:
+    if model.autoscaling.enabled and "replicas" in model.model_fields_set:
+        raise ValueError("replicas: not used while autoscaling.enabled; set autoscaling.minReplicas "
+                         "and autoscaling.maxReplicas instead")
+
+
 class ModelConfig(_Model):
     """A GGUF model served by llama.cpp; `name` is the alias clients pass as `model`."""
 
@@ -87,6 +127,7 @@ class ModelConfig(_Model):
     # GGUF file by the server. A larger value than that only wastes memory.
     ctx_size: int = Field(0, ge=0)
     replicas: int = Field(1, ge=0)
+    autoscaling: Autoscaling = Autoscaling()
     resources: Resources = Resources()
     image: Optional[Image] = None
     extra_args: Annotated[list[str], AfterValidator(_no_key_flags("--api-key", "--api-key-file"))] = []
@@ -97,6 +138,15 @@ class ModelConfig(_Model):
         if 0 < value < 256:
             raise ValueError(f"expected 0 (the model's own context) or at least 256 tokens, got {value}")
         return value
+
+    @property
+    def most_replicas(self) -> int:
+        return most_replicas(self)
+
+    @model_validator(mode="after")
+    def _one_way_to_size(self) -> "ModelConfig":
+        _replicas_or_autoscaling(self)
+        return self
 
     @property
     def download_url(self) -> Optional[str]:
@@ -155,6 +205,7 @@ class VllmModel(_Model):
     # Accelerators per replica (= --tensor-parallel-size). Default: 1 GPU, or every TPU chip of a host.
     accelerators: Optional[int] = Field(None, ge=1)
     replicas: int = Field(1, ge=0)
+    autoscaling: Autoscaling = Autoscaling()
     # Size of the weights as downloaded (e.g. 140Gi for a 70B model in bf16): sizes the cache
     # and the startup budget.
     weights_size: Optional[Storage] = None
@@ -165,6 +216,10 @@ class VllmModel(_Model):
     extra_args: Annotated[list[str], AfterValidator(_no_key_flags("--api-key", "--config"))] = []
 
     @property
+    def most_replicas(self) -> int:
+        return most_replicas(self)
+
+    @property
     def cache(self) -> str:
         if self.cache_size:
             return self.cache_size
@@ -172,6 +227,7 @@ class VllmModel(_Model):
 
     @model_validator(mode="after")
     def _cache_holds_the_weights(self) -> "VllmModel":
+        _replicas_or_autoscaling(self)
         if quantity_bytes(self.cache) < MIN_CACHE_GI * GI:
             raise ValueError(f"cacheSize: expected at least {MIN_CACHE_GI}Gi, got {self.cache!r}")
         if self.weights_size and quantity_bytes(self.cache) < quantity_bytes(self.weights_size):

@@ -131,6 +131,16 @@ class StackConfig(_Model):
         if self.llama_router.enabled and self.accelerator.kind not in ("vulkan", "none"):
             raise ValueError(f"llamaRouter.enabled: router mode serves GGUF files with llama.cpp "
                              f"(accelerator vulkan or none), not on {self.accelerator.kind!r}")
+        for i, m in enumerate(self.models):
+            if m.autoscaling.enabled and self.llama_router.enabled:
+                raise ValueError(f"models[{i}].autoscaling.enabled: in router mode one llama-server serves "
+                                 f"every model; autoscale models only with llamaRouter.enabled: false")
+            if m.autoscaling.enabled and not self.monitoring.enabled:
+                raise ValueError(f"models[{i}].autoscaling.enabled: KEDA reads the server's queue from the "
+                                 f"stack's Prometheus; expected monitoring.enabled: true")
+            if m.autoscaling.scale_to_zero and not self.front_door.metrics:
+                raise ValueError(f"models[{i}].autoscaling.scaleToZero: a server at zero replicas is woken by "
+                                 f"the front door's request count; expected frontDoor.metrics: true")
         return self
 
     @model_validator(mode="after")
@@ -178,10 +188,11 @@ class StackConfig(_Model):
         used = 0
         for i, m in enumerate(self.models):
             per_replica = pool.per_node if kind == "tpu" else (getattr(m, "accelerators", None) or 1)
-            used += per_replica * m.replicas
+            used += per_replica * m.most_replicas
             if used > capacity:
                 raise ValueError(
-                    f"models[{i}].replicas: the models need {used} {kind} units in all, the cluster offers "
+                    f"models[{i}].{'autoscaling.maxReplicas' if m.autoscaling.enabled else 'replicas'}: "
+                    f"the models need {used} {kind} units in all, the cluster offers "
                     f"{capacity} ({where})"
                 )
 

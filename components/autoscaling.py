@@ -1,0 +1,151 @@
+"""PodAutoscaling: KEDA, and one ScaledObject per autoscaled model server that follows the
+server's queue of waiting requests as Prometheus scrapes it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, TypedDict
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+KEDA_NAMESPACE = "keda"
+KEDA_REPO = "https://kedacore.github.io/charts"
+KEDA_CHART_VERSION = "2.20.2"
+KEDA_API = "keda.sh/v1alpha1"
+
+# The gauge each runtime's /metrics reports for requests accepted but not yet being served:
+# vLLM's scheduler queue, llama.cpp's requests deferred for want of a free slot.
+QUEUE_METRIC = {"vllm": "vllm:num_requests_waiting", "llama-cpp": "llamacpp:requests_deferred"}
+# The front door's request counter (LiteLLM's Prometheus callback), by the model a client asked
+# for; it counts requests that failed too, so it sees demand while a server is at zero.
+FRONT_DOOR_REQUESTS = "litellm_proxy_total_requests_metric_total"
+# How far back a request to the front door counts as demand for a server at zero.
+DEMAND_WINDOW = "5m"
+# Pod names of the two workload kinds, so one model's query never matches another's pods
+# (model "qwen" must not count "qwen-large").
+POD_PATTERN = {"Deployment": "{name}-[a-z0-9]+-[a-z0-9]+", "StatefulSet": "{name}-[0-9]+"}
+POLLING_INTERVAL_S = 15
+# Queries that fail this many times in a row (Prometheus away) hold the server at fallback size.
+FALLBACK_FAILURES = 3
+
+
+@dataclass(frozen=True)
+class ScaledServer:
+    """One model server KEDA sizes: its workload, runtime and autoscaling settings."""
+
+    name: str
+    namespace: str
+    kind: str            # "Deployment" or "StatefulSet"
+    runtime: str         # "vllm" or "llama-cpp"
+    autoscaling: object  # config.Autoscaling
+    workload: Optional[pulumi.Resource] = None
+
+
+class PodAutoscalingArgs(TypedDict):
+    provider: k8s.Provider
+    # Prometheus' in-cluster HTTP address, e.g. http://kps-prometheus.monitoring.svc:9090.
+    prometheus_url: str
+    servers: Sequence[ScaledServer]
+    # Namespace of the front door, whose request count wakes servers at zero.
+    front_door_namespace: str
+
+
+def queue_query(server: ScaledServer, namespace: str) -> str:
+    """Requests waiting across the server's pods (the HPA divides by the replicas there are)."""
+    pods = POD_PATTERN[server.kind].format(name=server.name)
+    return f'sum({QUEUE_METRIC[server.runtime]}{{namespace="{namespace}",pod=~"{pods}"}})'
+
+
+def demand_query(model: str, front_door_namespace: str) -> str:
+    """1 while a client asked the front door for `model` within the window, else 0. A series
+    the counter starts with the first request has no increase yet: it counts as new."""
+    series = f'{FRONT_DOOR_REQUESTS}{{namespace="{front_door_namespace}",requested_model="{model}"}}'
+    return (f"clamp_max((sum(increase({series}[{DEMAND_WINDOW}])) or vector(0))"
+            f" + (count({series} unless {series} offset {DEMAND_WINDOW}) or vector(0)), 1)")
+
+
+def scaled_object_spec(server: ScaledServer, namespace: str, prometheus_url: str, front_door_namespace: str) -> dict:
+    auto = server.autoscaling
+    triggers = [{
+        "type": "prometheus",
+        "name": "queue",
+        # AverageValue: the target is per replica, so replicas = ceil(waiting / target).
+        "metricType": "AverageValue",
+        "metadata": {
+            "serverAddress": prometheus_url,
+            "query": queue_query(server, namespace),
+            "threshold": str(auto.target_queue_depth),
+        },
+    }]
+    if auto.scale_to_zero:
+        # At zero there is no server and so no queue to read: the front door's count of requests
+        # for the model wakes it (one replica; the queue trigger takes over from there).
+        triggers.append({
+            "type": "prometheus",
+            "name": "demand",
+            "metricType": "AverageValue",
+            "metadata": {
+                "serverAddress": prometheus_url,
+                "query": demand_query(server.name, front_door_namespace),
+                "threshold": "1",
+                "activationThreshold": "0",
+            },
+        })
+    spec = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": server.kind, "name": server.name},
+        "minReplicaCount": auto.min_replicas,
+        "maxReplicaCount": auto.max_replicas,
+        "pollingInterval": POLLING_INTERVAL_S,
+        "fallback": {"failureThreshold": FALLBACK_FAILURES, "replicas": max(auto.min_replicas, 1)},
+        "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
+            # A replica takes minutes to load: remove one at a time, once the queue has stayed
+            # short for the whole window.
+            "scaleDown": {"stabilizationWindowSeconds": auto.scale_down_after_seconds,
+                          "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]},
+        }}},
+        "triggers": triggers,
+    }
+    if auto.scale_to_zero:
+        spec["cooldownPeriod"] = auto.cooldown_seconds
+    return spec
+
+
+class PodAutoscaling(pulumi.ComponentResource):
+    release: k8s.helm.v3.Release
+    scaled_objects: dict[str, k8s.apiextensions.CustomResource]
+
+    def __init__(self, name: str, args: PodAutoscalingArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("llm-platform:index:PodAutoscaling", name, None, opts)
+        provider = args["provider"]
+        child = pulumi.ResourceOptions(parent=self, provider=provider)
+        # KEDA's operator, metrics API server and webhook run outside the mesh, in a namespace
+        # without NetworkPolicies: the operator calls Prometheus, the API server calls the
+        # metrics server (APIService) and the webhook.
+        self.release = k8s.helm.v3.Release(
+            f"{name}-keda",
+            name="keda",
+            chart="keda",
+            version=KEDA_CHART_VERSION,
+            repository_opts={"repo": KEDA_REPO},
+            namespace=KEDA_NAMESPACE,
+            create_namespace=True,
+            values={"crds": {"install": True}},
+            opts=child,
+        )
+        self.scaled_objects = {}
+        for server in args["servers"]:
+            self.scaled_objects[server.name] = k8s.apiextensions.CustomResource(
+                f"{name}-{server.name}",
+                api_version=KEDA_API,
+                kind="ScaledObject",
+                metadata={"name": server.name, "namespace": server.namespace,
+                          "labels": {"app.kubernetes.io/name": server.name,
+                                     "app.kubernetes.io/part-of": "llm-platform"}},
+                spec=scaled_object_spec(server, server.namespace, args["prometheus_url"],
+                                        args["front_door_namespace"]),
+                opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                    depends_on=[self.release] + ([server.workload] if server.workload else []))),
+            )
+        self.register_outputs({"kedaNamespace": KEDA_NAMESPACE,
+                               "scaledObjects": list(self.scaled_objects)})
