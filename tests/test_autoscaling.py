@@ -9,6 +9,8 @@ import re
 import pytest
 
 from components.autoscaling import FRONT_DOOR_REQUESTS, KEDA_CHART_VERSION, QUEUE_METRIC
+from components.monitoring import PROMETHEUS_URL
+from tests.conftest import PODS
 from tools import mock_engine as harness
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -24,7 +26,8 @@ def autoscaled(stack: str, second: bool = False, **auto) -> harness.Recording:
     models = [model(stack, autoscaling={"enabled": True, **auto})]
     if second:  # a second model whose name starts with the first's
         models.append(model(stack, name=f"{models[0]['name']}-large"))
-    return harness.run(stack, {"llm-platform:models": models})
+    # Local autoscales one pod per model (router mode, as shipped there, is one fixed pod).
+    return harness.run(stack, {"llm-platform:models": models, **(PODS if stack == "local" else {})})
 
 
 def scaled_objects(rec) -> dict[str, dict]:
@@ -59,7 +62,7 @@ def test_each_server_scales_on_its_own_queue(stack, kind, runtime, pods, most):
     queue = trigger(obj, "queue")
     assert queue["type"] == "prometheus" and queue["metricType"] == "AverageValue"
     assert queue["metadata"]["threshold"] == "3"
-    assert queue["metadata"]["serverAddress"] == "http://kps-prometheus.monitoring.svc:9090"
+    assert queue["metadata"]["serverAddress"] == PROMETHEUS_URL
     query = queue["metadata"]["query"]
     assert query.startswith(f"sum({QUEUE_METRIC[runtime]}{{") and 'namespace="models"' in query
     own, other = pods
