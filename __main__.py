@@ -182,6 +182,7 @@ monitoring = Monitoring("monitoring", {
     "targets": [t for t in [*(s.scrape_target for s in servers), *([router.scrape_target] if cfg.llama_router.enabled
                                                                   else []), front_door.scrape_target] if t],
     "network_policies": network_policies,
+    "strict_mtls": cfg.security.mtls,
     "mesh_ready": [mesh.base, mesh.istiod],
 }) if monitoring_on else None
 

@@ -9,6 +9,8 @@ from typing import Optional, Sequence, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
+from .monitoring import MODEL_LABEL
+
 KEDA_NAMESPACE = "keda"
 KEDA_REPO = "https://kedacore.github.io/charts"
 KEDA_CHART_VERSION = "2.20.2"
@@ -22,9 +24,6 @@ QUEUE_METRIC = {"vllm": "vllm:num_requests_waiting", "llama-cpp": "llamacpp:requ
 FRONT_DOOR_REQUESTS = "litellm_proxy_total_requests_metric_total"
 # How far back a request to the front door counts as demand for a server at zero.
 DEMAND_WINDOW = "5m"
-# Pod names of the two workload kinds, so one model's query never matches another's pods
-# (model "qwen" must not count "qwen-large").
-POD_PATTERN = {"Deployment": "{name}-[a-z0-9]+-[a-z0-9]+", "StatefulSet": "{name}-[0-9]+"}
 POLLING_INTERVAL_S = 15
 # Queries that fail this many times in a row (Prometheus away) hold the server at fallback size.
 FALLBACK_FAILURES = 3
@@ -53,8 +52,9 @@ class PodAutoscalingArgs(TypedDict):
 
 def queue_query(server: ScaledServer, namespace: str) -> str:
     """Requests waiting across the server's pods (the HPA divides by the replicas there are)."""
-    pods = POD_PATTERN[server.kind].format(name=server.name)
-    return f'sum({QUEUE_METRIC[server.runtime]}{{namespace="{namespace}",pod=~"{pods}"}})'
+    # By the model label the server's ServiceMonitor sets: exact, where pod-name patterns of two
+    # workload kinds could overlap ("qwen-<hash>-<id>" vs "qwen-7b-0").
+    return f'sum({QUEUE_METRIC[server.runtime]}{{namespace="{namespace}",{MODEL_LABEL}="{server.name}"}})'
 
 
 def demand_query(model: str, front_door_namespace: str) -> str:

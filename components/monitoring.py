@@ -130,22 +130,30 @@ class ScrapeTarget:
     params: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def _endpoint(t: ScrapeTarget, model: Optional[str]) -> dict:
-    ep: dict = {"port": t.port, "path": t.path, "scheme": "https", "tlsConfig": dict(MESH_TLS)}
+# The label every model server's series carry: the alias of the model they serve.
+MODEL_LABEL = "model"
+
+
+def _endpoint(t: ScrapeTarget, model: Optional[str], strict_mtls: bool) -> dict:
+    # Under STRICT mTLS the targets' sidecars take only mTLS: Prometheus presents the mesh
+    # certificate. In PERMISSIVE mode their HTTP chains accept TLS only with Istio's own ALPN,
+    # which Prometheus does not offer, so it scrapes in plain HTTP there.
+    ep: dict = ({"port": t.port, "path": t.path, "scheme": "https", "tlsConfig": dict(MESH_TLS)} if strict_mtls
+                else {"port": t.port, "path": t.path, "scheme": "http"})
     if t.bearer:
         ep["authorization"] = {"type": "Bearer", "credentials": {"name": t.bearer[0], "key": t.bearer[1]}}
     if model is not None:
         if t.per_model:
             ep["params"] = {"model": [model], **{k: list(v) for k, v in t.params.items()}}
-        ep["relabelings"] = [{"targetLabel": "model", "replacement": model, "action": "replace"}]
+        ep["relabelings"] = [{"targetLabel": MODEL_LABEL, "replacement": model, "action": "replace"}]
     return ep
 
 
-def service_monitor_spec(t: ScrapeTarget) -> dict:
+def service_monitor_spec(t: ScrapeTarget, strict_mtls: bool = True) -> dict:
     models: Sequence[Optional[str]] = t.models if t.per_model else (t.models[:1] or [None])
     return {
         "selector": {"matchLabels": dict(t.selector)},
-        "endpoints": [_endpoint(t, m) for m in models],
+        "endpoints": [_endpoint(t, m, strict_mtls) for m in models],
     }
 
 
@@ -254,6 +262,8 @@ class MonitoringArgs(TypedDict):
     vllm_release: str
     targets: Sequence[ScrapeTarget]
     network_policies: bool
+    # security.mtls: STRICT mTLS in the mesh (else PERMISSIVE).
+    strict_mtls: bool
     # Istio's CRDs and injection webhook: Prometheus's pod needs its sidecar from the start.
     mesh_ready: Sequence[pulumi.Resource]
 
@@ -298,7 +308,7 @@ class Monitoring(pulumi.ComponentResource):
         for t in args["targets"]:
             k8s.apiextensions.CustomResource(
                 f"{name}-{t.name}", api_version="monitoring.coreos.com/v1", kind="ServiceMonitor",
-                metadata={"name": t.name, "namespace": t.namespace}, spec=service_monitor_spec(t), opts=cr)
+                metadata={"name": t.name, "namespace": t.namespace}, spec=service_monitor_spec(t, args["strict_mtls"]), opts=cr)
         k8s.apiextensions.CustomResource(
             f"{name}-envoy-stats", api_version="monitoring.coreos.com/v1", kind="PodMonitor",
             metadata={"name": "envoy-stats", "namespace": ns}, spec=ENVOY_POD_MONITOR, opts=cr)

@@ -39,16 +39,24 @@ def trigger(obj: dict, name: str) -> dict:
     return next(t for t in obj["spec"]["triggers"] if t["name"] == name)
 
 
-def pod_pattern(query: str) -> str:
-    return re.search(r'pod=~"([^"]+)"', query).group(1)
+def selected_model(query: str) -> str:
+    return re.search(r'model="([^"]+)"', query).group(1)
 
 
-@pytest.mark.parametrize("stack, kind, runtime, pods, most", [
-    ("local", "Deployment", "llama-cpp", ("tinyllama-7d9f8c6b5-x2k4q", "tinyllama-large-7d9f8c6b5-x2k4q"), 2),
+def model_label_of(rec, name: str) -> set[str]:
+    """The `model` label the server's ServiceMonitor gives its series."""
+    (spec,) = [harness.reveal(r.inputs["spec"]) for r in rec.of_type("kubernetes:monitoring.coreos.com/v1:ServiceMonitor")
+               if r.inputs["metadata"]["name"] == f"model-{name}"]
+    return {rl["replacement"] for ep in spec["endpoints"] for rl in ep.get("relabelings", [])
+            if rl["targetLabel"] == "model"}
+
+
+@pytest.mark.parametrize("stack, kind, runtime, most", [
+    ("local", "Deployment", "llama-cpp", 2),
     # The eks pool holds 2 GPUs: one for each model.
-    ("eks", "StatefulSet", "vllm", ("qwen-0", "qwen-large-0"), 1),
+    ("eks", "StatefulSet", "vllm", 1),
 ])
-def test_each_server_scales_on_its_own_queue(stack, kind, runtime, pods, most):
+def test_each_server_scales_on_its_own_queue(stack, kind, runtime, most):
     rec = autoscaled(stack, second=True, minReplicas=1, maxReplicas=most, targetQueueDepth=3)
     objs = scaled_objects(rec)
     (workload,) = [r for r in rec.model_servers() if "autoscaling" not in r.name and r.type.endswith(kind)
@@ -65,8 +73,9 @@ def test_each_server_scales_on_its_own_queue(stack, kind, runtime, pods, most):
     assert queue["metadata"]["serverAddress"] == PROMETHEUS_URL
     query = queue["metadata"]["query"]
     assert query.startswith(f"sum({QUEUE_METRIC[runtime]}{{") and 'namespace="models"' in query
-    own, other = pods
-    assert re.fullmatch(pod_pattern(query), own) and not re.fullmatch(pod_pattern(query), other)
+    # Exactly the series of this server's scrape, never the second model's ("<name>-large").
+    assert model_label_of(rec, name) == {selected_model(query)} == {name}
+    assert model_label_of(rec, f"{name}-large") == {f"{name}-large"}
     # Not at zero unless asked: no wake-up trigger, no cooldown to zero.
     assert [t["name"] for t in obj["spec"]["triggers"]] == ["queue"] and "cooldownPeriod" not in obj["spec"]
     # The other server keeps the replica count Pulumi sets.
@@ -153,3 +162,12 @@ def test_pulumi_waits_for_every_replica_the_autoscaler_may_roll():
     one = harness.run("eks").one("kubernetes:apps/v1:StatefulSet").custom_timeouts["update"]
     two = autoscaled("eks", maxReplicas=2).one("kubernetes:apps/v1:StatefulSet").custom_timeouts["update"]
     assert int(two.removesuffix("m")) > int(one.removesuffix("m"))
+
+
+def test_karpenter_starts_once_its_credentials_can_be_served():
+    """Karpenter's AWS credentials come through EKS Pod Identity: its release waits for the
+    agent add-on (else a first `up` starts a controller that crash-loops without them)."""
+    rec = harness.run("eks")
+    (release,) = [r for r in rec.of_type(RELEASE) if r.inputs["chart"].endswith("/karpenter")]
+    (agent,) = [r for r in rec.of_type("aws:eks/addon:Addon") if r.inputs["addonName"] == "eks-pod-identity-agent"]
+    assert agent.urn in rec.depends_transitively(release)

@@ -327,3 +327,17 @@ def test_a_bad_retention_is_refused_in_one_line():
     with pytest.raises(harness.ProgramFailed) as info:
         harness.run("local", {"llm-platform:monitoring": {"retention": "two weeks"}})
     assert str(info.value.error).startswith("Pulumi.local.yaml: llm-platform:monitoring.retention: String should match")
+
+
+def test_scrapes_in_plain_http_where_the_mesh_is_permissive():
+    """With security.mtls off the targets' sidecars accept TLS on their HTTP chains only with
+    Istio's own ALPN, which Prometheus does not offer: the ServiceMonitors scrape in plain HTTP
+    there (and with the mesh certificates under STRICT, as shipped)."""
+    rec = harness.run("local", {"llm-platform:security": {"mtls": False}})
+    monitors = [harness.reveal(r.inputs["spec"]) for r in rec.of_type("kubernetes:monitoring.coreos.com/v1:ServiceMonitor")]
+    assert monitors
+    for spec in monitors:
+        for ep in spec["endpoints"]:
+            assert ep["scheme"] == "http" and "tlsConfig" not in ep, ep
+    strict = recording("local").of_type("kubernetes:monitoring.coreos.com/v1:ServiceMonitor")
+    assert {ep["scheme"] for r in strict for ep in harness.reveal(r.inputs["spec"])["endpoints"]} == {"https"}

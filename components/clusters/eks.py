@@ -157,6 +157,9 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
         )
 
     system = node_group("system", cfg.system_nodes, "AL2023_x86_64_STANDARD", labels={"llm-platform/pool": "system"})
+    # EKS Pod Identity: the EBS CSI driver's and Karpenter's AWS credentials come through it.
+    agent = aws.eks.Addon(f"{name}-pod-identity", cluster_name=cluster.name, addon_name="eks-pod-identity-agent",
+                          opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[system])))
     gpu = cfg.accelerator_pool("nvidia")
     # One zone: a model cache (an EBS volume) can only attach to a node in its own zone.
     gpu_subnet = private[cfg.availability_zones.index(cfg.gpu_zone)]
@@ -166,8 +169,8 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
     if cfg.karpenter:
         # GPU nodes follow pending model pods (see components/node_autoscaler.py).
         node_autoscaler = karpenter.build(name, cfg, cluster, gpu_subnet, gpu, gpu_labels, tags, opts, provider)
-        # Its controller runs on the system nodes.
-        node_autoscaler = dataclasses.replace(node_autoscaler, ready=[*node_autoscaler.ready, system])
+        # Its controller runs on the system nodes, with credentials from the Pod Identity agent.
+        node_autoscaler = dataclasses.replace(node_autoscaler, ready=[*node_autoscaler.ready, system, agent])
     else:
         node_group(
             GPU_POOL, cfg.gpu_nodes, cfg.gpu_nodes.ami_type,
@@ -184,8 +187,6 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
                   resolve_conflicts_on_create="OVERWRITE", resolve_conflicts_on_update="OVERWRITE", opts=opts)
 
     # --- EBS CSI through EKS Pod Identity ------------------------------------------------
-    agent = aws.eks.Addon(f"{name}-pod-identity", cluster_name=cluster.name, addon_name="eks-pod-identity-agent",
-                          opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[system])))
     ebs_role = _role(f"{name}-ebs-csi", "pods.eks.amazonaws.com", [_MANAGED + "service-role/AmazonEBSCSIDriverPolicy"],
                      opts, actions=("sts:AssumeRole", "sts:TagSession"))
     ebs = aws.eks.Addon(

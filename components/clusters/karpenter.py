@@ -101,7 +101,7 @@ def controller_policy(cluster: str, region: str, account: str, node_role_arn: st
         {"Sid": "ReadCluster", "Effect": "Allow", "Action": ["eks:DescribeCluster"],
          "Resource": [f"arn:aws:eks:{region}:{account}:cluster/{cluster}"]},
         {"Sid": "Interruptions", "Effect": "Allow", "Resource": queue_arn,
-         "Action": ["sqs:DeleteMessage", "sqs:GetQueueUrl", "sqs:ReceiveMessage"]},
+         "Action": ["sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:ReceiveMessage"]},
     ]}
 
 

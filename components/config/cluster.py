@@ -138,7 +138,7 @@ class EksCluster(_Model):
     availability_zones: list[str] = Field(min_length=2)
     kubernetes_version: str = Field("1.33", pattern=r"^1\.[0-9]+$")
     vpc_cidr: str = Field("10.0.0.0/16", pattern=r"^[0-9.]+/16$")
-    system_nodes: NodeGroup = NodeGroup(instance_type="m6i.large", min_size=2, desired_size=2, max_size=3)
+    system_nodes: NodeGroup = NodeGroup(instance_type="m6i.xlarge", min_size=2, desired_size=2, max_size=3)
     gpu_nodes: GpuNodeGroup = GpuNodeGroup()
 
     @property
