@@ -624,6 +624,12 @@ def test_the_ui_follows_the_stack_on_every_start(guarded):
     assert len(urls) == 1 and ".front-door.svc.cluster.local:" in urls[0]
 
 
+def test_every_ui_account_sees_every_model(guarded):
+    # The UI hides models without an access entry in its own DB from non-admin accounts unless
+    # this is "true" (case-insensitive); access is by the UI's accounts, not per model.
+    assert ui_env(guarded)["BYPASS_MODEL_ACCESS_CONTROL"]["value"].lower() == "true"
+
+
 def test_the_ui_admin_comes_from_a_secret_and_sign_up_is_closed(guarded):
     env = ui_env(guarded)
     assert env["ENABLE_SIGNUP"]["value"] == "False"
