@@ -122,6 +122,18 @@ def test_a_provider_without_a_known_host_is_refused():
     assert "llm-platform:frontDoor.providers[0].apiBase: required for 'someprovider' models" in str(info.value.error)
 
 
+@pytest.mark.parametrize("api_base", ["https://llm.example.org:8443/v1", "https://llm.example.org:80/v1"])
+def test_a_provider_on_another_port_than_443_is_refused(api_base):
+    # Its egress opens 443 only: the entry would be accepted and every request blocked.
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("local", {**OVERRIDES, "llm-platform:frontDoor": {"providers": [
+            {"name": "gpt-mini", "model": "openai/gpt-4o-mini", "apiBase": api_base}]}},
+            secrets=("llm-platform:apiKey", "llm-platform:providerKeys"))
+    error = str(info.value.error)
+    assert "llm-platform:frontDoor.providers[0].apiBase: expected an https URL on port 443" in error
+    assert len(error.strip().splitlines()) == 1
+
+
 def test_no_retry_and_long_timeouts(recorded):
     cfg = rendered_config(recorded)
     assert cfg["litellm_settings"]["num_retries"] == 0 and cfg["router_settings"]["num_retries"] == 0
