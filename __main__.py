@@ -13,7 +13,7 @@ from components.database import KeysDatabase
 from components.llama_router import LlamaRouter
 from components.front_door import METRICS_PATH as FRONT_DOOR_METRICS_PATH, PORT as FRONT_DOOR_PORT
 from components.front_door import SERVICE_ACCOUNT as FRONT_DOOR_SERVICE_ACCOUNT, FrontDoor, ModelBackend
-from components.mesh import INGRESS_PRINCIPAL, principal
+from components.mesh import INGRESS_PRINCIPAL, principal, spiffe_id
 from components.model_namespace import ModelNamespace
 from components.monitoring import GRAFANA_ADMIN_USER, PROMETHEUS_URL, Monitoring, metrics_access
 from components.serving import METRICS_PATH as SERVER_METRICS_PATH, RUNTIMES, VLLM_RELEASE, uses_model_cache
@@ -162,6 +162,8 @@ front_door = FrontDoor("front-door", {
     "master_key": keys.client if keys else None,
     # Open WebUI's key, let in by the front door's custom auth for inference alone.
     "ui_key": keys.ui if keys else None,
+    # ...taken only from the UI's pods, as their sidecar's certificate says.
+    "ui_peer": spiffe_id(ui_namespace, OPEN_WEBUI_SERVICE_ACCOUNT) if ui_namespace else None,
     "backend_key": keys.backend if keys else None,
     "provider_keys": {name: pulumi.Output.secret(key) for name, key in cfg.provider_keys.items()},
     "mesh_ready": [mesh.base, mesh.istiod],

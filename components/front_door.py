@@ -52,6 +52,7 @@ METRICS_PATH = "/metrics/"
 MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
 BACKEND_KEY_ENV = "BACKEND_API_KEY"
 UI_KEY_ENV = front_door_auth.UI_KEY_ENV
+UI_PEER_ENV = front_door_auth.UI_PEER_ENV
 KEYS_SECRET = "litellm-keys"
 # With a database, LiteLLM applies its migrations at start, copying its migration files into
 # this folder first (litellm_proxy_extras: LITELLM_MIGRATION_DIR), since the root filesystem is
@@ -110,6 +111,9 @@ class FrontDoorArgs(TypedDict):
     master_key: Optional[pulumi.Output[str]]
     # The UI's key: inference routes only; None: no such key.
     ui_key: Optional[pulumi.Output[str]]
+    # The UI's mesh identity (SPIFFE id), the one caller the UI's key is taken from; None or
+    # absent: no UI, the key is taken from no one.
+    ui_peer: NotRequired[Optional[str]]
     # The key the model servers accept; None: they take none.
     backend_key: Optional[pulumi.Output[str]]
     # Hosted providers' keys by provider entry name (Pulumi secrets).
@@ -243,6 +247,8 @@ class FrontDoor(pulumi.ComponentResource):
             {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
             *({"name": k, "valueFrom": {"secretKeyRef": {"name": KEYS_SECRET, "key": k}}} for k in keys),
         ]
+        if ui_key and args.get("ui_peer"):
+            env.append({"name": UI_PEER_ENV, "value": args["ui_peer"]})
         if database is not None:
             # LiteLLM reads DATABASE_URL itself: virtual keys, teams, budgets and spend live there.
             env += [{"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {
