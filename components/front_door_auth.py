@@ -10,7 +10,14 @@ standard library, and LiteLLM when called (the program reads its constants). Wit
 from __future__ import annotations
 
 import hmac
+import importlib.util
 import os
+
+if importlib.util.find_spec("litellm") is not None:
+    # Loaded by the proxy: `custom_auth_settings.mode: auto` is applied by this package alone;
+    # without it LiteLLM takes this function's answer for every key, refusing the master key, so
+    # an image lacking it fails at start instead.
+    import litellm_enterprise.proxy.auth.user_api_key_auth  # noqa: F401
 
 UI_KEY_ENV = "LITELLM_UI_KEY"
 # The UI's mesh identity (spiffe://<trust domain>/ns/<namespace>/sa/<service account>).

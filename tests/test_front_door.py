@@ -181,6 +181,29 @@ def test_the_ui_key_is_taken_from_the_ui_identity_the_mesh_lets_in(recorded):
     assert UI_ID == "spiffe://" + ui_principal(recorded)
 
 
+LITELLM_PYTHON = ROOT / ".venv-litellm" / "bin" / "python"
+
+
+def _import_auth(*before: str) -> subprocess.CompletedProcess:
+    code = "\n".join([*before, "import front_door_auth"])
+    return subprocess.run([str(LITELLM_PYTHON), "-c", code], cwd=ROOT / "components", capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_the_auth_module_needs_litellm_enterprise_inside_litellm_only():
+    # The program imports its constants without LiteLLM installed.
+    assert front_door.front_door_auth.UI_KEY_ENV == "LITELLM_UI_KEY"
+    if not LITELLM_PYTHON.exists():
+        pytest.skip("needs .venv-litellm (`make setup`)")
+    # Where LiteLLM runs, as the proxy loads it (by file, from the config's folder).
+    done = _import_auth()
+    assert done.returncode == 0, done.stderr
+    # Without litellm_enterprise, `custom_auth_settings.mode: auto` is not applied and the master key
+    # would be refused: the proxy fails at start instead.
+    done = _import_auth("import sys", "sys.modules['litellm_enterprise'] = None")
+    assert done.returncode != 0 and "litellm_enterprise" in done.stderr, done.stderr
+
+
 def test_no_key_in_any_config_map(recorded):
     keys = harness.reveal(recorded.one(SECRET, "front-door-keys").inputs["stringData"])
     assert set(keys) >= {front_door.MASTER_KEY_ENV, front_door.UI_KEY_ENV, front_door.BACKEND_KEY_ENV}
