@@ -16,7 +16,7 @@ from components.front_door import SERVICE_ACCOUNT as FRONT_DOOR_SERVICE_ACCOUNT,
 from components.mesh import INGRESS_PRINCIPAL, principal, spiffe_id
 from components.model_namespace import ModelNamespace
 from components.monitoring import GRAFANA_ADMIN_USER, PROMETHEUS_URL, Monitoring, metrics_access
-from components.serving import METRICS_PATH as SERVER_METRICS_PATH, RUNTIMES, VLLM_RELEASE, uses_model_cache
+from components.serving import FRONT_DOOR_KEY, METRICS_KEY, METRICS_PATH as SERVER_METRICS_PATH, RUNTIMES, VLLM_RELEASE, uses_model_cache
 from components.ui_admin import UiAdmin
 
 try:
@@ -100,7 +100,7 @@ servers = [] if cfg.llama_router.enabled else [
         "hf_token": pulumi.Output.secret(cfg.hf_token) if cfg.hf_token else None,
         "priority_class": cluster.serving_priority_class,
         # The front door is the servers' one caller: they accept its key alone.
-        "api_keys": {"front-door": keys.backend} if keys else None,
+        "api_keys": {FRONT_DOOR_KEY: keys.backend, METRICS_KEY: keys.metrics} if keys else None,
         "restricted": cfg.security.restricted_pods,
         "supplemental_groups": cfg.security.supplemental_groups,
     })
@@ -129,7 +129,7 @@ if cfg.llama_router.enabled:
         "host_models_dir": cluster.host_models_dir,
         "host_models_claim": model_namespace.host_models_claim,
         "priority_class": cluster.serving_priority_class,
-        "api_keys": {"front-door": keys.backend} if keys else None,
+        "api_keys": {FRONT_DOOR_KEY: keys.backend, METRICS_KEY: keys.metrics} if keys else None,
         "restricted": cfg.security.restricted_pods,
         "supplemental_groups": cfg.security.supplemental_groups,
     })
