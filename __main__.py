@@ -13,10 +13,10 @@ from components.database import KeysDatabase
 from components.llama_router import LlamaRouter
 from components.front_door import METRICS_PATH as FRONT_DOOR_METRICS_PATH, PORT as FRONT_DOOR_PORT
 from components.front_door import SERVICE_ACCOUNT as FRONT_DOOR_SERVICE_ACCOUNT, FrontDoor, ModelBackend
-from components.mesh import INGRESS_PRINCIPAL, principal
+from components.mesh import INGRESS_PRINCIPAL, principal, spiffe_id
 from components.model_namespace import ModelNamespace
 from components.monitoring import GRAFANA_ADMIN_USER, PROMETHEUS_URL, Monitoring, metrics_access
-from components.serving import METRICS_PATH as SERVER_METRICS_PATH, RUNTIMES, VLLM_RELEASE, uses_model_cache
+from components.serving import FRONT_DOOR_KEY, METRICS_KEY, METRICS_PATH as SERVER_METRICS_PATH, RUNTIMES, VLLM_RELEASE, uses_model_cache
 from components.ui_admin import UiAdmin
 
 try:
@@ -100,7 +100,7 @@ servers = [] if cfg.llama_router.enabled else [
         "hf_token": pulumi.Output.secret(cfg.hf_token) if cfg.hf_token else None,
         "priority_class": cluster.serving_priority_class,
         # The front door is the servers' one caller: they accept its key alone.
-        "api_keys": {"front-door": keys.backend} if keys else None,
+        "api_keys": {FRONT_DOOR_KEY: keys.backend, METRICS_KEY: keys.metrics} if keys else None,
         "restricted": cfg.security.restricted_pods,
         "supplemental_groups": cfg.security.supplemental_groups,
     })
@@ -129,7 +129,7 @@ if cfg.llama_router.enabled:
         "host_models_dir": cluster.host_models_dir,
         "host_models_claim": model_namespace.host_models_claim,
         "priority_class": cluster.serving_priority_class,
-        "api_keys": {"front-door": keys.backend} if keys else None,
+        "api_keys": {FRONT_DOOR_KEY: keys.backend, METRICS_KEY: keys.metrics} if keys else None,
         "restricted": cfg.security.restricted_pods,
         "supplemental_groups": cfg.security.supplemental_groups,
     })
@@ -162,6 +162,8 @@ front_door = FrontDoor("front-door", {
     "master_key": keys.client if keys else None,
     # Open WebUI's key, let in by the front door's custom auth for inference alone.
     "ui_key": keys.ui if keys else None,
+    # ...taken only from the UI's pods, as their sidecar's certificate says.
+    "ui_peer": spiffe_id(ui_namespace, OPEN_WEBUI_SERVICE_ACCOUNT) if ui_namespace else None,
     "backend_key": keys.backend if keys else None,
     "provider_keys": {name: pulumi.Output.secret(key) for name, key in cfg.provider_keys.items()},
     "mesh_ready": [mesh.base, mesh.istiod],

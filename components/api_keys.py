@@ -1,9 +1,10 @@
 """ApiKeys: the client key that opens `/v1` (the front door's master key), the UI's key (inference
-routes of the front door only), and the key the front door presents to the model servers.
+routes of the front door only), the key the front door presents to the model servers, and the
+one Prometheus presents to llama.cpp's /metrics.
 
 The client key comes from a Pulumi secret in config, or is generated once and kept (encrypted) in
-state; the UI and backend keys are always generated: only the front door and its one holder ever
-see them.
+state; the others are always generated: only the front door and its one holder ever see the UI
+and backend keys.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class ApiKeys(pulumi.ComponentResource):
     # inference alone.
     ui: Optional[pulumi.Output[str]]
     backend: pulumi.Output[str]
+    # What Prometheus presents to llama.cpp's /metrics (which asks a key); never the front door's.
+    metrics: pulumi.Output[str]
 
     def __init__(self, name: str, args: ApiKeysArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:ApiKeys", name, None, opts)
@@ -60,9 +63,10 @@ class ApiKeys(pulumi.ComponentResource):
         # Prefixed like every LiteLLM key.
         self.ui = generated("ui", MASTER_KEY_PREFIX) if args["ui"] else None
         self.backend = generated("backend")
+        self.metrics = generated("metrics")
         self._salt = random.RandomPassword(f"{name}-digest-salt", length=32, special=False,
                                            opts=pulumi.ResourceOptions(parent=self)).result
-        self.register_outputs({"client": self.client, "backend": self.backend,
+        self.register_outputs({"client": self.client, "backend": self.backend, "metrics": self.metrics,
                                **({"ui": self.ui} if self.ui is not None else {})})
 
     def digest(self, *keys: pulumi.Input[str]) -> pulumi.Output[str]:

@@ -57,6 +57,9 @@ def open_webui(cfg: StackConfig, namespace: pulumi.Input[str], models: Sequence[
         # environment on every start instead of from what the first start stored in the DB.
         {"name": "ENABLE_PERSISTENT_CONFIG", "value": "False"},
         {"name": "ENABLE_SIGNUP", "value": str(cfg.ui.signup)},
+        # Models listed from a connection have no access entry in the UI's DB, and the UI shows
+        # such models to admins only; every signed-in account sees every model instead.
+        {"name": "BYPASS_MODEL_ACCESS_CONTROL", "value": "True"},
         # The admin account is created at first start when no user exists yet.
         {"name": "WEBUI_ADMIN_EMAIL", "value": cfg.ui.admin_email},
         _secret_env("WEBUI_ADMIN_PASSWORD", ADMIN_SECRET),

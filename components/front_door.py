@@ -52,12 +52,19 @@ METRICS_PATH = "/metrics/"
 MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
 BACKEND_KEY_ENV = "BACKEND_API_KEY"
 UI_KEY_ENV = front_door_auth.UI_KEY_ENV
+UI_PEER_ENV = front_door_auth.UI_PEER_ENV
 KEYS_SECRET = "litellm-keys"
 # With a database, LiteLLM applies its migrations at start, copying its migration files into
 # this folder first (litellm_proxy_extras: LITELLM_MIGRATION_DIR), since the root filesystem is
 # read-only; /tmp is the scratch volume.
 MIGRATION_DIR_ENV = "LITELLM_MIGRATION_DIR"
 MIGRATION_DIR = "/tmp/litellm-migrations"
+# With a database, what stored provider credentials are encrypted with (LiteLLM falls back to
+# the master key, so rotating that would make them unreadable); generated once, kept in state.
+SALT_KEY_ENV = "LITELLM_SALT_KEY"
+# litellm_proxy_extras gives `prisma migrate deploy` up to 600 s at start on a fresh database.
+MIGRATION_TIMEOUT_SECONDS = 600
+STARTUP_PERIOD_SECONDS = 5
 # Sent to model servers when the stack runs without API keys (the OpenAI client wants one).
 NO_KEY = "no-key"
 
@@ -104,6 +111,9 @@ class FrontDoorArgs(TypedDict):
     master_key: Optional[pulumi.Output[str]]
     # The UI's key: inference routes only; None: no such key.
     ui_key: Optional[pulumi.Output[str]]
+    # The UI's mesh identity (SPIFFE id), the one caller the UI's key is taken from; None or
+    # absent: no UI, the key is taken from no one.
+    ui_peer: NotRequired[Optional[str]]
     # The key the model servers accept; None: they take none.
     backend_key: Optional[pulumi.Output[str]]
     # Hosted providers' keys by provider entry name (Pulumi secrets).
@@ -225,6 +235,11 @@ class FrontDoor(pulumi.ComponentResource):
             keys[BACKEND_KEY_ENV] = args["backend_key"]
         for p in cfg.providers:
             keys[provider_key_env(p.name)] = args["provider_keys"][p.name]
+        database = args.get("database")
+        if database is not None:
+            keys[SALT_KEY_ENV] = random.RandomPassword(
+                f"{name}-salt-key", length=32, special=False,
+                opts=pulumi.ResourceOptions(parent=self)).result
         env = [
             # The cost map ships in the image: no call out to fetch it at start.
             {"name": "LITELLM_LOCAL_MODEL_COST_MAP", "value": "True"},
@@ -232,7 +247,8 @@ class FrontDoor(pulumi.ComponentResource):
             {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
             *({"name": k, "valueFrom": {"secretKeyRef": {"name": KEYS_SECRET, "key": k}}} for k in keys),
         ]
-        database = args.get("database")
+        if ui_key and args.get("ui_peer"):
+            env.append({"name": UI_PEER_ENV, "value": args["ui_peer"]})
         if database is not None:
             # LiteLLM reads DATABASE_URL itself: virtual keys, teams, budgets and spend live there.
             env += [{"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {
@@ -258,6 +274,12 @@ class FrontDoor(pulumi.ComponentResource):
             opts=child,
         )
         probe = {"port": "http", "scheme": "HTTP"}
+        # With a database the readiness path answers 503 while it is unreachable, which would take
+        # every replica (and all of /v1) out on a database restart; the master key and the UI's
+        # key need no database, so readiness is then the process being up. The first start may
+        # spend the migrations' whole timeout before the server listens.
+        ready_path = LIVENESS_PATH if database is not None else READINESS_PATH
+        startup_seconds = MIGRATION_TIMEOUT_SECONDS + 60 if database is not None else 300
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata={**meta, "name": NAME},
@@ -288,8 +310,9 @@ class FrontDoor(pulumi.ComponentResource):
                                 "limits": {"cpu": cfg.resources.cpu_limit, "memory": cfg.resources.memory_limit},
                             },
                             "startupProbe": {"httpGet": {**probe, "path": READINESS_PATH},
-                                             "periodSeconds": 5, "failureThreshold": 60},
-                            "readinessProbe": {"httpGet": {**probe, "path": READINESS_PATH}, "periodSeconds": 10},
+                                             "periodSeconds": STARTUP_PERIOD_SECONDS,
+                                             "failureThreshold": startup_seconds // STARTUP_PERIOD_SECONDS},
+                            "readinessProbe": {"httpGet": {**probe, "path": ready_path}, "periodSeconds": 10},
                             "livenessProbe": {"httpGet": {**probe, "path": LIVENESS_PATH},
                                               "periodSeconds": 30, "failureThreshold": 5},
                             # Leave the Service's endpoints before the proxy stops taking requests.

@@ -1,5 +1,5 @@
 """The front door's custom auth (LiteLLM `general_settings.custom_auth`): the UI's own key opens the
-inference routes alone, and needs no database.
+inference routes alone, only when the UI's pod calls, and needs no database.
 
 It ships next to the proxy's config.yaml, where LiteLLM loads it by file: it imports only the
 standard library, and LiteLLM when called (the program reads its constants). With
@@ -10,10 +10,23 @@ standard library, and LiteLLM when called (the program reads its constants). Wit
 from __future__ import annotations
 
 import hmac
+import importlib.util
 import os
 
+if importlib.util.find_spec("litellm") is not None:
+    # Loaded by the proxy: `custom_auth_settings.mode: auto` is applied by this package alone;
+    # without it LiteLLM takes this function's answer for every key, refusing the master key, so
+    # an image lacking it fails at start instead.
+    import litellm_enterprise.proxy.auth.user_api_key_auth  # noqa: F401
+
 UI_KEY_ENV = "LITELLM_UI_KEY"
+# The UI's mesh identity (spiffe://<trust domain>/ns/<namespace>/sa/<service account>).
+UI_PEER_ENV = "LITELLM_UI_PEER"
 UI_KEY_ALIAS = "open-webui"
+# The front door's sidecar appends its mTLS peer's certificate details (URI: the peer's SPIFFE
+# id) as the last element of this header, and drops a client's on a connection without mTLS.
+XFCC_HEADER = "x-forwarded-client-cert"
+NOT_FROM_THE_UI = "The UI's key is accepted only from the UI"
 # (method, path) the UI calls: its model list, chats, and embeddings for its knowledge base.
 UI_ROUTES = frozenset({
     ("GET", "/models"), ("GET", "/v1/models"),
@@ -33,6 +46,38 @@ def _is_ui_key(presented: str) -> bool:
     return bool(expected) and hmac.compare_digest(presented.encode(), expected.encode())
 
 
+def _split(text: str, sep: str) -> list[str]:
+    """`text` split at `sep` outside double quotes (XFCC quotes values holding , ; or =)."""
+    parts, current, quoted, escaped = [], [], False, False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == sep and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def last_peer_uris(xfcc: str) -> list[str]:
+    """The URI values of the header's last element: the front door's own sidecar's peer."""
+    pairs = (p.partition("=") for p in _split(_split(xfcc, ",")[-1], ";"))
+    return [value.strip().strip('"') for key, _, value in pairs if key.strip().lower() == "uri"]
+
+
+def from_the_ui(headers) -> bool:
+    expected = os.environ.get(UI_PEER_ENV, "")
+    values = headers.getlist(XFCC_HEADER)
+    # One header line: a second one would be the client's, beside what the sidecar wrote.
+    return bool(expected) and len(values) == 1 and last_peer_uris(values[0]) == [expected]
+
+
 async def user_api_key_auth(request, api_key: str):
     from litellm.proxy._types import LitellmUserRoles, ProxyErrorTypes, ProxyException, UserAPIKeyAuth
 
@@ -40,6 +85,8 @@ async def user_api_key_auth(request, api_key: str):
     key = (api_key or "").removeprefix(BEARER).strip()
     if not key or not _is_ui_key(key):
         raise NotTheUiKey()
+    if not from_the_ui(request.headers):
+        raise ProxyException(message=NOT_FROM_THE_UI, type=ProxyErrorTypes.auth_error, param="None", code=403)
     # The path the server dispatches on (request.url is rebuilt from the Host header and may differ).
     route = request.scope.get("path", "")
     if (request.method, route) not in UI_ROUTES:

@@ -17,7 +17,7 @@ from .api_keys import KEYS_DIGEST_ANNOTATION
 from .llm_server import CONTAINER_SECURITY, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security
 from .monitoring import ScrapeTarget
 from .serving import (
-    ALL_LAYERS, API_KEY_ENTRIES, API_KEYS_FILE, API_KEYS_MOUNT, LLAMA_CPP_PORT, METRICS_PATH, MODELS_MOUNT,
+    ALL_LAYERS, API_KEYS_FILE, METRICS_KEY, API_KEYS_MOUNT, LLAMA_CPP_PORT, METRICS_PATH, MODELS_MOUNT,
     RUNTIMES, TERMINATION_GRACE_S, llama_router_pre_stop, model_path,
 )
 
@@ -179,6 +179,6 @@ class LlamaRouter(pulumi.ComponentResource):
         # One endpoint per model: an unloaded model's target is down, not loaded by Prometheus.
         self.scrape_target = ScrapeTarget(
             name=NAME, namespace=namespace, selector=labels, port="http", path=METRICS_PATH,
-            bearer=(f"{NAME}-api-keys", API_KEY_ENTRIES[0]) if args["api_keys"] is not None else None,
+            bearer=(f"{NAME}-api-keys", METRICS_KEY) if args["api_keys"] is not None else None,
             models=tuple(m.name for m in args["models"]), per_model=True, params=METRICS_PARAMS)
         self.register_outputs({"serviceHost": self.service_host, "port": self.port})

@@ -19,7 +19,7 @@ from .api_keys import KEYS_DIGEST_ANNOTATION, keyed_digest
 from .config import quantity_bytes
 from .monitoring import ScrapeTarget
 from .serving import (
-    API_KEY_ENTRIES, API_KEYS_MOUNT, CACHE_MOUNT, METRICS_PATH, MODELS_MOUNT, TERMINATION_GRACE_S, ServerSpec,
+    API_KEY_ENTRIES, API_KEYS_MOUNT, FRONT_DOOR_KEY, METRICS_KEY, CACHE_MOUNT, METRICS_PATH, MODELS_MOUNT, TERMINATION_GRACE_S, ServerSpec,
     api_keys_file_content, server_spec,
 )
 
@@ -129,7 +129,9 @@ class LlmServer(pulumi.ComponentResource):
             claim_templates = self._model_cache(name, model, meta, args, k8s_opts, mounts, env)
         if spec.api_keys_file:
             annotations[KEYS_DIGEST_ANNOTATION] = api_keys_volume(
-                self, name, {**meta, "name": f"{model.name}-api-keys"}, spec.api_keys_file, args["api_keys"],
+                self, name, {**meta, "name": f"{model.name}-api-keys"}, spec.api_keys_file,
+                # vLLM leaves /metrics open: no scraper key where none is asked for.
+                {e: args["api_keys"][e] for e in (API_KEY_ENTRIES if spec.metrics_need_key else (FRONT_DOOR_KEY,))},
                 k8s_opts, volumes, mounts)
         if args["restricted"]:
             # The root filesystem is read-only: scratch space and HOME live here.
@@ -212,7 +214,7 @@ class LlmServer(pulumi.ComponentResource):
         # Prometheus presents the key the front door holds where /metrics wants one.
         self.scrape_target = ScrapeTarget(
             name=f"model-{model.name}", namespace=self.namespace, selector=labels, port="http", path=METRICS_PATH,
-            bearer=(f"{model.name}-api-keys", API_KEY_ENTRIES[0]) if spec.metrics_need_key else None,
+            bearer=(f"{model.name}-api-keys", METRICS_KEY) if spec.metrics_need_key else None,
             models=(model.name,))
         self.register_outputs({"alias": self.alias, "serviceHost": self.service_host, "port": self.port})
 
@@ -246,12 +248,13 @@ def api_keys_volume(parent: pulumi.Resource, name: str, metadata: dict, api_keys
     """The keys reach a llama.cpp or vLLM server as a file from a Secret: never in its args,
     env or logs. Adds the volume and mount; returns the keyed digest of the keys for the pod
     template (servers read them only at start)."""
-    ordered = pulumi.Output.all(*(keys[e] for e in API_KEY_ENTRIES))
+    entries = [e for e in API_KEY_ENTRIES if e in keys]
+    ordered = pulumi.Output.all(*(keys[e] for e in entries))
     secret = k8s.core.v1.Secret(
         f"{name}-api-keys",
         metadata=metadata,
         string_data={
-            **{entry: keys[entry] for entry in API_KEY_ENTRIES},
+            **{entry: keys[entry] for entry in entries},
             api_keys_file: ordered.apply(lambda ks: api_keys_file_content(api_keys_file, ks)),
         },
         opts=opts,
@@ -262,7 +265,7 @@ def api_keys_volume(parent: pulumi.Resource, name: str, metadata: dict, api_keys
     mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
     salt = random.RandomPassword(f"{name}-keys-digest-salt", length=32, special=False,
                                  opts=pulumi.ResourceOptions(parent=parent))
-    return keyed_digest(salt.result, [keys[e] for e in API_KEY_ENTRIES])
+    return keyed_digest(salt.result, [keys[e] for e in entries])
 
 
 CACHE_VOLUME = "cache"

@@ -29,9 +29,18 @@ INGRESS_CONTROLLER = "istio.io/ingress-controller"
 SECURITY_API = "security.istio.io/v1"
 
 
+# Istio's default; the mesh config here sets no other.
+TRUST_DOMAIN = "cluster.local"
+
+
 def principal(namespace: str, service_account: str) -> str:
     """The mTLS identity of a workload."""
-    return f"cluster.local/ns/{namespace}/sa/{service_account}"
+    return f"{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}"
+
+
+def spiffe_id(namespace: str, service_account: str) -> str:
+    """The URI its certificate carries (what a sidecar puts in x-forwarded-client-cert)."""
+    return f"spiffe://{principal(namespace, service_account)}"
 
 
 # The gateway chart runs the ingress under a service account named after the release.

@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Sequence
 from urllib.parse import urlparse
 
 import pytest
@@ -22,6 +23,7 @@ import yaml
 from components import front_door
 from tests.parts import LLAMA_SERVER, TINY_MODEL
 from tests.conftest import PODS
+from tests.test_security import ui_principal
 from tools import mock_engine as harness
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +44,9 @@ OVERRIDES = {
     "llm-platform:apiKey": CLIENT_KEY,
     "llm-platform:providerKeys": {PROVIDER["name"]: PROVIDER_KEY},
 }
+UI_ID = "spiffe://cluster.local/ns/open-webui/sa/open-webui"
+GATEWAY_ID = "spiffe://cluster.local/ns/istio-ingress/sa/istio-ingress"
+FRONT_DOOR_ID = "spiffe://cluster.local/ns/front-door/sa/litellm"
 CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
 SECRET = "kubernetes:core/v1:Secret"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -122,6 +127,18 @@ def test_a_provider_without_a_known_host_is_refused():
     assert "llm-platform:frontDoor.providers[0].apiBase: required for 'someprovider' models" in str(info.value.error)
 
 
+@pytest.mark.parametrize("api_base", ["https://llm.example.org:8443/v1", "https://llm.example.org:80/v1"])
+def test_a_provider_on_another_port_than_443_is_refused(api_base):
+    # Its egress opens 443 only: the entry would be accepted and every request blocked.
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("local", {**OVERRIDES, "llm-platform:frontDoor": {"providers": [
+            {"name": "gpt-mini", "model": "openai/gpt-4o-mini", "apiBase": api_base}]}},
+            secrets=("llm-platform:apiKey", "llm-platform:providerKeys"))
+    error = str(info.value.error)
+    assert "llm-platform:frontDoor.providers[0].apiBase: expected an https URL on port 443" in error
+    assert len(error.strip().splitlines()) == 1
+
+
 def test_no_retry_and_long_timeouts(recorded):
     cfg = rendered_config(recorded)
     assert cfg["litellm_settings"]["num_retries"] == 0 and cfg["router_settings"]["num_retries"] == 0
@@ -149,6 +166,42 @@ def test_the_ui_key_is_let_in_by_the_custom_auth_shipped_beside_the_config(recor
     assert keys["LITELLM_UI_KEY"].startswith("sk-") and keys["LITELLM_UI_KEY"] != CLIENT_KEY
     assert "uiApiKey" in recorded.secret_outputs
     assert recorded.outputs["uiApiKey"] == keys["LITELLM_UI_KEY"]
+
+
+def test_the_ui_key_is_taken_from_the_ui_identity_the_mesh_lets_in(recorded):
+    env = {e["name"]: e for e in proxy_container(recorded)["env"]}
+    assert env["LITELLM_UI_PEER"]["value"] == UI_ID
+    # The same workload the front door's AuthorizationPolicy admits, and the UI's pods run as.
+    policy = next(p for p in recorded.of_type("kubernetes:security.istio.io/v1:AuthorizationPolicy")
+                  if p.inputs["metadata"]["namespace"] == "front-door" and p.inputs["spec"].get("rules"))
+    principals = {pr for rule in policy.inputs["spec"]["rules"] for src in rule.get("from", [])
+                  for pr in src["source"].get("principals", [])}
+    assert UI_ID.removeprefix("spiffe://") in principals
+    # ...and whose pods, as the UI's chart renders them, run under that service account.
+    assert UI_ID == "spiffe://" + ui_principal(recorded)
+
+
+LITELLM_PYTHON = ROOT / ".venv-litellm" / "bin" / "python"
+
+
+def _import_auth(*before: str) -> subprocess.CompletedProcess:
+    code = "\n".join([*before, "import front_door_auth"])
+    return subprocess.run([str(LITELLM_PYTHON), "-c", code], cwd=ROOT / "components", capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_the_auth_module_needs_litellm_enterprise_inside_litellm_only():
+    # The program imports its constants without LiteLLM installed.
+    assert front_door.front_door_auth.UI_KEY_ENV == "LITELLM_UI_KEY"
+    if not LITELLM_PYTHON.exists():
+        pytest.skip("needs .venv-litellm (`make setup`)")
+    # Where LiteLLM runs, as the proxy loads it (by file, from the config's folder).
+    done = _import_auth()
+    assert done.returncode == 0, done.stderr
+    # Without litellm_enterprise, `custom_auth_settings.mode: auto` is not applied and the master key
+    # would be refused: the proxy fails at start instead.
+    done = _import_auth("import sys", "sys.modules['litellm_enterprise'] = None")
+    assert done.returncode != 0 and "litellm_enterprise" in done.stderr, done.stderr
 
 
 def test_no_key_in_any_config_map(recorded):
@@ -196,12 +249,19 @@ def _free_port() -> int:
 
 
 def _request(port: int, method: str, path: str, key: str | None = None, body: dict | None = None,
-             timeout: float = 60) -> tuple[int, bytes]:
+             timeout: float = 60, xfcc: Sequence[str] = ()) -> tuple[int, bytes]:
+    """`xfcc`: x-forwarded-client-cert header lines, as the front door's sidecar would pass them."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    headers = {"Content-Type": "application/json"}
+    data = json.dumps(body).encode() if body is not None else None
+    conn.putrequest(method, path)
+    conn.putheader("Content-Type", "application/json")
     if key:
-        headers["Authorization"] = f"Bearer {key}"
-    conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+        conn.putheader("Authorization", f"Bearer {key}")
+    for line in xfcc:
+        conn.putheader("x-forwarded-client-cert", line)
+    if data is not None:
+        conn.putheader("Content-Length", str(len(data)))
+    conn.endheaders(data)
     resp = conn.getresponse()
     data = resp.read()
     conn.close()
@@ -222,9 +282,18 @@ def _wait_ready(port: int, path: str, proc: subprocess.Popen, log: Path, limit_s
     raise RuntimeError(f"not ready after {limit_s}s:\n{log.read_text()[-3000:]}")
 
 
+def xfcc(uri: str, *before: str) -> str:
+    """An x-forwarded-client-cert value as Envoy writes it, `uri` the peer's certificate URI, after
+    the elements `before` (what earlier hops, or a client, sent)."""
+    own = f'By={FRONT_DOOR_ID};Hash=5f3c0e;Subject="";URI={uri};DNS=litellm'
+    return ",".join([*before, own])
+
+
 class Stack:
-    def __init__(self, proxy_port: int, servers: dict[str, int], backend_key: str, ui_key: str):
+    def __init__(self, proxy_port: int, servers: dict[str, int], backend_key: str, ui_key: str, ui_peer: str):
         self.proxy_port, self.servers, self.backend_key, self.ui_key = proxy_port, servers, backend_key, ui_key
+        # What the front door's sidecar passes on for a request from the UI's pod.
+        self.from_ui = [xfcc(ui_peer)]
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +339,7 @@ def stack(recorded, tmp_path_factory):
         for m in MODELS:
             _wait_ready(servers[m["name"]], "/health", procs[MODELS.index(m)], tmp / f"{m['name']}.log", 30)
         _wait_ready(proxy_port, front_door.READINESS_PATH, procs[-1], log, 180)
-        yield Stack(proxy_port, servers, backend_key, keys[front_door.UI_KEY_ENV])
+        yield Stack(proxy_port, servers, backend_key, keys[front_door.UI_KEY_ENV], env[front_door.UI_PEER_ENV])
     finally:
         stop(procs, 10)
 
@@ -333,16 +402,40 @@ def test_refused_without_the_client_key(stack):
 # What the UI calls (Open WebUI lists models and chats, streamed or not, at the OpenAI base URL).
 def test_the_ui_key_lists_the_models_and_chats(stack):
     for path in ("/v1/models", "/models"):
-        status, body = _request(stack.proxy_port, "GET", path, stack.ui_key)
+        status, body = _request(stack.proxy_port, "GET", path, stack.ui_key, xfcc=stack.from_ui)
         assert status == 200, body
         assert sorted(m["id"] for m in json.loads(body)["data"]) == sorted(
             [m["name"] for m in MODELS] + [PROVIDER["name"]])
     for path in ("/v1/chat/completions", "/chat/completions"):
-        status, body = _request(stack.proxy_port, "POST", path, stack.ui_key, _chat("tinyllama"))
+        status, body = _request(stack.proxy_port, "POST", path, stack.ui_key, _chat("tinyllama"), xfcc=stack.from_ui)
         assert status == 200, body
         assert json.loads(body)["choices"][0]["message"]["content"] is not None
-    _, chunks, done = _stream(stack.proxy_port, stack.ui_key, "qwen", 16)
+    _, chunks, done = _stream(stack.proxy_port, stack.ui_key, "qwen", 16, xfcc=stack.from_ui)
     assert chunks >= 2 and done
+
+
+# The UI's key leaked, sent through the public ingress (the gateway's identity is the last
+# element the front door's sidecar appends), or with a header made up to look like the UI's.
+def not_the_ui(stack) -> dict[str, list[str]]:
+    ui = stack.from_ui[0]
+    return {
+        "no header (no mTLS: the sidecar drops a client's)": [],
+        "the ingress gateway": [xfcc(GATEWAY_ID)],
+        "forged: the UI's element, then the gateway's": [xfcc(GATEWAY_ID, ui)],
+        "forged: the UI's element as a second header line": [xfcc(GATEWAY_ID), ui],
+        "the UI's URI and another one": [xfcc(UI_ID + ";URI=" + GATEWAY_ID)],
+        "a URI that merely starts like the UI's": [xfcc(UI_ID + "-x")],
+    }
+
+
+def test_the_ui_key_is_refused_from_anyone_but_the_ui(stack):
+    for case, lines in not_the_ui(stack).items():
+        for method, path, body in (("GET", "/v1/models", None), ("POST", "/v1/chat/completions", _chat("tinyllama"))):
+            status, answer = _request(stack.proxy_port, method, path, stack.ui_key, body, xfcc=lines)
+            assert status == 403, (case, answer)
+            assert json.loads(answer)["error"]["message"] == "The UI's key is accepted only from the UI", case
+    # The master key does not depend on who calls.
+    assert _request(stack.proxy_port, "GET", "/v1/models", CLIENT_KEY, xfcc=[xfcc(GATEWAY_ID)])[0] == 200
 
 
 # Routes beyond inference: key management, the models' backends and config, spend, health
@@ -358,7 +451,7 @@ UI_REFUSED = [
 
 @pytest.mark.parametrize("method, path, body", UI_REFUSED, ids=[f"{m} {p}" for m, p, _ in UI_REFUSED])
 def test_the_ui_key_is_refused_beyond_inference(stack, method, path, body):
-    status, answer = _request(stack.proxy_port, method, path, stack.ui_key, body)
+    status, answer = _request(stack.proxy_port, method, path, stack.ui_key, body, xfcc=stack.from_ui)
     assert status == 403, answer
     assert json.loads(answer)["error"]["message"] == f"The UI's key may not call {method} {path}"
     # ...where the master key is let in (no database: some answer that they need one).
@@ -370,7 +463,7 @@ def test_the_ui_key_is_refused_beyond_inference(stack, method, path, body):
 def test_a_key_like_the_ui_key_is_not_it(stack):
     for key in (stack.ui_key[:-1], stack.ui_key + "x", stack.ui_key[:-1] + chr(ord(stack.ui_key[-1]) ^ 1),
                 stack.ui_key.upper(), "Bearer " + stack.ui_key[:-1], "sk-\u00e9" + stack.ui_key[4:]):
-        status, answer = _request(stack.proxy_port, "GET", "/v1/models", key)
+        status, answer = _request(stack.proxy_port, "GET", "/v1/models", key, xfcc=stack.from_ui)
         # Taken for a virtual key, which LiteLLM without a database refuses (400 "No connected db.").
         assert status in (400, 401), (key, answer)
     assert _request(stack.proxy_port, "GET", "/v1/models")[0] == 401
@@ -383,12 +476,14 @@ def test_the_master_key_still_opens_everything(stack):
         assert status == 200, answer
 
 
-def _stream(port: int, key: str, model: str, max_tokens: int) -> tuple[float, int, bool]:
+def _stream(port: int, key: str, model: str, max_tokens: int, xfcc: Sequence[str] = ()) -> tuple[float, int, bool]:
     """One streamed completion: (seconds to the first content chunk, content chunks, ended with [DONE])."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     start = time.perf_counter()
-    conn.request("POST", "/v1/chat/completions", body=json.dumps(_chat(model, True, max_tokens)),
-                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    if xfcc:
+        headers["x-forwarded-client-cert"] = xfcc[0]
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(_chat(model, True, max_tokens)), headers=headers)
     resp = conn.getresponse()
     assert resp.status == 200, resp.read()
     first, chunks, done = None, 0, False

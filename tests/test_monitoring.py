@@ -12,7 +12,7 @@ import yaml
 
 from components import front_door, monitoring
 from components.mesh import ENVOY_STATS_PORT, ENVOY_STATS_PORT_NAME
-from components.serving import VLLM_RELEASE
+from components.serving import FRONT_DOOR_KEY, METRICS_KEY, VLLM_RELEASE
 from tests.conftest import need_charts, recording
 from tools import charts
 from tools import mock_engine as harness
@@ -106,6 +106,9 @@ def test_llama_cpp_endpoints_carry_the_key_the_server_accepts(stack):
             secret = named(objs, "Secret", ref["name"], "models")
             keys_file = secret["stringData"]["keys"].splitlines()
             assert secret["stringData"][ref["key"]] in keys_file
+            # Its own key: the front door's stays with the front door.
+            assert ref["key"] == METRICS_KEY != FRONT_DOOR_KEY
+            assert secret["stringData"][ref["key"]] != secret["stringData"][FRONT_DOOR_KEY]
 
 
 def test_router_is_scraped_once_per_model():

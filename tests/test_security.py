@@ -8,6 +8,7 @@ import json
 import pytest
 import yaml
 
+from components.serving import API_KEY_ENTRIES
 from tools import mock_engine as harness
 
 CLIENT_KEY = "sk-client-key-0123456789abcdef"
@@ -75,10 +76,12 @@ def test_server_requires_a_key_read_from_a_secret(keyed):
     flag = "--api-key-file" if "--api-key-file" in c["args"] else "--config"
     path = c["args"][c["args"].index(flag) + 1]
     entry = path.rsplit("/", 1)[1]
-    if flag == "--api-key-file":  # llama.cpp: one key a line
-        assert data[entry].splitlines() == [backend]
+    if flag == "--api-key-file":  # llama.cpp: one key a line; the second is Prometheus's for /metrics
+        assert data[entry].splitlines() == [backend, data["metrics"]]
+        assert data["metrics"] not in (backend, CLIENT_KEY, ui_key(keyed))
     else:  # vLLM: its YAML config file, read as if the flags were given
         assert yaml.safe_load(data[entry]) == {"api-key": [backend]}
+        assert "metrics" not in data  # its /metrics asks no key
         assert entry.endswith(".yaml") and "--api-key" not in c["args"]
     mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
     volume = next(v for v in model_server(keyed).inputs["spec"]["template"]
@@ -115,9 +118,14 @@ def test_a_rotated_key_rolls_the_pods_that_hold_it(stack):
         # Readable in diffs, yet no key in it or derivable from it without the salt in state.
         for value in (server, door):
             assert not harness.is_secret(value) and client_key not in value and backend not in value
+        # Over every key the server accepts: the front door's, and on llama.cpp Prometheus's.
+        data = harness.reveal(next(r for r in rec.of_type("kubernetes:core/v1:Secret")
+                                   if r.name.endswith("-api-keys")).inputs["stringData"])
+        held = "\n".join(data[e] for e in API_KEY_ENTRIES if e in data)
+        assert data["front-door"] == backend
         assert server == hmac.new(_salt(rec, model_server(rec).name.rsplit("-", 1)[0]).encode(),
-                                  backend.encode(), hashlib.sha256).hexdigest()
-        assert server != hashlib.sha256(backend.encode()).hexdigest()
+                                  held.encode(), hashlib.sha256).hexdigest()
+        assert server != hashlib.sha256(held.encode()).hexdigest()
         # ApiKeys' own salt ("api-keys-digest-salt").
         assert ui == hmac.new(_salt(rec, "api").encode(), ui_key(rec).encode(), hashlib.sha256).hexdigest()
         return server, door, ui
@@ -622,6 +630,12 @@ def test_the_ui_follows_the_stack_on_every_start(guarded):
     # One connection, the front door: models added later appear without touching the UI.
     urls = env["OPENAI_API_BASE_URLS"]["value"].split(";")
     assert len(urls) == 1 and ".front-door.svc.cluster.local:" in urls[0]
+
+
+def test_every_ui_account_sees_every_model(guarded):
+    # The UI hides models without an access entry in its own DB from non-admin accounts unless
+    # this is "true" (case-insensitive); access is by the UI's accounts, not per model.
+    assert ui_env(guarded)["BYPASS_MODEL_ACCESS_CONTROL"]["value"].lower() == "true"
 
 
 def test_the_ui_admin_comes_from_a_secret_and_sign_up_is_closed(guarded):

@@ -119,6 +119,39 @@ def test_the_front_door_reads_the_url_from_the_secret_and_migrates_into_scratch(
     assert on.outputs["virtualKeys"] is True
 
 
+def proxy_container(rec) -> dict:
+    return rec.one("kubernetes:apps/v1:Deployment", "front-door-deployment").inputs["spec"]["template"]["spec"][
+        "containers"][0]
+
+
+def test_a_database_restart_leaves_the_front_door_ready_and_its_first_start_may_migrate(on, local):
+    c = proxy_container(on)
+    # LiteLLM's readiness path answers 503 while the database is unreachable: that would take every
+    # replica out of the Service (and all of /v1) on a restart of a one-instance database.
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health/liveliness"
+    # litellm_proxy_extras gives `prisma migrate deploy` 600 s on a fresh database.
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 660
+    # Without a database the readiness path is LiteLLM's own.
+    assert proxy_container(local)["readinessProbe"]["httpGet"]["path"] == "/health/readiness"
+
+
+def test_stored_credentials_are_encrypted_with_a_generated_salt_not_the_master_key(on, local):
+    env = proxy_env(on)
+    ref = env["LITELLM_SALT_KEY"]["valueFrom"]["secretKeyRef"]
+    secret = next(r for r in on.of_type(SECRET) if r.inputs["metadata"]["name"] == ref["name"]
+                  and r.inputs["metadata"]["namespace"] == "front-door")
+    keys = harness.reveal(secret.inputs["stringData"])
+    salt = keys[ref["key"]]
+    generated = on.one("random:index/randomPassword:RandomPassword", "front-door-salt-key")
+    assert len(salt) == generated.inputs["length"] >= 32
+    assert salt != keys["LITELLM_MASTER_KEY"]
+    for r in on.registrations:
+        assert salt not in plain_text(r.inputs), f"{r.type} {r.name}"
+    # No database, nothing stored: no salt.
+    assert "LITELLM_SALT_KEY" not in proxy_env(local)
+
+
 def test_the_database_is_outside_the_mesh_and_only_the_front_door_reaches_it(on):
     ns = next(r.inputs for r in on.of_type("kubernetes:core/v1:Namespace") if r.inputs["metadata"]["name"] == "litellm-db")
     labels = ns["metadata"]["labels"]

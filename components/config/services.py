@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Optional
 
+from urllib.parse import urlparse
+
 from pydantic import (
     Field,
+    field_validator,
     model_validator,
 )
 
@@ -42,6 +45,20 @@ class ProviderModel(_Model):
     # LiteLLM's "<provider>/<model>", e.g. "openai/gpt-4o-mini" or "anthropic/claude-sonnet-4-5".
     model: str = Field(pattern=r"^[a-z0-9_]+/\S+$")
     api_base: Optional[str] = Field(None, pattern=r"^https://\S+$")
+
+    @field_validator("api_base")
+    @classmethod
+    def _on_443(cls, value: Optional[str]) -> Optional[str]:
+        # The front door's egress (ServiceEntry, NetworkPolicy) opens 443 alone: another port
+        # would be accepted here and then silently blocked.
+        try:
+            port = urlparse(value).port if value else None
+        except ValueError:
+            port = -1
+        if port not in (None, 443):
+            raise ValueError(f"expected an https URL on port 443 (the only port the front door may reach), "
+                             f"got {value!r}")
+        return value
 
 
 class FrontDoorResources(Resources):
