@@ -62,7 +62,13 @@ MIGRATION_DIR = "/tmp/litellm-migrations"
 # With a database, what stored provider credentials are encrypted with (LiteLLM falls back to
 # the master key, so rotating that would make them unreadable); generated once, kept in state.
 SALT_KEY_ENV = "LITELLM_SALT_KEY"
-# litellm_proxy_extras gives `prisma migrate deploy` up to 600 s at start on a fresh database.
+# litellm_proxy_extras at start: a replica waits up to the lock timeout while another migrates,
+# then gives one `prisma migrate deploy` up to its timeout (a fresh database replays every
+# migration). Set explicitly (their defaults) so the startup probe can cover both; a retry beyond
+# that restarts the pod, which resumes what is left.
+MIGRATION_LOCK_TIMEOUT_ENV = "LITELLM_MIGRATION_LOCK_TIMEOUT"
+MIGRATION_LOCK_TIMEOUT_SECONDS = 600
+MIGRATION_TIMEOUT_ENV = "LITELLM_PRISMA_MIGRATE_DEPLOY_TIMEOUT"
 MIGRATION_TIMEOUT_SECONDS = 600
 STARTUP_PERIOD_SECONDS = 5
 # Sent to model servers when the stack runs without API keys (the OpenAI client wants one).
@@ -253,7 +259,9 @@ class FrontDoor(pulumi.ComponentResource):
             # LiteLLM reads DATABASE_URL itself: virtual keys, teams, budgets and spend live there.
             env += [{"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {
                         "name": database.secret_name, "key": database.secret_key}}},
-                    {"name": MIGRATION_DIR_ENV, "value": MIGRATION_DIR}]
+                    {"name": MIGRATION_DIR_ENV, "value": MIGRATION_DIR},
+                    {"name": MIGRATION_LOCK_TIMEOUT_ENV, "value": str(MIGRATION_LOCK_TIMEOUT_SECONDS)},
+                    {"name": MIGRATION_TIMEOUT_ENV, "value": str(MIGRATION_TIMEOUT_SECONDS)}]
         secret = None
         if keys:
             secret = k8s.core.v1.Secret(
@@ -279,7 +287,8 @@ class FrontDoor(pulumi.ComponentResource):
         # key need no database, so readiness is then the process being up. The first start may
         # spend the migrations' whole timeout before the server listens.
         ready_path = LIVENESS_PATH if database is not None else READINESS_PATH
-        startup_seconds = MIGRATION_TIMEOUT_SECONDS + 60 if database is not None else 300
+        startup_seconds = (MIGRATION_LOCK_TIMEOUT_SECONDS + MIGRATION_TIMEOUT_SECONDS + 60
+                           if database is not None else 300)
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata={**meta, "name": NAME},

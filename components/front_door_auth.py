@@ -46,8 +46,13 @@ def _is_ui_key(presented: str) -> bool:
     return bool(expected) and hmac.compare_digest(presented.encode(), expected.encode())
 
 
+class _Unbalanced(ValueError):
+    """A quote left open: the header cannot be told apart into elements."""
+
+
 def _split(text: str, sep: str) -> list[str]:
-    """`text` split at `sep` outside double quotes (XFCC quotes values holding , ; or =)."""
+    """`text` split at `sep` outside double quotes (XFCC quotes values holding , ; or =); a
+    quote left open raises, since it would hide the elements after it."""
     parts, current, quoted, escaped = [], [], False, False
     for ch in text:
         if escaped:
@@ -61,6 +66,8 @@ def _split(text: str, sep: str) -> list[str]:
             current = []
             continue
         current.append(ch)
+    if quoted:
+        raise _Unbalanced(text)
     parts.append("".join(current))
     return parts
 
@@ -75,7 +82,10 @@ def from_the_ui(headers) -> bool:
     expected = os.environ.get(UI_PEER_ENV, "")
     values = headers.getlist(XFCC_HEADER)
     # One header line: a second one would be the client's, beside what the sidecar wrote.
-    return bool(expected) and len(values) == 1 and last_peer_uris(values[0]) == [expected]
+    try:
+        return bool(expected) and len(values) == 1 and last_peer_uris(values[0]) == [expected]
+    except _Unbalanced:
+        return False
 
 
 async def user_api_key_auth(request, api_key: str):

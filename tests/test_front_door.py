@@ -425,6 +425,7 @@ def not_the_ui(stack) -> dict[str, list[str]]:
         "forged: the UI's element as a second header line": [xfcc(GATEWAY_ID), ui],
         "the UI's URI and another one": [xfcc(UI_ID + ";URI=" + GATEWAY_ID)],
         "a URI that merely starts like the UI's": [xfcc(UI_ID + "-x")],
+        "forged: an open quote hiding the gateway's element": [xfcc(GATEWAY_ID, f'URI={UI_ID};a="')],
     }
 
 

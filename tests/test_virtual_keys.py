@@ -129,9 +129,12 @@ def test_a_database_restart_leaves_the_front_door_ready_and_its_first_start_may_
     # LiteLLM's readiness path answers 503 while the database is unreachable: that would take every
     # replica out of the Service (and all of /v1) on a restart of a one-instance database.
     assert c["readinessProbe"]["httpGet"]["path"] == "/health/liveliness"
-    # litellm_proxy_extras gives `prisma migrate deploy` 600 s on a fresh database.
+    # A replica may wait on the migration lock, then run one `prisma migrate deploy` (a fresh
+    # database replays every migration): the startup probe outlasts both, as set in the env.
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    waits = int(env["LITELLM_MIGRATION_LOCK_TIMEOUT"]) + int(env["LITELLM_PRISMA_MIGRATE_DEPLOY_TIMEOUT"])
     startup = c["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 660
+    assert waits >= 1200 and startup["periodSeconds"] * startup["failureThreshold"] > waits
     # Without a database the readiness path is LiteLLM's own.
     assert proxy_container(local)["readinessProbe"]["httpGet"]["path"] == "/health/readiness"
 
