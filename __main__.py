@@ -177,6 +177,9 @@ front_door = FrontDoor("front-door", {
     "database": database.connection if database else None,
 })
 
+# GPU metrics where NVIDIA's runtime is the nodes' default (the device plugin chart's pools).
+gpu_metrics_on = (monitoring_on and cluster.accelerator.kind == "nvidia"
+                  and cluster.accelerator.device_plugin == "nvidia-chart")
 monitoring = Monitoring("monitoring", {
     "provider": provider,
     "config": cfg.monitoring,
@@ -187,9 +190,9 @@ monitoring = Monitoring("monitoring", {
     "network_policies": network_policies,
     "strict_mtls": cfg.security.mtls,
     "mesh_ready": [mesh.base, mesh.istiod],
+    "gpu_dashboard": gpu_metrics_on,
 }) if monitoring_on else None
-# GPU metrics where NVIDIA's runtime is the nodes' default (the device plugin chart's pools).
-if monitoring and cluster.accelerator.kind == "nvidia" and cluster.accelerator.device_plugin == "nvidia-chart":
+if monitoring and gpu_metrics_on:
     GpuMetrics("gpu-metrics", {
         "provider": provider,
         "accelerator": cluster.accelerator,

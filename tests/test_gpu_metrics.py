@@ -11,7 +11,8 @@ import pytest
 from components import gpu_metrics, monitoring
 from components.accelerators import from_config
 from components.config import load
-from tests.conftest import recording
+from tests.conftest import need_charts, recording
+from tools import charts
 from tools import mock_engine as harness
 
 DS = "kubernetes:apps/v1:DaemonSet"
@@ -102,3 +103,19 @@ def test_no_exporter_without_an_nvidia_pool_of_ours(variant):
 def test_no_exporter_without_monitoring():
     rec = harness.run("eks", {"llm-platform:monitoring": {"enabled": False}})
     assert not [r for r in rec.registrations if r.name.startswith("gpu-metrics")]
+
+
+
+def download_script(rec) -> str:
+    (cm,) = [m.obj for m in charts.cluster_objects(rec) if m.obj["kind"] == "ConfigMap"
+             and m.obj["metadata"]["name"] == monitoring.GRAFANA_SERVICE]
+    return cm["data"]["download_dashboards.sh"]
+
+
+def test_grafana_gets_nvidias_dcgm_dashboard_pinned_where_the_exporter_runs():
+    need_charts()
+    # The chart's script fetches grafana.com's dashboard at the pinned revision.
+    pinned = re.findall(r"https://grafana\.com/api/dashboards/12239/revisions/(\d+)/download",
+                        download_script(recording("eks")))
+    assert pinned == [str(monitoring.DCGM_DASHBOARD["revision"])]
+    assert "grafana.com/api/dashboards/12239" not in download_script(recording("local"))
