@@ -11,6 +11,7 @@ from components.apps import OPEN_WEBUI_PORT, OPEN_WEBUI_SERVICE_ACCOUNT, ModelEn
 from components.config import ConfigError, load
 from components.database import KeysDatabase
 from components.llama_router import LlamaRouter
+from components.gpu_metrics import GpuMetrics
 from components.front_door import METRICS_PATH as FRONT_DOOR_METRICS_PATH, PORT as FRONT_DOOR_PORT
 from components.front_door import SERVICE_ACCOUNT as FRONT_DOOR_SERVICE_ACCOUNT, FrontDoor, ModelBackend
 from components.mesh import INGRESS_PRINCIPAL, principal, spiffe_id
@@ -176,6 +177,9 @@ front_door = FrontDoor("front-door", {
     "database": database.connection if database else None,
 })
 
+# GPU metrics where NVIDIA's runtime is the nodes' default (the device plugin chart's pools).
+gpu_metrics_on = (monitoring_on and cluster.accelerator.kind == "nvidia"
+                  and cluster.accelerator.device_plugin == "nvidia-chart")
 monitoring = Monitoring("monitoring", {
     "provider": provider,
     "config": cfg.monitoring,
@@ -186,7 +190,15 @@ monitoring = Monitoring("monitoring", {
     "network_policies": network_policies,
     "strict_mtls": cfg.security.mtls,
     "mesh_ready": [mesh.base, mesh.istiod],
+    "gpu_dashboard": gpu_metrics_on,
 }) if monitoring_on else None
+if monitoring and gpu_metrics_on:
+    GpuMetrics("gpu-metrics", {
+        "provider": provider,
+        "accelerator": cluster.accelerator,
+        "network_policies": network_policies,
+        "crds_ready": [monitoring.release],
+    })
 
 ui_admin = UiAdmin("ui-admin", {"password": cfg.ui_admin_password}) if cfg.ui.enabled else None
 apps = all_apps(

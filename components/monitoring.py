@@ -83,6 +83,9 @@ VLLM_DASHBOARDS = ("vllm_overview.json", "vllm_instances.json")
 # Ours: JSON beside this module.
 DASHBOARDS_DIR = Path(__file__).resolve().parent / "dashboards"
 OWN_DASHBOARDS = ("llamacpp.json", "front-door.json")
+# NVIDIA's DCGM exporter dashboard on grafana.com, pinned to a revision; its queries name the
+# chart's default Prometheus datasource.
+DCGM_DASHBOARD = {"gnetId": 12239, "revision": 2, "datasource": "Prometheus"}
 DASHBOARDS_FOLDER = "llm-platform"
 
 # What the pods ask for (requests, limits), light and full: README "Metrics" sums them.
@@ -166,14 +169,16 @@ ENVOY_POD_MONITOR = {
 }
 
 
-def dashboards(vllm_release: str) -> dict:
+def dashboards(vllm_release: str, gpu: bool = False) -> dict:
     own = {Path(f).stem: {"json": (DASHBOARDS_DIR / f).read_text()} for f in OWN_DASHBOARDS}
     vllm = {Path(f).stem.replace("_", "-"): {"url": VLLM_DASHBOARDS_URL.format(release=vllm_release, file=f)}
             for f in VLLM_DASHBOARDS}
-    return {DASHBOARDS_FOLDER: {**vllm, **own}}
+    dcgm = {"nvidia-dcgm-exporter": dict(DCGM_DASHBOARD)} if gpu else {}
+    return {DASHBOARDS_FOLDER: {**vllm, **own, **dcgm}}
 
 
-def chart_values(cfg: MonitoringConfig, light: bool, vllm_release: str, admin_secret: str) -> dict:
+def chart_values(cfg: MonitoringConfig, light: bool, vllm_release: str, admin_secret: str,
+                 gpu_dashboard: bool = False) -> dict:
     profile = "light" if light else "full"
     prometheus_spec: dict = {
         "retention": cfg.retention,
@@ -220,7 +225,7 @@ def chart_values(cfg: MonitoringConfig, light: bool, vllm_release: str, admin_se
                 "name": DASHBOARDS_FOLDER, "orgId": 1, "folder": "LLM platform", "type": "file",
                 "disableDeletion": True, "options": {"path": f"/var/lib/grafana/dashboards/{DASHBOARDS_FOLDER}"},
             }]}},
-            "dashboards": dashboards(vllm_release),
+            "dashboards": dashboards(vllm_release, gpu_dashboard),
         },
     }
     if not light:
@@ -266,6 +271,8 @@ class MonitoringArgs(TypedDict):
     strict_mtls: bool
     # Istio's CRDs and injection webhook: Prometheus's pod needs its sidecar from the start.
     mesh_ready: Sequence[pulumi.Resource]
+    # NVIDIA's DCGM exporter runs (GpuMetrics): provision its dashboard.
+    gpu_dashboard: bool
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -299,7 +306,7 @@ class Monitoring(pulumi.ComponentResource):
             version=cfg.chart_version,
             namespace=ns,
             repository_opts={"repo": CHART_REPO},
-            values=chart_values(cfg, light, args["vllm_release"], GRAFANA_ADMIN_SECRET),
+            values=chart_values(cfg, light, args["vllm_release"], GRAFANA_ADMIN_SECRET, args["gpu_dashboard"]),
             opts=pulumi.ResourceOptions(parent=self, provider=provider,
                                         depends_on=[namespace, admin, *args["mesh_ready"]]),
         )

@@ -77,6 +77,8 @@ def daemonset_expectations(d: cs.Deployed) -> dict[tuple[str, str], tuple[set[st
         # Only when GPU feature discovery is on: NFD's worker labels GPU nodes (it may run anywhere).
         ("nvidia-device-plugin", "nvidia-device-plugin-node-feature-discovery-worker"): (accel, every),
         ("nvidia-device-plugin", "nvidia-device-plugin-gpu-feature-discovery"): (accel, accel),
+        # GPU metrics: on every NVIDIA GPU node, and on no other node.
+        ("dcgm-exporter", "dcgm-exporter"): (accel, accel),
         # Node metrics (full monitoring): every node, GPU nodes included (it tolerates NoSchedule).
         ("monitoring", "kps-prometheus-node-exporter"): (every, every),
         # Only on nodes labelled for MPS, which this platform does not use.

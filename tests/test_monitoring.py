@@ -10,7 +10,7 @@ import re
 import pytest
 import yaml
 
-from components import front_door, monitoring
+from components import front_door, gpu_metrics, monitoring
 from components.mesh import ENVOY_STATS_PORT, ENVOY_STATS_PORT_NAME
 from components.serving import FRONT_DOOR_KEY, METRICS_KEY, VLLM_RELEASE
 from tests.conftest import need_charts, recording
@@ -63,8 +63,10 @@ def scrape_paths(objs) -> dict[str, dict[tuple[str, int], set[str]]]:
     out: dict = {}
     for sm in of_kind(objs, "ServiceMonitor"):
         ns = sm["metadata"]["namespace"]
-        if ns == monitoring.NAMESPACE:
-            continue  # the chart's own (Prometheus, operator, Grafana...), scraped in plain text
+        if ns in (monitoring.NAMESPACE, gpu_metrics.NAMESPACE):
+            # The chart's own (Prometheus, operator, Grafana...) and the GPU exporter, outside
+            # the mesh, scraped in plain text (tests/test_gpu_metrics.py).
+            continue
         (svc,) = [s for s in of_kind(objs, "Service", ns)
                   if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"].get("labels"))]
         (template,) = pod_templates(objs, ns, svc["spec"]["selector"])

@@ -1,0 +1,117 @@
+"""GPU metrics: NVIDIA's DCGM exporter runs on the NVIDIA GPU nodes alone (their label and taint,
+as the device plugin), serves on the port the Service and ServiceMonitor name, and only
+Prometheus's pods may reach it; none where the stack has no NVIDIA pool of its own."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from components import gpu_metrics, monitoring
+from tests.conftest import need_charts, recording
+from tools import charts
+from tools import mock_engine as harness
+
+DS = "kubernetes:apps/v1:DaemonSet"
+SM = "kubernetes:monitoring.coreos.com/v1:ServiceMonitor"
+
+
+def exporter(rec) -> dict:
+    return harness.reveal(rec.one(DS, "gpu-metrics-daemonset").inputs)
+
+
+def test_eks_runs_the_exporter_on_gpu_nodes_only():
+    rec = recording("eks")
+    pod = exporter(rec)["spec"]["template"]["spec"]
+    # The same facts the NVIDIA device plugin is given: the GPU nodes' label and taint.
+    plugin = harness.reveal(rec.one("kubernetes:helm.sh/v3:Release", "gpu-nvidia").inputs["values"])
+    assert pod["nodeSelector"] == plugin["nodeSelector"]
+    assert pod["tolerations"] == plugin["tolerations"]
+    assert pod["nodeSelector"] and [t for t in pod["tolerations"] if t["key"] == "nvidia.com/gpu"]
+    # It takes no GPU from the model servers.
+    (c,) = pod["containers"]
+    assert not any("nvidia.com/gpu" in part for part in c["resources"].values())
+
+
+def test_image_is_pinned_and_the_pod_maps_gpus_to_pods():
+    (c,) = exporter(recording("eks"))["spec"]["template"]["spec"]["containers"]
+    assert re.fullmatch(r"nvcr\.io/nvidia/k8s/dcgm-exporter:\d+\.\d+\.\d+-\d+\.\d+\.\d+-distroless", c["image"])
+    env = {e["name"]: e for e in c["env"]}
+    assert env["DCGM_EXPORTER_KUBERNETES"]["value"] == "true"
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert env["DCGM_EXPORTER_LISTEN"]["value"] == f":{gpu_metrics.PORT}"
+    (mount,) = c["volumeMounts"]
+    assert mount == {"name": "pod-resources", "mountPath": "/var/lib/kubelet/pod-resources", "readOnly": True}
+    # Root with SYS_ADMIN alone (profiling metrics), no privilege escalation, nothing privileged.
+    sc = c["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["SYS_ADMIN"]}
+    assert sc["allowPrivilegeEscalation"] is False and not sc.get("privileged")
+
+
+def test_service_monitor_scrapes_the_port_the_exporter_listens_on():
+    rec = recording("eks")
+    ds = exporter(rec)
+    svc = harness.reveal(rec.one("kubernetes:core/v1:Service", "gpu-metrics-service").inputs)
+    sm = harness.reveal(rec.one(SM, "gpu-metrics-servicemonitor").inputs)
+    labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    (ep,) = sm["spec"]["endpoints"]
+    (port,) = [p for p in svc["spec"]["ports"] if p["name"] == ep["port"]]
+    (c,) = ds["spec"]["template"]["spec"]["containers"]
+    (cport,) = [p for p in c["ports"] if p["name"] == port["targetPort"]]
+    assert cport["containerPort"] == port["port"] == gpu_metrics.PORT
+    # Outside the mesh: plain HTTP; Prometheus's sidecar captures no outbound traffic.
+    assert ep["scheme"] == "http" and "tlsConfig" not in ep and ep["path"] == "/metrics"
+    assert sm["metadata"]["namespace"] == svc["metadata"]["namespace"] == ds["metadata"]["namespace"]
+    # The namespace's admission level allows what it needs (hostPath, root, SYS_ADMIN).
+    ns = rec.one("kubernetes:core/v1:Namespace", "gpu-metrics-ns").inputs["metadata"]
+    assert ns["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+def test_only_prometheus_reaches_the_exporter_on_its_port():
+    rec = recording("eks")
+    policies = {r.inputs["metadata"]["name"]: harness.reveal(r.inputs["spec"])
+                for r in rec.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+                if r.inputs["metadata"]["namespace"] == gpu_metrics.NAMESPACE}
+    assert policies["default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    (rule,) = policies["allow-prometheus"]["ingress"]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": monitoring.NAMESPACE}},
+                             "podSelector": {"matchLabels": monitoring.PROMETHEUS_POD_LABELS}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": gpu_metrics.PORT}]
+    assert set(policies) == {"default-deny-ingress", "allow-prometheus"}
+
+
+def test_depends_on_the_monitoring_release_for_its_crd():
+    rec = recording("eks")
+    sm = rec.one(SM, "gpu-metrics-servicemonitor")
+    release = rec.one("kubernetes:helm.sh/v3:Release", "monitoring-kps")
+    assert release.urn in rec.depends_transitively(sm)
+
+
+@pytest.mark.parametrize("variant", ["local", "gke"])
+def test_no_exporter_without_an_nvidia_pool_of_ours(variant):
+    rec = recording(variant)
+    assert not [r for r in rec.registrations if r.name.startswith("gpu-metrics")]
+
+
+def test_no_exporter_without_monitoring():
+    rec = harness.run("eks", {"llm-platform:monitoring": {"enabled": False}})
+    assert not [r for r in rec.registrations if r.name.startswith("gpu-metrics")]
+
+
+
+def download_script(rec) -> str:
+    (cm,) = [m.obj for m in charts.cluster_objects(rec) if m.obj["kind"] == "ConfigMap"
+             and m.obj["metadata"]["name"] == monitoring.GRAFANA_SERVICE]
+    return cm["data"]["download_dashboards.sh"]
+
+
+def test_grafana_gets_nvidias_dcgm_dashboard_pinned_where_the_exporter_runs():
+    need_charts()
+    # The chart's script fetches grafana.com's dashboard at the pinned revision.
+    pinned = re.findall(r"https://grafana\.com/api/dashboards/12239/revisions/(\d+)/download",
+                        download_script(recording("eks")))
+    assert pinned == [str(monitoring.DCGM_DASHBOARD["revision"])]
+    assert "grafana.com/api/dashboards/12239" not in download_script(recording("local"))
