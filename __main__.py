@@ -87,6 +87,10 @@ model_namespace = ModelNamespace("models", {
 
 keys = ApiKeys("api-keys", {"client": cfg.api_key, "ui": cfg.ui.enabled}) if cfg.security.api_auth else None
 
+# What the model servers (or the router) accept: the front door's key, and the scraper's for
+# llama.cpp's /metrics.
+server_keys = {FRONT_DOOR_KEY: keys.backend, METRICS_KEY: keys.metrics} if keys else None
+
 servers = [] if cfg.llama_router.enabled else [
     LlmServer(f"model-{m.name}", {
         "model": m,
@@ -100,8 +104,7 @@ servers = [] if cfg.llama_router.enabled else [
         "units_in_use": units_in_use(cluster.accelerator, cfg.models),
         "hf_token": pulumi.Output.secret(cfg.hf_token) if cfg.hf_token else None,
         "priority_class": cluster.serving_priority_class,
-        # The front door is the servers' one caller: they accept its key alone.
-        "api_keys": {FRONT_DOOR_KEY: keys.backend, METRICS_KEY: keys.metrics} if keys else None,
+        "api_keys": server_keys,
         "restricted": cfg.security.restricted_pods,
         "supplemental_groups": cfg.security.supplemental_groups,
     })
@@ -130,7 +133,7 @@ if cfg.llama_router.enabled:
         "host_models_dir": cluster.host_models_dir,
         "host_models_claim": model_namespace.host_models_claim,
         "priority_class": cluster.serving_priority_class,
-        "api_keys": {FRONT_DOOR_KEY: keys.backend, METRICS_KEY: keys.metrics} if keys else None,
+        "api_keys": server_keys,
         "restricted": cfg.security.restricted_pods,
         "supplemental_groups": cfg.security.supplemental_groups,
     })

@@ -9,9 +9,8 @@ from typing import Optional, Sequence, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
-from .monitoring import MODEL_LABEL
+from .monitoring import KEDA_NAMESPACE, MODEL_LABEL
 
-KEDA_NAMESPACE = "keda"
 KEDA_REPO = "https://kedacore.github.io/charts"
 KEDA_CHART_VERSION = "2.20.2"
 KEDA_API = "keda.sh/v1alpha1"
@@ -43,18 +42,18 @@ class ScaledServer:
 
 class PodAutoscalingArgs(TypedDict):
     provider: k8s.Provider
-    # Prometheus' in-cluster HTTP address, e.g. http://kps-prometheus.monitoring.svc:9090.
+    # Prometheus' in-cluster HTTP address (monitoring.PROMETHEUS_URL).
     prometheus_url: str
     servers: Sequence[ScaledServer]
     # Namespace of the front door, whose request count wakes servers at zero.
     front_door_namespace: str
 
 
-def queue_query(server: ScaledServer, namespace: str) -> str:
+def queue_query(server: ScaledServer) -> str:
     """Requests waiting across the server's pods (the HPA divides by the replicas there are)."""
     # By the model label the server's ServiceMonitor sets: exact, where pod-name patterns of two
     # workload kinds could overlap ("qwen-<hash>-<id>" vs "qwen-7b-0").
-    return f'sum({QUEUE_METRIC[server.runtime]}{{namespace="{namespace}",{MODEL_LABEL}="{server.name}"}})'
+    return f'sum({QUEUE_METRIC[server.runtime]}{{namespace="{server.namespace}",{MODEL_LABEL}="{server.name}"}})'
 
 
 def demand_query(model: str, front_door_namespace: str) -> str:
@@ -65,7 +64,7 @@ def demand_query(model: str, front_door_namespace: str) -> str:
             f" + (count({series} unless {series} offset {DEMAND_WINDOW}) or vector(0)), 1)")
 
 
-def scaled_object_spec(server: ScaledServer, namespace: str, prometheus_url: str, front_door_namespace: str) -> dict:
+def scaled_object_spec(server: ScaledServer, prometheus_url: str, front_door_namespace: str) -> dict:
     auto = server.autoscaling
     triggers = [{
         "type": "prometheus",
@@ -74,7 +73,7 @@ def scaled_object_spec(server: ScaledServer, namespace: str, prometheus_url: str
         "metricType": "AverageValue",
         "metadata": {
             "serverAddress": prometheus_url,
-            "query": queue_query(server, namespace),
+            "query": queue_query(server),
             "threshold": str(auto.target_queue_depth),
         },
     }]
@@ -142,8 +141,7 @@ class PodAutoscaling(pulumi.ComponentResource):
                 metadata={"name": server.name, "namespace": server.namespace,
                           "labels": {"app.kubernetes.io/name": server.name,
                                      "app.kubernetes.io/part-of": "llm-platform"}},
-                spec=scaled_object_spec(server, server.namespace, args["prometheus_url"],
-                                        args["front_door_namespace"]),
+                spec=scaled_object_spec(server, args["prometheus_url"], args["front_door_namespace"]),
                 opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
                     depends_on=[self.release] + ([server.workload] if server.workload else []))),
             )

@@ -211,7 +211,7 @@ class LlmServer(pulumi.ComponentResource):
         self.service_host = pulumi.Output.concat(
             self.service.metadata.name, ".", self.service.metadata.namespace, ".svc.cluster.local"
         )
-        # Prometheus presents the key the front door holds where /metrics wants one.
+        # Prometheus presents its own key (the metrics entry) where /metrics wants one.
         self.scrape_target = ScrapeTarget(
             name=f"model-{model.name}", namespace=self.namespace, selector=labels, port="http", path=METRICS_PATH,
             bearer=(f"{model.name}-api-keys", METRICS_KEY) if spec.metrics_need_key else None,

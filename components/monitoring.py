@@ -32,7 +32,8 @@ RELEASE = "kps"
 PROMETHEUS_SERVICE = f"{RELEASE}-prometheus"
 PROMETHEUS_PORT = 9090
 # Where in-cluster clients (Grafana, KEDA) query Prometheus.
-PROMETHEUS_URL = f"http://{PROMETHEUS_SERVICE}.{NAMESPACE}.svc.cluster.local:{PROMETHEUS_PORT}"
+PROMETHEUS_HOST = f"{PROMETHEUS_SERVICE}.{NAMESPACE}.svc.cluster.local"
+PROMETHEUS_URL = f"http://{PROMETHEUS_HOST}:{PROMETHEUS_PORT}"
 # The chart runs Prometheus under "<fullname>-prometheus"; the operator labels its pods so.
 PROMETHEUS_SERVICE_ACCOUNT = f"{RELEASE}-prometheus"
 PROMETHEUS_PRINCIPAL = principal(NAMESPACE, PROMETHEUS_SERVICE_ACCOUNT)
@@ -46,7 +47,8 @@ GRAFANA_POD_LABELS = {"app.kubernetes.io/name": "grafana", "app.kubernetes.io/in
 GRAFANA_PATH = "/grafana"
 GRAFANA_ADMIN_SECRET = "grafana-admin"
 GRAFANA_ADMIN_USER = "admin"
-# KEDA's operator queries Prometheus for the model servers' load.
+# Where KEDA runs (components/autoscaling.py): its operator queries Prometheus for the model
+# servers' load.
 KEDA_NAMESPACE = "keda"
 
 # Istio's "Prometheus with TLS": the sidecar writes the pod's key, certificate chain and the
@@ -235,7 +237,7 @@ def chart_values(cfg: MonitoringConfig, light: bool, vllm_release: str, admin_se
     return values
 
 
-def policy_specs(light: bool) -> dict[str, dict]:
+def policy_specs() -> dict[str, dict]:
     """The monitoring namespace's ingress: default-deny; its own pods talk to each other;
     KEDA queries Prometheus; the ingress gateway reaches Grafana."""
     def from_ns(ns: str) -> dict:
@@ -324,11 +326,11 @@ class Monitoring(pulumi.ComponentResource):
         k8s.apiextensions.CustomResource(
             f"{name}-prometheus-plaintext", api_version="networking.istio.io/v1", kind="DestinationRule",
             metadata={"name": PROMETHEUS_SERVICE, "namespace": ns},
-            spec={"host": f"{PROMETHEUS_SERVICE}.{NAMESPACE}.svc.cluster.local",
+            spec={"host": PROMETHEUS_HOST,
                   "trafficPolicy": {"tls": {"mode": "DISABLE"}}},
             opts=pulumi.ResourceOptions(parent=self, provider=provider, depends_on=list(args["mesh_ready"])))
         if args["network_policies"]:
-            for policy, spec in policy_specs(light).items():
+            for policy, spec in policy_specs().items():
                 k8s.networking.v1.NetworkPolicy(
                     f"{name}-{policy}", metadata={"name": policy, "namespace": ns}, spec=spec, opts=child)
         self.register_outputs({"prometheusUrl": self.prometheus_url, "grafanaHost": self.grafana_host})
