@@ -8,6 +8,7 @@ from components import (
 from components.accelerators import from_config as accelerator_from_config, units_in_use
 from components.autoscaling import ScaledServer
 from components.apps import OPEN_WEBUI_PORT, OPEN_WEBUI_SERVICE_ACCOUNT, ModelEndpoint, all_apps, open_webui_host
+from components.chart_source import use_archives
 from components.config import ConfigError, load
 from components.database import KeysDatabase
 from components.llama_router import LlamaRouter
@@ -25,6 +26,7 @@ try:
 except ConfigError as err:
     # RunError prints just the message: one line, no traceback.
     raise pulumi.RunError(str(err)) from None
+use_archives(cfg.charts.archive_dir)
 
 cluster = Cluster("cluster", {
     "config": cfg.cluster,

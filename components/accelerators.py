@@ -70,7 +70,7 @@ def from_config(cfg: AcceleratorConfig, cluster: Any) -> Accelerator:
             per_node=pool.per_node,
             whole_node=cfg.kind == "tpu",
             node_selector=dict(pool.labels),
-            tolerations=(toleration(pool.taint),),
+            tolerations=(toleration(pool.taint),) if pool.taint else (),
             device_plugin=pool.device_plugin,
             capacity=pool.capacity,
         )

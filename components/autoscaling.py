@@ -10,6 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from .monitoring import KEDA_NAMESPACE, MODEL_LABEL
+from .chart_source import release_source
 
 KEDA_REPO = "https://kedacore.github.io/charts"
 KEDA_CHART_VERSION = "2.20.2"
@@ -124,9 +125,7 @@ class PodAutoscaling(pulumi.ComponentResource):
         self.release = k8s.helm.v3.Release(
             f"{name}-keda",
             name="keda",
-            chart="keda",
-            version=KEDA_CHART_VERSION,
-            repository_opts={"repo": KEDA_REPO},
+            **release_source("keda", KEDA_CHART_VERSION, KEDA_REPO),
             namespace=KEDA_NAMESPACE,
             create_namespace=True,
             values={"crds": {"install": True}},

@@ -14,6 +14,7 @@ import pulumi_random as random
 
 from .mesh import pod_security_labels
 from .model_namespace import NAMESPACE_LABEL, outside_ranges
+from .chart_source import release_source
 
 CNPG_REPO = "https://cloudnative-pg.github.io/charts"
 CNPG_CHART = "cloudnative-pg"
@@ -143,11 +144,9 @@ class KeysDatabase(pulumi.ComponentResource):
         operator = k8s.helm.v3.Release(
             f"{name}-operator",
             name=CNPG_RELEASE,
-            chart=CNPG_CHART,
-            version=args["chart_version"],
+            **release_source(CNPG_CHART, args["chart_version"], CNPG_REPO),
             namespace=args["operator_namespace"],
             create_namespace=True,
-            repository_opts={"repo": CNPG_REPO},
             values={"crds": {"create": True}},
             opts=child,
         )

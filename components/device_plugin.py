@@ -10,6 +10,7 @@ import yaml
 
 from .accelerators import Accelerator
 from .config import Image
+from .chart_source import release_source
 
 DEFAULT_IMAGE: Image = "squat/generic-device-plugin:0.1.0"
 NAME = "generic-device-plugin"
@@ -59,11 +60,9 @@ class GpuDevicePlugin(pulumi.ComponentResource):
         return k8s.helm.v3.Release(
             f"{name}-nvidia",
             name="nvidia-device-plugin",
-            chart="nvidia-device-plugin",
-            version=NVIDIA_CHART_VERSION,
+            **release_source("nvidia-device-plugin", NVIDIA_CHART_VERSION, NVIDIA_REPO),
             namespace="nvidia-device-plugin",
             create_namespace=True,
-            repository_opts={"repo": NVIDIA_REPO},
             values={
                 # Only GPU nodes, whose taint it tolerates: the same facts the model pods use. The
                 # chart's own affinity also stays: the GPU node group carries the label it accepts.

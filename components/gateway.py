@@ -12,6 +12,7 @@ import pulumi_kubernetes as k8s
 from .config import CertManagerConfig
 from .monitoring import GRAFANA_PATH
 from .mesh import HTTP_PORT, HTTPS_PORT, INGRESS_CLASS, INGRESS_CONTROLLER, Mesh
+from .chart_source import release_source
 
 CERT_MANAGER_REPO = "https://charts.jetstack.io"
 CERT_SECRET = "llm-gateway-tls"
@@ -132,11 +133,9 @@ class Gateway(pulumi.ComponentResource):
         release = k8s.helm.v3.Release(
             f"{name}-cert-manager",
             name="cert-manager",
-            chart="cert-manager",
-            version=cfg.chart_version,
+            **release_source("cert-manager", cfg.chart_version, CERT_MANAGER_REPO),
             namespace="cert-manager",
             create_namespace=True,
-            repository_opts={"repo": CERT_MANAGER_REPO},
             values={"crds": {"enabled": True}},
             opts=pulumi.ResourceOptions(parent=self, provider=provider),
         )

@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
+from .chart_source import release_source
 
 ARGO_REPO = "https://argoproj.github.io/argo-helm"
 ARGOCD_NS = "argocd"
@@ -64,11 +65,9 @@ class GitOpsController(pulumi.ComponentResource):
         self.release = k8s.helm.v3.Release(
             f"{name}-argocd",
             name="argocd",
-            chart="argo-cd",
-            version=args["chart_version"],
+            **release_source("argo-cd", args["chart_version"], ARGO_REPO),
             namespace=ARGOCD_NS,
             create_namespace=True,
-            repository_opts={"repo": ARGO_REPO},
             # TLS ends at the mesh ingress; dex is unused without SSO.
             values={"configs": {"params": {"server.insecure": True}}, "dex": {"enabled": False}},
             opts=pulumi.ResourceOptions(parent=self, provider=provider),

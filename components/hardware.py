@@ -72,7 +72,7 @@ class AcceleratorPool:
     per_node: int
     # Labels that select the pool's nodes, and the taint only accelerator pods tolerate.
     labels: dict
-    taint: dict
+    taint: Optional[dict]
     # Who makes the accelerator schedulable: "nvidia-chart" (we install it) or "managed" (the cloud).
     device_plugin: str
     # Nodes there are when nothing scales the pool (EKS desiredSize, GKE minNodes)...

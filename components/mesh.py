@@ -10,6 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from .clusters.base import IngressFacts
+from .chart_source import release_source
 
 ISTIO_REPO = "https://istio-release.storage.googleapis.com/charts"
 # Where Istio publishes its release images; set explicitly so every image (istiod, the CNI
@@ -169,11 +170,9 @@ class Mesh(pulumi.ComponentResource):
             return k8s.helm.v3.Release(
                 f"{name}-{logical}",
                 name=release_name,
-                chart=chart,
-                version=version,
+                **release_source(chart, version, ISTIO_REPO),
                 namespace=namespace,
                 create_namespace=True,
-                repository_opts={"repo": ISTIO_REPO},
                 values=values,
                 opts=child(*after),
             )

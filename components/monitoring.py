@@ -23,6 +23,7 @@ from .mesh import (
     ENVOY_STATS_PATH, ENVOY_STATS_PORT_NAME, INGRESS_NS, MetricsAccess, pod_security_labels, principal,
 )
 from .model_namespace import NAMESPACE_LABEL
+from .chart_source import release_source
 
 CHART_REPO = "https://prometheus-community.github.io/helm-charts"
 CHART = "kube-prometheus-stack"
@@ -304,10 +305,8 @@ class Monitoring(pulumi.ComponentResource):
         self.release = k8s.helm.v3.Release(
             f"{name}-kps",
             name=RELEASE,
-            chart=CHART,
-            version=cfg.chart_version,
+            **release_source(CHART, cfg.chart_version, CHART_REPO),
             namespace=ns,
-            repository_opts={"repo": CHART_REPO},
             values=chart_values(cfg, light, args["vllm_release"], GRAFANA_ADMIN_SECRET, args["gpu_dashboard"]),
             opts=pulumi.ResourceOptions(parent=self, provider=provider,
                                         depends_on=[namespace, admin, *args["mesh_ready"]]),

@@ -9,6 +9,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from .clusters.karpenter import DISCOVERY_TAG, NAMESPACE, SERVICE_ACCOUNT, KarpenterFacts
+from .chart_source import release_source
 
 KARPENTER_REPO = "oci://public.ecr.aws/karpenter"
 KARPENTER_CHART_VERSION = "1.14.1"
@@ -76,11 +77,11 @@ class GpuNodeAutoscaler(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self, provider=provider)
         # The CRDs from their own chart: Helm never upgrades a chart's crds/ folder.
         crds = k8s.helm.v3.Release(
-            f"{name}-crds", name="karpenter-crd", chart=f"{KARPENTER_REPO}/karpenter-crd",
-            version=KARPENTER_CHART_VERSION, namespace=NAMESPACE, opts=child)
+            f"{name}-crds", name="karpenter-crd", **release_source("karpenter-crd", KARPENTER_CHART_VERSION, KARPENTER_REPO),
+            namespace=NAMESPACE, opts=child)
         controller = k8s.helm.v3.Release(
-            f"{name}-karpenter", name="karpenter", chart=f"{KARPENTER_REPO}/karpenter",
-            version=KARPENTER_CHART_VERSION, namespace=NAMESPACE, skip_crds=True,
+            f"{name}-karpenter", name="karpenter", **release_source("karpenter", KARPENTER_CHART_VERSION, KARPENTER_REPO),
+            namespace=NAMESPACE, skip_crds=True,
             values={
                 "serviceAccount": {"name": SERVICE_ACCOUNT},
                 "settings": {"clusterName": f.cluster_name, "interruptionQueue": f.interruption_queue},

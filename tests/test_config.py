@@ -1,6 +1,8 @@
 """Bad stack config stops the program before any resource is registered, with one line that
 names the stack file, the key and what was expected."""
 
+import re
+
 import pulumi
 import pytest
 
@@ -105,3 +107,60 @@ def test_existing_cluster_serves_on_cpu_with_the_users_kubeconfig(tmp_path):
 def test_existing_cluster_with_missing_kubeconfig_is_refused(tmp_path):
     message = refused({"llm-platform:cluster": {"kind": "existing", "kubeconfig": str(tmp_path / "nope")}})
     assert "llm-platform:cluster.kubeconfig: expected a readable kubeconfig file" in message
+
+
+def test_existing_cluster_serves_vllm_on_the_gpu_nodes_it_describes(tmp_path):
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(harness.KUBECONFIG)
+    taint = {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}
+    rec = harness.run("eks", {"llm-platform:cluster": {
+        "kind": "existing", "kubeconfig": str(kubeconfig),
+        "acceleratorNodes": {"perNode": 1, "nodes": 2, "labels": {"nvidia.com/gpu.present": "true"},
+                             "taint": taint, "devicePlugin": "chart"}}})
+    assert not rec.of_type("aws:eks/cluster:Cluster")
+    pod = next(r for r in rec.of_type("kubernetes:apps/v1:StatefulSet") if "qwen" in r.name).inputs["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {**taint, "operator": "Equal"} in pod["tolerations"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    plugin = rec.one("kubernetes:helm.sh/v3:Release", "gpu-nvidia").inputs["values"]
+    assert plugin["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+
+
+def test_existing_cluster_needs_its_accelerator_nodes_to_serve_on_gpus(tmp_path):
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(harness.KUBECONFIG)
+    message = refused({"llm-platform:cluster": {"kind": "existing", "kubeconfig": str(kubeconfig)},
+                       "llm-platform:accelerator": {"kind": "nvidia"},
+                       "llm-platform:models": [{"name": "qwen", "runtime": "vllm",
+                                                "hfModel": "Qwen/Qwen2.5-1.5B-Instruct"}]})
+    assert "llm-platform:cluster.acceleratorNodes: required to serve on 'nvidia'" in message
+
+
+def test_charts_come_from_a_folder_of_archives_when_one_is_set(tmp_path):
+    overrides = {"llm-platform:charts": {"archiveDir": str(tmp_path)}}
+    for _ in range(30):  # each run names the first archive it lacks
+        try:
+            rec = harness.run("local", overrides)
+            break
+        except harness.ProgramFailed as failed:
+            missing = re.search(r" has no (\S+\.tgz);", str(failed.error)).group(1)
+            (tmp_path / missing).write_bytes(b"")
+    assert {p.name for p in tmp_path.iterdir()} >= {"istiod-1.30.3.tgz", "argo-cd-10.1.1.tgz"}
+    for release in rec.of_type("kubernetes:helm.sh/v3:Release"):
+        assert release.inputs["chart"].startswith(str(tmp_path) + "/"), release.name
+        assert "repositoryOpts" not in release.inputs and "version" not in release.inputs
+    default = harness.run("local").one("kubernetes:helm.sh/v3:Release", "mesh-istiod").inputs
+    assert default["chart"] == "istiod" and default["repositoryOpts"]["repo"].startswith("https://")
+
+
+def test_a_chart_missing_from_the_archive_folder_fails_in_one_line(tmp_path):
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("local", {"llm-platform:charts": {"archiveDir": str(tmp_path)}})
+    message = str(info.value.error)
+    assert "\n" not in message
+    assert message.startswith(f"charts.archiveDir: {tmp_path} has no base-1.30.3.tgz")
+
+
+def test_a_chart_folder_that_is_not_there_is_refused(tmp_path):
+    message = refused({"llm-platform:charts": {"archiveDir": str(tmp_path / "nope")}})
+    assert "llm-platform:charts.archiveDir: expected a folder of chart archives" in message

@@ -42,6 +42,29 @@ class MinikubeCluster(_Model):
     ingress_node_port: int = Field(30080, ge=30000, le=32767)
 
 
+class NodeTaint(_Model):
+    key: str = Field(min_length=1)
+    value: str = ""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
+
+
+class ExistingAcceleratorNodes(_Model):
+    """The nodes of an existing cluster that carry its GPUs or TPUs, as the scheduler sees them."""
+
+    # Units of the accelerator one node advertises (GPUs, or a TPU host's chips).
+    per_node: int = Field(ge=1)
+    # How many such nodes there are (or, with `autoscaled`, the most the cluster's autoscaler adds).
+    nodes: int = Field(1, ge=1)
+    autoscaled: bool = False
+    # Labels every such node has, which model pods select (e.g. nvidia.com/gpu.present: "true").
+    labels: dict[str, str] = Field(min_length=1)
+    # The taint only accelerator pods tolerate, if the nodes have one.
+    taint: Optional[NodeTaint] = None
+    # "chart": the program installs NVIDIA's device plugin on these nodes; "managed": the cluster
+    # already advertises the resource (GPU Operator, GKE, a plugin of your own).
+    device_plugin: Literal["chart", "managed"] = "managed"
+
+
 class ExistingCluster(_Model):
     """A cluster the user already has, reached through a kubeconfig context."""
 
@@ -57,6 +80,20 @@ class ExistingCluster(_Model):
     # Whether this cluster's CNI enforces NetworkPolicies; the program cannot see it. The
     # model namespace's NetworkPolicies are created only when this says "enforced".
     network_policy: Literal["enforced", "unknown"] = "unknown"
+    # Required to serve on accelerator kind nvidia or tpu: the nodes that carry it.
+    accelerator_nodes: Optional[ExistingAcceleratorNodes] = None
+
+    def accelerator_pool(self, kind: str) -> AcceleratorPool:
+        n = self.accelerator_nodes
+        return AcceleratorPool(
+            per_node=n.per_node,
+            labels=dict(n.labels),
+            taint=n.taint.model_dump() if n.taint else None,
+            device_plugin="nvidia-chart" if n.device_plugin == "chart" else "managed",
+            nodes=n.nodes,
+            max_nodes=n.nodes,
+            autoscaled=n.autoscaled,
+        )
 
 
 class NodeGroup(_Model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Optional
 
 from pydantic import (
@@ -31,11 +32,26 @@ from .services import (
 
 ACCELERATORS_BY_CLUSTER = {
     "minikube": ("vulkan", "none"),
-    "existing": ("none",),
+    # A cluster of your own: CPU-only, a Vulkan device (/dev/dri), or GPU/TPU nodes you describe.
+    "existing": ("none", "vulkan", "nvidia", "tpu"),
     "eks": ("nvidia",),
     "gke": ("tpu", "nvidia"),
 }
 RUNTIMES_BY_ACCELERATOR = {"vulkan": ("llama-cpp",), "none": ("llama-cpp",), "nvidia": ("vllm",), "tpu": ("vllm",)}
+
+
+def _existing_dir(value: str) -> str:
+    if not os.path.isdir(os.path.expanduser(value)):
+        raise ValueError(f"expected a folder of chart archives, {value!r} is not a folder")
+    return value
+
+
+class ChartsConfig(_Model):
+    """Where Helm charts come from."""
+
+    # A folder of `<chart>-<version>.tgz` archives every release installs from, for clusters
+    # without internet access (and the suite's engine tests). None: each chart's repository.
+    archive_dir: Optional[Annotated[str, AfterValidator(_existing_dir)]] = None
 
 
 class StackConfig(_Model):
@@ -54,6 +70,7 @@ class StackConfig(_Model):
     front_door: FrontDoorConfig = FrontDoorConfig()
     llama_router: LlamaRouterConfig = LlamaRouterConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    charts: ChartsConfig = ChartsConfig()
     # The client API key (a Pulumi secret), the front door's master key; generated and kept in
     # state when not set. LiteLLM takes only master keys that start with "sk-".
     api_key: Optional[Annotated[ApiKey, AfterValidator(_master_key)]] = None
@@ -106,6 +123,13 @@ class StackConfig(_Model):
             raise ValueError("cluster.tpuPool: required to serve on 'tpu'")
         if self.cluster.kind == "gke" and accel == "nvidia" and self.cluster.gpu_pool is None:
             raise ValueError("cluster.gpuPool: required to serve on 'nvidia'")
+        if self.cluster.kind == "existing" and accel in ("nvidia", "tpu") and self.cluster.accelerator_nodes is None:
+            raise ValueError(f"cluster.acceleratorNodes: required to serve on {accel!r}: the nodes' labels, "
+                             f"taint and units per node")
+        if (self.cluster.kind == "existing" and accel == "tpu" and self.cluster.accelerator_nodes
+                and self.cluster.accelerator_nodes.device_plugin == "chart"):
+            raise ValueError("cluster.acceleratorNodes.devicePlugin: 'chart' installs NVIDIA's plugin; TPU "
+                             "nodes advertise google.com/tpu themselves, expected 'managed'")
         pool = self.cluster.accelerator_pool(accel) if accel in ("nvidia", "tpu") else None
         per_node = pool.per_node if pool else None
         for i, m in enumerate(self.models):
