@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 from urllib.parse import urlparse
 
 import pytest
@@ -251,6 +251,14 @@ def _free_port() -> int:
 def _request(port: int, method: str, path: str, key: str | None = None, body: dict | None = None,
              timeout: float = 60, xfcc: Sequence[str] = ()) -> tuple[int, bytes]:
     """`xfcc`: x-forwarded-client-cert header lines, as the front door's sidecar would pass them."""
+    status, _, data = _exchange(port, method, path, key, body, timeout, xfcc)
+    return status, data
+
+
+def _exchange(port: int, method: str, path: str, key: str | None = None, body: dict | None = None,
+              timeout: float = 60, xfcc: Sequence[str] = (), headers: Mapping[str, str] | None = None,
+              ) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """As `_request`, with more request `headers`, and the response's headers too."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     data = json.dumps(body).encode() if body is not None else None
     conn.putrequest(method, path)
@@ -259,13 +267,15 @@ def _request(port: int, method: str, path: str, key: str | None = None, body: di
         conn.putheader("Authorization", f"Bearer {key}")
     for line in xfcc:
         conn.putheader("x-forwarded-client-cert", line)
+    for name, value in (headers or {}).items():
+        conn.putheader(name, value)
     if data is not None:
         conn.putheader("Content-Length", str(len(data)))
     conn.endheaders(data)
     resp = conn.getresponse()
     data = resp.read()
     conn.close()
-    return resp.status, data
+    return resp.status, resp.headers, data
 
 
 def _wait_ready(port: int, path: str, proc: subprocess.Popen, log: Path, limit_s: float) -> None:
@@ -326,22 +336,32 @@ def stack(recorded, tmp_path_factory):
                 entry["litellm_params"]["api_base"] = f"http://127.0.0.1:{hosts[base.hostname]}{base.path}"
         assert all(urlparse(e["litellm_params"].get("api_base", "")).hostname in ("127.0.0.1", "api.openai.com")
                    for e in cfg["model_list"])
-        config = write_config_dir(recorded, tmp, cfg)
-        # The env the pod gets: literal values as rendered, Secret references resolved.
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp)}
-        for e in proxy_container(recorded)["env"]:
-            env[e["name"]] = e["value"] if "value" in e else keys[e["valueFrom"]["secretKeyRef"]["key"]]
-        proxy_port = _free_port()
-        log = tmp / "litellm.log"
-        procs.append(subprocess.Popen(
-            [str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(proxy_port)],
-            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=tmp))
+        proxy, proxy_port, env = start_proxy(recorded, tmp, cfg, keys)
+        procs.append(proxy)
         for m in MODELS:
             _wait_ready(servers[m["name"]], "/health", procs[MODELS.index(m)], tmp / f"{m['name']}.log", 30)
-        _wait_ready(proxy_port, front_door.READINESS_PATH, procs[-1], log, 180)
+        _wait_ready(proxy_port, front_door.READINESS_PATH, proxy, tmp / PROXY_LOG, 180)
         yield Stack(proxy_port, servers, backend_key, keys[front_door.UI_KEY_ENV], env[front_door.UI_PEER_ENV])
     finally:
         stop(procs, 10)
+
+
+PROXY_LOG = "litellm.log"
+
+
+def start_proxy(recorded, tmp: Path, cfg: dict, keys: dict[str, str]) -> tuple[subprocess.Popen, int, dict]:
+    """LiteLLM started as the pod starts it: `cfg` (the rendered config, its addresses mapped here)
+    beside the ConfigMap's other files, and the container's env; (process, port, env)."""
+    config = write_config_dir(recorded, tmp, cfg)
+    # The env the pod gets: literal values as rendered, Secret references resolved.
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp)}
+    for e in proxy_container(recorded)["env"]:
+        env[e["name"]] = e["value"] if "value" in e else keys[e["valueFrom"]["secretKeyRef"]["key"]]
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=(tmp / PROXY_LOG).open("w"), stderr=subprocess.STDOUT, env=env, cwd=tmp)
+    return proc, port, env
 
 
 def stop(procs: list, grace_s: float) -> None:
