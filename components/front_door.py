@@ -73,6 +73,15 @@ MIGRATION_TIMEOUT_SECONDS = 600
 STARTUP_PERIOD_SECONDS = 5
 # Sent to model servers when the stack runs without API keys (the OpenAI client wants one).
 NO_KEY = "no-key"
+# On SIGTERM LiteLLM's uvicorn stops listening, then waits this many seconds for the requests in
+# flight before it cancels them (its default is 30 s, whatever the pod's grace period says;
+# litellm/proxy/shutdown/graceful_shutdown_manager.py). Set to the front door's timeout.
+GRACEFUL_SHUTDOWN_ENV = "GRACEFUL_SHUTDOWN_TIMEOUT"
+# The preStop sleep: the pod leaves the Service's endpoints before the proxy stops listening.
+PRE_STOP_SECONDS = 10
+# After that wait: LiteLLM's own teardown (its drain returns at once when nothing is in flight
+# any more), then the process exits. The grace period covers all three, or the kubelet kills.
+SHUTDOWN_MARGIN_SECONDS = 20
 
 
 # Where LiteLLM sends a provider's requests when the entry names no apiBase.
@@ -137,6 +146,12 @@ class FrontDoorArgs(TypedDict):
     cluster_cidrs: Sequence[pulumi.Input[str]]
     # The virtual keys' database (frontDoor.virtualKeys); None or absent: master key only.
     database: NotRequired[Optional["DatabaseConnection"]]
+
+
+def termination_grace_seconds(cfg: "FrontDoorConfig") -> int:
+    """The pod's grace period: the preStop sleep, then LiteLLM's wait for the requests in flight
+    (the front door's timeout), then its teardown."""
+    return PRE_STOP_SECONDS + cfg.timeout_seconds + SHUTDOWN_MARGIN_SECONDS
 
 
 def litellm_config(models: Sequence[tuple[str, str]], cfg: "FrontDoorConfig", auth: bool,
@@ -251,6 +266,8 @@ class FrontDoor(pulumi.ComponentResource):
             {"name": "LITELLM_LOCAL_MODEL_COST_MAP", "value": "True"},
             # The root filesystem is read-only; caches go to the scratch volume.
             {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
+            # A stream as long as the timeout allows outlives a rollout or a drain.
+            {"name": GRACEFUL_SHUTDOWN_ENV, "value": str(cfg.timeout_seconds)},
             *({"name": k, "valueFrom": {"secretKeyRef": {"name": KEYS_SECRET, "key": k}}} for k in keys),
         ]
         if ui_key and args.get("ui_peer"):
@@ -303,7 +320,7 @@ class FrontDoor(pulumi.ComponentResource):
                         "serviceAccountName": account.metadata.name,
                         "automountServiceAccountToken": False,
                         # Streams in flight get time to finish when a pod goes away.
-                        "terminationGracePeriodSeconds": cfg.timeout_seconds + 30,
+                        "terminationGracePeriodSeconds": termination_grace_seconds(cfg),
                         "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
                                             "seccompProfile": {"type": "RuntimeDefault"}},
                         "containers": [{
@@ -324,8 +341,7 @@ class FrontDoor(pulumi.ComponentResource):
                             "readinessProbe": {"httpGet": {**probe, "path": ready_path}, "periodSeconds": 10},
                             "livenessProbe": {"httpGet": {**probe, "path": LIVENESS_PATH},
                                               "periodSeconds": 30, "failureThreshold": 5},
-                            # Leave the Service's endpoints before the proxy stops taking requests.
-                            "lifecycle": {"preStop": {"sleep": {"seconds": 10}}},
+                            "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
                             # The image ships its admin UI already laid out, so nothing is
                             # written outside /tmp (LiteLLM falls back to the packaged UI if
                             # it cannot write one).

@@ -5,9 +5,11 @@ llama-servers. Only the model servers' addresses are mapped to loopback."""
 from __future__ import annotations
 
 import http.client
+import http.server
 import json
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -21,6 +23,7 @@ import pytest
 import yaml
 
 from components import front_door
+from components.config import FrontDoorConfig
 from tests.parts import LLAMA_SERVER, TINY_MODEL
 from tests.conftest import PODS
 from tests.test_security import ui_principal
@@ -148,6 +151,26 @@ def test_no_retry_and_long_timeouts(recorded):
     # No key in the ConfigMap, in any form.
     text = recorded.one(CONFIG_MAP, "front-door-config").inputs["data"][front_door.CONFIG_FILE]
     assert CLIENT_KEY not in text and PROVIDER_KEY not in text and "sk-" not in text
+
+
+@pytest.mark.parametrize("timeout", [None, 1800])
+def test_streams_in_flight_get_the_whole_timeout_when_a_pod_stops(recorded, timeout: int | None):
+    """LiteLLM waits GRACEFUL_SHUTDOWN_TIMEOUT for requests in flight after SIGTERM (its default,
+    30 s, would cut every longer stream); the grace period holds the preStop sleep, that wait and
+    LiteLLM's teardown."""
+    rec = recorded if timeout is None else harness.run(
+        "local", {**OVERRIDES, "llm-platform:frontDoor": {"timeoutSeconds": timeout}},
+        secrets=("llm-platform:apiKey", "llm-platform:providerKeys"))
+    timeout = timeout or FrontDoorConfig().timeout_seconds
+    assert rendered_config(rec)["router_settings"]["timeout"] == timeout > 30
+    container = proxy_container(rec)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["GRACEFUL_SHUTDOWN_TIMEOUT"] == str(timeout)
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    grace = rec.one(DEPLOYMENT, "front-door-deployment").inputs["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"]
+    # LiteLLM's teardown after that wait takes seconds (tests below: it exits at once).
+    assert grace >= pre_stop + timeout + 15
 
 
 def test_the_ui_key_is_let_in_by_the_custom_auth_shipped_beside_the_config(recorded):
@@ -557,6 +580,91 @@ def test_the_count_that_wakes_a_server_at_zero_is_reported_by_model(stack):
     body = _request(stack.proxy_port, "GET", front_door.METRICS_PATH)[1].decode()
     assert re.search(rf'^{FRONT_DOOR_REQUESTS}\{{.*requested_model="tinyllama".*\}} [1-9]', body, re.M), \
         [line for line in body.splitlines() if "total_requests" in line]
+
+
+# --- a pod that stops -------------------------------------------------------------------
+
+# A stream that lasts past LiteLLM's default wait after SIGTERM (30 s), one chunk every half second.
+SLOW_STREAM_CHUNKS = 68
+SLOW_CHUNK_S = 0.5
+SIGTERM_AFTER_CHUNKS = 2
+
+
+class SlowModel(http.server.ThreadingHTTPServer):
+    """An OpenAI-compatible server streaming SLOW_STREAM_CHUNKS chunks at SLOW_CHUNK_S apart: the
+    real llama-server with the test model finishes a whole stream in well under a second."""
+
+    daemon_threads = True
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+
+            def send(delta: dict, finish: str | None = None) -> None:
+                chunk = {"id": "chatcmpl-slow", "object": "chat.completion.chunk", "created": int(time.time()),
+                         "model": request["model"], "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+
+            for i in range(SLOW_STREAM_CHUNKS):
+                send({"content": f"c{i} "})
+                time.sleep(SLOW_CHUNK_S)
+            send({}, "stop")
+            self.wfile.write(b"data: [DONE]\n\n")
+
+        def log_message(self, *args) -> None:
+            pass
+
+
+def test_a_stream_longer_than_litellms_default_outlives_sigterm(recorded, tmp_path):
+    """The rendered config and env in front of a slow model: SIGTERM (what a rollout, a scale-down
+    or a drain sends after the preStop sleep) comes two chunks into a stream that still has more
+    than 30 s to go; the stream ends whole, then the proxy exits without being killed."""
+    if not LITELLM.exists():
+        pytest.skip("needs .venv-litellm (`make setup`)")
+    model = SlowModel(("127.0.0.1", 0), SlowModel.Handler)
+    threading.Thread(target=model.serve_forever, daemon=True).start()
+    cfg = rendered_config(recorded)
+    for entry in cfg["model_list"]:
+        if entry["model_name"] == MODELS[0]["name"]:
+            entry["litellm_params"]["api_base"] = f"http://127.0.0.1:{model.server_address[1]}/v1"
+    keys = harness.reveal(recorded.one(SECRET, "front-door-keys").inputs["stringData"])
+    proxy, port, _ = start_proxy(recorded, tmp_path, cfg, keys)
+    log = tmp_path / PROXY_LOG
+    try:
+        _wait_ready(port, front_door.READINESS_PATH, proxy, log, 180)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(_chat(MODELS[0]["name"], True)),
+                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"})
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()
+        chunks, done, signalled = 0, False, None
+        for raw in resp:
+            line = raw.decode().strip()
+            if line == "data: [DONE]":
+                done = True
+                break
+            if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                chunks += 1
+                if chunks == SIGTERM_AFTER_CHUNKS:
+                    proxy.terminate()
+                    signalled = time.monotonic()
+        streamed_after = time.monotonic() - signalled
+        conn.close()
+        assert (chunks, done) == (SLOW_STREAM_CHUNKS, True), (
+            f"{chunks} chunks, cut {streamed_after:.0f} s after SIGTERM:\n{log.read_text()[-2000:]}")
+        assert streamed_after > 30
+        # Nothing left in flight: the proxy exits at once, well inside the grace period (uvicorn
+        # ends by raising the signal it caught again).
+        assert proxy.wait(timeout=front_door.SHUTDOWN_MARGIN_SECONDS) in (0, -signal.SIGTERM), \
+            log.read_text()[-2000:]
+        assert "timeout graceful shutdown exceeded" not in log.read_text()
+    finally:
+        stop([proxy], 10)
+        model.shutdown()
 
 
 # --- what the front door costs -----------------------------------------------------------
