@@ -148,6 +148,22 @@ class FrontDoorArgs(TypedDict):
     database: NotRequired[Optional["DatabaseConnection"]]
 
 
+# The Prometheus callback's series, each with only the labels the front door's dashboard
+# (dashboards/front-door.json) and the autoscaler's wake-up query (autoscaling.py) read. By
+# default LiteLLM labels request series with the caller's address, User-Agent, end user and a
+# hash of the key sent (refused requests counted too), so anyone who can reach the proxy adds
+# series, kept in memory for good, with every new value. Listed metrics alone are kept; LiteLLM
+# bounds `requested_model` itself (a name it does not route counts as "other"). The latency
+# histogram is read by `le` alone, but an empty label list would keep them all. A name LiteLLM
+# does not know turns the whole callback off (tests/test_front_door.py reads every one served).
+METRICS_LABELS: dict[str, list[str]] = {
+    "litellm_proxy_total_requests_metric": ["requested_model"],
+    "litellm_proxy_failed_requests_metric": ["requested_model"],
+    "litellm_request_total_latency_metric": ["requested_model"],
+    "litellm_total_tokens_metric": ["requested_model"],
+}
+
+
 def termination_grace_seconds(cfg: "FrontDoorConfig") -> int:
     """The pod's grace period: the preStop sleep, then LiteLLM's wait for the requests in flight
     (the front door's timeout), then its teardown."""
@@ -188,6 +204,9 @@ def litellm_config(models: Sequence[tuple[str, str]], cfg: "FrontDoorConfig", au
         # A scraper must not need the master key (it opens everything); the mesh lets only
         # Prometheus's mesh identity GET it, and the ingress never routes it.
         settings["require_auth_for_metrics_endpoint"] = False
+        settings["prometheus_metrics_config"] = [
+            {"group": metric, "metrics": [metric], "include_labels": labels}
+            for metric, labels in METRICS_LABELS.items()]
     # The proxy refuses to start without a master key unless told the open API is meant
     # (security.apiAuth: false).
     general: dict = ({"master_key": f"os.environ/{MASTER_KEY_ENV}"} if auth

@@ -173,6 +173,48 @@ def test_streams_in_flight_get_the_whole_timeout_when_a_pod_stops(recorded, time
     assert grace >= pre_stop + timeout + 15
 
 
+# Labels Prometheus adds to every series it scrapes (the target's), and the histogram's bucket.
+TARGET_LABELS = {"namespace", "pod", "service", "endpoint", "job", "instance", "container", "le"}
+
+
+def _metrics_read() -> dict[str, set[str]]:
+    """LiteLLM's metrics (as LiteLLM names them: no _total/_bucket suffix) that the front door's
+    dashboard and the autoscaler's wake-up query read, each with the labels they read of it."""
+    from components.autoscaling import demand_query
+    from components.monitoring import DASHBOARDS_DIR
+
+    queries = [demand_query("tinyllama", "front-door")]
+    for path in DASHBOARDS_DIR.glob("*.json"):
+        for panel in json.loads(path.read_text())["panels"]:
+            queries += [t["expr"] + " " + t.get("legendFormat", "") for t in panel.get("targets", [])]
+    read: dict[str, set[str]] = {}
+    for query in queries:
+        metrics = re.findall(r"\b(litellm_[a-z_]+?)(?:_total|_bucket|_sum|_count)?\b", query)
+        labels = {label for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", query)
+                  for label in re.split(r"\s*,\s*", group.strip()) if label}
+        labels |= set(re.findall(r"\{\{\s*(\w+)\s*\}\}", query))
+        labels |= set(re.findall(r"[{,]\s*(\w+)\s*=~?", query))
+        for metric in metrics:
+            read.setdefault(metric, set()).update(labels - TARGET_LABELS)
+    return read
+
+
+def test_the_metrics_keep_only_the_labels_the_dashboard_and_the_autoscaler_read(recorded):
+    settings = rendered_config(recorded)["litellm_settings"]
+    assert settings["callbacks"] == ["prometheus"]
+    configured = {m: set(group["include_labels"]) for group in settings["prometheus_metrics_config"]
+                  for m in group["metrics"]}
+    read = _metrics_read()
+    assert "litellm_proxy_total_requests_metric" in read and read["litellm_proxy_total_requests_metric"]
+    # Every metric read is kept with every label read of it...
+    assert set(configured) == set(read)
+    for metric, labels in read.items():
+        assert labels <= configured[metric], metric
+        # ...and nothing else: no caller's address, User-Agent, key hash or end user. A metric
+        # read by `le` alone keeps the model (LiteLLM bounds it): an empty list keeps them all.
+        assert configured[metric] <= labels | {"requested_model"} and configured[metric], metric
+
+
 def test_the_ui_key_is_let_in_by_the_custom_auth_shipped_beside_the_config(recorded):
     general = rendered_config(recorded)["general_settings"]
     assert general["custom_auth"] == "front_door_auth.user_api_key_auth"
@@ -580,6 +622,53 @@ def test_the_count_that_wakes_a_server_at_zero_is_reported_by_model(stack):
     body = _request(stack.proxy_port, "GET", front_door.METRICS_PATH)[1].decode()
     assert re.search(rf'^{FRONT_DOOR_REQUESTS}\{{.*requested_model="tinyllama".*\}} [1-9]', body, re.M), \
         [line for line in body.splitlines() if "total_requests" in line]
+
+
+def _series(body: str) -> list[tuple[str, frozenset[str]]]:
+    """Each sample line of a Prometheus text page: (metric name, label names)."""
+    out = []
+    for line in body.splitlines():
+        match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s", line)
+        if match:
+            out.append((match.group(1), frozenset(re.findall(r'(\w+)="', match.group(2) or ""))))
+    return out
+
+
+def test_every_metric_read_is_served_with_its_labels_alone(stack):
+    """The callback is on (an unknown name or label in its config would turn it off, silently),
+    and serves each metric the dashboard and the autoscaler read, with the labels configured."""
+    assert _request(stack.proxy_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat("tinyllama"))[0] == 200
+    assert _request(stack.proxy_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat("no-such-model"))[0] == 400
+    status, body = _request(stack.proxy_port, "GET", front_door.METRICS_PATH)
+    assert status == 200
+    served = _series(body.decode())
+    for metric, labels in front_door.METRICS_LABELS.items():
+        found = {names for name, names in served if re.fullmatch(rf"{metric}(_total|_bucket|_sum|_count)?", name)}
+        assert found, (metric, sorted({n for n, _ in served if n.startswith("litellm_")}))
+        assert found <= {frozenset(labels), frozenset(labels) | {"le"}}, (metric, found)
+
+
+def test_callers_without_a_key_add_no_series(stack):
+    """Refused requests, each from another User-Agent, address and made-up key, leave the set of
+    series as it was: they cannot grow the proxy's memory."""
+    def refused(i: int) -> None:
+        headers = {"User-Agent": f"probe/{i}.{time.monotonic_ns()}", "X-Forwarded-For": f"203.0.113.{i % 250}"}
+        key = None if i % 2 else f"sk-made-up-{i}-{time.monotonic_ns()}"
+        status, _, answer = _exchange(stack.proxy_port, "POST", "/v1/chat/completions", key, _chat("tinyllama"),
+                                      headers=headers)
+        # No key: 401; any other key is looked up as a virtual key (no database: 400).
+        assert status in (400, 401), answer
+
+    def count() -> int:
+        return sum(1 for line in _request(stack.proxy_port, "GET", front_door.METRICS_PATH)[1].decode().splitlines()
+                   if line and not line.startswith("#"))
+
+    for i in range(4):
+        refused(i)
+    before = count()
+    for i in range(4, 64):
+        refused(i)
+    assert count() == before
 
 
 # --- a pod that stops -------------------------------------------------------------------
