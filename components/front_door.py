@@ -148,6 +148,18 @@ class FrontDoorArgs(TypedDict):
     database: NotRequired[Optional["DatabaseConnection"]]
 
 
+# Response headers that tell a caller what lies behind the front door; the gateway strips them
+# from every answer (the UI passes a stream's headers on to its own clients too). LiteLLM has no
+# setting to leave them out: it sends its release and the model server's URL, and copies every
+# header of the server's answer as `llm_provider-<name>` (the server's software; beside a sidecar
+# the mesh's; for a hosted provider the account behind the key, OpenAI's `openai-organization`
+# and `openai-project`). Names only: other `llm_provider-*` headers (content type, length) pass.
+INTERNAL_RESPONSE_HEADERS = (
+    "x-litellm-model-api-base", "x-litellm-version", "llm_provider-server",
+    "llm_provider-x-envoy-upstream-service-time", "llm_provider-openai-organization",
+    "llm_provider-openai-project",
+)
+
 # The Prometheus callback's series, each with only the labels the front door's dashboard
 # (dashboards/front-door.json) and the autoscaler's wake-up query (autoscaling.py) read. By
 # default LiteLLM labels request series with the caller's address, User-Agent, end user and a

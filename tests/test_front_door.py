@@ -173,6 +173,14 @@ def test_streams_in_flight_get_the_whole_timeout_when_a_pod_stops(recorded, time
     assert grace >= pre_stop + timeout + 15
 
 
+def test_the_gateway_strips_what_the_front_door_tells_of_its_servers(recorded):
+    routes = recorded.one("kubernetes:networking.istio.io/v1:VirtualService", "gateway-routes").inputs["spec"]["http"]
+    # The UI's route too: Open WebUI passes a stream's headers from the front door on.
+    assert {r["name"] for r in routes} >= {"v1", "ui"}
+    for route in routes:
+        assert route["headers"]["response"]["remove"] == list(front_door.INTERNAL_RESPONSE_HEADERS), route["name"]
+
+
 # Labels Prometheus adds to every series it scrapes (the target's), and the histogram's bucket.
 TARGET_LABELS = {"namespace", "pod", "service", "endpoint", "job", "instance", "container", "le"}
 
@@ -622,6 +630,28 @@ def test_the_count_that_wakes_a_server_at_zero_is_reported_by_model(stack):
     body = _request(stack.proxy_port, "GET", front_door.METRICS_PATH)[1].decode()
     assert re.search(rf'^{FRONT_DOOR_REQUESTS}\{{.*requested_model="tinyllama".*\}} [1-9]', body, re.M), \
         [line for line in body.splitlines() if "total_requests" in line]
+
+
+def test_the_headers_the_gateway_strips_are_the_ones_litellm_sends(stack):
+    """What LiteLLM answers, streamed or not, failed or not: each header that names the model
+    server's address, LiteLLM's release or the server's software is one the gateway removes."""
+    port = stack.servers["tinyllama"]
+    internal = (f"127.0.0.1:{port}", front_door.LITELLM_VERSION, "llama.cpp")
+    sent: dict[str, str] = {}
+    for body in (_chat("tinyllama"), _chat("tinyllama", stream=True)):
+        status, headers, _ = _exchange(stack.proxy_port, "POST", "/v1/chat/completions", CLIENT_KEY, body)
+        assert status == 200
+        sent.update({k.lower(): v for k, v in headers.items()})
+    # The server refuses (no embeddings here): its headers come back all the same.
+    status, headers, _ = _exchange(stack.proxy_port, "POST", "/v1/embeddings", CLIENT_KEY,
+                                   {"model": "tinyllama", "input": "Hi"})
+    assert status >= 400
+    sent.update({k.lower(): v for k, v in headers.items()})
+    assert sent["x-litellm-model-api-base"] == f"http://127.0.0.1:{port}/v1"
+    assert sent["x-litellm-version"] == front_door.LITELLM_VERSION
+    assert sent["llm_provider-server"] == "llama.cpp"
+    leaking = {k for k, v in sent.items() if any(text in v for text in internal)}
+    assert leaking <= set(front_door.INTERNAL_RESPONSE_HEADERS), leaking
 
 
 def _series(body: str) -> list[tuple[str, frozenset[str]]]:
