@@ -73,6 +73,15 @@ MIGRATION_TIMEOUT_SECONDS = 600
 STARTUP_PERIOD_SECONDS = 5
 # Sent to model servers when the stack runs without API keys (the OpenAI client wants one).
 NO_KEY = "no-key"
+# On SIGTERM LiteLLM's uvicorn stops listening, then waits this many seconds for the requests in
+# flight before it cancels them (its default is 30 s, whatever the pod's grace period says;
+# litellm/proxy/shutdown/graceful_shutdown_manager.py). Set to the front door's timeout.
+GRACEFUL_SHUTDOWN_ENV = "GRACEFUL_SHUTDOWN_TIMEOUT"
+# The preStop sleep: the pod leaves the Service's endpoints before the proxy stops listening.
+PRE_STOP_SECONDS = 10
+# After that wait: LiteLLM's own teardown (its drain returns at once when nothing is in flight
+# any more), then the process exits. The grace period covers all three, or the kubelet kills.
+SHUTDOWN_MARGIN_SECONDS = 20
 
 
 # Where LiteLLM sends a provider's requests when the entry names no apiBase.
@@ -139,6 +148,40 @@ class FrontDoorArgs(TypedDict):
     database: NotRequired[Optional["DatabaseConnection"]]
 
 
+# Response headers that tell a caller what lies behind the front door; the gateway strips them
+# from every answer (the UI passes a stream's headers on to its own clients too). LiteLLM has no
+# setting to leave them out: it sends its release and the model server's URL, and copies every
+# header of the server's answer as `llm_provider-<name>` (the server's software; beside a sidecar
+# the mesh's; for a hosted provider the account behind the key, OpenAI's `openai-organization`
+# and `openai-project`). Names only: other `llm_provider-*` headers (content type, length) pass.
+INTERNAL_RESPONSE_HEADERS = (
+    "x-litellm-model-api-base", "x-litellm-version", "llm_provider-server",
+    "llm_provider-x-envoy-upstream-service-time", "llm_provider-openai-organization",
+    "llm_provider-openai-project",
+)
+
+# The Prometheus callback's series, each with only the labels the front door's dashboard
+# (dashboards/front-door.json) and the autoscaler's wake-up query (autoscaling.py) read. By
+# default LiteLLM labels request series with the caller's address, User-Agent, end user and a
+# hash of the key sent (refused requests counted too), so anyone who can reach the proxy adds
+# series, kept in memory for good, with every new value. Listed metrics alone are kept; LiteLLM
+# bounds `requested_model` itself (a name it does not route counts as "other"). The latency
+# histogram is read by `le` alone, but an empty label list would keep them all. A name LiteLLM
+# does not know turns the whole callback off (tests/test_front_door.py reads every one served).
+METRICS_LABELS: dict[str, list[str]] = {
+    "litellm_proxy_total_requests_metric": ["requested_model"],
+    "litellm_proxy_failed_requests_metric": ["requested_model"],
+    "litellm_request_total_latency_metric": ["requested_model"],
+    "litellm_total_tokens_metric": ["requested_model"],
+}
+
+
+def termination_grace_seconds(cfg: "FrontDoorConfig") -> int:
+    """The pod's grace period: the preStop sleep, then LiteLLM's wait for the requests in flight
+    (the front door's timeout), then its teardown."""
+    return PRE_STOP_SECONDS + cfg.timeout_seconds + SHUTDOWN_MARGIN_SECONDS
+
+
 def litellm_config(models: Sequence[tuple[str, str]], cfg: "FrontDoorConfig", auth: bool,
                    ui_key: bool = False) -> dict:
     """LiteLLM's proxy config for (alias, base URL) pairs and the configured providers; `ui_key`:
@@ -173,6 +216,9 @@ def litellm_config(models: Sequence[tuple[str, str]], cfg: "FrontDoorConfig", au
         # A scraper must not need the master key (it opens everything); the mesh lets only
         # Prometheus's mesh identity GET it, and the ingress never routes it.
         settings["require_auth_for_metrics_endpoint"] = False
+        settings["prometheus_metrics_config"] = [
+            {"group": metric, "metrics": [metric], "include_labels": labels}
+            for metric, labels in METRICS_LABELS.items()]
     # The proxy refuses to start without a master key unless told the open API is meant
     # (security.apiAuth: false).
     general: dict = ({"master_key": f"os.environ/{MASTER_KEY_ENV}"} if auth
@@ -251,6 +297,8 @@ class FrontDoor(pulumi.ComponentResource):
             {"name": "LITELLM_LOCAL_MODEL_COST_MAP", "value": "True"},
             # The root filesystem is read-only; caches go to the scratch volume.
             {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
+            # A stream as long as the timeout allows outlives a rollout or a drain.
+            {"name": GRACEFUL_SHUTDOWN_ENV, "value": str(cfg.timeout_seconds)},
             *({"name": k, "valueFrom": {"secretKeyRef": {"name": KEYS_SECRET, "key": k}}} for k in keys),
         ]
         if ui_key and args.get("ui_peer"):
@@ -303,7 +351,7 @@ class FrontDoor(pulumi.ComponentResource):
                         "serviceAccountName": account.metadata.name,
                         "automountServiceAccountToken": False,
                         # Streams in flight get time to finish when a pod goes away.
-                        "terminationGracePeriodSeconds": cfg.timeout_seconds + 30,
+                        "terminationGracePeriodSeconds": termination_grace_seconds(cfg),
                         "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
                                             "seccompProfile": {"type": "RuntimeDefault"}},
                         "containers": [{
@@ -324,8 +372,7 @@ class FrontDoor(pulumi.ComponentResource):
                             "readinessProbe": {"httpGet": {**probe, "path": ready_path}, "periodSeconds": 10},
                             "livenessProbe": {"httpGet": {**probe, "path": LIVENESS_PATH},
                                               "periodSeconds": 30, "failureThreshold": 5},
-                            # Leave the Service's endpoints before the proxy stops taking requests.
-                            "lifecycle": {"preStop": {"sleep": {"seconds": 10}}},
+                            "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
                             # The image ships its admin UI already laid out, so nothing is
                             # written outside /tmp (LiteLLM falls back to the packaged UI if
                             # it cannot write one).

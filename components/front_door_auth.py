@@ -27,11 +27,13 @@ UI_KEY_ALIAS = "open-webui"
 # id) as the last element of this header, and drops a client's on a connection without mTLS.
 XFCC_HEADER = "x-forwarded-client-cert"
 NOT_FROM_THE_UI = "The UI's key is accepted only from the UI"
-# (method, path) the UI calls: its model list, chats, and embeddings for its knowledge base.
+# (method, path) the UI calls: its model list and chats. Not embeddings: Open WebUI (0.11) embeds
+# its knowledge base with a local model unless RAG_EMBEDDING_ENGINE says otherwise, and its
+# OpenAI engine would send RAG_OPENAI_API_KEY, not this key; only its pass-through for API
+# clients (`/api/v1/embeddings`) would present this key there.
 UI_ROUTES = frozenset({
     ("GET", "/models"), ("GET", "/v1/models"),
     ("POST", "/chat/completions"), ("POST", "/v1/chat/completions"),
-    ("POST", "/embeddings"), ("POST", "/v1/embeddings"),
 })
 BEARER = "Bearer "
 

@@ -10,6 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from .config import CertManagerConfig
+from .front_door import INTERNAL_RESPONSE_HEADERS
 from .monitoring import GRAFANA_PATH
 from .mesh import HTTP_PORT, HTTPS_PORT, INGRESS_CLASS, INGRESS_CONTROLLER, Mesh
 from .chart_source import release_source
@@ -47,6 +48,8 @@ def _route(name: str, prefix: str, backend: Backend) -> dict:
         "name": name,
         "match": [{"uri": {"prefix": prefix}}],
         "route": [{"destination": {"host": backend.host, "port": {"number": backend.port}}}],
+        # What the front door would tell a caller about the servers behind it.
+        "headers": {"response": {"remove": list(INTERNAL_RESPONSE_HEADERS)}},
     }
     return route
 

@@ -5,22 +5,25 @@ llama-servers. Only the model servers' addresses are mapped to loopback."""
 from __future__ import annotations
 
 import http.client
+import http.server
 import json
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 from urllib.parse import urlparse
 
 import pytest
 import yaml
 
 from components import front_door
+from components.config import FrontDoorConfig
 from tests.parts import LLAMA_SERVER, TINY_MODEL
 from tests.conftest import PODS
 from tests.test_security import ui_principal
@@ -150,6 +153,76 @@ def test_no_retry_and_long_timeouts(recorded):
     assert CLIENT_KEY not in text and PROVIDER_KEY not in text and "sk-" not in text
 
 
+@pytest.mark.parametrize("timeout", [None, 1800])
+def test_streams_in_flight_get_the_whole_timeout_when_a_pod_stops(recorded, timeout: int | None):
+    """LiteLLM waits GRACEFUL_SHUTDOWN_TIMEOUT for requests in flight after SIGTERM (its default,
+    30 s, would cut every longer stream); the grace period holds the preStop sleep, that wait and
+    LiteLLM's teardown."""
+    rec = recorded if timeout is None else harness.run(
+        "local", {**OVERRIDES, "llm-platform:frontDoor": {"timeoutSeconds": timeout}},
+        secrets=("llm-platform:apiKey", "llm-platform:providerKeys"))
+    timeout = timeout or FrontDoorConfig().timeout_seconds
+    assert rendered_config(rec)["router_settings"]["timeout"] == timeout > 30
+    container = proxy_container(rec)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["GRACEFUL_SHUTDOWN_TIMEOUT"] == str(timeout)
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    grace = rec.one(DEPLOYMENT, "front-door-deployment").inputs["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"]
+    # LiteLLM's teardown after that wait takes seconds (tests below: it exits at once).
+    assert grace >= pre_stop + timeout + 15
+
+
+def test_the_gateway_strips_what_the_front_door_tells_of_its_servers(recorded):
+    routes = recorded.one("kubernetes:networking.istio.io/v1:VirtualService", "gateway-routes").inputs["spec"]["http"]
+    # The UI's route too: Open WebUI passes a stream's headers from the front door on.
+    assert {r["name"] for r in routes} >= {"v1", "ui"}
+    for route in routes:
+        assert route["headers"]["response"]["remove"] == list(front_door.INTERNAL_RESPONSE_HEADERS), route["name"]
+
+
+# Labels Prometheus adds to every series it scrapes (the target's), and the histogram's bucket.
+TARGET_LABELS = {"namespace", "pod", "service", "endpoint", "job", "instance", "container", "le"}
+
+
+def _metrics_read() -> dict[str, set[str]]:
+    """LiteLLM's metrics (as LiteLLM names them: no _total/_bucket suffix) that the front door's
+    dashboard and the autoscaler's wake-up query read, each with the labels they read of it."""
+    from components.autoscaling import demand_query
+    from components.monitoring import DASHBOARDS_DIR
+
+    queries = [demand_query("tinyllama", "front-door")]
+    for path in DASHBOARDS_DIR.glob("*.json"):
+        for panel in json.loads(path.read_text())["panels"]:
+            queries += [t["expr"] + " " + t.get("legendFormat", "") for t in panel.get("targets", [])]
+    read: dict[str, set[str]] = {}
+    for query in queries:
+        metrics = re.findall(r"\b(litellm_[a-z_]+?)(?:_total|_bucket|_sum|_count)?\b", query)
+        labels = {label for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", query)
+                  for label in re.split(r"\s*,\s*", group.strip()) if label}
+        labels |= set(re.findall(r"\{\{\s*(\w+)\s*\}\}", query))
+        labels |= set(re.findall(r"[{,]\s*(\w+)\s*=~?", query))
+        for metric in metrics:
+            read.setdefault(metric, set()).update(labels - TARGET_LABELS)
+    return read
+
+
+def test_the_metrics_keep_only_the_labels_the_dashboard_and_the_autoscaler_read(recorded):
+    settings = rendered_config(recorded)["litellm_settings"]
+    assert settings["callbacks"] == ["prometheus"]
+    configured = {m: set(group["include_labels"]) for group in settings["prometheus_metrics_config"]
+                  for m in group["metrics"]}
+    read = _metrics_read()
+    assert "litellm_proxy_total_requests_metric" in read and read["litellm_proxy_total_requests_metric"]
+    # Every metric read is kept with every label read of it...
+    assert set(configured) == set(read)
+    for metric, labels in read.items():
+        assert labels <= configured[metric], metric
+        # ...and nothing else: no caller's address, User-Agent, key hash or end user. A metric
+        # read by `le` alone keeps the model (LiteLLM bounds it): an empty list keeps them all.
+        assert configured[metric] <= labels | {"requested_model"} and configured[metric], metric
+
+
 def test_the_ui_key_is_let_in_by_the_custom_auth_shipped_beside_the_config(recorded):
     general = rendered_config(recorded)["general_settings"]
     assert general["custom_auth"] == "front_door_auth.user_api_key_auth"
@@ -251,6 +324,14 @@ def _free_port() -> int:
 def _request(port: int, method: str, path: str, key: str | None = None, body: dict | None = None,
              timeout: float = 60, xfcc: Sequence[str] = ()) -> tuple[int, bytes]:
     """`xfcc`: x-forwarded-client-cert header lines, as the front door's sidecar would pass them."""
+    status, _, data = _exchange(port, method, path, key, body, timeout, xfcc)
+    return status, data
+
+
+def _exchange(port: int, method: str, path: str, key: str | None = None, body: dict | None = None,
+              timeout: float = 60, xfcc: Sequence[str] = (), headers: Mapping[str, str] | None = None,
+              ) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """As `_request`, with more request `headers`, and the response's headers too."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     data = json.dumps(body).encode() if body is not None else None
     conn.putrequest(method, path)
@@ -259,13 +340,15 @@ def _request(port: int, method: str, path: str, key: str | None = None, body: di
         conn.putheader("Authorization", f"Bearer {key}")
     for line in xfcc:
         conn.putheader("x-forwarded-client-cert", line)
+    for name, value in (headers or {}).items():
+        conn.putheader(name, value)
     if data is not None:
         conn.putheader("Content-Length", str(len(data)))
     conn.endheaders(data)
     resp = conn.getresponse()
     data = resp.read()
     conn.close()
-    return resp.status, data
+    return resp.status, resp.headers, data
 
 
 def _wait_ready(port: int, path: str, proc: subprocess.Popen, log: Path, limit_s: float) -> None:
@@ -326,22 +409,32 @@ def stack(recorded, tmp_path_factory):
                 entry["litellm_params"]["api_base"] = f"http://127.0.0.1:{hosts[base.hostname]}{base.path}"
         assert all(urlparse(e["litellm_params"].get("api_base", "")).hostname in ("127.0.0.1", "api.openai.com")
                    for e in cfg["model_list"])
-        config = write_config_dir(recorded, tmp, cfg)
-        # The env the pod gets: literal values as rendered, Secret references resolved.
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp)}
-        for e in proxy_container(recorded)["env"]:
-            env[e["name"]] = e["value"] if "value" in e else keys[e["valueFrom"]["secretKeyRef"]["key"]]
-        proxy_port = _free_port()
-        log = tmp / "litellm.log"
-        procs.append(subprocess.Popen(
-            [str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(proxy_port)],
-            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=tmp))
+        proxy, proxy_port, env = start_proxy(recorded, tmp, cfg, keys)
+        procs.append(proxy)
         for m in MODELS:
             _wait_ready(servers[m["name"]], "/health", procs[MODELS.index(m)], tmp / f"{m['name']}.log", 30)
-        _wait_ready(proxy_port, front_door.READINESS_PATH, procs[-1], log, 180)
+        _wait_ready(proxy_port, front_door.READINESS_PATH, proxy, tmp / PROXY_LOG, 180)
         yield Stack(proxy_port, servers, backend_key, keys[front_door.UI_KEY_ENV], env[front_door.UI_PEER_ENV])
     finally:
         stop(procs, 10)
+
+
+PROXY_LOG = "litellm.log"
+
+
+def start_proxy(recorded, tmp: Path, cfg: dict, keys: dict[str, str]) -> tuple[subprocess.Popen, int, dict]:
+    """LiteLLM started as the pod starts it: `cfg` (the rendered config, its addresses mapped here)
+    beside the ConfigMap's other files, and the container's env; (process, port, env)."""
+    config = write_config_dir(recorded, tmp, cfg)
+    # The env the pod gets: literal values as rendered, Secret references resolved.
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp)}
+    for e in proxy_container(recorded)["env"]:
+        env[e["name"]] = e["value"] if "value" in e else keys[e["valueFrom"]["secretKeyRef"]["key"]]
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=(tmp / PROXY_LOG).open("w"), stderr=subprocess.STDOUT, env=env, cwd=tmp)
+    return proc, port, env
 
 
 def stop(procs: list, grace_s: float) -> None:
@@ -447,6 +540,9 @@ UI_REFUSED = [
     ("GET", "/get/config/callbacks", None), ("GET", "/health", None), ("GET", "/global/spend/logs", None),
     ("GET", "/user/info", None), ("POST", "/v1/completions", {"model": "tinyllama", "prompt": "Hi"}),
     ("POST", "/v1/responses", {"model": "tinyllama", "input": "Hi"}),
+    # The UI embeds with a local model (tests/test_security.py: no embedding engine is set).
+    ("POST", "/v1/embeddings", {"model": "tinyllama", "input": "Hi"}),
+    ("POST", "/embeddings", {"model": "tinyllama", "input": "Hi"}),
 ]
 
 
@@ -534,6 +630,160 @@ def test_the_count_that_wakes_a_server_at_zero_is_reported_by_model(stack):
     body = _request(stack.proxy_port, "GET", front_door.METRICS_PATH)[1].decode()
     assert re.search(rf'^{FRONT_DOOR_REQUESTS}\{{.*requested_model="tinyllama".*\}} [1-9]', body, re.M), \
         [line for line in body.splitlines() if "total_requests" in line]
+
+
+def test_the_headers_the_gateway_strips_are_the_ones_litellm_sends(stack):
+    """What LiteLLM answers, streamed or not, failed or not: each header that names the model
+    server's address, LiteLLM's release or the server's software is one the gateway removes."""
+    port = stack.servers["tinyllama"]
+    internal = (f"127.0.0.1:{port}", front_door.LITELLM_VERSION, "llama.cpp")
+    sent: dict[str, str] = {}
+    for body in (_chat("tinyllama"), _chat("tinyllama", stream=True)):
+        status, headers, _ = _exchange(stack.proxy_port, "POST", "/v1/chat/completions", CLIENT_KEY, body)
+        assert status == 200
+        sent.update({k.lower(): v for k, v in headers.items()})
+    # The server refuses (no embeddings here): its headers come back all the same.
+    status, headers, _ = _exchange(stack.proxy_port, "POST", "/v1/embeddings", CLIENT_KEY,
+                                   {"model": "tinyllama", "input": "Hi"})
+    assert status >= 400
+    sent.update({k.lower(): v for k, v in headers.items()})
+    assert sent["x-litellm-model-api-base"] == f"http://127.0.0.1:{port}/v1"
+    assert sent["x-litellm-version"] == front_door.LITELLM_VERSION
+    assert sent["llm_provider-server"] == "llama.cpp"
+    leaking = {k for k, v in sent.items() if any(text in v for text in internal)}
+    assert leaking <= set(front_door.INTERNAL_RESPONSE_HEADERS), leaking
+
+
+def _series(body: str) -> list[tuple[str, frozenset[str]]]:
+    """Each sample line of a Prometheus text page: (metric name, label names)."""
+    out = []
+    for line in body.splitlines():
+        match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s", line)
+        if match:
+            out.append((match.group(1), frozenset(re.findall(r'(\w+)="', match.group(2) or ""))))
+    return out
+
+
+def test_every_metric_read_is_served_with_its_labels_alone(stack):
+    """The callback is on (an unknown name or label in its config would turn it off, silently),
+    and serves each metric the dashboard and the autoscaler read, with the labels configured."""
+    assert _request(stack.proxy_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat("tinyllama"))[0] == 200
+    assert _request(stack.proxy_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat("no-such-model"))[0] == 400
+    status, body = _request(stack.proxy_port, "GET", front_door.METRICS_PATH)
+    assert status == 200
+    served = _series(body.decode())
+    for metric, labels in front_door.METRICS_LABELS.items():
+        found = {names for name, names in served if re.fullmatch(rf"{metric}(_total|_bucket|_sum|_count)?", name)}
+        assert found, (metric, sorted({n for n, _ in served if n.startswith("litellm_")}))
+        assert found <= {frozenset(labels), frozenset(labels) | {"le"}}, (metric, found)
+
+
+def test_callers_without_a_key_add_no_series(stack):
+    """Refused requests, each from another User-Agent, address and made-up key, leave the set of
+    series as it was: they cannot grow the proxy's memory."""
+    def refused(i: int) -> None:
+        headers = {"User-Agent": f"probe/{i}.{time.monotonic_ns()}", "X-Forwarded-For": f"203.0.113.{i % 250}"}
+        key = None if i % 2 else f"sk-made-up-{i}-{time.monotonic_ns()}"
+        status, _, answer = _exchange(stack.proxy_port, "POST", "/v1/chat/completions", key, _chat("tinyllama"),
+                                      headers=headers)
+        # No key: 401; any other key is looked up as a virtual key (no database: 400).
+        assert status in (400, 401), answer
+
+    def count() -> int:
+        return sum(1 for line in _request(stack.proxy_port, "GET", front_door.METRICS_PATH)[1].decode().splitlines()
+                   if line and not line.startswith("#"))
+
+    for i in range(4):
+        refused(i)
+    before = count()
+    for i in range(4, 64):
+        refused(i)
+    assert count() == before
+
+
+# --- a pod that stops -------------------------------------------------------------------
+
+# A stream that lasts past LiteLLM's default wait after SIGTERM (30 s), one chunk every half second.
+SLOW_STREAM_CHUNKS = 68
+SLOW_CHUNK_S = 0.5
+SIGTERM_AFTER_CHUNKS = 2
+
+
+class SlowModel(http.server.ThreadingHTTPServer):
+    """An OpenAI-compatible server streaming SLOW_STREAM_CHUNKS chunks at SLOW_CHUNK_S apart: the
+    real llama-server with the test model finishes a whole stream in well under a second."""
+
+    daemon_threads = True
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+
+            def send(delta: dict, finish: str | None = None) -> None:
+                chunk = {"id": "chatcmpl-slow", "object": "chat.completion.chunk", "created": int(time.time()),
+                         "model": request["model"], "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+
+            for i in range(SLOW_STREAM_CHUNKS):
+                send({"content": f"c{i} "})
+                time.sleep(SLOW_CHUNK_S)
+            send({}, "stop")
+            self.wfile.write(b"data: [DONE]\n\n")
+
+        def log_message(self, *args) -> None:
+            pass
+
+
+def test_a_stream_longer_than_litellms_default_outlives_sigterm(recorded, tmp_path):
+    """The rendered config and env in front of a slow model: SIGTERM (what a rollout, a scale-down
+    or a drain sends after the preStop sleep) comes two chunks into a stream that still has more
+    than 30 s to go; the stream ends whole, then the proxy exits without being killed."""
+    if not LITELLM.exists():
+        pytest.skip("needs .venv-litellm (`make setup`)")
+    model = SlowModel(("127.0.0.1", 0), SlowModel.Handler)
+    threading.Thread(target=model.serve_forever, daemon=True).start()
+    cfg = rendered_config(recorded)
+    for entry in cfg["model_list"]:
+        if entry["model_name"] == MODELS[0]["name"]:
+            entry["litellm_params"]["api_base"] = f"http://127.0.0.1:{model.server_address[1]}/v1"
+    keys = harness.reveal(recorded.one(SECRET, "front-door-keys").inputs["stringData"])
+    proxy, port, _ = start_proxy(recorded, tmp_path, cfg, keys)
+    log = tmp_path / PROXY_LOG
+    try:
+        _wait_ready(port, front_door.READINESS_PATH, proxy, log, 180)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(_chat(MODELS[0]["name"], True)),
+                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"})
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()
+        chunks, done, signalled = 0, False, None
+        for raw in resp:
+            line = raw.decode().strip()
+            if line == "data: [DONE]":
+                done = True
+                break
+            if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                chunks += 1
+                if chunks == SIGTERM_AFTER_CHUNKS:
+                    proxy.terminate()
+                    signalled = time.monotonic()
+        streamed_after = time.monotonic() - signalled
+        conn.close()
+        assert (chunks, done) == (SLOW_STREAM_CHUNKS, True), (
+            f"{chunks} chunks, cut {streamed_after:.0f} s after SIGTERM:\n{log.read_text()[-2000:]}")
+        assert streamed_after > 30
+        # Nothing left in flight: the proxy exits at once, well inside the grace period (uvicorn
+        # ends by raising the signal it caught again).
+        assert proxy.wait(timeout=front_door.SHUTDOWN_MARGIN_SECONDS) in (0, -signal.SIGTERM), \
+            log.read_text()[-2000:]
+        assert "timeout graceful shutdown exceeded" not in log.read_text()
+    finally:
+        stop([proxy], 10)
+        model.shutdown()
 
 
 # --- what the front door costs -----------------------------------------------------------

@@ -638,6 +638,16 @@ def test_the_ui_follows_the_stack_on_every_start(guarded):
     assert len(urls) == 1 and ".front-door.svc.cluster.local:" in urls[0]
 
 
+def test_the_ui_embeds_with_its_own_model_not_through_the_front_door(guarded):
+    """Open WebUI embeds its knowledge base locally unless RAG_EMBEDDING_ENGINE names a service
+    (0.11: its default is empty), so the UI's key is not let into the front door's embeddings."""
+    from components.front_door_auth import UI_ROUTES
+
+    env = ui_env(guarded)
+    assert not {"RAG_EMBEDDING_ENGINE", "RAG_OPENAI_API_BASE_URL", "RAG_OPENAI_API_KEY"} & set(env)
+    assert not [path for _, path in UI_ROUTES if "embeddings" in path]
+
+
 def test_every_ui_account_sees_every_model(guarded):
     # The UI hides models without an access entry in its own DB from non-admin accounts unless
     # this is "true" (case-insensitive); access is by the UI's accounts, not per model.
