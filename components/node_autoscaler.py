@@ -90,10 +90,12 @@ class GpuNodeAutoscaler(pulumi.ComponentResource):
             },
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[crds, *f.ready])),
         )
+        # After the controller, so that on destroy it goes first: its finalizer (the node class's
+        # instance profiles and launch templates) is the controller's to run.
         node_class = k8s.apiextensions.CustomResource(
             f"{name}-node-class", api_version=NODE_CLASS_API, kind="EC2NodeClass",
             metadata={"name": NODE_CLASS}, spec=node_class_spec(f),
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[crds])))
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[crds, controller])))
         self.node_pool = k8s.apiextensions.CustomResource(
             f"{name}-node-pool", api_version=NODE_POOL_API, kind="NodePool",
             metadata={"name": NODE_POOL}, spec=node_pool_spec(f),

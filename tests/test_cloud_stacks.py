@@ -1,5 +1,6 @@
 """What an operator checks on `pulumi up -s eks` / `-s gke`, asserted on the recorded program."""
 
+import fnmatch
 import json
 
 import kubernetes_validate
@@ -93,6 +94,66 @@ def test_eks_gpu_nodes_come_from_karpenter(eks):
     assert [t["resourceId"] for t in subnets] == ["cluster-private-us-west-2a-id"]
     assert {(t["key"], t["value"]) for t in tags} == set(node_class["subnetSelectorTerms"][0]["tags"].items())
     assert node_class["securityGroupSelectorTerms"] == node_class["subnetSelectorTerms"]
+
+
+def iam_allows(policy: dict, action: str, resource: str) -> bool:
+    """Whether a statement of `policy` allows `action` on `resource` and none denies it (IAM's
+    wildcards; conditions aside: the calls below are made in the stack's region, on resources
+    tagged as the statements ask)."""
+    def names(stmt: dict, key: str, value: str) -> bool:
+        patterns = stmt.get(key, [])
+        return any(fnmatch.fnmatchcase(value, p) for p in ([patterns] if isinstance(patterns, str) else patterns))
+
+    hits = [s["Effect"] for s in policy["Statement"] if names(s, "Action", action) and names(s, "Resource", resource)]
+    return "Allow" in hits and "Deny" not in hits
+
+
+def karpenter_controller_policy(rec) -> dict:
+    return json.loads(rec.one("aws:iam/rolePolicy:RolePolicy", "cluster-karpenter-controller").inputs["policy"])
+
+
+# Calls Karpenter v1.14.1 makes beyond launching and terminating (pkg/controllers/nodeclass
+# controller.go finalize: instance profiles it manages, then its launch templates; the instance
+# status poller; the placement group provider), with the resource each names.
+KARPENTER_CALLS = [
+    ("iam:ListInstanceProfiles", "arn:aws:iam::123456789012:instance-profile/karpenter/us-west-2/llm-platform/*"),
+    ("iam:GetInstanceProfile", "arn:aws:iam::123456789012:instance-profile/llm-platform-karpenter-gpu-nodes"),
+    ("ec2:DescribeLaunchTemplates", "*"),
+    ("ec2:DescribeInstanceStatus", "*"),
+    ("ec2:DescribePlacementGroups", "*"),
+]
+
+
+@pytest.mark.parametrize("action, resource", KARPENTER_CALLS)
+def test_karpenter_may_make_the_calls_it_makes(eks, action, resource):
+    """Without iam:ListInstanceProfiles the EC2NodeClass's finalizer fails on every try, and
+    `pulumi destroy` waits on it until it times out."""
+    assert iam_allows(karpenter_controller_policy(eks), action, resource)
+
+
+def test_karpenter_outlives_its_node_class_on_destroy(eks):
+    """Pulumi deletes what depends on a resource before it: the EC2NodeClass (whose finalizer the
+    controller runs) goes while the controller still runs, and the controller goes before the
+    permissions it runs with."""
+    node_class = next(r for r in eks.registrations if r.inputs.get("kind") == "EC2NodeClass")
+    controller = eks.one(RELEASE, "cluster-gpu-nodes-karpenter")
+    assert controller.urn in eks.depends_transitively(node_class)
+    policy = eks.one("aws:iam/rolePolicy:RolePolicy", "cluster-karpenter-controller")
+    assert policy.urn in eks.depends_transitively(controller)
+
+
+def test_karpenter_interruption_queue_refuses_plain_http(eks):
+    """As upstream's CloudFormation: every SQS call on the queue without TLS is denied, whoever
+    makes it."""
+    queue = eks.one("aws:sqs/queue:Queue")
+    policy = json.loads(eks.one("aws:sqs/queuePolicy:QueuePolicy").inputs["policy"])
+    arn = f"arn:aws:sqs::123456789012:{queue.name}"
+    denies = [s for s in policy["Statement"] if s["Effect"] == "Deny" and s.get("Principal") == "*"
+              and s.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}]
+    assert any(all(iam_allows({"Statement": [{**s, "Effect": "Allow"}]}, action, arn)
+                   for action in ("sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:PurgeQueue"))
+               for s in denies), policy
+    assert all(s["Resource"] == arn for s in policy["Statement"])
 
 
 def test_eks_gpu_node_group_without_autoscaler():
