@@ -283,6 +283,17 @@ def test_gke_tpu_pool(gke):
     assert cluster["releaseChannel"] == {"channel": "REGULAR"}
 
 
+@pytest.mark.parametrize("location", ["us-central1", "us-central1-a"])
+def test_gke_system_pool_size_is_the_pools_total_in_any_location(location):
+    """On a regional cluster a pool without nodeLocations spans the region's zones, and
+    min/max_node_count are per zone: 1..3 would run 3..9 nodes. Totals hold on any location."""
+    cluster = harness.stack_config("gke")["llm-platform:cluster"]
+    rec = harness.run("gke", {"llm-platform:cluster": {**cluster, "location": location,
+                                                      "systemPool": {"minNodes": 1, "maxNodes": 3}}})
+    pool = rec.one("gcp:container/nodePool:NodePool", "cluster-system").inputs
+    assert pool["autoscaling"] == {"totalMinNodeCount": 1, "totalMaxNodeCount": 3}
+
+
 def test_gke_model_pod_takes_every_chip_of_one_host(gke):
     spec = pod(gke)
     c = spec["containers"][0]
