@@ -2,6 +2,7 @@
 
 import fnmatch
 import json
+import math
 
 import kubernetes_validate
 import pytest
@@ -94,6 +95,29 @@ def test_eks_gpu_nodes_come_from_karpenter(eks):
     assert [t["resourceId"] for t in subnets] == ["cluster-private-us-west-2a-id"]
     assert {(t["key"], t["value"]) for t in tags} == set(node_class["subnetSelectorTerms"][0]["tags"].items())
     assert node_class["securityGroupSelectorTerms"] == node_class["subnetSelectorTerms"]
+
+
+def karpenter_may_disrupt(pool: dict, reason: str, nodes: int) -> int:
+    """Nodes Karpenter may disrupt at once for `reason` (karpenter.sh/v1 NodePool
+    GetAllowedDisruptionsByReason: the least of the budgets that name the reason or name none)."""
+    allowed = []
+    for budget in pool["disruption"]["budgets"]:
+        assert "schedule" not in budget  # always active
+        if not budget.get("reasons") or reason in budget["reasons"]:
+            n = budget["nodes"]
+            allowed.append(math.ceil(nodes * int(n[:-1]) / 100) if n.endswith("%") else int(n))
+    return min(allowed, default=math.ceil(nodes * 0.1))  # Karpenter's default budget: 10%
+
+
+def test_eks_gpu_node_still_serving_is_never_replaced_by_choice(eks):
+    """A new AMI release (`al2023@latest` resolves to it) or a changed NodePool or EC2NodeClass
+    drifts every GPU node, and drift replaces a node however busy: its budget is zero. Only an
+    empty node goes (one at a time), and every node at its expiry."""
+    pool = custom(eks, "NodePool")["spec"]
+    assert karpenter_may_disrupt(pool, "Drifted", nodes=2) == 0
+    assert karpenter_may_disrupt(pool, "Empty", nodes=2) == 1
+    assert pool["disruption"]["consolidationPolicy"] == "WhenEmpty"  # never "Underutilized"
+    assert pool["template"]["spec"]["expireAfter"] == "720h"  # forceful: no budget holds it
 
 
 def iam_allows(policy: dict, action: str, resource: str) -> bool:
