@@ -193,6 +193,19 @@ def test_eks_gpu_node_group_without_autoscaler():
     assert not [r for r in rec.registrations if r.inputs.get("kind") in ("NodePool", "EC2NodeClass")]
 
 
+@pytest.mark.parametrize("autoscaler", [{}, NODE_GROUP_ONLY])
+def test_eks_bottlerocket_gpu_nodes_are_refused_in_one_line(autoscaler):
+    """Bottlerocket's NVIDIA variants run their own device plugin, which the chart's would run
+    beside (both register nvidia.com/gpu with the kubelet), and hand unprivileged containers no GPU
+    through NVIDIA_VISIBLE_DEVICES, the DCGM exporter's way to see every GPU of its node."""
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("eks", eks_gpu_nodes(amiType="BOTTLEROCKET_x86_64_NVIDIA", **autoscaler))
+    message = str(info.value.error)
+    assert message.startswith("Pulumi.eks.yaml: llm-platform:cluster.gpuNodes.amiType: ")
+    assert "AL2023_x86_64_NVIDIA" in message and "\n" not in message
+    assert info.value.registrations == []
+
+
 @pytest.mark.parametrize("keys, message", [
     ({"desiredSize": 1}, "cluster.gpuNodes.desiredSize: not used with autoscaler 'karpenter'"),
     ({"extraInstanceTypes": ["g6.12xlarge"]}, "cluster.gpuNodes.extraInstanceTypes: expected types with 1 GPU(s)"),

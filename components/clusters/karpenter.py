@@ -16,8 +16,8 @@ import pulumi_aws as aws
 NAMESPACE = "kube-system"
 SERVICE_ACCOUNT = "karpenter"
 DISCOVERY_TAG = "karpenter.sh/discovery"
-# Root volume device of each AMI family (Bottlerocket keeps its OS on xvda, data on xvdb).
-AMI_FAMILY = {"AL2023_x86_64_NVIDIA": ("al2023", "/dev/xvda"), "BOTTLEROCKET_x86_64_NVIDIA": ("bottlerocket", "/dev/xvdb")}
+# Karpenter's AMI alias family and root volume device of each AMI type the config admits.
+AMI_FAMILY = {"AL2023_x86_64_NVIDIA": ("al2023", "/dev/xvda")}
 _MANAGED = "arn:aws:iam::aws:policy/"
 NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly",
                  "AmazonSSMManagedInstanceCore")
