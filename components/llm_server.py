@@ -301,8 +301,11 @@ def stateful_spec(model, labels: dict, template: dict, claim_templates: list[dic
         # Replicas download and start together, not one after another.
         "podManagementPolicy": "Parallel",
         "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}},
-        # A replaced StatefulSet, or a replica scaled away and back, finds its weights again.
-        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+        # A replica scaled away and back finds its weights again. The claims go with the
+        # StatefulSet: they carry its owner reference (blocking), so a foreground delete (Pulumi's)
+        # ends once they are deleted, and `destroy` never leaves a claim, and its disk, to outlive
+        # the cluster. A replaced StatefulSet (a new cacheSize) starts on new claims.
+        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
         "selector": {"matchLabels": labels},
         "template": template,
         "volumeClaimTemplates": claim_templates,

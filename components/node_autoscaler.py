@@ -17,8 +17,13 @@ NODE_POOL = "gpu"
 NODE_CLASS = "gpu"
 NODE_POOL_API = "karpenter.sh/v1"
 NODE_CLASS_API = "karpenter.k8s.aws/v1"
-# Nodes are replaced after this (a fresh AMI); the drain honours the servers' disruption budgets.
+# Nodes are replaced after this, serving or not (a fresh AMI at last): expiry is forceful, no
+# NodePool budget holds it; the drain honours the servers' disruption budgets.
 EXPIRE_AFTER = "720h"
+# Only empty nodes go, one at a time. Drift (a new AMI release behind the alias, a changed
+# NodePool or EC2NodeClass) would replace every node however busy, reloading its models
+# elsewhere: its budget is zero, so drifted nodes stay until they are empty or expire.
+DISRUPTION_BUDGETS = [{"nodes": "1"}, {"nodes": "0", "reasons": ["Drifted"]}]
 
 
 class GpuNodeAutoscalerArgs(TypedDict):
@@ -64,7 +69,7 @@ def node_pool_spec(f: KarpenterFacts) -> dict:
         "limits": {"nvidia.com/gpu": str(f.gpu_limit)},
         # Only empty nodes go: repacking would reload a model elsewhere (minutes without it).
         "disruption": {"consolidationPolicy": "WhenEmpty", "consolidateAfter": f.consolidate_after,
-                       "budgets": [{"nodes": "1"}]},
+                       "budgets": [dict(b) for b in DISRUPTION_BUDGETS]},
     }
 
 
@@ -90,10 +95,12 @@ class GpuNodeAutoscaler(pulumi.ComponentResource):
             },
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[crds, *f.ready])),
         )
+        # After the controller, so that on destroy it goes first: its finalizer (the node class's
+        # instance profiles and launch templates) is the controller's to run.
         node_class = k8s.apiextensions.CustomResource(
             f"{name}-node-class", api_version=NODE_CLASS_API, kind="EC2NodeClass",
             metadata={"name": NODE_CLASS}, spec=node_class_spec(f),
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[crds])))
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[crds, controller])))
         self.node_pool = k8s.apiextensions.CustomResource(
             f"{name}-node-pool", api_version=NODE_POOL_API, kind="NodePool",
             metadata={"name": NODE_POOL}, spec=node_pool_spec(f),

@@ -1,6 +1,8 @@
 """What an operator checks on `pulumi up -s eks` / `-s gke`, asserted on the recorded program."""
 
+import fnmatch
 import json
+import math
 
 import kubernetes_validate
 import pytest
@@ -95,6 +97,89 @@ def test_eks_gpu_nodes_come_from_karpenter(eks):
     assert node_class["securityGroupSelectorTerms"] == node_class["subnetSelectorTerms"]
 
 
+def karpenter_may_disrupt(pool: dict, reason: str, nodes: int) -> int:
+    """Nodes Karpenter may disrupt at once for `reason` (karpenter.sh/v1 NodePool
+    GetAllowedDisruptionsByReason: the least of the budgets that name the reason or name none)."""
+    allowed = []
+    for budget in pool["disruption"]["budgets"]:
+        assert "schedule" not in budget  # always active
+        if not budget.get("reasons") or reason in budget["reasons"]:
+            n = budget["nodes"]
+            allowed.append(math.ceil(nodes * int(n[:-1]) / 100) if n.endswith("%") else int(n))
+    return min(allowed, default=math.ceil(nodes * 0.1))  # Karpenter's default budget: 10%
+
+
+def test_eks_gpu_node_still_serving_is_never_replaced_by_choice(eks):
+    """A new AMI release (`al2023@latest` resolves to it) or a changed NodePool or EC2NodeClass
+    drifts every GPU node, and drift replaces a node however busy: its budget is zero. Only an
+    empty node goes (one at a time), and every node at its expiry."""
+    pool = custom(eks, "NodePool")["spec"]
+    assert karpenter_may_disrupt(pool, "Drifted", nodes=2) == 0
+    assert karpenter_may_disrupt(pool, "Empty", nodes=2) == 1
+    assert pool["disruption"]["consolidationPolicy"] == "WhenEmpty"  # never "Underutilized"
+    assert pool["template"]["spec"]["expireAfter"] == "720h"  # forceful: no budget holds it
+
+
+def iam_allows(policy: dict, action: str, resource: str) -> bool:
+    """Whether a statement of `policy` allows `action` on `resource` and none denies it (IAM's
+    wildcards; conditions aside: the calls below are made in the stack's region, on resources
+    tagged as the statements ask)."""
+    def names(stmt: dict, key: str, value: str) -> bool:
+        patterns = stmt.get(key, [])
+        return any(fnmatch.fnmatchcase(value, p) for p in ([patterns] if isinstance(patterns, str) else patterns))
+
+    hits = [s["Effect"] for s in policy["Statement"] if names(s, "Action", action) and names(s, "Resource", resource)]
+    return "Allow" in hits and "Deny" not in hits
+
+
+def karpenter_controller_policy(rec) -> dict:
+    return json.loads(rec.one("aws:iam/rolePolicy:RolePolicy", "cluster-karpenter-controller").inputs["policy"])
+
+
+# Calls Karpenter v1.14.1 makes beyond launching and terminating (pkg/controllers/nodeclass
+# controller.go finalize: instance profiles it manages, then its launch templates; the instance
+# status poller; the placement group provider), with the resource each names.
+KARPENTER_CALLS = [
+    ("iam:ListInstanceProfiles", "arn:aws:iam::123456789012:instance-profile/karpenter/us-west-2/llm-platform/*"),
+    ("iam:GetInstanceProfile", "arn:aws:iam::123456789012:instance-profile/llm-platform-karpenter-gpu-nodes"),
+    ("ec2:DescribeLaunchTemplates", "*"),
+    ("ec2:DescribeInstanceStatus", "*"),
+    ("ec2:DescribePlacementGroups", "*"),
+]
+
+
+@pytest.mark.parametrize("action, resource", KARPENTER_CALLS)
+def test_karpenter_may_make_the_calls_it_makes(eks, action, resource):
+    """Without iam:ListInstanceProfiles the EC2NodeClass's finalizer fails on every try, and
+    `pulumi destroy` waits on it until it times out."""
+    assert iam_allows(karpenter_controller_policy(eks), action, resource)
+
+
+def test_karpenter_outlives_its_node_class_on_destroy(eks):
+    """Pulumi deletes what depends on a resource before it: the EC2NodeClass (whose finalizer the
+    controller runs) goes while the controller still runs, and the controller goes before the
+    permissions it runs with."""
+    node_class = next(r for r in eks.registrations if r.inputs.get("kind") == "EC2NodeClass")
+    controller = eks.one(RELEASE, "cluster-gpu-nodes-karpenter")
+    assert controller.urn in eks.depends_transitively(node_class)
+    policy = eks.one("aws:iam/rolePolicy:RolePolicy", "cluster-karpenter-controller")
+    assert policy.urn in eks.depends_transitively(controller)
+
+
+def test_karpenter_interruption_queue_refuses_plain_http(eks):
+    """As upstream's CloudFormation: every SQS call on the queue without TLS is denied, whoever
+    makes it."""
+    queue = eks.one("aws:sqs/queue:Queue")
+    policy = json.loads(eks.one("aws:sqs/queuePolicy:QueuePolicy").inputs["policy"])
+    arn = f"arn:aws:sqs::123456789012:{queue.name}"
+    denies = [s for s in policy["Statement"] if s["Effect"] == "Deny" and s.get("Principal") == "*"
+              and s.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}]
+    assert any(all(iam_allows({"Statement": [{**s, "Effect": "Allow"}]}, action, arn)
+                   for action in ("sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:PurgeQueue"))
+               for s in denies), policy
+    assert all(s["Resource"] == arn for s in policy["Statement"])
+
+
 def test_eks_gpu_node_group_without_autoscaler():
     rec = harness.run("eks", eks_gpu_nodes(**NODE_GROUP_ONLY))
     gpu = rec.one("aws:eks/nodeGroup:NodeGroup", "cluster-gpu").inputs
@@ -106,6 +191,19 @@ def test_eks_gpu_node_group_without_autoscaler():
     system = rec.one("aws:eks/nodeGroup:NodeGroup", "cluster-system").inputs
     assert "taints" not in system
     assert not [r for r in rec.registrations if r.inputs.get("kind") in ("NodePool", "EC2NodeClass")]
+
+
+@pytest.mark.parametrize("autoscaler", [{}, NODE_GROUP_ONLY])
+def test_eks_bottlerocket_gpu_nodes_are_refused_in_one_line(autoscaler):
+    """Bottlerocket's NVIDIA variants run their own device plugin, which the chart's would run
+    beside (both register nvidia.com/gpu with the kubelet), and hand unprivileged containers no GPU
+    through NVIDIA_VISIBLE_DEVICES, the DCGM exporter's way to see every GPU of its node."""
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("eks", eks_gpu_nodes(amiType="BOTTLEROCKET_x86_64_NVIDIA", **autoscaler))
+    message = str(info.value.error)
+    assert message.startswith("Pulumi.eks.yaml: llm-platform:cluster.gpuNodes.amiType: ")
+    assert "AL2023_x86_64_NVIDIA" in message and "\n" not in message
+    assert info.value.registrations == []
 
 
 @pytest.mark.parametrize("keys, message", [
@@ -220,6 +318,17 @@ def test_gke_tpu_pool(gke):
     cluster = gke.one("gcp:container/cluster:Cluster").inputs
     assert cluster["workloadIdentityConfig"] == {"workloadPool": "my-llm-project.svc.id.goog"}
     assert cluster["releaseChannel"] == {"channel": "REGULAR"}
+
+
+@pytest.mark.parametrize("location", ["us-central1", "us-central1-a"])
+def test_gke_system_pool_size_is_the_pools_total_in_any_location(location):
+    """On a regional cluster a pool without nodeLocations spans the region's zones, and
+    min/max_node_count are per zone: 1..3 would run 3..9 nodes. Totals hold on any location."""
+    cluster = harness.stack_config("gke")["llm-platform:cluster"]
+    rec = harness.run("gke", {"llm-platform:cluster": {**cluster, "location": location,
+                                                      "systemPool": {"minNodes": 1, "maxNodes": 3}}})
+    pool = rec.one("gcp:container/nodePool:NodePool", "cluster-system").inputs
+    assert pool["autoscaling"] == {"totalMinNodeCount": 1, "totalMaxNodeCount": 3}
 
 
 def test_gke_model_pod_takes_every_chip_of_one_host(gke):

@@ -386,6 +386,47 @@ def test_vllm_replicas_get_own_caches_and_roll_on_the_gpus_that_exist(control_pl
     assert "volume node affinity conflict" in problems[0] or "node affinity" in problems[0], problems
 
 
+def _model_claims(cp: kube.ControlPlane, namespace: str, model: str) -> set[str]:
+    return {c.metadata.name for c in cp.core.list_namespaced_persistent_volume_claim(namespace).items
+            if c.metadata.name.startswith(f"cache-{model}-")}
+
+
+def test_destroy_deletes_every_cache_claim_with_its_server(control_plane, stacks):
+    """`pulumi destroy` deletes a StatefulSet with foreground propagation (pulumi-kubernetes'
+    default) and goes on once it is gone, towards the cluster itself. By then every cache claim of
+    the server must be gone too, a replica's scaled away included: a claim still bound when the
+    cluster goes leaves its disk behind, billed, with nothing left to delete it."""
+    cp = control_plane
+    cp.reset(stacks.current.objects if stacks.current else [])
+    stacks.key, stacks.current = None, None
+    d = cs.deploy(cp, "eks", mock_engine.run("eks", EKS_TWO_REPLICAS))
+    stacks.key, stacks.current = "eks-two-replicas-destroyed", d
+    ns = "models"
+
+    def provisioned() -> bool:
+        cs.stand_ins(cp, d)
+        _mark_ready(cp, ns)
+        return all(c.status.phase == "Bound" for c in cp.core.list_namespaced_persistent_volume_claim(ns).items
+                   if c.metadata.name.startswith("cache-qwen-")) and len(_model_claims(cp, ns, "qwen")) == 2
+
+    kube.until(provisioned, 60, "both caches provisioned and bound")
+    # A replica scaled away (by KEDA, or to zero) keeps its claim: scaled back, it finds its weights.
+    cp.apps.patch_namespaced_stateful_set_scale("qwen", ns, {"spec": {"replicas": 1}})
+    kube.until(lambda: (cs.stand_ins(cp, d), kube.finish_terminations(cp, ns),
+                        [p.metadata.name for p in cp.pods(ns, cs.MODEL_SERVERS)] == ["qwen-0"])[-1],
+               30, "replica 1 scaled away")
+    assert _model_claims(cp, ns, "qwen") == {"cache-qwen-0", "cache-qwen-1"}
+
+    cp.apps.delete_namespaced_stateful_set("qwen", ns, propagation_policy="Foreground")
+
+    def gone() -> bool:
+        kube.finish_terminations(cp, ns)  # the kubelet, once the containers have stopped
+        return not [s for s in cp.apps.list_namespaced_stateful_set(ns).items if s.metadata.name == "qwen"]
+
+    kube.until(gone, 60, "the StatefulSet deleted")
+    assert _model_claims(cp, ns, "qwen") == set(), "claims outlive their StatefulSet: destroy leaves their disks"
+
+
 # --- autoscaling: KEDA's and Karpenter's objects, and a GPU pool that starts at zero ----------
 
 

@@ -98,7 +98,10 @@ def build(parent: pulumi.Resource, name: str, cfg: GkeCluster) -> BuiltCluster:
         name="system",
         cluster=cluster.name,
         location=location,
-        autoscaling={"min_node_count": cfg.system_pool.min_nodes, "max_node_count": cfg.system_pool.max_nodes},
+        # Totals: on a regional cluster the pool spans the region's zones, where the per-zone
+        # min/max_node_count would multiply the sizes by the number of zones.
+        autoscaling={"total_min_node_count": cfg.system_pool.min_nodes,
+                     "total_max_node_count": cfg.system_pool.max_nodes},
         node_config={"machine_type": cfg.system_pool.machine_type, "oauth_scopes": _SCOPES,
                      "workload_metadata_config": _WORKLOAD_METADATA, "labels": {"llm-platform/pool": "system"}},
         opts=opts,

@@ -16,8 +16,8 @@ import pulumi_aws as aws
 NAMESPACE = "kube-system"
 SERVICE_ACCOUNT = "karpenter"
 DISCOVERY_TAG = "karpenter.sh/discovery"
-# Root volume device of each AMI family (Bottlerocket keeps its OS on xvda, data on xvdb).
-AMI_FAMILY = {"AL2023_x86_64_NVIDIA": ("al2023", "/dev/xvda"), "BOTTLEROCKET_x86_64_NVIDIA": ("bottlerocket", "/dev/xvdb")}
+# Karpenter's AMI alias family and root volume device of each AMI type the config admits.
+AMI_FAMILY = {"AL2023_x86_64_NVIDIA": ("al2023", "/dev/xvda")}
 _MANAGED = "arn:aws:iam::aws:policy/"
 NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly",
                  "AmazonSSMManagedInstanceCore")
@@ -49,7 +49,7 @@ class KarpenterFacts:
     taint: dict[str, str]
     consolidate_after: str
     tags: dict[str, str]
-    # The controller can act only once its identity and the nodes' access entry exist.
+    # The controller can act only once its identity, its permissions and the nodes' access entry exist.
     ready: list = field(default_factory=list)
 
 
@@ -89,7 +89,9 @@ def controller_policy(cluster: str, region: str, account: str, node_role_arn: st
          "Action": ["ec2:DescribeAvailabilityZones", "ec2:DescribeImages", "ec2:DescribeInstances",
                     "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeInstanceTypes", "ec2:DescribeLaunchTemplates",
                     "ec2:DescribeSecurityGroups", "ec2:DescribeSpotPriceHistory", "ec2:DescribeSubnets",
-                    "ec2:DescribeCapacityReservations"],
+                    "ec2:DescribeCapacityReservations",
+                    # Its instance health poller, and its placement group lookup.
+                    "ec2:DescribeInstanceStatus", "ec2:DescribePlacementGroups"],
          "Condition": {"StringEquals": {"aws:RequestedRegion": region}}},
         {"Sid": "ReadAmiParameters", "Effect": "Allow", "Action": ["ssm:GetParameter"],
          "Resource": [f"arn:aws:ssm:{region}::parameter/aws/service/*"]},
@@ -98,10 +100,24 @@ def controller_policy(cluster: str, region: str, account: str, node_role_arn: st
          "Condition": {"StringEquals": {"iam:PassedToService": ["ec2.amazonaws.com"]}}},
         {"Sid": "ReadInstanceProfiles", "Effect": "Allow", "Action": ["iam:GetInstanceProfile"],
          "Resource": [f"arn:aws:iam::{account}:instance-profile/*"]},
+        # An EC2NodeClass's finalizer lists the instance profiles Karpenter may have made for it;
+        # denied, the finalizer fails on every try and the node class is never deleted.
+        {"Sid": "ListInstanceProfiles", "Effect": "Allow", "Action": ["iam:ListInstanceProfiles"], "Resource": "*"},
         {"Sid": "ReadCluster", "Effect": "Allow", "Action": ["eks:DescribeCluster"],
          "Resource": [f"arn:aws:eks:{region}:{account}:cluster/{cluster}"]},
         {"Sid": "Interruptions", "Effect": "Allow", "Resource": queue_arn,
          "Action": ["sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:ReceiveMessage"]},
+    ]}
+
+
+def queue_policy(arn: str) -> dict:
+    """EventBridge may send to the queue; nobody may use it without TLS."""
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "EventsSend", "Effect": "Allow",
+         "Principal": {"Service": ["events.amazonaws.com", "sqs.amazonaws.com"]},
+         "Action": "sqs:SendMessage", "Resource": arn},
+        {"Sid": "DenyPlainHttp", "Effect": "Deny", "Principal": "*", "Action": "sqs:*", "Resource": arn,
+         "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
     ]}
 
 
@@ -132,9 +148,7 @@ def build(name: str, cfg: Any, cluster: aws.eks.Cluster, gpu_subnet: aws.ec2.Sub
                           message_retention_seconds=300,
                           sqs_managed_sse_enabled=True, tags=tags, opts=opts)
     aws.sqs.QueuePolicy(f"{name}-karpenter-interruptions", queue_url=queue.url, policy=queue.arn.apply(
-        lambda arn: json.dumps({"Version": "2012-10-17", "Statement": [{
-            "Effect": "Allow", "Principal": {"Service": ["events.amazonaws.com", "sqs.amazonaws.com"]},
-            "Action": "sqs:SendMessage", "Resource": arn}]})), opts=opts)
+        lambda arn: json.dumps(queue_policy(arn))), opts=opts)
     for event, pattern in INTERRUPTION_EVENTS.items():
         rule = aws.cloudwatch.EventRule(f"{name}-karpenter-{event}", event_pattern=json.dumps(pattern),
                                         tags=tags, opts=opts)
@@ -146,7 +160,7 @@ def build(name: str, cfg: Any, cluster: aws.eks.Cluster, gpu_subnet: aws.ec2.Sub
         "Statement": [{"Effect": "Allow", "Principal": {"Service": "pods.eks.amazonaws.com"},
                        "Action": ["sts:AssumeRole", "sts:TagSession"]}],
     }), tags=tags, opts=opts)
-    aws.iam.RolePolicy(f"{name}-karpenter-controller", role=controller_role.id, policy=pulumi.Output.all(
+    permissions = aws.iam.RolePolicy(f"{name}-karpenter-controller", role=controller_role.id, policy=pulumi.Output.all(
         cluster.name, account, node_role.arn, queue.arn).apply(
         lambda a: json.dumps(controller_policy(a[0], cfg.region, a[1], a[2], a[3]))), opts=opts)
     identity = aws.eks.PodIdentityAssociation(
@@ -174,5 +188,7 @@ def build(name: str, cfg: Any, cluster: aws.eks.Cluster, gpu_subnet: aws.ec2.Sub
         taint=dict(pool.taint),
         consolidate_after=nodes.consolidate_after,
         tags=tags,
-        ready=[identity, access],
+        # Its permissions too: on destroy they must outlive the controller, which finalizes the
+        # EC2NodeClass and terminates the nodes.
+        ready=[identity, access, permissions],
     )

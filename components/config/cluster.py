@@ -126,11 +126,27 @@ def _tpu_machine(value: str) -> str:
     return value
 
 
+GPU_AMI_TYPE = "AL2023_x86_64_NVIDIA"
+
+
+def _supported_ami(value: str) -> str:
+    if value.startswith("BOTTLEROCKET"):
+        raise ValueError(
+            f"{value} is not supported: Bottlerocket runs its own NVIDIA device plugin, which the one this stack "
+            f"installs would run beside, and gives unprivileged containers no GPU by NVIDIA_VISIBLE_DEVICES (the "
+            f"GPU metrics exporter would see none); use {GPU_AMI_TYPE}")
+    if value != GPU_AMI_TYPE:
+        raise ValueError(f"expected {GPU_AMI_TYPE!r}, got {value!r}")
+    return value
+
+
 class GpuNodeGroup(NodeGroup):
     instance_type: Annotated[str, AfterValidator(_gpu_instance)] = "g6.xlarge"
     # Further instance types Karpenter may choose from, each with as many GPUs as instanceType.
     extra_instance_types: list[Annotated[str, AfterValidator(_gpu_instance)]] = []
-    ami_type: Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"] = "AL2023_x86_64_NVIDIA"
+    # The EKS-optimized AL2023 NVIDIA AMI: the device plugin chart and the GPU metrics exporter
+    # rely on its container runtime.
+    ami_type: Annotated[str, AfterValidator(_supported_ami)] = GPU_AMI_TYPE
     min_size: int = Field(0, ge=0)
     disk_size_gb: int = Field(200, ge=50)
     # The one zone of the GPU nodes (default: the first of availabilityZones). An EBS model

@@ -235,6 +235,6 @@ REMOVED_UI_API_KEY = (
     "a key the stack generates for it (output uiApiKey): remove the key"
 )
 REMOVED_DELETE_MODEL_CACHES = (
-    "deleteModelCaches: no longer a setting; model caches live as long as the cluster and "
-    "`pulumi destroy` deletes them with it (see the README, 'Model caches'): remove the key"
+    "deleteModelCaches: no longer a setting; a model's caches go with its StatefulSet, so removing "
+    "the model or `pulumi destroy` deletes them (see the README, 'Model caches'): remove the key"
 )
