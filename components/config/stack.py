@@ -169,6 +169,11 @@ class StackConfig(_Model):
 
     @model_validator(mode="after")
     def _providers_have_keys(self) -> "StackConfig":
+        if self.front_door.providers and not self.security.api_auth:
+            # The front door holds the providers' keys: an open API spends them for whoever
+            # reaches the gateway (on eks/gke, the internet).
+            raise ValueError("frontDoor.providers: expected security.apiAuth: true (without API keys anyone "
+                             "who reaches the gateway would spend the providers' paid keys)")
         names = [m.name for m in self.models]
         for i, p in enumerate(self.front_door.providers):
             if p.name in names:
