@@ -215,6 +215,7 @@ apps = all_apps(
     keys.ui if keys else None,
     keys.digest(keys.ui) if keys else None,
     ui_admin.password if ui_admin else None,
+    ui_admin.secret_key if ui_admin else None,
 )
 GitOpsController("gitops", {"provider": provider, "chart_version": cfg.gitops.chart_version, "apps": apps})
 

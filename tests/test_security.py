@@ -659,6 +659,25 @@ def test_the_ui_admin_comes_from_a_secret_and_sign_up_is_closed(guarded):
     assert secret.urn in guarded.one("kubernetes:argoproj.io/v1alpha1:Application").dependencies
 
 
+def test_sign_ins_survive_a_restart_of_the_ui(guarded):
+    """Open WebUI signs its sessions with WEBUI_SECRET_KEY; without one its start script writes a
+    new random key beside the code (outside the data volume), so every new pod logs everyone
+    out. The chart (16.0.0) has no value for it: the key is generated once, kept in state and
+    reaches the pod, as the chart renders it, only from a Secret."""
+    env = ui_env(guarded)
+    ref = env["WEBUI_SECRET_KEY"]["valueFrom"]["secretKeyRef"]
+    secret = next(r for r in guarded.of_type("kubernetes:core/v1:Secret") if r.inputs["metadata"]["name"] == ref["name"]
+                  and r.inputs["metadata"]["namespace"] == "open-webui")
+    assert harness.is_secret(secret.inputs["stringData"]) or harness.is_secret(secret.inputs["stringData"][ref["key"]])
+    key = harness.reveal(secret.inputs["stringData"])[ref["key"]]
+    generated = guarded.one("random:index/randomPassword:RandomPassword", "ui-admin-secret-key")
+    assert len(key) == generated.inputs["length"] >= 32
+    assert key != guarded.outputs["uiAdminPassword"]
+    for r in guarded.registrations:
+        assert key not in plain_text(r.inputs), f"{r.type} {r.name}"
+    assert secret.urn in guarded.one("kubernetes:argoproj.io/v1alpha1:Application").dependencies
+
+
 def test_the_ui_admin_and_sign_up_are_configurable():
     rec = harness.run("local", {"llm-platform:uiAdminPassword": "admin-pass-0123456789",
                                 "llm-platform:ui": {"signup": True, "adminEmail": "me@example.org"}},
