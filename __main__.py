@@ -31,6 +31,8 @@ use_archives(cfg.charts.archive_dir)
 cluster = Cluster("cluster", {
     "config": cfg.cluster,
     "accelerator": accelerator_from_config(cfg.accelerator, cfg.cluster),
+    # Plain HTTP never faces the internet: the clouds' load balancer does once TLS is on.
+    "internet_facing": cfg.gateway.internet_facing,
 })
 provider = cluster.provider
 

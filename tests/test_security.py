@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from components.serving import API_KEY_ENTRIES
+from tests.conftest import need_charts
 from tools import mock_engine as harness
 
 CLIENT_KEY = "sk-client-key-0123456789abcdef"
@@ -546,6 +547,90 @@ def test_bad_tls_config_is_refused(gateway, expected):
     with pytest.raises(harness.ProgramFailed) as info:
         harness.run("eks", {"llm-platform:gateway": gateway})
     assert str(info.value.error).startswith(f"Pulumi.eks.yaml: {expected}")
+
+
+# --- the clouds' load balancer: plain HTTP never faces the internet -----------------------------
+
+AWS_INTERNAL = "service.beta.kubernetes.io/aws-load-balancer-internal"
+GKE_LB_TYPE = "networking.gke.io/load-balancer-type"
+
+
+def ingress_service(rec) -> dict:
+    """The ingress Service as the gateway chart renders it from the program's values."""
+    release = harness.reveal(rec.one("kubernetes:helm.sh/v3:Release", "mesh-gateway").inputs)
+    (svc,) = [d for d in render_chart(f"gateway-{release['version']}.tgz", release["values"], release["name"],
+                                      release["namespace"]) if d["kind"] == "Service"]
+    return svc
+
+
+def on_the_internet(stack: str, svc: dict) -> bool:
+    """What the cloud's own service controller reads: EKS's (in-tree) makes an NLB internal with
+    `aws-load-balancer-internal` set to anything but "false"; GKE's with load-balancer-type
+    Internal."""
+    annotations = svc["metadata"].get("annotations") or {}
+    assert svc["spec"]["type"] == "LoadBalancer"
+    if stack == "eks":
+        assert annotations["service.beta.kubernetes.io/aws-load-balancer-type"] == "nlb"
+        return annotations.get(AWS_INTERNAL, "false") == "false"
+    return annotations.get(GKE_LB_TYPE) != "Internal"
+
+
+@pytest.mark.parametrize("stack_name", ["eks", "gke"])
+def test_without_tls_the_cloud_load_balancer_stays_inside_the_network(stack_name):
+    """As shipped (no gateway.host, no certificate) the master key and the UI's passwords would
+    cross the internet in clear: the load balancer is internal until TLS is on."""
+    need_charts()
+    rec = harness.run(stack_name)
+    assert not on_the_internet(stack_name, ingress_service(rec))
+    assert all("tls" not in s for s in servers(rec))
+
+
+@pytest.mark.parametrize("stack_name", ["eks", "gke"])
+@pytest.mark.parametrize("tls", [{"certManager": {"acmeEmail": "ops@example.com"}}, {"tlsSecret": "llm-cert"}])
+def test_with_tls_the_cloud_load_balancer_faces_the_internet_on_https(stack_name, tls):
+    need_charts()
+    rec = harness.run(stack_name, {"llm-platform:gateway": {"host": HOST, **tls}})
+    assert on_the_internet(stack_name, ingress_service(rec))
+    assert istio_answer(rec, 80, HOST, "/v1/models") == "redirect:https"
+
+
+def test_an_internal_load_balancer_with_tls_may_be_asked_for():
+    need_charts()
+    rec = harness.run("eks", {"llm-platform:gateway": {"host": HOST, "tlsSecret": "llm-cert",
+                                                       "loadBalancer": "internal"}})
+    assert not on_the_internet("eks", ingress_service(rec))
+
+
+@pytest.mark.parametrize("stack_name", ["eks", "gke"])
+def test_the_stack_files_say_how_to_go_public_and_it_works(stack_name):
+    """The commented gateway block in Pulumi.<stack>.yaml, uncommented, is accepted and puts the
+    load balancer on the internet behind HTTPS."""
+    lines = (harness.PROJECT_DIR / f"Pulumi.{stack_name}.yaml").read_text().splitlines()
+    start = lines.index("  # llm-platform:gateway:")
+    block = [line.replace("  # ", "  ", 1) for line in lines[start:start + 3]]
+    gateway = yaml.safe_load("\n".join(block))["llm-platform:gateway"]
+    rec = harness.run(stack_name, {"llm-platform:gateway": gateway})
+    need_charts()
+    assert on_the_internet(stack_name, ingress_service(rec))
+    assert istio_answer(rec, 80, gateway["host"], "/v1/models") == "redirect:https"
+
+
+@pytest.mark.parametrize("stack_name, gateway, expected", [
+    ("eks", {"loadBalancer": "internet"},
+     "llm-platform:gateway.loadBalancer: 'internet' needs TLS"),
+    ("gke", {"host": HOST, "loadBalancer": "internet"},
+     "llm-platform:gateway.loadBalancer: 'internet' needs TLS"),
+    ("eks", {"host": HOST, "certManager": {"acmeEmail": "ops@example.com"}, "loadBalancer": "internal"},
+     "llm-platform:gateway.certManager: expected tlsSecret with an internal load balancer"),
+    ("local", {"loadBalancer": "internal"},
+     "llm-platform:gateway.loadBalancer: only eks and gke create a cloud load balancer"),
+])
+def test_plain_http_on_the_internet_is_refused(stack_name, gateway, expected):
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run(stack_name, {"llm-platform:gateway": gateway})
+    message = str(info.value.error)
+    assert "\n" not in message and info.value.registrations == []
+    assert message.startswith(f"Pulumi.{stack_name}.yaml: {expected}"), message
 
 
 def test_the_removed_metrics_from_setting_is_refused_with_what_happens_instead():

@@ -151,6 +151,13 @@ class StackConfig(_Model):
         return self
 
     @model_validator(mode="after")
+    def _load_balancer_on_a_cloud(self) -> "StackConfig":
+        if self.gateway.load_balancer and self.cluster.kind not in ("eks", "gke"):
+            raise ValueError(f"gateway.loadBalancer: only eks and gke create a cloud load balancer; remove the key "
+                             f"on a {self.cluster.kind} cluster")
+        return self
+
+    @model_validator(mode="after")
     def _router_serves_gguf(self) -> "StackConfig":
         if self.llama_router.enabled and self.accelerator.kind not in ("vulkan", "none"):
             raise ValueError(f"llamaRouter.enabled: router mode serves GGUF files with llama.cpp "
