@@ -17,6 +17,7 @@ import yaml
 
 from . import front_door_auth
 from .api_keys import keyed_digest
+from .database import CA_CERT, CLIENT_CA_DIR
 from .monitoring import ScrapeTarget
 from .model_namespace import NAMESPACE_LABEL, policy_specs
 
@@ -313,7 +314,9 @@ class FrontDoor(pulumi.ComponentResource):
                             "env": env,
                             "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
                             "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-                                             {"name": "tmp", "mountPath": "/tmp"}],
+                                             {"name": "tmp", "mountPath": "/tmp"},
+                                             *([{"name": "database-ca", "mountPath": CLIENT_CA_DIR,
+                                                 "readOnly": True}] if database is not None else [])],
                             "resources": {
                                 "requests": {"cpu": cfg.resources.cpu, "memory": cfg.resources.memory},
                                 "limits": {"cpu": cfg.resources.cpu_limit, "memory": cfg.resources.memory_limit},
@@ -333,7 +336,12 @@ class FrontDoor(pulumi.ComponentResource):
                                                 "capabilities": {"drop": ["ALL"]}},
                         }],
                         "volumes": [{"name": "config", "configMap": {"name": config_map.metadata.name}},
-                                    {"name": "tmp", "emptyDir": {}}],
+                                    {"name": "tmp", "emptyDir": {}},
+                                    # The database's CA, which DATABASE_URL verifies the server with.
+                                    *([{"name": "database-ca", "secret": {
+                                        "secretName": database.ca_secret_name,
+                                        "items": [{"key": CA_CERT, "path": CA_CERT}]}}]
+                                      if database is not None else [])],
                         # Replicas on different nodes (and zones), so one drain leaves one up.
                         "topologySpreadConstraints": [
                             {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
