@@ -49,6 +49,8 @@ READINESS_PATH = "/health/readiness"
 LIVENESS_PATH = "/health/liveliness"
 # LiteLLM answers /metrics with a redirect to this.
 METRICS_PATH = "/metrics/"
+# Everything it serves metrics under (its auth middleware's own test: /metrics or below it).
+METRICS_PATHS = ["/metrics", "/metrics/*"]
 # Env vars the config refers to with `os.environ/<NAME>`: keys never enter the ConfigMap.
 MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
 BACKEND_KEY_ENV = "BACKEND_API_KEY"
@@ -369,6 +371,8 @@ class FrontDoor(pulumi.ComponentResource):
             opts=child,
         )
         self._egress(name, args, namespace, child)
+        if cfg.metrics:
+            self._metrics_for_the_scraper_only(name, args, namespace, child)
         self.service_host = pulumi.Output.concat(
             self.service.metadata.name, ".", self.service.metadata.namespace, ".svc.cluster.local")
         self.base_url = pulumi.Output.concat("http://", self.service_host, f":{PORT}/v1")
@@ -376,6 +380,26 @@ class FrontDoor(pulumi.ComponentResource):
             name=NAME, namespace=namespace, selector=labels, port="http", path=METRICS_PATH) if cfg.metrics else None
         self.register_outputs({"serviceHost": self.service_host, "baseUrl": self.base_url,
                                "models": self.model_names})
+
+    def _metrics_for_the_scraper_only(self, name: str, args: FrontDoorArgs, namespace: pulumi.Output[str],
+                                      child) -> None:
+        """The proxy answers /metrics/ without a key (a scraper must not need the master key), and
+        its series name users, teams and key hashes: only the scraper may read it, with or without
+        STRICT mTLS. A DENY policy refuses it to every mesh identity but the scraper's; without
+        STRICT mTLS the sidecars of the gateway, the UI and every other injected pod still present
+        one (auto mTLS), while Prometheus scrapes in plain HTTP with none. Pods without a sidecar
+        are kept off the port by the NetworkPolicies. When nothing scrapes, no one may read it."""
+        metrics = args["metrics"]
+        callers = ({"from": [{"source": {"principals": ["*"], "notPrincipals": [metrics.principal]}}]}
+                   if metrics is not None else {})
+        k8s.apiextensions.CustomResource(
+            f"{name}-metrics-guard",
+            api_version="security.istio.io/v1",
+            kind="AuthorizationPolicy",
+            metadata={"name": "metrics-for-the-scraper-only", "namespace": namespace},
+            spec={"action": "DENY", "rules": [{**callers, "to": [{"operation": {"paths": METRICS_PATHS}}]}]},
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=list(args["mesh_ready"]))),
+        )
 
     def _egress(self, name: str, args: FrontDoorArgs, namespace: pulumi.Output[str], child) -> None:
         """The front door reaches its model servers and the providers' hosts, nothing else: its

@@ -310,7 +310,95 @@ def test_model_namespace_denies_by_default_and_allows_only_what_it_needs(guarded
 
 def test_laptop_can_opt_out_of_mesh_and_network_policies():
     rec = harness.run("local", {"llm-platform:security": {"mtls": False, "networkPolicies": False}})
-    assert not rec.of_type(PEERAUTH) and not rec.of_type(AUTHZ) and not rec.of_type(NETPOL)
+    assert not rec.of_type(PEERAUTH) and not rec.of_type(NETPOL)
+    # What stays: the rule that keeps the front door's metrics to their scraper.
+    assert [(p["metadata"]["namespace"], p["spec"]["action"]) for p in map(lambda r: r.inputs, rec.of_type(AUTHZ))] == [
+        ("front-door", "DENY")]
+
+
+# --- the front door's /metrics/ (user e-mails, team names, key hashes) is its scraper's alone ------
+
+PROMETHEUS = ("monitoring", "cluster.local/ns/monitoring/sa/kps-prometheus")
+
+
+def _matches(patterns, value: str) -> bool:
+    """Istio's string match: exact, "*" (any non-empty), "prefix*" or "*suffix"."""
+    def one(p: str) -> bool:
+        if p == "*":
+            return value != ""
+        if p.endswith("*"):
+            return value.startswith(p[:-1])
+        if p.startswith("*"):
+            return value.endswith(p[1:])
+        return value == p
+    return any(one(p) for p in patterns)
+
+
+def _rule_matches(rule: dict, principal: str, method: str, path: str) -> bool:
+    def source_ok(src: dict) -> bool:
+        return (("principals" not in src or _matches(src["principals"], principal))
+                and ("notPrincipals" not in src or not _matches(src["notPrincipals"], principal)))
+
+    def operation_ok(op: dict) -> bool:
+        return (("paths" not in op or _matches(op["paths"], path))
+                and ("notPaths" not in op or not _matches(op["notPaths"], path))
+                and ("methods" not in op or method in op["methods"]))
+
+    froms = [f["source"] for f in rule.get("from", [])]
+    tos = [t["operation"] for t in rule.get("to", [])]
+    return (not froms or any(source_ok(f) for f in froms)) and (not tos or any(operation_ok(t) for t in tos))
+
+
+def mesh_verdict(rec, dest_ns: str, principal, method: str, path: str) -> bool:
+    """Whether the destination's sidecar lets the request in, as Istio decides: STRICT refuses a
+    caller without mTLS (principal None); a matching DENY policy refuses; then, where ALLOW
+    policies exist, one must match. A caller without mTLS has no principal ("")."""
+    if principal is None and any(p["spec"]["mtls"]["mode"] == "STRICT" for p in in_namespace(rec, PEERAUTH, dest_ns)):
+        return False
+    who = principal or ""
+    policies = in_namespace(rec, AUTHZ, dest_ns)
+    if any(_rule_matches(r, who, method, path) for p in policies if p["spec"]["action"] == "DENY"
+           for r in p["spec"].get("rules", [])):
+        return False
+    allows = [p for p in policies if p["spec"]["action"] == "ALLOW"]
+    return not allows or any(_rule_matches(r, who, method, path) for p in allows for r in p["spec"].get("rules", []))
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["mtls", "no-mtls"])
+def metrics_guarded(request):
+    return harness.run("local", {"llm-platform:security": {"mtls": request.param}})
+
+
+@pytest.mark.parametrize("caller, path, admitted", [
+    # Prometheus scrapes /metrics/ with its mesh identity under STRICT mTLS, in plain HTTP without.
+    ("prometheus", "/metrics/", True),
+    # Every sidecar speaks mTLS to another (auto mTLS) whatever the mode: these carry identities.
+    *((caller, path, False) for caller in ("ui", "ingress", "model-namespace")
+      for path in ("/metrics/", "/metrics", "/metrics/x")),
+])
+def test_only_the_scraper_reads_the_front_door_metrics_with_or_without_mtls(metrics_guarded, caller, path, admitted):
+    strict = bool(in_namespace(metrics_guarded, PEERAUTH, "front-door"))
+    principal = {"prometheus": PROMETHEUS[1] if strict else None, "ui": UI[1], "ingress": INGRESS[1],
+                 "model-namespace": "cluster.local/ns/models/sa/default"}[caller]
+    assert mesh_verdict(metrics_guarded, "front-door", principal, "GET", path) is admitted
+    # ...while the UI and the gateway still reach the API.
+    if caller in ("ui", "ingress"):
+        assert mesh_verdict(metrics_guarded, "front-door", principal, "POST", "/v1/chat/completions")
+
+
+def test_without_mtls_pods_without_a_sidecar_are_kept_out_by_the_network_policies(metrics_guarded):
+    """The one caller the mesh cannot tell from Prometheus without mTLS: a pod without a sidecar,
+    in plain HTTP. The front door's NetworkPolicies admit only the gateway's and the UI's
+    namespaces (both injected) and Prometheus's pods."""
+    for ns in ("default", "models", "argocd", "kube-system"):
+        assert not network_admits(metrics_guarded, ns, "front-door"), ns
+
+
+def test_nothing_reads_the_front_door_metrics_when_nothing_scrapes_them():
+    rec = harness.run("local", {"llm-platform:monitoring": {"enabled": False}})
+    for principal in (None, PROMETHEUS[1], UI[1], INGRESS[1]):
+        assert not mesh_verdict(rec, "front-door", principal, "GET", "/metrics/"), principal
+    assert mesh_verdict(rec, "front-door", UI[1], "POST", "/v1/chat/completions")
 
 
 # --- Pod Security ------------------------------------------------------------------------
@@ -698,7 +786,7 @@ def istio_protocol(port: dict) -> str:
 def test_the_ui_account_in_the_allow_list_is_the_one_the_chart_creates(guarded):
     """The AuthorizationPolicy names the service account the chart's pods really run as."""
     principal = ui_principal(guarded)
-    (policy,) = in_namespace(guarded, AUTHZ, "front-door")
+    (policy,) = [p for p in in_namespace(guarded, AUTHZ, "front-door") if p["spec"]["action"] == "ALLOW"]
     assert principal in policy["spec"]["rules"][0]["from"][0]["source"]["principals"]
 
 
