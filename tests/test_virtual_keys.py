@@ -5,6 +5,7 @@ Secrets alone. Off by default: then none of it exists."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from urllib.parse import parse_qs, urlparse
 
@@ -295,3 +296,36 @@ def test_the_policy_pack_passes_with_virtual_keys_on(on):
     found = []
     rules.STACK_RULES["model-namespaces-injected"][0]([(reg.type, props) for reg, props in recorded(on)], found.append)
     assert found == []
+
+
+def test_the_readme_says_what_limits_mean_across_replicas_as_the_pinned_litellm_does(on):
+    """Without Redis, LiteLLM (the release the image runs) counts rate limits and caches the keys
+    it has checked in each replica's memory: a cloud stack's two replicas each let a key's full
+    limit through, and a revoked key works on another replica until its cached copy expires. The
+    README says so with the release's own numbers."""
+    from tests.test_front_door import LITELLM
+
+    site = next(LITELLM.parent.parent.glob("lib/python*/site-packages"), None)
+    if site is None or not (site / "litellm").is_dir():
+        pytest.skip(f"LiteLLM is not installed beside {LITELLM}")
+    server = (site / "litellm" / "proxy" / "proxy_server.py").read_text()
+    key_ttl = int(re.search(r"^\s*in_memory_cache_ttl = (\d+)", server, re.M).group(1))
+    assert "UserApiKeyCache(\n    default_in_memory_ttl=UserAPIKeyCacheTTLEnum.in_memory_cache_ttl.value" in server
+    constants = (site / "litellm" / "constants.py").read_text()
+    spend_write = int(re.search(r'PROXY_BATCH_WRITE_AT: Final = get_env_int\("PROXY_BATCH_WRITE_AT", (\d+)\)',
+                                constants).group(1))
+    # Nothing in the rendered config shares them through Redis, or shortens the key cache.
+    from tests.test_front_door import rendered_config
+
+    cfg = rendered_config(on)
+    assert "redis" not in json.dumps(cfg).lower() and "cache" not in cfg.get("litellm_settings", {})
+    assert "user_api_key_cache_ttl" not in cfg["general_settings"]
+    assert int(harness.run("eks", VKEYS).one("kubernetes:apps/v1:Deployment", "front-door-deployment")
+               .inputs["spec"]["replicas"]) == 2
+
+    readme = (harness.PROJECT_DIR / "README.md").read_text()
+    section = readme[readme.index("**What the limits mean with more than one replica.**"):]
+    section = " ".join(section[:section.index("\n\n", section.index("\n- "))].split())
+    assert "a limit of N lets up to N × replicas through" in section
+    assert f"up to {key_ttl} s (LiteLLM's key cache)" in section
+    assert f"spend is written every {spend_write} s" in section
