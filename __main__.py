@@ -31,6 +31,8 @@ use_archives(cfg.charts.archive_dir)
 cluster = Cluster("cluster", {
     "config": cfg.cluster,
     "accelerator": accelerator_from_config(cfg.accelerator, cfg.cluster),
+    # Plain HTTP never faces the internet: the clouds' load balancer does once TLS is on.
+    "internet_facing": cfg.gateway.internet_facing,
 })
 provider = cluster.provider
 
@@ -215,6 +217,7 @@ apps = all_apps(
     keys.ui if keys else None,
     keys.digest(keys.ui) if keys else None,
     ui_admin.password if ui_admin else None,
+    ui_admin.secret_key if ui_admin else None,
 )
 GitOpsController("gitops", {"provider": provider, "chart_version": cfg.gitops.chart_version, "apps": apps})
 

@@ -30,6 +30,8 @@ def open_webui_host(cfg: StackConfig) -> str:
 
 OPENAI_KEYS_SECRET = "open-webui-openai"
 ADMIN_SECRET = "open-webui-admin"
+# What the UI signs its sessions with (the chart has no value for it: an env var from a Secret).
+SESSION_SECRET = "open-webui-session"
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,13 @@ def _secret_env(name: str, secret: str) -> dict:
 
 def open_webui(cfg: StackConfig, namespace: pulumi.Input[str], models: Sequence[ModelEndpoint],
                api_key: Optional[pulumi.Output[str]], api_key_digest: Optional[pulumi.Output[str]],
-               admin_password: pulumi.Output[str]) -> App:
+               admin_password: pulumi.Output[str], secret_key: pulumi.Output[str]) -> App:
     """Open WebUI in `namespace` (the mesh's, with sidecars). It calls the OpenAI endpoints in
     `models` (the front door) inside the mesh, under its own identity, never through the public
     ingress; it lists whatever models they serve, so models added later appear too."""
     urls = [m.base_url for m in models]
-    secrets = {ADMIN_SECRET: {"WEBUI_ADMIN_PASSWORD": admin_password}}
+    secrets = {ADMIN_SECRET: {"WEBUI_ADMIN_PASSWORD": admin_password},
+               SESSION_SECRET: {"WEBUI_SECRET_KEY": secret_key}}
     env = [
         # The stack is the source of truth: connections, keys and sign-up are read from the
         # environment on every start instead of from what the first start stored in the DB.
@@ -63,6 +66,8 @@ def open_webui(cfg: StackConfig, namespace: pulumi.Input[str], models: Sequence[
         # The admin account is created at first start when no user exists yet.
         {"name": "WEBUI_ADMIN_EMAIL", "value": cfg.ui.admin_email},
         _secret_env("WEBUI_ADMIN_PASSWORD", ADMIN_SECRET),
+        # Sessions signed with a key of the stack's outlive the pod: a restart signs no one out.
+        _secret_env("WEBUI_SECRET_KEY", SESSION_SECRET),
     ]
     if api_key is not None:
         # Open WebUI pairs OPENAI_API_KEYS with OPENAI_API_BASE_URLS, ';'-separated.
@@ -96,8 +101,9 @@ def open_webui(cfg: StackConfig, namespace: pulumi.Input[str], models: Sequence[
 
 def all_apps(cfg: StackConfig, ui_namespace: Optional[pulumi.Input[str]], models: Sequence[ModelEndpoint],
              ui_api_key: Optional[pulumi.Output[str]], ui_api_key_digest: Optional[pulumi.Output[str]],
-             ui_admin_password: Optional[pulumi.Output[str]]) -> list[App]:
-    apps = [open_webui(cfg, ui_namespace, models, ui_api_key, ui_api_key_digest, ui_admin_password)
+             ui_admin_password: Optional[pulumi.Output[str]],
+             ui_secret_key: Optional[pulumi.Output[str]]) -> list[App]:
+    apps = [open_webui(cfg, ui_namespace, models, ui_api_key, ui_api_key_digest, ui_admin_password, ui_secret_key)
             ] if cfg.ui.enabled else []
     return apps + [
         App(

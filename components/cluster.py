@@ -27,6 +27,9 @@ _BUILDERS = {
 class ClusterArgs(TypedDict):
     config: ClusterConfig
     accelerator: Accelerator
+    # Whether a cloud load balancer in front of the ingress faces the internet (else it stays
+    # inside the cluster's network); nothing to decide on other clusters.
+    internet_facing: bool
 
 
 class Cluster(pulumi.ComponentResource):
@@ -51,7 +54,7 @@ class Cluster(pulumi.ComponentResource):
 
         self.kubeconfig = pulumi.Output.secret(built.kubeconfig)
         self.accelerator = args["accelerator"]
-        self.ingress = built.ingress
+        self.ingress = built.ingress.exposed(args["internet_facing"])
         self.host_models_dir = built.host_models_dir
         self.istio_platform = built.istio_platform
         self.network_policy_enforced = built.network_policy_enforced

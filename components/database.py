@@ -1,7 +1,8 @@
 """KeysDatabase: PostgreSQL for the front door's virtual keys (budgets, rate limits, spend).
 The CloudNativePG operator from its Helm chart runs one `Cluster` in a namespace of its own,
 outside the mesh, that only the front door (and the operator) may reach. The owner's password is
-generated and lives only in Secrets; the front door gets its connection URL from one."""
+generated and lives only in Secrets; the front door gets its connection URL from one, and checks
+the server's certificate against the database's CA, which the program makes and keeps in state."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Optional, Sequence, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
+import pulumi_tls as tls
 
 from .mesh import pod_security_labels
 from .model_namespace import NAMESPACE_LABEL, outside_ranges
@@ -39,6 +41,20 @@ API_SERVER_PORTS = (443, 6443, 8443)
 RW_SERVICE = f"{CLUSTER_NAME}-rw"
 URL_SECRET = "litellm-database"
 URL_KEY = "DATABASE_URL"
+# The server's CA is the program's own, not the operator's: CloudNativePG's default CA
+# (`<cluster>-ca`) lives in the database's namespace, where the front door cannot mount it, and
+# is renewed every 90 days, so a copy would go stale. Given `serverCASecret` with `ca.crt` and
+# `ca.key` (an "EC PRIVATE KEY", the only kind it parses), the operator signs the server
+# certificate with it and renews that every 90 days itself (api/v1 CertificatesConfiguration).
+SERVER_CA_SECRET = f"{CLUSTER_NAME}-server-ca"
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+# Ten years; an `up` in the last one renews it (same key, so served certificates still chain).
+CA_VALIDITY_HOURS = 10 * 365 * 24
+CA_EARLY_RENEWAL_HOURS = 365 * 24
+# ...and its certificate alone, in the front door's namespace, mounted where the URL names it.
+CLIENT_CA_SECRET = "litellm-database-ca"
+CLIENT_CA_DIR = "/etc/litellm-database-ca"
 # PostgreSQL pods' requests; LiteLLM's tables are small (keys, teams, spend logs).
 RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
 
@@ -53,6 +69,9 @@ class DatabaseConnection:
     namespace: str
     host: str
     port: int
+    # The Secret (in the front door's namespace) with the server's CA under CA_CERT, to mount at
+    # CLIENT_CA_DIR: the URL verifies the server against it.
+    ca_secret_name: pulumi.Output[str]
     # Applied before the front door starts with the URL: the Secret, and the Cluster (which
     # `up` waits for until it is Ready).
     ready: Sequence[pulumi.Resource]
@@ -73,15 +92,25 @@ class KeysDatabaseArgs(TypedDict):
     cluster_cidrs: Sequence[pulumi.Input[str]]
 
 
+def server_host(namespace: str) -> str:
+    """The name the front door connects to and checks in the server's certificate: the operator's
+    read-write Service, as its certificate names it (`<service>.<namespace>.svc` is one of the
+    names CloudNativePG always puts there, whatever the cluster's DNS domain)."""
+    return f"{RW_SERVICE}.{namespace}.svc"
+
+
 def database_url(password: pulumi.Input[str], namespace: str) -> pulumi.Output[str]:
-    # PostgreSQL's TLS (the operator issues the server certificate) carries the password;
-    # `require` because the client has no CA to verify against.
+    # PostgreSQL's TLS carries the password; libpq's `verify-full` checks the chain against the
+    # database's CA and the host name. LiteLLM (1.108.7, db_url_settings.translate_libpq_ssl_params)
+    # rewrites it for Prisma, which knows neither `verify-full` (read as `prefer`!) nor
+    # `sslrootcert`: `sslmode=require&sslcert=<CA>&sslaccept=strict`.
     return pulumi.Output.concat(f"postgresql://{OWNER}:", password,
-                                f"@{RW_SERVICE}.{namespace}.svc:{POSTGRES_PORT}/{DATABASE}?sslmode=require")
+                                f"@{server_host(namespace)}:{POSTGRES_PORT}/{DATABASE}"
+                                f"?sslmode=verify-full&sslrootcert={CLIENT_CA_DIR}/{CA_CERT}")
 
 
 def cluster_spec(instances: int, storage_size: str, storage_class: Optional[pulumi.Input[str]],
-                 owner_secret: pulumi.Input[str]) -> dict:
+                 owner_secret: pulumi.Input[str], server_ca_secret: pulumi.Input[str], namespace: str) -> dict:
     storage: dict = {"size": storage_size}
     if storage_class is not None:
         storage["storageClass"] = storage_class
@@ -94,6 +123,14 @@ def cluster_spec(instances: int, storage_size: str, storage_class: Optional[pulu
         # block the drain.
         "enablePDB": instances > 1,
         "bootstrap": {"initdb": {"database": DATABASE, "owner": OWNER, "secret": {"name": owner_secret}}},
+        "certificates": {
+            "serverCASecret": server_ca_secret,
+            # The name the front door checks, listed so the certificate carries it whatever the
+            # operator's defaults. A changed list also makes the operator re-issue a certificate it
+            # signed before with its own CA (certs.RenewLeafCertificate), so a stack that had one
+            # moves to this CA on its next `up`.
+            "serverAltDNSNames": [server_host(namespace)],
+        },
     }
 
 
@@ -173,13 +210,33 @@ class KeysDatabase(pulumi.ComponentResource):
             string_data={"username": OWNER, "password": password.result},
             opts=child,
         )
+        # The server's CA (see SERVER_CA_SECRET): kept in state, as a secret.
+        ca_key = tls.PrivateKey(f"{name}-server-ca-key", algorithm="ECDSA", ecdsa_curve="P256",
+                                opts=pulumi.ResourceOptions(parent=self))
+        ca_cert = tls.SelfSignedCert(
+            f"{name}-server-ca",
+            private_key_pem=ca_key.private_key_pem,
+            is_ca_certificate=True,
+            subject={"common_name": f"{CLUSTER_NAME} server CA", "organization": "llm-platform"},
+            validity_period_hours=CA_VALIDITY_HOURS,
+            early_renewal_hours=CA_EARLY_RENEWAL_HOURS,
+            allowed_uses=["cert_signing", "crl_signing"],
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        server_ca = k8s.core.v1.Secret(
+            f"{name}-server-ca",
+            metadata={"name": SERVER_CA_SECRET, "namespace": ns_name},
+            string_data={CA_CERT: ca_cert.cert_pem, CA_KEY: pulumi.Output.secret(ca_key.private_key_pem)},
+            opts=child,
+        )
         cluster = k8s.apiextensions.CustomResource(
             f"{name}-cluster",
             api_version="postgresql.cnpg.io/v1",
             kind="Cluster",
             # `up` waits until the operator reports the database ready.
             metadata={"name": CLUSTER_NAME, "namespace": ns_name, "annotations": {"pulumi.com/waitFor": "condition=Ready"}},
-            spec=cluster_spec(args["instances"], args["storage_size"], args["storage_class"], owner.metadata.name),
+            spec=cluster_spec(args["instances"], args["storage_size"], args["storage_class"], owner.metadata.name,
+                              server_ca.metadata.name, ns),
             # The CRD and the operator's webhook come with the release.
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[operator])),
         )
@@ -189,7 +246,14 @@ class KeysDatabase(pulumi.ComponentResource):
             string_data={URL_KEY: pulumi.Output.secret(database_url(password.result, ns))},
             opts=child,
         )
+        client_ca = k8s.core.v1.Secret(
+            f"{name}-client-ca",
+            metadata={"name": CLIENT_CA_SECRET, "namespace": args["client_namespace"]},
+            string_data={CA_CERT: ca_cert.cert_pem},
+            opts=child,
+        )
         self.connection = DatabaseConnection(
             secret_name=url.metadata.name, secret_key=URL_KEY, namespace=ns,
-            host=f"{RW_SERVICE}.{ns}.svc.cluster.local", port=POSTGRES_PORT, ready=[url, cluster])
+            host=f"{RW_SERVICE}.{ns}.svc.cluster.local", port=POSTGRES_PORT,
+            ca_secret_name=client_ca.metadata.name, ready=[url, client_ca, cluster])
         self.register_outputs({"namespace": ns, "host": self.connection.host})

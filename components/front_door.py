@@ -17,6 +17,7 @@ import yaml
 
 from . import front_door_auth
 from .api_keys import keyed_digest
+from .database import CA_CERT, CLIENT_CA_DIR
 from .monitoring import ScrapeTarget
 from .model_namespace import NAMESPACE_LABEL, policy_specs
 
@@ -48,6 +49,8 @@ READINESS_PATH = "/health/readiness"
 LIVENESS_PATH = "/health/liveliness"
 # LiteLLM answers /metrics with a redirect to this.
 METRICS_PATH = "/metrics/"
+# Everything it serves metrics under (its auth middleware's own test: /metrics or below it).
+METRICS_PATHS = ["/metrics", "/metrics/*"]
 # Env vars the config refers to with `os.environ/<NAME>`: keys never enter the ConfigMap.
 MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
 BACKEND_KEY_ENV = "BACKEND_API_KEY"
@@ -361,7 +364,9 @@ class FrontDoor(pulumi.ComponentResource):
                             "env": env,
                             "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
                             "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-                                             {"name": "tmp", "mountPath": "/tmp"}],
+                                             {"name": "tmp", "mountPath": "/tmp"},
+                                             *([{"name": "database-ca", "mountPath": CLIENT_CA_DIR,
+                                                 "readOnly": True}] if database is not None else [])],
                             "resources": {
                                 "requests": {"cpu": cfg.resources.cpu, "memory": cfg.resources.memory},
                                 "limits": {"cpu": cfg.resources.cpu_limit, "memory": cfg.resources.memory_limit},
@@ -380,7 +385,12 @@ class FrontDoor(pulumi.ComponentResource):
                                                 "capabilities": {"drop": ["ALL"]}},
                         }],
                         "volumes": [{"name": "config", "configMap": {"name": config_map.metadata.name}},
-                                    {"name": "tmp", "emptyDir": {}}],
+                                    {"name": "tmp", "emptyDir": {}},
+                                    # The database's CA, which DATABASE_URL verifies the server with.
+                                    *([{"name": "database-ca", "secret": {
+                                        "secretName": database.ca_secret_name,
+                                        "items": [{"key": CA_CERT, "path": CA_CERT}]}}]
+                                      if database is not None else [])],
                         # Replicas on different nodes (and zones), so one drain leaves one up.
                         "topologySpreadConstraints": [
                             {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
@@ -408,6 +418,8 @@ class FrontDoor(pulumi.ComponentResource):
             opts=child,
         )
         self._egress(name, args, namespace, child)
+        if cfg.metrics:
+            self._metrics_for_the_scraper_only(name, args, namespace, child)
         self.service_host = pulumi.Output.concat(
             self.service.metadata.name, ".", self.service.metadata.namespace, ".svc.cluster.local")
         self.base_url = pulumi.Output.concat("http://", self.service_host, f":{PORT}/v1")
@@ -415,6 +427,26 @@ class FrontDoor(pulumi.ComponentResource):
             name=NAME, namespace=namespace, selector=labels, port="http", path=METRICS_PATH) if cfg.metrics else None
         self.register_outputs({"serviceHost": self.service_host, "baseUrl": self.base_url,
                                "models": self.model_names})
+
+    def _metrics_for_the_scraper_only(self, name: str, args: FrontDoorArgs, namespace: pulumi.Output[str],
+                                      child) -> None:
+        """The proxy answers /metrics/ without a key (a scraper must not need the master key), and
+        its series name users, teams and key hashes: only the scraper may read it, with or without
+        STRICT mTLS. A DENY policy refuses it to every mesh identity but the scraper's; without
+        STRICT mTLS the sidecars of the gateway, the UI and every other injected pod still present
+        one (auto mTLS), while Prometheus scrapes in plain HTTP with none. Pods without a sidecar
+        are kept off the port by the NetworkPolicies. When nothing scrapes, no one may read it."""
+        metrics = args["metrics"]
+        callers = ({"from": [{"source": {"principals": ["*"], "notPrincipals": [metrics.principal]}}]}
+                   if metrics is not None else {})
+        k8s.apiextensions.CustomResource(
+            f"{name}-metrics-guard",
+            api_version="security.istio.io/v1",
+            kind="AuthorizationPolicy",
+            metadata={"name": "metrics-for-the-scraper-only", "namespace": namespace},
+            spec={"action": "DENY", "rules": [{**callers, "to": [{"operation": {"paths": METRICS_PATHS}}]}]},
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=list(args["mesh_ready"]))),
+        )
 
     def _egress(self, name: str, args: FrontDoorArgs, namespace: pulumi.Output[str], child) -> None:
         """The front door reaches its model servers and the providers' hosts, nothing else: its

@@ -1,5 +1,5 @@
 """UiAdmin: the password of the chat UI's admin account, from a Pulumi secret in config or
-generated once and kept (encrypted) in state."""
+generated once and kept (encrypted) in state; and the key the UI signs its sessions with."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ class UiAdminArgs(TypedDict):
 
 class UiAdmin(pulumi.ComponentResource):
     password: pulumi.Output[str]
+    # Open WebUI's WEBUI_SECRET_KEY: without it the UI makes a new one at each start (outside
+    # its data volume), which signs everyone out. Generated once, kept in state.
+    secret_key: pulumi.Output[str]
 
     def __init__(self, name: str, args: UiAdminArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:UiAdmin", name, None, opts)
@@ -26,4 +29,6 @@ class UiAdmin(pulumi.ComponentResource):
                 f"{name}-password", length=32, special=False, opts=pulumi.ResourceOptions(parent=self)
             )
             self.password = pulumi.Output.secret(generated.result)
+        self.secret_key = pulumi.Output.secret(random.RandomPassword(
+            f"{name}-secret-key", length=48, special=False, opts=pulumi.ResourceOptions(parent=self)).result)
         self.register_outputs({"password": self.password})

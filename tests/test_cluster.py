@@ -531,6 +531,36 @@ def test_virtual_keys_database_is_admitted_beside_the_front_door(control_plane, 
     assert not problems, "\n".join(problems)
 
 
+def test_the_database_ca_is_where_the_operator_and_the_front_door_read_it(control_plane, stacks):
+    """The `Cluster` (admitted strictly by the chart's CRD, `certificates` included) names a server
+    CA Secret that exists beside it with the two keys the operator reads; every Secret the front
+    door's pods mount exists in their own namespace (the only one a pod may mount from) with the
+    keys they pick, and the URL's CA file is one of them."""
+    cp, d = control_plane, stacks.get("local-vkeys")
+    cluster = _keys_cluster(d)
+    live = cp.dyn.get(cp.resource(cluster), name=cluster["metadata"]["name"],
+                      namespace=cluster["metadata"]["namespace"]).to_dict()
+    certificates = live["spec"]["certificates"]
+    ca = cp.core.read_namespaced_secret(certificates["serverCASecret"], cluster["metadata"]["namespace"])
+    assert {"ca.crt", "ca.key"} <= set(ca.data)
+    assert certificates["serverAltDNSNames"] == ["litellm-db-rw.litellm-db.svc"]
+    pods = cp.pods("front-door", "app.kubernetes.io/name=litellm")
+    assert pods, "no front door pod"
+    mounted = set()
+    for pod in pods:
+        mounts = {m.name: m.mount_path for m in pod.spec.containers[0].volume_mounts}
+        for volume in pod.spec.volumes:
+            if volume.secret is None:
+                continue
+            data = cp.core.read_namespaced_secret(volume.secret.secret_name, "front-door").data
+            for item in volume.secret.items or []:
+                assert item.key in data, (volume.secret.secret_name, item.key)
+                mounted.add(f"{mounts[volume.name]}/{item.path}")
+    url = next(o for o in d.objects if o["kind"] == "Secret" and o["metadata"]["name"] == "litellm-database")
+    query = url["stringData"]["DATABASE_URL"].split("?", 1)[1]
+    assert dict(p.split("=", 1) for p in query.split("&"))["sslrootcert"] in mounted
+
+
 def test_bites_keys_cluster_field_the_crd_does_not_know(control_plane, stacks):
     """A misspelt field in the `Cluster` (and an instance count below the CRD's minimum) is
     refused by the API server, as `up` would be."""

@@ -164,3 +164,18 @@ def test_a_chart_missing_from_the_archive_folder_fails_in_one_line(tmp_path):
 def test_a_chart_folder_that_is_not_there_is_refused(tmp_path):
     message = refused({"llm-platform:charts": {"archiveDir": str(tmp_path / "nope")}})
     assert "llm-platform:charts.archiveDir: expected a folder of chart archives" in message
+
+
+def test_an_open_api_with_paid_providers_is_refused():
+    """Without API keys anyone who reaches the gateway would spend the providers' keys."""
+    provider = {"name": "gpt-mini", "model": "openai/gpt-4o-mini"}
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("local", {"llm-platform:security": {"apiAuth": False},
+                              "llm-platform:frontDoor": {"providers": [provider]},
+                              "llm-platform:providerKeys": {"gpt-mini": "sk-provider-0123456789abcdef"}},
+                    secrets=("llm-platform:providerKeys",))
+    assert info.value.registrations == []
+    message = str(info.value.error)
+    assert "\n" not in message
+    assert message.startswith("Pulumi.local.yaml: llm-platform:frontDoor.providers: expected security.apiAuth: true")
+    assert "sk-provider" not in message

@@ -246,7 +246,7 @@ def test_the_ui_key_is_taken_from_the_ui_identity_the_mesh_lets_in(recorded):
     assert env["LITELLM_UI_PEER"]["value"] == UI_ID
     # The same workload the front door's AuthorizationPolicy admits, and the UI's pods run as.
     policy = next(p for p in recorded.of_type("kubernetes:security.istio.io/v1:AuthorizationPolicy")
-                  if p.inputs["metadata"]["namespace"] == "front-door" and p.inputs["spec"].get("rules"))
+                  if p.inputs["metadata"]["namespace"] == "front-door" and p.inputs["spec"]["action"] == "ALLOW")
     principals = {pr for rule in policy.inputs["spec"]["rules"] for src in rule.get("from", [])
                   for pr in src["source"].get("principals", [])}
     assert UI_ID.removeprefix("spiffe://") in principals

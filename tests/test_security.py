@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from components.serving import API_KEY_ENTRIES
+from tests.conftest import need_charts
 from tools import mock_engine as harness
 
 CLIENT_KEY = "sk-client-key-0123456789abcdef"
@@ -309,7 +310,95 @@ def test_model_namespace_denies_by_default_and_allows_only_what_it_needs(guarded
 
 def test_laptop_can_opt_out_of_mesh_and_network_policies():
     rec = harness.run("local", {"llm-platform:security": {"mtls": False, "networkPolicies": False}})
-    assert not rec.of_type(PEERAUTH) and not rec.of_type(AUTHZ) and not rec.of_type(NETPOL)
+    assert not rec.of_type(PEERAUTH) and not rec.of_type(NETPOL)
+    # What stays: the rule that keeps the front door's metrics to their scraper.
+    assert [(p["metadata"]["namespace"], p["spec"]["action"]) for p in map(lambda r: r.inputs, rec.of_type(AUTHZ))] == [
+        ("front-door", "DENY")]
+
+
+# --- the front door's /metrics/ (user e-mails, team names, key hashes) is its scraper's alone ------
+
+PROMETHEUS = ("monitoring", "cluster.local/ns/monitoring/sa/kps-prometheus")
+
+
+def _matches(patterns, value: str) -> bool:
+    """Istio's string match: exact, "*" (any non-empty), "prefix*" or "*suffix"."""
+    def one(p: str) -> bool:
+        if p == "*":
+            return value != ""
+        if p.endswith("*"):
+            return value.startswith(p[:-1])
+        if p.startswith("*"):
+            return value.endswith(p[1:])
+        return value == p
+    return any(one(p) for p in patterns)
+
+
+def _rule_matches(rule: dict, principal: str, method: str, path: str) -> bool:
+    def source_ok(src: dict) -> bool:
+        return (("principals" not in src or _matches(src["principals"], principal))
+                and ("notPrincipals" not in src or not _matches(src["notPrincipals"], principal)))
+
+    def operation_ok(op: dict) -> bool:
+        return (("paths" not in op or _matches(op["paths"], path))
+                and ("notPaths" not in op or not _matches(op["notPaths"], path))
+                and ("methods" not in op or method in op["methods"]))
+
+    froms = [f["source"] for f in rule.get("from", [])]
+    tos = [t["operation"] for t in rule.get("to", [])]
+    return (not froms or any(source_ok(f) for f in froms)) and (not tos or any(operation_ok(t) for t in tos))
+
+
+def mesh_verdict(rec, dest_ns: str, principal, method: str, path: str) -> bool:
+    """Whether the destination's sidecar lets the request in, as Istio decides: STRICT refuses a
+    caller without mTLS (principal None); a matching DENY policy refuses; then, where ALLOW
+    policies exist, one must match. A caller without mTLS has no principal ("")."""
+    if principal is None and any(p["spec"]["mtls"]["mode"] == "STRICT" for p in in_namespace(rec, PEERAUTH, dest_ns)):
+        return False
+    who = principal or ""
+    policies = in_namespace(rec, AUTHZ, dest_ns)
+    if any(_rule_matches(r, who, method, path) for p in policies if p["spec"]["action"] == "DENY"
+           for r in p["spec"].get("rules", [])):
+        return False
+    allows = [p for p in policies if p["spec"]["action"] == "ALLOW"]
+    return not allows or any(_rule_matches(r, who, method, path) for p in allows for r in p["spec"].get("rules", []))
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["mtls", "no-mtls"])
+def metrics_guarded(request):
+    return harness.run("local", {"llm-platform:security": {"mtls": request.param}})
+
+
+@pytest.mark.parametrize("caller, path, admitted", [
+    # Prometheus scrapes /metrics/ with its mesh identity under STRICT mTLS, in plain HTTP without.
+    ("prometheus", "/metrics/", True),
+    # Every sidecar speaks mTLS to another (auto mTLS) whatever the mode: these carry identities.
+    *((caller, path, False) for caller in ("ui", "ingress", "model-namespace")
+      for path in ("/metrics/", "/metrics", "/metrics/x")),
+])
+def test_only_the_scraper_reads_the_front_door_metrics_with_or_without_mtls(metrics_guarded, caller, path, admitted):
+    strict = bool(in_namespace(metrics_guarded, PEERAUTH, "front-door"))
+    principal = {"prometheus": PROMETHEUS[1] if strict else None, "ui": UI[1], "ingress": INGRESS[1],
+                 "model-namespace": "cluster.local/ns/models/sa/default"}[caller]
+    assert mesh_verdict(metrics_guarded, "front-door", principal, "GET", path) is admitted
+    # ...while the UI and the gateway still reach the API.
+    if caller in ("ui", "ingress"):
+        assert mesh_verdict(metrics_guarded, "front-door", principal, "POST", "/v1/chat/completions")
+
+
+def test_without_mtls_pods_without_a_sidecar_are_kept_out_by_the_network_policies(metrics_guarded):
+    """The one caller the mesh cannot tell from Prometheus without mTLS: a pod without a sidecar,
+    in plain HTTP. The front door's NetworkPolicies admit only the gateway's and the UI's
+    namespaces (both injected) and Prometheus's pods."""
+    for ns in ("default", "models", "argocd", "kube-system"):
+        assert not network_admits(metrics_guarded, ns, "front-door"), ns
+
+
+def test_nothing_reads_the_front_door_metrics_when_nothing_scrapes_them():
+    rec = harness.run("local", {"llm-platform:monitoring": {"enabled": False}})
+    for principal in (None, PROMETHEUS[1], UI[1], INGRESS[1]):
+        assert not mesh_verdict(rec, "front-door", principal, "GET", "/metrics/"), principal
+    assert mesh_verdict(rec, "front-door", UI[1], "POST", "/v1/chat/completions")
 
 
 # --- Pod Security ------------------------------------------------------------------------
@@ -548,6 +637,90 @@ def test_bad_tls_config_is_refused(gateway, expected):
     assert str(info.value.error).startswith(f"Pulumi.eks.yaml: {expected}")
 
 
+# --- the clouds' load balancer: plain HTTP never faces the internet -----------------------------
+
+AWS_INTERNAL = "service.beta.kubernetes.io/aws-load-balancer-internal"
+GKE_LB_TYPE = "networking.gke.io/load-balancer-type"
+
+
+def ingress_service(rec) -> dict:
+    """The ingress Service as the gateway chart renders it from the program's values."""
+    release = harness.reveal(rec.one("kubernetes:helm.sh/v3:Release", "mesh-gateway").inputs)
+    (svc,) = [d for d in render_chart(f"gateway-{release['version']}.tgz", release["values"], release["name"],
+                                      release["namespace"]) if d["kind"] == "Service"]
+    return svc
+
+
+def on_the_internet(stack: str, svc: dict) -> bool:
+    """What the cloud's own service controller reads: EKS's (in-tree) makes an NLB internal with
+    `aws-load-balancer-internal` set to anything but "false"; GKE's with load-balancer-type
+    Internal."""
+    annotations = svc["metadata"].get("annotations") or {}
+    assert svc["spec"]["type"] == "LoadBalancer"
+    if stack == "eks":
+        assert annotations["service.beta.kubernetes.io/aws-load-balancer-type"] == "nlb"
+        return annotations.get(AWS_INTERNAL, "false") == "false"
+    return annotations.get(GKE_LB_TYPE) != "Internal"
+
+
+@pytest.mark.parametrize("stack_name", ["eks", "gke"])
+def test_without_tls_the_cloud_load_balancer_stays_inside_the_network(stack_name):
+    """As shipped (no gateway.host, no certificate) the master key and the UI's passwords would
+    cross the internet in clear: the load balancer is internal until TLS is on."""
+    need_charts()
+    rec = harness.run(stack_name)
+    assert not on_the_internet(stack_name, ingress_service(rec))
+    assert all("tls" not in s for s in servers(rec))
+
+
+@pytest.mark.parametrize("stack_name", ["eks", "gke"])
+@pytest.mark.parametrize("tls", [{"certManager": {"acmeEmail": "ops@example.com"}}, {"tlsSecret": "llm-cert"}])
+def test_with_tls_the_cloud_load_balancer_faces_the_internet_on_https(stack_name, tls):
+    need_charts()
+    rec = harness.run(stack_name, {"llm-platform:gateway": {"host": HOST, **tls}})
+    assert on_the_internet(stack_name, ingress_service(rec))
+    assert istio_answer(rec, 80, HOST, "/v1/models") == "redirect:https"
+
+
+def test_an_internal_load_balancer_with_tls_may_be_asked_for():
+    need_charts()
+    rec = harness.run("eks", {"llm-platform:gateway": {"host": HOST, "tlsSecret": "llm-cert",
+                                                       "loadBalancer": "internal"}})
+    assert not on_the_internet("eks", ingress_service(rec))
+
+
+@pytest.mark.parametrize("stack_name", ["eks", "gke"])
+def test_the_stack_files_say_how_to_go_public_and_it_works(stack_name):
+    """The commented gateway block in Pulumi.<stack>.yaml, uncommented, is accepted and puts the
+    load balancer on the internet behind HTTPS."""
+    lines = (harness.PROJECT_DIR / f"Pulumi.{stack_name}.yaml").read_text().splitlines()
+    start = lines.index("  # llm-platform:gateway:")
+    block = [line.replace("  # ", "  ", 1) for line in lines[start:start + 3]]
+    gateway = yaml.safe_load("\n".join(block))["llm-platform:gateway"]
+    rec = harness.run(stack_name, {"llm-platform:gateway": gateway})
+    need_charts()
+    assert on_the_internet(stack_name, ingress_service(rec))
+    assert istio_answer(rec, 80, gateway["host"], "/v1/models") == "redirect:https"
+
+
+@pytest.mark.parametrize("stack_name, gateway, expected", [
+    ("eks", {"loadBalancer": "internet"},
+     "llm-platform:gateway.loadBalancer: 'internet' needs TLS"),
+    ("gke", {"host": HOST, "loadBalancer": "internet"},
+     "llm-platform:gateway.loadBalancer: 'internet' needs TLS"),
+    ("eks", {"host": HOST, "certManager": {"acmeEmail": "ops@example.com"}, "loadBalancer": "internal"},
+     "llm-platform:gateway.certManager: expected tlsSecret with an internal load balancer"),
+    ("local", {"loadBalancer": "internal"},
+     "llm-platform:gateway.loadBalancer: only eks and gke create a cloud load balancer"),
+])
+def test_plain_http_on_the_internet_is_refused(stack_name, gateway, expected):
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run(stack_name, {"llm-platform:gateway": gateway})
+    message = str(info.value.error)
+    assert "\n" not in message and info.value.registrations == []
+    assert message.startswith(f"Pulumi.{stack_name}.yaml: {expected}"), message
+
+
 def test_the_removed_metrics_from_setting_is_refused_with_what_happens_instead():
     with pytest.raises(harness.ProgramFailed) as info:
         harness.run("local", {"llm-platform:security": {"metricsFrom": ["monitoring"]}})
@@ -613,7 +786,7 @@ def istio_protocol(port: dict) -> str:
 def test_the_ui_account_in_the_allow_list_is_the_one_the_chart_creates(guarded):
     """The AuthorizationPolicy names the service account the chart's pods really run as."""
     principal = ui_principal(guarded)
-    (policy,) = in_namespace(guarded, AUTHZ, "front-door")
+    (policy,) = [p for p in in_namespace(guarded, AUTHZ, "front-door") if p["spec"]["action"] == "ALLOW"]
     assert principal in policy["spec"]["rules"][0]["from"][0]["source"]["principals"]
 
 
@@ -666,6 +839,25 @@ def test_the_ui_admin_comes_from_a_secret_and_sign_up_is_closed(guarded):
     generated = guarded.one("random:index/randomPassword:RandomPassword", "ui-admin-password")
     assert len(password) == generated.inputs["length"] >= 24
     assert "uiAdminPassword" in guarded.secret_outputs and guarded.outputs["uiAdminPassword"] == password
+    assert secret.urn in guarded.one("kubernetes:argoproj.io/v1alpha1:Application").dependencies
+
+
+def test_sign_ins_survive_a_restart_of_the_ui(guarded):
+    """Open WebUI signs its sessions with WEBUI_SECRET_KEY; without one its start script writes a
+    new random key beside the code (outside the data volume), so every new pod logs everyone
+    out. The chart (16.0.0) has no value for it: the key is generated once, kept in state and
+    reaches the pod, as the chart renders it, only from a Secret."""
+    env = ui_env(guarded)
+    ref = env["WEBUI_SECRET_KEY"]["valueFrom"]["secretKeyRef"]
+    secret = next(r for r in guarded.of_type("kubernetes:core/v1:Secret") if r.inputs["metadata"]["name"] == ref["name"]
+                  and r.inputs["metadata"]["namespace"] == "open-webui")
+    assert harness.is_secret(secret.inputs["stringData"]) or harness.is_secret(secret.inputs["stringData"][ref["key"]])
+    key = harness.reveal(secret.inputs["stringData"])[ref["key"]]
+    generated = guarded.one("random:index/randomPassword:RandomPassword", "ui-admin-secret-key")
+    assert len(key) == generated.inputs["length"] >= 32
+    assert key != guarded.outputs["uiAdminPassword"]
+    for r in guarded.registrations:
+        assert key not in plain_text(r.inputs), f"{r.type} {r.name}"
     assert secret.urn in guarded.one("kubernetes:argoproj.io/v1alpha1:Application").dependencies
 
 

@@ -5,6 +5,8 @@ Secrets alone. Off by default: then none of it exists."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -99,10 +101,87 @@ def test_the_password_lives_only_in_secrets(on):
     assert (url.scheme, url.username, url.password) == ("postgresql", db.OWNER, creds["password"])
     # The operator's read-write Service of the Cluster, in the database's namespace.
     assert (url.hostname, url.port, url.path) == ("litellm-db-rw.litellm-db.svc", 5432, "/litellm")
-    assert parse_qs(url.query) == {"sslmode": ["require"]}
+    assert parse_qs(url.query) == {"sslmode": ["verify-full"], "sslrootcert": [f"{db.CLIENT_CA_DIR}/{db.CA_CERT}"]}
     for r in on.registrations:
         assert creds["password"] not in plain_text(r.inputs), f"{r.type} {r.name}"
     assert creds["password"] not in str(on.outputs)
+
+
+# CloudNativePG 1.30's names in a server certificate (api/v1 Cluster.GetClusterAltDNSNames): each
+# enabled Service (rw, r, ro) as `<svc>`, `<svc>.<ns>`, `<svc>.<ns>.svc`, `<svc>.<ns>.svc.<domain>`,
+# then spec.certificates.serverAltDNSNames.
+def cnpg_server_names(cluster: dict, domain: str = "cluster.local") -> list[str]:
+    name, ns = cluster["metadata"]["name"], cluster["metadata"]["namespace"]
+    names = [n for svc in ("rw", "r", "ro") for n in (f"{name}-{svc}", f"{name}-{svc}.{ns}", f"{name}-{svc}.{ns}.svc",
+                                                       f"{name}-{svc}.{ns}.svc.{domain}")]
+    return names + list(cluster["spec"].get("certificates", {}).get("serverAltDNSNames", []))
+
+
+def url_of(rec) -> str:
+    return harness.reveal(rec.one(SECRET, "keys-database-url").inputs["stringData"])[db.URL_KEY]
+
+
+def secret_named(rec, namespace: str, name: str) -> dict:
+    (found,) = [r.inputs for r in rec.of_type(SECRET)
+                if r.inputs["metadata"]["namespace"] == namespace and r.inputs["metadata"]["name"] == name]
+    return found
+
+
+def test_the_front_door_checks_the_database_server_against_its_ca(on):
+    """`sslmode=require` alone encrypts but checks nothing: anyone who answers for the Service
+    gets the password. The URL verifies the chain against the database's CA and the host name
+    (libpq's verify-full), with the CA mounted where the URL names it."""
+    cluster = {**harness.reveal(on.one(CLUSTER).inputs), "apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster"}
+    url = urlparse(url_of(on))
+    query = parse_qs(url.query)
+    assert query["sslmode"] == ["verify-full"]
+    # The host checked is one the operator puts in the server certificate.
+    assert url.hostname in cnpg_server_names(cluster)
+    assert cluster["spec"]["certificates"]["serverAltDNSNames"] == [url.hostname]
+    # The CA the operator signs the server certificate with: a Secret beside the Cluster with
+    # ca.crt and ca.key, the key an ECDSA one (CloudNativePG parses only "EC PRIVATE KEY").
+    ca = secret_named(on, "litellm-db", cluster["spec"]["certificates"]["serverCASecret"])
+    ca_data = harness.reveal(ca["stringData"])
+    assert set(ca_data) == {"ca.crt", "ca.key"}
+    assert harness.is_secret(ca["stringData"]) or harness.is_secret(ca["stringData"]["ca.key"])
+    key = on.one("tls:index/privateKey:PrivateKey", "keys-database-server-ca-key").inputs
+    assert key["algorithm"] == "ECDSA"
+    cert = on.one("tls:index/selfSignedCert:SelfSignedCert", "keys-database-server-ca").inputs
+    assert cert["isCaCertificate"] is True and "cert_signing" in cert["allowedUses"]
+    assert cert["validityPeriodHours"] > cert["earlyRenewalHours"] >= 24 * 365
+    # The same certificate, without its key, is mounted into the front door where the URL looks.
+    spec = on.one("kubernetes:apps/v1:Deployment", "front-door-deployment").inputs["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (root,) = query["sslrootcert"]
+    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if root.startswith(m["mountPath"] + "/")]
+    source = volumes[mount["name"]]["secret"]
+    item = next(i for i in source["items"] if f"{mount['mountPath']}/{i['path']}" == root)
+    client_ca = harness.reveal(secret_named(on, "front-door", source["secretName"])["stringData"])
+    assert set(client_ca) == {"ca.crt"} and client_ca[item["key"]] == ca_data["ca.crt"]
+    # `up` starts the proxy only once its CA is there.
+    assert on.one(SECRET, "keys-database-client-ca").urn in on.one(
+        "kubernetes:apps/v1:Deployment", "front-door-deployment").dependencies
+    # The CA's private key stays in the database's namespace, and is never in plain text.
+    key_pem = ca_data["ca.key"]
+    for r in on.registrations:
+        assert key_pem not in plain_text(r.inputs), f"{r.type} {r.name}"
+
+
+def test_litellm_turns_the_url_into_a_verifying_prisma_url(on):
+    """What the release the image runs does with the URL before Prisma sees it (Prisma reads
+    `verify-full` as `prefer` and ignores `sslrootcert`; its default `sslaccept` checks nothing)."""
+    from tests.test_front_door import LITELLM
+
+    python = LITELLM.parent / "python"
+    if not python.exists():
+        pytest.skip(f"LiteLLM is not installed: {python}")
+    script = ("import sys; from litellm.proxy.db.db_url_settings import translate_libpq_ssl_params as t; "
+              "print(t(sys.argv[1]))")
+    out = subprocess.run([str(python), "-c", script, url_of(on)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    prisma = parse_qs(urlparse(out.stdout.strip()).query)
+    assert prisma == {"sslmode": ["require"], "sslcert": [f"{db.CLIENT_CA_DIR}/{db.CA_CERT}"],
+                      "sslaccept": ["strict"]}
 
 
 def test_the_front_door_reads_the_url_from_the_secret_and_migrates_into_scratch(on):
@@ -217,3 +296,36 @@ def test_the_policy_pack_passes_with_virtual_keys_on(on):
     found = []
     rules.STACK_RULES["model-namespaces-injected"][0]([(reg.type, props) for reg, props in recorded(on)], found.append)
     assert found == []
+
+
+def test_the_readme_says_what_limits_mean_across_replicas_as_the_pinned_litellm_does(on):
+    """Without Redis, LiteLLM (the release the image runs) counts rate limits and caches the keys
+    it has checked in each replica's memory: a cloud stack's two replicas each let a key's full
+    limit through, and a revoked key works on another replica until its cached copy expires. The
+    README says so with the release's own numbers."""
+    from tests.test_front_door import LITELLM
+
+    site = next(LITELLM.parent.parent.glob("lib/python*/site-packages"), None)
+    if site is None or not (site / "litellm").is_dir():
+        pytest.skip(f"LiteLLM is not installed beside {LITELLM}")
+    server = (site / "litellm" / "proxy" / "proxy_server.py").read_text()
+    key_ttl = int(re.search(r"^\s*in_memory_cache_ttl = (\d+)", server, re.M).group(1))
+    assert "UserApiKeyCache(\n    default_in_memory_ttl=UserAPIKeyCacheTTLEnum.in_memory_cache_ttl.value" in server
+    constants = (site / "litellm" / "constants.py").read_text()
+    spend_write = int(re.search(r'PROXY_BATCH_WRITE_AT: Final = get_env_int\("PROXY_BATCH_WRITE_AT", (\d+)\)',
+                                constants).group(1))
+    # Nothing in the rendered config shares them through Redis, or shortens the key cache.
+    from tests.test_front_door import rendered_config
+
+    cfg = rendered_config(on)
+    assert "redis" not in json.dumps(cfg).lower() and "cache" not in cfg.get("litellm_settings", {})
+    assert "user_api_key_cache_ttl" not in cfg["general_settings"]
+    assert int(harness.run("eks", VKEYS).one("kubernetes:apps/v1:Deployment", "front-door-deployment")
+               .inputs["spec"]["replicas"]) == 2
+
+    readme = (harness.PROJECT_DIR / "README.md").read_text()
+    section = readme[readme.index("**What the limits mean with more than one replica.**"):]
+    section = " ".join(section[:section.index("\n\n", section.index("\n- "))].split())
+    assert "a limit of N lets up to N × replicas through" in section
+    assert f"up to {key_ttl} s (LiteLLM's key cache)" in section
+    assert f"spend is written every {spend_write} s" in section

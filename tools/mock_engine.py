@@ -182,6 +182,10 @@ class _Mocks(pulumi.runtime.Mocks):
                 "status": "deployed",
                 "revision": 1,
             }
+        elif args.typ == "tls:index/privateKey:PrivateKey":
+            state["private_key_pem"] = _pem("EC PRIVATE KEY", args.name)
+        elif args.typ == "tls:index/selfSignedCert:SelfSignedCert":
+            state["cert_pem"] = _pem("CERTIFICATE", args.name)
         elif args.typ == "random:index/randomPassword:RandomPassword":
             state["result"] = hashlib.sha256(args.name.encode()).hexdigest()[: int(args.inputs["length"])]
         elif args.typ == "kubernetes:core/v1:Service" and args.resource_id:
@@ -205,6 +209,11 @@ class _Mocks(pulumi.runtime.Mocks):
             return {"arn": args.args["arn"], "issuerArn": DEPLOYER_ROLE, "issuerId": "AROAEXAMPLE",
                     "issuerName": "deployer", "sessionName": "ci", "id": args.args["arn"]}
         raise NotImplementedError(f"the mocks do not answer {args.token}")
+
+
+def _pem(kind: str, name: str) -> str:
+    """A stand-in PEM block, stable per resource name (the mocks make no real keys)."""
+    return f"-----BEGIN {kind}-----\n{hashlib.sha256(name.encode()).hexdigest()}\n-----END {kind}-----\n"
 
 
 def _host_stdout(cmd: str) -> str:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import pulumi
@@ -18,6 +18,14 @@ class IngressFacts:
     annotations: dict[str, str] = field(default_factory=dict)
     # Ingress gateway replicas kept at all times (more than one: spread and disruption budget).
     min_replicas: int = 1
+    # A cloud load balancer: the annotations its service controller reads to keep it inside the
+    # cluster's network. The stack's gateway config decides (see `exposed`).
+    internal_annotations: dict[str, str] = field(default_factory=dict)
+
+    def exposed(self, internet: bool) -> "IngressFacts":
+        """These facts with the load balancer on the internet, or kept inside the network."""
+        annotations = dict(self.annotations) if internet else {**self.annotations, **self.internal_annotations}
+        return replace(self, annotations=annotations, internal_annotations={})
 
 
 @dataclass(frozen=True)

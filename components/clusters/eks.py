@@ -24,11 +24,11 @@ CACHE_CLASS = "model-cache"
 # instance's own EBS bandwidth caps it too. gp3 allows 500 IOPS per GiB: 4000 needs 8 GiB.
 CACHE_THROUGHPUT_MIB_S = 500
 CACHE_IOPS = 4000
-# Through the in-tree service controller: no extra controller or IAM policy is needed.
-NLB_ANNOTATIONS = {
-    "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
-    "service.beta.kubernetes.io/aws-load-balancer-scheme": "internet-facing",
-}
+# Through the in-tree service controller: no extra controller or IAM policy is needed. It makes
+# an internet-facing NLB in the public subnets unless `...-internal` is set (anything but
+# "false"), then an internal one in the subnets tagged kubernetes.io/role/internal-elb.
+NLB_ANNOTATIONS = {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"}
+NLB_INTERNAL_ANNOTATIONS = {"service.beta.kubernetes.io/aws-load-balancer-internal": "true"}
 _EKS_EFFECT = {"NoSchedule": "NO_SCHEDULE", "NoExecute": "NO_EXECUTE", "PreferNoSchedule": "PREFER_NO_SCHEDULE"}
 _MANAGED = "arn:aws:iam::aws:policy/"
 # The VPC CNI enforces NetworkPolicies only with its network policy agent switched on.
@@ -201,7 +201,7 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
     return BuiltCluster(
         kubeconfig=kubeconfig(name_once_admin, cluster.endpoint, cluster.certificate_authority.data, cfg.region),
         ingress=IngressFacts(service_type="LoadBalancer", address=None, annotations=dict(NLB_ANNOTATIONS),
-                             min_replicas=INGRESS_REPLICAS),
+                             internal_annotations=dict(NLB_INTERNAL_ANNOTATIONS), min_replicas=INGRESS_REPLICAS),
         network_policy_enforced=True,
         # Nodes, pods (VPC addresses) and the control plane's ENIs; the Service range is private.
         internal_cidrs=[cfg.vpc_cidr],

@@ -27,6 +27,9 @@ SERVICE_RANGE = "10.68.0.0/20"
 # GKE Dataplane V2 (Cilium) enforces NetworkPolicies; its CNI config is what the Istio CNI
 # plugin chains onto (`global.platform: gke` finds GKE's CNI binary folder).
 DATAPATH = "ADVANCED_DATAPATH"
+# GKE's service controller makes an internal passthrough Network Load Balancer (an address of
+# the cluster's subnet) for a LoadBalancer Service so annotated, else an external one.
+INTERNAL_LB_ANNOTATIONS = {"networking.gke.io/load-balancer-type": "Internal"}
 # The ingress keeps two replicas through node drains.
 INGRESS_REPLICAS = 2
 
@@ -141,7 +144,8 @@ def build(parent: pulumi.Resource, name: str, cfg: GkeCluster) -> BuiltCluster:
     )
     return BuiltCluster(
         kubeconfig=kubeconfig(cluster.name, cluster.endpoint, cluster.master_auth.cluster_ca_certificate),
-        ingress=IngressFacts(service_type="LoadBalancer", address=None, min_replicas=INGRESS_REPLICAS),
+        ingress=IngressFacts(service_type="LoadBalancer", address=None, min_replicas=INGRESS_REPLICAS,
+                             internal_annotations=dict(INTERNAL_LB_ANNOTATIONS)),
         istio_platform="gke",
         host_models_dir=None,
         storage_class=STORAGE_CLASS,

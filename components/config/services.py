@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from urllib.parse import urlparse
 
@@ -171,6 +171,10 @@ class GatewayConfig(_Model):
     tls_secret: Optional[DnsLabel] = None
     # ...or issued by cert-manager.
     cert_manager: Optional[CertManagerConfig] = None
+    # Where the clouds' (eks, gke) load balancer answers: "internet", or "internal" (inside the
+    # cluster's network only). None: the internet once TLS is on, else internal, so the API
+    # keys and the UI's passwords never cross the internet in clear.
+    load_balancer: Optional[Literal["internal", "internet"]] = None
 
     @model_validator(mode="after")
     def _tls_needs_a_host(self) -> "GatewayConfig":
@@ -178,4 +182,19 @@ class GatewayConfig(_Model):
             raise ValueError("certManager: expected either tlsSecret or certManager, not both")
         if (self.tls_secret or self.cert_manager) and not self.host:
             raise ValueError("host: required when TLS is on (the certificate names it)")
+        if self.load_balancer == "internet" and not self.tls:
+            raise ValueError("loadBalancer: 'internet' needs TLS (host with tlsSecret or certManager); in plain "
+                             "HTTP the API keys and the UI's passwords would cross the internet in clear")
+        if self.load_balancer == "internal" and self.cert_manager:
+            raise ValueError("certManager: expected tlsSecret with an internal load balancer (the ACME HTTP-01 "
+                             "challenge must reach the gateway from the internet)")
         return self
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_secret or self.cert_manager)
+
+    @property
+    def internet_facing(self) -> bool:
+        """Whether a cloud load balancer in front of the ingress faces the internet."""
+        return self.load_balancer == "internet" if self.load_balancer else self.tls

@@ -151,6 +151,13 @@ class StackConfig(_Model):
         return self
 
     @model_validator(mode="after")
+    def _load_balancer_on_a_cloud(self) -> "StackConfig":
+        if self.gateway.load_balancer and self.cluster.kind not in ("eks", "gke"):
+            raise ValueError(f"gateway.loadBalancer: only eks and gke create a cloud load balancer; remove the key "
+                             f"on a {self.cluster.kind} cluster")
+        return self
+
+    @model_validator(mode="after")
     def _router_serves_gguf(self) -> "StackConfig":
         if self.llama_router.enabled and self.accelerator.kind not in ("vulkan", "none"):
             raise ValueError(f"llamaRouter.enabled: router mode serves GGUF files with llama.cpp "
@@ -169,6 +176,11 @@ class StackConfig(_Model):
 
     @model_validator(mode="after")
     def _providers_have_keys(self) -> "StackConfig":
+        if self.front_door.providers and not self.security.api_auth:
+            # The front door holds the providers' keys: an open API spends them for whoever
+            # reaches the gateway (on eks/gke, the internet).
+            raise ValueError("frontDoor.providers: expected security.apiAuth: true (without API keys anyone "
+                             "who reaches the gateway would spend the providers' paid keys)")
         names = [m.name for m in self.models]
         for i, p in enumerate(self.front_door.providers):
             if p.name in names:

@@ -15,7 +15,11 @@ DEFAULT_INSTANCES = {"minikube": 1, "existing": 1, "eks": 3, "gke": 3}
 
 
 class VirtualKeysConfig(_Model):
-    """Off by default: the master key is then the only key, and nothing stores state."""
+    """Off by default: the master key is then the only key, and nothing stores state.
+
+    Without Redis each front door replica enforces a key's rate limits on its own count (a limit
+    of N lets N x replicas through) and keeps a key it has checked for up to LiteLLM's key cache
+    TTL, so a revoked key works on until then on the other replicas (README, "Virtual keys")."""
 
     enabled: bool = False
     # None: DEFAULT_INSTANCES for the cluster kind.
