@@ -7,7 +7,7 @@ test: setup
 	.venv/bin/python -m pytest
 
 setup: .venv/.installed .venv-checkov/.installed .venv-litellm/.installed .venv-loadtest/.installed \
-	tests/crd/node_modules/.installed .cache/vllm/.fetched
+	tests/crd/node_modules/.installed .cache/vllm/.fetched .cache/promql/promql.test
 
 # The program's and the tests' dependencies.
 .venv/.installed: requirements.txt requirements-dev.txt
@@ -48,3 +48,10 @@ tests/crd/node_modules/.installed: tests/crd/package.json tests/crd/package-lock
 .cache/vllm/.fetched: components/serving.py | .venv/.installed
 	.venv/bin/python -m tools.vllm_wheel
 	touch $@
+
+# Prometheus's PromQL engine at the release kube-prometheus-stack runs (tools/promql/go.mod), built
+# from the Go module proxy as a test binary: tests/promql.py evaluates the queries KEDA is given.
+# Without Go those tests skip, saying so.
+.cache/promql/promql.test: tools/promql/go.mod tools/promql/go.sum tools/promql/promql_test.go
+	@if command -v go >/dev/null; then mkdir -p $(@D) && cd tools/promql && go test -c -o ../../$@ .; \
+	else echo "no Go: the PromQL tests will skip"; fi
