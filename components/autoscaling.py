@@ -25,8 +25,11 @@ FRONT_DOOR_REQUESTS = "litellm_proxy_total_requests_metric_total"
 # How far back a request to the front door counts as demand for a server at zero.
 DEMAND_WINDOW = "5m"
 POLLING_INTERVAL_S = 15
-# Queries that fail this many times in a row (Prometheus away) hold the server at fallback size.
+# Queries that fail this many times in a row (Prometheus away) put KEDA on its fallback: the
+# replicas the server has, at least max(minReplicas, 1). KEDA's default ("static") would feed the
+# HPA exactly the fallback count and so remove every replica above it while Prometheus is away.
 FALLBACK_FAILURES = 3
+FALLBACK_BEHAVIOR = "currentReplicasIfHigher"
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,9 @@ def scaled_object_spec(server: ScaledServer, prometheus_url: str, front_door_nam
         "minReplicaCount": auto.min_replicas,
         "maxReplicaCount": auto.max_replicas,
         "pollingInterval": POLLING_INTERVAL_S,
-        "fallback": {"failureThreshold": FALLBACK_FAILURES, "replicas": max(auto.min_replicas, 1)},
+        # KEDA 2.20 counts a trigger on fallback as active: a server at zero is brought to one.
+        "fallback": {"failureThreshold": FALLBACK_FAILURES, "replicas": max(auto.min_replicas, 1),
+                     "behavior": FALLBACK_BEHAVIOR},
         "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
             # A replica takes minutes to load: remove one at a time, once the queue has stayed
             # short for the whole window.

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import re
 
+import jsonschema
 import pytest
 
 from components.autoscaling import FRONT_DOOR_REQUESTS, KEDA_CHART_VERSION, QUEUE_METRIC
 from components.monitoring import PROMETHEUS_URL
-from tests.conftest import PODS
+from tests.conftest import PODS, need_charts
+from tools import charts
 from tools import mock_engine as harness
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -98,8 +100,26 @@ def test_scale_to_zero_is_woken_by_the_front_door():
     demand = trigger(obj, "demand")
     assert demand["metadata"]["activationThreshold"] == "0" and demand["metadata"]["threshold"] == "1"
     assert f'{FRONT_DOOR_REQUESTS}{{namespace="front-door",requested_model="qwen"}}' in demand["metadata"]["query"]
-    # Prometheus away: one replica rather than none.
-    assert obj["spec"]["fallback"]["replicas"] == 1
+
+
+@pytest.mark.parametrize("auto", [{"minReplicas": 0, "maxReplicas": 2, "scaleToZero": True},
+                                  {"minReplicas": 1, "maxReplicas": 2}])
+def test_prometheus_away_holds_the_replicas_there_are(auto):
+    """With Prometheus away (3 failed queries), KEDA feeds the HPA its fallback. "static" would be
+    exactly `replicas` (1), draining a server that runs 2; "currentReplicasIfHigher" keeps the
+    replicas there are, at least one (KEDA 2.20 counts a trigger on fallback as active, so a
+    server at zero gets one). The behaviour is one the pinned chart's CRD accepts."""
+    need_charts()
+    rec = autoscaled("eks", **auto)
+    (obj,) = scaled_objects(rec).values()
+    assert obj["spec"]["fallback"] == {"failureThreshold": 3, "replicas": 1, "behavior": "currentReplicasIfHigher"}
+    (keda,) = [r for r in charts.chart_releases(rec) if r.chart == "keda"]
+    (crd,) = [o for o in charts.render_release(keda, charts.kube_version("eks"))
+              if o["kind"] == "CustomResourceDefinition" and o["spec"]["names"]["kind"] == "ScaledObject"]
+    (version,) = crd["spec"]["versions"]
+    fallback = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["fallback"]
+    jsonschema.validate(obj["spec"]["fallback"], fallback)
+    assert "currentReplicasIfHigher" in fallback["properties"]["behavior"]["enum"]
 
 
 @pytest.mark.parametrize("auto, message", [
@@ -171,3 +191,4 @@ def test_karpenter_starts_once_its_credentials_can_be_served():
     (release,) = [r for r in rec.of_type(RELEASE) if r.inputs["chart"].endswith("/karpenter")]
     (agent,) = [r for r in rec.of_type("aws:eks/addon:Addon") if r.inputs["addonName"] == "eks-pod-identity-agent"]
     assert agent.urn in rec.depends_transitively(release)
+
