@@ -9,6 +9,7 @@ from typing import Optional, Sequence, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
+from .front_door import NAME as FRONT_DOOR_SERVICE
 from .monitoring import KEDA_NAMESPACE, MODEL_LABEL
 from .chart_source import release_source
 
@@ -19,9 +20,19 @@ KEDA_API = "keda.sh/v1alpha1"
 # The gauge each runtime's /metrics reports for requests accepted but not yet being served:
 # vLLM's scheduler queue, llama.cpp's requests deferred for want of a free slot.
 QUEUE_METRIC = {"vllm": "vllm:num_requests_waiting", "llama-cpp": "llamacpp:requests_deferred"}
+# The gauge each runtime reports for requests it is generating: a long generation with nothing
+# waiting behind it still holds the server (LiteLLM counts a request only once it has ended).
+RUNNING_METRIC = {"vllm": "vllm:num_requests_running", "llama-cpp": "llamacpp:requests_processing"}
 # The front door's request counter (LiteLLM's Prometheus callback), by the model a client asked
 # for; it counts requests that failed too, so it sees demand while a server is at zero.
 FRONT_DOOR_REQUESTS = "litellm_proxy_total_requests_metric_total"
+# Requests that passed the front door's authentication, as LiteLLM 1.108 labels them: answered
+# (2xx) or failed behind it (5xx: what a client gets while the server is at zero). A request
+# refused at the door is 401 with status_code "None" (no key), 400 (an unknown key without a
+# database), 401 (with one) or 403 (the UI's key from elsewhere): anyone could send those.
+ADMITTED_STATUS = "2..|5.."
+# The job of the front door's scrape: its ServiceMonitor names it after the Service.
+FRONT_DOOR_JOB = FRONT_DOOR_SERVICE
 # How far back a request to the front door counts as demand for a server at zero.
 DEMAND_WINDOW = "5m"
 POLLING_INTERVAL_S = 15
@@ -60,12 +71,19 @@ def queue_query(server: ScaledServer) -> str:
     return f'sum({QUEUE_METRIC[server.runtime]}{{namespace="{server.namespace}",{MODEL_LABEL}="{server.name}"}})'
 
 
-def demand_query(model: str, front_door_namespace: str) -> str:
-    """1 while a client asked the front door for `model` within the window, else 0. A series
-    the counter starts with the first request has no increase yet: it counts as new."""
-    series = f'{FRONT_DOOR_REQUESTS}{{namespace="{front_door_namespace}",requested_model="{model}"}}'
+def demand_query(server: ScaledServer, front_door_namespace: str) -> str:
+    """1 while the server is generating, or an admitted client asked the front door for its model
+    within the window; else 0. A series the counter starts with the first request has no increase
+    yet: it counts as new, but only once Prometheus had been scraping the front door a window
+    ago: on a Prometheus without that history (a restart on emptyDir), every series looks new."""
+    model = server.name
+    series = (f'{FRONT_DOOR_REQUESTS}{{namespace="{front_door_namespace}",requested_model="{model}",'
+              f'status_code=~"{ADMITTED_STATUS}"}}')
+    scraped_before = f'count(up{{namespace="{front_door_namespace}",job="{FRONT_DOOR_JOB}"}} offset {DEMAND_WINDOW})'
+    running = f'{RUNNING_METRIC[server.runtime]}{{namespace="{server.namespace}",{MODEL_LABEL}="{model}"}}'
     return (f"clamp_max((sum(increase({series}[{DEMAND_WINDOW}])) or vector(0))"
-            f" + (count({series} unless {series} offset {DEMAND_WINDOW}) or vector(0)), 1)")
+            f" + (count(({series} unless {series} offset {DEMAND_WINDOW}) and on() {scraped_before}) or vector(0))"
+            f" + (sum({running}) or vector(0)), 1)")
 
 
 def scaled_object_spec(server: ScaledServer, prometheus_url: str, front_door_namespace: str) -> dict:
@@ -90,7 +108,7 @@ def scaled_object_spec(server: ScaledServer, prometheus_url: str, front_door_nam
             "metricType": "AverageValue",
             "metadata": {
                 "serverAddress": prometheus_url,
-                "query": demand_query(server.name, front_door_namespace),
+                "query": demand_query(server, front_door_namespace),
                 "threshold": "1",
                 "activationThreshold": "0",
             },

@@ -122,9 +122,10 @@ def test_the_check_bites(cli):
 
 
 def test_the_queue_autoscaling_reads_is_a_gauge_vllm_reports(cli):
-    """KEDA sizes vLLM servers on this metric: it must be one the release declares, as a gauge."""
-    from components.autoscaling import QUEUE_METRIC
+    """KEDA sizes vLLM servers on the queue and keeps one at zero awake while it generates: both
+    must be metrics the release declares, as gauges."""
+    from components.autoscaling import QUEUE_METRIC, RUNNING_METRIC
 
     reported = vllm_wheel.gauges(vllm_wheel.wheel_path(VLLM_RELEASE))
     assert "vllm:num_requests_running" in reported  # the reading works at all
-    assert QUEUE_METRIC["vllm"] in reported
+    assert QUEUE_METRIC["vllm"] in reported and RUNNING_METRIC["vllm"] in reported
