@@ -89,10 +89,13 @@ def daemon_set_spec(accel: Accelerator) -> dict:
 
 
 def service_monitor_spec() -> dict:
-    # Outside the mesh: plain HTTP, no mesh certificate.
+    # Outside the mesh: plain HTTP, no mesh certificate. The exporter labels a GPU's series with
+    # the `namespace`, `pod` and `container` holding it, the names Prometheus gives the target's
+    # own (the exporter's pod): without honorLabels those become exported_namespace and so on.
     return {
         "selector": {"matchLabels": dict(LABELS)},
-        "endpoints": [{"port": PORT_NAME, "path": METRICS_PATH, "scheme": "http", "interval": SCRAPE_INTERVAL}],
+        "endpoints": [{"port": PORT_NAME, "path": METRICS_PATH, "scheme": "http", "interval": SCRAPE_INTERVAL,
+                       "honorLabels": True}],
     }
 
 

@@ -115,3 +115,21 @@ def test_grafana_gets_nvidias_dcgm_dashboard_pinned_where_the_exporter_runs():
                         download_script(recording("eks")))
     assert pinned == [str(monitoring.DCGM_DASHBOARD["revision"])]
     assert "grafana.com/api/dashboards/12239" not in download_script(recording("local"))
+
+
+def test_series_keep_the_namespace_and_pod_holding_the_gpu():
+    """dcgm-exporter labels a GPU's series `namespace`, `pod` and `container` (of the pod the
+    kubelet's pod-resources socket says holds it): the very names Prometheus gives the target
+    (the exporter's own pod), so they are kept only with honorLabels, which the Prometheus the
+    chart renders does not override. Checked on the objects and the chart's own CRDs."""
+    need_charts()
+    objs = [m.obj for m in charts.cluster_objects(recording("eks"))]
+    monitors = [o for o in objs if o["kind"] == "ServiceMonitor" and o["metadata"].get("namespace") == gpu_metrics.NAMESPACE]
+    assert monitors and all(ep.get("honorLabels") is True for o in monitors for ep in o["spec"]["endpoints"])
+    (prometheus,) = [o for o in objs if o["kind"] == "Prometheus"]
+    assert not prometheus["spec"].get("overrideHonorLabels")
+    crds = {o["spec"]["names"]["kind"]: o["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+            for o in objs if o["kind"] == "CustomResourceDefinition" and o["spec"]["group"] == "monitoring.coreos.com"}
+    endpoint = crds["ServiceMonitor"]["properties"]["spec"]["properties"]["endpoints"]["items"]["properties"]
+    assert endpoint["honorLabels"]["type"] == "boolean"
+    assert "exported_" in crds["Prometheus"]["properties"]["spec"]["properties"]["overrideHonorLabels"]["description"]
