@@ -12,7 +12,7 @@ from components.chart_source import use_archives
 from components.config import ConfigError, load
 from components.database import KeysDatabase
 from components.llama_router import LlamaRouter
-from components.gpu_metrics import GpuMetrics
+from components.gpu_metrics import RELEASE as DCGM_RELEASE, GpuMetrics
 from components.front_door import METRICS_PATH as FRONT_DOOR_METRICS_PATH, PORT as FRONT_DOOR_PORT
 from components.front_door import SERVICE_ACCOUNT as FRONT_DOOR_SERVICE_ACCOUNT, FrontDoor, ModelBackend
 from components.mesh import INGRESS_PRINCIPAL, principal, spiffe_id
@@ -197,7 +197,7 @@ monitoring = Monitoring("monitoring", {
     "network_policies": network_policies,
     "strict_mtls": cfg.security.mtls,
     "mesh_ready": [mesh.base, mesh.istiod],
-    "gpu_dashboard": gpu_metrics_on,
+    "dcgm_release": DCGM_RELEASE if gpu_metrics_on else None,
 }) if monitoring_on else None
 if monitoring and gpu_metrics_on:
     GpuMetrics("gpu-metrics", {

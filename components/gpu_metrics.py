@@ -20,8 +20,10 @@ from .mesh import pod_security_labels
 from .model_namespace import NAMESPACE_LABEL
 from .monitoring import NAMESPACE as MONITORING_NAMESPACE, PROMETHEUS_POD_LABELS
 
-# The exporter's own release tag (DCGM 4.5.3, exporter 4.8.2): the chart's default image.
-IMAGE: Image = "nvcr.io/nvidia/k8s/dcgm-exporter:4.5.3-4.8.2-distroless"
+# The exporter's own release tag (DCGM 4.5.3, exporter 4.8.2): the chart's default image. Its
+# repository's tag of the same name holds the Grafana dashboard for it.
+RELEASE = "4.5.3-4.8.2"
+IMAGE: Image = f"nvcr.io/nvidia/k8s/dcgm-exporter:{RELEASE}-distroless"
 NAME = "dcgm-exporter"
 NAMESPACE = "dcgm-exporter"
 PORT = 9400

@@ -86,9 +86,16 @@ VLLM_DASHBOARDS = ("vllm_overview.json", "vllm_instances.json")
 # Ours: JSON beside this module.
 DASHBOARDS_DIR = Path(__file__).resolve().parent / "dashboards"
 OWN_DASHBOARDS = ("llamacpp.json", "front-door.json")
-# NVIDIA's DCGM exporter dashboard on grafana.com, pinned to a revision; its queries name the
-# chart's default Prometheus datasource.
-DCGM_DASHBOARD = {"gnetId": 12239, "revision": 2, "datasource": "Prometheus"}
+# NVIDIA's DCGM exporter dashboard (grafana.com's 12239), from the exporter's repository at the
+# release the exporter runs. Its panels read a datasource variable that defaults to the chart's
+# Prometheus, so it is written as downloaded: the chart sets a gnetId dashboard's datasource by
+# piping the download through sed, and in that pipe (sh, no pipefail) a failed download wrote an
+# empty dashboard while the init container succeeded.
+DCGM_DASHBOARD_URL = ("https://raw.githubusercontent.com/NVIDIA/dcgm-exporter/{release}/"
+                      "grafana/dcgm-exporter-dashboard.json")
+# curl's options for every download: fail on an HTTP error and verify TLS (the chart's default,
+# -skf, does not: its curl image carries a CA bundle).
+CURL_OPTIONS = "-fsS"
 DASHBOARDS_FOLDER = "llm-platform"
 
 # What the pods ask for (requests, limits), light and full: README "Metrics" sums them.
@@ -172,16 +179,17 @@ ENVOY_POD_MONITOR = {
 }
 
 
-def dashboards(vllm_release: str, gpu: bool = False) -> dict:
+def dashboards(vllm_release: str, dcgm_release: Optional[str] = None) -> dict:
     own = {Path(f).stem: {"json": (DASHBOARDS_DIR / f).read_text()} for f in OWN_DASHBOARDS}
     vllm = {Path(f).stem.replace("_", "-"): {"url": VLLM_DASHBOARDS_URL.format(release=vllm_release, file=f)}
             for f in VLLM_DASHBOARDS}
-    dcgm = {"nvidia-dcgm-exporter": dict(DCGM_DASHBOARD)} if gpu else {}
+    dcgm = ({"nvidia-dcgm-exporter": {"url": DCGM_DASHBOARD_URL.format(release=dcgm_release)}}
+            if dcgm_release else {})
     return {DASHBOARDS_FOLDER: {**vllm, **own, **dcgm}}
 
 
 def chart_values(cfg: MonitoringConfig, light: bool, vllm_release: str, admin_secret: str,
-                 gpu_dashboard: bool = False) -> dict:
+                 dcgm_release: Optional[str] = None) -> dict:
     profile = "light" if light else "full"
     prometheus_spec: dict = {
         "retention": cfg.retention,
@@ -228,7 +236,8 @@ def chart_values(cfg: MonitoringConfig, light: bool, vllm_release: str, admin_se
                 "name": DASHBOARDS_FOLDER, "orgId": 1, "folder": "LLM platform", "type": "file",
                 "disableDeletion": True, "options": {"path": f"/var/lib/grafana/dashboards/{DASHBOARDS_FOLDER}"},
             }]}},
-            "dashboards": dashboards(vllm_release, gpu_dashboard),
+            "dashboards": dashboards(vllm_release, dcgm_release),
+            "defaultCurlOptions": CURL_OPTIONS,
         },
     }
     if not light:
@@ -274,8 +283,9 @@ class MonitoringArgs(TypedDict):
     strict_mtls: bool
     # Istio's CRDs and injection webhook: Prometheus's pod needs its sidecar from the start.
     mesh_ready: Sequence[pulumi.Resource]
-    # NVIDIA's DCGM exporter runs (GpuMetrics): provision its dashboard.
-    gpu_dashboard: bool
+    # The DCGM exporter release that runs (GpuMetrics), whose dashboard Grafana provisions; None
+    # where there is none.
+    dcgm_release: Optional[str]
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -307,7 +317,7 @@ class Monitoring(pulumi.ComponentResource):
             name=RELEASE,
             **release_source(CHART, cfg.chart_version, CHART_REPO),
             namespace=ns,
-            values=chart_values(cfg, light, args["vllm_release"], GRAFANA_ADMIN_SECRET, args["gpu_dashboard"]),
+            values=chart_values(cfg, light, args["vllm_release"], GRAFANA_ADMIN_SECRET, args["dcgm_release"]),
             opts=pulumi.ResourceOptions(parent=self, provider=provider,
                                         depends_on=[namespace, admin, *args["mesh_ready"]]),
         )

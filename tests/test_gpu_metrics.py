@@ -110,11 +110,15 @@ def download_script(rec) -> str:
 
 def test_grafana_gets_nvidias_dcgm_dashboard_pinned_where_the_exporter_runs():
     need_charts()
-    # The chart's script fetches grafana.com's dashboard at the pinned revision.
-    pinned = re.findall(r"https://grafana\.com/api/dashboards/12239/revisions/(\d+)/download",
-                        download_script(recording("eks")))
-    assert pinned == [str(monitoring.DCGM_DASHBOARD["revision"])]
-    assert "grafana.com/api/dashboards/12239" not in download_script(recording("local"))
+    # The chart's script fetches NVIDIA's dashboard at the tag of the release the exporter runs,
+    # written as downloaded (no pipe that would hide a failed download).
+    script = download_script(recording("eks"))
+    (line,) = [ln for ln in script.splitlines() if "dcgm-exporter-dashboard.json" in ln]
+    (tag,) = re.findall(r'"https://raw\.githubusercontent\.com/NVIDIA/dcgm-exporter/([^/]+)/grafana/', line)
+    (c,) = exporter(recording("eks"))["spec"]["template"]["spec"]["containers"]
+    assert c["image"].rpartition(":")[2] == f"{tag}-distroless"
+    assert line.rstrip().endswith("\\")
+    assert "dcgm-exporter" not in download_script(recording("local"))
 
 
 def test_series_keep_the_namespace_and_pod_holding_the_gpu():
