@@ -235,3 +235,20 @@ def test_the_first_request_for_a_model_still_wakes_it():
     retried = {front_door_series(): "4x8 5x20", FRONT_DOOR_UP: "1x28"}
     assert promql.value(retried, query, 100) == 0
     assert promql.value(retried, query, 150) == 1
+
+
+def test_the_scrape_history_it_asks_for_is_the_front_doors():
+    """`up{job=...}` is the front door's scrape: the prometheus operator names a ServiceMonitor's
+    job after the Service it selects, unless the monitor sets jobLabel."""
+    from components.autoscaling import FRONT_DOOR_JOB
+
+    rec = autoscaled("eks", minReplicas=0, maxReplicas=1, scaleToZero=True)
+    monitors = [harness.reveal(r.inputs) for r in rec.of_type("kubernetes:monitoring.coreos.com/v1:ServiceMonitor")
+                if harness.reveal(r.inputs)["metadata"]["namespace"] == "front-door"]
+    (monitor,) = monitors
+    assert "jobLabel" not in monitor["spec"]
+    services = [harness.reveal(r.inputs) for r in rec.of_type("kubernetes:core/v1:Service")]
+    (service,) = [s for s in services if s["metadata"].get("namespace") == "front-door"
+                  and monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"].get("labels", {}).items()]
+    assert service["metadata"]["name"] == FRONT_DOOR_JOB
+    assert f'up{{namespace="front-door",job="{FRONT_DOOR_JOB}"}}' in wake_query()
