@@ -172,7 +172,8 @@ INTERNAL_RESPONSE_HEADERS = (
 # histogram is read by `le` alone, but an empty label list would keep them all. A name LiteLLM
 # does not know turns the whole callback off (tests/test_front_door.py reads every one served).
 METRICS_LABELS: dict[str, list[str]] = {
-    "litellm_proxy_total_requests_metric": ["requested_model"],
+    # The wake-up query counts only requests past the door by their status (a bounded set).
+    "litellm_proxy_total_requests_metric": ["requested_model", "status_code"],
     "litellm_proxy_failed_requests_metric": ["requested_model"],
     "litellm_request_total_latency_metric": ["requested_model"],
     "litellm_total_tokens_metric": ["requested_model"],

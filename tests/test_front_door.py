@@ -188,10 +188,12 @@ TARGET_LABELS = {"namespace", "pod", "service", "endpoint", "job", "instance", "
 def _metrics_read() -> dict[str, set[str]]:
     """LiteLLM's metrics (as LiteLLM names them: no _total/_bucket suffix) that the front door's
     dashboard and the autoscaler's wake-up query read, each with the labels they read of it."""
-    from components.autoscaling import demand_query
+    from components.autoscaling import ScaledServer, demand_query
     from components.monitoring import DASHBOARDS_DIR
 
-    queries = [demand_query("tinyllama", "front-door")]
+    server = ScaledServer(name="tinyllama", namespace="models", kind="Deployment", runtime="llama-cpp",
+                          autoscaling=None)
+    queries = [demand_query(server, "front-door")]
     for path in DASHBOARDS_DIR.glob("*.json"):
         for panel in json.loads(path.read_text())["panels"]:
             queries += [t["expr"] + " " + t.get("legendFormat", "") for t in panel.get("targets", [])]
@@ -201,9 +203,11 @@ def _metrics_read() -> dict[str, set[str]]:
         labels = {label for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", query)
                   for label in re.split(r"\s*,\s*", group.strip()) if label}
         labels |= set(re.findall(r"\{\{\s*(\w+)\s*\}\}", query))
-        labels |= set(re.findall(r"[{,]\s*(\w+)\s*=~?", query))
         for metric in metrics:
             read.setdefault(metric, set()).update(labels - TARGET_LABELS)
+        # Each metric's own matchers (the wake-up query also selects other series).
+        for metric, matchers in re.findall(r"\b(litellm_[a-z_]+?)(?:_total|_bucket|_sum|_count)?\{([^}]*)\}", query):
+            read[metric] |= set(re.findall(r"(\w+)\s*!?[=~]", matchers)) - TARGET_LABELS
     return read
 
 

@@ -58,15 +58,19 @@ class FrontDoor:
             last = now
         raise AssertionError("the front door's counters never settled")
 
-    def new_series(self, before: dict[str, float], model: str) -> dict[str, float]:
-        """Series for `model` that were not there `before`, waiting for LiteLLM to count them."""
+    def after(self, before: dict[str, float], model: str) -> dict[str, float]:
+        """The counters once one of `model`'s series is new or has grown since `before`, waiting
+        for LiteLLM to count the request."""
         deadline = time.monotonic() + 15
         while True:
-            new = {s: v for s, v in self.counters().items()
-                   if s not in before and f'requested_model="{model}"' in s}
-            if new or time.monotonic() > deadline:
-                return new
+            now = self.counters()
+            if changed(before, now, model) or time.monotonic() > deadline:
+                return now
             time.sleep(0.2)
+
+
+def changed(before: dict[str, float], after: dict[str, float], model: str) -> dict[str, float]:
+    return {s: v for s, v in after.items() if f'requested_model="{model}"' in s and before.get(s) != v}
 
 
 @pytest.fixture(scope="module")
@@ -111,49 +115,45 @@ def at_zero(recorded, tmp_path_factory):
         stop(procs, 10)
 
 
-def wakes(series: dict[str, float], model: str) -> float:
-    """The wake-up query for `model` a minute after these counters first appeared, on a
-    Prometheus that has scraped the front door for ten minutes."""
+def wakes(before: dict[str, float], after: dict[str, float], model: str) -> float:
+    """The wake-up query for `model` a minute after the counters went from `before` to `after`,
+    on a Prometheus that has scraped the front door for ten minutes."""
     history = {UP: "1x60"}
-    for name, count in series.items():
-        history[name] = f"_x40 {count:g}x20"
+    for name, count in after.items():
+        history[name] = (f"{before[name]:g}x40 " if name in before else "_x40 ") + f"{count:g}x20"
     return promql.value(history, demand_query(server(model), FRONT_DOOR_NS), 600 + 60)
 
 
 def test_requests_refused_at_the_door_wake_nothing(at_zero):
     """Anyone who reaches the gateway can send these: no key (401), a made-up key (400, no
     database), the UI's key from outside the UI (403). LiteLLM counts each for the model asked."""
+    before = at_zero.settled()
     refused = [
         _request(at_zero.proxy_port, "POST", "/v1/chat/completions", None, _chat(AT_ZERO)),
         _request(at_zero.proxy_port, "POST", "/v1/chat/completions", "sk-made-up-0123456789abcdef", _chat(AT_ZERO)),
         _request(at_zero.proxy_port, "POST", "/v1/chat/completions", at_zero.ui_key, _chat(AT_ZERO)),
     ]
     assert sorted(status for status, _ in refused) == [400, 401, 403], refused
-    counted = {s: v for s, v in at_zero.settled().items() if f'requested_model="{AT_ZERO}"' in s}
-    assert len(counted) == 3, counted  # what the query must see past
-    assert wakes(counted, AT_ZERO) == 0
+    after = at_zero.settled()
+    assert changed(before, after, AT_ZERO)  # what the query must see past
+    assert wakes(before, after, AT_ZERO) == 0
 
 
 def test_an_admitted_request_wakes_the_server_at_zero(at_zero):
     """The client's key (5xx: nothing behind the front door yet) and the UI's key from the UI."""
-    before = at_zero.settled()
-    status, body = _request(at_zero.proxy_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat(AT_ZERO))
-    assert 500 <= status < 600, body
-    new = at_zero.new_series(before, AT_ZERO)
-    assert new and wakes(new, AT_ZERO) == 1
-    before = at_zero.settled()
-    status, _ = _request(at_zero.proxy_port, "POST", "/v1/chat/completions", at_zero.ui_key, _chat(AT_ZERO),
-                         xfcc=[xfcc(at_zero.ui_peer)])
-    assert 500 <= status < 600
-    new = at_zero.new_series(before, AT_ZERO)
-    assert new and wakes(new, AT_ZERO) == 1
+    for key, peer in ((CLIENT_KEY, ()), (at_zero.ui_key, [xfcc(at_zero.ui_peer)])):
+        before = at_zero.settled()
+        status, body = _request(at_zero.proxy_port, "POST", "/v1/chat/completions", key, _chat(AT_ZERO), xfcc=peer)
+        assert 500 <= status < 600, body
+        after = at_zero.after(before, AT_ZERO)
+        assert changed(before, after, AT_ZERO) and wakes(before, after, AT_ZERO) == 1
 
 
 def test_answered_requests_keep_the_serving_model_awake(at_zero):
     before = at_zero.settled()
     assert _request(at_zero.proxy_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat(SERVING))[0] == 200
-    new = at_zero.new_series(before, SERVING)
-    assert new and wakes(new, SERVING) == 1
+    after = at_zero.after(before, SERVING)
+    assert changed(before, after, SERVING) and wakes(before, after, SERVING) == 1
 
 
 def test_a_long_generation_keeps_its_server_awake(at_zero):
