@@ -9,12 +9,13 @@ from .gateway import Backend, Gateway, GatewayArgs
 from .gitops import App, GitOpsController, GitOpsControllerArgs
 from .llm_server import LlmServer, LlmServerArgs
 from .mesh import Mesh, MeshArgs
+from .metrics_server import MetricsServer, MetricsServerArgs
 from .monitoring import Monitoring, MonitoringArgs
 from .node_autoscaler import GpuNodeAutoscaler, GpuNodeAutoscalerArgs
 
 __all__ = [
     "ApiKeys", "ApiKeysArgs", "App", "Backend", "Cluster", "ClusterArgs", "FrontDoor", "FrontDoorArgs", "Gateway", "GatewayArgs", "GitOpsController",
     "GitOpsControllerArgs", "GpuDevicePlugin", "GpuDevicePluginArgs", "LlmServer", "LlmServerArgs",
-    "Mesh", "MeshArgs", "Monitoring", "MonitoringArgs", "PodAutoscaling", "PodAutoscalingArgs",
+    "Mesh", "MeshArgs", "MetricsServer", "MetricsServerArgs", "Monitoring", "MonitoringArgs", "PodAutoscaling", "PodAutoscalingArgs",
     "GpuNodeAutoscaler", "GpuNodeAutoscalerArgs",
 ]

@@ -11,6 +11,7 @@ from .accelerators import Accelerator
 from .clusters import eks, existing, gke, minikube
 from .clusters.base import IngressFacts
 from .config import ClusterConfig
+from .metrics_server import MetricsServer
 from .node_autoscaler import GpuNodeAutoscaler
 
 SERVING_PRIORITY_CLASS = "llm-serving"
@@ -103,5 +104,8 @@ class Cluster(pulumi.ComponentResource):
         self.node_autoscaler = GpuNodeAutoscaler(f"{name}-gpu-nodes", {
             "provider": self.provider, "facts": built.node_autoscaler,
         }, opts=pulumi.ResourceOptions(parent=self)) if built.node_autoscaler else None
+        # The resource metrics API the CPU-based HPAs read, where the cluster does not serve it.
+        self.metrics_server = None if built.serves_resource_metrics else MetricsServer(
+            f"{name}-metrics-server", {"provider": self.provider}, opts=pulumi.ResourceOptions(parent=self))
         self.register_outputs({"kubeconfig": self.kubeconfig, "storageClass": self.storage_class,
                                "cacheStorageClass": self.cache_storage_class})

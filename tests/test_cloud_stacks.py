@@ -26,6 +26,11 @@ def gke():
     return harness.run("gke")
 
 
+@pytest.fixture(scope="module")
+def local_rec():
+    return harness.run("local")
+
+
 def server(rec, alias="qwen"):
     return rec.one(STATEFULSET, f"model-{alias}-statefulset").inputs
 
@@ -516,6 +521,40 @@ def test_ingress_replicas_spread_and_disruption_budget(stack_name, replicas):
     assert "topology.kubernetes.io/zone" in spread
     for c in spread.values():  # the constraint selects the gateway's own pods
         assert c["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+
+
+# --- the resource metrics API the CPU-based HPAs read --------------------------------------
+
+def metrics_server_releases(rec) -> list:
+    return [r.inputs for r in rec.of_type(RELEASE) if r.inputs["chart"] == "metrics-server"]
+
+
+def test_metrics_server_is_installed_where_the_cluster_serves_no_resource_metrics(eks, gke, local_rec):
+    """The ingress gateway's and istiod's HPAs scale on CPU, read from `metrics.k8s.io`. EKS runs
+    no metrics-server: the chart is installed, pinned; GKE runs its own and minikube's addon is
+    enabled with the cluster: a second one would collide with theirs. (On the control plane:
+    tests/test_cluster.py, the HPA's metric source on eks.)"""
+    from components import metrics_server
+
+    (release,) = metrics_server_releases(eks)
+    assert (release["chart"], release["version"], release["namespace"]) == (
+        "metrics-server", metrics_server.CHART_VERSION, "kube-system")
+    assert release["repositoryOpts"]["repo"] == metrics_server.REPO
+    assert not metrics_server_releases(gke) and not metrics_server_releases(local_rec)
+    addon = local_rec.one("command:local:Command", "cluster-metrics-server").inputs
+    assert addon["create"] == "minikube addons enable metrics-server --profile llm-platform"
+    vm = local_rec.one("command:local:Command", "cluster-minikube")
+    assert vm.urn in local_rec.one("command:local:Command", "cluster-metrics-server").dependencies
+
+
+@pytest.mark.parametrize("setting, installed", [(None, True), ("install", True), ("present", False)])
+def test_an_existing_cluster_says_whether_it_serves_resource_metrics(tmp_path, setting, installed):
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(harness.KUBECONFIG)
+    cluster = {"kind": "existing", "kubeconfig": str(kubeconfig), **({"metricsServer": setting} if setting else {})}
+    rec = harness.run("local", {"llm-platform:cluster": cluster, "llm-platform:accelerator": {"kind": "none"},
+                                "llm-platform:llamaRouter": {"enabled": False}})
+    assert bool(metrics_server_releases(rec)) is installed
 
 
 # --- model caches: one per replica, in the accelerators' zone, fast enough for big models ---

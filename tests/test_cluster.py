@@ -573,3 +573,108 @@ def test_bites_keys_cluster_field_the_crd_does_not_know(control_plane, stacks):
     none["spec"]["instances"] = 0
     rejected = cp.apply(none)
     assert rejected is not None and "instances" in str(rejected), rejected
+
+
+# --- the ingress HPA's metric source --------------------------------------------------------
+
+# The API an HPA's Resource metrics (CPU, memory) are read from, as the aggregator registers it.
+RESOURCE_METRICS_API = "v1beta1.metrics.k8s.io"
+# The aggregator's verdict on an APIService whose Service it found, with the port it names and
+# endpoints for it, none ready (nothing runs here): the furthest it gets without a running pod.
+# (ServiceNotFound, ServicePortError, EndpointsNotFound: it found less.)
+RESOLVED_BUT_NOT_RUNNING = "MissingEndpoints"
+
+
+def resource_metric_hpas(d: cs.Deployed) -> list[dict]:
+    return [o for o in d.of_kind("HorizontalPodAutoscaler")
+            if any(m.get("type") == "Resource" for m in o["spec"].get("metrics") or [])]
+
+
+def _hpa_metric_message(cp: kube.ControlPlane, hpa: dict) -> Optional[str]:
+    """What the real HPA controller last said about reading the HPA's metrics (its ScalingActive
+    condition), once it has said something."""
+    from kubernetes import client as k8s_client
+
+    status = k8s_client.AutoscalingV2Api(cp.api).read_namespaced_horizontal_pod_autoscaler(
+        hpa["metadata"]["name"], hpa["metadata"]["namespace"]).status
+    cond = next((c for c in status.conditions or [] if c.type == "ScalingActive"), None)
+    return f"{cond.reason}: {cond.message}" if cond else None
+
+
+def metrics_api_problems(cp: kube.ControlPlane, d: cs.Deployed, api_services: list[dict]) -> list[str]:
+    """Register the render's APIService for the resource metrics API (the deploy leaves
+    APIServices out, see tests/cluster_stack.py) and ask the real aggregator and HPA controller
+    what they make of it; it is removed again before returning.
+
+    No metrics-server runs here (no kubelet to run it, none to scrape), so the API cannot answer.
+    What the control plane does show: the APIService is accepted, the aggregator finds the
+    Service it names and that Service's endpoints (the metrics-server pods, placed on the system
+    nodes), and the HPA controller now reaches a registered metrics API ("unable to handle the
+    request", 503) where without one the group does not exist ("could not find the requested
+    resource", 404). That the Service's endpoints are the metrics-server pods is read from its
+    EndpointSlices, as for every Service."""
+    from kubernetes import client as k8s_client
+
+    hpas = resource_metric_hpas(d)
+    assert hpas, "no HPA reads Resource metrics: nothing to check"
+    registered = [a for a in api_services if a["metadata"]["name"] == RESOURCE_METRICS_API]
+    if not registered:
+        return [f"HPA {h['metadata']['namespace']}/{h['metadata']['name']} reads Resource metrics, but nothing "
+                f"in the render registers {RESOURCE_METRICS_API} and the cluster does not serve it" for h in hpas]
+    (api,) = registered
+    reg = k8s_client.ApiregistrationV1Api(cp.api)
+    problems = []
+    rejected = cp.apply(api)
+    if rejected:
+        return [str(rejected)]
+    try:
+        def judged():
+            cs.stand_ins(cp, d)
+            conds = reg.read_api_service(RESOURCE_METRICS_API).status.conditions or []
+            return next((c for c in conds if c.type == "Available" and c.reason != "Local"), None)
+
+        available = kube.until(judged, 30, f"the aggregator's verdict on {RESOURCE_METRICS_API}")
+        if available.reason != RESOLVED_BUT_NOT_RUNNING:
+            problems.append(f"APIService {RESOURCE_METRICS_API}: {available.reason}: {available.message}")
+        svc = api["spec"]["service"]
+        problems += [p for p in cs.settled_service_ports(cp, d) if p.startswith(f"Service {svc['namespace']}/{svc['name']}:")]
+        for hpa in hpas:
+            try:
+                said = kube.until(lambda: (m := _hpa_metric_message(cp, hpa)) and "pods.metrics.k8s.io" in m
+                                  and "could not find the requested resource" not in m and m, 45,
+                                  "the HPA controller to reach the metrics API")
+            except TimeoutError:
+                said = _hpa_metric_message(cp, hpa)
+                problems.append(f"HPA {hpa['metadata']['namespace']}/{hpa['metadata']['name']}: {said}")
+                continue
+            assert "unable to handle the request" in said, said
+    finally:
+        # An APIService nobody answers fails discovery of its group: namespaces would never
+        # finish deleting when the next stack replaces this one.
+        reg.delete_api_service(RESOURCE_METRICS_API)
+        kube.until(lambda: RESOURCE_METRICS_API not in {a.metadata.name for a in reg.list_api_service().items},
+                   15, f"{RESOURCE_METRICS_API} removed")
+    return problems
+
+
+def _api_services(rec) -> list[dict]:
+    return [o for o in cs.whole_render(rec) if o["kind"] == "APIService"]
+
+
+def test_eks_ingress_hpa_reads_a_metrics_api_the_render_registers(control_plane, stacks):
+    """EKS runs no metrics-server: the ingress gateway's HPA (CPU) reads the resource metrics
+    API of the metrics-server the stack installs. On the control plane the chart's APIService
+    resolves to its Service and pods, and the HPA controller finds the API registered."""
+    d = stacks.get("eks")
+    problems = metrics_api_problems(control_plane, d, _api_services(d.rec))
+    assert not problems, "\n".join(problems)
+
+
+def test_bites_metrics_api_service_naming_no_service(control_plane, stacks):
+    """The same check on an APIService whose Service does not exist: the aggregator says so."""
+    d = stacks.get("eks")
+    broken = copy.deepcopy([a for a in _api_services(d.rec) if a["metadata"]["name"] == RESOURCE_METRICS_API])
+    assert broken, f"the eks render registers no {RESOURCE_METRICS_API}"
+    broken[0]["spec"]["service"]["name"] = "no-such-metrics-server"
+    problems = metrics_api_problems(control_plane, d, broken)
+    assert any("ServiceNotFound" in p for p in problems), problems

@@ -43,7 +43,8 @@ def test_render_writes_what_each_chart_installs(rendered):
     expected = {"chart-istio-base.yaml", "chart-istio-cni.yaml", "chart-istiod.yaml", "chart-istio-ingress.yaml",
                 "chart-argocd.yaml", "chart-open-webui.yaml", "chart-kps.yaml"}
     if stack == "eks":
-        expected |= {"chart-nvidia-device-plugin.yaml", "chart-karpenter.yaml", "chart-karpenter-crd.yaml"}
+        expected |= {"chart-nvidia-device-plugin.yaml", "chart-karpenter.yaml", "chart-karpenter-crd.yaml",
+                     "chart-metrics-server.yaml"}
     assert set(files) == expected
     # Argo CD's chart brings its CRDs; Open WebUI (an Argo CD app) its workload, in its namespace.
     assert any(d["kind"] == "CustomResourceDefinition" for d in files["chart-argocd.yaml"])

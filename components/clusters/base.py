@@ -58,6 +58,10 @@ class BuiltCluster:
     istio_platform: Optional[str] = None
     # Whether the cluster's CNI enforces NetworkPolicies (and chains the Istio CNI plugin).
     network_policy_enforced: bool = False
+    # Whether the cluster itself serves the resource metrics API (`metrics.k8s.io`) that CPU-based
+    # HorizontalPodAutoscalers (Istio's ingress gateway and istiod) read; where it does not, the
+    # platform installs metrics-server.
+    serves_resource_metrics: bool = False
     # Address ranges of the cluster itself (nodes, pods, Services, control plane) beyond the
     # private ranges: egress "to the internet" must not reach them.
     internal_cidrs: list = field(default_factory=list)

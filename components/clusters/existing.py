@@ -18,4 +18,6 @@ def build(parent: pulumi.Resource, name: str, cfg: ExistingCluster) -> BuiltClus
         host_models_dir=expand_path(cfg.models_dir) if cfg.models_dir else None,
         # Only the user knows whether the cluster's CNI enforces NetworkPolicies.
         network_policy_enforced=cfg.network_policy == "enforced",
+        # k3s and k3d bundle metrics-server; kind and Docker Desktop do not.
+        serves_resource_metrics=cfg.metrics_server == "present",
     )

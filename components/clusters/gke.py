@@ -150,6 +150,8 @@ def build(parent: pulumi.Resource, name: str, cfg: GkeCluster) -> BuiltCluster:
         host_models_dir=None,
         storage_class=STORAGE_CLASS,
         network_policy_enforced=True,
+        # GKE runs metrics-server in every cluster itself.
+        serves_resource_metrics=True,
         # The control plane's endpoint is a public address on a public cluster.
         internal_cidrs=[cfg.subnet_cidr, POD_RANGE, SERVICE_RANGE, cluster.endpoint.apply(lambda ip: f"{ip}/32")],
         cache_class=cache_class(pool.machine_type),

@@ -54,6 +54,14 @@ def build(parent: pulumi.Resource, name: str, cfg: MinikubeCluster) -> BuiltClus
             parent=parent, depends_on=[vm], additional_secret_outputs=["stdout"]
         ),
     )
+    # minikube's metrics-server addon serves the resource metrics API the ingress gateway's and
+    # istiod's HPAs read (CPU). Its own command, so that a profile already running gets it too;
+    # enabling it again changes nothing, and `minikube delete` takes it with the cluster.
+    command.local.Command(
+        f"{name}-metrics-server",
+        create=f"minikube addons enable metrics-server --profile {profile}",
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=[vm]),
+    )
     ip = command.local.Command(
         f"{name}-ip",
         create=f"minikube ip --profile {profile}",
@@ -69,5 +77,6 @@ def build(parent: pulumi.Resource, name: str, cfg: MinikubeCluster) -> BuiltClus
         istio_platform="minikube",
         host_models_dir=models_dir,
         network_policy_enforced=True,
+        serves_resource_metrics=True,
         internal_cidrs=[POD_CIDR, SERVICE_CIDR],
     )

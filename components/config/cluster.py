@@ -82,6 +82,9 @@ class ExistingCluster(_Model):
     network_policy: Literal["enforced", "unknown"] = "unknown"
     # Required to serve on accelerator kind nvidia or tpu: the nodes that carry it.
     accelerator_nodes: Optional[ExistingAcceleratorNodes] = None
+    # Whether the cluster already serves the resource metrics API (metrics-server, as k3s
+    # bundles it): "present"; else the program installs metrics-server for the CPU-based HPAs.
+    metrics_server: Literal["install", "present"] = "install"
 
     def accelerator_pool(self, kind: str) -> AcceleratorPool:
         n = self.accelerator_nodes
