@@ -32,12 +32,21 @@ class MetricsServerArgs(TypedDict):
     provider: k8s.Provider
 
 
+# A uid no host account has (the chart's 1000 may be one): it writes only its emptyDir /tmp.
+RUN_AS = 65534
+
+
 def values() -> dict:
     return {
-        # The chart's defaults otherwise: non-root, read-only root, every capability dropped,
-        # system-cluster-critical, kubelets reached by their node IP with verified certificates
-        # (the kubelets' serving certificates are signed by the cluster's CA on EKS).
+        # Merged over the chart's defaults: non-root, read-only root, every capability dropped,
+        # RuntimeDefault seccomp for the container (here for the whole pod too).
+        "securityContext": {"runAsUser": RUN_AS},
+        "podSecurityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "resources": {k: dict(v) for k, v in RESOURCES.items()},
+        # Otherwise the chart's: system-cluster-critical, kubelets reached by their node IP with
+        # verified certificates (the kubelets' serving certificates are signed by the cluster's
+        # CA on EKS). It keeps its service account token: it authenticates every request the
+        # API server passes on, and reads nodes and pods.
     }
 
 

@@ -1,4 +1,6 @@
 import os
+import time
+from typing import Optional
 
 import pytest
 from hypothesis import settings
@@ -91,6 +93,35 @@ def control_plane(tmp_path_factory):
     kube.TIMINGS["control plane start"] = cp.start_s
     yield cp
     cp.stop()
+
+
+class Stacks:
+    """The stack now on the control plane; another one replaces it."""
+
+    def __init__(self, cp):
+        self.cp = cp
+        self.key: Optional[str] = None
+        self.current = None
+
+    def get(self, variant: str):
+        from tests import cluster_stack as cs
+        from tests import kube
+
+        key = variant
+        if key != self.key:
+            t0 = time.monotonic()
+            self.cp.reset(self.current.objects if self.current else [])
+            self.key, self.current = None, None
+            self.current = cs.deploy(self.cp, VARIANTS[variant][0], recording(variant))
+            self.key = key
+            kube.TIMINGS[f"{key} reset+deploy"] = time.monotonic() - t0
+        return self.current
+
+
+@pytest.fixture(scope="session")
+def stacks(control_plane) -> Stacks:
+    """The stacks on the control plane, one at a time (shared by every module that uses it)."""
+    return Stacks(control_plane)
 
 
 def pytest_terminal_summary(terminalreporter):

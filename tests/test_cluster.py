@@ -15,10 +15,11 @@ from typing import Callable, Optional
 import pytest
 import yaml
 
+from components import gpu_metrics
 from components.accelerators import RESOURCES
 from tests import cluster_stack as cs
 from tests import kube
-from tests.conftest import VARIANTS, recording
+from tests.conftest import recording
 from tools import mock_engine
 
 STACKS = mock_engine.STACKS
@@ -27,31 +28,6 @@ ROLLOUT_ANNOTATION = "test.llm-platform/rollout"
 
 def resource_of(stack: str) -> str:
     return RESOURCES[mock_engine.stack_config(stack)["llm-platform:accelerator"]["kind"]]
-
-
-class Stacks:
-    """The stack now on the control plane; another one replaces it."""
-
-    def __init__(self, cp: kube.ControlPlane):
-        self.cp = cp
-        self.key: Optional[str] = None
-        self.current: Optional[cs.Deployed] = None
-
-    def get(self, variant: str) -> cs.Deployed:
-        key = variant
-        if key != self.key:
-            t0 = time.monotonic()
-            self.cp.reset(self.current.objects if self.current else [])
-            self.key, self.current = None, None
-            self.current = cs.deploy(self.cp, VARIANTS[variant][0], recording(variant))
-            self.key = key
-            kube.TIMINGS[f"{key} reset+deploy"] = time.monotonic() - t0
-        return self.current
-
-
-@pytest.fixture(scope="session")
-def stacks(control_plane):
-    return Stacks(control_plane)
 
 
 @pytest.fixture(scope="session", params=STACKS)
@@ -78,7 +54,7 @@ def daemonset_expectations(d: cs.Deployed) -> dict[tuple[str, str], tuple[set[st
         ("nvidia-device-plugin", "nvidia-device-plugin-node-feature-discovery-worker"): (accel, every),
         ("nvidia-device-plugin", "nvidia-device-plugin-gpu-feature-discovery"): (accel, accel),
         # GPU metrics: on every NVIDIA GPU node, and on no other node.
-        ("dcgm-exporter", "dcgm-exporter"): (accel, accel),
+        (gpu_metrics.NAMESPACE, gpu_metrics.HELM_RELEASE): (accel, accel),
         # Node metrics (full monitoring): every node, GPU nodes included (it tolerates NoSchedule).
         ("monitoring", "kps-prometheus-node-exporter"): (every, every),
         # Only on nodes labelled for MPS, which this platform does not use.

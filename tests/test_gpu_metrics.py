@@ -1,9 +1,12 @@
-"""GPU metrics: NVIDIA's DCGM exporter runs on the NVIDIA GPU nodes alone (their label and taint,
-as the device plugin), serves on the port the Service and ServiceMonitor name, and only
-Prometheus's pods may reach it; none where the stack has no NVIDIA pool of its own."""
+"""GPU metrics: NVIDIA's DCGM exporter, installed from NVIDIA's chart (pinned, vendored), runs on
+the NVIDIA GPU nodes alone (their label and taint, as the device plugin), serves on the port the
+Service and ServiceMonitor name, and only Prometheus's pods may reach it; none where the stack
+has no NVIDIA pool of its own. Asserted on what the chart renders with the program's values, and
+on the real control plane."""
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
@@ -13,81 +16,157 @@ from tests.conftest import need_charts, recording
 from tools import charts
 from tools import mock_engine as harness
 
-DS = "kubernetes:apps/v1:DaemonSet"
-SM = "kubernetes:monitoring.coreos.com/v1:ServiceMonitor"
+RELEASE = "kubernetes:helm.sh/v3:Release"
+NETPOL = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 
 
-def exporter(rec) -> dict:
-    return harness.reveal(rec.one(DS, "gpu-metrics-daemonset").inputs)
+def release(rec) -> dict:
+    return harness.reveal(rec.one(RELEASE, "gpu-metrics-exporter").inputs)
 
 
-def test_eks_runs_the_exporter_on_gpu_nodes_only():
-    rec = recording("eks")
-    pod = exporter(rec)["spec"]["template"]["spec"]
-    # The same facts the NVIDIA device plugin is given: the GPU nodes' label and taint.
-    plugin = harness.reveal(rec.one("kubernetes:helm.sh/v3:Release", "gpu-nvidia").inputs["values"])
+def rendered(rec) -> dict[str, dict]:
+    """kind -> the one object of that kind the exporter's chart renders, with the program's values."""
+    need_charts()
+    (found,) = [r for r in charts.chart_releases(rec) if r.name == gpu_metrics.HELM_RELEASE]
+    objs = charts.render_release(found, charts.kube_version(rec.stack))
+    by_kind: dict[str, dict] = {}
+    for o in objs:
+        assert o["kind"] not in by_kind, f"the chart renders two {o['kind']}s"
+        by_kind[o["kind"]] = o
+    return by_kind
+
+
+@pytest.fixture(scope="module")
+def eks() -> harness.Recording:
+    return recording("eks")
+
+
+@pytest.fixture(scope="module")
+def chart(eks) -> dict[str, dict]:
+    return rendered(eks)
+
+
+def pod_spec(chart) -> dict:
+    return chart["DaemonSet"]["spec"]["template"]["spec"]
+
+
+def test_installed_from_nvidias_chart_pinned_in_its_own_namespace(eks):
+    r = release(eks)
+    assert (r["chart"], r["version"], r["name"]) == ("dcgm-exporter", gpu_metrics.CHART_VERSION, gpu_metrics.HELM_RELEASE)
+    assert r["repositoryOpts"]["repo"] == "https://nvidia.github.io/dcgm-exporter/helm-charts"
+    # The namespace is the program's, with the admission level the exporter needs (hostPath,
+    # root, SYS_ADMIN), not one Helm creates without labels.
+    assert r["namespace"] == gpu_metrics.NAMESPACE and not r.get("createNamespace")
+    ns = eks.one("kubernetes:core/v1:Namespace", "gpu-metrics-ns").inputs["metadata"]
+    assert ns["name"] == gpu_metrics.NAMESPACE
+    assert ns["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+def test_eks_runs_the_exporter_on_gpu_nodes_only(eks, chart):
+    pod = pod_spec(chart)
+    # The same facts the NVIDIA device plugin is given: the GPU nodes' label and taint (the
+    # chart's own toleration of control-plane nodes replaced).
+    plugin = harness.reveal(eks.one(RELEASE, "gpu-nvidia").inputs["values"])
     assert pod["nodeSelector"] == plugin["nodeSelector"]
     assert pod["tolerations"] == plugin["tolerations"]
     assert pod["nodeSelector"] and [t for t in pod["tolerations"] if t["key"] == "nvidia.com/gpu"]
-    # It takes no GPU from the model servers.
+    assert "affinity" not in pod
+    # It takes no GPU from the model servers, and never preempts one on a full node.
     (c,) = pod["containers"]
     assert not any("nvidia.com/gpu" in part for part in c["resources"].values())
+    assert c["resources"] == gpu_metrics.RESOURCES
+    assert "priorityClassName" not in pod
 
 
-def test_image_is_pinned_and_the_pod_maps_gpus_to_pods():
-    (c,) = exporter(recording("eks"))["spec"]["template"]["spec"]["containers"]
+def test_image_is_pinned_and_the_pod_maps_gpus_to_pods(chart):
+    pod = pod_spec(chart)
+    (c,) = pod["containers"]
+    assert c["image"] == gpu_metrics.IMAGE  # the chart's default at its version (README names it)
     assert re.fullmatch(r"nvcr\.io/nvidia/k8s/dcgm-exporter:\d+\.\d+\.\d+-\d+\.\d+\.\d+-distroless", c["image"])
     env = {e["name"]: e for e in c["env"]}
     assert env["DCGM_EXPORTER_KUBERNETES"]["value"] == "true"
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert env["DCGM_EXPORTER_LISTEN"]["value"] == f":{gpu_metrics.PORT}"
-    (mount,) = c["volumeMounts"]
-    assert mount == {"name": "pod-resources", "mountPath": "/var/lib/kubelet/pod-resources", "readOnly": True}
-    # Root with SYS_ADMIN alone (profiling metrics), no privilege escalation, nothing privileged.
+    # The kubelet's pod-resources socket, read-only: which pod holds which GPU.
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == "/var/lib/kubelet/pod-resources"]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["hostPath"]["path"] == "/var/lib/kubelet/pod-resources"
+    # It reads the socket, never the API server.
+    assert pod["automountServiceAccountToken"] is False
+    assert chart["ServiceAccount"]["automountServiceAccountToken"] is False
+
+
+def test_the_counters_include_the_fields_the_readme_names(chart):
+    """The chart mounts its counters list over the image's; the series the README lists (and
+    DCGM's profiling fields, which need SYS_ADMIN) are in it."""
+    (c,) = pod_spec(chart)["containers"]
+    path = c["args"][c["args"].index("-f") + 1]
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == path]
+    (volume,) = [v for v in pod_spec(chart)["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["name"] == chart["ConfigMap"]["metadata"]["name"]
+    counters = {line.split(",")[0].strip() for line in chart["ConfigMap"]["data"]["metrics"].splitlines()
+                if line.strip() and not line.strip().startswith("#")}
+    readme = (harness.PROJECT_DIR / "README.md").read_text()
+    named = set(re.findall(r"`(DCGM_FI_[A-Z_]+)`", readme))
+    assert {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"} <= named
+    assert named <= counters, named - counters
+
+
+def test_its_only_exceptions_to_the_restricted_profile_are_root_sys_admin_and_the_socket(chart):
+    from tests.test_security import restricted_violations
+
+    pod = pod_spec(chart)
+    (c,) = pod["containers"]
+    (socket,) = [m["name"] for m in c["volumeMounts"] if m["mountPath"] == "/var/lib/kubelet/pod-resources"]
+    assert sorted(restricted_violations(pod)) == sorted([
+        f"volume {socket}: ['hostPath']", f"{c['name']}: runAsNonRoot not set",
+        f"{c['name']}: runs as root", f"{c['name']}: adds ['SYS_ADMIN']"])
     sc = c["securityContext"]
     assert sc["capabilities"] == {"drop": ["ALL"], "add": ["SYS_ADMIN"]}
     assert sc["allowPrivilegeEscalation"] is False and not sc.get("privileged")
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not pod.get("hostPID") and not pod.get("hostNetwork") and not pod.get("hostIPC")
 
 
-def test_service_monitor_scrapes_the_port_the_exporter_listens_on():
-    rec = recording("eks")
-    ds = exporter(rec)
-    svc = harness.reveal(rec.one("kubernetes:core/v1:Service", "gpu-metrics-service").inputs)
-    sm = harness.reveal(rec.one(SM, "gpu-metrics-servicemonitor").inputs)
+def test_service_monitor_scrapes_the_port_the_exporter_listens_on(chart):
+    ds, svc, sm = chart["DaemonSet"], chart["Service"], chart["ServiceMonitor"]
     labels = ds["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= labels.items()
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [gpu_metrics.NAMESPACE]}
     (ep,) = sm["spec"]["endpoints"]
     (port,) = [p for p in svc["spec"]["ports"] if p["name"] == ep["port"]]
     (c,) = ds["spec"]["template"]["spec"]["containers"]
-    (cport,) = [p for p in c["ports"] if p["name"] == port["targetPort"]]
+    target = port["targetPort"]
+    (cport,) = [p for p in c["ports"] if target in (p["name"], p["containerPort"])]
     assert cport["containerPort"] == port["port"] == gpu_metrics.PORT
     # Outside the mesh: plain HTTP; Prometheus's sidecar captures no outbound traffic.
-    assert ep["scheme"] == "http" and "tlsConfig" not in ep and ep["path"] == "/metrics"
-    assert sm["metadata"]["namespace"] == svc["metadata"]["namespace"] == ds["metadata"]["namespace"]
-    # The namespace's admission level allows what it needs (hostPath, root, SYS_ADMIN).
-    ns = rec.one("kubernetes:core/v1:Namespace", "gpu-metrics-ns").inputs["metadata"]
-    assert ns["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert ep.get("scheme", "http") == "http" and "tlsConfig" not in ep and ep["path"] == "/metrics"
+    assert ep["interval"] == gpu_metrics.SCRAPE_INTERVAL
+    assert {o["metadata"]["namespace"] for o in (ds, svc, sm)} == {gpu_metrics.NAMESPACE}
 
 
-def test_only_prometheus_reaches_the_exporter_on_its_port():
-    rec = recording("eks")
-    policies = {r.inputs["metadata"]["name"]: harness.reveal(r.inputs["spec"])
-                for r in rec.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+def test_only_prometheus_reaches_the_exporter_on_its_port(eks, chart):
+    policies = {r.inputs["metadata"]["name"]: harness.reveal(r.inputs["spec"]) for r in eks.of_type(NETPOL)
                 if r.inputs["metadata"]["namespace"] == gpu_metrics.NAMESPACE}
+    assert set(policies) == {"default-deny-ingress", "allow-prometheus"}
     assert policies["default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
-    (rule,) = policies["allow-prometheus"]["ingress"]
+    allow = policies["allow-prometheus"]
+    # It selects the pods the chart renders (their labels are the chart's, not the program's).
+    labels = chart["DaemonSet"]["spec"]["template"]["metadata"]["labels"]
+    assert allow["podSelector"]["matchLabels"].items() <= labels.items()
+    (rule,) = allow["ingress"]
     assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": monitoring.NAMESPACE}},
                              "podSelector": {"matchLabels": monitoring.PROMETHEUS_POD_LABELS}}]
     assert rule["ports"] == [{"protocol": "TCP", "port": gpu_metrics.PORT}]
-    assert set(policies) == {"default-deny-ingress", "allow-prometheus"}
 
 
-def test_depends_on_the_monitoring_release_for_its_crd():
-    rec = recording("eks")
-    sm = rec.one(SM, "gpu-metrics-servicemonitor")
-    release = rec.one("kubernetes:helm.sh/v3:Release", "monitoring-kps")
-    assert release.urn in rec.depends_transitively(sm)
+def test_the_release_waits_for_the_monitoring_release_for_its_crd(eks):
+    """The chart's ServiceMonitor is a custom resource: Helm cannot install it before the
+    monitoring release has installed the CRD."""
+    exporter = eks.one(RELEASE, "gpu-metrics-exporter")
+    assert eks.one(RELEASE, "monitoring-kps").urn in eks.depends_transitively(exporter)
 
 
 @pytest.mark.parametrize("variant", ["local", "gke"])
@@ -101,21 +180,20 @@ def test_no_exporter_without_monitoring():
     assert not [r for r in rec.registrations if r.name.startswith("gpu-metrics")]
 
 
-
 def download_script(rec) -> str:
     (cm,) = [m.obj for m in charts.cluster_objects(rec) if m.obj["kind"] == "ConfigMap"
              and m.obj["metadata"]["name"] == monitoring.GRAFANA_SERVICE]
     return cm["data"]["download_dashboards.sh"]
 
 
-def test_grafana_gets_nvidias_dcgm_dashboard_pinned_where_the_exporter_runs():
+def test_grafana_gets_nvidias_dcgm_dashboard_pinned_where_the_exporter_runs(chart):
     need_charts()
     # The chart's script fetches NVIDIA's dashboard at the tag of the release the exporter runs,
     # written as downloaded (no pipe that would hide a failed download).
     script = download_script(recording("eks"))
     (line,) = [ln for ln in script.splitlines() if "dcgm-exporter-dashboard.json" in ln]
     (tag,) = re.findall(r'"https://raw\.githubusercontent\.com/NVIDIA/dcgm-exporter/([^/]+)/grafana/', line)
-    (c,) = exporter(recording("eks"))["spec"]["template"]["spec"]["containers"]
+    (c,) = pod_spec(chart)["containers"]
     assert c["image"].rpartition(":")[2] == f"{tag}-distroless"
     assert line.rstrip().endswith("\\")
     assert "dcgm-exporter" not in download_script(recording("local"))
@@ -137,3 +215,60 @@ def test_series_keep_the_namespace_and_pod_holding_the_gpu():
     endpoint = crds["ServiceMonitor"]["properties"]["spec"]["properties"]["endpoints"]["items"]["properties"]
     assert endpoint["honorLabels"]["type"] == "boolean"
     assert "exported_" in crds["Prometheus"]["properties"]["spec"]["properties"]["overrideHonorLabels"]["description"]
+
+
+# --- on the real control plane ------------------------------------------------------------
+
+
+def exporter_problems(cp, d) -> list[str]:
+    """What the control plane makes of the exporter on the eks stack: its pods admitted (the
+    namespace's Pod Security level), one on every GPU node and none elsewhere, its Service
+    resolving on them, its ServiceMonitor accepted by the CRD, and the NetworkPolicy admitting
+    Prometheus selecting those very pods."""
+    from tests import cluster_stack as cs
+
+    ns = gpu_metrics.NAMESPACE
+    gpu = {n.name for n in d.nodes if "nvidia.com/gpu" in n.devices_from_plugin}
+    assert gpu, "no GPU node declared"
+    problems = [p for p in cs.failed_creates(cp, d) if f" {ns}/" in p]
+    problems += cs.daemonset_coverage(cp, d, ns, gpu_metrics.HELM_RELEASE, must_serve=gpu, may_run=gpu)
+    problems += [p for p in cs.settled_service_ports(cp, d) if p.startswith(f"Service {ns}/")]
+    (monitor,) = [o for o in d.objects if o["kind"] == "ServiceMonitor" and o["metadata"]["namespace"] == ns]
+    if not cp.exists(monitor):
+        problems.append(f"ServiceMonitor {ns}/{monitor['metadata']['name']} not stored")
+    (allow,) = [o for o in d.of_kind("NetworkPolicy") if o["metadata"]["namespace"] == ns
+                and o["metadata"]["name"] == "allow-prometheus"]
+    selector = ",".join(f"{k}={v}" for k, v in allow["spec"]["podSelector"]["matchLabels"].items())
+    exporters = cs.owned_pods(cp, ns, "DaemonSet", gpu_metrics.HELM_RELEASE)
+    selected = {p.metadata.name for p in cp.pods(ns, selector)}
+    if not exporters or {p.metadata.name for p in exporters} - selected:
+        problems.append(f"NetworkPolicy {ns}/allow-prometheus selects {sorted(selected)}, "
+                        f"not the exporter's pods {sorted(p.metadata.name for p in exporters)}")
+    return problems
+
+
+def test_on_the_control_plane_the_exporter_runs_on_every_gpu_node_and_nowhere_else(control_plane, stacks):
+    problems = exporter_problems(control_plane, stacks.get("eks"))
+    assert not problems, "\n".join(problems)
+
+
+def test_bites_an_exporter_that_does_not_tolerate_the_gpu_taint(control_plane, stacks):
+    """The chart's DaemonSet without the GPU toleration (the chart's default one instead): no
+    pod on any GPU node, and the check says so. The stack is restored afterwards."""
+    from tests import cluster_stack as cs
+    from tests import kube
+
+    cp, d = control_plane, stacks.get("eks")
+    (ds,) = [o for o in d.of_kind("DaemonSet") if o["metadata"]["namespace"] == gpu_metrics.NAMESPACE]
+    broken = copy.deepcopy(ds)
+    broken["spec"]["template"]["spec"]["tolerations"] = [
+        {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}]
+    try:
+        assert cp.apply(broken) is None
+        problems = kube.until(lambda: (cs.settle(cp, d, 10, quiet_s=1),
+                                       [p for p in exporter_problems(cp, d) if "no pod on" in p])[-1],
+                              60, "the exporter's pods gone from the GPU nodes")
+        assert problems and all("(pool gpu)" in p for p in problems), problems
+    finally:
+        assert cp.apply(ds) is None
+        cs.settle(cp, d, 30)
