@@ -1,6 +1,7 @@
 """Who may call what: on every stack `/v1` needs a key that reaches the servers only through
 Kubernetes Secrets, and no key is ever written in plain text."""
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -10,6 +11,8 @@ import yaml
 
 from components.serving import API_KEY_ENTRIES
 from tests.conftest import need_charts
+# Who may connect to whom, judged as the CNI and Istio would (empty lists, wildcards, DENY first).
+from tests.admission import egress_allows, mesh_admits, network_admits
 from tools import mock_engine as harness
 
 CLIENT_KEY = "sk-client-key-0123456789abcdef"
@@ -234,31 +237,6 @@ def in_namespace(rec, type_, ns):
     return [r.inputs for r in rec.of_type(type_) if r.inputs["metadata"]["namespace"] == ns]
 
 
-def network_admits(rec, source_ns: str, dest_ns: str) -> bool:
-    """Would any NetworkPolicy of dest_ns let a pod in source_ns connect (Kubernetes semantics:
-    once a policy selects the pods for Ingress, only listed peers get in)?"""
-    policies = [p for p in in_namespace(rec, NETPOL, dest_ns) if "Ingress" in p["spec"]["policyTypes"]]
-    if not policies:
-        return True
-    return any(
-        peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == source_ns
-        for p in policies for rule in p["spec"].get("ingress", []) for peer in rule.get("from", [])
-    )
-
-
-def mesh_admits(rec, source_principal: str, dest_ns: str) -> bool:
-    allows = [p for p in in_namespace(rec, AUTHZ, dest_ns) if p["spec"]["action"] == "ALLOW"]
-    if not allows:
-        return True
-    return any(source_principal in src["source"].get("principals", [])
-               for p in allows for rule in p["spec"]["rules"] for src in rule.get("from", []))
-
-
-def egress_ports(rec, ns) -> set[int]:
-    return {port["port"] for p in in_namespace(rec, NETPOL, ns) for rule in p["spec"].get("egress", [])
-            for port in rule.get("ports", [])}
-
-
 @pytest.fixture(scope="module", params=harness.STACKS)
 def guarded(request):
     return harness.run(request.param)
@@ -304,8 +282,29 @@ def test_the_front_door_runs_as_the_account_the_policy_names(guarded):
 def test_model_namespace_denies_by_default_and_allows_only_what_it_needs(guarded):
     (deny,) = [p for p in in_namespace(guarded, NETPOL, "models") if p["metadata"]["name"] == "default-deny"]
     assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
-    downloads = guarded.stack in ("eks", "gke")
-    assert egress_ports(guarded, "models") == ({53, 15012, 443} if downloads else {53, 15012})
+    assert egress_problems(guarded) == []
+
+
+# Somewhere on the internet (a documentation address), the cloud's metadata endpoint.
+PUBLIC, METADATA = "203.0.113.7", "169.254.169.254"
+
+
+def egress_problems(rec, ns: str = "models") -> list[str]:
+    """Where the model servers may open connections, probed as the CNI would judge them: DNS,
+    istiod's xDS, and on the clouds HTTPS to the internet (the model hub); nothing else."""
+    from tests.admission import Pod
+
+    dns, istiod = Pod("kube-system", {"k8s-app": "kube-dns"}), Pod("istio-system", {"app": "istiod"})
+    downloads = rec.stack in ("eks", "gke")
+    expected = [
+        (dns, 53, "UDP", True), (dns, 53, "TCP", True), (istiod, 15012, "TCP", True),
+        (PUBLIC, 443, "TCP", downloads),
+        (PUBLIC, 80, "TCP", False), (METADATA, 80, "TCP", False), (METADATA, 443, "TCP", False),
+        (Pod("default"), 443, "TCP", False), (Pod("front-door"), 4000, "TCP", False),
+        (Pod("kube-system"), 443, "TCP", False), (istiod, 443, "TCP", False),
+    ]
+    return [f"{ns} -> {dest}:{port}/{proto}: {'refused' if want else 'allowed'}"
+            for dest, port, proto, want in expected if egress_allows(rec, ns, dest, port, proto) is not want]
 
 
 def test_laptop_can_opt_out_of_mesh_and_network_policies():
@@ -321,47 +320,13 @@ def test_laptop_can_opt_out_of_mesh_and_network_policies():
 PROMETHEUS = ("monitoring", "cluster.local/ns/monitoring/sa/kps-prometheus")
 
 
-def _matches(patterns, value: str) -> bool:
-    """Istio's string match: exact, "*" (any non-empty), "prefix*" or "*suffix"."""
-    def one(p: str) -> bool:
-        if p == "*":
-            return value != ""
-        if p.endswith("*"):
-            return value.startswith(p[:-1])
-        if p.startswith("*"):
-            return value.endswith(p[1:])
-        return value == p
-    return any(one(p) for p in patterns)
-
-
-def _rule_matches(rule: dict, principal: str, method: str, path: str) -> bool:
-    def source_ok(src: dict) -> bool:
-        return (("principals" not in src or _matches(src["principals"], principal))
-                and ("notPrincipals" not in src or not _matches(src["notPrincipals"], principal)))
-
-    def operation_ok(op: dict) -> bool:
-        return (("paths" not in op or _matches(op["paths"], path))
-                and ("notPaths" not in op or not _matches(op["notPaths"], path))
-                and ("methods" not in op or method in op["methods"]))
-
-    froms = [f["source"] for f in rule.get("from", [])]
-    tos = [t["operation"] for t in rule.get("to", [])]
-    return (not froms or any(source_ok(f) for f in froms)) and (not tos or any(operation_ok(t) for t in tos))
-
-
 def mesh_verdict(rec, dest_ns: str, principal, method: str, path: str) -> bool:
-    """Whether the destination's sidecar lets the request in, as Istio decides: STRICT refuses a
-    caller without mTLS (principal None); a matching DENY policy refuses; then, where ALLOW
-    policies exist, one must match. A caller without mTLS has no principal ("")."""
+    """Whether the destination's sidecar lets the request in: STRICT refuses a caller without
+    mTLS (principal None); then the AuthorizationPolicies, judged as Istio does (DENY first,
+    wildcards, not-fields), with no principal ("") for a caller without mTLS."""
     if principal is None and any(p["spec"]["mtls"]["mode"] == "STRICT" for p in in_namespace(rec, PEERAUTH, dest_ns)):
         return False
-    who = principal or ""
-    policies = in_namespace(rec, AUTHZ, dest_ns)
-    if any(_rule_matches(r, who, method, path) for p in policies if p["spec"]["action"] == "DENY"
-           for r in p["spec"].get("rules", [])):
-        return False
-    allows = [p for p in policies if p["spec"]["action"] == "ALLOW"]
-    return not allows or any(_rule_matches(r, who, method, path) for p in allows for r in p["spec"].get("rules", []))
+    return mesh_admits(rec, principal or "", dest_ns, path=path, method=method)
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["mtls", "no-mtls"])
@@ -399,6 +364,73 @@ def test_nothing_reads_the_front_door_metrics_when_nothing_scrapes_them():
     for principal in (None, PROMETHEUS[1], UI[1], INGRESS[1]):
         assert not mesh_verdict(rec, "front-door", principal, "GET", "/metrics/"), principal
     assert mesh_verdict(rec, "front-door", UI[1], "POST", "/v1/chat/completions")
+
+
+def with_policy(rec, type_: str, ns: str, name: str, spec: dict):
+    """A copy of the recording with one more policy, as the program would register it."""
+    kind = type_.rsplit(":", 1)[1]
+    api = type_.split(":")[1]
+    reg = harness.Registration(
+        type=type_, name=f"broken-{name}", urn=f"urn:pulumi:{rec.stack}::llm-platform::{type_}::broken-{name}",
+        inputs={"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": ns}, "spec": spec},
+        parent="", dependencies=[], provider="", custom=True)
+    return dataclasses.replace(rec, registrations=[*rec.registrations, reg])
+
+
+ANY = ("default", "cluster.local/ns/default/sa/default")
+# Policies that let anyone in, each written the way the API reads it as "everything".
+BROKEN_NETWORK = {
+    "an empty ingress rule": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{}]},
+    "a rule without peers": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{"ports": [{"port": 8000}]}]},
+    "every namespace": {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}}]}]},
+    "a label every namespace has": {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {
+        "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "Exists"}]}}]}]},
+    "every address": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]},
+}
+BROKEN_MESH = {
+    "any principal": ("models", {"action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["*"]}}]}]}),
+    "a principal prefix": ("models", {"rules": [{"from": [{"source": {"principals": ["cluster.local/*"]}}]}]}),
+    "any namespace": ("models", {"rules": [{"from": [{"source": {"namespaces": ["*"]}}]}]}),
+    "an empty rule": ("models", {"rules": [{}]}),
+    "everyone but one": ("models", {"rules": [{"from": [{"source": {"notPrincipals": ["cluster.local/ns/x/sa/y"]}}]}]}),
+    "allow-all in the root namespace": ("istio-system", {"action": "ALLOW", "rules": [{}]}),
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN_NETWORK)
+def test_the_network_judge_sees_who_a_broken_policy_lets_in(guarded, broken):
+    """Any of these beside the program's policies lets every pod reach the model servers, and
+    the check of who reaches them says so."""
+    assert network_admits(guarded, ANY[0], "models") is False
+    rec = with_policy(guarded, NETPOL, "models", "let-everyone-in", BROKEN_NETWORK[broken])
+    assert network_admits(rec, ANY[0], "models") is True
+
+
+@pytest.mark.parametrize("broken", BROKEN_MESH)
+def test_the_mesh_judge_sees_who_a_broken_policy_lets_in(guarded, broken):
+    assert mesh_admits(guarded, ANY[1], "models") is False
+    ns, spec = BROKEN_MESH[broken]
+    rec = with_policy(guarded, AUTHZ, ns, "let-everyone-in", spec)
+    assert mesh_admits(rec, ANY[1], "models") is True
+
+
+def test_the_mesh_judge_reads_deny_first_and_allow_nothing(guarded):
+    """A DENY that matches refuses even the admitted caller; an ALLOW policy without rules
+    admits nothing (and, beside the others, changes nothing)."""
+    assert mesh_admits(guarded, FRONT_DOOR[1], "models") is True
+    denied = with_policy(guarded, AUTHZ, "models", "deny-front-door",
+                         {"action": "DENY", "rules": [{"from": [{"source": {"namespaces": ["front-door"]}}]}]})
+    assert mesh_admits(denied, FRONT_DOOR[1], "models") is False
+    nothing = with_policy(guarded, AUTHZ, "models", "allow-nothing", {})
+    assert mesh_admits(nothing, FRONT_DOOR[1], "models") is True and mesh_admits(nothing, ANY[1], "models") is False
+
+
+def test_the_egress_judge_sees_an_egress_rule_that_allows_everything(guarded):
+    assert egress_problems(guarded) == []
+    rec = with_policy(guarded, NETPOL, "models", "let-everything-out",
+                      {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]})
+    problems = egress_problems(rec)
+    assert any("80" in p for p in problems) and any("169.254.169.254" in p for p in problems), problems
 
 
 # --- Pod Security ------------------------------------------------------------------------
