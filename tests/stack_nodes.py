@@ -10,7 +10,6 @@ from typing import Optional
 
 import yaml
 
-from components import hardware
 from tests.kube import NodeShape
 from tools.mock_engine import Recording, reveal
 
@@ -20,10 +19,36 @@ MACHINES = {
     "m6i.large": (2, 8192, 29), "m6i.xlarge": (4, 16384, 58),
     "g5.xlarge": (4, 16384, 58), "g6.xlarge": (4, 16384, 58), "g6e.xlarge": (4, 32768, 58),
     "g6.12xlarge": (48, 196608, 234),
-    "e2-standard-4": (4, 16384, 110), "g2-standard-8": (8, 32768, 110),
+    "e2-standard-4": (4, 16384, 110), "g2-standard-8": (8, 32768, 110), "g2-standard-24": (24, 98304, 110),
+    "g2-standard-48": (48, 196608, 110),
     "ct5lp-hightpu-1t": (24, 49152, 110), "ct5lp-hightpu-4t": (112, 196608, 110),
-    "ct5lp-hightpu-8t": (224, 393216, 110), "ct6e-standard-4t": (180, 737280, 110),
+    "ct5lp-hightpu-8t": (224, 393216, 110), "ct6e-standard-1t": (44, 458752, 110),
+    "ct6e-standard-4t": (180, 737280, 110), "ct6e-standard-8t": (180, 1474560, 110),
 }
+
+# What the clouds' documentation says their accelerator machines are, written here rather than
+# read from components/hardware.py: the program derives its pods' selectors, tolerations and
+# requests from that module, so nodes built from it too would move with any mistake there.
+# EC2 accelerated instances (aws.amazon.com/ec2/instance-types: G5, G6, G6e): NVIDIA GPUs.
+EC2_GPUS = {"g5.xlarge": 1, "g6.xlarge": 1, "g6e.xlarge": 1, "g6.12xlarge": 4}
+# GKE TPU machine types (cloud.google.com/kubernetes-engine/docs/concepts/plan-tpus, TPU v5e and
+# v6e): the value GKE gives cloud.google.com/gke-tpu-accelerator, the single-host topology it
+# gives cloud.google.com/gke-tpu-topology, and the chips on the host (google.com/tpu).
+GKE_TPU_MACHINES = {
+    "ct5lp-hightpu-1t": ("tpu-v5-lite-podslice", "1x1", 1),
+    "ct5lp-hightpu-4t": ("tpu-v5-lite-podslice", "2x2", 4),
+    "ct5lp-hightpu-8t": ("tpu-v5-lite-podslice", "2x4", 8),
+    "ct6e-standard-1t": ("tpu-v6e-slice", "1x1", 1),
+    "ct6e-standard-4t": ("tpu-v6e-slice", "2x2", 4),
+    "ct6e-standard-8t": ("tpu-v6e-slice", "2x4", 8),
+}
+# G2 machine types (cloud.google.com/compute/docs/gpus, "G2 machine series"): attached L4 GPUs.
+GKE_G2_GPUS = {"g2-standard-4": 1, "g2-standard-8": 1, "g2-standard-12": 1, "g2-standard-16": 1,
+               "g2-standard-24": 2, "g2-standard-32": 1, "g2-standard-48": 4, "g2-standard-96": 8}
+# The taints GKE puts on its TPU and GPU nodes (GKE docs: "Deploy TPU workloads", "Run GPUs in
+# Standard node pools").
+GKE_TPU_TAINT = {"key": "google.com/tpu", "value": "present", "effect": "NoSchedule"}
+GKE_GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 GKE_DEFAULT_ZONES = ("a", "b", "c")
 _EFFECT = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
 
@@ -77,7 +102,7 @@ def eks(rec: Recording) -> list[NodeShape]:
         instance = g["instanceTypes"][0]
         cores, mem, max_pods = _machine(instance)
         zones = [zone_of_subnet[s] for s in g["subnetIds"]]
-        gpus = hardware.gpus_per_instance(instance) if "NVIDIA" in g["amiType"] else None
+        gpus = EC2_GPUS[instance] if "NVIDIA" in g["amiType"] else None
         for i in range(int(g["scalingConfig"]["desiredSize"])):
             zone = zones[i % len(zones)]
             name = f"ip-10-0-{len(shapes)}-10.{zone[:-1]}.compute.internal"
@@ -116,7 +141,7 @@ def karpenter(rec: Recording, count: Optional[int] = None) -> list[NodeShape]:
         req = {r["key"]: r["values"] for r in spec["requirements"] if r["operator"] == "In"}
         instance, zone = req["node.kubernetes.io/instance-type"][0], req["topology.kubernetes.io/zone"][0]
         cores, mem, max_pods = _machine(instance)
-        gpus = hardware.gpus_per_instance(instance)
+        gpus = EC2_GPUS[instance]
         limit = int(pool["spec"]["limits"]["nvidia.com/gpu"])
         family = node_class["spec"]["amiSelectorTerms"][0]["alias"].split("@")[0]
         for i in range(limit // gpus if count is None else count):
@@ -151,17 +176,19 @@ def gke(rec: Recording) -> list[NodeShape]:
                   "cloud.google.com/machine-family": machine.split("-")[0],
                   "cloud.google.com/gke-os-distribution": "cos", **(cfg.get("labels") or {})}
         taints, devices = [], {}
-        tpu = hardware.tpu_host(machine)
-        if tpu:
-            # GKE labels and taints TPU nodes and runs their device plugin itself.
-            labels["cloud.google.com/gke-tpu-accelerator"] = tpu.accelerator_label
-            labels["cloud.google.com/gke-tpu-topology"] = tpu.topology
-            taints.append(dict(hardware.GKE_TPU_TAINT))
-            devices["google.com/tpu"] = tpu.chips
+        if machine in GKE_TPU_MACHINES:
+            # GKE labels and taints TPU nodes and runs their device plugin itself; a multi-host
+            # slice's nodes carry the slice's topology.
+            accelerator, topology, chips = GKE_TPU_MACHINES[machine]
+            labels["cloud.google.com/gke-tpu-accelerator"] = accelerator
+            labels["cloud.google.com/gke-tpu-topology"] = (p.get("placementPolicy") or {}).get("tpuTopology") or topology
+            taints.append(dict(GKE_TPU_TAINT))
+            devices["google.com/tpu"] = chips
         for acc in cfg.get("guestAccelerators") or []:
+            # The type asked for is the label; the GPUs are the machine's.
             labels["cloud.google.com/gke-accelerator"] = acc["type"]
-            taints.append(dict(hardware.GKE_GPU_TAINT))
-            devices["nvidia.com/gpu"] = int(acc["count"])
+            taints.append(dict(GKE_GPU_TAINT))
+            devices["nvidia.com/gpu"] = GKE_G2_GPUS[machine]
         # An autoscaled pool: GKE's autoscaler adds nodes on demand up to maxNodeCount per zone,
         # or totalMaxNodeCount over the pool's zones.
         scaling = p["autoscaling"]

@@ -18,7 +18,7 @@ import yaml
 from components import gpu_metrics
 from components.accelerators import RESOURCES
 from tests import cluster_stack as cs
-from tests import kube
+from tests import kube, stack_nodes
 from tests.conftest import recording
 from tools import mock_engine
 
@@ -263,6 +263,110 @@ def test_node_shapes_follow_the_registered_pools():
     assert tpu and all(n.devices == {"google.com/tpu": 4} for n in tpu)
     assert all(n.labels["topology.kubernetes.io/zone"] == "us-central1-a" for n in tpu)
     assert yaml.safe_dump(tpu[0].manifest())
+
+
+# --- accelerator nodes as the clouds document them ----------------------------------------
+# The nodes come from the clouds' documentation (tests/stack_nodes.py), the pods' selectors,
+# tolerations and requests from components/hardware.py: a mistake there leaves the pod without
+# a node. The control plane places the shipped stacks' pods (above); for every other documented
+# machine type the scheduler's first checks are applied here.
+
+_UNITS = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
+
+
+def quantity(value) -> float:
+    text = str(value)
+    for suffix in sorted(_UNITS, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * _UNITS[suffix]
+    return float(text)
+
+
+def _tolerated(taint: dict, tolerations: list[dict]) -> bool:
+    for t in tolerations:
+        if t.get("effect") and t["effect"] != taint["effect"]:
+            continue
+        if t.get("operator") == "Exists" and (not t.get("key") or t["key"] == taint["key"]):
+            return True
+        if t.get("key") == taint["key"] and t.get("value") == taint.get("value"):
+            return True
+    return False
+
+
+def placement_problems(pod: dict, node) -> list[str]:
+    """Why the scheduler would not put `pod` (a pod spec) on `node` (a NodeShape): its node
+    selector, the node's NoSchedule/NoExecute taints, the requests beyond what it has."""
+    out = [f"nodeSelector {k}={v}: the node has {node.labels.get(k)!r}"
+           for k, v in (pod.get("nodeSelector") or {}).items() if node.labels.get(k) != v]
+    out += [f"untolerated taint {t['key']}={t.get('value')}:{t['effect']}" for t in node.taints
+            if t["effect"] in ("NoSchedule", "NoExecute") and not _tolerated(t, pod.get("tolerations") or [])]
+    have = {"cpu": quantity(node.cpu), "memory": quantity(node.memory),
+            **{k: float(v) for k, v in {**node.devices, **node.devices_from_plugin}.items()}}
+    asked: dict[str, float] = {}
+    for c in pod["containers"]:
+        res = c.get("resources") or {}
+        for k, v in {**(res.get("limits") or {}), **(res.get("requests") or {})}.items():
+            asked[k] = asked.get(k, 0) + quantity(v)
+    out += [f"asks {k} {v:g}, the node has {have.get(k, 0):g}" for k, v in asked.items() if v > have.get(k, 0)]
+    return out
+
+
+def _tpu_stack(machine: str) -> mock_engine.Recording:
+    cluster = {**mock_engine.stack_config("gke")["llm-platform:cluster"]}
+    cluster["tpuPool"] = {**cluster["tpuPool"], "machineType": machine}
+    return mock_engine.run("gke", {"llm-platform:cluster": cluster})
+
+
+def _model_pod(rec) -> dict:
+    (server,) = rec.model_servers()
+    return mock_engine.reveal(server.inputs)["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("machine", list(stack_nodes.GKE_TPU_MACHINES))
+def test_every_documented_tpu_host_takes_the_model_server(machine):
+    from tests import stack_nodes
+
+    rec = _tpu_stack(machine)
+    (node, *_) = [n for n in stack_nodes.gke(rec) if n.pool == "tpu"]
+    assert node.labels["node.kubernetes.io/instance-type"] == machine
+    problems = placement_problems(_model_pod(rec), node)
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("machine", ["g2-standard-8", "g2-standard-24", "g2-standard-48"])
+def test_every_documented_l4_machine_takes_the_model_server(machine):
+    from tests import stack_nodes
+
+    cluster = {k: v for k, v in mock_engine.stack_config("gke")["llm-platform:cluster"].items() if k != "tpuPool"}
+    cluster["gpuPool"] = {"machineType": machine, "zone": "us-central1-b"}
+    # Requests a g2-standard-8 can hold (the stack file's are sized for the TPU host).
+    model = {**mock_engine.stack_config("gke")["llm-platform:models"][0],
+             "resources": {"cpu": "4", "memory": "16Gi", "cpuLimit": "6", "memoryLimit": "24Gi"}}
+    rec = mock_engine.run("gke", {"llm-platform:cluster": cluster, "llm-platform:accelerator": {"kind": "nvidia"},
+                                  "llm-platform:models": [model]})
+    (node, *_) = [n for n in stack_nodes.gke(rec) if n.pool == "gpu"]
+    assert node.devices == {"nvidia.com/gpu": stack_nodes.GKE_G2_GPUS[machine]}
+    problems = placement_problems(_model_pod(rec), node)
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("mistake", ["accelerator label", "topology", "taint"])
+def test_bites_a_wrong_tpu_fact_in_the_program(monkeypatch, mistake):
+    """A wrong v6e label (or topology, or taint value) in components/hardware.py moves the pod's
+    selector or toleration, not the node: the model server fits nowhere."""
+    from components import hardware
+    from tests import stack_nodes
+
+    if mistake == "accelerator label":
+        monkeypatch.setitem(hardware.TPU_ACCELERATOR_LABELS, "ct6e-standard", "tpu-v6e-podslice")
+    elif mistake == "topology":
+        monkeypatch.setitem(hardware.SINGLE_HOST_TOPOLOGY, 4, "4x1")
+    else:
+        monkeypatch.setitem(hardware.GKE_TPU_TAINT, "value", "true")
+    rec = _tpu_stack("ct6e-standard-4t")
+    (node, *_) = [n for n in stack_nodes.gke(rec) if n.pool == "tpu"]
+    problems = placement_problems(_model_pod(rec), node)
+    assert problems, "a wrong TPU fact went unnoticed"
 
 
 # --- vLLM caches and rollouts on the EKS GPU pool -----------------------------------------
