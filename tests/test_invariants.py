@@ -371,6 +371,73 @@ def unvendored_charts(rec: harness.Recording) -> list[str]:
             for r in charts.chart_releases(rec) if not r.extra and not r.archive.is_file()]
 
 
+# --- custom resources wait for the release with their CRDs ----------------------------------------
+# A custom resource applied before its CRD exists fails (`no matches for kind`), and so does a
+# chart whose templates hold one: each must wait for the registration that installs the CRD,
+# found by rendering every release and reading the group and kind of the CRDs it installs.
+
+BUILTIN_GROUPS = {
+    "", "apps", "batch", "policy", "autoscaling", "admissionregistration.k8s.io", "apiextensions.k8s.io",
+    "apiregistration.k8s.io", "certificates.k8s.io", "coordination.k8s.io", "discovery.k8s.io",
+    "events.k8s.io", "flowcontrol.apiserver.k8s.io", "networking.k8s.io", "node.k8s.io",
+    "rbac.authorization.k8s.io", "resource.k8s.io", "scheduling.k8s.io", "storage.k8s.io",
+}
+
+
+def group_kind(obj: dict) -> tuple[str, str]:
+    return obj.get("apiVersion", "").rpartition("/")[0], obj.get("kind", "")
+
+
+def crd_installers(rec: harness.Recording) -> dict[tuple[str, str], set[str]]:
+    """(group, kind) -> URNs of what installs its CRD: the Helm releases whose rendered chart
+    carries it, or the program's own CustomResourceDefinition."""
+    kube = charts.kube_version(rec.stack)
+    out: dict[tuple[str, str], set[str]] = {}
+    for release in charts.chart_releases(rec):
+        if release.via != "helm":
+            continue  # Argo CD syncs its apps itself, retrying until their CRDs exist
+        urn = rec.one(charts.HELM_RELEASE, release.logical).urn
+        for obj in charts.render_release(release, kube):
+            if obj["kind"] == "CustomResourceDefinition":
+                out.setdefault((obj["spec"]["group"], obj["spec"]["names"]["kind"]), set()).add(urn)
+    for reg in rec.kubernetes_objects():
+        obj = charts.plain(reg.inputs)
+        if obj.get("kind") == "CustomResourceDefinition":
+            out.setdefault((obj["spec"]["group"], obj["spec"]["names"]["kind"]), set()).add(reg.urn)
+    return out
+
+
+def custom_resources_before_their_crds(rec: harness.Recording) -> list[str]:
+    """Every custom resource the program applies, and every Helm release whose templates render
+    one, that does not wait (directly or through what it waits for) for the installer of its CRD."""
+    installers = crd_installers(rec)
+    kube = charts.kube_version(rec.stack)
+    problems = []
+
+    def check(what: str, reg: harness.Registration, key: tuple[str, str]) -> None:
+        if key[0] in BUILTIN_GROUPS:
+            return
+        if key not in installers:
+            problems.append(f"{what}: {key[1]} ({key[0]}): no registration of the stack installs its CRD")
+        elif not installers[key] & (rec.depends_transitively(reg) | {reg.urn}):
+            problems.append(f"{what}: {key[1]} ({key[0]}) does not wait for "
+                            f"{sorted(rec.by_urn(u).name for u in installers[key])}, which installs its CRD")
+
+    for reg in rec.kubernetes_objects():
+        obj = charts.plain(reg.inputs)
+        if obj.get("kind") and obj["kind"] != "CustomResourceDefinition":
+            check(reg.name, reg, group_kind(obj))
+    for release in charts.chart_releases(rec):
+        if release.via != "helm":
+            continue
+        reg = rec.one(charts.HELM_RELEASE, release.logical)
+        objs = charts.render_release(release, kube)
+        own = {(o["spec"]["group"], o["spec"]["names"]["kind"]) for o in objs if o["kind"] == "CustomResourceDefinition"}
+        for key in sorted({group_kind(o) for o in objs} - own):
+            check(f"{reg.name} (chart {release.chart})", reg, key)
+    return problems
+
+
 # --- the tests --------------------------------------------------------------------------------------
 
 
@@ -404,6 +471,11 @@ def test_every_image_the_program_chooses_is_documented(cluster):
 
 def test_every_chart_is_pinned_to_a_vendored_release(stack_recording):
     assert not unvendored_charts(stack_recording)
+
+
+def test_custom_resources_wait_for_the_release_with_their_crds(stack_recording):
+    problems = custom_resources_before_their_crds(stack_recording)
+    assert not problems, "\n".join(problems)
 
 
 # --- each invariant fires -------------------------------------------------------------------------
@@ -579,3 +651,27 @@ def test_a_chart_pin_with_no_archive_is_flagged(eks_cluster):
             reg.inputs = {**reg.inputs, "version": "10.1.3"}
     broken.registrations = regs
     assert unvendored_charts(broken) == ["argocd: argo-cd 10.1.3 is not in ../shared/upstream/charts"]
+
+
+@pytest.mark.parametrize("variant, name", [
+    ("eks", "monitoring-envoy-stats"),         # the PodMonitor
+    ("eks", "monitoring-model-qwen"),          # a ServiceMonitor
+    ("eks-autoscaled", "autoscaling-qwen"),     # the ScaledObject
+    ("eks", "cluster-gpu-nodes-node-pool"),    # Karpenter's NodePool
+    ("eks", "gpu-metrics-exporter"),           # a chart whose ServiceMonitor needs kps's CRD
+])
+def test_a_custom_resource_that_does_not_wait_for_its_crd_is_flagged(variant, name):
+    """The same registration without its dependencies: nothing makes it wait for the release
+    that installs its CRD any more (a first `up` would race)."""
+    from tests.conftest import recording
+
+    rec = recording(variant)
+    assert not [p for p in custom_resources_before_their_crds(rec) if p.startswith(name)]
+    broken = copy.copy(rec)
+    regs = copy.deepcopy(rec.registrations)
+    target = next(r for r in regs if r.name == name)
+    target.dependencies = []
+    target.parent = ""  # nor through its component's dependencies
+    broken.registrations = regs
+    problems = custom_resources_before_their_crds(broken)
+    assert any("does not wait for" in p for p in problems), problems

@@ -170,16 +170,6 @@ def test_istio_charts_installed_in_order_and_pinned(local):
     assert istiod.urn in models_ns.dependencies
 
 
-def test_custom_resources_wait_for_the_release_with_their_crds(local):
-    base = local.one(RELEASE, "mesh-base").urn
-    argocd = local.one(RELEASE, "gitops-argocd").urn
-    for r in local.registrations:
-        if "networking.istio.io" in r.type:
-            assert base in r.dependencies, r.name
-        if "argoproj.io" in r.type:
-            assert argocd in r.dependencies, r.name
-
-
 def test_nothing_waits_on_what_it_does_not_need(local):
     argocd = local.one(RELEASE, "gitops-argocd")
     mesh = {local.one(RELEASE, f"mesh-{n}").urn for n in ("base", "istiod", "gateway")}
