@@ -341,11 +341,30 @@ def test_pre_stop_lets_the_generation_finish_before_sigterm(fresh_server, render
     _stop_as_the_kubelet_does(fresh_server, _pre_stop(rendered_gpu["container"], fresh_server), conn, resp)
 
 
+def _processing(srv: Server) -> int:
+    """Requests the server is generating, by its own /metrics (asked with the key it read at start)."""
+    status, text = srv.get("/metrics", key=srv.key)
+    assert status == 200, text
+    (value,) = re.findall(r"^llamacpp:requests_processing (\S+)$", text, re.M)
+    return int(float(value))
+
+
 def test_pre_stop_drains_even_after_the_mounted_key_rotated(fresh_server, rendered_gpu):
     """A new key rolls the pods, but by then the kubelet has already refreshed the mounted key
-    file: the old server refuses it on /metrics. The hook must not read that as idle."""
+    file: the old server refuses it on /metrics. The hook must not read that as idle: with a
+    generation in flight it can only wait out its whole bound. Measured as that, not against
+    how long the generation takes here: the generation is running when the hook starts, and the
+    hook returns no sooner than its bound allows (whole seconds: `date +%s`)."""
     conn, resp = _long_stream(fresh_server, rendered_gpu["aliases"][0])
     fresh_server.key_file.write_text("rotated-front-door-key\n")
+    bound = 4
     command = _pre_stop(rendered_gpu["container"], fresh_server)
-    command[-1] = "8"  # a short bound: the hook can only wait it out
-    _stop_as_the_kubelet_does(fresh_server, command, conn, resp)
+    command[-1] = str(bound)
+    assert _processing(fresh_server) == 1, "the generation ended before the hook could wait"
+    started = time.monotonic()
+    hook = subprocess.run(command, capture_output=True, timeout=60)
+    waited = time.monotonic() - started
+    assert hook.returncode == 0, hook.stderr
+    assert waited >= bound - 1, f"the hook returned after {waited:.1f}s of its {bound}s: it read a refused /metrics as idle"
+    fresh_server.proc.send_signal(signal.SIGTERM)
+    conn.close()
