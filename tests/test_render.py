@@ -44,7 +44,7 @@ def test_render_writes_what_each_chart_installs(rendered):
                 "chart-argocd.yaml", "chart-open-webui.yaml", "chart-kps.yaml"}
     if stack == "eks":
         expected |= {"chart-nvidia-device-plugin.yaml", "chart-karpenter.yaml", "chart-karpenter-crd.yaml",
-                     "chart-metrics-server.yaml"}
+                     "chart-metrics-server.yaml", "chart-nvidia-dcgm-exporter.yaml"}
     assert set(files) == expected
     # Argo CD's chart brings its CRDs; Open WebUI (an Argo CD app) its workload, in its namespace.
     assert any(d["kind"] == "CustomResourceDefinition" for d in files["chart-argocd.yaml"])
