@@ -153,6 +153,21 @@ def test_charts_come_from_a_folder_of_archives_when_one_is_set(tmp_path):
     assert default["chart"] == "istiod" and default["repositoryOpts"]["repo"].startswith("https://")
 
 
+def test_every_release_of_the_cloud_stack_comes_from_the_archive_folder():
+    """eks installs the most charts (metrics-server and NVIDIA's GPU exporter among them): with
+    a folder set, every release reads its archive there and none names a repository."""
+    from tests.conftest import need_charts
+    from tools import charts
+
+    need_charts()
+    rec = harness.run("eks", {"llm-platform:charts": {"archiveDir": str(charts.CHARTS_DIR)}})
+    releases = rec.of_type("kubernetes:helm.sh/v3:Release")
+    assert {"cluster-metrics-server-release", "gpu-metrics-exporter"} <= {r.name for r in releases}
+    for release in releases:
+        assert release.inputs["chart"].startswith(str(charts.CHARTS_DIR) + "/"), release.name
+        assert "repositoryOpts" not in release.inputs and "version" not in release.inputs, release.name
+
+
 def test_a_chart_missing_from_the_archive_folder_fails_in_one_line(tmp_path):
     with pytest.raises(harness.ProgramFailed) as info:
         harness.run("local", {"llm-platform:charts": {"archiveDir": str(tmp_path)}})
