@@ -7,7 +7,7 @@ test: setup
 	.venv/bin/python -m pytest
 
 setup: .venv/.installed .venv-checkov/.installed .venv-litellm/.installed .venv-loadtest/.installed \
-	tests/crd/node_modules/.installed .cache/vllm/.fetched .cache/promql/promql.test
+	tests/crd/node_modules/.installed .cache/vllm/.fetched .cache/promql/promql.test .cache/engine-tools.stamp
 
 # The program's and the tests' dependencies.
 .venv/.installed: requirements.txt requirements-dev.txt
@@ -55,3 +55,10 @@ tests/crd/node_modules/.installed: tests/crd/package.json tests/crd/package-lock
 .cache/promql/promql.test: tools/promql/go.mod tools/promql/go.sum tools/promql/promql_test.go
 	@if command -v go >/dev/null; then mkdir -p $(@D) && cd tools/promql && go test -c -o ../../$@ .; \
 	else echo "no Go: the PromQL tests will skip"; fi
+
+# The Pulumi CLI, the Kubernetes resource plugin and kwok at their pinned versions, for the engine
+# tests: taken from PATH when there, else built once from the Go module proxy into a cache outside
+# the repository (minutes on a cold machine; a warm one reuses it). Needs Go 1.26+.
+.cache/engine-tools.stamp: tools/engine_tools.py | .venv/.installed
+	.venv/bin/python -m tools.engine_tools
+	mkdir -p .cache && touch $@

@@ -66,6 +66,12 @@ class Cluster(pulumi.ComponentResource):
             context=built.context,
             # Lets `pulumi destroy` finish after the cluster itself is already gone.
             delete_unreachable=True,
+            # A rotated key or a new model changes a Secret's or ConfigMap's data: update it in
+            # place (the workloads that read it roll on their checksum annotation). Without these
+            # the provider replaces them, and a fixed name means delete-then-create, a window in
+            # which pods that mount them cannot start.
+            enable_secret_mutable=True,
+            enable_config_map_mutable=True,
             opts=pulumi.ResourceOptions(parent=self),
         )
         # Model servers outrank ordinary workloads when nodes are short.

@@ -2,11 +2,16 @@ import os
 import time
 from typing import Optional
 
-import pytest
-from hypothesis import settings
+from tests import netns
 
-from tools import charts
-from tools import mock_engine as harness
+# First, before any test starts a thread or a server: every address but loopback unreachable.
+netns.isolate()
+
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+from tools import charts  # noqa: E402
+from tools import mock_engine as harness  # noqa: E402
 
 # CI explores the same examples on every run, so a red build always means a real change.
 settings.register_profile("ci", derandomize=True)

@@ -5,7 +5,9 @@
 - `up`, GET /v1/models through the gateway, `destroy`: needs a reachable cluster; name the stack
   to use in LLM_PLATFORM_E2E_STACK (e.g. `local` on a Mac, or your own stack of kind `existing`).
 
-Anything missing skips the test with one line saying what. Run them alone: `pytest -m automation`.
+Anything missing skips the test with one line saying what. Run them alone, outside the suite's
+network namespace: `LLM_PLATFORM_NETNS=0 pytest -m automation`. The engine tests (tests/engine)
+run the same program through the same API on a local control plane, with no network.
 """
 
 import json
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import netns
 from tools.mock_engine import PROJECT_DIR, STACKS
 
 pytestmark = pytest.mark.automation
@@ -35,6 +38,9 @@ CLOUD_CREDENTIALS = {
 def workspace_env(tmp_path):
     if shutil.which("pulumi") is None:
         pytest.skip("pulumi CLI not on PATH: install it to run the Automation API tests")
+    if netns.why_not_isolated() is None:
+        pytest.skip("these reach a real cluster, a cloud and the package index: run them with "
+                    f"{netns.ENV}=0 (the engine tests in tests/engine need no network)")
     return {
         "PULUMI_BACKEND_URL": f"file://{tmp_path / 'state'}",
         "PULUMI_CONFIG_PASSPHRASE": "automation-tests",

@@ -1,0 +1,94 @@
+"""The cloud stacks' Kubernetes layer for real: the Pulumi engine deploys the eks stack (vLLM on
+NVIDIA GPU nodes, the device plugin chart) and the gke stack (vLLM on a TPU host) onto clusters
+shaped like theirs, as `cluster.kind: existing`. The clouds' own cluster layer (EKS, GKE, their
+node groups) stays on the mock engine (tests/test_cloud_stacks.py): no cloud answers here.
+
+eks also walks what a user changes on a vLLM server: its cache size (the StatefulSet's claim
+template is immutable: the server is replaced, what that keeps and drops is checked) and destroy
+(the cache claims go with their server)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from tests.engine import driver, stacks, world as world_mod
+from tests.engine.conftest import need_engine
+from tests.engine.lifecycle import live_names, ops, settled_pods, summary_without_same
+
+pytestmark = pytest.mark.engine
+
+
+def _env(tmp_path_factory, charts_dir, stack: str):
+    need_engine()
+    root = tmp_path_factory.mktemp(f"engine-{stack}")
+    shape = stacks.SHAPES[stack]("", charts_dir)
+    w = world_mod.start(root / "cluster", shape.nodes, shape.devices)
+    shape = stacks.SHAPES[stack](w.kubeconfig, charts_dir)
+    return w, driver.EngineStack(stack, shape.config, root / "pulumi")
+
+
+@pytest.fixture(scope="module")
+def eks(tmp_path_factory, charts_dir):
+    w, stack = _env(tmp_path_factory, charts_dir, "eks")
+    yield w, stack
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def gke(tmp_path_factory, charts_dir):
+    w, stack = _env(tmp_path_factory, charts_dir, "gke")
+    yield w, stack
+    w.stop()
+
+
+def test_eks_up_puts_vllm_on_a_gpu_the_device_plugin_advertises(eks):
+    w, stack = eks
+    up = stack.up()
+    assert up.summary.result == "succeeded", stack.tail()
+    assert up.outputs["modelAliases"].value == ["qwen"]
+    pods = settled_pods(w, "models", "model-qwen")
+    gpu_nodes = {n.name for n in w.nodes if n.pool == "gpu"}
+    assert pods and all(p.spec.node_name in gpu_nodes for p in pods), [p.spec.node_name for p in pods]
+    assert all(p.spec.containers[0].resources.limits.get("nvidia.com/gpu") == "1" for p in pods)
+    claims = live_names(w)["claims"]
+    assert any(c.startswith("models/") for c in claims), claims
+    assert summary_without_same(stack.preview().change_summary) == {}, stack.tail()
+
+
+def test_eks_a_new_cache_size_replaces_the_server_and_its_claims(eks):
+    w, stack = eks
+    before = {c for c in live_names(w)["claims"] if c.startswith("models/")}
+    cfg = copy.deepcopy(stack.config)
+    cfg["models"][0]["cacheSize"] = "60Gi"
+    stack.write_config(cfg)
+    _, events = stack.events(stack.preview)
+    replaced = {(t, n) for o, t, n in ops(events) if o in ("replace", "create-replacement", "delete-replaced")}
+    assert any(t == "kubernetes:apps/v1:StatefulSet" for t, _ in replaced), ops(events)
+    assert all(t == "kubernetes:apps/v1:StatefulSet" for t, _ in replaced), replaced
+    up = stack.up()
+    assert up.summary.result == "succeeded", stack.tail()
+    claims = w.cp.core.list_namespaced_persistent_volume_claim("models").items
+    assert claims and all(c.spec.resources.requests["storage"] == "60Gi" for c in claims), \
+        [(c.metadata.name, c.spec.resources.requests) for c in claims]
+    assert before, "no claims before the change"
+
+
+def test_eks_destroy_takes_the_caches_with_the_servers(eks):
+    w, stack = eks
+    assert stack.destroy().summary.result == "succeeded", stack.tail()
+    left = live_names(w)
+    assert not {c for c in left["claims"] if c.startswith("models/")}, left["claims"]
+    assert "models" not in left["namespaces"]
+
+
+def test_gke_up_puts_vllm_on_every_chip_of_the_tpu_host(gke):
+    w, stack = gke
+    up = stack.up()
+    assert up.summary.result == "succeeded", stack.tail()
+    pods = settled_pods(w, "models", "model-qwen")
+    assert [p.spec.node_name for p in pods] == ["tpu-0"]
+    assert pods[0].spec.containers[0].resources.limits.get("google.com/tpu") == "4"
+    assert summary_without_same(stack.preview().change_summary) == {}, stack.tail()
+    assert stack.destroy().summary.result == "succeeded", stack.tail()

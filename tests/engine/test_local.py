@@ -1,0 +1,139 @@
+"""`pulumi up -s local` for real: the Pulumi engine and the Kubernetes provider deploy the local
+stack's Kubernetes layer (llama.cpp in router mode on a /dev/dri node) onto a control plane whose
+pods run; then what a user does next: a second preview, refresh, a key rotation, a model added
+and removed, a bad config, destroy. The tests run in file order on one stack."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from pulumi import automation as auto
+
+from tests.engine import driver, stacks, world as world_mod
+from tests.engine.conftest import need_engine
+from tests.engine.lifecycle import (
+    changed, config_error, live_names, ops, pods_by_app, settled_pods, summary_without_same,
+)
+
+pytestmark = pytest.mark.engine
+ROUTER = "llama-router"
+# Namespaces the local stack's Helm releases create (createNamespace): Istio's two and Argo CD's;
+# kube-prometheus-stack goes into `monitoring`, which the program creates itself.
+HELM_NAMESPACES = {"istio-system", "istio-ingress", "argocd"}
+NEW_MODEL = {"name": "smollm", "file": "smollm2-135m-instruct-q8_0.gguf",
+             "hfRepo": "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", "replicas": 1}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, charts_dir):
+    need_engine()
+    root = tmp_path_factory.mktemp("engine-local")
+    shape = stacks.local("", charts_dir)
+    w = world_mod.start(root / "cluster", shape.nodes, shape.devices)
+    shape = stacks.local(w.kubeconfig, charts_dir)
+    stack = driver.EngineStack("local", shape.config, root / "pulumi")
+    yield w, stack
+    w.stop()
+
+
+def test_up_creates_the_stack_and_its_outputs(env):
+    w, stack = env
+    preview = stack.preview()
+    assert preview.change_summary.get("create", 0) > 20, stack.tail()
+    assert set(preview.change_summary) == {"create"}, preview.change_summary
+    up = stack.up()
+    assert up.summary.result == "succeeded", stack.tail()
+    out = {k: v.value for k, v in up.outputs.items()}
+    assert out["modelAliases"] == ["tinyllama"]
+    assert out["apiBaseUrl"].endswith("/v1") and out["uiUrl"]
+    assert up.outputs["apiKey"].secret and out["apiKey"].startswith("sk-")
+    # What an operator checks: the router runs on the node whose /dev/dri the plugin advertises.
+    router = settled_pods(w, "models", ROUTER)
+    assert [p.spec.node_name for p in router] == ["llm-platform"]
+    limits = router[0].spec.containers[0].resources.limits
+    assert limits.get("squat.ai/dri") == "1"
+
+
+def test_a_second_preview_changes_nothing_and_refresh_finds_no_drift(env):
+    _, stack = env
+    assert summary_without_same(stack.preview().change_summary) == {}, stack.tail()
+    refresh = stack.refresh()
+    assert summary_without_same(refresh.summary.resource_changes or {}) == {}, stack.tail()
+    assert summary_without_same(stack.preview().change_summary) == {}, stack.tail()
+
+
+def test_rotating_the_api_key_rolls_the_front_door_and_replaces_nothing(env):
+    """The client key is the front door's master key: its pods roll onto it; the model servers
+    hold a backend key of their own and are left alone."""
+    w, stack = env
+    router = {p.metadata.name for p in settled_pods(w, "models", ROUTER)}
+    front = {p.metadata.name for p in settled_pods(w, "front-door", "litellm")}
+    stack.stack.set_config("llm-platform:apiKey", auto.ConfigValue("sk-" + "r0tated" * 4, secret=True))
+    preview, events = stack.events(stack.preview)
+    steps = ops(events)
+    # The generated key is dropped for the one set; every object that holds a key is updated in
+    # place (a Secret replaced under its fixed name would be deleted first, and pods mounting it
+    # could not start meanwhile).
+    assert [s for s in steps if s[0] == "delete"] == [
+        ("delete", "random:index/randomPassword:RandomPassword", "api-keys-client")], steps
+    assert not [s for s in steps if s[0] in ("replace", "create-replacement")], steps
+    assert {(t, n) for o, t, n in steps if o == "update"} == {
+        ("kubernetes:core/v1:Secret", "front-door-keys"),
+        ("kubernetes:apps/v1:Deployment", "front-door-deployment")}, steps
+    up = stack.up()
+    assert up.outputs["apiKey"].value == "sk-" + "r0tated" * 4
+    assert front.isdisjoint(p.metadata.name for p in settled_pods(w, "front-door", "litellm")), \
+        "the front door's pods did not roll onto the new key"
+    assert router == {p.metadata.name for p in settled_pods(w, "models", ROUTER)}
+
+
+def test_adding_then_removing_a_model_touches_only_what_routes_to_it(env):
+    w, stack = env
+    cfg = copy.deepcopy(stack.config)
+    cfg["models"] = [*cfg["models"], NEW_MODEL]
+    stack.write_config(cfg)
+    preview, events = stack.events(stack.preview)
+    steps = ops(events)
+    assert not [s for s in steps if s[0] in ("replace", "create-replacement", "delete")], steps
+    up = stack.up()
+    assert sorted(up.outputs["modelAliases"].value) == ["smollm", "tinyllama"]
+    presets = w.cp.core.read_namespaced_config_map("llama-router-presets", "models").data
+    assert any("[smollm]" in v for v in presets.values())
+
+    cfg["models"] = cfg["models"][:1]
+    stack.write_config(cfg)
+    up = stack.up()
+    assert up.outputs["modelAliases"].value == ["tinyllama"]
+    presets = w.cp.core.read_namespaced_config_map("llama-router-presets", "models").data
+    assert not any("[smollm]" in v for v in presets.values())
+    assert summary_without_same(stack.preview().change_summary) == {}, stack.tail()
+
+
+def test_a_bad_config_fails_preview_in_one_line_and_changes_nothing(env):
+    w, stack = env
+    good = copy.deepcopy(stack.config)
+    bad = copy.deepcopy(good)
+    bad["models"][0]["replicas"] = -1
+    stack.write_config(bad)
+    try:
+        message = config_error(stack.preview)
+    finally:
+        stack.write_config(good)
+    assert message == ("Pulumi.local.yaml: llm-platform:models[0].replicas: Input should be greater than "
+                       "or equal to 0, got -1") or "models[0].replicas" in message, message
+    assert "\n" not in message
+
+
+def test_destroy_removes_the_stack(env):
+    """Everything the program created goes; the namespaces Helm created for its releases stay,
+    empty (`helm uninstall` never deletes a namespace), as the README says."""
+    w, stack = env
+    system = {"default", "kube-node-lease", "kube-public", "kube-system"}
+    assert "models" in live_names(w)["namespaces"]
+    result = stack.destroy()
+    assert result.summary.result == "succeeded", stack.tail()
+    left = live_names(w)["namespaces"] - system
+    assert left == HELM_NAMESPACES, left
+    assert not [p.metadata.name for p in w.cp.pods() if p.metadata.namespace in left]
+    assert not stack.stack.export_stack().deployment.get("resources"), "state still holds resources"
