@@ -183,6 +183,11 @@ class LlmServer(pulumi.ComponentResource):
                 # may have to download again (a changed model): Pulumi waits for all of them.
                 opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
                     depends_on=waits_for,
+                    # The API server refuses any change to the claim templates (a new cacheSize)
+                    # and the provider's dry run fails on it rather than plan a replacement, so a
+                    # new size needs `pulumi up --replace` (README); the name is fixed, so the old
+                    # StatefulSet goes first.
+                    delete_before_replace=True,
                     custom_timeouts=_timeouts(
                         budget + AWAIT_MARGIN_MINUTES,
                         max(model.most_replicas, 1) * (budget + math.ceil(TERMINATION_GRACE_S / 60)) + AWAIT_MARGIN_MINUTES,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+from pulumi import automation as auto
 
 from tests.engine import driver, stacks, world as world_mod
 from tests.engine.conftest import need_engine
@@ -48,7 +49,7 @@ def test_eks_up_puts_vllm_on_a_gpu_the_device_plugin_advertises(eks):
     up = stack.up()
     assert up.summary.result == "succeeded", stack.tail()
     assert up.outputs["modelAliases"].value == ["qwen"]
-    pods = settled_pods(w, "models", "model-qwen")
+    pods = settled_pods(w, "models", "qwen-")
     gpu_nodes = {n.name for n in w.nodes if n.pool == "gpu"}
     assert pods and all(p.spec.node_name in gpu_nodes for p in pods), [p.spec.node_name for p in pods]
     assert all(p.spec.containers[0].resources.limits.get("nvidia.com/gpu") == "1" for p in pods)
@@ -57,22 +58,32 @@ def test_eks_up_puts_vllm_on_a_gpu_the_device_plugin_advertises(eks):
     assert summary_without_same(stack.preview().change_summary) == {}, stack.tail()
 
 
-def test_eks_a_new_cache_size_replaces_the_server_and_its_claims(eks):
+def test_eks_a_new_cache_size_needs_a_replace_which_renews_the_claims(eks):
+    """The claim templates are immutable: the provider's dry run fails the preview with the API
+    server's refusal (it does not plan a replacement); `--replace` of the StatefulSet goes
+    through, deletes the old server first (fixed name) and its claims with it."""
     w, stack = eks
-    before = {c for c in live_names(w)["claims"] if c.startswith("models/")}
+    before = {c.metadata.uid for c in w.cp.core.list_namespaced_persistent_volume_claim("models").items}
     cfg = copy.deepcopy(stack.config)
     cfg["models"][0]["cacheSize"] = "60Gi"
     stack.write_config(cfg)
-    _, events = stack.events(stack.preview)
-    replaced = {(t, n) for o, t, n in ops(events) if o in ("replace", "create-replacement", "delete-replaced")}
-    assert any(t == "kubernetes:apps/v1:StatefulSet" for t, _ in replaced), ops(events)
-    assert all(t == "kubernetes:apps/v1:StatefulSet" for t, _ in replaced), replaced
-    up = stack.up()
+    with pytest.raises(auto.CommandError, match="updates to statefulset spec for fields other than"):
+        stack.preview()
+    urn = next(r["urn"] for r in stack.stack.export_stack().deployment["resources"]
+               if r["type"] == "kubernetes:apps/v1:StatefulSet")
+    # Preview cannot show it either: its dry run of the new StatefulSet meets the old one.
+    with pytest.raises(auto.CommandError, match="updates to statefulset spec for fields other than"):
+        stack.preview(replace=[urn])
+    up, events = stack.events(stack.up, replace=[urn])
     assert up.summary.result == "succeeded", stack.tail()
-    claims = w.cp.core.list_namespaced_persistent_volume_claim("models").items
+    replaced = {t for o, t, _ in ops(events) if o in ("replace", "delete-replaced", "create-replacement")}
+    assert replaced == {"kubernetes:apps/v1:StatefulSet"}, ops(events)
+    claims = [c for c in w.cp.core.list_namespaced_persistent_volume_claim("models").items
+              if not c.metadata.deletion_timestamp]
     assert claims and all(c.spec.resources.requests["storage"] == "60Gi" for c in claims), \
         [(c.metadata.name, c.spec.resources.requests) for c in claims]
-    assert before, "no claims before the change"
+    assert before and before.isdisjoint(c.metadata.uid for c in claims), "the old claims were kept"
+    assert summary_without_same(stack.preview().change_summary) == {}, stack.tail()
 
 
 def test_eks_destroy_takes_the_caches_with_the_servers(eks):
@@ -87,7 +98,7 @@ def test_gke_up_puts_vllm_on_every_chip_of_the_tpu_host(gke):
     w, stack = gke
     up = stack.up()
     assert up.summary.result == "succeeded", stack.tail()
-    pods = settled_pods(w, "models", "model-qwen")
+    pods = settled_pods(w, "models", "qwen-")
     assert [p.spec.node_name for p in pods] == ["tpu-0"]
     assert pods[0].spec.containers[0].resources.limits.get("google.com/tpu") == "4"
     assert summary_without_same(stack.preview().change_summary) == {}, stack.tail()

@@ -39,6 +39,8 @@ from tools import engine_tools
 
 KWOK_STAGES = ("node/fast", "pod/general", "volume/fast")
 POD_CIDR = "10.244.0.0/16"
+# Node addresses: in no range the suite's network namespace routes (only loopback is up there).
+NODE_NET = "10.240.0"
 STORAGE_CLASS = {
     "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
     "metadata": {"name": "kwok-volume", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
@@ -188,6 +190,12 @@ def start(workdir: Path, nodes: list[kube.NodeShape], devices: Optional[Devices]
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
         cp.apply(STORAGE_CLASS)
         kube.declare_nodes(cp, nodes)
+        # A kubelet reports its node's address; kwok gives host-network pods (node exporters,
+        # the CNI agent) that address, and leaves them Pending on a node without one.
+        for i, shape in enumerate(nodes):
+            cp.core.patch_node_status(shape.name, {"status": {"addresses": [
+                {"type": "InternalIP", "address": f"{NODE_NET}.{i + 1}"},
+                {"type": "Hostname", "address": shape.name}]}})
         world._thread = threading.Thread(target=world._loop, name="outside-parties", daemon=True)
         world._thread.start()
         time.sleep(0.5)
