@@ -4,6 +4,8 @@ recently used beyond `modelsMax`, so a laptop offers many models without holding
 
 from __future__ import annotations
 
+import hashlib
+
 import configparser
 import io
 from typing import TYPE_CHECKING, Optional, Sequence, TypedDict
@@ -31,6 +33,7 @@ NAME = "llama-router"
 METRICS_PARAMS = {"autoload": ("false",)}
 PRESETS_DIR = "/etc/llama-router"
 PRESETS_FILE = "presets.ini"
+PRESETS_DIGEST_ANNOTATION = "llm-platform/presets-digest"
 
 
 def presets(models: Sequence["ModelConfig"], accel: Accelerator) -> str:
@@ -98,9 +101,10 @@ class LlamaRouter(pulumi.ComponentResource):
                                   opts=pulumi.ResourceOptions(parent=self))
             for m in args["models"] if args["host_models_dir"]
         ]
+        preset_text = presets(args["models"], accel)
         config_map = k8s.core.v1.ConfigMap(
             f"{name}-presets", metadata={**meta, "name": f"{NAME}-presets"},
-            data={PRESETS_FILE: presets(args["models"], accel)}, opts=child,
+            data={PRESETS_FILE: preset_text}, opts=child,
         )
         volumes = [
             {"name": "models", "persistentVolumeClaim": {"claimName": args["host_models_claim"], "readOnly": True}},
@@ -112,12 +116,14 @@ class LlamaRouter(pulumi.ComponentResource):
             {"name": "presets", "mountPath": PRESETS_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ]
-        annotations = None
+        # llama-server reads its presets only at start: a model added or removed must restart it
+        # (the ConfigMap itself is updated in place).
+        annotations = {PRESETS_DIGEST_ANNOTATION: hashlib.sha256(preset_text.encode()).hexdigest()}
         if args["api_keys"] is not None:
             # As for every model server: a file from a Secret, and a rotated key rolls the pod.
-            annotations = {KEYS_DIGEST_ANNOTATION: api_keys_volume(
+            annotations[KEYS_DIGEST_ANNOTATION] = api_keys_volume(
                 self, name, {**meta, "name": f"{NAME}-api-keys"}, API_KEYS_FILE, args["api_keys"],
-                child, volumes, mounts)}
+                child, volumes, mounts)
 
         # The router is the only pod on the GPU: it asks for one share of it.
         accelerators = {accel.resource: "1"} if accel.resource else {}

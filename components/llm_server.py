@@ -183,10 +183,8 @@ class LlmServer(pulumi.ComponentResource):
                 # may have to download again (a changed model): Pulumi waits for all of them.
                 opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
                     depends_on=waits_for,
-                    # The API server refuses any change to the claim templates (a new cacheSize)
-                    # and the provider's dry run fails on it rather than plan a replacement, so a
-                    # new size needs `pulumi up --replace` (README); the name is fixed, so the old
-                    # StatefulSet goes first.
+                    # A new cacheSize replaces it (claim templates are immutable); the name is
+                    # fixed, so the old StatefulSet goes first. Its preview fails (README).
                     delete_before_replace=True,
                     custom_timeouts=_timeouts(
                         budget + AWAIT_MARGIN_MINUTES,

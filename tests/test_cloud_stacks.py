@@ -547,7 +547,7 @@ def test_metrics_server_is_installed_where_the_cluster_serves_no_resource_metric
     assert vm.urn in local_rec.one("command:local:Command", "cluster-metrics-server").dependencies
 
 
-@pytest.mark.parametrize("setting, installed", [(None, True), ("install", True), ("present", False)])
+@pytest.mark.parametrize("setting, installed", [(None, False), ("install", True), ("present", False)])
 def test_an_existing_cluster_says_whether_it_serves_resource_metrics(tmp_path, setting, installed):
     kubeconfig = tmp_path / "config"
     kubeconfig.write_text(harness.KUBECONFIG)

@@ -82,9 +82,12 @@ class ExistingCluster(_Model):
     network_policy: Literal["enforced", "unknown"] = "unknown"
     # Required to serve on accelerator kind nvidia or tpu: the nodes that carry it.
     accelerator_nodes: Optional[ExistingAcceleratorNodes] = None
-    # Whether the cluster already serves the resource metrics API (metrics-server, as k3s
-    # bundles it): "present"; else the program installs metrics-server for the CPU-based HPAs.
-    metrics_server: Literal["install", "present"] = "install"
+    # Whether the program installs metrics-server for the CPU-based HPAs ("install"), or the
+    # cluster serves the resource metrics API itself ("present": k3s, GKE, AKS, EKS with the
+    # add-on). Default "present": installing it where one runs fails (its APIService is taken),
+    # and on clusters whose kubelets have self-signed certificates (kind, kubeadm) it never
+    # turns ready, so `up` would time out.
+    metrics_server: Literal["install", "present"] = "present"
 
     def accelerator_pool(self, kind: str) -> AcceleratorPool:
         n = self.accelerator_nodes

@@ -90,13 +90,17 @@ def test_rotating_the_api_key_rolls_the_front_door_and_replaces_nothing(env):
 
 def test_adding_then_removing_a_model_touches_only_what_routes_to_it(env):
     w, stack = env
+    router = {p.metadata.name for p in settled_pods(w, "models", ROUTER)}
     cfg = copy.deepcopy(stack.config)
     cfg["models"] = [*cfg["models"], NEW_MODEL]
     stack.write_config(cfg)
     preview, events = stack.events(stack.preview)
     steps = ops(events)
     assert not [s for s in steps if s[0] in ("replace", "create-replacement", "delete")], steps
+    # llama-server reads its presets only at start: the router must roll to serve the new alias.
+    assert ("update", "kubernetes:apps/v1:Deployment", "llama-router-deployment") in steps, steps
     up = stack.up()
+    assert router.isdisjoint(p.metadata.name for p in settled_pods(w, "models", ROUTER))
     assert sorted(up.outputs["modelAliases"].value) == ["smollm", "tinyllama"]
     presets = w.cp.core.read_namespaced_config_map("llama-router-presets", "models").data
     assert any("[smollm]" in v for v in presets.values())
