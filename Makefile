@@ -1,10 +1,17 @@
 # Set-up and tests. `make test` is what CI runs (.ci/run) on a clean clone.
 PYTHON ?= python3
 
-.PHONY: test setup
+.PHONY: test setup check
 
 test: setup
 	.venv/bin/python -m pytest
+
+# The inner loop (about a minute on 2 cores): config, the program under the mock engine (local and
+# the clouds), the offline render with every chart, the policy pack and the workflows. `make test`
+# runs everything, the control plane, the real servers and the engine included.
+check: setup
+	.venv/bin/python -m pytest -q tests/test_config.py tests/test_local_stack.py tests/test_cloud_stacks.py \
+		tests/test_policy.py tests/test_workflows.py tests/test_render.py
 
 setup: .venv/.installed .venv-checkov/.installed .venv-litellm/.installed .venv-loadtest/.installed \
 	tests/crd/node_modules/.installed .cache/vllm/.fetched .cache/promql/promql.test .cache/engine-tools.stamp
