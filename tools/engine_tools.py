@@ -23,7 +23,6 @@ Why each is built the way it is:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -214,10 +213,6 @@ def missing() -> str | None:
         return f"kwok's stage definitions are not in the Go module cache ({kwok_stages_dir()}): run `make setup`"
     return None
 
-
-def fingerprint() -> str:
-    """Changes whenever a pin changes: the make target's stamp."""
-    return hashlib.sha256(repr([(t.name, t.version) for t in TOOLS]).encode()).hexdigest()[:12]
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests import envtest, netns
-from tests.engine import charts_folder
+from tests.engine import charts_folder, driver, stacks, world
 from tools import charts, engine_tools
 
 
@@ -21,3 +21,18 @@ def need_engine() -> None:
 def charts_dir(tmp_path_factory):
     need_engine()
     return charts_folder.make(tmp_path_factory.mktemp("charts"))
+
+
+def deployed(tmp_path_factory, charts_dir, stack: str):
+    """A cluster shaped like `stack`'s nodes and the stack pointed at it; yields (world, stack)
+    and stops the cluster after (use from a module fixture)."""
+    need_engine()
+    root = tmp_path_factory.mktemp(f"engine-{stack}")
+    # The nodes first: their kubeconfig is what the stack's config points at.
+    shape = stacks.SHAPES[stack]("", charts_dir)
+    w = world.start(root / "cluster", shape.nodes, shape.devices)
+    try:
+        shape = stacks.SHAPES[stack](w.kubeconfig, charts_dir)
+        yield w, driver.EngineStack(stack, shape.config, root / "pulumi")
+    finally:
+        w.stop()

@@ -15,7 +15,7 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import yaml
 
@@ -109,16 +109,3 @@ class EngineStack:
     def tail(self, n: int = 60) -> str:
         return "\n".join(self.log[-n:])
 
-
-def steps(events: list, kinds: Optional[set] = None) -> list[tuple[str, str, str]]:
-    """(operation, type, name) of each resource step the engine reported (preview or update)."""
-    out = []
-    for e in events:
-        pre = getattr(e, "resource_pre_event", None)
-        if pre is None:
-            continue
-        md = pre.metadata
-        if kinds and md.op.value not in kinds:
-            continue
-        out.append((md.op.value, md.type, md.urn.rsplit("::", 1)[-1]))
-    return out

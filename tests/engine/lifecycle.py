@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 from pulumi import automation as auto
@@ -27,10 +26,6 @@ def ops(events: list) -> list[tuple[str, str, str]]:
     return out
 
 
-def changed(events: list, op: str) -> set[str]:
-    return {name for o, _, name in ops(events) if o == op}
-
-
 def config_error(run: Callable) -> str:
     """The one line the program fails with (the engine prints it after `error: `)."""
     try:
@@ -52,13 +47,6 @@ def settled_pods(w, namespace: str, app_prefix: str, timeout: float = 60) -> lis
             return pods
         return None
     return kube.until(ready, timeout, f"{namespace}/{app_prefix}* running")
-
-
-def pods_by_app(w, namespace: str) -> dict[str, list]:
-    out: dict[str, list] = {}
-    for p in w.cp.pods(namespace):
-        out.setdefault((p.metadata.labels or {}).get("app.kubernetes.io/name", p.metadata.name), []).append(p)
-    return out
 
 
 def live_names(w) -> dict[str, set]:

@@ -13,27 +13,15 @@ import copy
 import pytest
 from pulumi import automation as auto
 
-from tests.engine import driver, stacks, world as world_mod
-from tests.engine.conftest import need_engine
+from tests.engine.conftest import deployed
 from tests.engine.lifecycle import live_names, ops, settled_pods, summary_without_same
 
 pytestmark = pytest.mark.engine
 
 
-def _env(tmp_path_factory, charts_dir, stack: str):
-    need_engine()
-    root = tmp_path_factory.mktemp(f"engine-{stack}")
-    shape = stacks.SHAPES[stack]("", charts_dir)
-    w = world_mod.start(root / "cluster", shape.nodes, shape.devices)
-    shape = stacks.SHAPES[stack](w.kubeconfig, charts_dir)
-    return w, driver.EngineStack(stack, shape.config, root / "pulumi")
-
-
 @pytest.fixture(scope="module")
 def eks(tmp_path_factory, charts_dir):
-    w, stack = _env(tmp_path_factory, charts_dir, "eks")
-    yield w, stack
-    w.stop()
+    yield from deployed(tmp_path_factory, charts_dir, "eks")
 
 
 def test_eks_up_puts_vllm_on_a_gpu_the_device_plugin_advertises(eks):

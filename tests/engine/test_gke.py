@@ -7,16 +7,14 @@ from __future__ import annotations
 import pytest
 
 from tests.engine.lifecycle import settled_pods, summary_without_same
-from tests.engine.test_eks import _env
+from tests.engine.conftest import deployed
 
 pytestmark = pytest.mark.engine
 
 
 @pytest.fixture(scope="module")
 def gke(tmp_path_factory, charts_dir):
-    w, stack = _env(tmp_path_factory, charts_dir, "gke")
-    yield w, stack
-    w.stop()
+    yield from deployed(tmp_path_factory, charts_dir, "gke")
 
 
 def test_gke_up_puts_vllm_on_every_chip_of_the_tpu_host(gke):

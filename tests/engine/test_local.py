@@ -10,11 +10,8 @@ import copy
 import pytest
 from pulumi import automation as auto
 
-from tests.engine import driver, stacks, world as world_mod
-from tests.engine.conftest import need_engine
-from tests.engine.lifecycle import (
-    changed, config_error, live_names, ops, pods_by_app, settled_pods, summary_without_same,
-)
+from tests.engine.conftest import deployed
+from tests.engine.lifecycle import config_error, live_names, ops, settled_pods, summary_without_same
 
 pytestmark = pytest.mark.engine
 ROUTER = "llama-router"
@@ -27,14 +24,7 @@ NEW_MODEL = {"name": "smollm", "file": "smollm2-135m-instruct-q8_0.gguf",
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, charts_dir):
-    need_engine()
-    root = tmp_path_factory.mktemp("engine-local")
-    shape = stacks.local("", charts_dir)
-    w = world_mod.start(root / "cluster", shape.nodes, shape.devices)
-    shape = stacks.local(w.kubeconfig, charts_dir)
-    stack = driver.EngineStack("local", shape.config, root / "pulumi")
-    yield w, stack
-    w.stop()
+    yield from deployed(tmp_path_factory, charts_dir, "local")
 
 
 def test_up_creates_the_stack_and_its_outputs(env):

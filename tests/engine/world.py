@@ -35,6 +35,7 @@ from kubernetes.client import AdmissionregistrationV1Api, ApiregistrationV1Api
 from kubernetes.client.exceptions import ApiException
 
 from tests import kube
+from tests.cluster_stack import owned_pods
 from tools import engine_tools
 
 KWOK_STAGES = ("node/fast", "pod/general", "volume/fast")
@@ -57,9 +58,8 @@ def _stages() -> str:
     for sub in KWOK_STAGES:
         for path in sorted((root / sub).glob("*.yaml")):
             for doc in yaml.safe_load_all(path.read_text()):
-                if not doc or doc.get("kind") not in ("Stage", "ClusterRole", "ClusterRoleBinding"):
-                    continue
-                if doc["kind"] != "Stage":
+                # The folders also hold kwok's RBAC for running in a cluster: only Stages here.
+                if not doc or doc.get("kind") != "Stage":
                     continue
                 doc = copy.deepcopy(doc)
                 doc["spec"].pop("delay", None)
@@ -164,18 +164,13 @@ class World:
         if not self.devices:
             return
         ns, name = self.devices.plugin
-        running = [p for p in self.cp.pods(ns) if p.status.phase == "Running"
-                   and any(o.kind == "DaemonSet" and o.name == name for o in p.metadata.owner_references or [])]
+        running = [p for p in owned_pods(self.cp, ns, "DaemonSet", name) if p.status.phase == "Running"]
+        # Only nodes that do not advertise yet: the loop runs five times a second.
+        pending = [shape for shape in self.devices.nodes
+                   if not set(shape.devices_from_plugin) <= set(self.cp.core.read_node(shape.name).status.allocatable or {})]
         served = {p.spec.node_name for p in running}
-        for shape in self.devices.nodes:
-            node = self.cp.core.read_node(shape.name)
-            has = node.status.allocatable or {}
-            want = shape.name in served
-            if want and not all(k in has for k in shape.devices_from_plugin):
-                self.cp.core.patch_node_status(shape.name, shape.status({**shape.devices,
-                                                                         **shape.devices_from_plugin}))
-                self.actions.append(f"node {shape.name}: plugin advertises {shape.devices_from_plugin}")
-
+        kube.advertise_plugin_devices(self.cp, pending, running)
+        self.actions += [f"node {s.name}: plugin advertises {s.devices_from_plugin}" for s in pending if s.name in served]
 
 def start(workdir: Path, nodes: list[kube.NodeShape], devices: Optional[Devices] = None) -> World:
     workdir.mkdir(parents=True, exist_ok=True)
