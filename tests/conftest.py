@@ -6,6 +6,10 @@ from tests import netns
 
 # First, before any test starts a thread or a server: every address but loopback unreachable.
 netns.isolate()
+# The engine tests run the Automation API's gRPC server in this process and then start control
+# planes: gRPC's fork handlers would abort a child forked meanwhile (seen: kube-scheduler killed by
+# SIGABRT before its exec). Read by gRPC when it loads, so set before anything imports it.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
