@@ -51,8 +51,8 @@ tests/crd/node_modules/.installed: tests/crd/package.json tests/crd/package-lock
 	touch $@
 
 # The wheel of the vLLM release the images run (about 320 MB, once): the suite reads its argument
-# parser and env vars. A new pin in components/serving.py fetches the new release.
-.cache/vllm/.fetched: components/serving.py | .venv/.installed
+# parser and env vars. A new pin in components/serving/runtimes.py fetches the new release.
+.cache/vllm/.fetched: components/serving/runtimes.py | .venv/.installed
 	.venv/bin/python -m tools.vllm_wheel
 	touch $@
 

@@ -2,24 +2,21 @@
 
 import pulumi
 
-from components import (
-    ApiKeys, Backend, Cluster, Gateway, GitOpsController, GpuDevicePlugin, LlmServer, Mesh, PodAutoscaling,
-)
-from components.accelerators import from_config as accelerator_from_config, units_in_use
-from components.autoscaling import ScaledServer
-from components.apps import OPEN_WEBUI_PORT, OPEN_WEBUI_SERVICE_ACCOUNT, ModelEndpoint, all_apps, open_webui_host
-from components.chart_source import use_archives
+from components.cluster import Cluster, GpuDevicePlugin
+from components.cluster.accelerators import from_config as accelerator_from_config, units_in_use
 from components.config import ConfigError, load
-from components.database import KeysDatabase
-from components.llama_router import LlamaRouter
-from components.gpu_metrics import RELEASE as DCGM_RELEASE, GpuMetrics
-from components.front_door import METRICS_PATH as FRONT_DOOR_METRICS_PATH, PORT as FRONT_DOOR_PORT
-from components.front_door import SERVICE_ACCOUNT as FRONT_DOOR_SERVICE_ACCOUNT, FrontDoor, ModelBackend
-from components.mesh import INGRESS_PRINCIPAL, principal, spiffe_id
-from components.model_namespace import ModelNamespace
-from components.monitoring import GRAFANA_ADMIN_USER, PROMETHEUS_URL, Monitoring, metrics_access
-from components.serving import FRONT_DOOR_KEY, METRICS_KEY, METRICS_PATH as SERVER_METRICS_PATH, RUNTIMES, VLLM_RELEASE, uses_model_cache
-from components.ui_admin import UiAdmin
+from components.core.chart_source import use_archives
+from components.edge import Backend, FrontDoor, Gateway, KeysDatabase, ModelBackend, UiAdmin
+from components.edge import front_door as front_door_parts
+from components.edge.apps import OPEN_WEBUI_PORT, ModelEndpoint, all_apps, open_webui_host, ui_caller
+from components.platform import ApiKeys, GitOpsController, GpuMetrics, Mesh, Monitoring
+from components.platform.gpu_metrics import RELEASE as DCGM_RELEASE
+from components.platform.mesh import INGRESS_CALLER
+from components.platform.monitoring import GRAFANA_ADMIN_USER, PROMETHEUS_URL, metrics_access
+from components.serving import LlamaRouter, LlmServer, ModelNamespace, PodAutoscaling, ScaledServer
+from components.serving.runtimes import (
+    FRONT_DOOR_KEY, METRICS_KEY, METRICS_PATH as SERVER_METRICS_PATH, RUNTIMES, VLLM_RELEASE, uses_model_cache,
+)
 
 try:
     cfg = load(pulumi.get_stack())
@@ -40,15 +37,17 @@ GpuDevicePlugin("gpu", {"accelerator": cluster.accelerator, "provider": provider
 
 ui_namespace = cfg.ui.namespace if cfg.ui.enabled else None
 front_door_namespace = cfg.front_door.namespace
-# Only the front door may call the model servers; only the ingress gateway and the UI may call
-# the front door.
-front_door_callers = [INGRESS_PRINCIPAL] + (
-    [principal(ui_namespace, OPEN_WEBUI_SERVICE_ACCOUNT)] if ui_namespace else [])
+# Who may call whom, decided here once; the mesh (by identity) and the NetworkPolicies (by
+# namespace and pods) both enforce these lists. Only the front door calls the model servers; only
+# the ingress gateway and the UI call the front door.
+ui = ui_caller(ui_namespace) if ui_namespace else None
+model_callers = [front_door_parts.caller(front_door_namespace)]
+front_door_callers = [INGRESS_CALLER] + ([ui] if ui else [])
 # Prometheus scrapes each namespace's metrics port and path, and nothing else there.
 monitoring_on = cfg.monitoring.enabled
 server_metrics = metrics_access({RUNTIMES[(m.runtime, cfg.accelerator.kind)].port for m in cfg.models},
                                 [SERVER_METRICS_PATH]) if monitoring_on else None
-front_door_metrics = (metrics_access([FRONT_DOOR_PORT], [FRONT_DOOR_METRICS_PATH])
+front_door_metrics = (metrics_access([front_door_parts.PORT], [front_door_parts.METRICS_PATH])
                       if monitoring_on and cfg.front_door.metrics else None)
 mesh = Mesh("mesh", {
     "provider": provider,
@@ -63,7 +62,7 @@ mesh = Mesh("mesh", {
     },
     "strict_mtls": cfg.security.mtls,
     "callers": {
-        cfg.models_namespace: [principal(front_door_namespace, FRONT_DOOR_SERVICE_ACCOUNT)],
+        cfg.models_namespace: model_callers,
         front_door_namespace: front_door_callers,
     } if cfg.security.mtls else {},
     "metrics": {ns: access for ns, access in ((cfg.models_namespace, server_metrics),
@@ -81,7 +80,7 @@ model_namespace = ModelNamespace("models", {
     "provider": provider,
     "namespace": models_namespace,
     "network_policies": network_policies,
-    "ingress_from": [front_door_namespace],
+    "callers": model_callers,
     "metrics": server_metrics,
     "istio_namespace": mesh.system_namespace,
     "https_egress": any(downloads),
@@ -171,12 +170,12 @@ front_door = FrontDoor("front-door", {
     # Open WebUI's key, let in by the front door's custom auth for inference alone.
     "ui_key": keys.ui if keys else None,
     # ...taken only from the UI's pods, as their sidecar's certificate says.
-    "ui_peer": spiffe_id(ui_namespace, OPEN_WEBUI_SERVICE_ACCOUNT) if ui_namespace else None,
+    "ui_peer": ui.spiffe_id if ui else None,
     "backend_key": keys.backend if keys else None,
     "provider_keys": {name: pulumi.Output.secret(key) for name, key in cfg.provider_keys.items()},
     "mesh_ready": [mesh.base, mesh.istiod],
     "network_policies": network_policies,
-    "callers_namespaces": [mesh.ingress_namespace] + ([ui_namespace] if ui_namespace else []),
+    "callers": front_door_callers,
     "metrics": front_door_metrics,
     "models_namespace": cfg.models_namespace,
     "istio_namespace": mesh.system_namespace,
@@ -221,12 +220,11 @@ apps = all_apps(
 )
 GitOpsController("gitops", {"provider": provider, "chart_version": cfg.gitops.chart_version, "apps": apps})
 
-ui = Backend(open_webui_host(cfg), OPEN_WEBUI_PORT) if cfg.ui.enabled else None
 gateway = Gateway("gateway", {
     "provider": provider,
     "mesh": mesh,
     "api": Backend(front_door.service_host, front_door.port),
-    "ui": ui,
+    "ui": Backend(open_webui_host(cfg), OPEN_WEBUI_PORT) if cfg.ui.enabled else None,
     "grafana": Backend(monitoring.grafana_host, monitoring.grafana_port) if monitoring else None,
     "host": cfg.gateway.host,
     "tls_secret": cfg.gateway.tls_secret,

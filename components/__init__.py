@@ -1,21 +1,36 @@
-"""Reusable components of the llm-platform program."""
+"""Reusable components of the llm-platform program, by layer; each package depends only on
+those listed before it:
 
-from .api_keys import ApiKeys, ApiKeysArgs
-from .autoscaling import PodAutoscaling, PodAutoscalingArgs
-from .cluster import Cluster, ClusterArgs
-from .device_plugin import GpuDevicePlugin, GpuDevicePluginArgs
-from .front_door import FrontDoor, FrontDoorArgs
-from .gateway import Backend, Gateway, GatewayArgs
-from .gitops import App, GitOpsController, GitOpsControllerArgs
-from .llm_server import LlmServer, LlmServerArgs
-from .mesh import Mesh, MeshArgs
-from .metrics_server import MetricsServer, MetricsServerArgs
-from .monitoring import Monitoring, MonitoringArgs
-from .node_autoscaler import GpuNodeAutoscaler, GpuNodeAutoscalerArgs
+    core      names, identities, policy builders, chart sources (imports nothing above it)
+    config    the stack's configuration (pydantic models, one-line errors)
+    cluster   the cluster, its accelerator, device plugin, metrics-server, node autoscaler
+    platform  mesh, GitOps, monitoring, API keys
+    serving   model servers, their namespace and autoscaling   } neither imports the other
+    edge      front door, its database, gateway, UI            }
+"""
+
+from components.cluster import (
+    Cluster, ClusterArgs, GpuDevicePlugin, GpuDevicePluginArgs, GpuNodeAutoscaler, GpuNodeAutoscalerArgs, MetricsServer,
+    MetricsServerArgs,
+)
+from components.edge import (
+    Backend, FrontDoor, FrontDoorArgs, Gateway, GatewayArgs, KeysDatabase, KeysDatabaseArgs, ModelBackend, UiAdmin,
+    UiAdminArgs,
+)
+from components.platform import (
+    ApiKeys, ApiKeysArgs, App, GitOpsController, GitOpsControllerArgs, GpuMetrics, GpuMetricsArgs, Mesh, MeshArgs,
+    Monitoring, MonitoringArgs,
+)
+from components.serving import (
+    LlamaRouter, LlamaRouterArgs, LlmServer, LlmServerArgs, ModelNamespace, ModelNamespaceArgs, PodAutoscaling,
+    PodAutoscalingArgs, ScaledServer,
+)
 
 __all__ = [
-    "ApiKeys", "ApiKeysArgs", "App", "Backend", "Cluster", "ClusterArgs", "FrontDoor", "FrontDoorArgs", "Gateway", "GatewayArgs", "GitOpsController",
-    "GitOpsControllerArgs", "GpuDevicePlugin", "GpuDevicePluginArgs", "LlmServer", "LlmServerArgs",
-    "Mesh", "MeshArgs", "MetricsServer", "MetricsServerArgs", "Monitoring", "MonitoringArgs", "PodAutoscaling", "PodAutoscalingArgs",
-    "GpuNodeAutoscaler", "GpuNodeAutoscalerArgs",
+    "ApiKeys", "ApiKeysArgs", "App", "Backend", "Cluster", "ClusterArgs", "FrontDoor", "FrontDoorArgs", "Gateway",
+    "GatewayArgs", "GitOpsController", "GitOpsControllerArgs", "GpuDevicePlugin", "GpuDevicePluginArgs", "GpuMetrics",
+    "GpuMetricsArgs", "GpuNodeAutoscaler", "GpuNodeAutoscalerArgs", "KeysDatabase", "KeysDatabaseArgs", "LlamaRouter",
+    "LlamaRouterArgs", "LlmServer", "LlmServerArgs", "Mesh", "MeshArgs", "MetricsServer", "MetricsServerArgs",
+    "ModelBackend", "ModelNamespace", "ModelNamespaceArgs", "Monitoring", "MonitoringArgs", "PodAutoscaling",
+    "PodAutoscalingArgs", "ScaledServer", "UiAdmin", "UiAdminArgs",
 ]

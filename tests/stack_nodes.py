@@ -27,7 +27,7 @@ MACHINES = {
 }
 
 # What the clouds' documentation says their accelerator machines are, written here rather than
-# read from components/hardware.py: the program derives its pods' selectors, tolerations and
+# read from components/core/hardware.py: the program derives its pods' selectors, tolerations and
 # requests from that module, so nodes built from it too would move with any mistake there.
 # EC2 accelerated instances (aws.amazon.com/ec2/instance-types: G5, G6, G6e): NVIDIA GPUs.
 EC2_GPUS = {"g5.xlarge": 1, "g6.xlarge": 1, "g6e.xlarge": 1, "g6.12xlarge": 4}

@@ -9,8 +9,8 @@ import re
 import jsonschema
 import pytest
 
-from components.autoscaling import FRONT_DOOR_REQUESTS, KEDA_CHART_VERSION, QUEUE_METRIC
-from components.monitoring import PROMETHEUS_URL
+from components.serving.autoscaling import FRONT_DOOR_REQUESTS, KEDA_CHART_VERSION, QUEUE_METRIC
+from components.platform.monitoring import PROMETHEUS_URL
 from tests import promql
 from tests.conftest import PODS, need_charts
 from tools import charts
@@ -240,7 +240,7 @@ def test_the_first_request_for_a_model_still_wakes_it():
 def test_the_scrape_history_it_asks_for_is_the_front_doors():
     """`up{job=...}` is the front door's scrape: the prometheus operator names a ServiceMonitor's
     job after the Service it selects, unless the monitor sets jobLabel."""
-    from components.autoscaling import FRONT_DOOR_JOB
+    from components.serving.autoscaling import FRONT_DOOR_JOB
 
     rec = autoscaled("eks", minReplicas=0, maxReplicas=1, scaleToZero=True)
     monitors = [harness.reveal(r.inputs) for r in rec.of_type("kubernetes:monitoring.coreos.com/v1:ServiceMonitor")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import gpu_metrics, metrics_server
+from components.platform import gpu_metrics
+from components.cluster import metrics_server
 from tools import mock_engine as harness
 from tools import render
 

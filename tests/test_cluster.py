@@ -15,8 +15,8 @@ from typing import Callable, Optional
 import pytest
 import yaml
 
-from components import gpu_metrics
-from components.accelerators import RESOURCES
+from components.platform import gpu_metrics
+from components.cluster.accelerators import RESOURCES
 from tests import cluster_stack as cs
 from tests import kube, stack_nodes
 from tests.conftest import recording
@@ -267,7 +267,7 @@ def test_node_shapes_follow_the_registered_pools():
 
 # --- accelerator nodes as the clouds document them ----------------------------------------
 # The nodes come from the clouds' documentation (tests/stack_nodes.py), the pods' selectors,
-# tolerations and requests from components/hardware.py: a mistake there leaves the pod without
+# tolerations and requests from components/core/hardware.py: a mistake there leaves the pod without
 # a node. The control plane places the shipped stacks' pods (above); for every other documented
 # machine type the scheduler's first checks are applied here.
 
@@ -352,9 +352,9 @@ def test_every_documented_l4_machine_takes_the_model_server(machine):
 
 @pytest.mark.parametrize("mistake", ["accelerator label", "topology", "taint"])
 def test_bites_a_wrong_tpu_fact_in_the_program(monkeypatch, mistake):
-    """A wrong v6e label (or topology, or taint value) in components/hardware.py moves the pod's
+    """A wrong v6e label (or topology, or taint value) in components/core/hardware.py moves the pod's
     selector or toleration, not the node: the model server fits nowhere."""
-    from components import hardware
+    from components.core import hardware
     from tests import stack_nodes
 
     if mistake == "accelerator label":

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from components import front_door
+from components.edge import front_door
 from components.config import FrontDoorConfig
 from tests.parts import LLAMA_SERVER, TINY_MODEL
 from tests.conftest import PODS
@@ -188,8 +188,8 @@ TARGET_LABELS = {"namespace", "pod", "service", "endpoint", "job", "instance", "
 def _metrics_read() -> dict[str, set[str]]:
     """LiteLLM's metrics (as LiteLLM names them: no _total/_bucket suffix) that the front door's
     dashboard and the autoscaler's wake-up query read, each with the labels they read of it."""
-    from components.autoscaling import ScaledServer, demand_query
-    from components.monitoring import DASHBOARDS_DIR
+    from components.serving.autoscaling import ScaledServer, demand_query
+    from components.platform.monitoring import DASHBOARDS_DIR
 
     server = ScaledServer(name="tinyllama", namespace="models", kind="Deployment", runtime="llama-cpp",
                           autoscaling=None)
@@ -628,7 +628,7 @@ def test_metrics_served_to_a_scraper_without_the_master_key(stack):
 
 def test_the_count_that_wakes_a_server_at_zero_is_reported_by_model(stack):
     """KEDA brings a scaled-to-zero server back on this counter, by the model a client asked for."""
-    from components.autoscaling import FRONT_DOOR_REQUESTS
+    from components.serving.autoscaling import FRONT_DOOR_REQUESTS
 
     assert _request(stack.proxy_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat("tinyllama"))[0] == 200
     body = _request(stack.proxy_port, "GET", front_door.METRICS_PATH)[1].decode()

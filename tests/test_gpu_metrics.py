@@ -11,7 +11,8 @@ import re
 
 import pytest
 
-from components import gpu_metrics, monitoring
+from components.platform import gpu_metrics
+from components.platform import monitoring
 from tests.conftest import need_charts, recording
 from tools import charts
 from tools import mock_engine as harness

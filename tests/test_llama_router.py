@@ -16,8 +16,9 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from components import front_door, llama_router
-from components.serving import API_KEYS_FILE, API_KEYS_MOUNT
+from components.edge import front_door
+from components.serving import llama_router
+from components.serving.runtimes import API_KEYS_FILE, API_KEYS_MOUNT
 from tests.test_llama_server import LONG_REPLY_TOKENS
 from tests.test_front_door import (
     CLIENT_KEY, LITELLM, LLAMA_SERVER, TINY_MODEL, _chat, stop, _free_port, _request, _wait_ready, proxy_container,
@@ -217,7 +218,7 @@ def test_prometheus_scrapes_loaded_models_and_never_loads_one(recorded, router_a
     the key from the Secret it names): a loaded model answers with the series the llama.cpp
     dashboard queries; an unloaded one fails and stays unloaded (modelsMax 1: loading it would
     evict the model in use)."""
-    from components.monitoring import DASHBOARDS_DIR
+    from components.platform.monitoring import DASHBOARDS_DIR
 
     port = router_alone
     monitor = harness.reveal(recorded.one("kubernetes:monitoring.coreos.com/v1:ServiceMonitor",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from components.serving import API_KEYS_MOUNT, LLAMA_CPP_BUILD, MODELS_MOUNT
+from components.serving.runtimes import API_KEYS_MOUNT, LLAMA_CPP_BUILD, MODELS_MOUNT
 from tests.parts import LLAMA_SERVER, SHARED, TINY_MODEL
 from tests.conftest import PODS
 from tools import mock_engine as harness
@@ -244,7 +244,7 @@ def test_metrics_are_served_with_the_key(server, rendered):
     # What the preStop drain reads.
     assert "llamacpp:requests_processing " in text and "llamacpp:requests_deferred " in text
     # The queue KEDA scales llama.cpp servers on: a gauge the real server reports.
-    from components.autoscaling import QUEUE_METRIC
+    from components.serving.autoscaling import QUEUE_METRIC
     metric = QUEUE_METRIC["llama-cpp"]
     assert f"# TYPE {metric} gauge" in text and f"\n{metric} " in text
 
@@ -252,7 +252,7 @@ def test_metrics_are_served_with_the_key(server, rendered):
 def test_prometheus_scrape_returns_what_the_dashboard_queries(server, rendered):
     """Prometheus's request as its ServiceMonitor makes it (path, key from the named Secret)
     is answered, with every llamacpp:* series the llama.cpp dashboard queries."""
-    from components.monitoring import DASHBOARDS_DIR
+    from components.platform.monitoring import DASHBOARDS_DIR
 
     assert server.get(rendered["scrape_path"])[0] == 401
     status, text = server.get(rendered["scrape_path"], key=rendered["scrape_key"])

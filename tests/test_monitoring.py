@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import front_door, gpu_metrics, monitoring
-from components.mesh import ENVOY_STATS_PORT, ENVOY_STATS_PORT_NAME
-from components.serving import FRONT_DOOR_KEY, METRICS_KEY, VLLM_RELEASE
+from components.edge import front_door
+from components.platform import gpu_metrics
+from components.platform import monitoring
+from components.platform.mesh import ENVOY_STATS_PORT, ENVOY_STATS_PORT_NAME
+from components.serving.runtimes import FRONT_DOOR_KEY, METRICS_KEY, VLLM_RELEASE
 from tests.conftest import need_charts, recording
 from tools import charts
 from tools import mock_engine as harness

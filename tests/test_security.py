@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from components.serving import API_KEY_ENTRIES
+from components.serving.runtimes import API_KEY_ENTRIES
 from tests.conftest import need_charts
 # Who may connect to whom, judged as the CNI and Istio would (empty lists, wildcards, DENY first).
 from tests.admission import egress_allows, mesh_admits, network_admits
@@ -842,7 +842,7 @@ def test_the_ui_follows_the_stack_on_every_start(guarded):
 def test_the_ui_embeds_with_its_own_model_not_through_the_front_door(guarded):
     """Open WebUI embeds its knowledge base locally unless RAG_EMBEDDING_ENGINE names a service
     (0.11: its default is empty), so the UI's key is not let into the front door's embeddings."""
-    from components.front_door_auth import UI_ROUTES
+    from components.edge.files.front_door_auth import UI_ROUTES
 
     env = ui_env(guarded)
     assert not {"RAG_EMBEDDING_ENGINE", "RAG_OPENAI_API_BASE_URL", "RAG_OPENAI_API_KEY"} & set(env)
@@ -968,7 +968,7 @@ def test_https_egress_reaches_the_hub_but_not_the_cluster(stack_name):
 
 
 def test_a_vpc_on_public_addresses_is_excluded_too():
-    from components.model_namespace import outside_ranges
+    from components.core.trust import outside_ranges
 
     ranges = outside_ranges(["10.0.0.0/16", "44.0.0.0/16"])
     assert "44.0.0.0/16" in ranges and "10.0.0.0/16" not in ranges and "169.254.0.0/16" in ranges

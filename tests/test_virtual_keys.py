@@ -11,8 +11,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from components import database as db
-from components.clusters import eks, gke
+from components.edge import database as db
+from components.cluster import eks, gke
 from tests.conftest import VKEYS, need_charts, recording
 from tests.test_security import plain_text
 from tools import charts

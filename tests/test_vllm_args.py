@@ -15,7 +15,7 @@ import subprocess
 import pytest
 import yaml
 
-from components.serving import VLLM_RELEASE
+from components.serving.runtimes import VLLM_RELEASE
 from tools import mock_engine as harness
 from tools import vllm_wheel
 
@@ -175,7 +175,7 @@ def test_bad_extra_args_in_the_stack_are_caught(serve):
 def test_the_queue_autoscaling_reads_is_a_gauge_vllm_reports(cli):
     """KEDA sizes vLLM servers on the queue and keeps one at zero awake while it generates: both
     must be metrics the release declares, as gauges."""
-    from components.autoscaling import QUEUE_METRIC, RUNNING_METRIC
+    from components.serving.autoscaling import QUEUE_METRIC, RUNNING_METRIC
 
     reported = vllm_wheel.gauges(vllm_wheel.wheel_path(VLLM_RELEASE))
     assert "vllm:num_requests_running" in reported  # the reading works at all

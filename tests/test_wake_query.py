@@ -14,8 +14,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from components import front_door
-from components.autoscaling import FRONT_DOOR_REQUESTS, RUNNING_METRIC, ScaledServer, demand_query
+from components.edge import front_door
+from components.serving.autoscaling import FRONT_DOOR_REQUESTS, RUNNING_METRIC, ScaledServer, demand_query
 from tests import promql
 from tests.parts import LLAMA_SERVER, TINY_MODEL
 from tools import mock_engine as harness

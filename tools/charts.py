@@ -126,7 +126,7 @@ def kube_version(stack: str) -> str:
 
 def _platform_app(name: str) -> bool:
     """Whether an Argo CD app is one the platform pins (not one the user added under `apps`)."""
-    from components import apps
+    from components.edge import apps
     return name == apps.OPEN_WEBUI
 
 

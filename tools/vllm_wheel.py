@@ -76,7 +76,7 @@ def read(wheel: Path) -> VllmCli:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(PROJECT_DIR))
-    from components.serving import VLLM_RELEASE
+    from components.serving.runtimes import VLLM_RELEASE
 
     print(fetch(VLLM_RELEASE))
 

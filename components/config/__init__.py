@@ -14,17 +14,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .base import *  # noqa: F401,F403
-from .base import PROJECT, ConfigError
-from .cluster import *  # noqa: F401,F403
-from .cluster import CLUSTER_KINDS
-from .models import *  # noqa: F401,F403
-from .models import RUNTIMES
-from .monitoring import *  # noqa: F401,F403
-from .services import *  # noqa: F401,F403
-from .stack import *  # noqa: F401,F403
-from .virtual_keys import *  # noqa: F401,F403
-from .stack import StackConfig
+from components.config.base import *  # noqa: F401,F403
+from components.config.base import PROJECT, ConfigError
+from components.config.cluster import *  # noqa: F401,F403
+from components.config.cluster import CLUSTER_KINDS
+from components.config.models import *  # noqa: F401,F403
+from components.config.models import RUNTIMES
+from components.config.monitoring import *  # noqa: F401,F403
+from components.config.services import *  # noqa: F401,F403
+from components.config.stack import *  # noqa: F401,F403
+from components.config.virtual_keys import *  # noqa: F401,F403
+from components.config.stack import StackConfig
 
 
 # --- loading -------------------------------------------------------------------------------

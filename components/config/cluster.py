@@ -11,7 +11,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..hardware import (
+from components.core.hardware import (
     EKS_GPU_TAINT,
     G2_GPUS,
     GKE_GPU_TAINT,
@@ -23,7 +23,7 @@ from ..hardware import (
     topology_chips,
     tpu_host,
 )
-from .base import DnsLabel, K8sVersion, MinikubeSize, _existing_file, _Model
+from components.config.base import DnsLabel, K8sVersion, MinikubeSize, _existing_file, _Model
 
 # --- cluster -------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from .base import _SHA256, DnsLabel, Image, Quantity, _Model
+from components.config.base import _SHA256, DnsLabel, Image, Quantity, _Model
 
 # --- accelerator ---------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 from pydantic import Field
 
-from .base import ChartVersion, Quantity, _Model
+from components.config.base import ChartVersion, Quantity, _Model
 
 
 class MonitoringConfig(_Model):

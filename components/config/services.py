@@ -12,9 +12,10 @@ from pydantic import (
     model_validator,
 )
 
-from .base import ChartVersion, DnsLabel, Image, Quantity, _Model
-from .models import Resources
-from .virtual_keys import VirtualKeysConfig
+from components.core.providers import PROVIDER_HOSTS, provider_host
+from components.config.base import ChartVersion, DnsLabel, Image, Quantity, _Model
+from components.config.models import Resources
+from components.config.virtual_keys import VirtualKeysConfig
 
 # --- platform services ---------------------------------------------------------------------
 
@@ -90,9 +91,6 @@ class FrontDoorConfig(_Model):
     def _providers_have_a_host(self) -> "FrontDoorConfig":
         if not self.providers:
             return self
-        # Imported here: the front door's module imports this one's neighbours.
-        from ..front_door import PROVIDER_HOSTS, provider_host
-
         for i, p in enumerate(self.providers):
             if provider_host(p) is None:
                 raise ValueError(f"providers[{i}].apiBase: required for {p.model.split('/')[0]!r} models "

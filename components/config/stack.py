@@ -12,14 +12,14 @@ from pydantic import (
     model_validator,
 )
 
-from ..hardware import (
+from components.core.hardware import (
     AcceleratorPool,
 )
-from .base import ApiKey, DnsLabel, _master_key, _Model
-from .cluster import ClusterConfig
-from .monitoring import MonitoringConfig
-from .models import DEFAULT_MODEL, DEFAULT_VLLM_MODEL, AcceleratorConfig, AnyModel
-from .services import (
+from components.config.base import ApiKey, DnsLabel, _master_key, _Model
+from components.config.cluster import ClusterConfig
+from components.config.monitoring import MonitoringConfig
+from components.config.models import DEFAULT_MODEL, DEFAULT_VLLM_MODEL, AcceleratorConfig, AnyModel
+from components.config.services import (
     AppConfig,
     FrontDoorConfig,
     GatewayConfig,

@@ -7,7 +7,7 @@ from typing import Optional
 
 from pydantic import Field
 
-from .base import ChartVersion, DnsLabel, Quantity, _Model
+from components.config.base import ChartVersion, DnsLabel, Quantity, _Model
 
 # PostgreSQL instances by cluster kind when `instances` is not set: one on a laptop, a primary
 # and two standbys (spread over nodes) on the clouds.

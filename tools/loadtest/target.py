@@ -17,10 +17,10 @@ from typing import Optional
 
 import yaml
 
-from components import llama_router
+from components.serving import llama_router
 from tools.loadtest.aiperf import ROOT
 
-# Every model server's Service names its one port "http" (components/llm_server.py).
+# Every model server's Service names its one port "http" (components/serving/llm_server.py).
 SERVICE_PORT_NAME = "http"
 DEFAULT_MODELS_NAMESPACE = "models"
 

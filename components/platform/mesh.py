@@ -9,8 +9,12 @@ from typing import Mapping, Optional, Sequence, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
-from .clusters.base import IngressFacts
-from .chart_source import release_source
+from components.cluster.base import IngressFacts
+from components.core.chart_source import release_source
+from components.core.pod_security import pod_security_labels
+from components.core.trust import (  # noqa: F401  (re-exported: the mesh's ports)
+    ENVOY_STATS_PATH, ENVOY_STATS_PORT, ENVOY_STATS_PORT_NAME, Caller, MetricsAccess, mesh_rule, metrics_rule,
+)
 
 ISTIO_REPO = "https://istio-release.storage.googleapis.com/charts"
 # Where Istio publishes its release images; set explicitly so every image (istiod, the CNI
@@ -30,49 +34,9 @@ INGRESS_CONTROLLER = "istio.io/ingress-controller"
 SECURITY_API = "security.istio.io/v1"
 
 
-# Istio's default; the mesh config here sets no other.
-TRUST_DOMAIN = "cluster.local"
-
-
-def principal(namespace: str, service_account: str) -> str:
-    """The mTLS identity of a workload."""
-    return f"{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}"
-
-
-def spiffe_id(namespace: str, service_account: str) -> str:
-    """The URI its certificate carries (what a sidecar puts in x-forwarded-client-cert)."""
-    return f"spiffe://{principal(namespace, service_account)}"
-
-
 # The gateway chart runs the ingress under a service account named after the release.
-INGRESS_PRINCIPAL = principal(INGRESS_NS, INGRESS_RELEASE)
-# Every injected proxy (and the ingress gateway) serves Envoy's own metrics here, in plain
-# text and outside the inbound capture: the mesh's policies do not apply to it.
-ENVOY_STATS_PORT = 15090
-ENVOY_STATS_PORT_NAME = "http-envoy-prom"
-ENVOY_STATS_PATH = "/stats/prometheus"
-
-
-@dataclass(frozen=True)
-class MetricsAccess:
-    """A scraper and exactly where it may go in a namespace: the mesh admits its identity to GET
-    `paths` on `ports` (through the sidecar, over mTLS), NetworkPolicies admit its pods to
-    `ports` and the proxies' stats port."""
-
-    principal: str
-    namespace: str
-    pod_labels: Mapping[str, str]
-    ports: tuple[int, ...]
-    paths: tuple[str, ...]
-
-
-def metrics_rule(access: MetricsAccess) -> dict:
-    """The AuthorizationPolicy rule that admits the scraper."""
-    return {
-        "from": [{"source": {"principals": [access.principal]}}],
-        "to": [{"operation": {"methods": ["GET"], "paths": list(access.paths),
-                              "ports": [str(p) for p in access.ports]}}],
-    }
+INGRESS_CALLER = Caller(INGRESS_NS, INGRESS_RELEASE)
+INGRESS_PRINCIPAL = INGRESS_CALLER.principal
 
 
 class MeshArgs(TypedDict):
@@ -85,8 +49,8 @@ class MeshArgs(TypedDict):
     platform: Optional[str]
     # Pods in the injected namespaces accept only mutual TLS.
     strict_mtls: bool
-    # Namespace -> the only workload identities (principals) allowed to call its pods.
-    callers: Mapping[str, Sequence[str]]
+    # Namespace -> the only workloads allowed to call its pods (by their mTLS identity).
+    callers: Mapping[str, Sequence[Caller]]
     # Namespace -> the scraper allowed to GET its metrics (and nothing else).
     metrics: Mapping[str, MetricsAccess]
 
@@ -134,13 +98,6 @@ def ingress_values(ingress: IngressFacts) -> dict:
             ],
         })
     return values
-
-
-def pod_security_labels(enforce: str) -> dict[str, str]:
-    """Pod Security Admission labels: enforce `enforce`, and warn and audit at restricted."""
-    labels = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("warn", "audit")}
-    labels["pod-security.kubernetes.io/enforce"] = enforce
-    return labels
 
 
 class Mesh(pulumi.ComponentResource):
@@ -231,7 +188,7 @@ class Mesh(pulumi.ComponentResource):
                     kind="AuthorizationPolicy",
                     metadata={"name": "allowed-callers", "namespace": namespace.metadata.name},
                     spec={"action": "ALLOW", "rules": [
-                        {"from": [{"source": {"principals": list(args["callers"][ns])}}]},
+                        mesh_rule(args["callers"][ns]),
                         *([metrics_rule(args["metrics"][ns])] if ns in args["metrics"] else []),
                     ]},
                     opts=policy_opts,

@@ -3,20 +3,13 @@ NetworkPolicies with only the flows they need, and the claim on the host models 
 
 from __future__ import annotations
 
-import ipaddress
 from typing import NotRequired, Optional, Sequence, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from .mesh import ENVOY_STATS_PORT, MetricsAccess
-from .serving import MODELS_MOUNT
-
-NAMESPACE_LABEL = "kubernetes.io/metadata.name"
-ISTIOD_XDS_PORT = 15012
-# Never "the internet": private (RFC 1918), carrier-grade NAT (RFC 6598, used for pods by
-# some CNIs) and link-local (RFC 3927: cloud metadata endpoints) ranges.
-NON_PUBLIC_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16")
+from components.core.names import MODELS_MOUNT
+from components.core.trust import Caller, MetricsAccess, mesh_namespace_policies
 
 
 HOST_MODELS = "host-models"
@@ -30,8 +23,8 @@ class ModelNamespaceArgs(TypedDict):
     network_policies: bool
     # Mount the node's /mnt/models (GGUF files from the host) for the servers here.
     host_models: bool
-    # Namespaces whose pods may open connections to the model servers...
-    ingress_from: Sequence[str]
+    # The workloads that may open connections to the model servers...
+    callers: Sequence[Caller]
     # ...and the scraper, on its ports only (the mesh limits it to their metrics paths).
     metrics: Optional[MetricsAccess]
     istio_namespace: str
@@ -41,64 +34,10 @@ class ModelNamespaceArgs(TypedDict):
     cluster_cidrs: NotRequired[Sequence[pulumi.Input[str]]]
 
 
-def _from_namespaces(names: Sequence[str]) -> list[dict]:
-    return [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: n}}} for n in names]
-
-
-def metrics_ingress(access: MetricsAccess) -> dict:
-    """The scraper's pods, on the metrics ports and the proxies' stats port, nothing else."""
-    return {
-        "from": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: access.namespace}},
-                  "podSelector": {"matchLabels": dict(access.pod_labels)}}],
-        "ports": [{"protocol": "TCP", "port": p} for p in (*access.ports, ENVOY_STATS_PORT)],
-    }
-
-
-def outside_ranges(cluster_cidrs: Sequence[pulumi.Input[str]]) -> list[pulumi.Input[str]]:
-    """What HTTPS egress must not reach: every non-public range, plus the cluster's own ranges
-    that lie outside them (a VPC on public addresses, a public control-plane endpoint)."""
-    fixed = [ipaddress.ip_network(r) for r in NON_PUBLIC_RANGES]
-    out: list[pulumi.Input[str]] = list(NON_PUBLIC_RANGES)
-    for cidr in cluster_cidrs:
-        if isinstance(cidr, str):
-            net = ipaddress.ip_network(cidr, strict=False)
-            if any(net.subnet_of(f) for f in fixed) or cidr in out:
-                continue
-        out.append(cidr)
-    return out
-
-
 def policy_specs(args: ModelNamespaceArgs) -> dict[str, dict]:
     """Name -> NetworkPolicy spec; each selects every pod of the namespace."""
-    every_pod: dict = {}
-    specs = {
-        "default-deny": {"podSelector": every_pod, "policyTypes": ["Ingress", "Egress"]},
-        "allow-callers": {"podSelector": every_pod, "policyTypes": ["Ingress"],
-                          "ingress": [{"from": _from_namespaces(args["ingress_from"])}]},
-        "allow-dns": {"podSelector": every_pod, "policyTypes": ["Egress"], "egress": [{
-            "to": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: "kube-system"}},
-                    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-        }]},
-        # Sidecars fetch their configuration and certificates from istiod.
-        "allow-istiod": {"podSelector": every_pod, "policyTypes": ["Egress"], "egress": [{
-            "to": _from_namespaces([args["istio_namespace"]]),
-            "ports": [{"protocol": "TCP", "port": ISTIOD_XDS_PORT}],
-        }]},
-    }
-    if args["metrics"]:
-        specs["allow-metrics"] = {"podSelector": every_pod, "policyTypes": ["Ingress"],
-                                  "ingress": [metrics_ingress(args["metrics"])]}
-    if args["https_egress"]:
-        specs["allow-https"] = {"podSelector": every_pod, "policyTypes": ["Egress"], "egress": [{
-            # The model hub: not nodes, pods, Services or the metadata endpoint (private and
-            # link-local ranges), nor the cluster's own public ranges where they are known (GKE's
-            # endpoint). EKS's public API endpoint has no fixed address to leave out; model pods
-            # carry no service-account token for it.
-            "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": outside_ranges(args.get("cluster_cidrs", []))}}],
-            "ports": [{"protocol": "TCP", "port": 443}],
-        }]}
-    return specs
+    return mesh_namespace_policies(args["callers"], args["istio_namespace"], args["metrics"],
+                                   args["https_egress"], args.get("cluster_cidrs", []))
 
 
 class ModelNamespace(pulumi.ComponentResource):

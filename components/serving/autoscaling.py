@@ -9,9 +9,9 @@ from typing import Optional, Sequence, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
-from .front_door import NAME as FRONT_DOOR_SERVICE
-from .monitoring import KEDA_NAMESPACE, MODEL_LABEL
-from .chart_source import release_source
+from components.core.chart_source import release_source
+from components.core.names import FRONT_DOOR_NAME, MODEL_LABEL
+from components.platform.monitoring import KEDA_NAMESPACE
 
 KEDA_REPO = "https://kedacore.github.io/charts"
 KEDA_CHART_VERSION = "2.20.2"
@@ -32,7 +32,7 @@ FRONT_DOOR_REQUESTS = "litellm_proxy_total_requests_metric_total"
 # database), 401 (with one) or 403 (the UI's key from elsewhere): anyone could send those.
 ADMITTED_STATUS = "2..|5.."
 # The job of the front door's scrape: its ServiceMonitor names it after the Service.
-FRONT_DOOR_JOB = FRONT_DOOR_SERVICE
+FRONT_DOOR_JOB = FRONT_DOOR_NAME
 # How far back a request to the front door counts as demand for a server at zero.
 DEMAND_WINDOW = "5m"
 POLLING_INTERVAL_S = 15

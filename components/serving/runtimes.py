@@ -9,9 +9,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from .accelerators import Accelerator
+from components.cluster.accelerators import Accelerator
+from components.core.names import MODELS_MOUNT  # noqa: F401  (the servers' mount of it)
 
-MODELS_MOUNT = "/mnt/models"
 CACHE_MOUNT = "/data"
 API_KEYS_MOUNT = "/etc/llm-platform/api-keys"
 # Keys of the API-key Secret each model server reads: the front door's, its one caller, and on

@@ -14,18 +14,16 @@ import pulumi_command as command
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from .accelerators import Accelerator
-from .api_keys import KEYS_DIGEST_ANNOTATION, keyed_digest
-from .config import quantity_bytes
-from .monitoring import ScrapeTarget
-from .serving import (
+from components.cluster.accelerators import Accelerator
+from components.platform.api_keys import KEYS_DIGEST_ANNOTATION, keyed_digest
+from components.config import quantity_bytes
+from components.core.scrape import ScrapeTarget
+from components.serving.pods import CONTAINER_SECURITY, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security
+from components.serving.runtimes import (
     API_KEY_ENTRIES, API_KEYS_MOUNT, FRONT_DOOR_KEY, METRICS_KEY, CACHE_MOUNT, METRICS_PATH, MODELS_MOUNT, TERMINATION_GRACE_S, ServerSpec,
     api_keys_file_content, server_spec,
 )
 
-PROBE_PERIOD_S = 10
-# A fixed non-root identity above the host's range; fsGroup makes the cache writable for it.
-RUN_AS = 10001
 # A first start downloads the weights from the model hub: assume a modest steady rate.
 DOWNLOAD_MIB_S = 50
 # Beyond moving bytes: CUDA graph capture, or XLA compiling every shape on a TPU.
@@ -73,17 +71,6 @@ def startup_minutes(model, accel: Accelerator, spec: ServerSpec, throughput_mib_
     transfer_s = mib / min(DOWNLOAD_MIB_S, throughput_mib_s) + mib / throughput_mib_s
     derived = LOAD_MINUTES.get(accel.kind, 0) + TRANSFER_MARGIN * transfer_s / 60
     return max(spec.startup_minutes, math.ceil(derived))
-
-
-def fetch_command(model, models_dir: str) -> str:
-    argv = ["python3", "scripts/fetch_model.py", "--dest", f"{models_dir}/{model.file}"]
-    if model.download_url:
-        argv += ["--url", model.download_url]
-    if model.sha256:
-        argv += ["--sha256", model.sha256]
-    if model.size_bytes:
-        argv += ["--size", str(model.size_bytes)]
-    return shlex.join(argv)
 
 
 class LlmServer(pulumi.ComponentResource):
@@ -246,31 +233,6 @@ class LlmServer(pulumi.ComponentResource):
 
 
 
-def api_keys_volume(parent: pulumi.Resource, name: str, metadata: dict, api_keys_file: str,
-                    keys: dict, opts, volumes: list, mounts: list) -> pulumi.Output[str]:
-    """The keys reach a llama.cpp or vLLM server as a file from a Secret: never in its args,
-    env or logs. Adds the volume and mount; returns the keyed digest of the keys for the pod
-    template (servers read them only at start)."""
-    entries = [e for e in API_KEY_ENTRIES if e in keys]
-    ordered = pulumi.Output.all(*(keys[e] for e in entries))
-    secret = k8s.core.v1.Secret(
-        f"{name}-api-keys",
-        metadata=metadata,
-        string_data={
-            **{entry: keys[entry] for entry in entries},
-            api_keys_file: ordered.apply(lambda ks: api_keys_file_content(api_keys_file, ks)),
-        },
-        opts=opts,
-    )
-    volumes.append({"name": "api-keys", "secret": {
-        "secretName": secret.metadata.name,
-        "items": [{"key": api_keys_file, "path": api_keys_file}]}})
-    mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})
-    salt = random.RandomPassword(f"{name}-keys-digest-salt", length=32, special=False,
-                                 opts=pulumi.ResourceOptions(parent=parent))
-    return keyed_digest(salt.result, [keys[e] for e in entries])
-
-
 CACHE_VOLUME = "cache"
 
 
@@ -313,25 +275,6 @@ def stateful_spec(model, labels: dict, template: dict, claim_templates: list[dic
         "template": template,
         "volumeClaimTemplates": claim_templates,
     }
-
-
-POD_SECURITY = {
-    "runAsNonRoot": True,
-    "runAsUser": RUN_AS,
-    "runAsGroup": RUN_AS,
-    "fsGroup": RUN_AS,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-def pod_security(restricted: bool, groups: list[int]) -> Optional[dict]:
-    context = {**(POD_SECURITY if restricted else {}), **({"supplementalGroups": groups} if groups else {})}
-    return context or None
-
-
-CONTAINER_SECURITY = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "readOnlyRootFilesystem": True,
-}
 
 
 def _container(model, accel: Accelerator, spec: ServerSpec, env: list, mounts: list, restricted: bool) -> dict:

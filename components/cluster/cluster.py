@@ -7,12 +7,12 @@ from typing import Optional, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
-from .accelerators import Accelerator
-from .clusters import eks, existing, gke, minikube
-from .clusters.base import IngressFacts
-from .config import ClusterConfig
-from .metrics_server import MetricsServer
-from .node_autoscaler import GpuNodeAutoscaler
+from components.cluster.accelerators import Accelerator
+from components.cluster import eks, existing, gke, minikube
+from components.cluster.base import IngressFacts
+from components.config import ClusterConfig
+from components.cluster.metrics_server import MetricsServer
+from components.cluster.node_autoscaler import GpuNodeAutoscaler
 
 SERVING_PRIORITY_CLASS = "llm-serving"
 

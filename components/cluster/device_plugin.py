@@ -8,9 +8,9 @@ import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
-from .accelerators import Accelerator
-from .config import Image
-from .chart_source import release_source
+from components.cluster.accelerators import Accelerator
+from components.config import Image
+from components.core.chart_source import release_source
 
 DEFAULT_IMAGE: Image = "squat/generic-device-plugin:0.1.0"
 NAME = "generic-device-plugin"

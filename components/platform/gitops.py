@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
-from .chart_source import release_source
+from components.core.chart_source import release_source
 
 ARGO_REPO = "https://argoproj.github.io/argo-helm"
 ARGOCD_NS = "argocd"

@@ -18,12 +18,13 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from .config import MonitoringConfig
-from .mesh import (
-    ENVOY_STATS_PATH, ENVOY_STATS_PORT_NAME, INGRESS_NS, MetricsAccess, pod_security_labels, principal,
-)
-from .model_namespace import NAMESPACE_LABEL
-from .chart_source import release_source
+from components.config import MonitoringConfig
+from components.core.chart_source import release_source
+from components.core.names import MODEL_LABEL
+from components.core.pod_security import pod_security_labels
+from components.core.scrape import ScrapeTarget
+from components.core.trust import ENVOY_STATS_PATH, ENVOY_STATS_PORT_NAME, Caller, MetricsAccess, namespace_peer
+from components.platform.mesh import INGRESS_NS
 
 CHART_REPO = "https://prometheus-community.github.io/helm-charts"
 CHART = "kube-prometheus-stack"
@@ -37,8 +38,10 @@ PROMETHEUS_HOST = f"{PROMETHEUS_SERVICE}.{NAMESPACE}.svc.cluster.local"
 PROMETHEUS_URL = f"http://{PROMETHEUS_HOST}:{PROMETHEUS_PORT}"
 # The chart runs Prometheus under "<fullname>-prometheus"; the operator labels its pods so.
 PROMETHEUS_SERVICE_ACCOUNT = f"{RELEASE}-prometheus"
-PROMETHEUS_PRINCIPAL = principal(NAMESPACE, PROMETHEUS_SERVICE_ACCOUNT)
 PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus", "operator.prometheus.io/name": PROMETHEUS_SERVICE}
+# Prometheus as a caller of the workloads it scrapes: by its mesh identity and its pods.
+PROMETHEUS = Caller(NAMESPACE, PROMETHEUS_SERVICE_ACCOUNT, PROMETHEUS_POD_LABELS)
+PROMETHEUS_PRINCIPAL = PROMETHEUS.principal
 # The grafana subchart: Service "<release>-grafana" on port 80 -> container port 3000.
 GRAFANA_SERVICE = f"{RELEASE}-grafana"
 GRAFANA_SERVICE_HOST = f"{GRAFANA_SERVICE}.{NAMESPACE}.svc.cluster.local"
@@ -48,7 +51,7 @@ GRAFANA_POD_LABELS = {"app.kubernetes.io/name": "grafana", "app.kubernetes.io/in
 GRAFANA_PATH = "/grafana"
 GRAFANA_ADMIN_SECRET = "grafana-admin"
 GRAFANA_ADMIN_USER = "admin"
-# Where KEDA runs (components/autoscaling.py): its operator queries Prometheus for the model
+# Where KEDA runs (serving's PodAutoscaling): its operator queries Prometheus for the model
 # servers' load.
 KEDA_NAMESPACE = "keda"
 
@@ -84,7 +87,7 @@ VLLM_DASHBOARDS_URL = ("https://raw.githubusercontent.com/vllm-project/vllm/v{re
                        "examples/observability/dashboards/grafana/{file}")
 VLLM_DASHBOARDS = ("vllm_overview.json", "vllm_instances.json")
 # Ours: JSON beside this module.
-DASHBOARDS_DIR = Path(__file__).resolve().parent / "dashboards"
+DASHBOARDS_DIR = Path(__file__).resolve().parent / "files" / "dashboards"
 OWN_DASHBOARDS = ("llamacpp.json", "front-door.json")
 # NVIDIA's DCGM exporter dashboard (grafana.com's 12239), from the exporter's repository at the
 # release the exporter runs. Its panels read a datasource variable that defaults to the chart's
@@ -121,30 +124,6 @@ RESOURCES = {
 def _resources(profile: str, part: str) -> dict:
     requests, limits = RESOURCES[profile][part]
     return {"requests": dict(requests), "limits": dict(limits)}
-
-
-@dataclass(frozen=True)
-class ScrapeTarget:
-    """A platform Service whose pods serve metrics through their sidecar (mTLS)."""
-
-    name: str
-    namespace: pulumi.Input[str]
-    # The Service's labels, and the name of its port that serves the metrics.
-    selector: Mapping[str, str]
-    port: str
-    path: str
-    # (Secret, key) in the target's namespace holding the bearer token its /metrics wants.
-    bearer: Optional[tuple[str, str]] = None
-    # The model each endpoint reports, as the series' `model` label; with `per_model`, one
-    # endpoint each, asked with ?model=<alias> (llama.cpp's router answers per model) and
-    # `params` besides.
-    models: tuple[str, ...] = ()
-    per_model: bool = False
-    params: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-
-# The label every model server's series carry: the alias of the model they serve.
-MODEL_LABEL = "model"
 
 
 def _endpoint(t: ScrapeTarget, model: Optional[str], strict_mtls: bool) -> dict:
@@ -250,26 +229,22 @@ def chart_values(cfg: MonitoringConfig, light: bool, vllm_release: str, admin_se
 def policy_specs() -> dict[str, dict]:
     """The monitoring namespace's ingress: default-deny; its own pods talk to each other;
     KEDA queries Prometheus; the ingress gateway reaches Grafana."""
-    def from_ns(ns: str) -> dict:
-        return {"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: ns}}}
-
     return {
         "default-deny-ingress": {"podSelector": {}, "policyTypes": ["Ingress"]},
         "allow-same-namespace": {"podSelector": {}, "policyTypes": ["Ingress"],
                                  "ingress": [{"from": [{"podSelector": {}}]}]},
         "allow-keda": {"podSelector": {"matchLabels": dict(PROMETHEUS_POD_LABELS)}, "policyTypes": ["Ingress"],
-                       "ingress": [{"from": [from_ns(KEDA_NAMESPACE)],
+                       "ingress": [{"from": [namespace_peer(KEDA_NAMESPACE)],
                                     "ports": [{"protocol": "TCP", "port": PROMETHEUS_PORT}]}]},
         "allow-gateway": {"podSelector": {"matchLabels": dict(GRAFANA_POD_LABELS)}, "policyTypes": ["Ingress"],
-                          "ingress": [{"from": [from_ns(INGRESS_NS)],
+                          "ingress": [{"from": [namespace_peer(INGRESS_NS)],
                                        "ports": [{"protocol": "TCP", "port": GRAFANA_CONTAINER_PORT}]}]},
     }
 
 
 def metrics_access(ports: Sequence[int], paths: Sequence[str]) -> MetricsAccess:
     """What a namespace must admit for Prometheus to scrape `paths` on `ports`."""
-    return MetricsAccess(principal=PROMETHEUS_PRINCIPAL, namespace=NAMESPACE, pod_labels=PROMETHEUS_POD_LABELS,
-                         ports=tuple(sorted(set(ports))), paths=tuple(dict.fromkeys(paths)))
+    return MetricsAccess(scraper=PROMETHEUS, ports=tuple(sorted(set(ports))), paths=tuple(dict.fromkeys(paths)))
 
 
 class MonitoringArgs(TypedDict):

@@ -14,17 +14,17 @@ import pulumi
 import pulumi_command as command
 import pulumi_kubernetes as k8s
 
-from .accelerators import Accelerator
-from .api_keys import KEYS_DIGEST_ANNOTATION
-from .llm_server import CONTAINER_SECURITY, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security
-from .monitoring import ScrapeTarget
-from .serving import (
+from components.cluster.accelerators import Accelerator
+from components.platform.api_keys import KEYS_DIGEST_ANNOTATION
+from components.core.scrape import ScrapeTarget
+from components.serving.pods import CONTAINER_SECURITY, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security
+from components.serving.runtimes import (
     ALL_LAYERS, API_KEYS_FILE, METRICS_KEY, API_KEYS_MOUNT, LLAMA_CPP_PORT, METRICS_PATH, MODELS_MOUNT,
     RUNTIMES, TERMINATION_GRACE_S, llama_router_pre_stop, model_path,
 )
 
 if TYPE_CHECKING:
-    from .config import LlamaRouterConfig, ModelConfig
+    from components.config import LlamaRouterConfig, ModelConfig
 
 NAME = "llama-router"
 # The router answers /metrics for one model at a time (?model=<alias>), and by default loads

@@ -8,8 +8,8 @@ from typing import Optional, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
-from .clusters.karpenter import DISCOVERY_TAG, NAMESPACE, SERVICE_ACCOUNT, KarpenterFacts
-from .chart_source import release_source
+from components.cluster.karpenter import DISCOVERY_TAG, NAMESPACE, SERVICE_ACCOUNT, KarpenterFacts
+from components.core.chart_source import release_source
 
 KARPENTER_REPO = "oci://public.ecr.aws/karpenter"
 KARPENTER_CHART_VERSION = "1.14.1"

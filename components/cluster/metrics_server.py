@@ -12,7 +12,7 @@ from typing import Optional, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
-from .chart_source import release_source
+from components.core.chart_source import release_source
 
 REPO = "https://kubernetes-sigs.github.io/metrics-server/"
 CHART = "metrics-server"

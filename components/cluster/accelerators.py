@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .config import AcceleratorConfig
+from components.config import AcceleratorConfig
 
 RESOURCES = {"vulkan": "squat.ai/dri", "nvidia": "nvidia.com/gpu", "tpu": "google.com/tpu"}
 

@@ -8,23 +8,23 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, NotRequired, Optional, Sequence, TypedDict
-from urllib.parse import urlparse
 
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 import yaml
 
-from . import front_door_auth
-from .api_keys import keyed_digest
-from .database import CA_CERT, CLIENT_CA_DIR
-from .monitoring import ScrapeTarget
-from .model_namespace import NAMESPACE_LABEL, policy_specs
+from components.core.names import FRONT_DOOR_NAME
+from components.core.providers import PROVIDER_HOSTS, provider_host  # noqa: F401  (the hosts it may reach)
+from components.core.scrape import ScrapeTarget
+from components.core.trust import Caller, MetricsAccess, mesh_namespace_policies, namespace_peer
+from components.edge.database import CA_CERT, CLIENT_CA_DIR
+from components.edge.files import front_door_auth
+from components.platform.api_keys import keyed_digest
 
 if TYPE_CHECKING:
-    from .config import FrontDoorConfig, ProviderModel
-    from .database import DatabaseConnection
-    from .mesh import MetricsAccess
+    from components.config import FrontDoorConfig
+    from components.edge.database import DatabaseConnection
 
 # LiteLLM's proxy, pinned to a release whose PyPI wheel (litellm[proxy]) the tests run; since
 # 1.84 the images are tagged with the plain version (vX.Y.Z). The non_root variant runs as
@@ -35,7 +35,7 @@ LITELLM_IMAGE = f"ghcr.io/berriai/litellm-non_root:v{LITELLM_VERSION}"
 # The image's user (`nobody`); named by number so the kubelet can check it is not root.
 RUN_AS = 65534
 PORT = 4000
-NAME = "litellm"
+NAME = FRONT_DOOR_NAME
 SERVICE_ACCOUNT = NAME
 CONFIG_DIR = "/etc/litellm"
 CONFIG_FILE = "config.yaml"
@@ -87,21 +87,9 @@ PRE_STOP_SECONDS = 10
 SHUTDOWN_MARGIN_SECONDS = 20
 
 
-# Where LiteLLM sends a provider's requests when the entry names no apiBase.
-PROVIDER_HOSTS = {
-    "openai": "api.openai.com",
-    "anthropic": "api.anthropic.com",
-    "mistral": "api.mistral.ai",
-    "groq": "api.groq.com",
-    "gemini": "generativelanguage.googleapis.com",
-}
-
-
-def provider_host(provider: "ProviderModel") -> Optional[str]:
-    """The one host the front door may reach for a provider entry (None: unknown)."""
-    if provider.api_base:
-        return urlparse(provider.api_base).hostname
-    return PROVIDER_HOSTS.get(provider.model.split("/", 1)[0])
+def caller(namespace: str) -> Caller:
+    """The front door as the model servers see it: its namespace and service account."""
+    return Caller(namespace, SERVICE_ACCOUNT)
 
 
 def provider_key_env(name: str) -> str:
@@ -138,12 +126,12 @@ class FrontDoorArgs(TypedDict):
     provider_keys: Mapping[str, pulumi.Output[str]]
     # What Istio objects wait for (the CRDs and istiod's webhook).
     mesh_ready: Sequence[pulumi.Resource]
-    # NetworkPolicies (where the cluster enforces them): who may call the front door, and
-    # where its model servers live.
+    # NetworkPolicies (where the cluster enforces them): who may call the front door (the same
+    # callers the mesh admits), and where its model servers live.
     network_policies: bool
-    callers_namespaces: Sequence[str]
+    callers: Sequence[Caller]
     # The scraper of the proxy's /metrics/ (None: nothing scrapes it).
-    metrics: Optional["MetricsAccess"]
+    metrics: Optional[MetricsAccess]
     models_namespace: str
     istio_namespace: str
     cluster_cidrs: Sequence[pulumi.Input[str]]
@@ -438,7 +426,7 @@ class FrontDoor(pulumi.ComponentResource):
         one (auto mTLS), while Prometheus scrapes in plain HTTP with none. Pods without a sidecar
         are kept off the port by the NetworkPolicies. When nothing scrapes, no one may read it."""
         metrics = args["metrics"]
-        callers = ({"from": [{"source": {"principals": ["*"], "notPrincipals": [metrics.principal]}}]}
+        callers = ({"from": [{"source": {"principals": ["*"], "notPrincipals": [metrics.scraper.principal]}}]}
                    if metrics is not None else {})
         k8s.apiextensions.CustomResource(
             f"{name}-metrics-guard",
@@ -499,17 +487,13 @@ class FrontDoor(pulumi.ComponentResource):
             )
         if not args["network_policies"]:
             return
-        specs = policy_specs({
-            "provider": args["provider"], "namespace": namespace, "network_policies": True, "host_models": False,
-            "ingress_from": list(args["callers_namespaces"]), "metrics": args["metrics"],
-            "istio_namespace": args["istio_namespace"], "https_egress": bool(hosts),
-            "cluster_cidrs": list(args["cluster_cidrs"]),
-        })
+        specs = mesh_namespace_policies(args["callers"], args["istio_namespace"], args["metrics"],
+                                        https_egress=bool(hosts), cluster_cidrs=list(args["cluster_cidrs"]))
         specs["allow-models"] = {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{
-            "to": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: args["models_namespace"]}}}]}]}
+            "to": [namespace_peer(args["models_namespace"])]}]}
         if database is not None:
             specs["allow-database"] = {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{
-                "to": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: database.namespace}}}],
+                "to": [namespace_peer(database.namespace)],
                 "ports": [{"protocol": "TCP", "port": database.port}]}]}
         for policy, spec in specs.items():
             k8s.networking.v1.NetworkPolicy(

@@ -14,9 +14,9 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 import pulumi_tls as tls
 
-from .mesh import pod_security_labels
-from .model_namespace import NAMESPACE_LABEL, outside_ranges
-from .chart_source import release_source
+from components.core.pod_security import pod_security_labels
+from components.core.trust import allow_dns, default_deny, namespace_peer, outside_ranges, tcp
+from components.core.chart_source import release_source
 
 CNPG_REPO = "https://cloudnative-pg.github.io/charts"
 CNPG_CHART = "cloudnative-pg"
@@ -138,16 +138,14 @@ def policy_specs(args: KeysDatabaseArgs) -> dict[str, dict]:
     """Name -> NetworkPolicy spec for the database namespace; each selects every pod there."""
     every_pod: dict = {}
     here = {"podSelector": {}}
-    tcp = lambda *ports: [{"protocol": "TCP", "port": p} for p in ports]  # noqa: E731
     return {
-        "default-deny": {"podSelector": every_pod, "policyTypes": ["Ingress", "Egress"]},
+        "default-deny": default_deny(),
         "allow-front-door": {"podSelector": every_pod, "policyTypes": ["Ingress"], "ingress": [{
-            "from": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: args["client_namespace"]}}}],
+            "from": [namespace_peer(args["client_namespace"])],
             "ports": tcp(POSTGRES_PORT),
         }]},
         "allow-operator": {"podSelector": every_pod, "policyTypes": ["Ingress"], "ingress": [{
-            "from": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: args["operator_namespace"]}},
-                      "podSelector": {"matchLabels": OPERATOR_POD_LABELS}}],
+            "from": [namespace_peer(args["operator_namespace"], OPERATOR_POD_LABELS)],
             "ports": tcp(STATUS_PORT),
         }]},
         # Standbys clone and stream from the primary; an instance's liveness check reaches the
@@ -155,11 +153,7 @@ def policy_specs(args: KeysDatabaseArgs) -> dict[str, dict]:
         "allow-instances": {"podSelector": every_pod, "policyTypes": ["Ingress", "Egress"],
                             "ingress": [{"from": [here], "ports": tcp(POSTGRES_PORT, STATUS_PORT)}],
                             "egress": [{"to": [here], "ports": tcp(POSTGRES_PORT, STATUS_PORT)}]},
-        "allow-dns": {"podSelector": every_pod, "policyTypes": ["Egress"], "egress": [{
-            "to": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: "kube-system"}},
-                    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-        }]},
+        "allow-dns": allow_dns(),
         # Never the internet: only the private ranges and the cluster's own (what HTTPS egress
         # elsewhere leaves out), where the API server answers.
         "allow-api-server": {"podSelector": every_pod, "policyTypes": ["Egress"], "egress": [{

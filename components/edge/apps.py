@@ -8,9 +8,10 @@ from typing import Optional, Sequence
 
 import pulumi
 
-from .api_keys import KEYS_DIGEST_ANNOTATION
-from .config import StackConfig
-from .gitops import App
+from components.core.trust import Caller
+from components.platform.api_keys import KEYS_DIGEST_ANNOTATION
+from components.config import StackConfig
+from components.platform.gitops import App
 
 OPEN_WEBUI_REPO = "https://helm.openwebui.com/"
 OPEN_WEBUI = "open-webui"
@@ -22,6 +23,11 @@ OPEN_WEBUI_SERVICE_ACCOUNT = OPEN_WEBUI
 # The bundled Redis (websocket manager). Istio picks a port's protocol from its name; the
 # chart's default name, "http", would make the sidecars parse Redis as HTTP.
 OPEN_WEBUI_REDIS_PORT_NAME = "tcp-redis"
+
+
+def ui_caller(namespace: str) -> Caller:
+    """Open WebUI as the front door sees it: the chart's service account in its namespace."""
+    return Caller(namespace, OPEN_WEBUI_SERVICE_ACCOUNT)
 
 
 def open_webui_host(cfg: StackConfig) -> str:

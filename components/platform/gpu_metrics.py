@@ -16,11 +16,11 @@ from typing import Optional, Sequence, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
-from .accelerators import Accelerator
-from .chart_source import release_source
-from .mesh import pod_security_labels
-from .model_namespace import NAMESPACE_LABEL
-from .monitoring import NAMESPACE as MONITORING_NAMESPACE, PROMETHEUS_POD_LABELS
+from components.cluster.accelerators import Accelerator
+from components.core.chart_source import release_source
+from components.core.pod_security import pod_security_labels
+from components.core.trust import network_rule
+from components.platform.monitoring import PROMETHEUS
 
 CHART_REPO = "https://nvidia.github.io/dcgm-exporter/helm-charts"
 CHART = "dcgm-exporter"
@@ -91,11 +91,7 @@ def policy_specs() -> dict[str, dict]:
         "allow-prometheus": {
             "podSelector": {"matchLabels": dict(POD_LABELS)},
             "policyTypes": ["Ingress"],
-            "ingress": [{
-                "from": [{"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: MONITORING_NAMESPACE}},
-                          "podSelector": {"matchLabels": dict(PROMETHEUS_POD_LABELS)}}],
-                "ports": [{"protocol": "TCP", "port": PORT}],
-            }],
+            "ingress": [network_rule([PROMETHEUS], [PORT])],
         },
     }
 

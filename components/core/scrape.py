@@ -1,0 +1,30 @@
+"""What a component publishes for Prometheus to scrape it (monitoring turns it into a
+ServiceMonitor)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+import pulumi
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    """A platform Service whose pods serve metrics through their sidecar (mTLS)."""
+
+    name: str
+    namespace: pulumi.Input[str]
+    # The Service's labels, and the name of its port that serves the metrics.
+    selector: Mapping[str, str]
+    port: str
+    path: str
+    # (Secret, key) in the target's namespace holding the bearer token its /metrics wants.
+    bearer: Optional[tuple[str, str]] = None
+    # The model each endpoint reports, as the series' `model` label; with `per_model`, one
+    # endpoint each, asked with ?model=<alias> (llama.cpp's router answers per model) and
+    # `params` besides.
+    models: tuple[str, ...] = ()
+    per_model: bool = False
+    params: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
