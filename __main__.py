@@ -6,14 +6,14 @@ from components.cluster import Cluster, GpuDevicePlugin
 from components.cluster.accelerators import from_config as accelerator_from_config, units_in_use
 from components.config import ConfigError, load
 from components.core.chart_source import use_archives
-from components.edge import Backend, FrontDoor, Gateway, KeysDatabase, ModelBackend, UiAdmin
+from components.edge import Backend, FrontDoor, Gateway, KeysDatabase, UiAdmin
 from components.edge import front_door as front_door_parts
 from components.edge.apps import OPEN_WEBUI_PORT, ModelEndpoint, all_apps, open_webui_host, ui_caller
 from components.platform import ApiKeys, GitOpsController, GpuMetrics, Mesh, Monitoring
 from components.platform.gpu_metrics import RELEASE as DCGM_RELEASE
 from components.platform.mesh import INGRESS_CALLER
 from components.platform.monitoring import GRAFANA_ADMIN_USER, PROMETHEUS_URL, metrics_access
-from components.serving import LlamaRouter, LlmServer, ModelNamespace, PodAutoscaling, ScaledServer
+from components.serving import LlamaRouter, LlmServer, ModelNamespace, PodAutoscaling
 from components.serving.runtimes import (
     FRONT_DOOR_KEY, METRICS_KEY, METRICS_PATH as SERVER_METRICS_PATH, RUNTIMES, VLLM_RELEASE, uses_model_cache,
 )
@@ -31,9 +31,12 @@ cluster = Cluster("cluster", {
     # Plain HTTP never faces the internet: the clouds' load balancer does once TLS is on.
     "internet_facing": cfg.gateway.internet_facing,
 })
-provider = cluster.provider
+# Every component below runs on the cluster: its resources inherit the cluster's provider.
+on_cluster = pulumi.ResourceOptions(providers=[cluster.provider])
+# What the cluster tells the rest (its accelerator, ingress, storage, ranges, size).
+facts = cluster.facts
 
-GpuDevicePlugin("gpu", {"accelerator": cluster.accelerator, "provider": provider})
+GpuDevicePlugin("gpu", {"accelerator": facts.accelerator}, opts=on_cluster)
 
 ui_namespace = cfg.ui.namespace if cfg.ui.enabled else None
 front_door_namespace = cfg.front_door.namespace
@@ -50,10 +53,9 @@ server_metrics = metrics_access({RUNTIMES[(m.runtime, cfg.accelerator.kind)].por
 front_door_metrics = (metrics_access([front_door_parts.PORT], [front_door_parts.METRICS_PATH])
                       if monitoring_on and cfg.front_door.metrics else None)
 mesh = Mesh("mesh", {
-    "provider": provider,
     "chart_version": cfg.mesh.chart_version,
-    "ingress": cluster.ingress,
-    "platform": cluster.istio_platform,
+    "ingress": facts.ingress,
+    "platform": facts.istio_platform,
     # The UI chart's pods run as root: baseline there, restricted where the models run.
     "injected_namespaces": {
         cfg.models_namespace: "restricted" if cfg.security.restricted_pods else "baseline",
@@ -67,26 +69,25 @@ mesh = Mesh("mesh", {
     } if cfg.security.mtls else {},
     "metrics": {ns: access for ns, access in ((cfg.models_namespace, server_metrics),
                                               (front_door_namespace, front_door_metrics)) if access},
-})
+}, opts=on_cluster)
 
 models_namespace = mesh.namespaces[cfg.models_namespace].metadata.name
-downloads = [uses_model_cache(m, cluster.accelerator) for m in cfg.models]
+downloads = [uses_model_cache(m, facts.accelerator) for m in cfg.models]
 # NetworkPolicies are only worth creating where the cluster's CNI enforces them.
-network_policies = cfg.security.network_policies and cluster.network_policy_enforced
+network_policies = cfg.security.network_policies and facts.network_policy_enforced
 if cfg.security.network_policies and not network_policies:
     pulumi.log.warn("NetworkPolicies skipped: this cluster is not known to enforce them "
                     "(set cluster.networkPolicy: enforced once its CNI does)")
 model_namespace = ModelNamespace("models", {
-    "provider": provider,
     "namespace": models_namespace,
     "network_policies": network_policies,
     "callers": model_callers,
     "metrics": server_metrics,
     "istio_namespace": mesh.system_namespace,
     "https_egress": any(downloads),
-    "cluster_cidrs": cluster.internal_cidrs,
+    "cluster_cidrs": facts.internal_cidrs,
     "host_models": not all(downloads),
-})
+}, opts=on_cluster)
 
 keys = ApiKeys("api-keys", {"client": cfg.api_key, "ui": cfg.ui.enabled}) if cfg.security.api_auth else None
 
@@ -97,72 +98,66 @@ server_keys = {FRONT_DOOR_KEY: keys.backend, METRICS_KEY: keys.metrics} if keys 
 servers = [] if cfg.llama_router.enabled else [
     LlmServer(f"model-{m.name}", {
         "model": m,
-        "accelerator": cluster.accelerator,
+        "accelerator": facts.accelerator,
         "namespace": models_namespace,
-        "provider": provider,
-        "host_models_dir": cluster.host_models_dir,
+        "host_models_dir": facts.host_models_dir,
         "host_models_claim": model_namespace.host_models_claim,
-        "storage_class": cluster.cache_storage_class,
-        "cache_throughput_mib_s": cluster.cache_throughput_mib_s,
-        "units_in_use": units_in_use(cluster.accelerator, cfg.models),
+        "storage_class": facts.cache_storage_class,
+        "cache_throughput_mib_s": facts.cache_throughput_mib_s,
+        "units_in_use": units_in_use(facts.accelerator, cfg.models),
         "hf_token": pulumi.Output.secret(cfg.hf_token) if cfg.hf_token else None,
-        "priority_class": cluster.serving_priority_class,
+        "priority_class": facts.serving_priority_class,
         "api_keys": server_keys,
         "restricted": cfg.security.restricted_pods,
         "supplemental_groups": cfg.security.supplemental_groups,
-    })
+    }, opts=on_cluster)
     for m in cfg.models
 ]
 
-scaled = [ScaledServer(m.name, cfg.models_namespace, s.workload_kind, m.runtime, m.autoscaling, s.workload)
-          for m, s in zip(cfg.models, servers) if m.autoscaling.enabled]
+scaled = [s.scaled_server for s in servers if s.scaled_server]
 if scaled:
     PodAutoscaling("autoscaling", {
-        "provider": provider,
         "prometheus_url": PROMETHEUS_URL,
         "servers": scaled,
+        "namespace": cfg.models_namespace,
         "front_door_namespace": front_door_namespace,
-    })
+    }, opts=on_cluster)
 
-backends = [ModelBackend(s.alias, pulumi.Output.concat("http://", s.service_host, f":{s.port}/v1")) for s in servers]
+backends = [s.backend for s in servers]
 if cfg.llama_router.enabled:
     # One llama-server for every model: it routes by the request's "model" (the alias).
     router = LlamaRouter("llama-router", {
         "config": cfg.llama_router,
         "models": cfg.models,
-        "accelerator": cluster.accelerator,
+        "accelerator": facts.accelerator,
         "namespace": models_namespace,
-        "provider": provider,
-        "host_models_dir": cluster.host_models_dir,
+        "host_models_dir": facts.host_models_dir,
         "host_models_claim": model_namespace.host_models_claim,
-        "priority_class": cluster.serving_priority_class,
+        "priority_class": facts.serving_priority_class,
         "api_keys": server_keys,
         "restricted": cfg.security.restricted_pods,
         "supplemental_groups": cfg.security.supplemental_groups,
-    })
-    router_url = pulumi.Output.concat("http://", router.service_host, f":{router.port}/v1")
-    backends = [ModelBackend(m.name, router_url) for m in cfg.models]
+    }, opts=on_cluster)
+    backends = router.backends
 
 front_door_ns = mesh.namespaces[front_door_namespace].metadata.name
 virtual_keys = cfg.front_door.virtual_keys
 database = KeysDatabase("keys-database", {
-    "provider": provider,
     "chart_version": virtual_keys.chart_version,
     "operator_namespace": virtual_keys.operator_namespace,
     "namespace": virtual_keys.namespace,
-    "instances": virtual_keys.instance_count(cfg.cluster.kind),
+    "instances": virtual_keys.instance_count(facts.replicated),
     "storage_size": virtual_keys.storage_size,
-    "storage_class": cluster.storage_class,
+    "storage_class": facts.storage_class,
     "client_namespace": front_door_ns,
     "network_policies": network_policies,
-    "cluster_cidrs": cluster.internal_cidrs,
-}) if virtual_keys.enabled else None
+    "cluster_cidrs": facts.internal_cidrs,
+}, opts=on_cluster) if virtual_keys.enabled else None
 
 front_door = FrontDoor("front-door", {
-    "provider": provider,
     "namespace": front_door_ns,
     "config": cfg.front_door,
-    "default_replicas": cluster.ingress.min_replicas,
+    "default_replicas": facts.ingress.min_replicas,
     # Each server serves its model under the alias (llama.cpp --alias or preset, vLLM
     # --served-model-name).
     "models": backends,
@@ -179,17 +174,16 @@ front_door = FrontDoor("front-door", {
     "metrics": front_door_metrics,
     "models_namespace": cfg.models_namespace,
     "istio_namespace": mesh.system_namespace,
-    "cluster_cidrs": cluster.internal_cidrs,
+    "cluster_cidrs": facts.internal_cidrs,
     "database": database.connection if database else None,
-})
+}, opts=on_cluster)
 
 # GPU metrics where NVIDIA's runtime is the nodes' default (the device plugin chart's pools).
-gpu_metrics_on = (monitoring_on and cluster.accelerator.kind == "nvidia"
-                  and cluster.accelerator.device_plugin == "nvidia-chart")
+gpu_metrics_on = (monitoring_on and facts.accelerator.kind == "nvidia"
+                  and facts.accelerator.device_plugin == "nvidia-chart")
 monitoring = Monitoring("monitoring", {
-    "provider": provider,
     "config": cfg.monitoring,
-    "light": cfg.monitoring.light if cfg.monitoring.light is not None else cfg.cluster.kind == "minikube",
+    "light": cfg.monitoring.light if cfg.monitoring.light is not None else facts.small,
     "vllm_release": VLLM_RELEASE,
     "targets": [t for t in [*(s.scrape_target for s in servers), *([router.scrape_target] if cfg.llama_router.enabled
                                                                   else []), front_door.scrape_target] if t],
@@ -197,14 +191,13 @@ monitoring = Monitoring("monitoring", {
     "strict_mtls": cfg.security.mtls,
     "mesh_ready": [mesh.base, mesh.istiod],
     "dcgm_release": DCGM_RELEASE if gpu_metrics_on else None,
-}) if monitoring_on else None
+}, opts=on_cluster) if monitoring_on else None
 if monitoring and gpu_metrics_on:
     GpuMetrics("gpu-metrics", {
-        "provider": provider,
-        "accelerator": cluster.accelerator,
+        "accelerator": facts.accelerator,
         "network_policies": network_policies,
         "crds_ready": [monitoring.release],
-    })
+    }, opts=on_cluster)
 
 ui_admin = UiAdmin("ui-admin", {"password": cfg.ui_admin_password}) if cfg.ui.enabled else None
 apps = all_apps(
@@ -218,10 +211,9 @@ apps = all_apps(
     ui_admin.password if ui_admin else None,
     ui_admin.secret_key if ui_admin else None,
 )
-GitOpsController("gitops", {"provider": provider, "chart_version": cfg.gitops.chart_version, "apps": apps})
+GitOpsController("gitops", {"chart_version": cfg.gitops.chart_version, "apps": apps}, opts=on_cluster)
 
 gateway = Gateway("gateway", {
-    "provider": provider,
     "mesh": mesh,
     "api": Backend(front_door.service_host, front_door.port),
     "ui": Backend(open_webui_host(cfg), OPEN_WEBUI_PORT) if cfg.ui.enabled else None,
@@ -230,7 +222,7 @@ gateway = Gateway("gateway", {
     "tls_secret": cfg.gateway.tls_secret,
     "cert_manager": cfg.gateway.cert_manager,
     "address": mesh.ingress_address,
-})
+}, opts=on_cluster)
 
 pulumi.export("ingressUrl", gateway.url)
 pulumi.export("apiBaseUrl", gateway.api_base_url)

@@ -14,7 +14,7 @@ from components.cluster import (
     MetricsServerArgs,
 )
 from components.edge import (
-    Backend, FrontDoor, FrontDoorArgs, Gateway, GatewayArgs, KeysDatabase, KeysDatabaseArgs, ModelBackend, UiAdmin,
+    Backend, FrontDoor, FrontDoorArgs, Gateway, GatewayArgs, KeysDatabase, KeysDatabaseArgs, UiAdmin,
     UiAdminArgs,
 )
 from components.platform import (
@@ -31,6 +31,6 @@ __all__ = [
     "GatewayArgs", "GitOpsController", "GitOpsControllerArgs", "GpuDevicePlugin", "GpuDevicePluginArgs", "GpuMetrics",
     "GpuMetricsArgs", "GpuNodeAutoscaler", "GpuNodeAutoscalerArgs", "KeysDatabase", "KeysDatabaseArgs", "LlamaRouter",
     "LlamaRouterArgs", "LlmServer", "LlmServerArgs", "Mesh", "MeshArgs", "MetricsServer", "MetricsServerArgs",
-    "ModelBackend", "ModelNamespace", "ModelNamespaceArgs", "Monitoring", "MonitoringArgs", "PodAutoscaling",
+    "ModelNamespace", "ModelNamespaceArgs", "Monitoring", "MonitoringArgs", "PodAutoscaling",
     "PodAutoscalingArgs", "ScaledServer", "UiAdmin", "UiAdminArgs",
 ]

@@ -191,9 +191,9 @@ def _metrics_read() -> dict[str, set[str]]:
     from components.serving.autoscaling import ScaledServer, demand_query
     from components.platform.monitoring import DASHBOARDS_DIR
 
-    server = ScaledServer(name="tinyllama", namespace="models", kind="Deployment", runtime="llama-cpp",
+    server = ScaledServer(name="tinyllama", kind="Deployment", runtime="llama-cpp",
                           autoscaling=None)
-    queries = [demand_query(server, "front-door")]
+    queries = [demand_query(server, "models", "front-door")]
     for path in DASHBOARDS_DIR.glob("*.json"):
         for panel in json.loads(path.read_text())["panels"]:
             queries += [t["expr"] + " " + t.get("legendFormat", "") for t in panel.get("targets", [])]

@@ -33,7 +33,7 @@ SERVING, AT_ZERO = "tinyllama", "qwen"
 
 def server(name: str) -> ScaledServer:
     """A llama.cpp server as the local stack's pods run it (the query reads no setting)."""
-    return ScaledServer(name=name, namespace="models", kind="Deployment", runtime="llama-cpp", autoscaling=None)
+    return ScaledServer(name=name, kind="Deployment", runtime="llama-cpp", autoscaling=None)
 
 
 class FrontDoor:
@@ -121,7 +121,7 @@ def wakes(before: dict[str, float], after: dict[str, float], model: str) -> floa
     history = {UP: "1x60"}
     for name, count in after.items():
         history[name] = (f"{before[name]:g}x40 " if name in before else "_x40 ") + f"{count:g}x20"
-    return promql.value(history, demand_query(server(model), FRONT_DOOR_NS), 600 + 60)
+    return promql.value(history, demand_query(server(model), "models", FRONT_DOOR_NS), 600 + 60)
 
 
 def test_requests_refused_at_the_door_wake_nothing(at_zero):
@@ -179,6 +179,6 @@ def test_a_long_generation_keeps_its_server_awake(at_zero):
     assert counted == before  # the front door has not counted it yet
     # Ten minutes of the same: counters flat, the server busy.
     steady = {UP: "1x60", **{s: f"{v:g}x60" for s, v in counted.items()}, **{s: f"{v:g}x60" for s, v in gauge.items()}}
-    assert promql.value(steady, demand_query(server(SERVING), FRONT_DOOR_NS), 600) == 1
+    assert promql.value(steady, demand_query(server(SERVING), "models", FRONT_DOOR_NS), 600) == 1
     idle = {s: (v if s not in gauge else "0x60") for s, v in steady.items()}
-    assert promql.value(idle, demand_query(server(SERVING), FRONT_DOOR_NS), 600) == 0
+    assert promql.value(idle, demand_query(server(SERVING), "models", FRONT_DOOR_NS), 600) == 0

@@ -5,9 +5,9 @@ branching per cloud; the cluster's config says which node pool carries the accel
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
-from components.config import AcceleratorConfig
+from components.config import AcceleratorConfig, ClusterConfig
 
 RESOURCES = {"vulkan": "squat.ai/dri", "nvidia": "nvidia.com/gpu", "tpu": "google.com/tpu"}
 
@@ -54,7 +54,7 @@ def units_in_use(accel: Accelerator, models) -> int:
     return sum(accel.units(getattr(m, "accelerators", None)) * m.most_replicas for m in models)
 
 
-def from_config(cfg: AcceleratorConfig, cluster: Any) -> Accelerator:
+def from_config(cfg: AcceleratorConfig, cluster: ClusterConfig) -> Accelerator:
     if cfg.kind == "vulkan":
         # The Mac GPU reaches the krunkit guest as a virtio-gpu with Vulkan; squat's
         # generic-device-plugin advertises /dev/dri so pods can share it.

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from typing import Optional
 
 import pulumi
+
+from components.cluster.accelerators import Accelerator
+from components.cluster.karpenter import KarpenterFacts
 
 
 @dataclass(frozen=True)
@@ -67,4 +70,31 @@ class BuiltCluster:
     internal_cidrs: list = field(default_factory=list)
     # What a node autoscaler the program installs on the cluster needs (Karpenter's facts on
     # eks); None where the cloud scales the pools itself or nothing does.
-    node_autoscaler: Optional[Any] = None
+    node_autoscaler: Optional[KarpenterFacts] = None
+    # One laptop-sized node: platform services take their light settings by default.
+    small: bool = False
+    # Nodes in more than one zone: stateful services run a primary and standbys by default.
+    replicated: bool = False
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What the cluster tells everything that runs on it, in one bag: the program reads these
+    instead of asking which kind of cluster it is."""
+
+    accelerator: Accelerator
+    ingress: IngressFacts
+    # Host folder the model files are fetched into (the nodes' /mnt/models); None: not a host's.
+    host_models_dir: Optional[str]
+    istio_platform: Optional[str]
+    network_policy_enforced: bool
+    internal_cidrs: list
+    # The default StorageClass (None: the cluster's own default).
+    storage_class: Optional[pulumi.Output[str]]
+    # StorageClass of the model caches (the default class where the cluster has no own), and the
+    # MiB/s one such volume sustains (None: unknown).
+    cache_storage_class: Optional[pulumi.Output[str]]
+    cache_throughput_mib_s: Optional[int]
+    serving_priority_class: pulumi.Output[str]
+    small: bool
+    replicated: bool

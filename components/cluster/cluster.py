@@ -9,7 +9,7 @@ import pulumi_kubernetes as k8s
 
 from components.cluster.accelerators import Accelerator
 from components.cluster import eks, existing, gke, minikube
-from components.cluster.base import IngressFacts
+from components.cluster.base import ClusterFacts
 from components.config import ClusterConfig
 from components.cluster.metrics_server import MetricsServer
 from components.cluster.node_autoscaler import GpuNodeAutoscaler
@@ -35,18 +35,9 @@ class ClusterArgs(TypedDict):
 
 class Cluster(pulumi.ComponentResource):
     kubeconfig: pulumi.Output[str]
+    # Every component that runs on the cluster gets it through its resource options.
     provider: k8s.Provider
-    accelerator: Accelerator
-    ingress: IngressFacts
-    host_models_dir: Optional[str]
-    istio_platform: Optional[str]
-    network_policy_enforced: bool
-    internal_cidrs: list
-    storage_class: Optional[pulumi.Output[str]]
-    # StorageClass of the model caches (the default class where the cluster has no own).
-    cache_storage_class: Optional[pulumi.Output[str]]
-    cache_throughput_mib_s: Optional[int]
-    serving_priority_class: pulumi.Output[str]
+    facts: ClusterFacts
 
     def __init__(self, name: str, args: ClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:Cluster", name, None, opts)
@@ -54,12 +45,6 @@ class Cluster(pulumi.ComponentResource):
         built = _BUILDERS[cfg.kind](self, name, cfg)
 
         self.kubeconfig = pulumi.Output.secret(built.kubeconfig)
-        self.accelerator = args["accelerator"]
-        self.ingress = built.ingress.exposed(args["internet_facing"])
-        self.host_models_dir = built.host_models_dir
-        self.istio_platform = built.istio_platform
-        self.network_policy_enforced = built.network_policy_enforced
-        self.internal_cidrs = built.internal_cidrs
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
@@ -75,7 +60,7 @@ class Cluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         # Model servers outrank ordinary workloads when nodes are short.
-        self.serving_priority_class = k8s.scheduling.v1.PriorityClass(
+        serving_priority_class = k8s.scheduling.v1.PriorityClass(
             f"{name}-serving-priority",
             metadata={"name": SERVING_PRIORITY_CLASS},
             value=100000,
@@ -83,7 +68,7 @@ class Cluster(pulumi.ComponentResource):
             description="llm-platform model servers",
             opts=pulumi.ResourceOptions(parent=self, provider=self.provider),
         ).metadata.name
-        self.storage_class = None
+        storage_class = None
         if built.storage_class_manifest:
             sc = k8s.storage.v1.StorageClass(
                 f"{name}-{built.storage_class}",
@@ -94,24 +79,40 @@ class Cluster(pulumi.ComponentResource):
                 **built.storage_class_manifest,
                 opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=built.storage_ready),
             )
-            self.storage_class = sc.metadata.name
+            storage_class = sc.metadata.name
         elif built.storage_class:
-            self.storage_class = pulumi.Output.from_input(built.storage_class)
-        self.cache_storage_class, self.cache_throughput_mib_s = self.storage_class, None
+            storage_class = pulumi.Output.from_input(built.storage_class)
+        cache_storage_class, cache_throughput_mib_s = storage_class, None
         if built.cache_class:
-            self.cache_storage_class = k8s.storage.v1.StorageClass(
+            cache_storage_class = k8s.storage.v1.StorageClass(
                 f"{name}-{built.cache_class.name}",
                 metadata={"name": built.cache_class.name},
                 **built.cache_class.manifest,
                 opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=built.storage_ready),
             ).metadata.name
-            self.cache_throughput_mib_s = built.cache_class.throughput_mib_s
+            cache_throughput_mib_s = built.cache_class.throughput_mib_s
+        self.facts = ClusterFacts(
+            accelerator=args["accelerator"],
+            ingress=built.ingress.exposed(args["internet_facing"]),
+            host_models_dir=built.host_models_dir,
+            istio_platform=built.istio_platform,
+            network_policy_enforced=built.network_policy_enforced,
+            internal_cidrs=built.internal_cidrs,
+            storage_class=storage_class,
+            cache_storage_class=cache_storage_class,
+            cache_throughput_mib_s=cache_throughput_mib_s,
+            serving_priority_class=serving_priority_class,
+            small=built.small,
+            replicated=built.replicated,
+        )
         # Karpenter on eks: GPU nodes follow pending model pods (GKE's pools scale themselves).
+        # What runs on the cluster inherits its provider.
+        on_cluster = pulumi.ResourceOptions(parent=self, providers=[self.provider])
         self.node_autoscaler = GpuNodeAutoscaler(f"{name}-gpu-nodes", {
-            "provider": self.provider, "facts": built.node_autoscaler,
-        }, opts=pulumi.ResourceOptions(parent=self)) if built.node_autoscaler else None
+            "facts": built.node_autoscaler,
+        }, opts=on_cluster) if built.node_autoscaler else None
         # The resource metrics API the CPU-based HPAs read, where the cluster does not serve it.
         self.metrics_server = None if built.serves_resource_metrics else MetricsServer(
-            f"{name}-metrics-server", {"provider": self.provider}, opts=pulumi.ResourceOptions(parent=self))
-        self.register_outputs({"kubeconfig": self.kubeconfig, "storageClass": self.storage_class,
-                               "cacheStorageClass": self.cache_storage_class})
+            f"{name}-metrics-server", {}, opts=on_cluster)
+        self.register_outputs({"kubeconfig": self.kubeconfig, "storageClass": storage_class,
+                               "cacheStorageClass": cache_storage_class})

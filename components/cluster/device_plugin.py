@@ -20,7 +20,6 @@ NVIDIA_CHART_VERSION = "0.20.0"
 
 class GpuDevicePluginArgs(TypedDict):
     accelerator: Accelerator
-    provider: k8s.Provider
 
 
 def device_spec(accel: Accelerator) -> str:
@@ -45,10 +44,10 @@ class GpuDevicePlugin(pulumi.ComponentResource):
 
         self.release: Optional[k8s.helm.v3.Release] = None
         if accel.device_plugin == "generic":
-            self.daemon_set = self._generic_device_plugin(name, accel, args["provider"])
+            self.daemon_set = self._generic_device_plugin(name, accel)
             self.installed = f"{NAME} advertising {accel.device_path} as {accel.resource}"
         elif accel.device_plugin == "nvidia-chart":
-            self.release = self._nvidia_device_plugin(name, accel, args["provider"])
+            self.release = self._nvidia_device_plugin(name, accel)
             self.installed = f"nvidia-device-plugin {NVIDIA_CHART_VERSION} on GPU nodes, advertising {accel.resource}"
         elif accel.device_plugin == "managed":
             self.installed = f"nothing: the cloud runs the device plugin (and drivers) for {accel.resource}"
@@ -56,7 +55,7 @@ class GpuDevicePlugin(pulumi.ComponentResource):
             self.installed = "nothing: CPU-only serving needs no device plugin"
         self.register_outputs({"resourceName": self.resource_name, "installed": self.installed})
 
-    def _nvidia_device_plugin(self, name: str, accel: Accelerator, provider: k8s.Provider):
+    def _nvidia_device_plugin(self, name: str, accel: Accelerator):
         return k8s.helm.v3.Release(
             f"{name}-nvidia",
             name="nvidia-device-plugin",
@@ -73,10 +72,10 @@ class GpuDevicePlugin(pulumi.ComponentResource):
                 "gfd": {"enabled": False},
             },
             # GPU nodes may scale from zero: the DaemonSet is ready with no pods.
-            opts=pulumi.ResourceOptions(parent=self, provider=provider),
+            opts=pulumi.ResourceOptions(parent=self),
         )
 
-    def _generic_device_plugin(self, name: str, accel: Accelerator, provider: k8s.Provider):
+    def _generic_device_plugin(self, name: str, accel: Accelerator):
         labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "llm-platform"}
         return k8s.apps.v1.DaemonSet(
             f"{name}-daemonset",
@@ -118,5 +117,5 @@ class GpuDevicePlugin(pulumi.ComponentResource):
                     },
                 },
             },
-            opts=pulumi.ResourceOptions(parent=self, provider=provider),
+            opts=pulumi.ResourceOptions(parent=self),
         )

@@ -199,6 +199,7 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
     # reads only resolves once the admin policy is associated.
     name_once_admin = pulumi.Output.all(admin_policy.id, cluster.name).apply(lambda a: a[1])
     return BuiltCluster(
+        replicated=True,
         kubeconfig=kubeconfig(name_once_admin, cluster.endpoint, cluster.certificate_authority.data, cfg.region),
         ingress=IngressFacts(service_type="LoadBalancer", address=None, annotations=dict(NLB_ANNOTATIONS),
                              internal_annotations=dict(NLB_INTERNAL_ANNOTATIONS), min_replicas=INGRESS_REPLICAS),

@@ -143,6 +143,7 @@ def build(parent: pulumi.Resource, name: str, cfg: GkeCluster) -> BuiltCluster:
         **extra,
     )
     return BuiltCluster(
+        replicated=True,
         kubeconfig=kubeconfig(cluster.name, cluster.endpoint, cluster.master_auth.cluster_ca_certificate),
         ingress=IngressFacts(service_type="LoadBalancer", address=None, min_replicas=INGRESS_REPLICAS,
                              internal_annotations=dict(INTERNAL_LB_ANNOTATIONS)),

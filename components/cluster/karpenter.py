@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
 import pulumi
 import pulumi_aws as aws
+
+from components.config import EksCluster
+from components.core.hardware import AcceleratorPool
 
 # The chart's service account and namespace; the Pod Identity association names both.
 NAMESPACE = "kube-system"
@@ -121,7 +123,7 @@ def queue_policy(arn: str) -> dict:
     ]}
 
 
-def build(name: str, cfg: Any, cluster: aws.eks.Cluster, gpu_subnet: aws.ec2.Subnet, pool: Any, labels: dict,
+def build(name: str, cfg: EksCluster, cluster: aws.eks.Cluster, gpu_subnet: aws.ec2.Subnet, pool: AcceleratorPool, labels: dict,
           tags: dict, opts: pulumi.ResourceOptions, provider: aws.Provider) -> KarpenterFacts:
     """AWS resources for Karpenter; `pool` is the GPU AcceleratorPool (taint, GPUs per node)."""
     invoke = pulumi.InvokeOutputOptions(provider=provider)

@@ -29,7 +29,7 @@ RESOURCES = {"requests": {"cpu": "100m", "memory": "200Mi"}, "limits": {"cpu": "
 
 
 class MetricsServerArgs(TypedDict):
-    provider: k8s.Provider
+    """Nothing to choose: the release runs as the platform pins it."""
 
 
 # A uid no host account has (the chart's 1000 may be one): it writes only its emptyDir /tmp.
@@ -58,5 +58,5 @@ class MetricsServer(pulumi.ComponentResource):
         self.release = k8s.helm.v3.Release(
             f"{name}-release", name=RELEASE, **release_source(CHART, CHART_VERSION, REPO), namespace=NAMESPACE,
             values=values(),
-            opts=pulumi.ResourceOptions(parent=self, provider=args["provider"]))
+            opts=pulumi.ResourceOptions(parent=self))
         self.register_outputs({"apiService": API_SERVICE, "chartVersion": CHART_VERSION})

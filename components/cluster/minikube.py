@@ -79,4 +79,5 @@ def build(parent: pulumi.Resource, name: str, cfg: MinikubeCluster) -> BuiltClus
         network_policy_enforced=True,
         serves_resource_metrics=True,
         internal_cidrs=[POD_CIDR, SERVICE_CIDR],
+        small=True,
     )

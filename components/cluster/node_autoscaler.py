@@ -27,7 +27,6 @@ DISRUPTION_BUDGETS = [{"nodes": "1"}, {"nodes": "0", "reasons": ["Drifted"]}]
 
 
 class GpuNodeAutoscalerArgs(TypedDict):
-    provider: k8s.Provider
     facts: KarpenterFacts
 
 
@@ -78,8 +77,8 @@ class GpuNodeAutoscaler(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: GpuNodeAutoscalerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:GpuNodeAutoscaler", name, None, opts)
-        f, provider = args["facts"], args["provider"]
-        child = pulumi.ResourceOptions(parent=self, provider=provider)
+        f = args["facts"]
+        child = pulumi.ResourceOptions(parent=self)
         # The CRDs from their own chart: Helm never upgrades a chart's crds/ folder.
         crds = k8s.helm.v3.Release(
             f"{name}-crds", name="karpenter-crd", **release_source("karpenter-crd", KARPENTER_CHART_VERSION, KARPENTER_REPO),

@@ -9,9 +9,10 @@ from pydantic import Field
 
 from components.config.base import ChartVersion, DnsLabel, Quantity, _Model
 
-# PostgreSQL instances by cluster kind when `instances` is not set: one on a laptop, a primary
-# and two standbys (spread over nodes) on the clouds.
-DEFAULT_INSTANCES = {"minikube": 1, "existing": 1, "eks": 3, "gke": 3}
+# PostgreSQL instances when `instances` is not set: a primary and two standbys (spread over
+# nodes) where the cluster's nodes span zones (the clouds), else one (a laptop, an existing cluster).
+REPLICATED_INSTANCES = 3
+SINGLE_INSTANCE = 1
 
 
 class VirtualKeysConfig(_Model):
@@ -22,7 +23,7 @@ class VirtualKeysConfig(_Model):
     TTL, so a revoked key works on until then on the other replicas (README, "Virtual keys")."""
 
     enabled: bool = False
-    # None: DEFAULT_INSTANCES for the cluster kind.
+    # None: 3 where the cluster's nodes span zones (eks, gke), else 1.
     instances: Optional[int] = Field(None, ge=1, le=9)
     storage_size: Quantity = "5Gi"
     # The cloudnative-pg chart (operator 1.30.0).
@@ -32,5 +33,5 @@ class VirtualKeysConfig(_Model):
     # ...and the operator's.
     operator_namespace: DnsLabel = "cnpg-system"
 
-    def instance_count(self, cluster_kind: str) -> int:
-        return self.instances or DEFAULT_INSTANCES[cluster_kind]
+    def instance_count(self, replicated: bool) -> int:
+        return self.instances or (REPLICATED_INSTANCES if replicated else SINGLE_INSTANCE)

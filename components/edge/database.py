@@ -78,7 +78,6 @@ class DatabaseConnection:
 
 
 class KeysDatabaseArgs(TypedDict):
-    provider: k8s.Provider
     chart_version: str
     operator_namespace: str
     namespace: str
@@ -168,7 +167,7 @@ class KeysDatabase(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: KeysDatabaseArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:KeysDatabase", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self, provider=args["provider"])
+        child = pulumi.ResourceOptions(parent=self)
         ns = args["namespace"]
 
         # The chart creates the CRDs (Cluster, ...) and the operator's admission webhooks.

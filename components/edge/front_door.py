@@ -16,7 +16,7 @@ import yaml
 
 from components.core.names import FRONT_DOOR_NAME
 from components.core.providers import PROVIDER_HOSTS, provider_host  # noqa: F401  (the hosts it may reach)
-from components.core.scrape import ScrapeTarget
+from components.core.published import ModelBackend, ScrapeTarget
 from components.core.trust import Caller, MetricsAccess, mesh_namespace_policies, namespace_peer
 from components.edge.database import CA_CERT, CLIENT_CA_DIR
 from components.edge.files import front_door_auth
@@ -96,16 +96,7 @@ def provider_key_env(name: str) -> str:
     return "PROVIDER_KEY_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
 
 
-@dataclass(frozen=True)
-class ModelBackend:
-    """A model of the stack: the alias clients send, and its server's OpenAI base URL."""
-
-    alias: str
-    base_url: pulumi.Input[str]
-
-
 class FrontDoorArgs(TypedDict):
-    provider: k8s.Provider
     # The mesh's injected namespace for the front door.
     namespace: pulumi.Input[str]
     config: "FrontDoorConfig"
@@ -246,12 +237,12 @@ class FrontDoor(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: FrontDoorArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:FrontDoor", name, None, opts)
-        cfg, provider = args["config"], args["provider"]
+        cfg = args["config"]
         replicas = cfg.replicas or args["default_replicas"]
         namespace = pulumi.Output.from_input(args["namespace"])
         auth = args["master_key"] is not None
         ui_key = auth and args["ui_key"] is not None
-        child = pulumi.ResourceOptions(parent=self, provider=provider)
+        child = pulumi.ResourceOptions(parent=self)
         labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "front-door",
                   "app.kubernetes.io/part-of": "llm-platform"}
         meta = {"namespace": namespace, "labels": labels}

@@ -28,7 +28,6 @@ class Backend:
 
 
 class GatewayArgs(TypedDict):
-    provider: k8s.Provider
     mesh: Mesh
     # The OpenAI API of every model: the front door.
     api: Backend
@@ -62,10 +61,10 @@ class Gateway(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: GatewayArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:Gateway", name, None, opts)
-        mesh, provider = args["mesh"], args["provider"]
+        mesh = args["mesh"]
         host, tls_secret = args["host"], args["tls_secret"]
         if args["cert_manager"]:
-            tls_secret = self._issue_certificate(name, host, args["cert_manager"], mesh, provider)
+            tls_secret = self._issue_certificate(name, host, args["cert_manager"], mesh)
         hosts = [host] if host else ["*"]
         http = {"number": HTTP_PORT, "name": "http", "protocol": "HTTP"}
         servers = [{"port": http, "hosts": hosts}]
@@ -74,7 +73,7 @@ class Gateway(pulumi.ComponentResource):
                             "tls": {"mode": "SIMPLE", "credentialName": tls_secret}})
 
         # Istio objects need the CRDs from `base` and istiod's validating webhook.
-        opts_cr = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[mesh.base, mesh.istiod])
+        opts_cr = pulumi.ResourceOptions(parent=self, depends_on=[mesh.base, mesh.istiod])
         self.gateway = k8s.apiextensions.CustomResource(
             f"{name}-gateway",
             api_version="networking.istio.io/v1",
@@ -129,8 +128,7 @@ class Gateway(pulumi.ComponentResource):
         self.register_outputs({"url": self.url, "apiBaseUrl": self.api_base_url, "uiUrl": self.ui_url,
                                "grafanaUrl": self.grafana_url})
 
-    def _issue_certificate(self, name: str, host: str, cfg: CertManagerConfig, mesh: Mesh,
-                           provider: k8s.Provider) -> str:
+    def _issue_certificate(self, name: str, host: str, cfg: CertManagerConfig, mesh: Mesh) -> str:
         """cert-manager with an ACME ClusterIssuer (HTTP-01 answered through the Istio ingress)
         and a Certificate for `host`; returns the Secret the gateway serves it from."""
         release = k8s.helm.v3.Release(
@@ -140,7 +138,7 @@ class Gateway(pulumi.ComponentResource):
             namespace="cert-manager",
             create_namespace=True,
             values={"crds": {"enabled": True}},
-            opts=pulumi.ResourceOptions(parent=self, provider=provider),
+            opts=pulumi.ResourceOptions(parent=self),
         )
         # The solver's challenge Ingress names this class; istiod (ingressControllerMode STRICT)
         # serves an Ingress only when its IngressClass names Istio's controller.
@@ -148,10 +146,10 @@ class Gateway(pulumi.ComponentResource):
             f"{name}-ingress-class",
             metadata={"name": INGRESS_CLASS},
             spec={"controller": INGRESS_CONTROLLER},
-            opts=pulumi.ResourceOptions(parent=self, provider=provider),
+            opts=pulumi.ResourceOptions(parent=self),
         )
         # The CRDs come with the release.
-        cr_opts = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[release, ingress_class])
+        cr_opts = pulumi.ResourceOptions(parent=self, depends_on=[release, ingress_class])
         issuer = k8s.apiextensions.CustomResource(
             f"{name}-acme-issuer",
             api_version="cert-manager.io/v1",

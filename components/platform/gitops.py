@@ -32,7 +32,6 @@ class App:
 
 
 class GitOpsControllerArgs(TypedDict):
-    provider: k8s.Provider
     chart_version: str
     apps: Sequence[App]
 
@@ -60,7 +59,6 @@ class GitOpsController(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: GitOpsControllerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:GitOpsController", name, None, opts)
-        provider = args["provider"]
 
         self.release = k8s.helm.v3.Release(
             f"{name}-argocd",
@@ -70,7 +68,7 @@ class GitOpsController(pulumi.ComponentResource):
             create_namespace=True,
             # TLS ends at the mesh ingress; dex is unused without SSO.
             values={"configs": {"params": {"server.insecure": True}}, "dex": {"enabled": False}},
-            opts=pulumi.ResourceOptions(parent=self, provider=provider),
+            opts=pulumi.ResourceOptions(parent=self),
         )
         self.applications = {}
         for app in args["apps"]:
@@ -80,14 +78,14 @@ class GitOpsController(pulumi.ComponentResource):
                 namespace = k8s.core.v1.Namespace(
                     f"{name}-ns-{app.name}",
                     metadata={"name": app.namespace},
-                    opts=pulumi.ResourceOptions(parent=self, provider=provider),
+                    opts=pulumi.ResourceOptions(parent=self),
                 ).metadata.name
             secrets = [
                 k8s.core.v1.Secret(
                     f"{name}-secret-{secret_name}",
                     metadata={"name": secret_name, "namespace": namespace},
                     string_data={k: pulumi.Output.secret(v) for k, v in data.items()},
-                    opts=pulumi.ResourceOptions(parent=self, provider=provider),
+                    opts=pulumi.ResourceOptions(parent=self),
                 )
                 for secret_name, data in app.secrets.items()
             ]
@@ -104,7 +102,7 @@ class GitOpsController(pulumi.ComponentResource):
                 spec=application_spec(app, namespace),
                 # The Application CRD comes with the Argo CD release.
                 opts=pulumi.ResourceOptions(
-                    parent=self, provider=provider, depends_on=[self.release, *secrets]
+                    parent=self, depends_on=[self.release, *secrets]
                 ),
             )
         self.register_outputs({"applications": list(self.applications)})

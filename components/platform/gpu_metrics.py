@@ -56,7 +56,6 @@ SECURITY_CONTEXT = {
 
 
 class GpuMetricsArgs(TypedDict):
-    provider: k8s.Provider
     accelerator: Accelerator
     network_policies: bool
     # The monitoring release: the ServiceMonitor CRD comes with it.
@@ -101,8 +100,7 @@ class GpuMetrics(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: GpuMetricsArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:GpuMetrics", name, None, opts)
-        provider = args["provider"]
-        child = pulumi.ResourceOptions(parent=self, provider=provider)
+        child = pulumi.ResourceOptions(parent=self)
         # hostPath, root and SYS_ADMIN: beyond baseline, so privileged (warned at restricted).
         namespace = k8s.core.v1.Namespace(
             f"{name}-ns", metadata={"name": NAMESPACE, "labels": pod_security_labels("privileged")}, opts=child)
@@ -112,7 +110,7 @@ class GpuMetrics(pulumi.ComponentResource):
             f"{name}-exporter", name=HELM_RELEASE, **release_source(CHART, CHART_VERSION, CHART_REPO),
             namespace=ns, values=chart_values(args["accelerator"]),
             # GPU nodes may scale from zero: the DaemonSet is ready with no pods.
-            opts=pulumi.ResourceOptions(parent=self, provider=provider, depends_on=list(args["crds_ready"])))
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args["crds_ready"])))
         if args["network_policies"]:
             for policy, spec in policy_specs().items():
                 k8s.networking.v1.NetworkPolicy(

@@ -40,7 +40,6 @@ INGRESS_PRINCIPAL = INGRESS_CALLER.principal
 
 
 class MeshArgs(TypedDict):
-    provider: k8s.Provider
     chart_version: str
     ingress: IngressFacts
     # Namespaces whose pods get an Envoy sidecar -> the Pod Security level enforced there.
@@ -115,11 +114,10 @@ class Mesh(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: MeshArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:Mesh", name, None, opts)
-        provider = args["provider"]
         version = args["chart_version"]
 
         def child(*depends_on: pulumi.Resource) -> pulumi.ResourceOptions:
-            return pulumi.ResourceOptions(parent=self, provider=provider, depends_on=list(depends_on))
+            return pulumi.ResourceOptions(parent=self, depends_on=list(depends_on))
 
         def release(logical: str, chart: str, release_name: str, namespace: str, values: dict, *after):
             # helm.v3.Release: previews without a reachable cluster and keeps the charts'
@@ -200,7 +198,7 @@ class Mesh(pulumi.ComponentResource):
             service = k8s.core.v1.Service.get(
                 f"{name}-ingress-service",
                 f"{INGRESS_NS}/{INGRESS_RELEASE}",
-                opts=pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[self.gateway]),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.gateway]),
             )
             self.ingress_address = service.status.apply(_load_balancer_address)
         self.register_outputs({

@@ -22,7 +22,7 @@ from components.config import MonitoringConfig
 from components.core.chart_source import release_source
 from components.core.names import MODEL_LABEL
 from components.core.pod_security import pod_security_labels
-from components.core.scrape import ScrapeTarget
+from components.core.published import ScrapeTarget
 from components.core.trust import ENVOY_STATS_PATH, ENVOY_STATS_PORT_NAME, Caller, MetricsAccess, namespace_peer
 from components.platform.mesh import INGRESS_NS
 
@@ -248,7 +248,6 @@ def metrics_access(ports: Sequence[int], paths: Sequence[str]) -> MetricsAccess:
 
 
 class MonitoringArgs(TypedDict):
-    provider: k8s.Provider
     config: MonitoringConfig
     light: bool
     vllm_release: str
@@ -271,8 +270,8 @@ class Monitoring(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: MonitoringArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:Monitoring", name, None, opts)
-        provider, cfg, light = args["provider"], args["config"], args["light"]
-        child = pulumi.ResourceOptions(parent=self, provider=provider)
+        cfg, light = args["config"], args["light"]
+        child = pulumi.ResourceOptions(parent=self)
         # The node exporter needs the host's network and PID namespaces: privileged.
         namespace = k8s.core.v1.Namespace(
             f"{name}-ns", metadata={"name": NAMESPACE, "labels": pod_security_labels("baseline" if light else "privileged")},
@@ -293,11 +292,11 @@ class Monitoring(pulumi.ComponentResource):
             **release_source(CHART, cfg.chart_version, CHART_REPO),
             namespace=ns,
             values=chart_values(cfg, light, args["vllm_release"], GRAFANA_ADMIN_SECRET, args["dcgm_release"]),
-            opts=pulumi.ResourceOptions(parent=self, provider=provider,
+            opts=pulumi.ResourceOptions(parent=self,
                                         depends_on=[namespace, admin, *args["mesh_ready"]]),
         )
         # ServiceMonitor/PodMonitor come with the chart's CRDs.
-        cr = pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[self.release])
+        cr = pulumi.ResourceOptions(parent=self, depends_on=[self.release])
         for t in args["targets"]:
             k8s.apiextensions.CustomResource(
                 f"{name}-{t.name}", api_version="monitoring.coreos.com/v1", kind="ServiceMonitor",
@@ -312,7 +311,7 @@ class Monitoring(pulumi.ComponentResource):
             metadata={"name": PROMETHEUS_SERVICE, "namespace": ns},
             spec={"host": PROMETHEUS_HOST,
                   "trafficPolicy": {"tls": {"mode": "DISABLE"}}},
-            opts=pulumi.ResourceOptions(parent=self, provider=provider, depends_on=list(args["mesh_ready"])))
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args["mesh_ready"])))
         if args["network_policies"]:
             for policy, spec in policy_specs().items():
                 k8s.networking.v1.NetworkPolicy(

@@ -4,7 +4,7 @@ server's queue of waiting requests as Prometheus scrapes it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, TypedDict
+from typing import TYPE_CHECKING, Literal, Optional, Sequence, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -12,6 +12,9 @@ import pulumi_kubernetes as k8s
 from components.core.chart_source import release_source
 from components.core.names import FRONT_DOOR_NAME, MODEL_LABEL
 from components.platform.monitoring import KEDA_NAMESPACE
+
+if TYPE_CHECKING:
+    from components.config import Autoscaling
 
 KEDA_REPO = "https://kedacore.github.io/charts"
 KEDA_CHART_VERSION = "2.20.2"
@@ -45,33 +48,34 @@ FALLBACK_BEHAVIOR = "currentReplicasIfHigher"
 
 @dataclass(frozen=True)
 class ScaledServer:
-    """One model server KEDA sizes: its workload, runtime and autoscaling settings."""
+    """One model server KEDA sizes, as the server publishes it: its workload, runtime and
+    autoscaling settings."""
 
     name: str
-    namespace: str
-    kind: str            # "Deployment" or "StatefulSet"
-    runtime: str         # "vllm" or "llama-cpp"
-    autoscaling: object  # config.Autoscaling
+    kind: Literal["Deployment", "StatefulSet"]
+    runtime: Literal["vllm", "llama-cpp"]
+    autoscaling: Optional["Autoscaling"]
     workload: Optional[pulumi.Resource] = None
 
 
 class PodAutoscalingArgs(TypedDict):
-    provider: k8s.Provider
     # Prometheus' in-cluster HTTP address (monitoring.PROMETHEUS_URL).
     prometheus_url: str
+    # The servers, all in one namespace.
     servers: Sequence[ScaledServer]
+    namespace: str
     # Namespace of the front door, whose request count wakes servers at zero.
     front_door_namespace: str
 
 
-def queue_query(server: ScaledServer) -> str:
+def queue_query(server: ScaledServer, namespace: str) -> str:
     """Requests waiting across the server's pods (the HPA divides by the replicas there are)."""
     # By the model label the server's ServiceMonitor sets: exact, where pod-name patterns of two
     # workload kinds could overlap ("qwen-<hash>-<id>" vs "qwen-7b-0").
-    return f'sum({QUEUE_METRIC[server.runtime]}{{namespace="{server.namespace}",{MODEL_LABEL}="{server.name}"}})'
+    return f'sum({QUEUE_METRIC[server.runtime]}{{namespace="{namespace}",{MODEL_LABEL}="{server.name}"}})'
 
 
-def demand_query(server: ScaledServer, front_door_namespace: str) -> str:
+def demand_query(server: ScaledServer, namespace: str, front_door_namespace: str) -> str:
     """1 while the server is generating, or an admitted client asked the front door for its model
     within the window; else 0. A series the counter starts with the first request has no increase
     yet: it counts as new, but only once Prometheus had been scraping the front door a window
@@ -80,14 +84,15 @@ def demand_query(server: ScaledServer, front_door_namespace: str) -> str:
     series = (f'{FRONT_DOOR_REQUESTS}{{namespace="{front_door_namespace}",requested_model="{model}",'
               f'status_code=~"{ADMITTED_STATUS}"}}')
     scraped_before = f'count(up{{namespace="{front_door_namespace}",job="{FRONT_DOOR_JOB}"}} offset {DEMAND_WINDOW})'
-    running = f'{RUNNING_METRIC[server.runtime]}{{namespace="{server.namespace}",{MODEL_LABEL}="{model}"}}'
+    running = f'{RUNNING_METRIC[server.runtime]}{{namespace="{namespace}",{MODEL_LABEL}="{model}"}}'
     return (f"clamp_max((sum(increase({series}[{DEMAND_WINDOW}])) or vector(0))"
             f" + (count(({series} unless {series} offset {DEMAND_WINDOW}) and on() {scraped_before}) or vector(0))"
             f" + (sum({running}) or vector(0)), 1)")
 
 
-def scaled_object_spec(server: ScaledServer, prometheus_url: str, front_door_namespace: str) -> dict:
+def scaled_object_spec(server: ScaledServer, namespace: str, prometheus_url: str, front_door_namespace: str) -> dict:
     auto = server.autoscaling
+    assert auto is not None, f"{server.name}: no autoscaling settings"
     triggers = [{
         "type": "prometheus",
         "name": "queue",
@@ -95,7 +100,7 @@ def scaled_object_spec(server: ScaledServer, prometheus_url: str, front_door_nam
         "metricType": "AverageValue",
         "metadata": {
             "serverAddress": prometheus_url,
-            "query": queue_query(server),
+            "query": queue_query(server, namespace),
             "threshold": str(auto.target_queue_depth),
         },
     }]
@@ -108,7 +113,7 @@ def scaled_object_spec(server: ScaledServer, prometheus_url: str, front_door_nam
             "metricType": "AverageValue",
             "metadata": {
                 "serverAddress": prometheus_url,
-                "query": demand_query(server, front_door_namespace),
+                "query": demand_query(server, namespace, front_door_namespace),
                 "threshold": "1",
                 "activationThreshold": "0",
             },
@@ -140,8 +145,7 @@ class PodAutoscaling(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: PodAutoscalingArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:PodAutoscaling", name, None, opts)
-        provider = args["provider"]
-        child = pulumi.ResourceOptions(parent=self, provider=provider)
+        child = pulumi.ResourceOptions(parent=self)
         # KEDA's operator, metrics API server and webhook run outside the mesh, in a namespace
         # without NetworkPolicies: the operator calls Prometheus, the API server calls the
         # metrics server (APIService) and the webhook.
@@ -160,10 +164,10 @@ class PodAutoscaling(pulumi.ComponentResource):
                 f"{name}-{server.name}",
                 api_version=KEDA_API,
                 kind="ScaledObject",
-                metadata={"name": server.name, "namespace": server.namespace,
+                metadata={"name": server.name, "namespace": args["namespace"],
                           "labels": {"app.kubernetes.io/name": server.name,
                                      "app.kubernetes.io/part-of": "llm-platform"}},
-                spec=scaled_object_spec(server, args["prometheus_url"], args["front_door_namespace"]),
+                spec=scaled_object_spec(server, args["namespace"], args["prometheus_url"], args["front_door_namespace"]),
                 opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
                     depends_on=[self.release] + ([server.workload] if server.workload else []))),
             )

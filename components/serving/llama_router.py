@@ -16,7 +16,7 @@ import pulumi_kubernetes as k8s
 
 from components.cluster.accelerators import Accelerator
 from components.platform.api_keys import KEYS_DIGEST_ANNOTATION
-from components.core.scrape import ScrapeTarget
+from components.core.published import ModelBackend, ScrapeTarget
 from components.serving.pods import CONTAINER_SECURITY, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security
 from components.serving.runtimes import (
     ALL_LAYERS, API_KEYS_FILE, METRICS_KEY, API_KEYS_MOUNT, LLAMA_CPP_PORT, METRICS_PATH, MODELS_MOUNT,
@@ -72,7 +72,6 @@ class LlamaRouterArgs(TypedDict):
     models: Sequence["ModelConfig"]
     accelerator: Accelerator
     namespace: pulumi.Input[str]
-    provider: k8s.Provider
     host_models_dir: Optional[str]
     host_models_claim: pulumi.Input[str]
     priority_class: pulumi.Input[str]
@@ -88,9 +87,9 @@ class LlamaRouter(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: LlamaRouterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:LlamaRouter", name, None, opts)
-        cfg, accel, provider = args["config"], args["accelerator"], args["provider"]
+        cfg, accel = args["config"], args["accelerator"]
         namespace = pulumi.Output.from_input(args["namespace"])
-        child = pulumi.ResourceOptions(parent=self, provider=provider)
+        child = pulumi.ResourceOptions(parent=self)
         labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "model-server",
                   "app.kubernetes.io/part-of": "llm-platform"}
         meta = {"namespace": namespace, "labels": labels}
@@ -187,4 +186,7 @@ class LlamaRouter(pulumi.ComponentResource):
             name=NAME, namespace=namespace, selector=labels, port="http", path=METRICS_PATH,
             bearer=(f"{NAME}-api-keys", METRICS_KEY) if args["api_keys"] is not None else None,
             models=tuple(m.name for m in args["models"]), per_model=True, params=METRICS_PARAMS)
+        # Every alias reaches the one server: it routes by the request's "model".
+        base_url = pulumi.Output.concat("http://", self.service_host, f":{self.port}/v1")
+        self.backends = [ModelBackend(m.name, base_url) for m in args["models"]]
         self.register_outputs({"serviceHost": self.service_host, "port": self.port})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import shlex
-from typing import Optional, TypedDict
+from typing import TYPE_CHECKING, Optional, TypedDict
 
 import pulumi
 import pulumi_command as command
@@ -17,12 +17,16 @@ import pulumi_random as random
 from components.cluster.accelerators import Accelerator
 from components.platform.api_keys import KEYS_DIGEST_ANNOTATION, keyed_digest
 from components.config import quantity_bytes
-from components.core.scrape import ScrapeTarget
+from components.core.published import ModelBackend, ScrapeTarget
+from components.serving.autoscaling import ScaledServer
 from components.serving.pods import CONTAINER_SECURITY, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security
 from components.serving.runtimes import (
     API_KEY_ENTRIES, API_KEYS_MOUNT, FRONT_DOOR_KEY, METRICS_KEY, CACHE_MOUNT, METRICS_PATH, MODELS_MOUNT, TERMINATION_GRACE_S, ServerSpec,
     api_keys_file_content, server_spec,
 )
+
+if TYPE_CHECKING:
+    from components.config import ModelConfig, VllmModel
 
 # A first start downloads the weights from the model hub: assume a modest steady rate.
 DOWNLOAD_MIB_S = 50
@@ -35,10 +39,9 @@ AWAIT_MARGIN_MINUTES = 10
 
 
 class LlmServerArgs(TypedDict):
-    model: object  # ModelConfig or VllmModel
+    model: "ModelConfig | VllmModel"
     accelerator: Accelerator
     namespace: pulumi.Input[str]
-    provider: k8s.Provider
     # Host folder mounted on the node at /mnt/models; GGUF files are fetched there.
     host_models_dir: Optional[str]
     # The namespace's claim on the node's /mnt/models (servers that read GGUF files from it).
@@ -81,14 +84,14 @@ class LlmServer(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: LlmServerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:LlmServer", name, None, opts)
-        model, accel, provider = args["model"], args["accelerator"], args["provider"]
+        model, accel = args["model"], args["accelerator"]
         spec = server_spec(model, accel, api_auth=args["api_keys"] is not None)
         spec = dataclasses.replace(
             spec, startup_minutes=startup_minutes(model, accel, spec, args["cache_throughput_mib_s"]))
         self.alias = model.name
         self.port = spec.port
         self.namespace = pulumi.Output.from_input(args["namespace"])
-        k8s_opts = pulumi.ResourceOptions(parent=self, provider=provider)
+        k8s_opts = pulumi.ResourceOptions(parent=self)
         labels = {
             "app.kubernetes.io/name": model.name,
             "app.kubernetes.io/component": "model-server",
@@ -206,6 +209,12 @@ class LlmServer(pulumi.ComponentResource):
             name=f"model-{model.name}", namespace=self.namespace, selector=labels, port="http", path=METRICS_PATH,
             bearer=(f"{model.name}-api-keys", METRICS_KEY) if spec.metrics_need_key else None,
             models=(model.name,))
+        # What the front door routes the alias to (vLLM's --served-model-name, llama.cpp's --alias).
+        self.backend = ModelBackend(self.alias, pulumi.Output.concat("http://", self.service_host, f":{self.port}/v1"))
+        # What KEDA sizes, where the model autoscales.
+        self.scaled_server = ScaledServer(
+            name=model.name, kind=self.workload_kind, runtime=model.runtime, autoscaling=model.autoscaling,
+            workload=self.workload) if model.autoscaling.enabled else None
         self.register_outputs({"alias": self.alias, "serviceHost": self.service_host, "port": self.port})
 
     def _model_cache(self, name, model, meta: dict, args: LlmServerArgs, opts, mounts, env) -> list[dict]:

@@ -18,7 +18,6 @@ HOST_MODELS_CLASS = "llm-platform-host-models"
 
 
 class ModelNamespaceArgs(TypedDict):
-    provider: k8s.Provider
     namespace: pulumi.Input[str]
     network_policies: bool
     # Mount the node's /mnt/models (GGUF files from the host) for the servers here.
@@ -46,7 +45,7 @@ class ModelNamespace(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ModelNamespaceArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:ModelNamespace", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self, provider=args["provider"])
+        child = pulumi.ResourceOptions(parent=self)
         if args["network_policies"]:
             for policy, spec in policy_specs(args).items():
                 k8s.networking.v1.NetworkPolicy(

@@ -1,5 +1,5 @@
-"""What a component publishes for Prometheus to scrape it (monitoring turns it into a
-ServiceMonitor)."""
+"""What one component publishes for others to read: where a model is served (the front door
+routes to it) and what Prometheus scrapes (monitoring turns it into a ServiceMonitor)."""
 
 from __future__ import annotations
 
@@ -28,3 +28,10 @@ class ScrapeTarget:
     per_model: bool = False
     params: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
+
+@dataclass(frozen=True)
+class ModelBackend:
+    """A model of the stack: the alias clients send, and its server's OpenAI base URL."""
+
+    alias: str
+    base_url: pulumi.Input[str]
