@@ -114,8 +114,8 @@ class ExistingCluster(_Model):
     at their minimum, reporting `FailedGetResourceMetric`). `present`: the cluster serves the resource
     metrics API itself (k3s and k3d bundle one; GKE, AKS, EKS with the add-on) and nothing is
     installed: a second metrics-server fails where one runs (its APIService is taken), and on
-    clusters whose kubelets have self-signed certificates (kind, kubeadm) it never turns ready, so
-    `up` would time out."""
+    clusters whose kubelets have self-signed certificates (kind, kubeadm) its kubelet scrapes fail
+    and it never turns ready, so `up` would time out."""
 
     def accelerator_pool(self, kind: str) -> AcceleratorPool:
         n = self.accelerator_nodes

@@ -78,7 +78,7 @@ def _no_key_flags(*flags: str):
             if arg.split("=", 1)[0] in flags:
                 raise ValueError(f"expected no {arg.split('=', 1)[0]}: the platform passes the API keys (the front door's)")
         return args
-    check.__doc__ = f"no {' or '.join(flags)}: the platform passes the API keys"
+    check.__doc__ = f"no {' or '.join(f'`{f}`' for f in flags)}: the platform passes the API keys"
     return check
 
 

@@ -54,7 +54,8 @@ class ProviderModel(_Model):
     """LiteLLM's `<provider>/<model>`, e.g. `openai/gpt-4o-mini` or `anthropic/claude-sonnet-4-5`."""
     api_base: Optional[str] = Field(None, pattern=r"^https://\S+$")
     """The provider's API, https on port 443 (the only port the front door's egress opens);
-    required for providers the program does not know the host of."""
+    required for providers the program does not know the host of (it knows `openai`,
+    `anthropic`, `mistral`, `groq` and `gemini`)."""
 
     @field_validator("api_base")
     @classmethod
@@ -107,7 +108,8 @@ class FrontDoorConfig(_Model):
     under its name, and `security.apiAuth` (an open API would spend the providers' keys for
     anyone)."""
     virtual_keys: VirtualKeysConfig = VirtualKeysConfig()
-    """Per-team keys with budgets and rate limits, backed by PostgreSQL (off by default)."""
+    """Per-team keys with budgets and rate limits, backed by PostgreSQL (off by default); rate
+    limits and revocations hold per front door replica (see docs/front-door.md)."""
 
     @model_validator(mode="after")
     def _providers_have_a_host(self) -> "FrontDoorConfig":
