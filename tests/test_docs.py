@@ -1,7 +1,9 @@
-"""The config reference and the editor schema say what the config models say (both are generated
-from them)."""
+"""The docs a newcomer reads: a short README, links that lead somewhere, and a config reference
+and editor schema that say what the config models say (both generated from them)."""
 
 import json
+import re
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -9,8 +11,88 @@ import yaml
 
 from components.config import PROJECT, ConfigError, parse
 from components.config.base import _Model
+from tests import docs
 from tools import config_reference
 from tools import mock_engine as harness
+
+README_MAX_LINES = 200
+
+
+def test_the_readme_stays_short():
+    lines = docs.README.read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move detail into docs/"
+
+
+def test_the_readme_opens_with_how_to_run_and_test_it():
+    text = docs.README.read_text()
+    first_section = text.index("\n## ")
+    for command in ("pulumi up -s local", "```sh\nmake test\n```", "`make check` runs the quick part"):
+        assert 0 <= text.find(command) < first_section, command
+
+
+# --- links ----------------------------------------------------------------------------------------
+
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
+CODE = re.compile(r"`[^`\n]*`")
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def prose(text: str) -> str:
+    """Markdown without its code, where a bracket is no link."""
+    return CODE.sub("", FENCE.sub("", text))
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: its text lowercased, punctuation dropped, spaces as '-'."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    for line in FENCE.sub("", path.read_text()).splitlines():
+        if m := re.match(r"^#{1,6} (.+?)#*$", line):
+            base = slug(m.group(1))
+            n = seen.get(base, 0)
+            seen[base] = n + 1
+            out.add(base if n == 0 else f"{base}-{n}")
+    return out
+
+
+def broken_links(path: Path) -> list[str]:
+    out = []
+    for target in LINK.findall(prose(path.read_text())):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:: not ours to check
+            continue
+        file, _, anchor = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        if not dest.exists():
+            out.append(f"{path.name}: {target}: no such file")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            out.append(f"{path.name}: {target}: no such heading in {dest.name}")
+    return out
+
+
+@pytest.mark.parametrize("path", docs.files(), ids=lambda p: p.name)
+def test_every_relative_link_resolves(path):
+    assert broken_links(path) == []
+
+
+def test_a_broken_link_or_anchor_is_caught(tmp_path):
+    (tmp_path / "a.md").write_text("# A page\n\n## Its part\n\nSee [b](b.md), [the part](#its-part), "
+                                   "[nowhere](#no-part), [c](c.md#x), `[code](missing.md)` and "
+                                   "[the web](https://example.com).\n")
+    (tmp_path / "b.md").write_text("# B\n")
+    assert broken_links(tmp_path / "a.md") == ["a.md: #no-part: no such heading in a.md",
+                                               "a.md: c.md#x: no such file"]
+
+
+def test_slugs_are_githubs():
+    assert slug("`llm-platform:cluster`") == "llm-platformcluster"
+    assert slug("`runtime: llama-cpp` (the default)") == "runtime-llama-cpp-the-default"
+    assert slug("Which server builds, and how they are proven") == "which-server-builds-and-how-they-are-proven"
+
 
 # --- the generated config reference and schema ----------------------------------------------------
 
