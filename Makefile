@@ -1,7 +1,7 @@
 # Set-up and tests. `make test` is what CI runs (.ci/run) on a clean clone.
 PYTHON ?= python3
 
-.PHONY: test setup check
+.PHONY: test setup check docs
 
 test: setup
 	.venv/bin/python -m pytest
@@ -12,6 +12,12 @@ test: setup
 check: setup
 	.venv/bin/python -m pytest -q tests/test_config.py tests/test_local_stack.py tests/test_cloud_stacks.py \
 		tests/test_policy.py tests/test_workflows.py tests/test_render.py
+
+# The config reference (docs/configuration.md) and the editor schema (schema/stack-config.schema.json),
+# generated from the docstrings in components/config/; the suite (tests/test_docs.py) fails while
+# either is stale.
+docs: .venv/.installed
+	.venv/bin/python -m tools.config_reference
 
 setup: .venv/.installed .venv-checkov/.installed .venv-litellm/.installed .venv-loadtest/.installed \
 	tests/crd/node_modules/.installed .cache/vllm/.fetched .cache/promql/promql.test .cache/engine-tools.stamp

@@ -615,7 +615,7 @@ def test_unknown_model_is_a_clear_4xx(stack):
     assert 400 <= status < 500, body
     text = body.decode()
     assert "no-such-model" in text
-    # What LiteLLM says, for the README.
+    # What LiteLLM says, for docs/front-door.md.
     print(f"\nunknown model -> {status}: {text[:400]}")
 
 
@@ -795,7 +795,7 @@ def test_a_stream_longer_than_litellms_default_outlives_sigterm(recorded, tmp_pa
 
 # What the front door may cost at most, in CPU of its own process (LiteLLM and any workers): per
 # request, and per streamed chunk beyond that. Measured on these shared 2-core machines: about
-# 30-40 ms per request and 0.8-0.9 ms per chunk (what sizes the README's "10-30 concurrent
+# 30-40 ms per request and 0.8-0.9 ms per chunk (what sizes docs/front-door.md's "10-30 concurrent
 # streams per proxy core"). CPU time, unlike wall time, barely grows on a busier machine; the
 # limits leave room for that and for slower cores, and still catch a front door several times
 # as costly.
@@ -868,7 +868,7 @@ def test_front_door_cost_vs_direct(stack):
     to the servers and through it. Asserted: every stream completes both ways, and the front
     door's own CPU per request and per chunk (from the same requests at 8 and 32 tokens) stays
     within the limits above: what sizing it needs, and what a busier machine barely changes.
-    Printed (run with -s), for the README's table: the added p50 time to first token and the
+    Printed (run with -s), for the table in docs/front-door.md: the added p50 time to first token and the
     throughput kept, wall-clock figures that depend on the machine's load."""
     direct = [(port, stack.backend_key, alias) for alias, port in stack.servers.items()]
     via = [(stack.proxy_port, CLIENT_KEY, alias) for alias in stack.servers]

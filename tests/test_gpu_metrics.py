@@ -13,6 +13,7 @@ import pytest
 
 from components.platform import gpu_metrics
 from components.platform import monitoring
+from tests import docs
 from tests.conftest import need_charts, recording
 from tools import charts
 from tools import mock_engine as harness
@@ -82,7 +83,7 @@ def test_eks_runs_the_exporter_on_gpu_nodes_only(eks, chart):
 def test_image_is_pinned_and_the_pod_maps_gpus_to_pods(chart):
     pod = pod_spec(chart)
     (c,) = pod["containers"]
-    assert c["image"] == gpu_metrics.IMAGE  # the chart's default at its version (README names it)
+    assert c["image"] == gpu_metrics.IMAGE  # the chart's default at its version (docs/metrics.md names it)
     assert re.fullmatch(r"nvcr\.io/nvidia/k8s/dcgm-exporter:\d+\.\d+\.\d+-\d+\.\d+\.\d+-distroless", c["image"])
     env = {e["name"]: e for e in c["env"]}
     assert env["DCGM_EXPORTER_KUBERNETES"]["value"] == "true"
@@ -98,8 +99,8 @@ def test_image_is_pinned_and_the_pod_maps_gpus_to_pods(chart):
     assert chart["ServiceAccount"]["automountServiceAccountToken"] is False
 
 
-def test_the_counters_include_the_fields_the_readme_names(chart):
-    """The chart mounts its counters list over the image's; the series the README lists (and
+def test_the_counters_include_the_fields_the_docs_name(chart):
+    """The chart mounts its counters list over the image's; the series the docs list (and
     DCGM's profiling fields, which need SYS_ADMIN) are in it."""
     (c,) = pod_spec(chart)["containers"]
     path = c["args"][c["args"].index("-f") + 1]
@@ -108,8 +109,7 @@ def test_the_counters_include_the_fields_the_readme_names(chart):
     assert volume["configMap"]["name"] == chart["ConfigMap"]["metadata"]["name"]
     counters = {line.split(",")[0].strip() for line in chart["ConfigMap"]["data"]["metrics"].splitlines()
                 if line.strip() and not line.strip().startswith("#")}
-    readme = (harness.PROJECT_DIR / "README.md").read_text()
-    named = set(re.findall(r"`(DCGM_FI_[A-Z_]+)`", readme))
+    named = set(re.findall(r"`(DCGM_FI_[A-Z_]+)`", docs.text()))
     assert {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"} <= named
     assert named <= counters, named - counters
 

@@ -26,7 +26,7 @@ ALIAS = "tinyllama"
 KEY = "loadtest-key-0123456789"
 # Tiny and bounded: 2 levels, 4 measured + 1 warm-up request each, 8 output tokens. A connection per
 # request: llama-server closes a kept-alive connection after a streamed answer, and a client that
-# reuses it in that moment loses the request (the benchmark rightly counts it; the README tells).
+# reuses it in that moment loses the request (the benchmark rightly counts it; docs/benchmark.md tells).
 SMALL = ["--concurrency", "1,2", "--requests", "4", "--warmup", "1", "--input-tokens", "24", "--output-tokens", "8",
          "--connections", "never"]
 ONE = ["--concurrency", "1", "--requests", "2", "--warmup", "0", "--input-tokens", "24", "--output-tokens", "8",

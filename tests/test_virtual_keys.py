@@ -13,6 +13,7 @@ import pytest
 
 from components.edge import database as db
 from components.cluster import eks, gke
+from tests import docs
 from tests.conftest import VKEYS, need_charts, recording
 from tests.test_security import plain_text
 from tools import charts
@@ -298,11 +299,11 @@ def test_the_policy_pack_passes_with_virtual_keys_on(on):
     assert found == []
 
 
-def test_the_readme_says_what_limits_mean_across_replicas_as_the_pinned_litellm_does(on):
+def test_the_docs_say_what_limits_mean_across_replicas_as_the_pinned_litellm_does(on):
     """Without Redis, LiteLLM (the release the image runs) counts rate limits and caches the keys
     it has checked in each replica's memory: a cloud stack's two replicas each let a key's full
     limit through, and a revoked key works on another replica until its cached copy expires. The
-    README says so with the release's own numbers."""
+    docs (docs/front-door.md) say so with the release's own numbers."""
     from tests.test_front_door import LITELLM
 
     site = next(LITELLM.parent.parent.glob("lib/python*/site-packages"), None)
@@ -323,8 +324,9 @@ def test_the_readme_says_what_limits_mean_across_replicas_as_the_pinned_litellm_
     assert int(harness.run("eks", VKEYS).one("kubernetes:apps/v1:Deployment", "front-door-deployment")
                .inputs["spec"]["replicas"]) == 2
 
-    readme = (harness.PROJECT_DIR / "README.md").read_text()
-    section = readme[readme.index("**What the limits mean with more than one replica.**"):]
+    marker = "**What the limits mean with more than one replica.**"
+    page = docs.page_with(marker)
+    section = page[page.index(marker):]
     section = " ".join(section[:section.index("\n\n", section.index("\n- "))].split())
     assert "a limit of N lets up to N × replicas through" in section
     assert f"up to {key_ttl} s (LiteLLM's key cache)" in section

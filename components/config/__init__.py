@@ -54,7 +54,7 @@ def _message(err: dict) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "extra_forbidden":
-        return "unknown key (check the spelling against the README's config reference)"
+        return "unknown key (check the spelling against docs/configuration.md)"
     if kind == "union_tag_invalid":
         ctx = err["ctx"]
         field = "runtime" if "runtime" in ctx["discriminator"] else "kind"

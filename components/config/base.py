@@ -35,6 +35,7 @@ def _matching(pattern: re.Pattern, expected: str):
             raise ValueError(f"expected {expected}, got {value!r}")
         return value
 
+    check.__doc__ = expected  # the rule, as the config reference states it
     return check
 
 
@@ -59,6 +60,7 @@ def pinned_image(value: str) -> str:
 
 
 def _master_key(value: str) -> str:
+    """a key starting with `sk-` followed by at least 16 characters (LiteLLM's master key format)"""
     # The message never repeats the value: it is a secret.
     if not re.fullmatch(r"sk-\S{16,}", value):
         raise ValueError("expected a key starting with 'sk-' followed by at least 16 characters (LiteLLM's "
@@ -67,6 +69,7 @@ def _master_key(value: str) -> str:
 
 
 def _existing_file(value: str) -> str:
+    """a kubeconfig file that exists"""
     if not os.path.isfile(os.path.expanduser(value)):
         raise ValueError(f"expected a readable kubeconfig file, {value!r} does not exist")
     return value
@@ -76,6 +79,7 @@ _API_KEY = re.compile(r"^[A-Za-z0-9._~+/=][A-Za-z0-9._~+/=-]{15,}$")
 
 
 def _api_key(value: str) -> str:
+    """at least 16 characters of letters, digits and `. _ ~ + / = -`, not starting with `-`"""
     # Keys travel as a file of one key a line (llama.cpp), a YAML list expanded into flags (vLLM,
     # where a leading '-' would read as a flag) and a ';'-separated list (Open WebUI). The error
     # never repeats the key.
@@ -95,8 +99,15 @@ ApiKey = Annotated[str, AfterValidator(_api_key)]
 
 
 class _Model(BaseModel):
+    """The base of every config section. Keys are camelCase in the stack file; a misspelt one is
+    refused. Each field's docstring (the string right after it) is its documentation: the config
+    reference (docs/configuration.md) and the editor schema are generated from it
+    (`python -m tools.config_reference`), and the first line of a check's own docstring states
+    the rule it enforces."""
+
     model_config = ConfigDict(
-        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True,
+        use_attribute_docstrings=True,
     )
 
 

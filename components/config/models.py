@@ -20,9 +20,15 @@ from components.config.base import _SHA256, DnsLabel, Image, Quantity, _Model
 
 
 class AcceleratorConfig(_Model):
+    """What the model servers run on."""
+
     kind: Literal["none", "vulkan", "nvidia", "tpu"] = "vulkan"
-    # How many pods may share one GPU device (generic-device-plugin group count).
+    """`vulkan` (Mac GPU, or `/dev/dri` on an existing cluster), `none` (CPU), `nvidia` (eks, gke
+    with `gpuPool`, existing with `acceleratorNodes`), `tpu` (gke, existing with
+    `acceleratorNodes`). Left out: what the cluster kind serves on (`vulkan` on minikube, `nvidia`
+    on eks and on gke with a `gpuPool`, `tpu` on gke, `none` on existing)."""
     share_count: int = Field(4, ge=1, le=64)
+    """`vulkan`: how many pods may share the GPU device (the device plugin's group count)."""
 
 
 # --- models --------------------------------------------------------------------------------
@@ -39,10 +45,17 @@ def whole_cpus(quantity: str) -> int:
 
 
 class Resources(_Model):
+    """CPU and memory of a server's pod: requests and limits."""
+
     cpu: Quantity = "2"
+    """CPU request."""
     memory: Quantity = "4Gi"
+    """Memory request."""
     cpu_limit: Quantity = "4"
+    """CPU limit; llama.cpp gets `--threads` equal to its whole CPUs (`"3500m"` → 3), not one
+    thread per host core."""
     memory_limit: Quantity = "6Gi"
+    """Memory limit."""
 
     @property
     def threads(self) -> int:
@@ -51,6 +64,7 @@ class Resources(_Model):
 
 
 def _gguf_file(value: str) -> str:
+    """a GGUF file name such as `model.Q8_0.gguf` (no folders)"""
     if "/" in value or not value.endswith(".gguf"):
         raise ValueError(f"expected a GGUF file name such as 'model.Q8_0.gguf' (no folders), got {value!r}")
     return value
@@ -64,10 +78,12 @@ def _no_key_flags(*flags: str):
             if arg.split("=", 1)[0] in flags:
                 raise ValueError(f"expected no {arg.split('=', 1)[0]}: the platform passes the API keys (the front door's)")
         return args
+    check.__doc__ = f"no {' or '.join(f'`{f}`' for f in flags)}: the platform passes the API keys"
     return check
 
 
 def _sha256(value: str) -> str:
+    """64 lowercase hex digits"""
     if not _SHA256.match(value):
         raise ValueError("expected 64 lowercase hex digits")
     return value
@@ -77,17 +93,23 @@ class Autoscaling(_Model):
     """Replicas that follow the model server's queue of waiting requests (KEDA on Prometheus)."""
 
     enabled: bool = False
+    """KEDA sizes the server by its queue, instead of `replicas`; needs `monitoring.enabled`, and
+    not with `llamaRouter.enabled`."""
     min_replicas: int = Field(1, ge=0)
+    """Fewest replicas; 0 only with `scaleToZero: true`."""
     max_replicas: int = Field(2, ge=1)
-    # Requests waiting per replica that the autoscaler aims for: more adds replicas.
+    """Most replicas; counted against the accelerators that exist or that the node autoscaler adds
+    (Karpenter's or GKE's maximum)."""
     target_queue_depth: int = Field(4, ge=1)
-    # Opt-in: no replica (and, with a node autoscaler, no accelerator node) while idle; the next
-    # request waits for a node, the image and the model to load (see the README's cold starts).
+    """Requests waiting per replica that the autoscaler aims for: more adds replicas."""
     scale_to_zero: bool = False
-    # Idle time before the last replica goes (scale to zero only).
+    """Opt-in, with `minReplicas: 0` and `frontDoor.metrics`: no replica (and, with a node
+    autoscaler, no accelerator node) while idle; the next request waits for a node, the image and
+    the model to load (see the cold starts in docs/autoscaling.md)."""
     cooldown_seconds: int = Field(1800, ge=60)
-    # How long the queue must stay short before replicas are removed: reloading costs minutes.
+    """Scale to zero only: idle time before the last replica goes."""
     scale_down_after_seconds: int = Field(300, ge=0)
+    """How long the queue must stay short before replicas are removed: reloading costs minutes."""
 
     @model_validator(mode="after")
     def _ordered(self) -> "Autoscaling":
@@ -117,20 +139,32 @@ class ModelConfig(_Model):
     """A GGUF model served by llama.cpp; `name` is the alias clients pass as `model`."""
 
     name: DnsLabel
+    """The alias clients send as `"model"`; unique among the stack's models."""
     runtime: Literal["llama-cpp"] = "llama-cpp"
+    """`llama-cpp` (the default): llama.cpp's `llama-server` serves a GGUF file."""
     file: Annotated[str, AfterValidator(_gguf_file)]
+    """The GGUF file in the models folder (`cluster.modelsDir`, mounted at `/mnt/models`)."""
     hf_repo: Optional[str] = Field(None, pattern=r"^[\w.-]+/[\w.-]+$")
+    """Hugging Face repository to download `file` from when it is not in the folder yet."""
     url: Optional[str] = Field(None, pattern=r"^https://\S+$")
+    """Or a URL to download it from; with neither, the file must already be there."""
     sha256: Optional[Annotated[str, AfterValidator(_sha256)]] = None
+    """The file's SHA-256, checked after download (fetched to a temporary name, checked, then renamed)."""
     size_bytes: Optional[int] = Field(None, gt=0)
-    # Tokens of context; 0 (the default): the context the model was trained for, read from the
-    # GGUF file by the server. A larger value than that only wastes memory.
+    """The file's size in bytes, checked after download."""
     ctx_size: int = Field(0, ge=0)
+    """Tokens of context; 0 (the default): the context the model was trained for, read from the
+    GGUF file by the server. A larger value than that only wastes memory."""
     replicas: int = Field(1, ge=0)
+    """Pods serving the model; not with `autoscaling.enabled`."""
     autoscaling: Autoscaling = Autoscaling()
+    """Off by default: replicas by the server's queue (KEDA), see docs/autoscaling.md."""
     resources: Resources = Resources()
+    """CPU and memory of each pod."""
     image: Optional[Image] = None
+    """The server's image; none: the runtime's pinned image for the accelerator."""
     extra_args: Annotated[list[str], AfterValidator(_no_key_flags("--api-key", "--api-key-file"))] = []
+    """Further `llama-server` arguments."""
 
     @field_validator("ctx_size")
     @classmethod
@@ -158,10 +192,16 @@ class ModelConfig(_Model):
 
 
 class VllmResources(Resources):
+    """CPU and memory of a vLLM server's pod: requests and limits."""
+
     cpu: Quantity = "4"
+    """CPU request."""
     memory: Quantity = "16Gi"
+    """Memory request."""
     cpu_limit: Quantity = "8"
+    """CPU limit."""
     memory_limit: Quantity = "24Gi"
+    """Memory limit."""
 
 
 _UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
@@ -175,6 +215,7 @@ def quantity_bytes(value: str) -> int:
 
 
 def _storage(value: str) -> str:
+    """a size such as `140Gi` or `150G`"""
     m = re.match(r"^[0-9]+(\.[0-9]+)?(k|M|G|T|Ki|Mi|Gi|Ti)$", value)
     if not m:
         raise ValueError(f"expected a size such as '140Gi' or '150G', got {value!r}")
@@ -198,22 +239,36 @@ class VllmModel(_Model):
     """A Hugging Face model served by vLLM; each replica caches the weights on its own volume."""
 
     name: DnsLabel
+    """The alias clients send as `"model"`; unique among the stack's models."""
     runtime: Literal["vllm"]
+    """`vllm`: vLLM serves a Hugging Face model (accelerator `nvidia` or `tpu`)."""
     hf_model: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
+    """The Hugging Face model id; a gated one needs the `hfToken` secret."""
     max_model_len: int = Field(8192, ge=256)
+    """Tokens of context (`--max-model-len`)."""
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    # Accelerators per replica (= --tensor-parallel-size). Default: 1 GPU, or every TPU chip of a host.
+    """NVIDIA only: the share of GPU memory vLLM may take."""
     accelerators: Optional[int] = Field(None, ge=1)
+    """Accelerators per replica (= `--tensor-parallel-size`), at most a node's. Default: 1 GPU, or
+    every TPU chip of a host (on TPUs it must be all of them)."""
     replicas: int = Field(1, ge=0)
+    """Pods serving the model, each on its own accelerators and cache; not with
+    `autoscaling.enabled`."""
     autoscaling: Autoscaling = Autoscaling()
-    # Size of the weights as downloaded (e.g. 140Gi for a 70B model in bf16): sizes the cache
-    # and the startup budget.
+    """Off by default: replicas by the server's queue (KEDA), see docs/autoscaling.md."""
     weights_size: Optional[Storage] = None
-    # Default: weightsSize plus headroom, or 100Gi when the weights' size is not stated.
+    """Size of the weights as downloaded (e.g. `140Gi` for a 70B model in bf16): sizes the cache
+    and the startup budget."""
     cache_size: Optional[Storage] = None
+    """The volume each replica caches the weights on, at least 10Gi and no smaller than
+    `weightsSize`. Default: `weightsSize` + 20% + 10Gi, or 100Gi when the weights' size is not
+    stated. A new size replaces the server (see "Growing a cache" in docs/cloud-stacks.md)."""
     resources: VllmResources = VllmResources()
+    """CPU and memory of each pod."""
     image: Optional[Image] = None
+    """The server's image; none: the pinned vLLM image for the accelerator."""
     extra_args: Annotated[list[str], AfterValidator(_no_key_flags("--api-key", "--config"))] = []
+    """Further `vllm serve` arguments."""
 
     @property
     def most_replicas(self) -> int:

@@ -13,11 +13,14 @@ class MonitoringConfig(_Model):
     """kube-prometheus-stack in the `monitoring` namespace, Grafana under /grafana."""
 
     enabled: bool = True
+    """Prometheus and Grafana from kube-prometheus-stack (see docs/metrics.md); autoscaling needs
+    it."""
     chart_version: ChartVersion = "88.5.3"
-    # How long Prometheus keeps samples (Prometheus durations: 12h, 15d, 2w).
+    """The kube-prometheus-stack chart's version."""
     retention: str = Field("15d", pattern=r"^[0-9]+(ms|s|m|h|d|w|y)$")
-    # A volume per Prometheus replica; None: an emptyDir (samples lost on restart).
+    """How long Prometheus keeps samples (Prometheus durations: 12h, 15d, 2w)."""
     storage_size: Optional[Quantity] = None
-    # Prometheus, operator and Grafana only: no Alertmanager, node exporter or kube-state-metrics,
-    # smaller requests. None: light on minikube, full elsewhere.
+    """A volume per Prometheus replica; None: an emptyDir (samples lost on restart)."""
     light: Optional[bool] = None
+    """Prometheus, operator and Grafana only: no Alertmanager, node exporter or kube-state-metrics,
+    smaller requests. None: light on minikube, full elsewhere."""

@@ -21,31 +21,42 @@ from components.config.virtual_keys import VirtualKeysConfig
 
 
 class MeshConfig(_Model):
+    """Istio: base, CNI, istiod and the ingress gateway."""
+
     chart_version: ChartVersion = "1.30.3"
+    """The Istio charts' version."""
 
 
 class UiConfig(_Model):
     """Open WebUI, delivered by Argo CD."""
 
     enabled: bool = True
+    """Whether the chat UI is installed (served at `/`)."""
     namespace: DnsLabel = "open-webui"
+    """The UI's namespace."""
     chart_version: ChartVersion = "16.0.0"
+    """The Open WebUI chart's version."""
     storage_size: Quantity = "2Gi"
-    # The admin account created at first start (password: the `uiAdminPassword` secret, or
-    # generated and shown by `pulumi stack output uiAdminPassword --show-secrets`).
+    """The UI's data volume."""
     admin_email: str = Field("admin@llm-platform.local", pattern=r"^[^@\s]+@[^@\s]+$")
-    # Whether visitors may create accounts; closed by default, the admin adds users.
+    """The admin account created at first start (password: the `uiAdminPassword` secret, or
+    generated and shown by `pulumi stack output uiAdminPassword --show-secrets`)."""
     signup: bool = False
+    """Whether visitors may create accounts; closed by default, the admin adds users."""
 
 
 class ProviderModel(_Model):
     """A model of a hosted OpenAI-compatible provider, offered through the front door."""
 
-    # The name clients send as `model`.
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-    # LiteLLM's "<provider>/<model>", e.g. "openai/gpt-4o-mini" or "anthropic/claude-sonnet-4-5".
+    """The name clients send as `model`; its key is `providerKeys.<name>`, and no model of the
+    stack may have it."""
     model: str = Field(pattern=r"^[a-z0-9_]+/\S+$")
+    """LiteLLM's `<provider>/<model>`, e.g. `openai/gpt-4o-mini` or `anthropic/claude-sonnet-4-5`."""
     api_base: Optional[str] = Field(None, pattern=r"^https://\S+$")
+    """The provider's API, https on port 443 (the only port the front door's egress opens);
+    required for providers the program does not know the host of (it knows `openai`,
+    `anthropic`, `mistral`, `groq` and `gemini`)."""
 
     @field_validator("api_base")
     @classmethod
@@ -63,29 +74,43 @@ class ProviderModel(_Model):
 
 
 class FrontDoorResources(Resources):
+    """CPU and memory of each front door pod: requests and limits."""
+
     cpu: Quantity = "500m"
+    """CPU request."""
     memory: Quantity = "1Gi"
+    """Memory request."""
     cpu_limit: Quantity = "2"
+    """CPU limit."""
     memory_limit: Quantity = "2Gi"
+    """Memory limit."""
 
 
 class FrontDoorConfig(_Model):
     """LiteLLM's proxy in front of every model: one base URL, routing by `model`."""
 
     namespace: DnsLabel = "front-door"
-    # None: the release the tests run (components/front_door.py).
+    """The front door's namespace."""
     image: Optional[Image] = None
-    # None: as many as the ingress gateway keeps (1 on a laptop, 2 on the clouds).
+    """None: the pinned LiteLLM release the tests run (components/edge/front_door.py). An image
+    without the `litellm_enterprise` package fails at start."""
     replicas: Optional[int] = Field(None, ge=1)
-    # Longest a request (a long streamed generation included) may take.
+    """None: as many as the ingress gateway keeps (1 on a laptop, 2 on the clouds). Rate limits
+    are counted per replica (see docs/front-door.md)."""
     timeout_seconds: int = Field(900, ge=30, le=3600)
-    # Prometheus metrics at /metrics.
+    """Longest a request (a long streamed generation included) may take; a stopping replica lets
+    requests in flight run this long."""
     metrics: bool = True
+    """Prometheus metrics at `/metrics/`; scale to zero needs them."""
     resources: FrontDoorResources = FrontDoorResources()
-    # Hosted models; each needs its key in the `providerKeys` secret, under its name.
+    """CPU and memory of each front door pod."""
     providers: list[ProviderModel] = []
-    # Per-team keys with budgets and rate limits, backed by PostgreSQL (off by default).
+    """Hosted models through the same door; each needs its key in the `providerKeys` secret,
+    under its name, and `security.apiAuth` (an open API would spend the providers' keys for
+    anyone)."""
     virtual_keys: VirtualKeysConfig = VirtualKeysConfig()
+    """Per-team keys with budgets and rate limits, backed by PostgreSQL (off by default); rate
+    limits and revocations hold per front door replica (see docs/front-door.md)."""
 
     @model_validator(mode="after")
     def _providers_have_a_host(self) -> "FrontDoorConfig":
@@ -102,43 +127,56 @@ class LlamaRouterConfig(_Model):
     """llama.cpp's router mode: one llama-server serves every GGUF model, loading on demand."""
 
     enabled: bool = False
-    # Models held in memory at once; the least recently used beyond it is unloaded.
+    """One llama-server pod holds the accelerator and serves every model of `models` (GGUF,
+    accelerator `vulkan` or `none`), instead of one pod per model; not with autoscaled models."""
     models_max: int = Field(2, ge=1)
+    """Models held in memory at once; the least recently used beyond it is unloaded."""
     resources: Resources = Resources()
-    # None: the stack's llama.cpp image (its build must have router mode).
+    """CPU and memory of the router's pod: size them for `modelsMax` models at once."""
     image: Optional[Image] = None
+    """None: the stack's llama.cpp image (its build must have router mode)."""
 
 
 class AppConfig(_Model):
     """Any further Helm chart Argo CD should deliver."""
 
     name: DnsLabel
+    """The Argo CD Application's name."""
     namespace: DnsLabel
+    """The namespace the chart is installed in."""
     repo_url: str = Field(pattern=r"^(https|oci)://\S+$")
+    """The chart repository."""
     chart: str = Field(min_length=1)
+    """The chart's name in that repository."""
     target_revision: ChartVersion
+    """The chart's exact version."""
     values: dict[str, Any] = {}
+    """Helm values for the chart."""
 
 
 class GitOpsConfig(_Model):
+    """Argo CD, which delivers the UI and `apps`."""
+
     chart_version: ChartVersion = "10.1.1"
+    """The Argo CD chart's version."""
 
 
 class SecurityConfig(_Model):
     """Secure by default; each switch is an opt-out for a laptop that needs it."""
 
-    # `/v1` requires an API key (Authorization: Bearer ...).
     api_auth: bool = True
-    # STRICT mutual TLS in the model and UI namespaces, and only the ingress gateway and the UI
-    # may call the model servers.
+    """`/v1` requires an API key (`Authorization: Bearer ...`)."""
     mtls: bool = True
-    # Default-deny NetworkPolicies in the model namespace, with the few flows it needs allowed.
+    """STRICT mutual TLS in the model, front-door and UI namespaces, with AuthorizationPolicies
+    that let only the front door call the model servers and only the ingress gateway and the UI
+    call the front door. Off: PERMISSIVE, without those policies."""
     network_policies: bool = True
-    # Model servers run under the restricted Pod Security profile, enforced on their namespace.
+    """Default-deny NetworkPolicies in the model namespace, with the few flows it needs allowed."""
     restricted_pods: bool = True
-    # Extra groups for the model servers, e.g. the node's render group so a non-root server can
-    # open /dev/dri.
+    """Model servers run under the restricted Pod Security profile, enforced on their namespace."""
     supplemental_groups: list[Annotated[int, Field(ge=1)]] = []
+    """Extra groups for the model servers, e.g. the node's render group so a non-root server can
+    open `/dev/dri`."""
 
     @model_validator(mode="before")
     @classmethod
@@ -158,21 +196,30 @@ class CertManagerConfig(_Model):
     """Certificates from an ACME issuer (Let's Encrypt by default) through cert-manager."""
 
     chart_version: ChartVersion = "v1.21.1"
+    """The cert-manager chart's version."""
     acme_email: str = Field(pattern=r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
+    """The e-mail address the ACME account is registered with."""
     acme_server: str = Field("https://acme-v02.api.letsencrypt.org/directory", pattern=r"^https://\S+$")
+    """The ACME directory (Let's Encrypt's production one by default)."""
 
 
 class GatewayConfig(_Model):
-    # None: answer on any host name (the ingress address is used in URLs).
+    """The Istio Gateway and its routes: `/v1` to the front door, `/` to the UI."""
+
     host: Optional[str] = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    # TLS from a certificate Secret in the istio-ingress namespace...
+    """The ingress's host name; required with TLS (the certificate names it). None: answer on any
+    host name (the ingress address is used in URLs)."""
     tls_secret: Optional[DnsLabel] = None
-    # ...or issued by cert-manager.
+    """TLS from a certificate Secret in the `istio-ingress` namespace..."""
     cert_manager: Optional[CertManagerConfig] = None
-    # Where the clouds' (eks, gke) load balancer answers: "internet", or "internal" (inside the
-    # cluster's network only). None: the internet once TLS is on, else internal, so the API
-    # keys and the UI's passwords never cross the internet in clear.
+    """...or issued by cert-manager v1.21.1 and Let's Encrypt (not both). With TLS the gateway
+    answers on HTTPS only (port 80 redirects)."""
     load_balancer: Optional[Literal["internal", "internet"]] = None
+    """Where the clouds' (eks, gke) load balancer answers: `internet`, or `internal` (inside the
+    cluster's network only); refused on other clusters. None: the internet once TLS is on, else
+    internal, so the API keys and the UI's passwords never cross the internet in clear.
+    `internet` needs TLS, and `internal` takes `tlsSecret`, not `certManager` (whose HTTP-01
+    challenge must reach the gateway from the internet). See docs/cloud-stacks.md."""
 
     @model_validator(mode="after")
     def _tls_needs_a_host(self) -> "GatewayConfig":

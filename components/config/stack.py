@@ -41,6 +41,7 @@ RUNTIMES_BY_ACCELERATOR = {"vulkan": ("llama-cpp",), "none": ("llama-cpp",), "nv
 
 
 def _existing_dir(value: str) -> str:
+    """a folder that exists"""
     if not os.path.isdir(os.path.expanduser(value)):
         raise ValueError(f"expected a folder of chart archives, {value!r} is not a folder")
     return value
@@ -49,37 +50,62 @@ def _existing_dir(value: str) -> str:
 class ChartsConfig(_Model):
     """Where Helm charts come from."""
 
-    # A folder of `<chart>-<version>.tgz` archives every release installs from, for clusters
-    # without internet access (and the suite's engine tests). None: each chart's repository.
     archive_dir: Optional[Annotated[str, AfterValidator(_existing_dir)]] = None
+    """A folder of `<chart>-<version>.tgz` archives (`helm dependency build`, then `helm package`)
+    every Helm release installs from, so no chart is downloaded: for clusters without internet
+    access (and the suite's engine tests); a missing archive fails the preview in one line. None:
+    each chart's repository. It covers the Helm releases only: images still come from their
+    registries, Argo CD's apps (Open WebUI, `apps`) from their chart repositories, and Grafana
+    downloads the vLLM and NVIDIA dashboards at start (a failed download fails Grafana); an
+    air-gapped cluster also needs mirrors for those."""
 
 
 class StackConfig(_Model):
+    """Every `llm-platform:<key>` of a stack file."""
+
     cluster: ClusterConfig
-    # Default: what the cluster kind serves on (see _defaults_for_the_cluster).
+    """Which cluster the stack runs on, chosen by `kind`."""
     accelerator: AcceleratorConfig = AcceleratorConfig()
-    # Default: TinyLlama on llama.cpp, or a small vLLM model on GPU/TPU clusters.
+    """What the models run on. Default: what the cluster kind serves on."""
     models: list[AnyModel] = Field(default_factory=lambda: [DEFAULT_MODEL], min_length=1)
+    """The models to serve, each by `runtime`. Default: TinyLlama 1.1B chat Q8_0 on llama.cpp, or
+    a small vLLM model (Qwen2.5-1.5B-Instruct) on GPU/TPU clusters."""
     models_namespace: DnsLabel = "models"
+    """Namespace of the model servers (sidecar injection on)."""
     mesh: MeshConfig = MeshConfig()
+    """Istio."""
     gitops: GitOpsConfig = GitOpsConfig()
+    """Argo CD."""
     ui: UiConfig = UiConfig()
+    """Open WebUI, the chat UI."""
     apps: list[AppConfig] = []
+    """Further charts for Argo CD to deliver."""
     gateway: GatewayConfig = GatewayConfig()
+    """The ingress: host name, TLS, the clouds' load balancer."""
     security: SecurityConfig = SecurityConfig()
+    """Opt-outs of the secure defaults (see docs/security.md)."""
     front_door: FrontDoorConfig = FrontDoorConfig()
+    """The LiteLLM front door (see docs/front-door.md)."""
     llama_router: LlamaRouterConfig = LlamaRouterConfig()
+    """llama.cpp router mode: one llama-server serves every GGUF model (`true` in
+    `Pulumi.local.yaml`)."""
     monitoring: MonitoringConfig = MonitoringConfig()
+    """Prometheus and Grafana."""
     charts: ChartsConfig = ChartsConfig()
-    # The client API key (a Pulumi secret), the front door's master key; generated and kept in
-    # state when not set. LiteLLM takes only master keys that start with "sk-".
+    """Where Helm charts come from."""
     api_key: Optional[Annotated[ApiKey, AfterValidator(_master_key)]] = None
-    # Keys of the hosted providers (a Pulumi secret): provider entry name -> key.
+    """The client API key (a Pulumi secret), the front door's master key; generated and kept in
+    state when not set. LiteLLM takes only master keys that start with `sk-`. Open WebUI has its
+    own key (output `uiApiKey`)."""
     provider_keys: dict[str, str] = {}
-    # Open WebUI's admin password (a Pulumi secret); generated and kept in state when not set.
+    """Keys of the hosted providers (a Pulumi secret): provider entry name → key, e.g.
+    `pulumi config set --secret --path 'providerKeys.gpt-mini' sk-...`."""
     ui_admin_password: Optional[str] = None
-    # Hugging Face token for gated models: `pulumi config set --secret hfToken hf_...`.
+    """Open WebUI's admin password (a Pulumi secret); generated and kept in state when not set
+    (output `uiAdminPassword`)."""
     hf_token: Optional[str] = None
+    """Hugging Face token for gated models (a Pulumi secret): `pulumi config set --secret hfToken
+    hf_...`; it reaches the pod only through a Kubernetes Secret."""
 
     @model_validator(mode="before")
     @classmethod
@@ -248,5 +274,5 @@ REMOVED_UI_API_KEY = (
 )
 REMOVED_DELETE_MODEL_CACHES = (
     "deleteModelCaches: no longer a setting; a model's caches go with its StatefulSet, so removing "
-    "the model or `pulumi destroy` deletes them (see the README, 'Model caches'): remove the key"
+    "the model or `pulumi destroy` deletes them (see docs/cloud-stacks.md, 'Model caches'): remove the key"
 )

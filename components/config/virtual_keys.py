@@ -20,18 +20,21 @@ class VirtualKeysConfig(_Model):
 
     Without Redis each front door replica enforces a key's rate limits on its own count (a limit
     of N lets N x replicas through) and keeps a key it has checked for up to LiteLLM's key cache
-    TTL, so a revoked key works on until then on the other replicas (README, "Virtual keys")."""
+    TTL, so a revoked key works on until then on the other replicas (docs/front-door.md, "Virtual keys")."""
 
     enabled: bool = False
-    # None: 3 where the cluster's nodes span zones (eks, gke), else 1.
+    """The front door issues virtual keys, stored in PostgreSQL; needs `security.apiAuth`."""
     instances: Optional[int] = Field(None, ge=1, le=9)
+    """PostgreSQL instances. None: 3 where the cluster's nodes span zones (eks, gke: a primary and
+    two standbys, spread over nodes), else 1 (minikube, existing clusters)."""
     storage_size: Quantity = "5Gi"
-    # The cloudnative-pg chart (operator 1.30.0).
+    """The volume of each instance."""
     chart_version: ChartVersion = "0.29.0"
-    # The database's own namespace, outside the mesh...
+    """The cloudnative-pg chart (operator 1.30.0)."""
     namespace: DnsLabel = "litellm-db"
-    # ...and the operator's.
+    """The database's own namespace, outside the mesh..."""
     operator_namespace: DnsLabel = "cnpg-system"
+    """...and the operator's."""
 
     def instance_count(self, replicated: bool) -> int:
         return self.instances or (REPLICATED_INSTANCES if replicated else SINGLE_INSTANCE)

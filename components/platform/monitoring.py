@@ -101,7 +101,7 @@ DCGM_DASHBOARD_URL = ("https://raw.githubusercontent.com/NVIDIA/dcgm-exporter/{r
 CURL_OPTIONS = "-fsS"
 DASHBOARDS_FOLDER = "llm-platform"
 
-# What the pods ask for (requests, limits), light and full: README "Metrics" sums them.
+# What the pods ask for (requests, limits), light and full: docs/metrics.md sums them.
 RESOURCES = {
     "light": {
         "prometheus": ({"cpu": "100m", "memory": "256Mi"}, {"memory": "768Mi"}),

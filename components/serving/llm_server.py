@@ -174,7 +174,7 @@ class LlmServer(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
                     depends_on=waits_for,
                     # A new cacheSize replaces it (claim templates are immutable); the name is
-                    # fixed, so the old StatefulSet goes first. Its preview fails (README).
+                    # fixed, so the old StatefulSet goes first. Its preview fails (docs/cloud-stacks.md).
                     delete_before_replace=True,
                     custom_timeouts=_timeouts(
                         budget + AWAIT_MARGIN_MINUTES,

@@ -121,7 +121,7 @@ def test_a_bad_config_fails_preview_in_one_line_and_changes_nothing(env):
 
 def test_destroy_removes_the_stack(env):
     """Everything the program created goes; the namespaces Helm created for its releases stay,
-    empty (`helm uninstall` never deletes a namespace), as the README says."""
+    empty (`helm uninstall` never deletes a namespace), as docs/operations.md says."""
     w, stack = env
     system = {"default", "kube-node-lease", "kube-public", "kube-system"}
     assert "models" in live_names(w)["namespaces"]
