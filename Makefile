@@ -10,8 +10,9 @@ test: setup
 # the clouds), the offline render with every chart, the policy pack and the workflows. `make test`
 # runs everything, the control plane, the real servers and the engine included.
 check: setup
-	.venv/bin/python -m pytest -q tests/test_config.py tests/test_local_stack.py tests/test_cloud_stacks.py \
-		tests/test_policy.py tests/test_workflows.py tests/test_render.py
+	.venv/bin/python -m pytest -q tests/program/test_config.py tests/program/test_local_stack.py \
+		tests/program/test_cloud_stacks.py tests/program/test_policy.py tests/program/test_workflows.py \
+		tests/program/test_render.py
 
 setup: .venv/.installed .venv-checkov/.installed .venv-litellm/.installed .venv-loadtest/.installed \
 	tests/crd/node_modules/.installed .cache/vllm/.fetched .cache/promql/promql.test .cache/engine-tools.stamp
@@ -28,7 +29,7 @@ setup: .venv/.installed .venv-checkov/.installed .venv-litellm/.installed .venv-
 	.venv-checkov/bin/pip install -q -r requirements-checkov.txt
 	touch $@
 
-# The front door's LiteLLM release, started for real by tests/test_front_door.py; its pins clash
+# The front door's LiteLLM release, started for real by tests/parts/test_front_door.py; its pins clash
 # with pulumi's too.
 .venv-litellm/.installed: requirements-litellm.txt
 	$(PYTHON) -m venv .venv-litellm

@@ -8,7 +8,7 @@ import kubernetes_validate
 import pytest
 
 from tools import mock_engine as harness
-from tests.test_schemas import core_objects, manifest
+from tests.program.test_schemas import core_objects, manifest
 
 STATEFULSET = "kubernetes:apps/v1:StatefulSet"
 STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
@@ -502,7 +502,7 @@ def test_gke_pool_and_accelerator_must_agree(patch, accelerator, expected):
 def test_ingress_replicas_spread_and_disruption_budget(stack_name, replicas):
     """The gateway chart's own templates, given the values the program passes: two or more
     replicas kept on eks/gke, spread over nodes, with a PodDisruptionBudget; one on a laptop."""
-    from tests.test_security import render_chart
+    from tests.program.test_security import render_chart
 
     rec = harness.run(stack_name)
     release = rec.one("kubernetes:helm.sh/v3:Release", "mesh-gateway").inputs

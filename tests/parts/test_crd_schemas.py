@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from tools import mock_engine as harness
-from tests.test_schemas import CUSTOM_GROUPS, manifest
+from tests.program.test_schemas import CUSTOM_GROUPS, manifest
 
 CRD_DIR = harness.PROJECT_DIR / "tests" / "crd"
 

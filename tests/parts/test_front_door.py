@@ -24,12 +24,12 @@ import yaml
 
 from components.edge import front_door
 from components.config import FrontDoorConfig
-from tests.parts import LLAMA_SERVER, TINY_MODEL
+from tests.shared import LLAMA_SERVER, TINY_MODEL
 from tests.conftest import PODS
-from tests.test_security import ui_principal
+from tests.program.test_security import ui_principal
 from tools import mock_engine as harness
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LITELLM = ROOT / ".venv-litellm" / "bin" / "litellm"
 
 CLIENT_KEY = "sk-test-client-0123456789abcdef"

@@ -14,7 +14,7 @@ import pytest
 from components.edge import database as db
 from components.cluster import eks, gke
 from tests.conftest import VKEYS, need_charts, recording
-from tests.test_security import plain_text
+from tests.program.test_security import plain_text
 from tools import charts
 from tools import mock_engine as harness
 
@@ -170,7 +170,7 @@ def test_the_front_door_checks_the_database_server_against_its_ca(on):
 def test_litellm_turns_the_url_into_a_verifying_prisma_url(on):
     """What the release the image runs does with the URL before Prisma sees it (Prisma reads
     `verify-full` as `prefer` and ignores `sslrootcert`; its default `sslaccept` checks nothing)."""
-    from tests.test_front_door import LITELLM
+    from tests.parts.test_front_door import LITELLM
 
     python = LITELLM.parent / "python"
     if not python.exists():
@@ -278,7 +278,7 @@ def test_no_network_policies_where_the_cluster_does_not_enforce_them(tmp_path):
 
 
 def test_its_istio_objects_match_their_schemas(on):
-    from tests.test_crd_schemas import custom_resources, validate
+    from tests.parts.test_crd_schemas import custom_resources, validate
 
     objects = [o for o in custom_resources(on) if o["kind"] in ("DestinationRule", "Sidecar")
                and o["metadata"]["namespace"] == "front-door"]
@@ -288,7 +288,7 @@ def test_its_istio_objects_match_their_schemas(on):
 
 
 def test_the_policy_pack_passes_with_virtual_keys_on(on):
-    from tests.test_policy import recorded, rules, violations
+    from tests.program.test_policy import recorded, rules, violations
 
     for reg, props in recorded(on):
         for name, (check, _) in rules.RESOURCE_RULES.items():
@@ -303,7 +303,7 @@ def test_the_readme_says_what_limits_mean_across_replicas_as_the_pinned_litellm_
     it has checked in each replica's memory: a cloud stack's two replicas each let a key's full
     limit through, and a revoked key works on another replica until its cached copy expires. The
     README says so with the release's own numbers."""
-    from tests.test_front_door import LITELLM
+    from tests.parts.test_front_door import LITELLM
 
     site = next(LITELLM.parent.parent.glob("lib/python*/site-packages"), None)
     if site is None or not (site / "litellm").is_dir():
@@ -315,7 +315,7 @@ def test_the_readme_says_what_limits_mean_across_replicas_as_the_pinned_litellm_
     spend_write = int(re.search(r'PROXY_BATCH_WRITE_AT: Final = get_env_int\("PROXY_BATCH_WRITE_AT", (\d+)\)',
                                 constants).group(1))
     # Nothing in the rendered config shares them through Redis, or shortens the key cache.
-    from tests.test_front_door import rendered_config
+    from tests.parts.test_front_door import rendered_config
 
     cfg = rendered_config(on)
     assert "redis" not in json.dumps(cfg).lower() and "cache" not in cfg.get("litellm_settings", {})

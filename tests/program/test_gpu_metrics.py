@@ -115,7 +115,7 @@ def test_the_counters_include_the_fields_the_readme_names(chart):
 
 
 def test_its_only_exceptions_to_the_restricted_profile_are_root_sys_admin_and_the_socket(chart):
-    from tests.test_security import restricted_violations
+    from tests.program.test_security import restricted_violations
 
     pod = pod_spec(chart)
     (c,) = pod["containers"]

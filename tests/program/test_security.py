@@ -979,8 +979,8 @@ def test_tls_objects_match_their_schemas(acme):
     schema; Kubernetes' for the IngressClass)."""
     import kubernetes_validate
 
-    from tests.test_crd_schemas import custom_resources, validate
-    from tests.test_schemas import manifest
+    from tests.parts.test_crd_schemas import custom_resources, validate
+    from tests.program.test_schemas import manifest
 
     objects = [o for o in custom_resources(acme) if o["kind"] in ("Gateway", "VirtualService")]
     assert len(objects) == 3

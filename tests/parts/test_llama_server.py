@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from components.serving.runtimes import API_KEYS_MOUNT, LLAMA_CPP_BUILD, MODELS_MOUNT
-from tests.parts import LLAMA_SERVER, SHARED, TINY_MODEL
+from tests.shared import LLAMA_SERVER, SHARED, TINY_MODEL
 from tests.conftest import PODS
 from tools import mock_engine as harness
 

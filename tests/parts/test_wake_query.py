@@ -17,9 +17,9 @@ import pytest
 from components.edge import front_door
 from components.serving.autoscaling import FRONT_DOOR_REQUESTS, RUNNING_METRIC, ScaledServer, demand_query
 from tests import promql
-from tests.parts import LLAMA_SERVER, TINY_MODEL
+from tests.shared import LLAMA_SERVER, TINY_MODEL
 from tools import mock_engine as harness
-from tests.test_front_door import (  # noqa: F401 (recorded: the module's fixture)
+from tests.parts.test_front_door import (  # noqa: F401 (recorded: the module's fixture)
     CLIENT_KEY, LITELLM, SECRET, _chat, _free_port, _request, _wait_ready, proxy_container, recorded,
     rendered_config, stop, write_config_dir, xfcc,
 )
