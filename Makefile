@@ -1,18 +1,24 @@
 # Set-up and tests. `make test` is what CI runs (.ci/run) on a clean clone.
 PYTHON ?= python3
 
-.PHONY: test setup check
+.PHONY: test setup check test-parts test-engine
 
 test: setup
 	.venv/bin/python -m pytest
 
-# The inner loop (about a minute on 2 cores): config, the program under the mock engine (local and
-# the clouds), the offline render with every chart, the policy pack and the workflows. `make test`
-# runs everything, the control plane, the real servers and the engine included.
+# The inner loop, the unit and program tiers (tests/README.md): the config models and the scripts,
+# the program under the mock engine (local and the clouds), the offline render with every chart,
+# the policy pack and the workflows. No real part runs. `make test` runs every tier.
 check: setup
-	.venv/bin/python -m pytest -q tests/program/test_config.py tests/program/test_local_stack.py \
-		tests/program/test_cloud_stacks.py tests/program/test_policy.py tests/program/test_workflows.py \
-		tests/program/test_render.py
+	.venv/bin/python -m pytest -q -m "unit or program"
+
+# One tier alone: the real parts (LiteLLM, llama-server, the control plane, Helm's templates,
+# checkov, ...), or the Pulumi engine.
+test-parts: setup
+	.venv/bin/python -m pytest -m parts
+
+test-engine: setup
+	.venv/bin/python -m pytest -m engine
 
 setup: .venv/.installed .venv-checkov/.installed .venv-litellm/.installed .venv-loadtest/.installed \
 	tests/crd/node_modules/.installed .cache/vllm/.fetched .cache/promql/promql.test .cache/engine-tools.stamp
