@@ -87,7 +87,7 @@ def cluster(stack_recording) -> list[charts.Manifest]:
     return charts.cluster_objects(stack_recording)
 
 
-# --- A real control plane (tests/test_cluster.py): one per session, stopped at its end ------
+# --- A real control plane (tests/parts/test_cluster.py): one per session, stopped at its end ------
 
 
 @pytest.fixture(scope="session")

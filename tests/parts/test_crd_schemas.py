@@ -23,7 +23,8 @@ def validate(objects: list[dict]) -> list:
 
 
 # No published models for the Prometheus operator's kinds: ServiceMonitors and PodMonitors are
-# applied against the chart's own CRDs on the real control plane instead (tests/test_cluster.py).
+# applied against the chart's own CRDs on the real control plane instead
+# (tests/parts/test_cluster.py).
 APPLIED_ONLY = ("monitoring.coreos.com",)
 
 

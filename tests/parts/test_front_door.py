@@ -289,7 +289,7 @@ UI_REFUSED = [
     ("GET", "/get/config/callbacks", None), ("GET", "/health", None), ("GET", "/global/spend/logs", None),
     ("GET", "/user/info", None), ("POST", "/v1/completions", {"model": "tinyllama", "prompt": "Hi"}),
     ("POST", "/v1/responses", {"model": "tinyllama", "input": "Hi"}),
-    # The UI embeds with a local model (tests/test_security.py: no embedding engine is set).
+    # The UI embeds with a local model (tests/program/test_security.py: no embedding engine is set).
     ("POST", "/v1/embeddings", {"model": "tinyllama", "input": "Hi"}),
     ("POST", "/embeddings", {"model": "tinyllama", "input": "Hi"}),
 ]

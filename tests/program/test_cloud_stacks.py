@@ -533,7 +533,7 @@ def test_metrics_server_is_installed_where_the_cluster_serves_no_resource_metric
     """The ingress gateway's and istiod's HPAs scale on CPU, read from `metrics.k8s.io`. EKS runs
     no metrics-server: the chart is installed, pinned; GKE runs its own and minikube's addon is
     enabled with the cluster: a second one would collide with theirs. (On the control plane:
-    tests/test_cluster.py, the HPA's metric source on eks.)"""
+    tests/parts/test_cluster.py, the HPA's metric source on eks.)"""
     from components.cluster import metrics_server
 
     (release,) = metrics_server_releases(eks)

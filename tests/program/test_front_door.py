@@ -28,7 +28,7 @@ MODELS = [
     {"name": "qwen", "file": "qwen2.5-1.5b-instruct-q4_k_m.gguf"},
 ]
 PROVIDER = {"name": "gpt-mini", "model": "openai/gpt-4o-mini", "apiBase": "https://api.openai.com/v1"}
-# One server per model here; tests/test_llama_router.py puts the router behind the front door.
+# One server per model here; tests/parts/test_llama_router.py puts the router behind the front door.
 OVERRIDES = {
     **PODS,
     "llm-platform:models": MODELS,

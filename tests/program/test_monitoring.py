@@ -69,7 +69,7 @@ def scrape_paths(objs) -> dict[str, dict[tuple[str, int], set[str]]]:
         ns = sm["metadata"]["namespace"]
         if ns in (monitoring.NAMESPACE, gpu_metrics.NAMESPACE):
             # The chart's own (Prometheus, operator, Grafana...) and the GPU exporter, outside
-            # the mesh, scraped in plain text (tests/test_gpu_metrics.py).
+            # the mesh, scraped in plain text (tests/program/test_gpu_metrics.py).
             continue
         (svc,) = [s for s in of_kind(objs, "Service", ns)
                   if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"].get("labels"))]
@@ -121,7 +121,7 @@ def test_router_is_scraped_once_per_model():
     rec = recording("local")
     sm = rec.one("kubernetes:monitoring.coreos.com/v1:ServiceMonitor", "monitoring-llama-router").inputs["spec"]
     models = [m["name"] for m in harness.stack_config("local")["llm-platform:models"]]
-    # autoload=false: a scrape never loads a model (tests/test_llama_router.py).
+    # autoload=false: a scrape never loads a model (tests/parts/test_llama_router.py).
     assert [ep["params"] for ep in sm["endpoints"]] == [{"model": [m], "autoload": ["false"]} for m in models]
     assert [ep["relabelings"][0]["replacement"] for ep in sm["endpoints"]] == models
 

@@ -480,7 +480,7 @@ WORKLOADS = ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:DaemonSet", "k
 
 def test_every_pod_but_the_device_plugin_passes_the_restricted_profile(guarded):
     """The program's own workloads. (The GPU exporter, from NVIDIA's chart: root, SYS_ADMIN and
-    the pod-resources socket, nothing more: tests/test_gpu_metrics.py.)"""
+    the pod-resources socket, nothing more: tests/program/test_gpu_metrics.py.)"""
     checked, exceptions = 0, {}
     for r in guarded.registrations:
         if r.type in WORKLOADS:
