@@ -1,20 +1,27 @@
 # Set-up and tests. `make test` is what CI runs (.ci/run) on a clean clone.
 PYTHON ?= python3
 
-.PHONY: test setup check docs
+.PHONY: test setup check test-parts test-engine docs
 
 test: setup
 	.venv/bin/python -m pytest
 
-# The inner loop (about a minute on 2 cores): config, the program under the mock engine (local and
-# the clouds), the offline render with every chart, the policy pack and the workflows. `make test`
-# runs everything, the control plane, the real servers and the engine included.
+# The inner loop, the unit and program tiers (tests/README.md): the config models and the scripts,
+# the program under the mock engine (local and the clouds), the offline render with every chart,
+# the policy pack and the workflows. No real part runs. `make test` runs every tier.
 check: setup
-	.venv/bin/python -m pytest -q tests/test_config.py tests/test_local_stack.py tests/test_cloud_stacks.py \
-		tests/test_policy.py tests/test_workflows.py tests/test_render.py
+	.venv/bin/python -m pytest -q -m "unit or program"
+
+# One tier alone: the real parts (LiteLLM, llama-server, the control plane, Helm's templates,
+# checkov, ...), or the Pulumi engine.
+test-parts: setup
+	.venv/bin/python -m pytest -m parts
+
+test-engine: setup
+	.venv/bin/python -m pytest -m engine
 
 # The config reference (docs/configuration.md) and the editor schema (schema/stack-config.schema.json),
-# generated from the docstrings in components/config/; the suite (tests/test_docs.py) fails while
+# generated from the docstrings in components/config/; the suite (tests/unit/test_docs.py) fails while
 # either is stale.
 docs: .venv/.installed
 	.venv/bin/python -m tools.config_reference
@@ -34,7 +41,7 @@ setup: .venv/.installed .venv-checkov/.installed .venv-litellm/.installed .venv-
 	.venv-checkov/bin/pip install -q -r requirements-checkov.txt
 	touch $@
 
-# The front door's LiteLLM release, started for real by tests/test_front_door.py; its pins clash
+# The front door's LiteLLM release, started for real by tests/parts/test_front_door.py; its pins clash
 # with pulumi's too.
 .venv-litellm/.installed: requirements-litellm.txt
 	$(PYTHON) -m venv .venv-litellm

@@ -20,7 +20,7 @@ LEFT_OUT = {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
             # KEDA's external metrics API and metrics-server's resource metrics API: their servers
             # are pods too. An APIService nobody answers fails discovery of its group, and
             # namespaces then never finish deleting. The resource metrics API's is registered
-            # for a moment by its own test (tests/test_cluster.py), then removed.
+            # for a moment by its own test (tests/parts/test_cluster.py), then removed.
             "APIService"}
 # Before workloads, so a pod never waits on its ServiceAccount, Secret or claim (Helm's order).
 _ORDER = ["Namespace", "PriorityClass", "StorageClass", "PersistentVolume", "ServiceAccount", "Secret",

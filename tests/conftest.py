@@ -1,5 +1,6 @@
 import os
 import time
+from pathlib import Path
 from typing import Optional
 
 from tests import netns
@@ -86,7 +87,7 @@ def cluster(stack_recording) -> list[charts.Manifest]:
     return charts.cluster_objects(stack_recording)
 
 
-# --- A real control plane (tests/test_cluster.py): one per session, stopped at its end ------
+# --- A real control plane (tests/parts/test_cluster.py): one per session, stopped at its end ------
 
 
 @pytest.fixture(scope="session")
@@ -146,3 +147,29 @@ def pytest_terminal_summary(terminalreporter):
             + ", ".join(f"{k} {v:.1f}s" for k, v in slowest) + ")")
     if kube.TIMINGS:
         terminalreporter.write_line("cluster tests: " + ", ".join(f"{k} {v:.1f}s" for k, v in kube.TIMINGS.items()))
+
+
+# --- Tiers (tests/README.md): a test's folder is its tier, given to it as a marker ------------
+
+TIERS = ("unit", "program", "parts", "engine")
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test with its folder's tier, so `-m "unit or program"` selects by tier. A test
+    outside the tier folders, or marked with another folder's tier, stops the run: it would be left
+    out of a tier, or run in two."""
+    misplaced = []
+    for item in items:
+        path = Path(item.path).resolve()
+        tier = path.relative_to(TESTS_DIR).parts[0] if path.is_relative_to(TESTS_DIR) else None
+        if tier not in TIERS:
+            misplaced.append(f"{item.nodeid}: not in a tier folder ({', '.join(TIERS)})")
+            continue
+        others = [t for t in TIERS if t != tier and item.get_closest_marker(t)]
+        if others:
+            misplaced.append(f"{item.nodeid}: marked {', '.join(others)} in the {tier} folder")
+        if item.get_closest_marker(tier) is None:
+            item.add_marker(tier)
+    if misplaced:
+        raise pytest.UsageError("tests outside their tier (tests/README.md):\n  " + "\n  ".join(misplaced))

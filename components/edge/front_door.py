@@ -149,7 +149,8 @@ INTERNAL_RESPONSE_HEADERS = (
 # series, kept in memory for good, with every new value. Listed metrics alone are kept; LiteLLM
 # bounds `requested_model` itself (a name it does not route counts as "other"). The latency
 # histogram is read by `le` alone, but an empty label list would keep them all. A name LiteLLM
-# does not know turns the whole callback off (tests/test_front_door.py reads every one served).
+# does not know turns the whole callback off (tests/parts/test_front_door.py reads every one
+# served).
 METRICS_LABELS: dict[str, list[str]] = {
     # The wake-up query counts only requests past the door by their status (a bounded set).
     "litellm_proxy_total_requests_metric": ["requested_model", "status_code"],
@@ -190,7 +191,7 @@ def litellm_config(models: Sequence[tuple[str, str]], cfg: "FrontDoorConfig", au
         "num_retries": 0,
         # With the default aiohttp transport, some requests to llama-server under concurrent
         # streams fail with "Cannot write to closing transport" (a reused connection); with
-        # httpx's none do (tests/test_front_door.py).
+        # httpx's none do (tests/parts/test_front_door.py).
         "disable_aiohttp_transport": True,
         "request_timeout": cfg.timeout_seconds,
     }

@@ -1,6 +1,6 @@
 """The eks stack's Kubernetes layer for real: the Pulumi engine deploys it (vLLM on NVIDIA GPU
 nodes, the device plugin chart) onto a cluster shaped like its nodes, as `cluster.kind: existing`. The clouds' own cluster layer (EKS, GKE, their
-node groups) stays on the mock engine (tests/test_cloud_stacks.py): no cloud answers here.
+node groups) stays on the mock engine (tests/program/test_cloud_stacks.py): no cloud answers here.
 
 eks also walks what a user changes on a vLLM server: its cache size (the StatefulSet's claim
 template is immutable: the server is replaced, what that keeps and drops is checked) and destroy

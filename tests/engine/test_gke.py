@@ -1,6 +1,6 @@
 """The gke stack's Kubernetes layer for real: vLLM on every chip of a TPU host (GKE runs the
 device plugin), as `cluster.kind: existing` on nodes shaped like the stack's pools. The cloud's own
-cluster layer stays on the mock engine (tests/test_cloud_stacks.py)."""
+cluster layer stays on the mock engine (tests/program/test_cloud_stacks.py)."""
 
 from __future__ import annotations
 

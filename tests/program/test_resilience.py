@@ -117,7 +117,7 @@ def test_disruption_budget_only_with_more_than_one_replica(local, local_pods):
 @pytest.mark.parametrize("stack_name", ["eks", "gke"])
 def test_model_caches_are_kept_for_the_life_of_their_server_and_no_longer(stack_name):
     """Kept: across rollouts, restarts and scaling down and up again. Not kept: the claims go
-    with the StatefulSet (tests/test_cluster.py shows the control plane deleting them before a
+    with the StatefulSet (tests/parts/test_cluster.py shows the control plane deleting them before a
     foreground delete ends), so `destroy` leaves none bound when the cluster goes."""
     rec = harness.run(stack_name)
     workload = rec.one("kubernetes:apps/v1:StatefulSet", "model-qwen-statefulset")

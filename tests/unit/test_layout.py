@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "components"
 # Lower first. Packages on the same rank are siblings and may not import each other.
 LAYERS = {"core": 0, "config": 1, "cluster": 2, "platform": 3, "serving": 4, "edge": 4}

@@ -17,12 +17,12 @@ import pytest
 from components.edge import front_door
 from components.serving.autoscaling import FRONT_DOOR_REQUESTS, RUNNING_METRIC, ScaledServer, demand_query
 from tests import promql
-from tests.parts import LLAMA_SERVER, TINY_MODEL
+from tests.shared import LLAMA_SERVER, TINY_MODEL
 from tools import mock_engine as harness
-from tests.test_front_door import (  # noqa: F401 (recorded: the module's fixture)
-    CLIENT_KEY, LITELLM, SECRET, _chat, _free_port, _request, _wait_ready, proxy_container, recorded,
-    rendered_config, stop, write_config_dir, xfcc,
+from tests.program.test_front_door import (  # noqa: F401 (recorded: the module's fixture)
+    CLIENT_KEY, SECRET, proxy_container, recorded, rendered_config, write_config_dir,
 )
+from tests.parts.test_front_door import LITELLM, _chat, _free_port, _request, _wait_ready, stop, xfcc
 
 FRONT_DOOR_NS = "front-door"
 # The labels Prometheus adds to every series it scrapes from the front door's pod.

@@ -19,11 +19,10 @@ import yaml
 from components.edge import front_door
 from components.serving import llama_router
 from components.serving.runtimes import API_KEYS_FILE, API_KEYS_MOUNT
-from tests.test_llama_server import LONG_REPLY_TOKENS
-from tests.test_front_door import (
-    CLIENT_KEY, LITELLM, LLAMA_SERVER, TINY_MODEL, _chat, stop, _free_port, _request, _wait_ready, proxy_container,
-    write_config_dir,
-)
+from tests.parts.test_llama_server import LONG_REPLY_TOKENS
+from tests.program.test_front_door import CLIENT_KEY, proxy_container, write_config_dir
+from tests.parts.test_front_door import LITELLM, _chat, stop, _free_port, _request, _wait_ready
+from tests.shared import LLAMA_SERVER, TINY_MODEL
 from tools import mock_engine as harness
 
 MODELS = [

@@ -8,7 +8,7 @@ import kubernetes_validate
 import pytest
 
 from tools import mock_engine as harness
-from tests.test_schemas import core_objects, manifest
+from tests.program.test_schemas import core_objects, manifest
 
 STATEFULSET = "kubernetes:apps/v1:StatefulSet"
 STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
@@ -502,7 +502,7 @@ def test_gke_pool_and_accelerator_must_agree(patch, accelerator, expected):
 def test_ingress_replicas_spread_and_disruption_budget(stack_name, replicas):
     """The gateway chart's own templates, given the values the program passes: two or more
     replicas kept on eks/gke, spread over nodes, with a PodDisruptionBudget; one on a laptop."""
-    from tests.test_security import render_chart
+    from tests.program.test_security import render_chart
 
     rec = harness.run(stack_name)
     release = rec.one("kubernetes:helm.sh/v3:Release", "mesh-gateway").inputs
@@ -533,7 +533,7 @@ def test_metrics_server_is_installed_where_the_cluster_serves_no_resource_metric
     """The ingress gateway's and istiod's HPAs scale on CPU, read from `metrics.k8s.io`. EKS runs
     no metrics-server: the chart is installed, pinned; GKE runs its own and minikube's addon is
     enabled with the cluster: a second one would collide with theirs. (On the control plane:
-    tests/test_cluster.py, the HPA's metric source on eks.)"""
+    tests/parts/test_cluster.py, the HPA's metric source on eks.)"""
     from components.cluster import metrics_server
 
     (release,) = metrics_server_releases(eks)

@@ -1,5 +1,6 @@
 """Who may call what: on every stack `/v1` needs a key that reaches the servers only through
-Kubernetes Secrets, and no key is ever written in plain text."""
+Kubernetes Secrets, and no key is ever written in plain text. (Istio's schemas judge the TLS
+objects in tests/parts/test_security.py.)"""
 
 import dataclasses
 import hashlib
@@ -479,7 +480,7 @@ WORKLOADS = ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:DaemonSet", "k
 
 def test_every_pod_but_the_device_plugin_passes_the_restricted_profile(guarded):
     """The program's own workloads. (The GPU exporter, from NVIDIA's chart: root, SYS_ADMIN and
-    the pod-resources socket, nothing more: tests/test_gpu_metrics.py.)"""
+    the pod-resources socket, nothing more: tests/program/test_gpu_metrics.py.)"""
     checked, exceptions = 0, {}
     for r in guarded.registrations:
         if r.type in WORKLOADS:
@@ -972,21 +973,6 @@ def test_a_vpc_on_public_addresses_is_excluded_too():
 
     ranges = outside_ranges(["10.0.0.0/16", "44.0.0.0/16"])
     assert "44.0.0.0/16" in ranges and "10.0.0.0/16" not in ranges and "169.254.0.0/16" in ranges
-
-
-def test_tls_objects_match_their_schemas(acme):
-    """The redirect route, port matches and the IngressClass validate (Istio's published
-    schema; Kubernetes' for the IngressClass)."""
-    import kubernetes_validate
-
-    from tests.test_crd_schemas import custom_resources, validate
-    from tests.test_schemas import manifest
-
-    objects = [o for o in custom_resources(acme) if o["kind"] in ("Gateway", "VirtualService")]
-    assert len(objects) == 3
-    assert validate(objects) == [None] * len(objects)
-    kubernetes_validate.validate(manifest(acme.one("kubernetes:networking.k8s.io/v1:IngressClass").inputs),
-                                 "1.33", strict=True)
 
 
 def test_istiod_as_its_chart_renders_it_serves_the_challenge_from_our_ingress(acme):

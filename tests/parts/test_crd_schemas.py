@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from tools import mock_engine as harness
-from tests.test_schemas import CUSTOM_GROUPS, manifest
+from tests.program.test_schemas import CUSTOM_GROUPS, manifest
 
 CRD_DIR = harness.PROJECT_DIR / "tests" / "crd"
 
@@ -23,7 +23,8 @@ def validate(objects: list[dict]) -> list:
 
 
 # No published models for the Prometheus operator's kinds: ServiceMonitors and PodMonitors are
-# applied against the chart's own CRDs on the real control plane instead (tests/test_cluster.py).
+# applied against the chart's own CRDs on the real control plane instead
+# (tests/parts/test_cluster.py).
 APPLIED_ONLY = ("monitoring.coreos.com",)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from components.serving.runtimes import API_KEYS_MOUNT, LLAMA_CPP_BUILD, MODELS_MOUNT
-from tests.parts import LLAMA_SERVER, SHARED, TINY_MODEL
+from tests.shared import LLAMA_SERVER, SHARED, TINY_MODEL
 from tests.conftest import PODS
 from tools import mock_engine as harness
 
@@ -44,7 +44,7 @@ def _free_port() -> int:
 def _render(accelerator: str) -> dict:
     """The local stack's model server with a known client key, on the Mac GPU (the stack file's
     `vulkan`: RamaLama's image) or on CPU (`none`: ggml-org's image of the build run here), one
-    pod per model (tests/test_llama_router.py runs the router)."""
+    pod per model (tests/parts/test_llama_router.py runs the router)."""
     rec = harness.run("local", {**PODS, "llm-platform:apiKey": CLIENT_KEY,
                                 "llm-platform:accelerator": {"kind": accelerator}},
                       secrets=("llm-platform:apiKey",))

@@ -1,12 +1,11 @@
 """GPU metrics: NVIDIA's DCGM exporter, installed from NVIDIA's chart (pinned, vendored), runs on
 the NVIDIA GPU nodes alone (their label and taint, as the device plugin), serves on the port the
 Service and ServiceMonitor name, and only Prometheus's pods may reach it; none where the stack
-has no NVIDIA pool of its own. Asserted on what the chart renders with the program's values, and
-on the real control plane."""
+has no NVIDIA pool of its own. Asserted on what the chart renders with the program's values (on
+the real control plane: tests/parts/test_gpu_metrics.py)."""
 
 from __future__ import annotations
 
-import copy
 import re
 
 import pytest
@@ -115,7 +114,7 @@ def test_the_counters_include_the_fields_the_docs_name(chart):
 
 
 def test_its_only_exceptions_to_the_restricted_profile_are_root_sys_admin_and_the_socket(chart):
-    from tests.test_security import restricted_violations
+    from tests.program.test_security import restricted_violations
 
     pod = pod_spec(chart)
     (c,) = pod["containers"]
@@ -216,60 +215,3 @@ def test_series_keep_the_namespace_and_pod_holding_the_gpu():
     endpoint = crds["ServiceMonitor"]["properties"]["spec"]["properties"]["endpoints"]["items"]["properties"]
     assert endpoint["honorLabels"]["type"] == "boolean"
     assert "exported_" in crds["Prometheus"]["properties"]["spec"]["properties"]["overrideHonorLabels"]["description"]
-
-
-# --- on the real control plane ------------------------------------------------------------
-
-
-def exporter_problems(cp, d) -> list[str]:
-    """What the control plane makes of the exporter on the eks stack: its pods admitted (the
-    namespace's Pod Security level), one on every GPU node and none elsewhere, its Service
-    resolving on them, its ServiceMonitor accepted by the CRD, and the NetworkPolicy admitting
-    Prometheus selecting those very pods."""
-    from tests import cluster_stack as cs
-
-    ns = gpu_metrics.NAMESPACE
-    gpu = {n.name for n in d.nodes if "nvidia.com/gpu" in n.devices_from_plugin}
-    assert gpu, "no GPU node declared"
-    problems = [p for p in cs.failed_creates(cp, d) if f" {ns}/" in p]
-    problems += cs.daemonset_coverage(cp, d, ns, gpu_metrics.HELM_RELEASE, must_serve=gpu, may_run=gpu)
-    problems += [p for p in cs.settled_service_ports(cp, d) if p.startswith(f"Service {ns}/")]
-    (monitor,) = [o for o in d.objects if o["kind"] == "ServiceMonitor" and o["metadata"]["namespace"] == ns]
-    if not cp.exists(monitor):
-        problems.append(f"ServiceMonitor {ns}/{monitor['metadata']['name']} not stored")
-    (allow,) = [o for o in d.of_kind("NetworkPolicy") if o["metadata"]["namespace"] == ns
-                and o["metadata"]["name"] == "allow-prometheus"]
-    selector = ",".join(f"{k}={v}" for k, v in allow["spec"]["podSelector"]["matchLabels"].items())
-    exporters = cs.owned_pods(cp, ns, "DaemonSet", gpu_metrics.HELM_RELEASE)
-    selected = {p.metadata.name for p in cp.pods(ns, selector)}
-    if not exporters or {p.metadata.name for p in exporters} - selected:
-        problems.append(f"NetworkPolicy {ns}/allow-prometheus selects {sorted(selected)}, "
-                        f"not the exporter's pods {sorted(p.metadata.name for p in exporters)}")
-    return problems
-
-
-def test_on_the_control_plane_the_exporter_runs_on_every_gpu_node_and_nowhere_else(control_plane, stacks):
-    problems = exporter_problems(control_plane, stacks.get("eks"))
-    assert not problems, "\n".join(problems)
-
-
-def test_bites_an_exporter_that_does_not_tolerate_the_gpu_taint(control_plane, stacks):
-    """The chart's DaemonSet without the GPU toleration (the chart's default one instead): no
-    pod on any GPU node, and the check says so. The stack is restored afterwards."""
-    from tests import cluster_stack as cs
-    from tests import kube
-
-    cp, d = control_plane, stacks.get("eks")
-    (ds,) = [o for o in d.of_kind("DaemonSet") if o["metadata"]["namespace"] == gpu_metrics.NAMESPACE]
-    broken = copy.deepcopy(ds)
-    broken["spec"]["template"]["spec"]["tolerations"] = [
-        {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}]
-    try:
-        assert cp.apply(broken) is None
-        problems = kube.until(lambda: (cs.settle(cp, d, 10, quiet_s=1),
-                                       [p for p in exporter_problems(cp, d) if "no pod on" in p])[-1],
-                              60, "the exporter's pods gone from the GPU nodes")
-        assert problems and all("(pool gpu)" in p for p in problems), problems
-    finally:
-        assert cp.apply(ds) is None
-        cs.settle(cp, d, 30)
