@@ -27,6 +27,7 @@ import yaml
 
 from tools import mock_engine
 
+
 # libyaml's parser when present: the charts' CRDs are large.
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     pass
@@ -176,7 +177,7 @@ def provenance() -> dict[tuple[str, str], dict[str, str]]:
     """(chart, version) -> its PROVENANCE.tsv row (upstream repository, tag, commit, path)."""
     lines = (CHARTS_DIR / "PROVENANCE.tsv").read_text().splitlines()
     header = lines[0].split("\t")
-    rows = [dict(zip(header, line.split("\t"))) for line in lines[1:] if line.strip()]
+    rows = [dict(zip(header, line.split("\t"), strict=False)) for line in lines[1:] if line.strip()]
     return {(r["chart"], r["version"]): r for r in rows}
 
 

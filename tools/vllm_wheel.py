@@ -321,8 +321,9 @@ def serve_flags(wheel: Path) -> dict[str, FlagSpec]:
         types = _type_sources(whl)
         trees = [ast.parse(whl.read(m)) for m in PARSER_MODULES]
     specs: dict[str, FlagSpec] = {}
-    human_ints = {e.value for t in trees for n in ast.walk(t) if isinstance(n, ast.Assign) and _assigns(n, "human_readable_int_args")
-                  and isinstance(n.value, ast.Set) for e in n.value.elts if isinstance(e, ast.Constant)}
+    human_ints = {e.value for t in trees for n in ast.walk(t)
+                  if isinstance(n, ast.Assign) and _assigns(n, "human_readable_int_args") and isinstance(n.value, ast.Set)
+                  for e in n.value.elts if isinstance(e, ast.Constant)}
 
     def field_spec(cls: str, field: str) -> FlagSpec:
         annotation = types.classes.get(cls, {}).get(field)
@@ -374,7 +375,7 @@ def serve_flags(wheel: Path) -> dict[str, FlagSpec]:
                         if kw.arg is not None:
                             continue
                         parts = [(None, kw.value)] if not isinstance(kw.value, ast.Dict) else \
-                            list(zip(kw.value.keys, kw.value.values))
+                            list(zip(kw.value.keys, kw.value.values, strict=True))
                         for key, value in parts:
                             ref = _kwargs_ref(value) if key is None else None
                             alias = value.id if key is None and isinstance(value, ast.Name) else None

@@ -7,12 +7,12 @@ from typing import Optional, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.cluster.accelerators import Accelerator
 from components.cluster import eks, existing, gke, minikube
+from components.cluster.accelerators import Accelerator
 from components.cluster.base import ClusterFacts
-from components.config import ClusterConfig
 from components.cluster.metrics_server import MetricsServer
 from components.cluster.node_autoscaler import GpuNodeAutoscaler
+from components.config import ClusterConfig
 
 SERVING_PRIORITY_CLASS = "llm-serving"
 

@@ -10,10 +10,10 @@ import json
 import pulumi
 import pulumi_aws as aws
 
-from components.config import EksCluster
-from components.core.hardware import NVIDIA_GPU_PRESENT_LABEL
 from components.cluster import karpenter
 from components.cluster.base import BuiltCluster, CacheClass, IngressFacts
+from components.config import EksCluster
+from components.core.hardware import NVIDIA_GPU_PRESENT_LABEL
 
 STORAGE_CLASS = "gp3"
 # The GPU nodes' pool: the managed node group's name, or Karpenter's NodePool's.

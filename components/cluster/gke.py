@@ -8,9 +8,9 @@ import json
 import pulumi
 import pulumi_gcp as gcp
 
+from components.cluster.base import BuiltCluster, CacheClass, IngressFacts
 from components.config import GkeCluster
 from components.core.hardware import gke_cache_disk, topology_chips, tpu_host
-from components.cluster.base import BuiltCluster, CacheClass, IngressFacts
 
 # GKE's own balanced-PD class, present on every cluster.
 STORAGE_CLASS = "standard-rwo"

@@ -23,9 +23,8 @@ from components.config.models import RUNTIMES
 from components.config.monitoring import *  # noqa: F401,F403
 from components.config.services import *  # noqa: F401,F403
 from components.config.stack import *  # noqa: F401,F403
-from components.config.virtual_keys import *  # noqa: F401,F403
 from components.config.stack import StackConfig
-
+from components.config.virtual_keys import *  # noqa: F401,F403
 
 # --- loading -------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from pydantic import (
     model_validator,
 )
 
+from components.config.base import DnsLabel, K8sVersion, MinikubeSize, _existing_file, _Model
 from components.core.hardware import (
     EKS_GPU_TAINT,
     G2_GPUS,
@@ -23,7 +24,6 @@ from components.core.hardware import (
     topology_chips,
     tpu_host,
 )
-from components.config.base import DnsLabel, K8sVersion, MinikubeSize, _existing_file, _Model
 
 # --- cluster -------------------------------------------------------------------------------
 

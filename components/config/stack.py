@@ -12,13 +12,10 @@ from pydantic import (
     model_validator,
 )
 
-from components.core.hardware import (
-    AcceleratorPool,
-)
 from components.config.base import ApiKey, DnsLabel, _master_key, _Model
 from components.config.cluster import ClusterConfig
-from components.config.monitoring import MonitoringConfig
 from components.config.models import DEFAULT_MODEL, DEFAULT_VLLM_MODEL, AcceleratorConfig, AnyModel
+from components.config.monitoring import MonitoringConfig
 from components.config.services import (
     AppConfig,
     FrontDoorConfig,
@@ -29,6 +26,7 @@ from components.config.services import (
     SecurityConfig,
     UiConfig,
 )
+from components.core.hardware import AcceleratorPool
 
 ACCELERATORS_BY_CLUSTER = {
     "minikube": ("vulkan", "none"),

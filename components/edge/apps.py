@@ -8,9 +8,9 @@ from typing import Optional, Sequence
 
 import pulumi
 
+from components.config import StackConfig
 from components.core.trust import Caller
 from components.platform.api_keys import KEYS_DIGEST_ANNOTATION
-from components.config import StackConfig
 from components.platform.gitops import App
 
 OPEN_WEBUI_REPO = "https://helm.openwebui.com/"

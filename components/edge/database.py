@@ -14,9 +14,9 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 import pulumi_tls as tls
 
+from components.core.chart_source import release_source
 from components.core.pod_security import pod_security_labels
 from components.core.trust import allow_dns, default_deny, namespace_peer, outside_ranges, tcp
-from components.core.chart_source import release_source
 
 CNPG_REPO = "https://cloudnative-pg.github.io/charts"
 CNPG_CHART = "cloudnative-pg"

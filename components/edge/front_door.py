@@ -5,7 +5,6 @@ mesh (or to a hosted provider from config), holds the keys and counts the tokens
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, NotRequired, Optional, Sequence, TypedDict
 
@@ -250,7 +249,7 @@ class FrontDoor(pulumi.ComponentResource):
 
         rendered = pulumi.Output.all(*(pulumi.Output.from_input(m.base_url) for m in args["models"])).apply(
             lambda urls: yaml.safe_dump(litellm_config(
-                [(m.alias, u) for m, u in zip(args["models"], urls)], cfg, auth, ui_key), sort_keys=False))
+                [(m.alias, u) for m, u in zip(args["models"], urls, strict=True)], cfg, auth, ui_key), sort_keys=False))
         files: dict[str, pulumi.Input[str]] = {CONFIG_FILE: rendered}
         if ui_key:
             files[AUTH_FILE] = auth_module_source()

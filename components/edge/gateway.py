@@ -10,10 +10,10 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.config import CertManagerConfig
-from components.edge.front_door import INTERNAL_RESPONSE_HEADERS
-from components.platform.monitoring import GRAFANA_PATH
-from components.platform.mesh import HTTP_PORT, HTTPS_PORT, INGRESS_CLASS, INGRESS_CONTROLLER, Mesh
 from components.core.chart_source import release_source
+from components.edge.front_door import INTERNAL_RESPONSE_HEADERS
+from components.platform.mesh import HTTP_PORT, HTTPS_PORT, INGRESS_CLASS, INGRESS_CONTROLLER, Mesh
+from components.platform.monitoring import GRAFANA_PATH
 
 CERT_MANAGER_REPO = "https://charts.jetstack.io"
 CERT_SECRET = "llm-gateway-tls"

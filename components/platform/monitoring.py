@@ -10,9 +10,8 @@ mesh's capture; NetworkPolicies admit Prometheus's pods to those ports only."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, TypedDict
+from typing import Optional, Sequence, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s

@@ -4,9 +4,8 @@ recently used beyond `modelsMax`, so a laptop offers many models without holding
 
 from __future__ import annotations
 
-import hashlib
-
 import configparser
+import hashlib
 import io
 from typing import TYPE_CHECKING, Optional, Sequence, TypedDict
 
@@ -15,12 +14,21 @@ import pulumi_command as command
 import pulumi_kubernetes as k8s
 
 from components.cluster.accelerators import Accelerator
-from components.platform.api_keys import KEYS_DIGEST_ANNOTATION
 from components.core.published import ModelBackend, ScrapeTarget
+from components.platform.api_keys import KEYS_DIGEST_ANNOTATION
 from components.serving.pods import CONTAINER_SECURITY, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security
 from components.serving.runtimes import (
-    ALL_LAYERS, API_KEYS_FILE, METRICS_KEY, API_KEYS_MOUNT, LLAMA_CPP_PORT, METRICS_PATH, MODELS_MOUNT,
-    RUNTIMES, TERMINATION_GRACE_S, llama_router_pre_stop, model_path,
+    ALL_LAYERS,
+    API_KEYS_FILE,
+    API_KEYS_MOUNT,
+    LLAMA_CPP_PORT,
+    METRICS_KEY,
+    METRICS_PATH,
+    MODELS_MOUNT,
+    RUNTIMES,
+    TERMINATION_GRACE_S,
+    llama_router_pre_stop,
+    model_path,
 )
 
 if TYPE_CHECKING:

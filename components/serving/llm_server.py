@@ -6,23 +6,28 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shlex
 from typing import TYPE_CHECKING, Optional, TypedDict
 
 import pulumi
 import pulumi_command as command
 import pulumi_kubernetes as k8s
-import pulumi_random as random
 
 from components.cluster.accelerators import Accelerator
-from components.platform.api_keys import KEYS_DIGEST_ANNOTATION, keyed_digest
 from components.config import quantity_bytes
 from components.core.published import ModelBackend, ScrapeTarget
+from components.platform.api_keys import KEYS_DIGEST_ANNOTATION
 from components.serving.autoscaling import ScaledServer
 from components.serving.pods import CONTAINER_SECURITY, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security
 from components.serving.runtimes import (
-    API_KEY_ENTRIES, API_KEYS_MOUNT, FRONT_DOOR_KEY, METRICS_KEY, CACHE_MOUNT, METRICS_PATH, MODELS_MOUNT, TERMINATION_GRACE_S, ServerSpec,
-    api_keys_file_content, server_spec,
+    API_KEY_ENTRIES,
+    CACHE_MOUNT,
+    FRONT_DOOR_KEY,
+    METRICS_KEY,
+    METRICS_PATH,
+    MODELS_MOUNT,
+    TERMINATION_GRACE_S,
+    ServerSpec,
+    server_spec,
 )
 
 if TYPE_CHECKING:
