@@ -229,7 +229,9 @@ def _with_subcharts(path: Path) -> Path:
 def _chart_yaml(path: Path) -> dict:
     with tarfile.open(path) as tar:
         (member,) = [m for m in tar.getmembers() if m.name.count("/") == 1 and m.name.endswith("/Chart.yaml")]
-        return yaml.safe_load(tar.extractfile(member).read())
+        chart_yaml = tar.extractfile(member)
+        assert chart_yaml is not None  # a regular file, by its name
+        return yaml.safe_load(chart_yaml.read())
 
 
 @lru_cache(maxsize=None)
@@ -307,10 +309,10 @@ def render_release(release: ChartRelease, kube_version: str) -> list[dict]:
     objs = []
     for crd in [] if release.skip_crds else chart.crds:
         objs += [d for d in yaml.load_all(crd["data"], Loader=_Loader) if d]
-    for path in sorted(rendered):
-        if path.endswith("NOTES.txt") or not rendered[path].strip():
+    for template in sorted(rendered):
+        if template.endswith("NOTES.txt") or not rendered[template].strip():
             continue
-        for doc in split_manifests(rendered[path]):
+        for doc in split_manifests(rendered[template]):
             if isinstance(doc, dict) and doc.get("kind") and not _is_test_hook(doc):
                 objs.append(doc)
     scopes = crd_scopes(objs)
