@@ -211,7 +211,7 @@ apps = all_apps(
     [ModelEndpoint("front-door", front_door.base_url)],
     # Its own key, which the front door takes for listing models and inference alone.
     keys.ui if keys else None,
-    keys.digest(keys.ui) if keys else None,
+    keys.digest(keys.ui) if keys and keys.ui is not None else None,
     ui_admin.password if ui_admin else None,
     ui_admin.secret_key if ui_admin else None,
 )

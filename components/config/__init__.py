@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from components.config.base import *  # noqa: F401,F403
 from components.config.base import PROJECT, ConfigError
@@ -48,7 +49,7 @@ def display_key(key: str) -> str:
     return key if re.fullmatch(r"[A-Za-z_][\w-]*", key) else json.dumps(key)
 
 
-def _message(err: dict) -> str:
+def _message(err: ErrorDetails) -> str:
     kind = err["type"]
     if kind == "missing":
         return "required key is missing"

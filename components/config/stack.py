@@ -52,12 +52,16 @@ class ChartsConfig(_Model):
     archive_dir: Optional[Annotated[str, AfterValidator(_existing_dir)]] = None
 
 
+def _default_models() -> list[AnyModel]:
+    return [DEFAULT_MODEL]
+
+
 class StackConfig(_Model):
     cluster: ClusterConfig
     # Default: what the cluster kind serves on (see _defaults_for_the_cluster).
     accelerator: AcceleratorConfig = AcceleratorConfig()
     # Default: TinyLlama on llama.cpp, or a small vLLM model on GPU/TPU clusters.
-    models: list[AnyModel] = Field(default_factory=lambda: [DEFAULT_MODEL], min_length=1)
+    models: list[AnyModel] = Field(default_factory=_default_models, min_length=1)
     models_namespace: DnsLabel = "models"
     mesh: MeshConfig = MeshConfig()
     gitops: GitOpsConfig = GitOpsConfig()
@@ -128,7 +132,10 @@ class StackConfig(_Model):
                 and self.cluster.accelerator_nodes.device_plugin == "chart"):
             raise ValueError("cluster.acceleratorNodes.devicePlugin: 'chart' installs NVIDIA's plugin; TPU "
                              "nodes advertise google.com/tpu themselves, expected 'managed'")
-        pool = self.cluster.accelerator_pool(accel) if accel in ("nvidia", "tpu") else None
+        pool: Optional[AcceleratorPool] = None
+        if accel in ("nvidia", "tpu"):
+            assert self.cluster.kind != "minikube"  # minikube serves on vulkan or none (checked above)
+            pool = self.cluster.accelerator_pool(accel)
         per_node = pool.per_node if pool else None
         for i, m in enumerate(self.models):
             if m.runtime not in RUNTIMES_BY_ACCELERATOR[accel]:
@@ -221,7 +228,8 @@ class StackConfig(_Model):
             return  # one router pod holds one share and serves every model from it
         used = 0
         for i, m in enumerate(self.models):
-            per_replica = pool.per_node if kind == "tpu" else (getattr(m, "accelerators", None) or 1)
+            # A TPU cluster has its pool (else the check returned above).
+            per_replica = pool.per_node if kind == "tpu" and pool is not None else (getattr(m, "accelerators", None) or 1)
             used += per_replica * m.most_replicas
             if used > capacity:
                 raise ValueError(

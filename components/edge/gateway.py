@@ -64,6 +64,7 @@ class Gateway(pulumi.ComponentResource):
         mesh = args["mesh"]
         host, tls_secret = args["host"], args["tls_secret"]
         if args["cert_manager"]:
+            assert host is not None  # the config asks for a host with certManager
             tls_secret = self._issue_certificate(name, host, args["cert_manager"], mesh)
         hosts = [host] if host else ["*"]
         http = {"number": HTTP_PORT, "name": "http", "protocol": "HTTP"}

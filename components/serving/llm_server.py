@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Optional, TypedDict
+from typing import TYPE_CHECKING, Literal, Optional, TypedDict
 
 import pulumi
 import pulumi_command as command
@@ -86,6 +86,8 @@ class LlmServer(pulumi.ComponentResource):
     namespace: pulumi.Output[str]
     port: int
     service_host: pulumi.Output[str]
+    workload: k8s.apps.v1.Deployment | k8s.apps.v1.StatefulSet
+    workload_kind: Literal["Deployment", "StatefulSet"]
 
     def __init__(self, name: str, args: LlmServerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:LlmServer", name, None, opts)
@@ -123,10 +125,12 @@ class LlmServer(pulumi.ComponentResource):
         else:
             claim_templates = self._model_cache(name, model, meta, args, k8s_opts, mounts, env)
         if spec.api_keys_file:
+            api_keys = args["api_keys"]
+            assert api_keys is not None  # a keys file only where the server has keys (api_auth above)
             annotations[KEYS_DIGEST_ANNOTATION] = api_keys_volume(
                 self, name, {**meta, "name": f"{model.name}-api-keys"}, spec.api_keys_file,
                 # vLLM leaves /metrics open: no scraper key where none is asked for.
-                {e: args["api_keys"][e] for e in (API_KEY_ENTRIES if spec.metrics_need_key else (FRONT_DOOR_KEY,))},
+                {e: api_keys[e] for e in (API_KEY_ENTRIES if spec.metrics_need_key else (FRONT_DOOR_KEY,))},
                 k8s_opts, volumes, mounts)
         if args["restricted"]:
             # The root filesystem is read-only: scratch space and HOME live here.
