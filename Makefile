@@ -1,7 +1,7 @@
 # Set-up and tests. `make test` is what CI runs (.ci/run) on a clean clone.
 PYTHON ?= python3
 
-.PHONY: test setup check
+.PHONY: test setup check lint
 
 test: setup
 	.venv/bin/python -m pytest
@@ -12,6 +12,15 @@ test: setup
 check: setup
 	.venv/bin/python -m pytest -q tests/test_config.py tests/test_local_stack.py tests/test_cloud_stacks.py \
 		tests/test_policy.py tests/test_workflows.py tests/test_render.py
+
+# ruff and mypy as pyproject.toml configures them (the suite: pyflakes' rules only; the policy
+# pack, a program of its own, in a second mypy run). Every check runs; any finding fails it.
+lint: .venv/.installed
+	@status=0; \
+	for check in ".venv/bin/ruff check ." ".venv/bin/mypy" ".venv/bin/mypy policy"; do \
+		echo "$$check"; $$check || status=1; \
+	done; \
+	exit $$status
 
 setup: .venv/.installed .venv-checkov/.installed .venv-litellm/.installed .venv-loadtest/.installed \
 	tests/crd/node_modules/.installed .cache/vllm/.fetched .cache/promql/promql.test .cache/engine-tools.stamp
