@@ -1,7 +1,7 @@
 # Set-up and tests. `make test` is what CI runs (.ci/run) on a clean clone.
 PYTHON ?= python3
 
-.PHONY: test setup check test-parts test-engine docs
+.PHONY: test setup check test-parts test-engine docs lint
 
 test: setup
 	.venv/bin/python -m pytest
@@ -10,7 +10,7 @@ test: setup
 # the program under the mock engine (local and the clouds), the offline render with every chart,
 # the policy pack and the workflows. No real part runs. `make test` runs every tier.
 check: setup
-	.venv/bin/python -m pytest -q -m "unit or program"
+	.venv/bin/python -m pytest -q -n auto -m "unit or program"
 
 # One tier alone: the real parts (LiteLLM, llama-server, the control plane, Helm's templates,
 # checkov, ...), or the Pulumi engine.
@@ -25,6 +25,15 @@ test-engine: setup
 # either is stale.
 docs: .venv/.installed
 	.venv/bin/python -m tools.config_reference
+
+# ruff and mypy as pyproject.toml configures them (the suite: pyflakes' rules only; the policy
+# pack, a program of its own, in a second mypy run). Every check runs; any finding fails it.
+lint: .venv/.installed
+	@status=0; \
+	for check in ".venv/bin/ruff check ." ".venv/bin/mypy" ".venv/bin/mypy policy"; do \
+		echo "$$check"; $$check || status=1; \
+	done; \
+	exit $$status
 
 setup: .venv/.installed .venv-checkov/.installed .venv-litellm/.installed .venv-loadtest/.installed \
 	tests/crd/node_modules/.installed .cache/vllm/.fetched .cache/promql/promql.test .cache/engine-tools.stamp

@@ -6,8 +6,7 @@ from components.cluster import Cluster, GpuDevicePlugin
 from components.cluster.accelerators import from_config as accelerator_from_config, units_in_use
 from components.config import ConfigError, load
 from components.core.chart_source import use_archives
-from components.edge import Backend, FrontDoor, Gateway, KeysDatabase, UiAdmin
-from components.edge import front_door as front_door_parts
+from components.edge import Backend, FrontDoor, Gateway, KeysDatabase, UiAdmin, front_door as front_door_parts
 from components.edge.apps import OPEN_WEBUI_PORT, ModelEndpoint, all_apps, open_webui_host, ui_caller
 from components.platform import ApiKeys, GitOpsController, GpuMetrics, Mesh, Monitoring
 from components.platform.gpu_metrics import RELEASE as DCGM_RELEASE
@@ -15,7 +14,12 @@ from components.platform.mesh import INGRESS_CALLER
 from components.platform.monitoring import GRAFANA_ADMIN_USER, PROMETHEUS_URL, metrics_access
 from components.serving import LlamaRouter, LlmServer, ModelNamespace, PodAutoscaling
 from components.serving.runtimes import (
-    FRONT_DOOR_KEY, METRICS_KEY, METRICS_PATH as SERVER_METRICS_PATH, RUNTIMES, VLLM_RELEASE, uses_model_cache,
+    FRONT_DOOR_KEY,
+    METRICS_KEY,
+    METRICS_PATH as SERVER_METRICS_PATH,
+    RUNTIMES,
+    VLLM_RELEASE,
+    uses_model_cache,
 )
 
 try:
@@ -207,7 +211,7 @@ apps = all_apps(
     [ModelEndpoint("front-door", front_door.base_url)],
     # Its own key, which the front door takes for listing models and inference alone.
     keys.ui if keys else None,
-    keys.digest(keys.ui) if keys else None,
+    keys.digest(keys.ui) if keys and keys.ui is not None else None,
     ui_admin.password if ui_admin else None,
     ui_admin.secret_key if ui_admin else None,
 )

@@ -10,20 +10,49 @@ those listed before it:
 """
 
 from components.cluster import (
-    Cluster, ClusterArgs, GpuDevicePlugin, GpuDevicePluginArgs, GpuNodeAutoscaler, GpuNodeAutoscalerArgs, MetricsServer,
+    Cluster,
+    ClusterArgs,
+    GpuDevicePlugin,
+    GpuDevicePluginArgs,
+    GpuNodeAutoscaler,
+    GpuNodeAutoscalerArgs,
+    MetricsServer,
     MetricsServerArgs,
 )
 from components.edge import (
-    Backend, FrontDoor, FrontDoorArgs, Gateway, GatewayArgs, KeysDatabase, KeysDatabaseArgs, UiAdmin,
+    Backend,
+    FrontDoor,
+    FrontDoorArgs,
+    Gateway,
+    GatewayArgs,
+    KeysDatabase,
+    KeysDatabaseArgs,
+    UiAdmin,
     UiAdminArgs,
 )
 from components.platform import (
-    ApiKeys, ApiKeysArgs, App, GitOpsController, GitOpsControllerArgs, GpuMetrics, GpuMetricsArgs, Mesh, MeshArgs,
-    Monitoring, MonitoringArgs,
+    ApiKeys,
+    ApiKeysArgs,
+    App,
+    GitOpsController,
+    GitOpsControllerArgs,
+    GpuMetrics,
+    GpuMetricsArgs,
+    Mesh,
+    MeshArgs,
+    Monitoring,
+    MonitoringArgs,
 )
 from components.serving import (
-    LlamaRouter, LlamaRouterArgs, LlmServer, LlmServerArgs, ModelNamespace, ModelNamespaceArgs, PodAutoscaling,
-    PodAutoscalingArgs, ScaledServer,
+    LlamaRouter,
+    LlamaRouterArgs,
+    LlmServer,
+    LlmServerArgs,
+    ModelNamespace,
+    ModelNamespaceArgs,
+    PodAutoscaling,
+    PodAutoscalingArgs,
+    ScaledServer,
 )
 
 __all__ = [

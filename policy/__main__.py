@@ -1,8 +1,14 @@
 """The llm-platform policy pack: `pulumi preview --policy-pack policy`."""
 
 from pulumi_policy import (
-    EnforcementLevel, PolicyConfigSchema, PolicyPack, ReportViolation, ResourceValidationArgs,
-    ResourceValidationPolicy, StackValidationArgs, StackValidationPolicy,
+    EnforcementLevel,
+    PolicyConfigSchema,
+    PolicyPack,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
 )
 
 import rules

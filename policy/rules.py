@@ -67,7 +67,7 @@ def pinned_images(resource_type: str, props: dict, report: Report, **_) -> None:
         image = c.get("image") or ""
         if "@sha256:" in image:
             continue
-        name, _, tag = image.rpartition(":")
+        name, _colon, tag = image.rpartition(":")
         if not name or "/" in tag or tag in ("", "latest"):
             report(f"container '{c.get('name')}' uses image '{image}', which is not pinned; use a version tag or digest")
 

@@ -27,6 +27,7 @@ import yaml
 
 from tools import mock_engine
 
+
 # libyaml's parser when present: the charts' CRDs are large.
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     pass
@@ -176,7 +177,7 @@ def provenance() -> dict[tuple[str, str], dict[str, str]]:
     """(chart, version) -> its PROVENANCE.tsv row (upstream repository, tag, commit, path)."""
     lines = (CHARTS_DIR / "PROVENANCE.tsv").read_text().splitlines()
     header = lines[0].split("\t")
-    rows = [dict(zip(header, line.split("\t"))) for line in lines[1:] if line.strip()]
+    rows = [dict(zip(header, line.split("\t"), strict=False)) for line in lines[1:] if line.strip()]
     return {(r["chart"], r["version"]): r for r in rows}
 
 
@@ -228,7 +229,9 @@ def _with_subcharts(path: Path) -> Path:
 def _chart_yaml(path: Path) -> dict:
     with tarfile.open(path) as tar:
         (member,) = [m for m in tar.getmembers() if m.name.count("/") == 1 and m.name.endswith("/Chart.yaml")]
-        return yaml.safe_load(tar.extractfile(member).read())
+        chart_yaml = tar.extractfile(member)
+        assert chart_yaml is not None  # a regular file, by its name
+        return yaml.safe_load(chart_yaml.read())
 
 
 @lru_cache(maxsize=None)
@@ -306,10 +309,10 @@ def render_release(release: ChartRelease, kube_version: str) -> list[dict]:
     objs = []
     for crd in [] if release.skip_crds else chart.crds:
         objs += [d for d in yaml.load_all(crd["data"], Loader=_Loader) if d]
-    for path in sorted(rendered):
-        if path.endswith("NOTES.txt") or not rendered[path].strip():
+    for template in sorted(rendered):
+        if template.endswith("NOTES.txt") or not rendered[template].strip():
             continue
-        for doc in split_manifests(rendered[path]):
+        for doc in split_manifests(rendered[template]):
             if isinstance(doc, dict) and doc.get("kind") and not _is_test_hook(doc):
                 objs.append(doc)
     scopes = crd_scopes(objs)

@@ -295,6 +295,7 @@ def reference() -> str:
                              *_rows(v.model, "")]
         else:
             model = shape.model or shape.item_model
+            assert model is not None, f"{heading}: a section is a model, a list of models or a choice of them"
             doc = f"A list, each item: {_lead(model_doc(model))}" if shape.item_model else model_doc(model)
             sections += ["", doc, "", *TABLE_HEAD, *_rows(model, "")]
     return "\n".join([NOTE, "", *top, *sections]) + "\n"

@@ -17,10 +17,8 @@ from typing import Any, Optional
 
 import pulumi
 import yaml
-from pulumi.runtime import mocks as pulumi_mocks
-from pulumi.runtime import rpc
-from pulumi.runtime import settings
-from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime import mocks as pulumi_mocks, rpc, settings
+from pulumi.runtime.stack import Stack, run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -271,9 +269,13 @@ def run(stack: str, overrides: Optional[dict[str, Any]] = None, remove: tuple[st
     pulumi.runtime.set_mocks(monitor.mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(engine_config, list(secrets))
     root = settings.get_root_resource()
+    assert isinstance(root, Stack)  # set_mocks made it
+
+    def program() -> None:
+        runpy.run_path(str(PROJECT_DIR / "__main__.py"), run_name="__main__")
 
     try:
-        _sync_await(run_pulumi_func(lambda: runpy.run_path(str(PROJECT_DIR / "__main__.py"), run_name="__main__")))
+        _sync_await(run_pulumi_func(program))
     except Exception as err:
         raise ProgramFailed(err, list(monitor.recorded)) from err
 

@@ -17,7 +17,7 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 WHEEL_DIR = PROJECT_DIR / ".cache" / "vllm"
@@ -37,6 +37,7 @@ def fetch(version: str) -> Path:
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
                         "--only-binary", ":all:", f"vllm=={version}", "--dest", str(WHEEL_DIR)], check=True)
         path = wheel_path(version)
+        assert path is not None, f"pip downloaded no wheel of vllm {version}"
     return path
 
 
@@ -54,7 +55,8 @@ def _assigns(node, name: str) -> bool:
 def read(wheel: Path) -> VllmCli:
     """Every flag any `add_argument` call or frontend-args dataclass names, and the env vars of
     `vllm/envs.py`'s table."""
-    flags, env_vars = set(), set()
+    flags: set[str] = set()
+    env_vars: set[str] = set()
     with zipfile.ZipFile(wheel) as whl:
         for name in whl.namelist():
             if not name.endswith(".py") or not name.startswith(("vllm/engine/", "vllm/entrypoints/")) \
@@ -70,7 +72,7 @@ def read(wheel: Path) -> VllmCli:
                               if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)}
                 elif name == "vllm/envs.py" and isinstance(node, (ast.Assign, ast.AnnAssign)) \
                         and isinstance(node.value, ast.Dict) and _assigns(node, "environment_variables"):
-                    env_vars |= {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+                    env_vars |= {k.value for k in node.value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
     return VllmCli(flags, env_vars)
 
 
@@ -89,12 +91,12 @@ def gauges(wheel: Path) -> set[str]:
     """Names of the Prometheus gauges vLLM's metrics logger declares (`self._gauge_cls(name=...)`)."""
     with zipfile.ZipFile(wheel) as z:
         tree = ast.parse(z.read(METRICS_MODULE).decode())
-    out = set()
+    out: set[str] = set()
     for node in ast.walk(tree):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                 and node.func.attr == "_gauge_cls"):
             for kw in node.keywords:
-                if kw.arg == "name" and isinstance(kw.value, ast.Constant):
+                if kw.arg == "name" and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str):
                     out.add(kw.value.value)
     return out
 
@@ -132,7 +134,10 @@ class _Types:
 
 
 def _type_sources(whl: zipfile.ZipFile) -> _Types:
-    aliases, classes, bases, decorated = {}, {}, {}, set()
+    aliases: dict[str, ast.expr] = {}
+    classes: dict[str, dict[str, ast.expr]] = {}
+    bases: dict[str, list[str]] = {}
+    decorated: set[str] = set()
     for name in whl.namelist():
         if not name.endswith(".py") or not any(name.startswith(m) for m in TYPE_MODULES):
             continue
@@ -321,8 +326,9 @@ def serve_flags(wheel: Path) -> dict[str, FlagSpec]:
         types = _type_sources(whl)
         trees = [ast.parse(whl.read(m)) for m in PARSER_MODULES]
     specs: dict[str, FlagSpec] = {}
-    human_ints = {e.value for t in trees for n in ast.walk(t) if isinstance(n, ast.Assign) and _assigns(n, "human_readable_int_args")
-                  and isinstance(n.value, ast.Set) for e in n.value.elts if isinstance(e, ast.Constant)}
+    human_ints = {e.value for t in trees for n in ast.walk(t)
+                  if isinstance(n, ast.Assign) and _assigns(n, "human_readable_int_args") and isinstance(n.value, ast.Set)
+                  for e in n.value.elts if isinstance(e, ast.Constant)}
 
     def field_spec(cls: str, field: str) -> FlagSpec:
         annotation = types.classes.get(cls, {}).get(field)
@@ -350,8 +356,10 @@ def serve_flags(wheel: Path) -> dict[str, FlagSpec]:
             _apply_keyword(spec, key, value)
         return spec
 
-    functions = [(cls_node.name, fn) for tree in trees for cls_node in ast.walk(tree) if isinstance(cls_node, ast.ClassDef)
-                 for fn in cls_node.body if isinstance(fn, ast.FunctionDef)]
+    # (owning class or None, function) for every method and module-level function.
+    functions: list[tuple[Optional[str], ast.FunctionDef]] = [
+        (cls_node.name, fn) for tree in trees for cls_node in ast.walk(tree) if isinstance(cls_node, ast.ClassDef)
+        for fn in cls_node.body if isinstance(fn, ast.FunctionDef)]
     functions += [(None, fn) for tree in trees for fn in tree.body if isinstance(fn, ast.FunctionDef)]
     for owner, fn in functions:
                 kwargs_of: dict[str, list[str]] = {}   # NAME -> the config classes of NAME = get_kwargs(Cls)
@@ -364,8 +372,8 @@ def serve_flags(wheel: Path) -> dict[str, FlagSpec]:
                             if isinstance(t, ast.Name):
                                 kwargs_of[t.id] = _subclasses(trees, owner) if arg == "cls" and owner else [arg]
                     elif isinstance(node, ast.Assign) and len(node.targets) == 1 \
-                            and isinstance(node.targets[0], ast.Name) and _kwargs_ref(node.value):
-                        field_alias[node.targets[0].id] = _kwargs_ref(node.value)
+                            and isinstance(node.targets[0], ast.Name) and (aliased := _kwargs_ref(node.value)):
+                        field_alias[node.targets[0].id] = aliased
                 for node in ast.walk(fn):
                     if not (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument"):
                         continue
@@ -374,7 +382,7 @@ def serve_flags(wheel: Path) -> dict[str, FlagSpec]:
                         if kw.arg is not None:
                             continue
                         parts = [(None, kw.value)] if not isinstance(kw.value, ast.Dict) else \
-                            list(zip(kw.value.keys, kw.value.values))
+                            list(zip(kw.value.keys, kw.value.values, strict=True))
                         for key, value in parts:
                             ref = _kwargs_ref(value) if key is None else None
                             alias = value.id if key is None and isinstance(value, ast.Name) else None
@@ -385,16 +393,16 @@ def serve_flags(wheel: Path) -> dict[str, FlagSpec]:
                                 spec = edited(field_spec(kwargs_of[ref[0]][0], ref[1]), ref)
                             elif key is None and isinstance(value, ast.Name):
                                 dynamic = True  # `**value` in a loop over a class's kwargs
-                            elif isinstance(key, ast.Constant) and spec is not None:
+                            elif isinstance(key, ast.Constant) and isinstance(key.value, str) and spec is not None:
                                 _apply_keyword(spec, key.value, value)
                     if dynamic:
-                        loop = next((f for f in ast.walk(fn) if isinstance(f, ast.For) and isinstance(f.iter, ast.Call)
+                        name = next((f.iter.func.value.id for f in ast.walk(fn)
+                                     if isinstance(f, ast.For) and isinstance(f.iter, ast.Call)
                                      and isinstance(f.iter.func, ast.Attribute)
                                      and isinstance(f.iter.func.value, ast.Name)
                                      and f.iter.func.value.id in kwargs_of), None)
-                        if loop is None:
+                        if name is None:
                             continue
-                        name = loop.iter.func.value.id
                         for cls in kwargs_of[name]:
                             for field in types.classes.get(cls, {}):
                                 s = edited(field_spec(cls, field), (name, field))
@@ -430,11 +438,12 @@ def _human_int(value: str) -> int:
 
 
 def _converter(spec: FlagSpec):
-    base = {
+    converters: dict[str, Callable[[str], Any]] = {
         "int": int, "float": float, "str": str, "any": str, "json": json.loads, "human_int": _human_int,
         "human_int_or_auto": lambda v: -1 if v.strip() == "-1" or v.strip().lower() == "auto" else _human_int(v),
         "lower_snake": lambda v: v.lower().replace("-", "_"),
-    }[spec.value]
+    }
+    base = converters[spec.value]
 
     def convert(value: str):
         if spec.optional and value == "None":

@@ -40,6 +40,7 @@ class Accelerator:
         if not self.resource:
             return 0
         if self.whole_node:
+            assert self.per_node is not None  # whole-node (TPU) accelerators come from a pool
             return self.per_node
         return requested or 1
 
@@ -63,6 +64,7 @@ def from_config(cfg: AcceleratorConfig, cluster: ClusterConfig) -> Accelerator:
             device_path="/dev/dri", share_count=cfg.share_count, capacity=cfg.share_count,
         )
     if cfg.kind in ("nvidia", "tpu"):
+        assert cluster.kind != "minikube"  # the config serves minikube on vulkan or none only
         pool = cluster.accelerator_pool(cfg.kind)
         return Accelerator(
             kind=cfg.kind,

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Optional, TypedDict
+from typing import Any, Callable, Optional, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.cluster.accelerators import Accelerator
 from components.cluster import eks, existing, gke, minikube
-from components.cluster.base import ClusterFacts
-from components.config import ClusterConfig
+from components.cluster.accelerators import Accelerator
+from components.cluster.base import BuiltCluster, ClusterFacts
 from components.cluster.metrics_server import MetricsServer
 from components.cluster.node_autoscaler import GpuNodeAutoscaler
+from components.config import ClusterConfig
 
 SERVING_PRIORITY_CLASS = "llm-serving"
 
-# The one place a stack's kind of cluster picks its implementation.
-_BUILDERS = {
+# The one place a stack's kind of cluster picks its implementation (each takes its own kind's config).
+_BUILDERS: dict[str, Callable[[pulumi.Resource, str, Any], BuiltCluster]] = {
     "minikube": minikube.build,
     "existing": existing.build,
     "eks": eks.build,

@@ -24,6 +24,7 @@ class GpuDevicePluginArgs(TypedDict):
 
 def device_spec(accel: Accelerator) -> str:
     """The --device YAML: one group of paths, shareable by `share_count` pods."""
+    assert accel.resource is not None  # a shared host device (Vulkan) has its extended resource
     kind = accel.resource.split("/", 1)[1]
     return yaml.safe_dump(
         {"name": kind, "groups": [{"count": accel.share_count, "paths": [{"path": accel.device_path}]}]},

@@ -10,10 +10,10 @@ import json
 import pulumi
 import pulumi_aws as aws
 
-from components.config import EksCluster
-from components.core.hardware import NVIDIA_GPU_PRESENT_LABEL
 from components.cluster import karpenter
 from components.cluster.base import BuiltCluster, CacheClass, IngressFacts
+from components.config import EksCluster
+from components.core.hardware import NVIDIA_GPU_PRESENT_LABEL
 
 STORAGE_CLASS = "gp3"
 # The GPU nodes' pool: the managed node group's name, or Karpenter's NodePool's.
@@ -161,6 +161,7 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
     agent = aws.eks.Addon(f"{name}-pod-identity", cluster_name=cluster.name, addon_name="eks-pod-identity-agent",
                           opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[system])))
     gpu = cfg.accelerator_pool("nvidia")
+    assert gpu.taint is not None  # EKS GPU nodes always carry EKS_GPU_TAINT
     # One zone: a model cache (an EBS volume) can only attach to a node in its own zone.
     gpu_subnet = private[cfg.availability_zones.index(cfg.gpu_zone)]
     # The device plugin's affinity needs NVIDIA_GPU_PRESENT_LABEL; the model pods select gpu.labels.

@@ -6,8 +6,8 @@ import pathlib
 
 import pulumi
 
-from components.config import ExistingCluster, expand_path
 from components.cluster.base import BuiltCluster, IngressFacts
+from components.config import ExistingCluster, expand_path
 
 
 def build(parent: pulumi.Resource, name: str, cfg: ExistingCluster) -> BuiltCluster:

@@ -8,9 +8,9 @@ import json
 import pulumi
 import pulumi_gcp as gcp
 
-from components.config import GkeCluster
-from components.core.hardware import gke_cache_disk, topology_chips, tpu_host
 from components.cluster.base import BuiltCluster, CacheClass, IngressFacts
+from components.config import GkeCluster, GpuNodePool, TpuNodePool
+from components.core.hardware import gke_cache_disk, topology_chips, tpu_host
 
 # GKE's own balanced-PD class, present on every cluster.
 STORAGE_CLASS = "standard-rwo"
@@ -20,7 +20,7 @@ CACHE_CLASS = "model-cache"
 PD_BALANCED_MIB_S = 140
 HYPERDISK_MIB_S = 500
 HYPERDISK_IOPS = 4000
-_WORKLOAD_METADATA = {"mode": "GKE_METADATA"}
+_WORKLOAD_METADATA: gcp.container.NodePoolNodeConfigWorkloadMetadataConfigArgsDict = {"mode": "GKE_METADATA"}
 _SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 POD_RANGE = "10.64.0.0/14"
 SERVICE_RANGE = "10.68.0.0/20"
@@ -55,10 +55,13 @@ def kubeconfig(name: pulumi.Input[str], endpoint: pulumi.Input[str], ca: pulumi.
     return pulumi.Output.all(name, endpoint, ca).apply(render)
 
 
-def tpu_placement(cfg: GkeCluster) -> dict | None:
+def tpu_placement(cfg: GkeCluster) -> gcp.container.NodePoolPlacementPolicyArgsDict | None:
     """Only a multi-host slice needs a topology and compact placement."""
     pool = cfg.tpu_pool
-    if pool.topology and topology_chips(pool.topology) > tpu_host(pool.machine_type).chips:
+    assert pool is not None  # asked for the TPU pool only
+    host = tpu_host(pool.machine_type)
+    assert host is not None  # tpuPool.machineType is validated to name a TPU host
+    if pool.topology and topology_chips(pool.topology) > host.chips:
         return {"type": "COMPACT", "tpu_topology": pool.topology}
     return None
 
@@ -109,17 +112,31 @@ def build(parent: pulumi.Resource, name: str, cfg: GkeCluster) -> BuiltCluster:
                      "workload_metadata_config": _WORKLOAD_METADATA, "labels": {"llm-platform/pool": "system"}},
         opts=opts,
     )
+    pool: TpuNodePool | GpuNodePool
+    accelerator_config: gcp.container.NodePoolNodeConfigArgsDict
     if cfg.tpu_pool:
-        pool, kind, extra = cfg.tpu_pool, "tpu", {"placement_policy": tpu_placement(cfg)}
+        pool, kind, placement = cfg.tpu_pool, "tpu", tpu_placement(cfg)
         accelerator_config = {}
     else:
-        pool, kind, extra = cfg.gpu_pool, "gpu", {}
+        gpu_pool = cfg.gpu_pool
+        assert gpu_pool is not None  # the config asks for exactly one accelerator pool
+        pool, kind, placement = gpu_pool, "gpu", None
         # GKE installs the NVIDIA driver and runs the device plugin itself.
         accelerator_config = {"guest_accelerators": [{
-            "type": pool.accelerator_type,
-            "count": pool.gpus,
+            "type": gpu_pool.accelerator_type,
+            "count": gpu_pool.gpus,
             "gpu_driver_installation_config": {"gpu_driver_version": "LATEST"},
         }]}
+    node_config: gcp.container.NodePoolNodeConfigArgsDict = {
+        "machine_type": pool.machine_type,
+        "spot": pool.spot,
+        "oauth_scopes": _SCOPES,
+        "workload_metadata_config": _WORKLOAD_METADATA,
+        # Take on-demand capacity unless a reservation is configured explicitly.
+        "reservation_affinity": {"consume_reservation_type": "NO_RESERVATION"},
+        "labels": {"llm-platform/pool": kind},
+        **accelerator_config,
+    }
     gcp.container.NodePool(
         f"{name}-{kind}",
         name=kind,
@@ -129,18 +146,9 @@ def build(parent: pulumi.Resource, name: str, cfg: GkeCluster) -> BuiltCluster:
         # GKE's autoscaler adds nodes for pending pods and removes empty ones, down to zero; the
         # counts are totals for the pool (one zone). A multi-host slice is added and removed whole.
         autoscaling={"total_min_node_count": pool.min_nodes, "total_max_node_count": pool.max_nodes},
-        node_config={
-            "machine_type": pool.machine_type,
-            "spot": pool.spot,
-            "oauth_scopes": _SCOPES,
-            "workload_metadata_config": _WORKLOAD_METADATA,
-            # Take on-demand capacity unless a reservation is configured explicitly.
-            "reservation_affinity": {"consume_reservation_type": "NO_RESERVATION"},
-            "labels": {"llm-platform/pool": kind},
-            **accelerator_config,
-        },
+        node_config=node_config,
+        placement_policy=placement,
         opts=opts,
-        **extra,
     )
     return BuiltCluster(
         replicated=True,

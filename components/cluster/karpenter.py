@@ -129,6 +129,7 @@ def build(name: str, cfg: EksCluster, cluster: aws.eks.Cluster, gpu_subnet: aws.
     invoke = pulumi.InvokeOutputOptions(provider=provider)
     account = aws.get_caller_identity_output(opts=invoke).account_id
     nodes = cfg.gpu_nodes
+    assert pool.taint is not None  # EKS GPU nodes always carry EKS_GPU_TAINT
 
     # --- the GPU nodes' identity ---------------------------------------------------------
     node_role = aws.iam.Role(f"{name}-karpenter-nodes", assume_role_policy=json.dumps({

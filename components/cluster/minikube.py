@@ -7,9 +7,9 @@ import shlex
 import pulumi
 import pulumi_command as command
 
+from components.cluster.base import BuiltCluster, IngressFacts
 from components.config import MinikubeCluster, expand_path
 from components.core.names import MODELS_MOUNT
-from components.cluster.base import BuiltCluster, IngressFacts
 
 CNI = "calico"
 # minikube's pod and Service ranges (both private, listed for completeness).

@@ -23,7 +23,7 @@ EXPIRE_AFTER = "720h"
 # Only empty nodes go, one at a time. Drift (a new AMI release behind the alias, a changed
 # NodePool or EC2NodeClass) would replace every node however busy, reloading its models
 # elsewhere: its budget is zero, so drifted nodes stay until they are empty or expire.
-DISRUPTION_BUDGETS = [{"nodes": "1"}, {"nodes": "0", "reasons": ["Drifted"]}]
+DISRUPTION_BUDGETS: list[dict[str, str | list[str]]] = [{"nodes": "1"}, {"nodes": "0", "reasons": ["Drifted"]}]
 
 
 class GpuNodeAutoscalerArgs(TypedDict):

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from components.config.base import *  # noqa: F401,F403
 from components.config.base import PROJECT, ConfigError
@@ -23,9 +24,8 @@ from components.config.models import RUNTIMES
 from components.config.monitoring import *  # noqa: F401,F403
 from components.config.services import *  # noqa: F401,F403
 from components.config.stack import *  # noqa: F401,F403
-from components.config.virtual_keys import *  # noqa: F401,F403
 from components.config.stack import StackConfig
-
+from components.config.virtual_keys import *  # noqa: F401,F403
 
 # --- loading -------------------------------------------------------------------------------
 
@@ -49,7 +49,7 @@ def display_key(key: str) -> str:
     return key if re.fullmatch(r"[A-Za-z_][\w-]*", key) else json.dumps(key)
 
 
-def _message(err: dict) -> str:
+def _message(err: ErrorDetails) -> str:
     kind = err["type"]
     if kind == "missing":
         return "required key is missing"

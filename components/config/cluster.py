@@ -11,6 +11,7 @@ from pydantic import (
     model_validator,
 )
 
+from components.config.base import DnsLabel, K8sVersion, MinikubeSize, _existing_file, _Model
 from components.core.hardware import (
     EKS_GPU_TAINT,
     G2_GPUS,
@@ -23,7 +24,6 @@ from components.core.hardware import (
     topology_chips,
     tpu_host,
 )
-from components.config.base import DnsLabel, K8sVersion, MinikubeSize, _existing_file, _Model
 
 # --- cluster -------------------------------------------------------------------------------
 
@@ -119,6 +119,8 @@ class ExistingCluster(_Model):
 
     def accelerator_pool(self, kind: str) -> AcceleratorPool:
         n = self.accelerator_nodes
+        # StackConfig requires acceleratorNodes wherever an accelerator pool is asked for.
+        assert n is not None, "cluster.acceleratorNodes is required to serve on nvidia or tpu"
         return AcceleratorPool(
             per_node=n.per_node,
             labels=dict(n.labels),
@@ -269,8 +271,10 @@ class EksCluster(_Model):
         return self.gpu_nodes.zone or self.availability_zones[0]
 
     def accelerator_pool(self, kind: str) -> AcceleratorPool:
+        per_node = gpus_per_instance(self.gpu_nodes.instance_type)
+        assert per_node is not None  # gpuNodes.instanceType is validated to be a GPU instance type
         return AcceleratorPool(
-            per_node=gpus_per_instance(self.gpu_nodes.instance_type),
+            per_node=per_node,
             labels={"llm-platform/accelerator": "nvidia"},
             taint=EKS_GPU_TAINT,
             device_plugin="nvidia-chart",
@@ -398,28 +402,34 @@ class GkeCluster(_Model):
     """The NVIDIA L4 pool (accelerator `nvidia`); exactly one of `tpuPool` and `gpuPool`."""
 
     def accelerator_pool(self, kind: str) -> AcceleratorPool:
+        # StackConfig requires the pool of the accelerator it serves on.
         if kind == "tpu":
-            host = tpu_host(self.tpu_pool.machine_type)
+            tpu = self.tpu_pool
+            assert tpu is not None, "cluster.tpuPool is required to serve on tpu"
+            host = tpu_host(tpu.machine_type)
+            assert host is not None  # tpuPool.machineType is validated to name a TPU host
             return AcceleratorPool(
                 per_node=host.chips,
                 labels={
                     "cloud.google.com/gke-tpu-accelerator": host.accelerator_label,
-                    "cloud.google.com/gke-tpu-topology": self.tpu_pool.topology or host.topology,
+                    "cloud.google.com/gke-tpu-topology": tpu.topology or host.topology,
                 },
                 taint=GKE_TPU_TAINT,
                 device_plugin="managed",
                 # A pool with `autoscaling` runs GKE's autoscaler: it adds nodes up to the max.
-                nodes=self.tpu_pool.min_nodes,
-                max_nodes=self.tpu_pool.max_nodes,
+                nodes=tpu.min_nodes,
+                max_nodes=tpu.max_nodes,
                 autoscaled=True,
             )
+        gpu = self.gpu_pool
+        assert gpu is not None, "cluster.gpuPool is required to serve on nvidia"
         return AcceleratorPool(
-            per_node=self.gpu_pool.gpus,
-            labels={"cloud.google.com/gke-accelerator": self.gpu_pool.accelerator_type},
+            per_node=gpu.gpus,
+            labels={"cloud.google.com/gke-accelerator": gpu.accelerator_type},
             taint=GKE_GPU_TAINT,
             device_plugin="managed",
-            nodes=self.gpu_pool.min_nodes,
-            max_nodes=self.gpu_pool.max_nodes,
+            nodes=gpu.min_nodes,
+            max_nodes=gpu.max_nodes,
             autoscaled=True,
         )
 

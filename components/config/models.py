@@ -40,7 +40,9 @@ _QUANTITY_SUFFIX = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
 
 def whole_cpus(quantity: str) -> int:
     """The whole CPUs a CPU quantity grants ("4" -> 4, "3500m" -> 3), at least one."""
-    number, suffix = re.match(r"^([0-9.]+)(\D*)$", quantity).groups()
+    m = re.match(r"^([0-9.]+)(\D*)$", quantity)
+    assert m, f"not a CPU quantity: {quantity!r}"  # a Quantity field: its pattern matched already
+    number, suffix = m.groups()
     return max(1, int(float(number) * _QUANTITY_SUFFIX.get(suffix, 1)))
 
 
@@ -211,6 +213,7 @@ GI = 2**30
 def quantity_bytes(value: str) -> int:
     """Bytes of a storage quantity such as '140Gi' or '150G'."""
     m = re.match(r"^([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$", value)
+    assert m, f"not a storage quantity: {value!r}"  # Storage fields (and sizes derived from them) only
     return int(float(m[1]) * _UNITS[m[2]])
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional
-
 from urllib.parse import urlparse
 
 from pydantic import (
@@ -12,10 +11,10 @@ from pydantic import (
     model_validator,
 )
 
-from components.core.providers import PROVIDER_HOSTS, provider_host
 from components.config.base import ChartVersion, DnsLabel, Image, Quantity, _Model
 from components.config.models import Resources
 from components.config.virtual_keys import VirtualKeysConfig
+from components.core.providers import PROVIDER_HOSTS, provider_host
 
 # --- platform services ---------------------------------------------------------------------
 

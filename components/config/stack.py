@@ -12,13 +12,10 @@ from pydantic import (
     model_validator,
 )
 
-from components.core.hardware import (
-    AcceleratorPool,
-)
 from components.config.base import ApiKey, DnsLabel, _master_key, _Model
 from components.config.cluster import ClusterConfig
-from components.config.monitoring import MonitoringConfig
 from components.config.models import DEFAULT_MODEL, DEFAULT_VLLM_MODEL, AcceleratorConfig, AnyModel
+from components.config.monitoring import MonitoringConfig
 from components.config.services import (
     AppConfig,
     FrontDoorConfig,
@@ -29,6 +26,7 @@ from components.config.services import (
     SecurityConfig,
     UiConfig,
 )
+from components.core.hardware import AcceleratorPool
 
 ACCELERATORS_BY_CLUSTER = {
     "minikube": ("vulkan", "none"),
@@ -60,6 +58,10 @@ class ChartsConfig(_Model):
     air-gapped cluster also needs mirrors for those."""
 
 
+def _default_models() -> list[AnyModel]:
+    return [DEFAULT_MODEL]
+
+
 class StackConfig(_Model):
     """Every `llm-platform:<key>` of a stack file."""
 
@@ -67,7 +69,7 @@ class StackConfig(_Model):
     """Which cluster the stack runs on, chosen by `kind`."""
     accelerator: AcceleratorConfig = AcceleratorConfig()
     """What the models run on. Default: what the cluster kind serves on."""
-    models: list[AnyModel] = Field(default_factory=lambda: [DEFAULT_MODEL], min_length=1)
+    models: list[AnyModel] = Field(default_factory=_default_models, min_length=1)
     """The models to serve, each by `runtime`. Default: TinyLlama 1.1B chat Q8_0 on llama.cpp, or
     a small vLLM model (Qwen2.5-1.5B-Instruct) on GPU/TPU clusters."""
     models_namespace: DnsLabel = "models"
@@ -156,7 +158,10 @@ class StackConfig(_Model):
                 and self.cluster.accelerator_nodes.device_plugin == "chart"):
             raise ValueError("cluster.acceleratorNodes.devicePlugin: 'chart' installs NVIDIA's plugin; TPU "
                              "nodes advertise google.com/tpu themselves, expected 'managed'")
-        pool = self.cluster.accelerator_pool(accel) if accel in ("nvidia", "tpu") else None
+        pool: Optional[AcceleratorPool] = None
+        if accel in ("nvidia", "tpu"):
+            assert self.cluster.kind != "minikube"  # minikube serves on vulkan or none (checked above)
+            pool = self.cluster.accelerator_pool(accel)
         per_node = pool.per_node if pool else None
         for i, m in enumerate(self.models):
             if m.runtime not in RUNTIMES_BY_ACCELERATOR[accel]:
@@ -249,7 +254,8 @@ class StackConfig(_Model):
             return  # one router pod holds one share and serves every model from it
         used = 0
         for i, m in enumerate(self.models):
-            per_replica = pool.per_node if kind == "tpu" else (getattr(m, "accelerators", None) or 1)
+            # A TPU cluster has its pool (else the check returned above).
+            per_replica = pool.per_node if kind == "tpu" and pool is not None else (getattr(m, "accelerators", None) or 1)
             used += per_replica * m.most_replicas
             if used > capacity:
                 raise ValueError(

@@ -17,10 +17,13 @@ PROVIDER_HOSTS = {
 
 
 class HostedModel(Protocol):
-    """What a provider entry says about where it goes (config.ProviderModel)."""
+    """What a provider entry says about where it goes (config.ProviderModel, a frozen model)."""
 
-    model: str
-    api_base: Optional[str]
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def api_base(self) -> Optional[str]: ...
 
 
 def provider_host(provider: HostedModel) -> Optional[str]:

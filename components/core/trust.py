@@ -120,11 +120,12 @@ def metrics_ingress(access: MetricsAccess) -> dict:
 def outside_ranges(cluster_cidrs: Sequence[pulumi.Input[str]]) -> list[pulumi.Input[str]]:
     """What HTTPS egress must not reach: every non-public range, plus the cluster's own ranges
     that lie outside them (a VPC on public addresses, a public control-plane endpoint)."""
-    fixed = [ipaddress.ip_network(r) for r in NON_PUBLIC_RANGES]
+    # IPv4 only, as the egress rules built from these are (0.0.0.0/0 and its exceptions).
+    fixed = [ipaddress.IPv4Network(r) for r in NON_PUBLIC_RANGES]
     out: list[pulumi.Input[str]] = list(NON_PUBLIC_RANGES)
     for cidr in cluster_cidrs:
         if isinstance(cidr, str):
-            net = ipaddress.ip_network(cidr, strict=False)
+            net = ipaddress.IPv4Network(cidr, strict=False)
             if any(net.subnet_of(f) for f in fixed) or cidr in out:
                 continue
         out.append(cidr)

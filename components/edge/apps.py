@@ -8,9 +8,9 @@ from typing import Optional, Sequence
 
 import pulumi
 
+from components.config import StackConfig
 from components.core.trust import Caller
 from components.platform.api_keys import KEYS_DIGEST_ANNOTATION
-from components.config import StackConfig
 from components.platform.gitops import App
 
 OPEN_WEBUI_REPO = "https://helm.openwebui.com/"
@@ -59,8 +59,10 @@ def open_webui(cfg: StackConfig, namespace: pulumi.Input[str], models: Sequence[
     `models` (the front door) inside the mesh, under its own identity, never through the public
     ingress; it lists whatever models they serve, so models added later appear too."""
     urls = [m.base_url for m in models]
-    secrets = {ADMIN_SECRET: {"WEBUI_ADMIN_PASSWORD": admin_password},
-               SESSION_SECRET: {"WEBUI_SECRET_KEY": secret_key}}
+    secrets: dict[str, dict[str, pulumi.Input[str]]] = {
+        ADMIN_SECRET: {"WEBUI_ADMIN_PASSWORD": admin_password},
+        SESSION_SECRET: {"WEBUI_SECRET_KEY": secret_key},
+    }
     env = [
         # The stack is the source of truth: connections, keys and sign-up are read from the
         # environment on every start instead of from what the first start stored in the DB.
@@ -109,8 +111,12 @@ def all_apps(cfg: StackConfig, ui_namespace: Optional[pulumi.Input[str]], models
              ui_api_key: Optional[pulumi.Output[str]], ui_api_key_digest: Optional[pulumi.Output[str]],
              ui_admin_password: Optional[pulumi.Output[str]],
              ui_secret_key: Optional[pulumi.Output[str]]) -> list[App]:
-    apps = [open_webui(cfg, ui_namespace, models, ui_api_key, ui_api_key_digest, ui_admin_password, ui_secret_key)
-            ] if cfg.ui.enabled else []
+    apps = []
+    if cfg.ui.enabled:
+        # The program gives the UI's namespace and secrets whenever the UI is enabled.
+        assert ui_namespace is not None and ui_admin_password is not None and ui_secret_key is not None
+        apps.append(open_webui(cfg, ui_namespace, models, ui_api_key, ui_api_key_digest, ui_admin_password,
+                               ui_secret_key))
     return apps + [
         App(
             name=a.name,

@@ -14,9 +14,9 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 import pulumi_tls as tls
 
+from components.core.chart_source import release_source
 from components.core.pod_security import pod_security_labels
 from components.core.trust import allow_dns, default_deny, namespace_peer, outside_ranges, tcp
-from components.core.chart_source import release_source
 
 CNPG_REPO = "https://cloudnative-pg.github.io/charts"
 CNPG_CHART = "cloudnative-pg"
@@ -136,7 +136,7 @@ def cluster_spec(instances: int, storage_size: str, storage_class: Optional[pulu
 def policy_specs(args: KeysDatabaseArgs) -> dict[str, dict]:
     """Name -> NetworkPolicy spec for the database namespace; each selects every pod there."""
     every_pod: dict = {}
-    here = {"podSelector": {}}
+    here: dict[str, dict] = {"podSelector": {}}
     return {
         "default-deny": default_deny(),
         "allow-front-door": {"podSelector": every_pod, "policyTypes": ["Ingress"], "ingress": [{
@@ -216,10 +216,11 @@ class KeysDatabase(pulumi.ComponentResource):
             allowed_uses=["cert_signing", "crl_signing"],
             opts=pulumi.ResourceOptions(parent=self),
         )
+        ca_key_pem: pulumi.Output[str] = pulumi.Output.secret(ca_key.private_key_pem)
         server_ca = k8s.core.v1.Secret(
             f"{name}-server-ca",
             metadata={"name": SERVER_CA_SECRET, "namespace": ns_name},
-            string_data={CA_CERT: ca_cert.cert_pem, CA_KEY: pulumi.Output.secret(ca_key.private_key_pem)},
+            string_data={CA_CERT: ca_cert.cert_pem, CA_KEY: ca_key_pem},
             opts=child,
         )
         cluster = k8s.apiextensions.CustomResource(
@@ -233,10 +234,11 @@ class KeysDatabase(pulumi.ComponentResource):
             # The CRD and the operator's webhook come with the release.
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[operator])),
         )
+        url_secret: pulumi.Output[str] = pulumi.Output.secret(database_url(password.result, ns))
         url = k8s.core.v1.Secret(
             f"{name}-url",
             metadata={"name": URL_SECRET, "namespace": args["client_namespace"]},
-            string_data={URL_KEY: pulumi.Output.secret(database_url(password.result, ns))},
+            string_data={URL_KEY: url_secret},
             opts=child,
         )
         client_ca = k8s.core.v1.Secret(

@@ -5,7 +5,6 @@ mesh (or to a hosted provider from config), holds the keys and counts the tokens
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, NotRequired, Optional, Sequence, TypedDict
 
@@ -241,8 +240,11 @@ class FrontDoor(pulumi.ComponentResource):
         cfg = args["config"]
         replicas = cfg.replicas or args["default_replicas"]
         namespace = pulumi.Output.from_input(args["namespace"])
-        auth = args["master_key"] is not None
-        ui_key = auth and args["ui_key"] is not None
+        master_key = args["master_key"]
+        auth = master_key is not None
+        # Open WebUI's key counts only beside the master key.
+        ui_secret = args["ui_key"] if auth else None
+        ui_key = ui_secret is not None
         child = pulumi.ResourceOptions(parent=self)
         labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "front-door",
                   "app.kubernetes.io/part-of": "llm-platform"}
@@ -251,7 +253,7 @@ class FrontDoor(pulumi.ComponentResource):
 
         rendered = pulumi.Output.all(*(pulumi.Output.from_input(m.base_url) for m in args["models"])).apply(
             lambda urls: yaml.safe_dump(litellm_config(
-                [(m.alias, u) for m, u in zip(args["models"], urls)], cfg, auth, ui_key), sort_keys=False))
+                [(m.alias, u) for m, u in zip(args["models"], urls, strict=True)], cfg, auth, ui_key), sort_keys=False))
         files: dict[str, pulumi.Input[str]] = {CONFIG_FILE: rendered}
         if ui_key:
             files[AUTH_FILE] = auth_module_source()
@@ -263,10 +265,10 @@ class FrontDoor(pulumi.ComponentResource):
         )
 
         keys: dict[str, pulumi.Output[str]] = {}
-        if auth:
-            keys[MASTER_KEY_ENV] = args["master_key"]
-        if ui_key:
-            keys[UI_KEY_ENV] = args["ui_key"]
+        if master_key is not None:
+            keys[MASTER_KEY_ENV] = master_key
+        if ui_secret is not None:
+            keys[UI_KEY_ENV] = ui_secret
         if args["backend_key"] is not None:
             keys[BACKEND_KEY_ENV] = args["backend_key"]
         for p in cfg.providers:
@@ -435,7 +437,8 @@ class FrontDoor(pulumi.ComponentResource):
         cluster enforces them, NetworkPolicies allow only those flows."""
         cfg = args["config"]
         istio = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=list(args["mesh_ready"])))
-        hosts = sorted({provider_host(p) for p in cfg.providers})
+        # Every entry has its host: the config refuses one without.
+        hosts = sorted({host for host in map(provider_host, cfg.providers) if host is not None})
         database = args.get("database")
         k8s.apiextensions.CustomResource(
             f"{name}-sidecar",

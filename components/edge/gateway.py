@@ -10,10 +10,10 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.config import CertManagerConfig
-from components.edge.front_door import INTERNAL_RESPONSE_HEADERS
-from components.platform.monitoring import GRAFANA_PATH
-from components.platform.mesh import HTTP_PORT, HTTPS_PORT, INGRESS_CLASS, INGRESS_CONTROLLER, Mesh
 from components.core.chart_source import release_source
+from components.edge.front_door import INTERNAL_RESPONSE_HEADERS
+from components.platform.mesh import HTTP_PORT, HTTPS_PORT, INGRESS_CLASS, INGRESS_CONTROLLER, Mesh
+from components.platform.monitoring import GRAFANA_PATH
 
 CERT_MANAGER_REPO = "https://charts.jetstack.io"
 CERT_SECRET = "llm-gateway-tls"
@@ -64,6 +64,7 @@ class Gateway(pulumi.ComponentResource):
         mesh = args["mesh"]
         host, tls_secret = args["host"], args["tls_secret"]
         if args["cert_manager"]:
+            assert host is not None  # the config asks for a host with certManager
             tls_secret = self._issue_certificate(name, host, args["cert_manager"], mesh)
         hosts = [host] if host else ["*"]
         http = {"number": HTTP_PORT, "name": "http", "protocol": "HTTP"}

@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
+
 from components.core.chart_source import release_source
 
 ARGO_REPO = "https://argoproj.github.io/argo-helm"

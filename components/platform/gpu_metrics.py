@@ -11,7 +11,7 @@ pods."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, TypedDict
+from typing import Any, Optional, Sequence, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -47,7 +47,7 @@ RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "
 # exception): DCGM's profiling fields (DCGM_FI_PROF_*, tensor and memory activity: the real
 # saturation signals of LLM serving) need it, and the kubelet's root-owned pod-resources socket
 # refuses a non-root client. The hostPath already takes the namespace past baseline.
-SECURITY_CONTEXT = {
+SECURITY_CONTEXT: dict[str, Any] = {
     "runAsNonRoot": False,
     "runAsUser": 0,
     "allowPrivilegeEscalation": False,

@@ -3,7 +3,6 @@ with their Pod Security levels, and the mesh's mTLS and authorization policies."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, TypedDict
 
 import pulumi
@@ -13,7 +12,13 @@ from components.cluster.base import IngressFacts
 from components.core.chart_source import release_source
 from components.core.pod_security import pod_security_labels
 from components.core.trust import (  # noqa: F401  (re-exported: the mesh's ports)
-    ENVOY_STATS_PATH, ENVOY_STATS_PORT, ENVOY_STATS_PORT_NAME, Caller, MetricsAccess, mesh_rule, metrics_rule,
+    ENVOY_STATS_PATH,
+    ENVOY_STATS_PORT,
+    ENVOY_STATS_PORT_NAME,
+    Caller,
+    MetricsAccess,
+    mesh_rule,
+    metrics_rule,
 )
 
 ISTIO_REPO = "https://istio-release.storage.googleapis.com/charts"

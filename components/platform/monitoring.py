@@ -10,9 +10,8 @@ mesh's capture; NetworkPolicies admit Prometheus's pods to those ports only."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, TypedDict
+from typing import Iterable, Optional, Sequence, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -242,7 +241,7 @@ def policy_specs() -> dict[str, dict]:
     }
 
 
-def metrics_access(ports: Sequence[int], paths: Sequence[str]) -> MetricsAccess:
+def metrics_access(ports: Iterable[int], paths: Sequence[str]) -> MetricsAccess:
     """What a namespace must admit for Prometheus to scrape `paths` on `ports`."""
     return MetricsAccess(scraper=PROMETHEUS, ports=tuple(sorted(set(ports))), paths=tuple(dict.fromkeys(paths)))
 

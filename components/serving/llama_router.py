@@ -4,9 +4,8 @@ recently used beyond `modelsMax`, so a laptop offers many models without holding
 
 from __future__ import annotations
 
-import hashlib
-
 import configparser
+import hashlib
 import io
 from typing import TYPE_CHECKING, Optional, Sequence, TypedDict
 
@@ -15,16 +14,26 @@ import pulumi_command as command
 import pulumi_kubernetes as k8s
 
 from components.cluster.accelerators import Accelerator
-from components.platform.api_keys import KEYS_DIGEST_ANNOTATION
+from components.config import ModelConfig
 from components.core.published import ModelBackend, ScrapeTarget
+from components.platform.api_keys import KEYS_DIGEST_ANNOTATION
 from components.serving.pods import CONTAINER_SECURITY, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security
 from components.serving.runtimes import (
-    ALL_LAYERS, API_KEYS_FILE, METRICS_KEY, API_KEYS_MOUNT, LLAMA_CPP_PORT, METRICS_PATH, MODELS_MOUNT,
-    RUNTIMES, TERMINATION_GRACE_S, llama_router_pre_stop, model_path,
+    ALL_LAYERS,
+    API_KEYS_FILE,
+    API_KEYS_MOUNT,
+    LLAMA_CPP_PORT,
+    METRICS_KEY,
+    METRICS_PATH,
+    MODELS_MOUNT,
+    RUNTIMES,
+    TERMINATION_GRACE_S,
+    llama_router_pre_stop,
+    model_path,
 )
 
 if TYPE_CHECKING:
-    from components.config import LlamaRouterConfig, ModelConfig
+    from components.config import LlamaRouterConfig, VllmModel
 
 NAME = "llama-router"
 # The router answers /metrics for one model at a time (?model=<alias>), and by default loads
@@ -36,11 +45,15 @@ PRESETS_FILE = "presets.ini"
 PRESETS_DIGEST_ANNOTATION = "llm-platform/presets-digest"
 
 
-def presets(models: Sequence["ModelConfig"], accel: Accelerator) -> str:
+class _Presets(configparser.ConfigParser):
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr  # keys are flag names: keep their case
+
+
+def presets(models: Sequence[ModelConfig], accel: Accelerator) -> str:
     """llama.cpp's model presets: one section per model, named by its alias (the id clients
     send), with its file and context size; `[*]` holds what every model shares."""
-    ini = configparser.ConfigParser(interpolation=None)
-    ini.optionxform = str  # keys are flag names: keep their case
+    ini = _Presets(interpolation=None)
     ini["*"] = {"ngl": str(ALL_LAYERS)} if accel.resource else {}
     for m in models:
         ini[m.name] = {"model": model_path(m), "c": str(m.ctx_size)}
@@ -69,11 +82,13 @@ def router_args(models_max: int, api_auth: bool, threads: int) -> list[str]:
 
 class LlamaRouterArgs(TypedDict):
     config: "LlamaRouterConfig"
-    models: Sequence["ModelConfig"]
+    # The stack's models: in router mode (vulkan or none) the config admits llama.cpp ones alone.
+    models: Sequence["ModelConfig | VllmModel"]
     accelerator: Accelerator
     namespace: pulumi.Input[str]
     host_models_dir: Optional[str]
-    host_models_claim: pulumi.Input[str]
+    # The namespace's claim on the node's /mnt/models, where the GGUF files are.
+    host_models_claim: Optional[pulumi.Input[str]]
     priority_class: pulumi.Input[str]
     # The keys the router accepts by role (the front door's); None: open API.
     api_keys: Optional[dict[str, pulumi.Output[str]]]
@@ -93,20 +108,26 @@ class LlamaRouter(pulumi.ComponentResource):
         labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "model-server",
                   "app.kubernetes.io/part-of": "llm-platform"}
         meta = {"namespace": namespace, "labels": labels}
+        models: list[ModelConfig] = []
+        for m in args["models"]:
+            assert isinstance(m, ModelConfig), f"{m.name}: the router serves llama.cpp models only"
+            models.append(m)
+        claim = args["host_models_claim"]
+        assert claim is not None  # llama.cpp models read their files from the host folder: it is claimed
 
         # Runs where Pulumi runs: each file is downloaded only when absent, then verified.
         fetches = [
             command.local.Command(f"{name}-{m.name}-model-file", create=fetch_command(m, args["host_models_dir"]),
                                   opts=pulumi.ResourceOptions(parent=self))
-            for m in args["models"] if args["host_models_dir"]
+            for m in models if args["host_models_dir"]
         ]
-        preset_text = presets(args["models"], accel)
+        preset_text = presets(models, accel)
         config_map = k8s.core.v1.ConfigMap(
             f"{name}-presets", metadata={**meta, "name": f"{NAME}-presets"},
             data={PRESETS_FILE: preset_text}, opts=child,
         )
         volumes = [
-            {"name": "models", "persistentVolumeClaim": {"claimName": args["host_models_claim"], "readOnly": True}},
+            {"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
             {"name": "presets", "configMap": {"name": config_map.metadata.name}},
             {"name": "tmp", "emptyDir": {}},
         ]
@@ -117,7 +138,7 @@ class LlamaRouter(pulumi.ComponentResource):
         ]
         # llama-server reads its presets only at start: a model added or removed must restart it
         # (the ConfigMap itself is updated in place).
-        annotations = {PRESETS_DIGEST_ANNOTATION: hashlib.sha256(preset_text.encode()).hexdigest()}
+        annotations: dict[str, pulumi.Input[str]] = {PRESETS_DIGEST_ANNOTATION: hashlib.sha256(preset_text.encode()).hexdigest()}
         if args["api_keys"] is not None:
             # As for every model server: a file from a Secret, and a rotated key rolls the pod.
             annotations[KEYS_DIGEST_ANNOTATION] = api_keys_volume(

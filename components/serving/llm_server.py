@@ -6,23 +6,28 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shlex
-from typing import TYPE_CHECKING, Optional, TypedDict
+from typing import TYPE_CHECKING, Literal, Optional, TypedDict
 
 import pulumi
 import pulumi_command as command
 import pulumi_kubernetes as k8s
-import pulumi_random as random
 
 from components.cluster.accelerators import Accelerator
-from components.platform.api_keys import KEYS_DIGEST_ANNOTATION, keyed_digest
 from components.config import quantity_bytes
 from components.core.published import ModelBackend, ScrapeTarget
+from components.platform.api_keys import KEYS_DIGEST_ANNOTATION
 from components.serving.autoscaling import ScaledServer
 from components.serving.pods import CONTAINER_SECURITY, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security
 from components.serving.runtimes import (
-    API_KEY_ENTRIES, API_KEYS_MOUNT, FRONT_DOOR_KEY, METRICS_KEY, CACHE_MOUNT, METRICS_PATH, MODELS_MOUNT, TERMINATION_GRACE_S, ServerSpec,
-    api_keys_file_content, server_spec,
+    API_KEY_ENTRIES,
+    CACHE_MOUNT,
+    FRONT_DOOR_KEY,
+    METRICS_KEY,
+    METRICS_PATH,
+    MODELS_MOUNT,
+    TERMINATION_GRACE_S,
+    ServerSpec,
+    server_spec,
 )
 
 if TYPE_CHECKING:
@@ -81,6 +86,8 @@ class LlmServer(pulumi.ComponentResource):
     namespace: pulumi.Output[str]
     port: int
     service_host: pulumi.Output[str]
+    workload: k8s.apps.v1.Deployment | k8s.apps.v1.StatefulSet
+    workload_kind: Literal["Deployment", "StatefulSet"]
 
     def __init__(self, name: str, args: LlmServerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:LlmServer", name, None, opts)
@@ -118,10 +125,12 @@ class LlmServer(pulumi.ComponentResource):
         else:
             claim_templates = self._model_cache(name, model, meta, args, k8s_opts, mounts, env)
         if spec.api_keys_file:
+            api_keys = args["api_keys"]
+            assert api_keys is not None  # a keys file only where the server has keys (api_auth above)
             annotations[KEYS_DIGEST_ANNOTATION] = api_keys_volume(
                 self, name, {**meta, "name": f"{model.name}-api-keys"}, spec.api_keys_file,
                 # vLLM leaves /metrics open: no scraper key where none is asked for.
-                {e: args["api_keys"][e] for e in (API_KEY_ENTRIES if spec.metrics_need_key else (FRONT_DOOR_KEY,))},
+                {e: api_keys[e] for e in (API_KEY_ENTRIES if spec.metrics_need_key else (FRONT_DOOR_KEY,))},
                 k8s_opts, volumes, mounts)
         if args["restricted"]:
             # The root filesystem is read-only: scratch space and HOME live here.

@@ -11,7 +11,6 @@ import pulumi_kubernetes as k8s
 from components.core.names import MODELS_MOUNT
 from components.core.trust import Caller, MetricsAccess, mesh_namespace_policies
 
-
 HOST_MODELS = "host-models"
 # Binds the host-folder volume only to its claim, never to dynamic provisioning.
 HOST_MODELS_CLASS = "llm-platform-host-models"

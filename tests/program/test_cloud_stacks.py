@@ -615,7 +615,6 @@ def test_gke_cache_disk_attaches_to_the_tpu_machine_in_its_zone(machine, disk):
 
 
 def test_every_replica_gets_its_own_cache_and_the_service_still_selects_them():
-    cluster = harness.stack_config("eks")["llm-platform:cluster"]
     model = harness.stack_config("eks")["llm-platform:models"][0]
     # Karpenter adds the second GPU node (maxSize 2) for the second replica.
     rec = harness.run("eks", {"llm-platform:models": [{**model, "replicas": 2}]})

@@ -12,7 +12,6 @@ import pytest
 
 from components.edge import database as db
 from components.cluster import eks, gke
-from tests import docs
 from tests.conftest import VKEYS, need_charts, recording
 from tests.program.test_security import plain_text
 from tools import charts

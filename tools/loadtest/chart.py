@@ -39,16 +39,16 @@ def draw(report: dict, dest: Path) -> None:
         x = [lvl["figures"]["output_tokens_per_s"] for lvl in levels]
         color = colors[i % len(colors)]
         handles.append(Line2D([], [], color=color, marker="o", linewidth=2.5, label=name))
-        for ax, (key, _, scale, _) in zip(axes, PANELS):
+        for ax, (key, _, scale, _) in zip(axes, PANELS, strict=True):
             p = {q: [lvl["figures"][key][q] / scale for lvl in levels] for q in ("p50", "p90", "p99")}
             # A bar per level, not a band: throughput can fall as load rises, and a band would fold.
             ax.vlines(x, p["p50"], p["p90"], color=color, alpha=0.3, linewidth=7)
             ax.plot(x, p["p99"], color=color, linestyle="none", marker="x", markersize=6, alpha=0.7)
             ax.plot(x, p["p50"], color=color, marker="o", linewidth=2.5)
-            for xi, yi, lvl in zip(x, p["p50"], levels):
+            for xi, yi, lvl in zip(x, p["p50"], levels, strict=True):
                 ax.annotate(f"{lvl['concurrency']}", (xi, yi), textcoords="offset points", xytext=(7, -4),
                             ha="left", fontsize=9, fontweight="bold", color=color)
-    for ax, (_, title, _, unit) in zip(axes, PANELS):
+    for ax, (_, title, _, unit) in zip(axes, PANELS, strict=True):
         ax.set_title(f"{title} ({unit})", fontsize=12)
         ax.set_xlabel("output tokens/s, all streams together")
         ax.set_xlim(left=0)

@@ -13,14 +13,19 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
 from tools.loadtest import aiperf, check, report
 from tools.loadtest.target import (
-    PortForward, Series, TargetError, base_url_for_aiperf, model_service, models_namespace, stack_outputs,
+    PortForward,
+    Series,
+    TargetError,
+    base_url_for_aiperf,
+    model_service,
+    models_namespace,
+    stack_outputs,
 )
 
 KEY_VAR = "LLM_API_KEY"

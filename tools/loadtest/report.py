@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 SUMMARY = "profile_export_aiperf.json"
 # Report name -> AIPerf metric (milliseconds, one value per successful profiling request).
@@ -24,7 +24,8 @@ def figures(artifacts: Path, cached: Optional[list[int]] = None) -> Optional[dic
     def avg(metric: str) -> Optional[float]:
         return (summary.get(metric) or {}).get("avg")
 
-    out = {name: {p: (summary.get(metric) or {}).get(p) for p in PERCENTILES} for name, metric in LATENCIES.items()}
+    out: dict[str, Any] = {name: {p: (summary.get(metric) or {}).get(p) for p in PERCENTILES}
+                           for name, metric in LATENCIES.items()}
     out.update({
         "output_tokens_per_s": avg("output_token_throughput"),
         "requests_per_s": avg("request_throughput"),

@@ -127,10 +127,12 @@ class PortForward:
         except FileNotFoundError:
             self._cleanup()
             raise TargetError(f"--direct needs {self.kubectl} on PATH") from None
+        output = self.proc.stdout
+        assert output is not None  # stdout=PIPE
         ready, lines, forwarding = threading.Event(), [], []
 
         def watch() -> None:
-            for line in self.proc.stdout:
+            for line in output:
                 lines.append(line.strip())
                 if line.startswith("Forwarding from"):
                     forwarding.append(True)
