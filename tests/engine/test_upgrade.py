@@ -1,0 +1,67 @@
+"""An existing stack upgraded to this version of the program: `pulumi up` with the program as it
+was at an earlier commit, then `preview` and `up` with this one on the same state and cluster.
+A refactor moves nothing in anyone's state: every resource is `same` (a changed parent or name
+would show as a create and a delete, and for a fixed Kubernetes name fail with AlreadyExists).
+
+The earlier program runs in a process of its own (its modules would clash with this one's), from
+the commit's tree as `git archive` writes it. BASELINE is the last commit before the program was
+laid out by layer; move it forward to the newest release users run."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from tests.engine.conftest import deployed
+from tests.engine.lifecycle import ops, summary_without_same
+from tools.mock_engine import PROJECT_DIR
+
+pytestmark = pytest.mark.engine
+BASELINE = "8df21d4"
+
+OLD_UP = """
+import json, pathlib, sys
+from tests.engine import driver
+config, root = json.loads(sys.argv[1]), pathlib.Path(sys.argv[2])
+result = driver.EngineStack("local", config, root).up()
+print(json.dumps({"result": result.summary.result, "changes": result.summary.resource_changes}))
+"""
+
+
+def baseline_tree(dest) -> str:
+    """The program at BASELINE, unpacked into `dest`; skips where the clone lacks the commit."""
+    archive = subprocess.run(["git", "-C", str(PROJECT_DIR), "archive", "--format=tar", BASELINE],
+                             capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip(f"commit {BASELINE} is not in this clone (a shallow clone?): {archive.stderr.decode().strip()}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    return str(dest)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, charts_dir):
+    yield from deployed(tmp_path_factory, charts_dir, "local")
+
+
+def test_an_existing_stack_upgrades_with_every_resource_the_same(env, tmp_path):
+    w, stack = env
+    old = baseline_tree(tmp_path / "baseline")
+    run = subprocess.run(
+        [sys.executable, "-c", OLD_UP, json.dumps(stack.config), str(stack.root)], cwd=old,
+        env={**os.environ, "PYTHONPATH": old}, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    before = json.loads(run.stdout.strip().splitlines()[-1])
+    assert before["result"] == "succeeded" and before["changes"].get("create", 0) > 20, before
+
+    preview, events = stack.events(stack.stack.preview, diff=True)
+    assert ops(events) == [], stack.tail()
+    assert set(preview.change_summary) == {"same"}, preview.change_summary
+    up = stack.up()
+    assert summary_without_same(up.summary.resource_changes or {}) == {}, stack.tail()
