@@ -12,7 +12,8 @@ from components.platform import ApiKeys, GitOpsController, GpuMetrics, Mesh, Mon
 from components.platform.gpu_metrics import RELEASE as DCGM_RELEASE
 from components.platform.mesh import INGRESS_CALLER
 from components.platform.monitoring import GRAFANA_ADMIN_USER, PROMETHEUS_URL, metrics_access
-from components.serving import LlamaRouter, LlmServer, ModelNamespace, PodAutoscaling
+from components.serving import LlamaRouter, LlmServer, ModelNamespace, PodAutoscaling, ServingSettings
+from components.serving.autoscaling import KEDA
 from components.serving.runtimes import (
     FRONT_DOOR_KEY,
     METRICS_KEY,
@@ -99,21 +100,25 @@ keys = ApiKeys("api-keys", {"client": cfg.api_key, "ui": cfg.ui.enabled}) if cfg
 # llama.cpp's /metrics.
 server_keys = {FRONT_DOOR_KEY: keys.backend, METRICS_KEY: keys.metrics} if keys else None
 
+# What every server shares, the router included.
+serving = ServingSettings(
+    accelerator=facts.accelerator,
+    namespace=models_namespace,
+    host_models_dir=facts.host_models_dir,
+    host_models_claim=model_namespace.host_models_claim,
+    priority_class=facts.serving_priority_class,
+    api_keys=server_keys,
+    restricted=cfg.security.restricted_pods,
+    supplemental_groups=cfg.security.supplemental_groups,
+)
 servers = [] if cfg.llama_router.enabled else [
     LlmServer(f"model-{m.name}", {
+        "serving": serving,
         "model": m,
-        "accelerator": facts.accelerator,
-        "namespace": models_namespace,
-        "host_models_dir": facts.host_models_dir,
-        "host_models_claim": model_namespace.host_models_claim,
         "storage_class": facts.cache_storage_class,
         "cache_throughput_mib_s": facts.cache_throughput_mib_s,
         "units_in_use": units_in_use(facts.accelerator, cfg.models),
         "hf_token": pulumi.Output.secret(cfg.hf_token) if cfg.hf_token else None,
-        "priority_class": facts.serving_priority_class,
-        "api_keys": server_keys,
-        "restricted": cfg.security.restricted_pods,
-        "supplemental_groups": cfg.security.supplemental_groups,
     }, opts=on_cluster)
     for m in cfg.models
 ]
@@ -131,16 +136,9 @@ backends = [s.backend for s in servers]
 if cfg.llama_router.enabled:
     # One llama-server for every model: it routes by the request's "model" (the alias).
     router = LlamaRouter("llama-router", {
+        "serving": serving,
         "config": cfg.llama_router,
         "models": cfg.models,
-        "accelerator": facts.accelerator,
-        "namespace": models_namespace,
-        "host_models_dir": facts.host_models_dir,
-        "host_models_claim": model_namespace.host_models_claim,
-        "priority_class": facts.serving_priority_class,
-        "api_keys": server_keys,
-        "restricted": cfg.security.restricted_pods,
-        "supplemental_groups": cfg.security.supplemental_groups,
     }, opts=on_cluster)
     backends = router.backends
 
@@ -195,6 +193,9 @@ monitoring = Monitoring("monitoring", {
     "strict_mtls": cfg.security.mtls,
     "mesh_ready": [mesh.base, mesh.istiod],
     "dcgm_release": DCGM_RELEASE if gpu_metrics_on else None,
+    # KEDA reads the servers' load from Prometheus; users reach Grafana through the ingress.
+    "prometheus_callers": [KEDA],
+    "grafana_callers": [INGRESS_CALLER],
 }, opts=on_cluster) if monitoring_on else None
 if monitoring and gpu_metrics_on:
     GpuMetrics("gpu-metrics", {
@@ -206,14 +207,14 @@ if monitoring and gpu_metrics_on:
 ui_admin = UiAdmin("ui-admin", {"password": cfg.ui_admin_password}) if cfg.ui.enabled else None
 apps = all_apps(
     cfg,
-    mesh.namespaces[ui_namespace].metadata.name if ui_namespace else None,
+    ui_namespace=mesh.namespaces[ui_namespace].metadata.name if ui_namespace else None,
     # One connection: the front door, inside the mesh; it lists every model, later ones included.
-    [ModelEndpoint("front-door", front_door.base_url)],
+    models=[ModelEndpoint("front-door", front_door.base_url)],
     # Its own key, which the front door takes for listing models and inference alone.
-    keys.ui if keys else None,
-    keys.digest(keys.ui) if keys and keys.ui is not None else None,
-    ui_admin.password if ui_admin else None,
-    ui_admin.secret_key if ui_admin else None,
+    ui_api_key=keys.ui if keys else None,
+    ui_api_key_digest=keys.digest(keys.ui) if keys and keys.ui is not None else None,
+    ui_admin_password=ui_admin.password if ui_admin else None,
+    ui_secret_key=ui_admin.secret_key if ui_admin else None,
 )
 GitOpsController("gitops", {"chart_version": cfg.gitops.chart_version, "apps": apps}, opts=on_cluster)
 

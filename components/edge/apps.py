@@ -107,7 +107,7 @@ def open_webui(cfg: StackConfig, namespace: pulumi.Input[str], models: Sequence[
     )
 
 
-def all_apps(cfg: StackConfig, ui_namespace: Optional[pulumi.Input[str]], models: Sequence[ModelEndpoint],
+def all_apps(cfg: StackConfig, *, ui_namespace: Optional[pulumi.Input[str]], models: Sequence[ModelEndpoint],
              ui_api_key: Optional[pulumi.Output[str]], ui_api_key_digest: Optional[pulumi.Output[str]],
              ui_admin_password: Optional[pulumi.Output[str]],
              ui_secret_key: Optional[pulumi.Output[str]]) -> list[App]:

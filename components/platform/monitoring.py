@@ -22,8 +22,7 @@ from components.core.chart_source import release_source
 from components.core.names import MODEL_LABEL
 from components.core.pod_security import pod_security_labels
 from components.core.published import ScrapeTarget
-from components.core.trust import ENVOY_STATS_PATH, ENVOY_STATS_PORT_NAME, Caller, MetricsAccess, namespace_peer
-from components.platform.mesh import INGRESS_NS
+from components.core.trust import ENVOY_STATS_PATH, ENVOY_STATS_PORT_NAME, Caller, MetricsAccess, network_rule
 
 CHART_REPO = "https://prometheus-community.github.io/helm-charts"
 CHART = "kube-prometheus-stack"
@@ -50,9 +49,6 @@ GRAFANA_POD_LABELS = {"app.kubernetes.io/name": "grafana", "app.kubernetes.io/in
 GRAFANA_PATH = "/grafana"
 GRAFANA_ADMIN_SECRET = "grafana-admin"
 GRAFANA_ADMIN_USER = "admin"
-# Where KEDA runs (serving's PodAutoscaling): its operator queries Prometheus for the model
-# servers' load.
-KEDA_NAMESPACE = "keda"
 
 # Istio's "Prometheus with TLS": the sidecar writes the pod's key, certificate chain and the
 # mesh root here (pilot-agent's OUTPUT_CERTS); Prometheus reads them from the same volume.
@@ -225,19 +221,17 @@ def chart_values(cfg: MonitoringConfig, light: bool, vllm_release: str, admin_se
     return values
 
 
-def policy_specs() -> dict[str, dict]:
-    """The monitoring namespace's ingress: default-deny; its own pods talk to each other;
-    KEDA queries Prometheus; the ingress gateway reaches Grafana."""
+def policy_specs(prometheus_callers: Sequence[Caller], grafana_callers: Sequence[Caller]) -> dict[str, dict]:
+    """The monitoring namespace's ingress: default-deny; its own pods talk to each other; the
+    callers of Prometheus's API (KEDA) and of Grafana (the ingress gateway), on their ports."""
     return {
         "default-deny-ingress": {"podSelector": {}, "policyTypes": ["Ingress"]},
         "allow-same-namespace": {"podSelector": {}, "policyTypes": ["Ingress"],
                                  "ingress": [{"from": [{"podSelector": {}}]}]},
         "allow-keda": {"podSelector": {"matchLabels": dict(PROMETHEUS_POD_LABELS)}, "policyTypes": ["Ingress"],
-                       "ingress": [{"from": [namespace_peer(KEDA_NAMESPACE)],
-                                    "ports": [{"protocol": "TCP", "port": PROMETHEUS_PORT}]}]},
+                       "ingress": [network_rule(prometheus_callers, [PROMETHEUS_PORT])]},
         "allow-gateway": {"podSelector": {"matchLabels": dict(GRAFANA_POD_LABELS)}, "policyTypes": ["Ingress"],
-                          "ingress": [{"from": [namespace_peer(INGRESS_NS)],
-                                       "ports": [{"protocol": "TCP", "port": GRAFANA_CONTAINER_PORT}]}]},
+                          "ingress": [network_rule(grafana_callers, [GRAFANA_CONTAINER_PORT])]},
     }
 
 
@@ -259,6 +253,9 @@ class MonitoringArgs(TypedDict):
     # The DCGM exporter release that runs (GpuMetrics), whose dashboard Grafana provisions; None
     # where there is none.
     dcgm_release: Optional[str]
+    # Who may query Prometheus's API (KEDA), and who may reach Grafana (the ingress gateway).
+    prometheus_callers: Sequence[Caller]
+    grafana_callers: Sequence[Caller]
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -312,7 +309,7 @@ class Monitoring(pulumi.ComponentResource):
                   "trafficPolicy": {"tls": {"mode": "DISABLE"}}},
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args["mesh_ready"])))
         if args["network_policies"]:
-            for policy, spec in policy_specs().items():
+            for policy, spec in policy_specs(args["prometheus_callers"], args["grafana_callers"]).items():
                 k8s.networking.v1.NetworkPolicy(
                     f"{name}-{policy}", metadata={"name": policy, "namespace": ns}, spec=spec, opts=child)
         self.register_outputs({"prometheusUrl": self.prometheus_url, "grafanaHost": self.grafana_host})

@@ -5,8 +5,9 @@ from components.serving.autoscaling import PodAutoscaling, PodAutoscalingArgs, S
 from components.serving.llama_router import LlamaRouter, LlamaRouterArgs
 from components.serving.llm_server import LlmServer, LlmServerArgs
 from components.serving.model_namespace import ModelNamespace, ModelNamespaceArgs
+from components.serving.pods import ServingSettings
 
 __all__ = [
     "LlamaRouter", "LlamaRouterArgs", "LlmServer", "LlmServerArgs", "ModelNamespace", "ModelNamespaceArgs",
-    "PodAutoscaling", "PodAutoscalingArgs", "ScaledServer",
+    "PodAutoscaling", "PodAutoscalingArgs", "ScaledServer", "ServingSettings",
 ]

@@ -11,7 +11,7 @@ import pulumi_kubernetes as k8s
 
 from components.core.chart_source import release_source
 from components.core.names import FRONT_DOOR_NAME, MODEL_LABEL
-from components.platform.monitoring import KEDA_NAMESPACE
+from components.core.trust import Caller
 
 if TYPE_CHECKING:
     from components.config import Autoscaling
@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 KEDA_REPO = "https://kedacore.github.io/charts"
 KEDA_CHART_VERSION = "2.20.2"
 KEDA_API = "keda.sh/v1alpha1"
+# Where KEDA runs; its operator (the chart's service account `keda-operator`) queries Prometheus
+# for the model servers' load.
+KEDA_NAMESPACE = "keda"
+KEDA = Caller(KEDA_NAMESPACE, "keda-operator")
 
 # The gauge each runtime's /metrics reports for requests accepted but not yet being served:
 # vLLM's scheduler queue, llama.cpp's requests deferred for want of a free slot.

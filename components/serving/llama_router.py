@@ -17,7 +17,14 @@ from components.cluster.accelerators import Accelerator
 from components.config import ModelConfig
 from components.core.published import ModelBackend, ScrapeTarget
 from components.platform.api_keys import KEYS_DIGEST_ANNOTATION
-from components.serving.pods import CONTAINER_SECURITY, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security
+from components.serving.pods import (
+    CONTAINER_SECURITY,
+    PROBE_PERIOD_S,
+    ServingSettings,
+    api_keys_volume,
+    fetch_command,
+    pod_security,
+)
 from components.serving.runtimes import (
     ALL_LAYERS,
     API_KEYS_FILE,
@@ -81,19 +88,11 @@ def router_args(models_max: int, api_auth: bool, threads: int) -> list[str]:
 
 
 class LlamaRouterArgs(TypedDict):
+    # What every server of the stack shares: accelerator, namespace, host models, keys, security.
+    serving: ServingSettings
     config: "LlamaRouterConfig"
     # The stack's models: in router mode (vulkan or none) the config admits llama.cpp ones alone.
     models: Sequence["ModelConfig | VllmModel"]
-    accelerator: Accelerator
-    namespace: pulumi.Input[str]
-    host_models_dir: Optional[str]
-    # The namespace's claim on the node's /mnt/models, where the GGUF files are.
-    host_models_claim: Optional[pulumi.Input[str]]
-    priority_class: pulumi.Input[str]
-    # The keys the router accepts by role (the front door's); None: open API.
-    api_keys: Optional[dict[str, pulumi.Output[str]]]
-    restricted: bool
-    supplemental_groups: list[int]
 
 
 class LlamaRouter(pulumi.ComponentResource):
@@ -102,8 +101,8 @@ class LlamaRouter(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: LlamaRouterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:LlamaRouter", name, None, opts)
-        cfg, accel = args["config"], args["accelerator"]
-        namespace = pulumi.Output.from_input(args["namespace"])
+        cfg, accel = args["config"], args["serving"].accelerator
+        namespace = pulumi.Output.from_input(args["serving"].namespace)
         child = pulumi.ResourceOptions(parent=self)
         labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "model-server",
                   "app.kubernetes.io/part-of": "llm-platform"}
@@ -112,14 +111,14 @@ class LlamaRouter(pulumi.ComponentResource):
         for m in args["models"]:
             assert isinstance(m, ModelConfig), f"{m.name}: the router serves llama.cpp models only"
             models.append(m)
-        claim = args["host_models_claim"]
+        claim = args["serving"].host_models_claim
         assert claim is not None  # llama.cpp models read their files from the host folder: it is claimed
 
         # Runs where Pulumi runs: each file is downloaded only when absent, then verified.
         fetches = [
-            command.local.Command(f"{name}-{m.name}-model-file", create=fetch_command(m, args["host_models_dir"]),
+            command.local.Command(f"{name}-{m.name}-model-file", create=fetch_command(m, args["serving"].host_models_dir),
                                   opts=pulumi.ResourceOptions(parent=self))
-            for m in models if args["host_models_dir"]
+            for m in models if args["serving"].host_models_dir
         ]
         preset_text = presets(models, accel)
         config_map = k8s.core.v1.ConfigMap(
@@ -139,10 +138,10 @@ class LlamaRouter(pulumi.ComponentResource):
         # llama-server reads its presets only at start: a model added or removed must restart it
         # (the ConfigMap itself is updated in place).
         annotations: dict[str, pulumi.Input[str]] = {PRESETS_DIGEST_ANNOTATION: hashlib.sha256(preset_text.encode()).hexdigest()}
-        if args["api_keys"] is not None:
+        if args["serving"].api_keys is not None:
             # As for every model server: a file from a Secret, and a rotated key rolls the pod.
             annotations[KEYS_DIGEST_ANNOTATION] = api_keys_volume(
-                self, name, {**meta, "name": f"{NAME}-api-keys"}, API_KEYS_FILE, args["api_keys"],
+                self, name, {**meta, "name": f"{NAME}-api-keys"}, API_KEYS_FILE, args["serving"].api_keys,
                 child, volumes, mounts)
 
         # The router is the only pod on the GPU: it asks for one share of it.
@@ -152,7 +151,7 @@ class LlamaRouter(pulumi.ComponentResource):
         container = {
             "name": "server",
             "image": cfg.image or runtime.image,
-            "args": router_args(cfg.models_max, args["api_keys"] is not None, cfg.resources.threads),
+            "args": router_args(cfg.models_max, args["serving"].api_keys is not None, cfg.resources.threads),
             # The model instances it starts are llama-server processes too; HOME for their caches.
             "env": [{"name": "HOME", "value": "/tmp"}],
             "ports": [{"name": "http", "containerPort": LLAMA_CPP_PORT, "protocol": "TCP"}],
@@ -171,7 +170,7 @@ class LlamaRouter(pulumi.ComponentResource):
         }
         if runtime.command:
             container["command"] = runtime.command
-        if args["restricted"]:
+        if args["serving"].restricted:
             container["securityContext"] = dict(CONTAINER_SECURITY)
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
@@ -182,10 +181,10 @@ class LlamaRouter(pulumi.ComponentResource):
                 "strategy": {"type": "Recreate"},
                 "selector": {"matchLabels": labels},
                 "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": {
-                    "priorityClassName": args["priority_class"],
+                    "priorityClassName": args["serving"].priority_class,
                     "automountServiceAccountToken": False,
                     "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
-                    "securityContext": pod_security(args["restricted"], args["supplemental_groups"]),
+                    "securityContext": pod_security(args["serving"].restricted, args["serving"].supplemental_groups),
                     "containers": [container],
                     "nodeSelector": dict(accel.node_selector) or None,
                     "tolerations": list(accel.tolerations) or None,
@@ -205,7 +204,7 @@ class LlamaRouter(pulumi.ComponentResource):
         # One endpoint per model: an unloaded model's target is down, not loaded by Prometheus.
         self.scrape_target = ScrapeTarget(
             name=NAME, namespace=namespace, selector=labels, port="http", path=METRICS_PATH,
-            bearer=(f"{NAME}-api-keys", METRICS_KEY) if args["api_keys"] is not None else None,
+            bearer=(f"{NAME}-api-keys", METRICS_KEY) if args["serving"].api_keys is not None else None,
             models=tuple(m.name for m in args["models"]), per_model=True, params=METRICS_PARAMS)
         # Every alias reaches the one server: it routes by the request's "model".
         base_url = pulumi.Output.concat("http://", self.service_host, f":{self.port}/v1")

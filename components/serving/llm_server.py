@@ -17,7 +17,14 @@ from components.config import quantity_bytes
 from components.core.published import ModelBackend, ScrapeTarget
 from components.platform.api_keys import KEYS_DIGEST_ANNOTATION
 from components.serving.autoscaling import ScaledServer
-from components.serving.pods import CONTAINER_SECURITY, PROBE_PERIOD_S, api_keys_volume, fetch_command, pod_security
+from components.serving.pods import (
+    CONTAINER_SECURITY,
+    PROBE_PERIOD_S,
+    ServingSettings,
+    api_keys_volume,
+    fetch_command,
+    pod_security,
+)
 from components.serving.runtimes import (
     API_KEY_ENTRIES,
     CACHE_MOUNT,
@@ -44,13 +51,9 @@ AWAIT_MARGIN_MINUTES = 10
 
 
 class LlmServerArgs(TypedDict):
+    # What every server of the stack shares: accelerator, namespace, host models, keys, security.
+    serving: ServingSettings
     model: "ModelConfig | VllmModel"
-    accelerator: Accelerator
-    namespace: pulumi.Input[str]
-    # Host folder mounted on the node at /mnt/models; GGUF files are fetched there.
-    host_models_dir: Optional[str]
-    # The namespace's claim on the node's /mnt/models (servers that read GGUF files from it).
-    host_models_claim: Optional[pulumi.Input[str]]
     # StorageClass of the model caches (servers that download weights), and the MiB/s one
     # such volume sustains (None: unknown).
     storage_class: Optional[pulumi.Input[str]]
@@ -59,13 +62,6 @@ class LlmServerArgs(TypedDict):
     units_in_use: int
     # Hugging Face token (a Pulumi secret), for gated models; None for public ones.
     hf_token: Optional[pulumi.Output[str]]
-    priority_class: pulumi.Input[str]
-    # API keys the server accepts (Pulumi secrets), by role ("client", "ui"); None: open API.
-    api_keys: Optional[dict[str, pulumi.Output[str]]]
-    # Run under the restricted Pod Security profile (non-root, no privilege, read-only root).
-    restricted: bool
-    # Extra groups (e.g. the node's render group for /dev/dri).
-    supplemental_groups: list[int]
 
 
 def startup_minutes(model, accel: Accelerator, spec: ServerSpec, throughput_mib_s: Optional[int]) -> int:
@@ -91,13 +87,13 @@ class LlmServer(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: LlmServerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:LlmServer", name, None, opts)
-        model, accel = args["model"], args["accelerator"]
-        spec = server_spec(model, accel, api_auth=args["api_keys"] is not None)
+        model, accel = args["model"], args["serving"].accelerator
+        spec = server_spec(model, accel, api_auth=args["serving"].api_keys is not None)
         spec = dataclasses.replace(
             spec, startup_minutes=startup_minutes(model, accel, spec, args["cache_throughput_mib_s"]))
         self.alias = model.name
         self.port = spec.port
-        self.namespace = pulumi.Output.from_input(args["namespace"])
+        self.namespace = pulumi.Output.from_input(args["serving"].namespace)
         k8s_opts = pulumi.ResourceOptions(parent=self)
         labels = {
             "app.kubernetes.io/name": model.name,
@@ -112,27 +108,27 @@ class LlmServer(pulumi.ComponentResource):
         claim_templates = None
         if spec.model_store == "host":
             volumes.append({"name": "models", "persistentVolumeClaim": {
-                "claimName": args["host_models_claim"], "readOnly": True}})
+                "claimName": args["serving"].host_models_claim, "readOnly": True}})
             mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
-            if args["host_models_dir"]:
+            if args["serving"].host_models_dir:
                 # Runs where Pulumi runs: downloads only when the file is absent, then
                 # verifies it, so a second `up` never downloads again.
                 waits_for.append(command.local.Command(
                     f"{name}-model-file",
-                    create=fetch_command(model, args["host_models_dir"]),
+                    create=fetch_command(model, args["serving"].host_models_dir),
                     opts=pulumi.ResourceOptions(parent=self),
                 ))
         else:
             claim_templates = self._model_cache(name, model, meta, args, k8s_opts, mounts, env)
         if spec.api_keys_file:
-            api_keys = args["api_keys"]
+            api_keys = args["serving"].api_keys
             assert api_keys is not None  # a keys file only where the server has keys (api_auth above)
             annotations[KEYS_DIGEST_ANNOTATION] = api_keys_volume(
                 self, name, {**meta, "name": f"{model.name}-api-keys"}, spec.api_keys_file,
                 # vLLM leaves /metrics open: no scraper key where none is asked for.
                 {e: api_keys[e] for e in (API_KEY_ENTRIES if spec.metrics_need_key else (FRONT_DOOR_KEY,))},
                 k8s_opts, volumes, mounts)
-        if args["restricted"]:
+        if args["serving"].restricted:
             # The root filesystem is read-only: scratch space and HOME live here.
             volumes.append({"name": "tmp", "emptyDir": {}})
             mounts.append({"name": "tmp", "mountPath": "/tmp"})
@@ -145,12 +141,12 @@ class LlmServer(pulumi.ComponentResource):
         template = {
             "metadata": {"labels": labels, "annotations": annotations or None},
             "spec": {
-                "priorityClassName": args["priority_class"],
+                "priorityClassName": args["serving"].priority_class,
                 # Model servers never call the Kubernetes API.
                 "automountServiceAccountToken": False,
                 "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
-                "securityContext": pod_security(args["restricted"], args["supplemental_groups"]),
-                "containers": [_container(model, accel, spec, env, mounts, args["restricted"])],
+                "securityContext": pod_security(args["serving"].restricted, args["serving"].supplemental_groups),
+                "containers": [_container(model, accel, spec, env, mounts, args["serving"].restricted)],
                 "nodeSelector": dict(accel.node_selector) or None,
                 "tolerations": list(accel.tolerations) or None,
                 "volumes": volumes,

@@ -5,14 +5,38 @@ file fetched onto the host, and the API keys mounted from a Secret."""
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from typing import Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
+from components.cluster.accelerators import Accelerator
 from components.platform.api_keys import keyed_digest
 from components.serving.runtimes import API_KEY_ENTRIES, API_KEYS_MOUNT, api_keys_file_content
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """What every model server of the stack shares, whichever workload runs it: passed as one
+    value to each LlmServer and to the LlamaRouter."""
+
+    accelerator: Accelerator
+    # The models namespace (the mesh's injected namespace for the servers).
+    namespace: pulumi.Input[str]
+    # Host folder mounted on the node at /mnt/models; GGUF files are fetched there.
+    host_models_dir: Optional[str]
+    # The namespace's claim on the node's /mnt/models (servers that read GGUF files from it).
+    host_models_claim: Optional[pulumi.Input[str]]
+    priority_class: pulumi.Input[str]
+    # API keys the servers accept (Pulumi secrets), by role; None: open API.
+    api_keys: Optional[dict[str, pulumi.Output[str]]]
+    # Run under the restricted Pod Security profile (non-root, no privilege, read-only root).
+    restricted: bool
+    # Extra groups (e.g. the node's render group for /dev/dri).
+    supplemental_groups: list[int]
+
 
 PROBE_PERIOD_S = 10
 # A fixed non-root identity above the host's range; fsGroup makes the cache writable for it.

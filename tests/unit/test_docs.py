@@ -26,7 +26,7 @@ def test_the_readme_stays_short():
 def test_the_readme_opens_with_how_to_run_and_test_it():
     text = docs.README.read_text()
     first_section = text.index("\n## ")
-    for command in ("pulumi up -s local", "```sh\nmake test\n```", "`make check` runs the quick part"):
+    for command in ("pulumi up -s local", "```sh\nmake test\n```", "`make check` runs the unit and program tiers"):
         assert 0 <= text.find(command) < first_section, command
 
 
