@@ -196,3 +196,10 @@ def test_a_router_that_does_not_answer_fails_the_request(tmp_path):
         assert edge.call(envoy.port, "POST", "/v1/chat/completions", _chat("alpha"), CLIENT_KEY)[0] == 500
         # The model list needs no router.
         assert edge.call(envoy.port, "GET", "/v1/models", key=CLIENT_KEY)[0] == 200
+
+
+def test_a_body_over_envoys_buffer_is_413(path):
+    """The router needs the whole body, so Envoy buffers it, up to the listener's buffer limit
+    (1 MiB unless the configuration raises it): a larger request is refused before routing."""
+    body = _chat("alpha", messages=[{"role": "user", "content": "x" * (1 << 20)}])
+    assert edge.call(path.envoy.port, "POST", "/v1/chat/completions", body, CLIENT_KEY)[0] == 413
