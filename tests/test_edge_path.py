@@ -9,6 +9,7 @@ and its own backend key, which only Envoy holds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from types import SimpleNamespace
 
@@ -59,7 +60,7 @@ def test_key_checks_digest_is_sha256(digest_probe, size):
     """Every padding case (a block boundary at 55/56 and 64 bytes) and bytes above 0x7f."""
     data = bytes((i * 151 + size) % 256 for i in range(size))
     status, body, _ = edge.call(digest_probe.port, "POST", "/", data)
-    assert status == 200 and body.decode() == frag.hashlib.sha256(data).hexdigest()
+    assert status == 200 and body.decode() == hashlib.sha256(data).hexdigest()
 
 
 # --- the whole path --------------------------------------------------------------------------
