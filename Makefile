@@ -36,7 +36,8 @@ lint: .venv/.installed
 	exit $$status
 
 setup: .venv/.installed .venv-checkov/.installed .venv-litellm/.installed .venv-loadtest/.installed \
-	tests/crd/node_modules/.installed .cache/vllm/.fetched .cache/promql/promql.test .cache/engine-tools.stamp
+	tests/crd/node_modules/.installed .cache/vllm/.fetched .cache/promql/promql.test .cache/engine-tools.stamp \
+	.cache/edge-tools.stamp
 
 # The program's and the tests' dependencies.
 .venv/.installed: requirements.txt requirements-dev.txt
@@ -90,4 +91,12 @@ tests/crd/node_modules/.installed: tests/crd/package.json tests/crd/package-lock
 # the repository (minutes on a cold machine; a warm one reuses it). Needs Go 1.26+.
 .cache/engine-tools.stamp: tools/engine_tools.py | .venv/.installed
 	.venv/bin/python -m tools.engine_tools
+	mkdir -p .cache && touch $@
+
+# The edge's body-based router and endpoint picker (the Gateway API Inference Extension's, pinned in
+# tools/edge_tools.py), built once from the Go module proxy into the same cache; Envoy itself comes
+# with requirements-dev.txt. Without Go the build is skipped with a warning and the tests that need
+# the router skip, saying so.
+.cache/edge-tools.stamp: tools/edge_tools.py | .venv/.installed
+	.venv/bin/python -m tools.edge_tools
 	mkdir -p .cache && touch $@

@@ -1,0 +1,87 @@
+-- The edge's API-key check, run by Envoy's Lua filter on every request before anything else.
+--
+-- A request passes only with `Authorization: Bearer <key>` whose SHA-256 digest (lowercase hex) is
+-- a key of the table KEY_DIGESTS, which whoever renders this filter defines above this text: the
+-- configuration holds digests, never keys. A passing request loses its Authorization header (the
+-- route sets the backend's own) and any X-Gateway-Model-Name it brought (only the body-based
+-- router sets that header: a client must not pick a route the body does not name).
+--
+-- Envoy's Lua is LuaJIT, which has no SHA-256 of its own: the digest below is FIPS 180-4 written
+-- out with LuaJIT's `bit` library (32-bit operations; sums are normalised with bit.tobit).
+
+local bit = bit or require("bit")
+local band, bor, bxor, bnot = bit.band, bit.bor, bit.bxor, bit.bnot
+local ror, rshift, lshift, tobit, tohex = bit.ror, bit.rshift, bit.lshift, bit.tobit, bit.tohex
+local byte, char, rep, floor = string.byte, string.char, string.rep, math.floor
+
+-- The first 32 bits of the fractional parts of the cube roots of the first 64 primes.
+local K = {
+  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+  0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+  0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+  0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+  0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+  0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+  0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+  0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+}
+-- The first 32 bits of the fractional parts of the square roots of the first 8 primes.
+local H0 = { 0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19 }
+
+local function sha256_hex(msg)
+  local n = #msg
+  -- Pad to a whole number of 64-byte blocks: 0x80, zeros, then the length in bits as 8 bytes,
+  -- most significant first.
+  local length = {}
+  local bits = n * 8
+  for i = 8, 1, -1 do
+    length[i] = char(bits % 256)
+    bits = floor(bits / 256)
+  end
+  msg = msg .. "\128" .. rep("\0", (55 - n) % 64) .. table.concat(length)
+
+  local h1, h2, h3, h4, h5, h6, h7, h8 = H0[1], H0[2], H0[3], H0[4], H0[5], H0[6], H0[7], H0[8]
+  local w = {}
+  for block = 1, #msg, 64 do
+    for j = 0, 15 do
+      local b1, b2, b3, b4 = byte(msg, block + 4 * j, block + 4 * j + 3)
+      w[j] = bor(lshift(b1, 24), lshift(b2, 16), lshift(b3, 8), b4)
+    end
+    for j = 16, 63 do
+      local x, y = w[j - 15], w[j - 2]
+      local s0 = bxor(ror(x, 7), ror(x, 18), rshift(x, 3))
+      local s1 = bxor(ror(y, 17), ror(y, 19), rshift(y, 10))
+      w[j] = tobit(w[j - 16] + s0 + w[j - 7] + s1)
+    end
+    local a, b, c, d, e, f, g, h = h1, h2, h3, h4, h5, h6, h7, h8
+    for j = 0, 63 do
+      local S1 = bxor(ror(e, 6), ror(e, 11), ror(e, 25))
+      local ch = bxor(band(e, f), band(bnot(e), g))
+      local t1 = h + S1 + ch + K[j + 1] + w[j]
+      local S0 = bxor(ror(a, 2), ror(a, 13), ror(a, 22))
+      local maj = bxor(band(a, b), band(a, c), band(b, c))
+      h, g, f, e = g, f, e, tobit(d + t1)
+      d, c, b, a = c, b, a, tobit(t1 + S0 + maj)
+    end
+    h1, h2, h3, h4 = tobit(h1 + a), tobit(h2 + b), tobit(h3 + c), tobit(h4 + d)
+    h5, h6, h7, h8 = tobit(h5 + e), tobit(h6 + f), tobit(h7 + g), tobit(h8 + h)
+  end
+  return tohex(h1, 8) .. tohex(h2, 8) .. tohex(h3, 8) .. tohex(h4, 8)
+      .. tohex(h5, 8) .. tohex(h6, 8) .. tohex(h7, 8) .. tohex(h8, 8)
+end
+
+local REFUSED = '{"error":{"message":"Invalid or missing API key.","type":"invalid_request_error",'
+    .. '"param":null,"code":"invalid_api_key"}}'
+
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  headers:remove("x-gateway-model-name")
+  local auth = headers:get("authorization")
+  local key = auth and auth:match("^[Bb][Ee][Aa][Rr][Ee][Rr] +([^ ]+) *$")
+  if not key or not KEY_DIGESTS[sha256_hex(key)] then
+    handle:respond({[":status"] = "401", ["content-type"] = "application/json",
+                    ["www-authenticate"] = "Bearer"}, REFUSED)
+    return
+  end
+  headers:remove("authorization")
+end
