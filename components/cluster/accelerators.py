@@ -5,9 +5,9 @@ branching per cloud; the cluster's config says which node pool carries the accel
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
-from components.config import AcceleratorConfig, ClusterConfig
+from components.config import AcceleratorConfig, ClusterConfig, ServedModel
 
 RESOURCES = {"vulkan": "squat.ai/dri", "nvidia": "nvidia.com/gpu", "tpu": "google.com/tpu"}
 
@@ -50,7 +50,7 @@ class Accelerator:
         return self.capacity is None or self.capacity - in_use >= units
 
 
-def units_in_use(accel: Accelerator, models) -> int:
+def units_in_use(accel: Accelerator, models: Sequence[ServedModel]) -> int:
     """Units every replica of every model holds together (at the most an autoscaler runs)."""
     return sum(accel.units(getattr(m, "accelerators", None)) * m.most_replicas for m in models)
 

@@ -67,7 +67,7 @@ class BuiltCluster:
     serves_resource_metrics: bool = False
     # Address ranges of the cluster itself (nodes, pods, Services, control plane) beyond the
     # private ranges: egress "to the internet" must not reach them.
-    internal_cidrs: list = field(default_factory=list)
+    internal_cidrs: list[pulumi.Input[str]] = field(default_factory=list)
     # What a node autoscaler the program installs on the cluster needs (Karpenter's facts on
     # eks); None where the cloud scales the pools itself or nothing does.
     node_autoscaler: Optional[KarpenterFacts] = None
@@ -88,7 +88,7 @@ class ClusterFacts:
     host_models_dir: Optional[str]
     istio_platform: Optional[str]
     network_policy_enforced: bool
-    internal_cidrs: list
+    internal_cidrs: list[pulumi.Input[str]]
     # The default StorageClass (None: the cluster's own default).
     storage_class: Optional[pulumi.Output[str]]
     # StorageClass of the model caches (the default class where the cluster has no own), and the

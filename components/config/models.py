@@ -304,6 +304,8 @@ AnyModel = Annotated[
     Union[Annotated[ModelConfig, Tag("llama-cpp")], Annotated[VllmModel, Tag("vllm")]],
     Discriminator(_runtime_of),
 ]
+# A model of either runtime, for annotations (AnyModel is the same union as pydantic parses it).
+ServedModel = Union[ModelConfig, VllmModel]
 RUNTIMES = ("llama-cpp", "vllm")
 
 DEFAULT_MODEL = ModelConfig(

@@ -38,7 +38,7 @@ from components.serving.runtimes import (
 )
 
 if TYPE_CHECKING:
-    from components.config import ModelConfig, VllmModel
+    from components.config import ModelConfig, ServedModel, VllmModel
 
 # A first start downloads the weights from the model hub: assume a modest steady rate.
 DOWNLOAD_MIB_S = 50
@@ -64,7 +64,7 @@ class LlmServerArgs(TypedDict):
     hf_token: Optional[pulumi.Output[str]]
 
 
-def startup_minutes(model, accel: Accelerator, spec: ServerSpec, throughput_mib_s: Optional[int]) -> int:
+def startup_minutes(model: ServedModel, accel: Accelerator, spec: ServerSpec, throughput_mib_s: Optional[int]) -> int:
     """How long the slowest start may take: downloading the weights onto the cache, reading
     them back, then loading/compiling. A model of unstated size gets the runtime's allowance,
     which is also the floor."""
@@ -111,6 +111,8 @@ class LlmServer(pulumi.ComponentResource):
                 "claimName": args["serving"].host_models_claim, "readOnly": True}})
             mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
             if args["serving"].host_models_dir:
+                # Only GGUF files live on the host (the runtime table's "host" store is llama.cpp's).
+                assert model.runtime == "llama-cpp", f"{model.name}: a {model.runtime} model on the host's folder"
                 # Runs where Pulumi runs: downloads only when the file is absent, then
                 # verifies it, so a second `up` never downloads again.
                 waits_for.append(command.local.Command(
@@ -263,13 +265,13 @@ def rollout_strategy(accel: Accelerator, units: int, in_use: int) -> dict:
     return {"type": "Recreate"}
 
 
-def replicas_field(model) -> dict:
+def replicas_field(model: ServedModel) -> dict:
     """The replica count Pulumi sets, or none where KEDA sets it: a server-side apply that named
     the field would take it back from the autoscaler on every `up`."""
     return {} if model.autoscaling.enabled else {"replicas": model.replicas}
 
 
-def stateful_spec(model, labels: dict, template: dict, claim_templates: list[dict]) -> dict:
+def stateful_spec(model: ServedModel, labels: dict, template: dict, claim_templates: list[dict]) -> dict:
     """Replica N always mounts claim cache-<name>-N. A rolling update replaces one pod at a time
     on its own claim, so it never needs a second accelerator or a second copy of the weights;
     with more than one replica the others keep serving."""
@@ -291,7 +293,7 @@ def stateful_spec(model, labels: dict, template: dict, claim_templates: list[dic
     }
 
 
-def _container(model, accel: Accelerator, spec: ServerSpec, env: list, mounts: list, restricted: bool) -> dict:
+def _container(model: ServedModel, accel: Accelerator, spec: ServerSpec, env: list, mounts: list, restricted: bool) -> dict:
     probe = {"httpGet": {"path": spec.health_path, "port": "http"}, "timeoutSeconds": 5}
     accelerators = {accel.resource: str(spec.accelerators)} if accel.resource else {}
     container = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -15,6 +15,9 @@ import pulumi_random as random
 from components.cluster.accelerators import Accelerator
 from components.platform.api_keys import keyed_digest
 from components.serving.runtimes import API_KEY_ENTRIES, API_KEYS_MOUNT, api_keys_file_content
+
+if TYPE_CHECKING:
+    from components.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ CONTAINER_SECURITY = {
 }
 
 
-def fetch_command(model, models_dir: str) -> str:
+def fetch_command(model: ModelConfig, models_dir: str) -> str:
     argv = ["python3", "scripts/fetch_model.py", "--dest", f"{models_dir}/{model.file}"]
     if model.download_url:
         argv += ["--url", model.download_url]

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from components.cluster.accelerators import Accelerator
 from components.core.names import MODELS_MOUNT  # noqa: F401  (the servers' mount of it)
+
+if TYPE_CHECKING:
+    from components.config import ModelConfig, ServedModel, VllmModel
 
 CACHE_MOUNT = "/data"
 API_KEYS_MOUNT = "/etc/llm-platform/api-keys"
@@ -156,11 +159,11 @@ def llama_router_pre_stop(port: int, aliases: Sequence[str]) -> dict:
     ]}}
 
 
-def model_path(model) -> str:
+def model_path(model: ModelConfig) -> str:
     return f"{MODELS_MOUNT}/{model.file}"
 
 
-def _llama_cpp_args(model, accel: Accelerator, units: int) -> list[str]:
+def _llama_cpp_args(model: ModelConfig, accel: Accelerator, units: int) -> list[str]:
     args = [
         "--host", "0.0.0.0",
         "--port", str(LLAMA_CPP_PORT),
@@ -179,7 +182,7 @@ def _llama_cpp_args(model, accel: Accelerator, units: int) -> list[str]:
     return args
 
 
-def _vllm_args(model, accel: Accelerator, units: int) -> list[str]:
+def _vllm_args(model: VllmModel, accel: Accelerator, units: int) -> list[str]:
     args = [
         model.hf_model,
         "--served-model-name", model.name,
@@ -238,7 +241,7 @@ RUNTIMES: dict[tuple[str, str], _Runtime] = {
 }
 
 
-def server_spec(model, accel: Accelerator, api_auth: bool = False) -> ServerSpec:
+def server_spec(model: ServedModel, accel: Accelerator, api_auth: bool = False) -> ServerSpec:
     runtime = RUNTIMES[(model.runtime, accel.kind)]
     units = accel.units(getattr(model, "accelerators", None))
     auth = _api_key_args(runtime.api_keys_file) if api_auth else []
@@ -259,6 +262,6 @@ def server_spec(model, accel: Accelerator, api_auth: bool = False) -> ServerSpec
     )
 
 
-def uses_model_cache(model, accel: Accelerator) -> bool:
+def uses_model_cache(model: ServedModel, accel: Accelerator) -> bool:
     """Whether the server downloads weights into a cache (and so needs HTTPS out)."""
     return RUNTIMES[(model.runtime, accel.kind)].model_store == "cache"
