@@ -70,6 +70,8 @@ local function sha256_hex(msg)
       .. tohex(h5, 8) .. tohex(h6, 8) .. tohex(h7, 8) .. tohex(h8, 8)
 end
 
+local MAX_KEY_LENGTH = 256
+
 local REFUSED = '{"error":{"message":"Invalid or missing API key.","type":"invalid_request_error",'
     .. '"param":null,"code":"invalid_api_key"}}'
 
@@ -78,7 +80,8 @@ function envoy_on_request(handle)
   headers:remove("x-gateway-model-name")
   local auth = headers:get("authorization")
   local key = auth and auth:match("^[Bb][Ee][Aa][Rr][Ee][Rr] +([^ ]+) *$")
-  if not key or not KEY_DIGESTS[sha256_hex(key)] then
+  -- A key is at most a few dozen characters: a longer one is refused before it is hashed.
+  if not key or #key > MAX_KEY_LENGTH or not KEY_DIGESTS[sha256_hex(key)] then
     handle:respond({[":status"] = "401", ["content-type"] = "application/json",
                     ["www-authenticate"] = "Bearer"}, REFUSED)
     return

@@ -11,6 +11,7 @@ and never the response, so the tokens stream back through Envoy alone.
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 from pathlib import Path
 from typing import Iterable, Optional
@@ -28,6 +29,9 @@ def key_digest(key: str) -> str:
 
 def api_key_lua(digests: Iterable[str]) -> str:
     """The key check's Lua source with the accepted keys' SHA-256 digests (lowercase hex)."""
+    digests = list(digests)
+    bad = [d for d in digests if not re.fullmatch(r"[0-9a-f]{64}", d)]
+    assert not bad, f"not a lowercase hex SHA-256 digest: {bad}"
     table = ", ".join(f'["{d}"] = true' for d in sorted(set(digests)))
     return f"local KEY_DIGESTS = {{{table}}}\n\n" + API_KEY_LUA.read_text()
 

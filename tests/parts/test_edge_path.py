@@ -101,8 +101,11 @@ def _router_calls(path) -> int:
 
 def test_the_body_picks_the_server(path):
     for alias in MODELS:
+        before = _router_calls(path)
         status, body, _ = _post(path, _chat(alias))
         assert status == 200, body
+        # The counter the refusal tests read moves for a request that is let in.
+        assert _router_calls(path) == before + 1
         assert body["model"] == alias and body["choices"][0]["message"]["role"] == "assistant"
 
 
@@ -129,7 +132,8 @@ def test_a_streamed_completion_arrives_to_done(path):
 
 
 @pytest.mark.parametrize("auth", [None, "Bearer sk-not-a-key", f"Basic {CLIENT_KEY}", f"Bearer {CLIENT_KEY}x",
-                                  "Bearer ", f"Bearer {frag.key_digest(CLIENT_KEY)}"])
+                                  "Bearer ", f"Bearer {frag.key_digest(CLIENT_KEY)}",
+                                  f"Bearer {CLIENT_KEY}{'x' * 300}"])
 def test_a_request_without_a_valid_key_is_refused(path, auth):
     before = _router_calls(path)
     headers = {"Authorization": auth} if auth is not None else {}
