@@ -6,8 +6,9 @@ from components.cluster import Cluster, GpuDevicePlugin
 from components.cluster.accelerators import from_config as accelerator_from_config, units_in_use
 from components.config import ConfigError, load
 from components.core.chart_source import use_archives
+from components.core.published import ModelBackend
 from components.edge import Backend, FrontDoor, Gateway, KeysDatabase, UiAdmin, front_door as front_door_parts
-from components.edge.apps import OPEN_WEBUI_PORT, ModelEndpoint, all_apps, open_webui_host, ui_caller
+from components.edge.apps import OPEN_WEBUI_PORT, all_apps, open_webui_host, ui_caller
 from components.platform import ApiKeys, GitOpsController, GpuMetrics, Mesh, Monitoring
 from components.platform.gpu_metrics import RELEASE as DCGM_RELEASE
 from components.platform.mesh import INGRESS_CALLER
@@ -209,7 +210,7 @@ apps = all_apps(
     cfg,
     ui_namespace=mesh.namespaces[ui_namespace].metadata.name if ui_namespace else None,
     # One connection: the front door, inside the mesh; it lists every model, later ones included.
-    models=[ModelEndpoint("front-door", front_door.base_url)],
+    models=[ModelBackend("front-door", front_door.base_url)],
     # Its own key, which the front door takes for listing models and inference alone.
     ui_api_key=keys.ui if keys else None,
     ui_api_key_digest=keys.digest(keys.ui) if keys and keys.ui is not None else None,

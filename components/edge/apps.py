@@ -3,12 +3,12 @@ any from config."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import pulumi
 
 from components.config import StackConfig
+from components.core.published import ModelBackend
 from components.core.trust import Caller
 from components.platform.api_keys import KEYS_DIGEST_ANNOTATION
 from components.platform.gitops import App
@@ -40,19 +40,11 @@ ADMIN_SECRET = "open-webui-admin"
 SESSION_SECRET = "open-webui-session"
 
 
-@dataclass(frozen=True)
-class ModelEndpoint:
-    """An OpenAI-compatible base URL, e.g. http://<service>:<port>/v1."""
-
-    alias: str
-    base_url: pulumi.Input[str]
-
-
 def _secret_env(name: str, secret: str) -> dict:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": name}}}
 
 
-def open_webui(cfg: StackConfig, namespace: pulumi.Input[str], models: Sequence[ModelEndpoint],
+def open_webui(cfg: StackConfig, namespace: pulumi.Input[str], models: Sequence[ModelBackend],
                api_key: Optional[pulumi.Output[str]], api_key_digest: Optional[pulumi.Output[str]],
                admin_password: pulumi.Output[str], secret_key: pulumi.Output[str]) -> App:
     """Open WebUI in `namespace` (the mesh's, with sidecars). It calls the OpenAI endpoints in
@@ -107,7 +99,7 @@ def open_webui(cfg: StackConfig, namespace: pulumi.Input[str], models: Sequence[
     )
 
 
-def all_apps(cfg: StackConfig, *, ui_namespace: Optional[pulumi.Input[str]], models: Sequence[ModelEndpoint],
+def all_apps(cfg: StackConfig, *, ui_namespace: Optional[pulumi.Input[str]], models: Sequence[ModelBackend],
              ui_api_key: Optional[pulumi.Output[str]], ui_api_key_digest: Optional[pulumi.Output[str]],
              ui_admin_password: Optional[pulumi.Output[str]],
              ui_secret_key: Optional[pulumi.Output[str]]) -> list[App]:
