@@ -7,8 +7,10 @@ from components.cluster.accelerators import from_config as accelerator_from_conf
 from components.config import ConfigError, load
 from components.core.chart_source import use_archives
 from components.core.published import ModelBackend
-from components.edge import Backend, FrontDoor, Gateway, KeysDatabase, UiAdmin, front_door as front_door_parts
+from components.edge import Backend, FrontDoor, Gateway, KeysDatabase, ModelRouting, UiAdmin, front_door as front_door_parts
 from components.edge.apps import OPEN_WEBUI_PORT, all_apps, open_webui_host, ui_caller
+from components.edge.gateway import PAGE_ROUTES
+from components.edge.model_routing import model_routes
 from components.platform import ApiKeys, GitOpsController, GpuMetrics, Mesh, Monitoring
 from components.platform.gpu_metrics import RELEASE as DCGM_RELEASE
 from components.platform.mesh import INGRESS_CALLER
@@ -16,6 +18,7 @@ from components.platform.monitoring import GRAFANA_ADMIN_USER, PROMETHEUS_URL, m
 from components.serving import LlamaRouter, LlmServer, ModelNamespace, PodAutoscaling, ServingSettings
 from components.serving.autoscaling import KEDA
 from components.serving.runtimes import (
+    CLIENT_KEY,
     FRONT_DOOR_KEY,
     METRICS_KEY,
     METRICS_PATH as SERVER_METRICS_PATH,
@@ -48,9 +51,10 @@ ui_namespace = cfg.ui.namespace if cfg.ui.enabled else None
 front_door_namespace = cfg.front_door.namespace
 # Who may call whom, decided here once; the mesh (by identity) and the NetworkPolicies (by
 # namespace and pods) both enforce these lists. Only the front door calls the model servers; only
-# the ingress gateway and the UI call the front door.
+# the ingress gateway and the UI call the front door. The ingress calls the model servers too: it
+# streams their tokens to the client itself (ModelRouting).
 ui = ui_caller(ui_namespace) if ui_namespace else None
-model_callers = [front_door_parts.caller(front_door_namespace)]
+model_callers = [front_door_parts.caller(front_door_namespace), INGRESS_CALLER]
 front_door_callers = [INGRESS_CALLER] + ([ui] if ui else [])
 # Prometheus scrapes each namespace's metrics port and path, and nothing else there.
 monitoring_on = cfg.monitoring.enabled
@@ -97,9 +101,9 @@ model_namespace = ModelNamespace("models", {
 
 keys = ApiKeys("api-keys", {"client": cfg.api_key, "ui": cfg.ui.enabled}) if cfg.security.api_auth else None
 
-# What the model servers (or the router) accept: the front door's key, and the scraper's for
-# llama.cpp's /metrics.
-server_keys = {FRONT_DOOR_KEY: keys.backend, METRICS_KEY: keys.metrics} if keys else None
+# What the model servers (or the router) accept: the front door's key, the client key the ingress
+# passes on, and the scraper's for llama.cpp's /metrics.
+server_keys = {FRONT_DOOR_KEY: keys.backend, CLIENT_KEY: keys.client, METRICS_KEY: keys.metrics} if keys else None
 
 # What every server shares, the router included.
 serving = ServingSettings(
@@ -219,6 +223,25 @@ apps = all_apps(
 )
 GitOpsController("gitops", {"chart_version": cfg.gitops.chart_version, "apps": apps}, opts=on_cluster)
 
+# The models the ingress routes to straight, by the body's model: all but those at zero, which only
+# the front door's request count wakes.
+direct = backends if cfg.llama_router.enabled else [
+    s.backend for s in servers
+    if not (s.scaled_server and s.scaled_server.autoscaling and s.scaled_server.autoscaling.scale_to_zero)]
+model_routing = ModelRouting("model-routing", {
+    "namespace": front_door_ns,
+    "namespace_name": front_door_namespace,
+    "replicas": facts.ingress.min_replicas,
+    "ingress_namespace": mesh.ingress_namespace,
+    "ingress_selector": mesh.ingress_selector,
+    "keys": [keys.client] if keys else None,
+    "front_door": True,
+    "model_names": front_door.model_names,
+    "routes_without_bbr": PAGE_ROUTES,
+    "mesh_ready": [mesh.base, mesh.istiod],
+    "servers": [router] if cfg.llama_router.enabled else servers,
+}, opts=on_cluster)
+
 gateway = Gateway("gateway", {
     "mesh": mesh,
     "api": Backend(front_door.service_host, front_door.port),
@@ -228,6 +251,10 @@ gateway = Gateway("gateway", {
     "tls_secret": cfg.gateway.tls_secret,
     "cert_manager": cfg.gateway.cert_manager,
     "address": mesh.ingress_address,
+    "model_routes": model_routes(direct, (front_door.service_host, front_door.port),
+                                 front_door_parts.INTERNAL_RESPONSE_HEADERS),
+    # Routes on the model header only once the ingress drops a client's own and sets it itself.
+    "routes_ready": [model_routing],
 }, opts=on_cluster)
 
 pulumi.export("ingressUrl", gateway.url)

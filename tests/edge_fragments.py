@@ -1,7 +1,8 @@
-"""The edge's Envoy configuration, written by hand as the fragments the program is to render into
-Istio EnvoyFilters and routes: the API-key check (Lua), the body-based router as an external
-processor, one route per model, the model list Envoy answers itself, and the answers for a
-request that names no model or an unknown one. tests/edge_path.py assembles them into a bootstrap.
+"""Envoy configuration for the edge benchmark and the key check's unit tests: the program's own
+key check and external-processor filters (components/edge/model_routing.py) with routes written
+here by hand (one per model with its backend key, the model list, 404 and 400 answers), so one
+path can be measured step by step. tests/edge_istio.py builds the ingress's whole configuration
+from the program's objects instead.
 
 Filter order matters: the key check runs first, so no request body reaches the router unless its
 key passed; the router's ext_proc then sees the request headers and the whole body (BUFFERED) once
@@ -10,59 +11,30 @@ and never the response, so the tokens stream back through Envoy alone.
 
 from __future__ import annotations
 
-import hashlib
-import re
 import json
-from pathlib import Path
 from typing import Iterable, Optional
 
+from components.edge import model_routing as routing
 from tests.edge_path import MODEL_HEADER
 
-LUA = "envoy.filters.http.lua"
-EXT_PROC = "envoy.filters.http.ext_proc"
-API_KEY_LUA = Path(__file__).with_name("edge_api_key.lua")
-
-
 def key_digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    return routing.key_digest("", key)
 
 
 def api_key_lua(digests: Iterable[str]) -> str:
-    """The key check's Lua source with the accepted keys' SHA-256 digests (lowercase hex)."""
-    digests = list(digests)
-    bad = [d for d in digests if not re.fullmatch(r"[0-9a-f]{64}", d)]
-    assert not bad, f"not a lowercase hex SHA-256 digest: {bad}"
-    table = ", ".join(f'["{d}"] = true' for d in sorted(set(digests)))
-    return f"local KEY_DIGESTS = {{{table}}}\n\n" + API_KEY_LUA.read_text()
+    """The program's key check (files/api_key.lua) with an empty salt and the given digests: every
+    request under /v1 needs one of those keys, nothing goes on to a front door, no model list."""
+    return routing.key_check_source(salt="", digests=list(digests), open_api=False, front_door=False, models=None)
 
 
-def lua_filter(source: str) -> dict:
-    return {"name": LUA, "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-        "default_source_code": {"inline_string": source}}}
+lua_filter = routing.lua_filter
+ext_proc_filter = routing.ext_proc_filter
 
 
 def api_key_filter(digests: Iterable[str]) -> dict:
     return lua_filter(api_key_lua(digests))
 
 
-def ext_proc_filter(cluster: str, timeout: str = "2s") -> dict:
-    """The body-based router as Envoy's external processor: request headers and the buffered body
-    go to it once; the response never does. A router that does not answer fails the request."""
-    return {"name": EXT_PROC, "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-        "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": timeout},
-        "failure_mode_allow": False,
-        "message_timeout": timeout,
-        "processing_mode": {
-            "request_header_mode": "SEND", "request_body_mode": "BUFFERED", "request_trailer_mode": "SKIP",
-            "response_header_mode": "SKIP", "response_body_mode": "NONE", "response_trailer_mode": "SKIP",
-        },
-    }}
-
-
-_NO_EXT_PROC = {EXT_PROC: {"@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
-                           "disabled": True}}
 
 
 def _json_response(status: int, body: dict) -> dict:
@@ -80,7 +52,7 @@ def models_route(aliases: Iterable[str]) -> dict:
     listing = {"object": "list", "data": [{"id": a, "object": "model", "created": 0, "owned_by": "llm-platform"}
                                           for a in aliases]}
     return {"name": "models", "match": {"path": "/v1/models"}, **_json_response(200, listing),
-            "typed_per_filter_config": _NO_EXT_PROC}
+            "typed_per_filter_config": routing.NO_EXT_PROC}
 
 
 def model_route(alias: str, cluster: str, backend_key: Optional[str] = None) -> dict:

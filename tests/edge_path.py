@@ -22,11 +22,11 @@ from typing import Iterable, Iterator, Optional
 
 import yaml
 
+from components.edge import model_routing
 from tests.shared import LLAMA_SERVER, TINY_MODEL
 from tools import edge_tools
 
-# The header BBR sets from the body's `model` (the name its chart configures).
-MODEL_HEADER = "X-Gateway-Model-Name"
+MODEL_HEADER = model_routing.MODEL_HEADER
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _live: set["Process"] = set()
 
@@ -234,15 +234,8 @@ class Envoy(Process):
 
 
 def bbr_argv(grpc_port: int, health_port: int, metrics_port: int) -> list[str]:
-    """BBR's command line outside Kubernetes: plain gRPC (its default is TLS with a self-signed
-    certificate), no tracing, pprof or authenticated metrics (the latter asks the API server), and
-    the one plugin that copies the body's `model` into the routing header (the default set adds
-    one that watches ConfigMaps for base models of LoRA adapters, which needs a cluster)."""
-    plugin = {"fieldName": "model", "headerName": MODEL_HEADER}
-    return [str(edge_tools.binary(edge_tools.BBR)),
-            f"--grpc-port={grpc_port}", f"--grpc-health-port={health_port}", f"--metrics-port={metrics_port}",
-            "--secure-serving=false", "--tracing=false", "--enable-pprof=false", "--metrics-endpoint-auth=false",
-            "--plugin", f"body-field-to-header:model-extractor:{json.dumps(plugin, separators=(',', ':'))}"]
+    """BBR's command line as the program's Deployment runs it, on the given ports."""
+    return [str(edge_tools.binary(edge_tools.BBR)), *model_routing.bbr_args(grpc_port, health_port, metrics_port)]
 
 
 def unreachable_kubeconfig(path: Path) -> Path:

@@ -167,8 +167,8 @@ class SecurityConfig(_Model):
     """`/v1` requires an API key (`Authorization: Bearer ...`)."""
     mtls: bool = True
     """STRICT mutual TLS in the model, front-door and UI namespaces, with AuthorizationPolicies
-    that let only the front door call the model servers and only the ingress gateway and the UI
-    call the front door. Off: PERMISSIVE, without those policies."""
+    that let only the front door and the ingress gateway call the model servers and only the
+    ingress gateway and the UI call the front door. Off: PERMISSIVE, without those policies."""
     network_policies: bool = True
     """Default-deny NetworkPolicies in the model namespace, with the few flows it needs allowed."""
     restricted_pods: bool = True

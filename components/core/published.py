@@ -35,3 +35,7 @@ class ModelBackend:
 
     alias: str
     base_url: pulumi.Input[str]
+    # Its server's Service (host and port), where the ingress may route to it straight; None:
+    # reached through the front door alone.
+    host: Optional[pulumi.Input[str]] = None
+    port: Optional[int] = None

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, TypedDict
+from typing import NotRequired, Optional, Sequence, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -19,6 +19,10 @@ CERT_MANAGER_REPO = "https://charts.jetstack.io"
 CERT_SECRET = "llm-gateway-tls"
 ACME_ISSUER = "llm-platform-acme"
 GATEWAY_NAME = "llm-gateway"
+# The routes' names (Envoy's too); those that serve pages, not the API, are never asked which
+# model a body names.
+API_ROUTE, GRAFANA_ROUTE, UI_ROUTE, REDIRECT_ROUTE = "v1", "grafana", "ui", "to-https"
+PAGE_ROUTES = (GRAFANA_ROUTE, UI_ROUTE, REDIRECT_ROUTE)
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,9 @@ class GatewayArgs(TypedDict):
     cert_manager: Optional[CertManagerConfig]
     # Where the ingress is reached from outside, "ip:port" or a host name.
     address: pulumi.Input[str]
+    # API routes matched before `/v1` -> `api` (model_routing.model_routes), and what they wait for.
+    model_routes: NotRequired[Sequence[dict]]
+    routes_ready: NotRequired[Sequence[pulumi.Resource]]
 
 
 def _route(name: str, prefix: str, backend: Backend) -> dict:
@@ -85,22 +92,22 @@ class Gateway(pulumi.ComponentResource):
         )
         gateways = [f"{mesh.ingress_namespace}/{GATEWAY_NAME}"]
 
-        routes = [_route("v1", "/v1", args["api"])]
+        routes = [*args.get("model_routes", ()), _route(API_ROUTE, "/v1", args["api"])]
         if args["grafana"]:
-            routes.append(_route("grafana", GRAFANA_PATH, args["grafana"]))
+            routes.append(_route(GRAFANA_ROUTE, GRAFANA_PATH, args["grafana"]))
         if args["ui"]:
-            routes.append(_route("ui", "/", args["ui"]))
+            routes.append(_route(UI_ROUTE, "/", args["ui"]))
         if tls_secret:
             # With TLS the platform answers only on HTTPS; port 80 only redirects (below).
-            for route in routes:
-                route["match"] = [{**m, "port": HTTPS_PORT} for m in route["match"]]
+            routes = [{**route, "match": [{**m, "port": HTTPS_PORT} for m in route["match"]]} for route in routes]
         self.virtual_service = k8s.apiextensions.CustomResource(
             f"{name}-routes",
             api_version="networking.istio.io/v1",
             kind="VirtualService",
             metadata={"name": "llm-routes", "namespace": mesh.ingress_namespace},
             spec={"hosts": hosts, "gateways": gateways, "http": routes},
-            opts=opts_cr,
+            opts=pulumi.ResourceOptions.merge(opts_cr, pulumi.ResourceOptions(
+                depends_on=list(args.get("routes_ready", ())))),
         )
         if tls_secret:
             # Plain HTTP is sent to HTTPS by a catch-all route rather than the server's
@@ -113,7 +120,7 @@ class Gateway(pulumi.ComponentResource):
                 kind="VirtualService",
                 metadata={"name": "llm-https-redirect", "namespace": mesh.ingress_namespace},
                 spec={"hosts": hosts, "gateways": gateways, "http": [{
-                    "name": "to-https",
+                    "name": REDIRECT_ROUTE,
                     "match": [{"port": HTTP_PORT}],
                     "redirect": {"scheme": "https", "redirectCode": 301},
                 }]},

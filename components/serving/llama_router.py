@@ -208,5 +208,5 @@ class LlamaRouter(pulumi.ComponentResource):
             models=tuple(m.name for m in args["models"]), per_model=True, params=METRICS_PARAMS)
         # Every alias reaches the one server: it routes by the request's "model".
         base_url = pulumi.Output.concat("http://", self.service_host, f":{self.port}/v1")
-        self.backends = [ModelBackend(m.name, base_url) for m in args["models"]]
+        self.backends = [ModelBackend(m.name, base_url, host=self.service_host, port=self.port) for m in args["models"]]
         self.register_outputs({"serviceHost": self.service_host, "port": self.port})

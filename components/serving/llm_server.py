@@ -28,7 +28,6 @@ from components.serving.pods import (
 from components.serving.runtimes import (
     API_KEY_ENTRIES,
     CACHE_MOUNT,
-    FRONT_DOOR_KEY,
     METRICS_KEY,
     METRICS_PATH,
     MODELS_MOUNT,
@@ -128,7 +127,7 @@ class LlmServer(pulumi.ComponentResource):
             annotations[KEYS_DIGEST_ANNOTATION] = api_keys_volume(
                 self, name, {**meta, "name": f"{model.name}-api-keys"}, spec.api_keys_file,
                 # vLLM leaves /metrics open: no scraper key where none is asked for.
-                {e: api_keys[e] for e in (API_KEY_ENTRIES if spec.metrics_need_key else (FRONT_DOOR_KEY,))},
+                {e: api_keys[e] for e in API_KEY_ENTRIES if spec.metrics_need_key or e != METRICS_KEY},
                 k8s_opts, volumes, mounts)
         if args["serving"].restricted:
             # The root filesystem is read-only: scratch space and HOME live here.
@@ -217,7 +216,8 @@ class LlmServer(pulumi.ComponentResource):
             bearer=(f"{model.name}-api-keys", METRICS_KEY) if spec.metrics_need_key else None,
             models=(model.name,))
         # What the front door routes the alias to (vLLM's --served-model-name, llama.cpp's --alias).
-        self.backend = ModelBackend(self.alias, pulumi.Output.concat("http://", self.service_host, f":{self.port}/v1"))
+        self.backend = ModelBackend(self.alias, pulumi.Output.concat("http://", self.service_host, f":{self.port}/v1"),
+                                    host=self.service_host, port=self.port)
         # What KEDA sizes, where the model autoscales.
         self.scaled_server = ScaledServer(
             name=model.name, kind=self.workload_kind, runtime=model.runtime, autoscaling=model.autoscaling,

@@ -17,12 +17,14 @@ if TYPE_CHECKING:
 
 CACHE_MOUNT = "/data"
 API_KEYS_MOUNT = "/etc/llm-platform/api-keys"
-# Keys of the API-key Secret each model server reads: the front door's, its one caller, and on
-# llama.cpp (which asks a key for /metrics too) the scraper's, so the front door's key stays with
-# the front door.
+# Keys of the API-key Secret each model server reads: the front door's; the stack's client key,
+# which the ingress passes on with the requests it routes straight to a server; and on llama.cpp
+# (which asks a key for /metrics too) the scraper's, so the front door's key stays with the front
+# door.
 FRONT_DOOR_KEY = "front-door"
+CLIENT_KEY = "client"
 METRICS_KEY = "metrics"
-API_KEY_ENTRIES = (FRONT_DOOR_KEY, METRICS_KEY)
+API_KEY_ENTRIES = (FRONT_DOOR_KEY, CLIENT_KEY, METRICS_KEY)
 # Entries of that Secret the servers read as files: llama.cpp's key list (one key a line) and
 # vLLM's config file (`--config`, YAML), which carries `api-key` so no key reaches argv or env.
 API_KEYS_FILE = "keys"

@@ -53,9 +53,10 @@ def test_a_second_preview_changes_nothing_and_refresh_finds_no_drift(env):
     assert summary_without_same(stack.preview().change_summary) == {}, stack.tail()
 
 
-def test_rotating_the_api_key_rolls_the_front_door_and_replaces_nothing(env):
-    """The client key is the front door's master key: its pods roll onto it; the model servers
-    hold a backend key of their own and are left alone."""
+def test_rotating_the_api_key_rolls_what_holds_it_and_replaces_nothing(env):
+    """The client key is the front door's master key and one the model servers accept (the
+    ingress passes it on with the requests it routes to them straight): both roll onto it, and
+    the ingress's key check takes the new key's digest."""
     w, stack = env
     router = {p.metadata.name for p in settled_pods(w, "models", ROUTER)}
     front = {p.metadata.name for p in settled_pods(w, "front-door", "litellm")}
@@ -70,12 +71,16 @@ def test_rotating_the_api_key_rolls_the_front_door_and_replaces_nothing(env):
     assert not [s for s in steps if s[0] in ("replace", "create-replacement")], steps
     assert {(t, n) for o, t, n in steps if o == "update"} == {
         ("kubernetes:core/v1:Secret", "front-door-keys"),
-        ("kubernetes:apps/v1:Deployment", "front-door-deployment")}, steps
+        ("kubernetes:apps/v1:Deployment", "front-door-deployment"),
+        ("kubernetes:core/v1:Secret", "llama-router-api-keys"),
+        ("kubernetes:apps/v1:Deployment", "llama-router-deployment"),
+        ("kubernetes:networking.istio.io/v1alpha3:EnvoyFilter", "model-routing-ingress-filters")}, steps
     up = stack.up()
     assert up.outputs["apiKey"].value == "sk-" + "r0tated" * 4
     assert front.isdisjoint(p.metadata.name for p in settled_pods(w, "front-door", "litellm")), \
         "the front door's pods did not roll onto the new key"
-    assert router == {p.metadata.name for p in settled_pods(w, "models", ROUTER)}
+    assert router.isdisjoint(p.metadata.name for p in settled_pods(w, "models", ROUTER)), \
+        "the model servers did not roll onto the new key"
 
 
 def test_adding_then_removing_a_model_touches_only_what_routes_to_it(env):

@@ -1,11 +1,13 @@
 """An existing stack upgraded to this version of the program: `pulumi up` with the program as it
 was at an earlier commit, then `preview` and `up` with this one on the same state and cluster.
-A refactor moves nothing in anyone's state: every resource is `same` (a changed parent or name
-would show as a create and a delete, and for a fixed Kubernetes name fail with AlreadyExists).
+Nothing is replaced or deleted (a changed parent or name would show as a create and a delete, and
+for a fixed Kubernetes name fail with AlreadyExists); what changes is exactly what the newer
+release adds, each in place.
 
 The earlier program runs in a process of its own (its modules would clash with this one's), from
-the commit's tree as `git archive` writes it. BASELINE is the last commit before the program was
-laid out by layer; move it forward to the newest release users run."""
+the commit's tree as `git archive` writes it. BASELINE is the last commit before the ingress
+routed the served models itself; move it forward to the newest release users run, and CHANGES
+with it."""
 
 from __future__ import annotations
 
@@ -24,7 +26,22 @@ from tests.engine.lifecycle import ops, summary_without_same
 from tools.mock_engine import PROJECT_DIR
 
 pytestmark = pytest.mark.engine
-BASELINE = "8df21d49f2646af7a1bbd5a087f3172dd6a3a101"
+BASELINE = "2edb55c401a4ea66ed8b96b58368caac33ddbb91"
+# What the upgrade from BASELINE does, beside `same`: the ingress's model routing is created; the
+# model servers take the client key (their key Secret, and the pods roll onto it), the mesh and
+# the network let the ingress reach them, and the gateway routes each model straight.
+CHANGES = sorted([
+    ("create", "llm-platform:index:ModelRouting", "model-routing"),
+    ("create", "random:index/randomPassword:RandomPassword", "model-routing-key-salt"),
+    ("create", "kubernetes:core/v1:ServiceAccount", "model-routing-service-account"),
+    ("create", "kubernetes:apps/v1:Deployment", "model-routing-bbr"),
+    ("create", "kubernetes:core/v1:Service", "model-routing-bbr-service"),
+    ("create", "kubernetes:networking.istio.io/v1alpha3:EnvoyFilter", "model-routing-ingress-filters"),
+    ("create", "kubernetes:telemetry.istio.io/v1:Telemetry", "model-routing-ingress-metrics"),
+    ("update", "kubernetes:core/v1:Secret", "llama-router-api-keys"),
+    ("update", "kubernetes:apps/v1:Deployment", "llama-router-deployment"),
+    ("update", "kubernetes:networking.istio.io/v1:VirtualService", "gateway-routes"),
+])
 
 OLD_UP = """
 import json, pathlib, sys
@@ -57,7 +74,7 @@ def env(tmp_path_factory, charts_dir):
     yield from deployed(tmp_path_factory, charts_dir, "local")
 
 
-def test_an_existing_stack_upgrades_with_every_resource_the_same(env, tmp_path):
+def test_an_existing_stack_upgrades_in_place(env, tmp_path):
     w, stack = env
     old = baseline_tree(tmp_path / "baseline")
     run = subprocess.run(
@@ -71,7 +88,10 @@ def test_an_existing_stack_upgrades_with_every_resource_the_same(env, tmp_path):
     assert before["result"] == "succeeded" and before["changes"].get("create", 0) > 20, before
 
     preview, events = stack.events(stack.stack.preview, diff=True)
-    assert ops(events) == [], stack.tail()
-    assert set(preview.change_summary) == {"same"}, preview.change_summary
+    assert sorted(ops(events)) == CHANGES, stack.tail()
     up = stack.up()
-    assert summary_without_same(up.summary.resource_changes or {}) == {}, stack.tail()
+    assert summary_without_same(up.summary.resource_changes or {}) == {
+        "create": sum(1 for op, *_ in CHANGES if op == "create"),
+        "update": sum(1 for op, *_ in CHANGES if op == "update")}, stack.tail()
+    # And then it is settled.
+    assert summary_without_same(stack.preview().change_summary) == {}, stack.tail()

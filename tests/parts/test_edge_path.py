@@ -1,27 +1,35 @@
-"""The edge's data path on loopback, for real: Envoy checks the client's key itself (SHA-256 digests
-in its configuration, never the keys), asks the body-based router which model the body names, routes
-on the header the router sets, answers the model list itself, and streams the tokens back.
+"""The ingress's data path on loopback, for real, configured from the program's own objects (its
+EnvoyFilter and VirtualService, as istiod builds them for the gateway: tests/edge_istio.py): Envoy
+checks the client's key itself (salted SHA-256 digests in its configuration, never the keys), asks
+the body-based router which model the body names, routes on the header the router sets straight to
+the model's server, answers the model list itself, and streams the tokens back; what it cannot
+settle goes on to the front door.
 
 Two llama-servers stand for two models, each with its own alias (its model id: it answers every
 request with it, whatever the request names, so a response's `model` says which server answered)
-and its own backend key, which only Envoy holds.
+and the key file the program's Secret gives it. The front door and the UI are stand-ins that say who
+was asked, with which headers: LiteLLM itself is tested in test_front_door.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
 
+from components.edge import front_door as front_door_parts
+from components.edge import model_routing as routing
 from tests import edge_fragments as frag
+from tests import edge_istio as istio
 from tests import edge_path as edge
-from tools import edge_tools
+from tools import edge_tools, mock_engine
 
 CLIENT_KEY = "sk-edge-client-0123456789abcdef"
-OTHER_CLIENT_KEY = "sk-edge-other-fedcba9876543210"
-MODELS = {"alpha": "backend-key-alpha", "beta": "backend-key-beta"}
+MODELS = ("alpha", "beta")
 
 pytestmark = pytest.mark.skipif(bool(edge_tools.missing()), reason=edge_tools.missing() or "")
 
@@ -63,58 +71,135 @@ def test_key_checks_digest_is_sha256(digest_probe, size):
     assert status == 200 and body.decode() == hashlib.sha256(data).hexdigest()
 
 
-# --- the whole path --------------------------------------------------------------------------
+# --- the whole path, as the program configures it ----------------------------------------------
+
+
+PODS = {"llm-platform:llamaRouter": {"enabled": False}}
+PROVIDER = {"name": "gpt-mini", "model": "openai/gpt-4o-mini", "apiBase": "https://api.openai.com/v1"}
+OVERRIDES = {
+    **PODS,
+    "llm-platform:models": [{"name": alias, "file": f"{alias}.gguf"} for alias in MODELS],
+    "llm-platform:frontDoor": {"providers": [PROVIDER]},
+    "llm-platform:apiKey": CLIENT_KEY,
+    "llm-platform:providerKeys": {PROVIDER["name"]: "sk-provider-not-used-0123456789"},
+}
+ENVOY_FILTER = "kubernetes:networking.istio.io/v1alpha3:EnvoyFilter"
+VIRTUAL_SERVICE = "kubernetes:networking.istio.io/v1:VirtualService"
+SECRET = "kubernetes:core/v1:Secret"
+
+
+class StandIn:
+    """An HTTP server on loopback that answers every request with who it is and what it got."""
+
+    def __init__(self, name: str):
+        seen = self.seen = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                             "body": body})
+                out = json.dumps({"via": name}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
-def path(tmp_path_factory):
+def program():
+    """The program's objects for a stack of two llama.cpp servers, a hosted provider and the UI."""
+    rec = mock_engine.run("local", OVERRIDES, secrets=("llm-platform:apiKey", "llm-platform:providerKeys"))
+    return SimpleNamespace(
+        envoy_filter=rec.one(ENVOY_FILTER).inputs["spec"],
+        routes=rec.one(VIRTUAL_SERVICE, "gateway-routes").inputs["spec"],
+        key_files={alias: rec.one(SECRET, f"model-{alias}-api-keys").inputs["stringData"]["value"]["keys"]
+                   for alias in MODELS})
+
+
+def _stand_in_ports(program, servers, bbr, front_door, ui) -> dict[str, int]:
+    """Each cluster the program's objects name, mapped to what stands for it on loopback."""
+    ports = {}
+    for entry in program.routes["http"]:
+        dest = entry["route"][0]["destination"]
+        cluster = istio.cluster_name(dest["host"], dest["port"]["number"])
+        name = entry["name"]
+        if name.startswith("model-"):
+            ports[cluster] = servers[name.removeprefix("model-")].port
+        elif dest["host"].startswith(f"{front_door_parts.NAME}."):
+            ports[cluster] = front_door.port
+        else:  # the UI's and Grafana's pages
+            ports[cluster] = ui.port
+    ports[routing.bbr_cluster(FRONT_DOOR_NAMESPACE)] = bbr.port
+    return ports
+
+
+FRONT_DOOR_NAMESPACE = "front-door"
+
+
+@pytest.fixture(scope="module")
+def path(tmp_path_factory, program):
     _need(edge_tools.missing(edge_tools.BBR) or edge.missing_llama_server())
     tmp = tmp_path_factory.mktemp("edge-path")
-    started = []
+    started, stand_ins = [], []
     try:
-        servers = {alias: edge.LlamaServer(alias, tmp / "models", key=key) for alias, key in MODELS.items()}
-        started += servers.values()
+        servers = {}
+        for alias in MODELS:
+            keys = tmp / f"{alias}.keys"
+            keys.write_text(program.key_files[alias])
+            servers[alias] = edge.LlamaServer(alias, tmp / "models", extra=["--api-key-file", str(keys)])
+            started.append(servers[alias])
         bbr = edge.Bbr(tmp / "bbr")
         started.append(bbr)
-        config = edge.bootstrap(
-            http_filters=[frag.api_key_filter([frag.key_digest(CLIENT_KEY), frag.key_digest(OTHER_CLIENT_KEY)]),
-                          frag.ext_proc_filter("bbr")],
-            routes=frag.routes({alias: (f"model-{alias}", key) for alias, key in MODELS.items()}),
-            clusters=[edge.static_cluster("bbr", bbr.port, http2=True),
-                      *(edge.static_cluster(f"model-{a}", s.port) for a, s in servers.items())])
+        front_door, ui = StandIn("front-door"), StandIn("ui")
+        stand_ins += [front_door, ui]
+        config = istio.ingress_bootstrap(
+            program.envoy_filter, program.routes, _stand_in_ports(program, servers, bbr, front_door, ui),
+            http2=[routing.bbr_cluster(FRONT_DOOR_NAMESPACE)])
         envoy = edge.Envoy(config, tmp / "envoy")
         started.append(envoy)
-        yield SimpleNamespace(envoy=envoy, servers=servers, bbr=bbr)
+        yield SimpleNamespace(envoy=envoy, servers=servers, bbr=bbr, front_door=front_door, ui=ui)
     finally:
         for p in reversed(started):
             p.stop()
+        for s in stand_ins:
+            s.stop()
 
 
-def _post(path, body, key=CLIENT_KEY, headers=None):
-    status, raw, hdrs = edge.call(path.envoy.port, "POST", "/v1/chat/completions", body, key, headers)
+def _post(path, body, key=CLIENT_KEY, headers=None, at="/v1/chat/completions"):
+    status, raw, hdrs = edge.call(path.envoy.port, "POST", at, body, key, headers)
     return status, (json.loads(raw) if raw else None), hdrs
 
 
 def _router_calls(path) -> int:
-    return path.envoy.stats(r"ext_proc\.streams_started$").get("http.edge.ext_proc.streams_started", 0)
+    stats = path.envoy.stats(r"ext_proc\.streams_started$")
+    return sum(stats.values())
 
 
-def test_the_body_picks_the_server(path):
+def test_each_model_is_served_straight_by_its_server(path):
     for alias in MODELS:
-        before = _router_calls(path)
+        before, front_door_before = _router_calls(path), len(path.front_door.seen)
         status, body, _ = _post(path, _chat(alias))
         assert status == 200, body
-        # The counter the refusal tests read moves for a request that is let in.
-        assert _router_calls(path) == before + 1
         assert body["model"] == alias and body["choices"][0]["message"]["role"] == "assistant"
-
-
-def test_each_server_gets_its_backend_key_not_the_clients(path):
-    """A server refuses the client's key; through Envoy the same request passes, so the route
-    replaced it with the server's own."""
-    for alias, server in path.servers.items():
-        assert edge.call(server.port, "POST", "/v1/chat/completions", _chat(alias), CLIENT_KEY)[0] == 401
-        assert _post(path, _chat(alias))[0] == 200
+        # The router was asked once; the front door not at all.
+        assert _router_calls(path) == before + 1
+        assert len(path.front_door.seen) == front_door_before
 
 
 def test_a_streamed_completion_arrives_to_done(path):
@@ -128,74 +213,89 @@ def test_a_streamed_completion_arrives_to_done(path):
     assert events[-1] == b"[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert len(chunks) > 1 and {c["model"] for c in chunks} == {"beta"}
-    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
 
 
-@pytest.mark.parametrize("auth", [None, "Bearer sk-not-a-key", f"Basic {CLIENT_KEY}", f"Bearer {CLIENT_KEY}x",
-                                  "Bearer ", f"Bearer {frag.key_digest(CLIENT_KEY)}",
-                                  f"Bearer {CLIENT_KEY}{'x' * 300}"])
-def test_a_request_without_a_valid_key_is_refused(path, auth):
-    before = _router_calls(path)
+def test_the_servers_check_the_key_again(path):
+    """The key files the program gives the servers hold the client key (the ingress passes it on)
+    and refuse a request without one: reaching a server past the ingress needs the key too."""
+    for alias, server in path.servers.items():
+        assert edge.call(server.port, "POST", "/v1/chat/completions", _chat(alias))[0] == 401
+        assert edge.call(server.port, "POST", "/v1/chat/completions", _chat(alias), CLIENT_KEY)[0] == 200
+
+
+@pytest.mark.parametrize("auth", [None, f"Basic {CLIENT_KEY}", "Bearer ", f"Bearer {CLIENT_KEY}{'x' * 300}"])
+def test_a_request_without_a_key_is_refused_at_the_ingress(path, auth):
+    before, front_door_before = _router_calls(path), len(path.front_door.seen)
     headers = {"Authorization": auth} if auth is not None else {}
     status, body, hdrs = _post(path, _chat("alpha"), key=None, headers=headers)
     assert status == 401 and body["error"]["code"] == "invalid_api_key"
-    assert hdrs["content-type"] == "application/json"
-    # Refused before the body went anywhere: the router was not asked.
-    assert _router_calls(path) == before
+    assert hdrs["www-authenticate"] == "Bearer"
+    # Refused before the body went anywhere.
+    assert _router_calls(path) == before and len(path.front_door.seen) == front_door_before
 
 
-def test_every_configured_key_is_accepted(path):
-    for key in (CLIENT_KEY, OTHER_CLIENT_KEY):
-        assert _post(path, _chat("alpha"), key=key)[0] == 200
-    assert _post(path, _chat("alpha"), key=None, headers={"Authorization": f"bearer {CLIENT_KEY}"})[0] == 200
+@pytest.mark.parametrize("key", ["sk-virtual-key-0123456789abcdef", f"{CLIENT_KEY}x"])
+def test_a_key_the_ingress_does_not_know_goes_to_the_front_door(path, key):
+    """Virtual keys and the UI's key are the front door's to check: such a request goes there, key
+    and all, whatever model it names, and never straight to a server."""
+    status, body, _ = _post(path, _chat("alpha"), key=key)
+    assert status == 200 and body == {"via": "front-door"}
+    seen = path.front_door.seen[-1]
+    assert seen["headers"]["authorization"] == f"Bearer {key}"
+    assert json.loads(seen["body"])["model"] == "alpha"
 
 
-def test_the_configuration_holds_digests_not_keys(path):
-    text = path.envoy.config_file.read_text()
-    assert CLIENT_KEY not in text and OTHER_CLIENT_KEY not in text
-    assert frag.key_digest(CLIENT_KEY) in text
-
-
-def test_an_unknown_model_is_404(path):
-    status, body, _ = _post(path, _chat("gamma"))
-    assert status == 404 and body["error"]["code"] == "model_not_found"
-
-
-def test_a_body_without_a_model_is_400(path):
-    status, body, _ = _post(path, _chat())
-    assert status == 400 and body["error"]["code"] == "model_required"
+def test_a_model_the_platform_does_not_serve_goes_to_the_front_door(path):
+    """A hosted provider's model and an unknown one: the front door answers (LiteLLM's 404 for an
+    unknown model is tested with LiteLLM itself)."""
+    for model in (PROVIDER["name"], "gamma"):
+        status, body, _ = _post(path, _chat(model))
+        assert status == 200 and body == {"via": "front-door"}
+        assert path.front_door.seen[-1]["headers"]["authorization"] == f"Bearer {CLIENT_KEY}"
 
 
 def test_the_client_cannot_pick_the_route_by_header(path):
-    """Only the router sets the routing header: one sent by the client is dropped with the key
-    check, so a body without a model is still refused and one naming beta still goes to beta."""
-    status, body, _ = _post(path, _chat(), headers={edge.MODEL_HEADER: "alpha"})
-    assert status == 400 and body["error"]["code"] == "model_required"
+    """Only the router sets the model header and only the key check the front-door mark: a client's
+    own are dropped."""
     status, body, _ = _post(path, _chat("beta"), headers={edge.MODEL_HEADER: "alpha"})
     assert status == 200 and body["model"] == "beta"
+    status, body, _ = _post(path, _chat("beta"), headers={routing.ROUTE_HEADER: routing.FRONT_DOOR_ROUTE})
+    assert status == 200 and body["model"] == "beta"
+    status, body, _ = _post(path, _chat(), headers={edge.MODEL_HEADER: "alpha"})
+    assert body == {"via": "front-door"}
 
 
-def test_a_body_that_is_not_json_is_400_from_the_router(path):
-    status, raw, _ = edge.call(path.envoy.port, "POST", "/v1/chat/completions", b"{not json", CLIENT_KEY)
-    assert status == 400 and b"failed to parse request body" in raw
-
-
-def test_envoy_answers_the_model_list_itself(path):
+def test_the_ingress_answers_the_model_list(path):
     before = _router_calls(path)
     status, raw, hdrs = edge.call(path.envoy.port, "GET", "/v1/models", key=CLIENT_KEY)
     assert status == 200 and hdrs["content-type"] == "application/json"
-    assert [m["id"] for m in json.loads(raw)["data"]] == list(MODELS)
+    assert [m["id"] for m in json.loads(raw)["data"]] == [*MODELS, PROVIDER["name"]]
     assert _router_calls(path) == before
     assert edge.call(path.envoy.port, "GET", "/v1/models")[0] == 401
 
 
-def test_a_router_that_does_not_answer_fails_the_request(tmp_path):
+def test_pages_are_not_sent_to_the_router(path):
+    """The UI's routes never wait for the router, even for a body that names a model."""
+    before = _router_calls(path)
+    assert edge.call(path.envoy.port, "GET", "/")[0] == 200
+    status, body, _ = _post(path, _chat("alpha"), key=None, at="/api/chat")
+    assert status == 200 and body == {"via": "ui"}
+    assert _router_calls(path) == before
+
+
+def test_the_configuration_holds_digests_not_keys(path, program):
+    for text in (path.envoy.config_file.read_text(), json.dumps(program.envoy_filter)):
+        assert CLIENT_KEY not in text
+
+
+def test_a_router_that_does_not_answer_fails_the_request(tmp_path, program):
     """Without the router no request is routed: Envoy answers 500 rather than guess (the filter
     does not fail open), and the key is still checked first."""
-    config = edge.bootstrap([frag.api_key_filter([frag.key_digest(CLIENT_KEY)]), frag.ext_proc_filter("bbr")],
-                            frag.routes({"alpha": ("model-alpha", None)}),
-                            [edge.static_cluster("bbr", edge.free_port(), http2=True),
-                             edge.static_cluster("model-alpha", edge.free_port())])
+    free = SimpleNamespace(port=edge.free_port())
+    servers = {alias: free for alias in MODELS}
+    config = istio.ingress_bootstrap(program.envoy_filter, program.routes,
+                                     _stand_in_ports(program, servers, free, free, free),
+                                     http2=[routing.bbr_cluster(FRONT_DOOR_NAMESPACE)])
     with edge.Envoy(config, tmp_path) as envoy:
         assert edge.call(envoy.port, "POST", "/v1/chat/completions", _chat("alpha"))[0] == 401
         assert edge.call(envoy.port, "POST", "/v1/chat/completions", _chat("alpha"), CLIENT_KEY)[0] == 500

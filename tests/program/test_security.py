@@ -74,18 +74,19 @@ def test_server_requires_a_key_read_from_a_secret(keyed):
     c = container(keyed)
     secret = next(r for r in keyed.of_type("kubernetes:core/v1:Secret") if r.name.endswith("-api-keys"))
     data = harness.reveal(secret.inputs["stringData"])
-    # The servers take only the front door's key, not the clients' (the master key).
+    # The servers take the front door's key and the client key (the master key), which the ingress
+    # passes on with the requests it routes to them straight; never the UI's.
     backend = backend_key(keyed)
     assert backend != CLIENT_KEY
-    assert data["front-door"] == backend
+    assert data["front-door"] == backend and data["client"] == CLIENT_KEY
     flag = "--api-key-file" if "--api-key-file" in c["args"] else "--config"
     path = c["args"][c["args"].index(flag) + 1]
     entry = path.rsplit("/", 1)[1]
-    if flag == "--api-key-file":  # llama.cpp: one key a line; the second is Prometheus's for /metrics
-        assert data[entry].splitlines() == [backend, data["metrics"]]
+    if flag == "--api-key-file":  # llama.cpp: one key a line; the last is Prometheus's for /metrics
+        assert data[entry].splitlines() == [backend, CLIENT_KEY, data["metrics"]]
         assert data["metrics"] not in (backend, CLIENT_KEY, ui_key(keyed))
     else:  # vLLM: its YAML config file, read as if the flags were given
-        assert yaml.safe_load(data[entry]) == {"api-key": [backend]}
+        assert yaml.safe_load(data[entry]) == {"api-key": [backend, CLIENT_KEY]}
         assert "metrics" not in data  # its /metrics asks no key
         assert entry.endswith(".yaml") and "--api-key" not in c["args"]
     mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
@@ -110,8 +111,8 @@ def _salt(rec, owner: str) -> str:
 @pytest.mark.parametrize("stack", harness.STACKS)
 def test_a_rotated_key_rolls_the_pods_that_hold_it(stack):
     """Servers and the front door read their keys only at start, so their pod templates carry a
-    keyed digest of the keys they hold: the client key rolls the front door, the backend key the
-    servers (and a new client key leaves the servers alone)."""
+    keyed digest of the keys they hold: the client key rolls the front door and the servers (the
+    ingress passes it on to them), never the UI, which holds a key of its own."""
     def digests(client_key: str) -> tuple[str, str, str]:
         rec = harness.run(stack, {**SECRET_OVERRIDES, "llm-platform:apiKey": client_key}, secrets=SECRETS)
         server = _template(rec)["metadata"]["annotations"]["llm-platform/api-keys-digest"]
@@ -123,7 +124,8 @@ def test_a_rotated_key_rolls_the_pods_that_hold_it(stack):
         # Readable in diffs, yet no key in it or derivable from it without the salt in state.
         for value in (server, door):
             assert not harness.is_secret(value) and client_key not in value and backend not in value
-        # Over every key the server accepts: the front door's, and on llama.cpp Prometheus's.
+        # Over every key the server accepts: the front door's, the client's, and on llama.cpp
+        # Prometheus's.
         data = harness.reveal(next(r for r in rec.of_type("kubernetes:core/v1:Secret")
                                    if r.name.endswith("-api-keys")).inputs["stringData"])
         held = "\n".join(data[e] for e in API_KEY_ENTRIES if e in data)
@@ -138,8 +140,8 @@ def test_a_rotated_key_rolls_the_pods_that_hold_it(stack):
     server, door, ui = digests(CLIENT_KEY)
     assert digests(CLIENT_KEY) == (server, door, ui)
     rotated_server, rotated_door, rotated_ui = digests(CLIENT_KEY + "-rotated")
-    # The UI holds its own key: a new client key leaves it alone too.
-    assert rotated_door != door and rotated_server == server and rotated_ui == ui
+    # The UI holds its own key: a new client key leaves it alone.
+    assert rotated_door != door and rotated_server != server and rotated_ui == ui
 
 
 def test_ui_gets_its_own_front_door_key_from_a_secret(keyed):
@@ -209,8 +211,8 @@ def test_health_and_metrics_are_not_behind_the_gateway_key(keyed):
     assert c["startupProbe"]["httpGet"]["path"] == "/health"
     # /metrics is only reachable in-cluster: no route of the gateway reaches it.
     routes = keyed.one("kubernetes:networking.istio.io/v1:VirtualService").inputs["spec"]["http"]
-    api_prefixes = [m["uri"]["prefix"] for r in routes if r["name"] not in ("ui", "grafana") for m in r["match"]]
-    assert api_prefixes == ["/v1"]
+    api_prefixes = {m["uri"]["prefix"] for r in routes if r["name"] not in ("ui", "grafana") for m in r["match"]}
+    assert api_prefixes == {"/v1"}
     # /grafana goes to Grafana alone (its own login), never to a model or the front door.
     (grafana,) = [r for r in routes if r["name"] == "grafana"]
     assert [d["destination"]["host"] for d in grafana["route"]] == ["kps-grafana.monitoring.svc.cluster.local"]
@@ -251,13 +253,14 @@ def test_strict_mtls_in_model_front_door_and_ui_namespaces(guarded):
 
 @pytest.mark.parametrize("source, admitted", [
     (FRONT_DOOR, True),
-    (INGRESS, False),
+    # It streams the tokens of the models it routes to straight.
+    (INGRESS, True),
     (UI, False),
     (("default", "cluster.local/ns/default/sa/default"), False),
     (("argocd", "cluster.local/ns/argocd/sa/argocd-server"), False),
     (("models", "cluster.local/ns/models/sa/default"), False),
 ])
-def test_only_the_front_door_reaches_the_model_servers(guarded, source, admitted):
+def test_only_the_front_door_and_the_ingress_reach_the_model_servers(guarded, source, admitted):
     ns, principal = source
     assert network_admits(guarded, ns, "models") is admitted
     assert mesh_admits(guarded, principal, "models") is admitted

@@ -1,10 +1,16 @@
--- The edge's API-key check, run by Envoy's Lua filter on every request before anything else.
+-- The ingress's API-key check, run by Envoy's Lua filter on every request before the body-based
+-- router and the routes.
 --
--- A request passes only with `Authorization: Bearer <key>` whose SHA-256 digest (lowercase hex) is
--- a key of the table KEY_DIGESTS, which whoever renders this filter defines above this text: the
--- configuration holds digests, never keys. A passing request loses its Authorization header (the
--- route sets the backend's own) and any X-Gateway-Model-Name it brought (only the body-based
--- router sets that header: a client must not pick a route the body does not name).
+-- Whoever renders this filter defines, above this text: KEY_SALT and KEY_DIGESTS (the accepted keys'
+-- SHA-256 digests of KEY_SALT .. key, lowercase hex: the configuration holds digests, never keys),
+-- OPEN (no key asked), FRONT_DOOR (whether keys this filter does not know go on to the front door,
+-- which checks them itself: virtual keys, the UI's key) and MODEL_LIST (the JSON answer to
+-- `GET /v1/models`, or nil to leave that to the routes).
+--
+-- Only the API (paths under /v1, as the gateway's own route matches them) is checked; the UI and
+-- Grafana check their users themselves. Whatever the outcome, a request loses the headers only
+-- this filter and the body-based router may set: a client must not pick a route its key or its
+-- body does not earn. A known key stays on the request: the model servers check it again.
 --
 -- Envoy's Lua is LuaJIT, which has no SHA-256 of its own: the digest below is FIPS 180-4 written
 -- out with LuaJIT's `bit` library (32-bit operations; sums are normalised with bit.tobit).
@@ -75,16 +81,41 @@ local MAX_KEY_LENGTH = 256
 local REFUSED = '{"error":{"message":"Invalid or missing API key.","type":"invalid_request_error",'
     .. '"param":null,"code":"invalid_api_key"}}'
 
+-- Set by the body-based router from the body's "model"; the routes match it.
+local MODEL_HEADER = "x-gateway-model-name"
+-- Set here for a key the front door is to check; the first API route matches it.
+local ROUTE_HEADER = "x-llm-platform-route"
+
+local function json_response(handle, status, body, extra)
+  local headers = {[":status"] = status, ["content-type"] = "application/json"}
+  for k, v in pairs(extra or {}) do headers[k] = v end
+  handle:respond(headers, body)
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
-  headers:remove("x-gateway-model-name")
-  local auth = headers:get("authorization")
-  local key = auth and auth:match("^[Bb][Ee][Aa][Rr][Ee][Rr] +([^ ]+) *$")
-  -- A key is at most a few dozen characters: a longer one is refused before it is hashed.
-  if not key or #key > MAX_KEY_LENGTH or not KEY_DIGESTS[sha256_hex(key)] then
-    handle:respond({[":status"] = "401", ["content-type"] = "application/json",
-                    ["www-authenticate"] = "Bearer"}, REFUSED)
+  headers:remove(MODEL_HEADER)
+  headers:remove(ROUTE_HEADER)
+  local path = headers:get(":path") or ""
+  if path:sub(1, 3) ~= "/v1" then
     return
   end
-  headers:remove("authorization")
+  if not OPEN then
+    local auth = headers:get("authorization")
+    local key = auth and auth:match("^[Bb][Ee][Aa][Rr][Ee][Rr] +([^ ]+) *$")
+    -- A key is at most a few dozen characters: a longer one is refused before it is hashed.
+    local known = key and #key <= MAX_KEY_LENGTH and KEY_DIGESTS[sha256_hex(KEY_SALT .. key)]
+    if not known then
+      if FRONT_DOOR and key and #key <= MAX_KEY_LENGTH then
+        headers:add(ROUTE_HEADER, "front-door")
+        return
+      end
+      json_response(handle, "401", REFUSED, {["www-authenticate"] = "Bearer"})
+      return
+    end
+  end
+  if MODEL_LIST and headers:get(":method") == "GET"
+      and (path == "/v1/models" or path:sub(1, 11) == "/v1/models?") then
+    json_response(handle, "200", MODEL_LIST)
+  end
 end

@@ -1,0 +1,93 @@
+"""The ingress's Envoy configuration built from the program's own objects, as istiod builds it for
+the gateway's pods: the EnvoyFilter's HTTP-filter patches inserted before the router in their
+order, the VirtualService's `http` routes in their order (Istio names an Envoy route after the
+`http` entry, and its clusters `outbound|<port>||<host>`), the EnvoyFilter's route patches merged
+into the routes they name. Each Service the routes or filters name is mapped to a loopback port.
+
+What istiod adds besides (its own filters, mTLS to the upstreams, stats) is left out: the claims
+tested on this are about which request goes where, with which key, and what streams back.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from tests import edge_path as edge
+
+_CLUSTER_PREFIX = "outbound|"
+
+
+def cluster_name(host: str, port: int) -> str:
+    return f"outbound|{int(port)}||{host}"
+
+
+def _string_match(spec: Mapping) -> dict:
+    (kind, value), = spec.items()
+    return {kind if kind in ("exact", "prefix") else "safe_regex": value if kind != "regex" else {"regex": value}}
+
+
+def _routes(http: Iterable[Mapping]) -> list[dict]:
+    routes = []
+    for entry in http:
+        destinations = entry["route"]
+        assert len(destinations) == 1, f"{entry['name']}: one destination per route here"
+        dest = destinations[0]["destination"]
+        action: dict = {"cluster": cluster_name(dest["host"], dest["port"]["number"])}
+        if "timeout" in entry:
+            action["timeout"] = entry["timeout"]
+        for match in entry["match"]:
+            assert "port" not in match, "plain HTTP only here"
+            uri = match["uri"]
+            envoy_match: dict = {"prefix": uri["prefix"]} if "prefix" in uri else {"path": uri["exact"]}
+            if match.get("headers"):
+                envoy_match["headers"] = [{"name": name, "string_match": _string_match(m)}
+                                          for name, m in match["headers"].items()]
+            route = {"name": entry["name"], "match": envoy_match, "route": action}
+            removed = entry.get("headers", {}).get("response", {}).get("remove")
+            if removed:
+                route["response_headers_to_remove"] = list(removed)
+            routes.append(route)
+    return routes
+
+
+def _merge(target: dict, patch: Mapping) -> None:
+    for key, value in patch.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
+
+
+def ingress_bootstrap(envoy_filter: Mapping, virtual_service: Mapping, ports: Mapping[str, int],
+                      http2: Iterable[str] = ()) -> dict:
+    """A bootstrap for the harness's Envoy from an EnvoyFilter's and a VirtualService's specs;
+    `ports` maps each cluster name (cluster_name) to the loopback port standing in for it,
+    `http2` names the clusters that speak gRPC."""
+    filters, route_patches = [], []
+    for patch in envoy_filter["configPatches"]:
+        match = patch["match"]
+        assert match["context"] == "GATEWAY"
+        if patch["applyTo"] == "HTTP_FILTER":
+            sub = match["listener"]["filterChain"]["filter"]
+            assert sub["name"] == "envoy.filters.network.http_connection_manager"
+            assert sub["subFilter"]["name"] == edge.ROUTER["name"] and patch["patch"]["operation"] == "INSERT_BEFORE"
+            filters.append(patch["patch"]["value"])
+        elif patch["applyTo"] == "HTTP_ROUTE":
+            assert patch["patch"]["operation"] == "MERGE"
+            route_patches.append((match["routeConfiguration"]["vhost"]["route"]["name"], patch["patch"]["value"]))
+        else:
+            raise AssertionError(f"a patch this translation does not know: {patch['applyTo']}")
+    routes = _routes(virtual_service["http"])
+    for name, value in route_patches:
+        # Istio applies a patch to every route of that name; one naming none is not an error there.
+        for route in routes:
+            if route["name"] == name:
+                _merge(route, value)
+    wanted = {f["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+              for f in filters if "grpc_service" in f["typed_config"]}
+    wanted |= {r["route"]["cluster"] for r in routes}
+    missing = sorted(c for c in wanted if c not in ports)
+    assert not missing, f"no stand-in for {missing}"
+    grpc = set(http2)
+    clusters = [edge.static_cluster(name, ports[name], http2=name in grpc) for name in sorted(wanted)]
+    return edge.bootstrap(filters, routes, clusters)
