@@ -10,7 +10,7 @@ from components.core.published import ModelBackend
 from components.edge import Backend, FrontDoor, Gateway, KeysDatabase, ModelRouting, UiAdmin, front_door as front_door_parts
 from components.edge.apps import OPEN_WEBUI_PORT, all_apps, open_webui_host, ui_caller
 from components.edge.gateway import PAGE_ROUTES
-from components.edge.model_routing import model_routes
+from components.edge.model_routing import model_routes, plan as plan_routes
 from components.platform import ApiKeys, GitOpsController, GpuMetrics, Mesh, Monitoring
 from components.platform.gpu_metrics import RELEASE as DCGM_RELEASE
 from components.platform.mesh import INGRESS_CALLER
@@ -225,19 +225,22 @@ GitOpsController("gitops", {"chart_version": cfg.gitops.chart_version, "apps": a
 
 # The models the ingress routes to straight, by the body's model: all but those at zero, which only
 # the front door's request count wakes.
-direct = backends if cfg.llama_router.enabled else [
+reachable = backends if cfg.llama_router.enabled else [
     s.backend for s in servers
     if not (s.scaled_server and s.scaled_server.autoscaling and s.scaled_server.autoscaling.scale_to_zero)]
+routing_plan = plan_routes(reachable, amd64_nodes=facts.amd64_nodes, others=bool(cfg.front_door.providers))
 model_routing = ModelRouting("model-routing", {
     "namespace": front_door_ns,
     "namespace_name": front_door_namespace,
-    "replicas": facts.ingress.min_replicas,
+    # Every straight request asks it: two, on two nodes, wherever the cluster spans zones.
+    "replicas": max(facts.ingress.min_replicas, 2 if facts.replicated else 1),
     "ingress_namespace": mesh.ingress_namespace,
     "ingress_selector": mesh.ingress_selector,
     "keys": [keys.client] if keys else None,
     "front_door": True,
     "model_names": front_door.model_names,
-    "routes_without_bbr": PAGE_ROUTES,
+    "plan": routing_plan,
+    "page_routes": PAGE_ROUTES,
     "mesh_ready": [mesh.base, mesh.istiod],
     "servers": [router] if cfg.llama_router.enabled else servers,
 }, opts=on_cluster)
@@ -251,10 +254,11 @@ gateway = Gateway("gateway", {
     "tls_secret": cfg.gateway.tls_secret,
     "cert_manager": cfg.gateway.cert_manager,
     "address": mesh.ingress_address,
-    "model_routes": model_routes(direct, (front_door.service_host, front_door.port),
+    "model_routes": model_routes(routing_plan, (front_door.service_host, front_door.port),
                                  front_door_parts.INTERNAL_RESPONSE_HEADERS),
-    # Routes on the model header only once the ingress drops a client's own and sets it itself.
-    "routes_ready": [model_routing],
+    # Routes to the servers only once the ingress drops a client's own route headers and sets them
+    # itself, and the mesh and the network let it call the servers.
+    "routes_ready": [model_routing, mesh, model_namespace],
 }, opts=on_cluster)
 
 pulumi.export("ingressUrl", gateway.url)

@@ -1,16 +1,19 @@
-"""What the edge's Envoy costs on loopback, measured once (not a test):
+"""What the edge costs on loopback, measured once (not a test):
 `python -m tests.edge_bench [--upstream llama|sse] [--streams 1,16] [--requests N] [--tokens N]`.
 
 The same streamed chat completions go straight to the upstream (`direct`), through a plain Envoy
-with one route and no filters (`plain`), through one with the key check alone (`key`), and through
-Envoy as tests/edge_fragments.py configures it: key check, body-based router, routes (`edge`). The
-upstream is a llama-server with the tiny model, or (`sse`) tests/edge_sse.c, which streams canned
-chunks at a fixed pace for next to no CPU, so that what is measured is the proxy. Printed per
-stream count and path: p50 time to the first `data:` event, p50 chunks per second per stream, the
-aggregate chunk rate, and the CPU time of Envoy and of the router per 1000 chunks (and the
-router's per 1000 requests), read from /proc before and after each round. The paths take turns
-round by round, so a change in the machine's load hits them alike. Runs in a network namespace of
-its own, as the suite does."""
+with one route and no filters (`plain`), through the ingress as the program configures it (its
+EnvoyFilter and VirtualService for a stack serving the one model, translated as istiod does by
+tests/edge_istio.py: key check, body-based router, a route per model; `ingress`), and through
+LiteLLM's proxy with the config the program renders for it (`litellm`, the release
+.venv-litellm installs: what every token paid before). The upstream is a llama-server with the
+tiny model, or (`sse`) tests/edge_sse.c, which streams canned chunks at a fixed pace for next to no
+CPU, so that what is measured is the proxy. Printed per stream count and path: p50 time to the
+first `data:` event, p50 chunks per second per stream, the aggregate chunk rate, and the CPU time
+of the proxy (Envoy, LiteLLM) and of the body-based router per 1000 chunks (and the router's per
+1000 requests), read from /proc before and after each round. The paths take turns round by round,
+so a change in the machine's load hits them alike. Runs in a network namespace of its own, as the
+suite does."""
 
 from __future__ import annotations
 
@@ -29,12 +32,21 @@ from tests import netns
 
 netns.isolate()
 
-from tests import edge_fragments as frag  # noqa: E402
-from tests import edge_path as edge  # noqa: E402
+import os  # noqa: E402
 
-CLIENT_KEY = "sk-bench-client"
-BACKEND_KEY = "sk-bench-backend"
+import yaml  # noqa: E402
+
+from components.config import FrontDoorConfig  # noqa: E402
+from components.edge import front_door, model_routing  # noqa: E402
+from tests import edge_istio as istio  # noqa: E402
+from tests import edge_path as edge  # noqa: E402
+from tools import mock_engine  # noqa: E402
+from tools.mock_engine import PROJECT_DIR  # noqa: E402
+
+CLIENT_KEY = "sk-bench-client-0123456789"
+BACKEND_KEY = "sk-bench-backend-0123456789"
 ALIAS = "bench"
+LITELLM = PROJECT_DIR / ".venv-litellm" / "bin" / "litellm"
 
 
 def _stream(port: int, key: str, tokens: int, out: list, barrier: threading.Barrier) -> None:
@@ -109,6 +121,45 @@ class SseServer(edge.Process):
                         "its port")
 
 
+def ingress_config(model_port: int, bbr_port: int, front_door_port: int, tmp: Path) -> dict:
+    """The ingress's Envoy for a stack serving ALIAS alone on amd64 nodes (with the body-based
+    router), from the program's own objects."""
+    kubeconfig = tmp / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    rec = mock_engine.run("local", {"llm-platform:llamaRouter": {"enabled": False},
+                                    "llm-platform:models": [{"name": ALIAS, "file": f"{ALIAS}.gguf"}],
+                                    "llm-platform:cluster": {"kind": "existing", "kubeconfig": str(kubeconfig)},
+                                    "llm-platform:apiKey": CLIENT_KEY},
+                          secrets=("llm-platform:apiKey",))
+    envoy_filter = rec.one("kubernetes:networking.istio.io/v1alpha3:EnvoyFilter").inputs["spec"]
+    routes = rec.one("kubernetes:networking.istio.io/v1:VirtualService", "gateway-routes").inputs["spec"]
+    ports = {model_routing.bbr_cluster("front-door"): bbr_port}
+    for entry in routes["http"]:
+        dest = entry["route"][0]["destination"]
+        ports[istio.cluster_name(dest["host"], dest["port"]["number"])] = (
+            model_port if entry["name"] == f"model-{ALIAS}" else front_door_port)
+    return istio.ingress_bootstrap(envoy_filter, routes, ports, http2=[model_routing.bbr_cluster("front-door")])
+
+
+class LiteLlm(edge.Process):
+    """LiteLLM's proxy with the config the program renders for one model at `model_port`."""
+
+    name = "litellm"
+
+    def __init__(self, tmp: Path, model_port: int):
+        if not LITELLM.exists():
+            raise SystemExit(f"no {LITELLM}: `make setup` installs it")
+        tmp.mkdir(parents=True, exist_ok=True)
+        config = front_door.litellm_config([(ALIAS, f"http://127.0.0.1:{model_port}/v1")], FrontDoorConfig(), auth=True)
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config))
+        self.port = edge.free_port()
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp), "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+               front_door.MASTER_KEY_ENV: CLIENT_KEY, front_door.BACKEND_KEY_ENV: BACKEND_KEY}
+        super().__init__([str(LITELLM), "--config", str(tmp / "config.yaml"), "--host", "127.0.0.1",
+                          "--port", str(self.port)], tmp / "litellm.log", env)
+        self.wait_until(lambda: edge.call(self.port, "GET", front_door.READINESS_PATH)[0] == 200, "readiness", 180)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--streams", default="1,16")
@@ -123,30 +174,31 @@ def main() -> None:
         tmp = Path(tmp_name)
         slots = max(counts)
         if args.upstream == "llama":
+            # The client key (the ingress passes it on) and the front door's, as the program's
+            # key file for the server holds them.
+            keys = tmp / "keys"
+            keys.write_text(f"{BACKEND_KEY}\n{CLIENT_KEY}\n")
             server = started.enter_context(edge.LlamaServer(
-                ALIAS, tmp / "model", key=BACKEND_KEY, parallel=slots, extra=["-c", str(slots * (args.tokens + 64))]))
+                ALIAS, tmp / "model", parallel=slots,
+                extra=["-c", str(slots * (args.tokens + 64)), "--api-key-file", str(keys)]))
         else:
             server = started.enter_context(SseServer(tmp / "sse", args.interval_us))
         bbr = started.enter_context(edge.Bbr(tmp / "bbr"))
-        model = edge.static_cluster("model", server.port)
-        one_route = [frag.model_route(ALIAS, "model", BACKEND_KEY) | {"match": {"prefix": "/"}}]
-        key_check = frag.api_key_filter([frag.key_digest(CLIENT_KEY)])
+        litellm = started.enter_context(LiteLlm(tmp / "litellm", server.port))
 
-        def envoy(name: str, filters: list, routes: list, clusters: list) -> edge.Envoy:
-            return started.enter_context(edge.Envoy(edge.bootstrap(filters, routes, clusters), tmp / name,
-                                                    concurrency=args.concurrency))
+        def envoy(name: str, config: dict) -> edge.Envoy:
+            return started.enter_context(edge.Envoy(config, tmp / name, concurrency=args.concurrency))
 
-        plain = envoy("plain", [], one_route, [model])
-        keyed = envoy("key", [key_check], one_route, [model])
-        full = envoy("edge", [key_check, frag.ext_proc_filter("bbr")], frag.routes({ALIAS: ("model", BACKEND_KEY)}),
-                     [edge.static_cluster("bbr", bbr.port, http2=True), model])
-        paths = {"direct": (server.port, BACKEND_KEY, ()), "plain": (plain.port, CLIENT_KEY, (plain,)),
-                 "key": (keyed.port, CLIENT_KEY, (keyed,)), "edge": (full.port, CLIENT_KEY, (full, bbr))}
+        plain = envoy("plain", edge.bootstrap([], [{"match": {"prefix": "/"}, "route": {"cluster": "model", "timeout": "0s"}}],
+                                              [edge.static_cluster("model", server.port)]))
+        ingress = envoy("ingress", ingress_config(server.port, bbr.port, litellm.port, tmp))
+        paths = {"direct": (server.port, CLIENT_KEY, ()), "plain": (plain.port, CLIENT_KEY, (plain,)),
+                 "ingress": (ingress.port, CLIENT_KEY, (ingress, bbr)), "litellm": (litellm.port, CLIENT_KEY, (litellm,))}
         for port, key, _ in paths.values():  # warm every path
             for _ in range(3):
                 Case(port, key).round(1, 16)
-        print(f"{'streams':>7} {'path':>6} {'p50 TTFT ms':>11} {'p50 chunk/s/stream':>18} {'chunk/s all':>11} "
-              f"{'envoy CPU-ms/1k chunks':>22} {'bbr CPU-ms/1k chunks':>20} {'bbr CPU-ms/1k requests':>22}")
+        print(f"{'streams':>7} {'path':>7} {'p50 TTFT ms':>11} {'p50 chunk/s/stream':>18} {'chunk/s all':>11} "
+              f"{'proxy CPU-ms/1k chunks':>22} {'bbr CPU-ms/1k chunks':>20} {'bbr CPU-ms/1k requests':>22}")
         for n in counts:
             cases = {name: Case(*spec) for name, spec in paths.items()}
             for _ in range(max(1, args.requests // n)):  # interleaved: drift in the machine's load hits all alike
@@ -154,7 +206,7 @@ def main() -> None:
                     case.round(n, args.tokens)
             for name, case in cases.items():
                 r = case.summary()
-                line = f"{n:>7} {name:>6} {r['ttft_ms']:>11.2f} {r['per_stream_cps']:>18.0f} {r['aggregate_cps']:>11.0f}"
+                line = f"{n:>7} {name:>7} {r['ttft_ms']:>11.2f} {r['per_stream_cps']:>18.0f} {r['aggregate_cps']:>11.0f}"
                 cpu = r["cpu_per_k_chunks"]
                 if cpu:
                     line += f" {cpu[0]:>22.1f}"

@@ -75,6 +75,9 @@ class BuiltCluster:
     small: bool = False
     # Nodes in more than one zone: stateful services run a primary and standbys by default.
     replicated: bool = False
+    # Whether platform services can run on amd64 nodes: images published for amd64 alone (the
+    # Inference Extension's body-based router) need one. minikube's krunkit driver runs arm64.
+    amd64_nodes: bool = True
 
 
 @dataclass(frozen=True)
@@ -98,3 +101,4 @@ class ClusterFacts:
     serving_priority_class: pulumi.Output[str]
     small: bool
     replicated: bool
+    amd64_nodes: bool = True

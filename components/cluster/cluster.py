@@ -104,6 +104,7 @@ class Cluster(pulumi.ComponentResource):
             serving_priority_class=serving_priority_class,
             small=built.small,
             replicated=built.replicated,
+            amd64_nodes=built.amd64_nodes,
         )
         # Karpenter on eks: GPU nodes follow pending model pods (GKE's pools scale themselves).
         # What runs on the cluster inherits its provider.

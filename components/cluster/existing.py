@@ -20,4 +20,5 @@ def build(parent: pulumi.Resource, name: str, cfg: ExistingCluster) -> BuiltClus
         network_policy_enforced=cfg.network_policy == "enforced",
         # k3s and k3d bundle metrics-server; kind and Docker Desktop do not.
         serves_resource_metrics=cfg.metrics_server == "present",
+        amd64_nodes=cfg.amd64_nodes,
     )

@@ -80,4 +80,6 @@ def build(parent: pulumi.Resource, name: str, cfg: MinikubeCluster) -> BuiltClus
         serves_resource_metrics=True,
         internal_cidrs=[POD_CIDR, SERVICE_CIDR],
         small=True,
+        # Apple Silicon: krunkit's VM runs arm64 nodes.
+        amd64_nodes=False,
     )

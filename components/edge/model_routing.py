@@ -10,14 +10,19 @@ Per request, never per chunk, the ingress's Envoy
 3. routes on that header straight to the model's Service (the routes are the gateway's; see
    `model_routes`).
 What it cannot settle goes on to the front door (LiteLLM) as before: keys it does not know (virtual
-keys, the UI's key, which the front door takes only from the UI's pods), hosted providers, and
-models that scale to zero (the front door's request count is what wakes them).
+keys, the UI's key, which the front door takes only from the UI's pods), uploads, hosted providers,
+unknown models and models that scale to zero (the front door's request count is what wakes them).
+
+BBR's images are published for amd64 alone: where the cluster has no amd64 nodes (minikube on
+Apple Silicon) there is no BBR, and the ingress routes a known key straight only where one Service
+serves every model it knows (llama.cpp's router) and nothing else shares the API (no providers).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, TypedDict
 
@@ -28,8 +33,8 @@ import pulumi_random as random
 from components.core.published import ModelBackend
 
 # The body-based router, pinned to the Inference Extension release whose chart and CRDs this
-# platform vendors; the image is distroless and runs as its `nonroot` user (named by number so
-# the kubelet can check it).
+# platform vendors; the image is distroless, amd64 only, and runs as its `nonroot` user (named by
+# number so the kubelet can check it).
 BBR_VERSION = "v1.5.0"
 BBR_IMAGE = f"registry.k8s.io/gateway-api-inference-extension/bbr:{BBR_VERSION}"
 BBR_USER = 65532
@@ -37,38 +42,60 @@ NAME = "body-based-router"
 GRPC_PORT = 9004
 HEALTH_PORT = 9005
 METRICS_PORT = 9090
+# BBR's manager insists on a REST config at start but, with only the body-field plugin, never
+# calls the API server: it gets a kubeconfig naming none that answers instead of a token.
+KUBECONFIG_DIR = "/etc/body-based-router"
+KUBECONFIG_FILE = "kubeconfig"
 # The header BBR sets from the body's `model` (its plugin's name for it), and the one the key
-# check sets for a key only the front door can check.
+# check sets to mark a route: a key only the front door can check, or a known key where one route
+# serves every model.
 MODEL_HEADER = "X-Gateway-Model-Name"
 ROUTE_HEADER = "x-llm-platform-route"
-FRONT_DOOR_ROUTE = "front-door"
+FRONT_DOOR_MARK = "front-door"
+SERVED_MARK = "served"
+# The API routes that go to the front door before any other, and on which BBR is not asked: keys
+# only it can check, and uploads (multipart bodies are not JSON).
+FRONT_DOOR_KEYS_ROUTE, UPLOADS_ROUTE, SERVED_ROUTE = "front-door-keys", "front-door-uploads", "served-models"
+FRONT_DOOR_ROUTES = (UPLOADS_ROUTE, FRONT_DOOR_KEYS_ROUTE)
 # Envoy's names for the filters; the key check runs first, BBR second, both before the router.
+# BBR's is its own name, so per-route settings never reach another external processor.
 LUA_FILTER = "envoy.filters.http.lua"
-EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+BBR_FILTER = "envoy.filters.http.ext_proc.bbr"
 ROUTER_FILTER = "envoy.filters.http.router"
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
-# How long Envoy waits for BBR's answer; it fails the request (500) past it: never a route the
-# body did not choose.
+# How long Envoy waits for BBR's answer; past it (or with BBR away) the request fails (500): with the
+# body streamed to BBR, Envoy cannot let it on without BBR (its failure_mode_allow does not apply
+# to full-duplex bodies). Hence replicas on two nodes wherever the cluster has them, a disruption
+# budget and a preStop wait.
 BBR_TIMEOUT = "2s"
 API_KEY_LUA = Path(__file__).with_name("files") / "api_key.lua"
 ENVOY_FILTER_API = "networking.istio.io/v1alpha3"
-TELEMETRY_API = "telemetry.istio.io/v1"
-# The label the ingress's request metrics (istio_requests_total, istio_request_duration_*) carry
-# with the model the body named: what the front door's own metrics counted when every request
-# went through it.
-MODEL_METRIC_LABEL = "request_model"
+# A stopping BBR pod stays up while the ingress learns it is gone (BBR stops serving at SIGTERM).
+PRE_STOP_SECONDS = 5
 
 
 def bbr_args(grpc_port: int = GRPC_PORT, health_port: int = HEALTH_PORT, metrics_port: int = METRICS_PORT) -> list[str]:
     """BBR's command line: plain gRPC (the mesh's mTLS protects it; BBR's own default is TLS with a
-    self-signed certificate), no tracing or pprof, metrics without asking the API server who
+    self-signed certificate), the body streamed to it in chunks (`--streaming`, so no buffer limit
+    of Envoy's caps a request), no tracing or pprof, metrics without asking the API server who
     reads them, and only the plugin that copies the body's `model` into MODEL_HEADER (BBR's
-    default set adds one that watches ConfigMaps for LoRA adapters' base models, which would
-    need API access; this one needs none)."""
+    default set adds one that watches ConfigMaps for LoRA adapters' base models, which would need
+    API access; this one needs none)."""
     plugin = {"fieldName": "model", "headerName": MODEL_HEADER}
     return [f"--grpc-port={grpc_port}", f"--grpc-health-port={health_port}", f"--metrics-port={metrics_port}",
-            "--secure-serving=false", "--tracing=false", "--enable-pprof=false", "--metrics-endpoint-auth=false",
+            "--streaming", "--secure-serving=false", "--tracing=false", "--enable-pprof=false",
+            "--metrics-endpoint-auth=false",
             "--plugin", f"body-field-to-header:model-extractor:{json.dumps(plugin, separators=(',', ':'))}"]
+
+
+def idle_kubeconfig() -> str:
+    """A kubeconfig naming an API server on a loopback port nothing listens on, with no credential."""
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "none",
+        "clusters": [{"name": "none", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "none", "user": {}}],
+        "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}],
+    }, indent=1)
 
 
 def key_digest(salt: str, key: str) -> str:
@@ -88,7 +115,7 @@ def model_list(names: Sequence[str]) -> str:
 
 
 def key_check_source(*, salt: str, digests: Sequence[str], open_api: bool, front_door: bool,
-                     models: Optional[Sequence[str]]) -> str:
+                     models: Optional[Sequence[str]], known_key_route: Optional[str] = None) -> str:
     """The key check's Lua: its settings, then files/api_key.lua."""
     if any(len(d) != 64 or set(d) - set("0123456789abcdef") for d in digests):
         raise ValueError("key digests must be lowercase hex SHA-256")
@@ -98,6 +125,7 @@ def key_check_source(*, salt: str, digests: Sequence[str], open_api: bool, front
         f"local KEY_DIGESTS = {{{table}}}",
         f"local OPEN = {'true' if open_api else 'false'}",
         f"local FRONT_DOOR = {'true' if front_door else 'false'}",
+        f"local KNOWN_KEY_ROUTE = {_lua_string(known_key_route) if known_key_route else 'nil'}",
         f"local MODEL_LIST = {_lua_string(model_list(models)) if models is not None else 'nil'}",
     ]
     return "\n".join(settings) + "\n\n" + API_KEY_LUA.read_text()
@@ -110,22 +138,24 @@ def lua_filter(source: str) -> dict:
 
 
 def ext_proc_filter(cluster: str, timeout: str = BBR_TIMEOUT) -> dict:
-    """BBR as Envoy's external processor: the request's headers and whole body once (BUFFERED, so
-    within the listener's buffer limit), never the response; a router that does not answer fails
-    the request."""
-    return {"name": EXT_PROC_FILTER, "typed_config": {
+    """BBR as Envoy's external processor: the request's headers and its body, streamed in chunks
+    (BBR answers once it has the whole body, so no buffer limit of Envoy's caps a prompt), never
+    the response nor the client's key."""
+    return {"name": BBR_FILTER, "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
         "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": timeout},
         "failure_mode_allow": False,
         "message_timeout": timeout,
+        "forward_rules": {"disallowed_headers": {"patterns": [{"exact": "authorization"}, {"exact": "x-api-key"},
+                                                               {"exact": "api-key"}, {"exact": "cookie"}]}},
         "processing_mode": {
-            "request_header_mode": "SEND", "request_body_mode": "BUFFERED", "request_trailer_mode": "SKIP",
+            "request_header_mode": "SEND", "request_body_mode": "FULL_DUPLEX_STREAMED", "request_trailer_mode": "SEND",
             "response_header_mode": "SKIP", "response_body_mode": "NONE", "response_trailer_mode": "SKIP",
         },
     }}
 
 
-NO_EXT_PROC = {EXT_PROC_FILTER: {
+NO_BBR = {BBR_FILTER: {
     "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute", "disabled": True}}
 
 
@@ -134,48 +164,83 @@ def bbr_cluster(namespace: str) -> str:
     return f"outbound|{GRPC_PORT}||{NAME}.{namespace}.svc.cluster.local"
 
 
-def filter_patches(key_check: str, bbr_namespace: str, routes_without_bbr: Sequence[str]) -> list[dict]:
-    """The EnvoyFilter's patches for the ingress: the key check, then BBR, inserted just before
-    the router (after Istio's own authorization), and BBR switched off on `routes_without_bbr`
-    (the UI's, Grafana's: a page load needs no model)."""
+def filter_patches(key_check: str, bbr_namespace: Optional[str], routes_without_bbr: Sequence[str]) -> list[dict]:
+    """The EnvoyFilter's patches for the ingress: the key check, then BBR (where it runs), inserted
+    just before the router (after Istio's own authorization), and BBR switched off on
+    `routes_without_bbr` (pages, and what goes to the front door anyway)."""
     before_router = {"context": "GATEWAY", "listener": {"filterChain": {"filter": {
         "name": HCM_FILTER, "subFilter": {"name": ROUTER_FILTER}}}}}
-    patches = [
-        {"applyTo": "HTTP_FILTER", "match": before_router,
-         "patch": {"operation": "INSERT_BEFORE", "value": filter}}
-        for filter in (lua_filter(key_check), ext_proc_filter(bbr_cluster(bbr_namespace)))
-    ]
-    patches += [
-        {"applyTo": "HTTP_ROUTE",
-         "match": {"context": "GATEWAY", "routeConfiguration": {"vhost": {"route": {"name": route}}}},
-         "patch": {"operation": "MERGE", "value": {"typed_per_filter_config": NO_EXT_PROC}}}
-        for route in routes_without_bbr
-    ]
+    filters = [lua_filter(key_check)]
+    if bbr_namespace is not None:
+        filters.append(ext_proc_filter(bbr_cluster(bbr_namespace)))
+    patches = [{"applyTo": "HTTP_FILTER", "match": before_router, "patch": {"operation": "INSERT_BEFORE", "value": f}}
+               for f in filters]
+    if bbr_namespace is not None:
+        patches += [
+            {"applyTo": "HTTP_ROUTE",
+             "match": {"context": "GATEWAY", "routeConfiguration": {"vhost": {"route": {"name": route}}}},
+             "patch": {"operation": "MERGE", "value": {"typed_per_filter_config": NO_BBR}}}
+            for route in routes_without_bbr
+        ]
     return patches
 
 
-def model_routes(backends: Sequence[ModelBackend], front_door: Optional[tuple[pulumi.Input[str], int]],
-                 remove_response_headers: Sequence[str] = ()) -> list[dict]:
-    """The gateway's API routes (VirtualService `http` entries), before its catch-all `/v1`: keys
-    only the front door can check go there, then one route per model served straight, matched on
-    the header BBR set. No route timeout: a generation streams as long as it takes."""
-    def destination(host: pulumi.Input[str], port: int) -> list[dict]:
-        return [{"destination": {"host": host, "port": {"number": port}}}]
+@dataclass(frozen=True)
+class RoutingPlan:
+    """Which models the ingress routes straight, and how it tells them apart."""
 
-    headers = {"response": {"remove": list(remove_response_headers)}} if remove_response_headers else None
+    # The models it reaches straight (the rest go to the front door).
+    straight: tuple[ModelBackend, ...]
+    # Whether BBR picks the route from the body; else a known key is marked for the one Service
+    # that serves every model in `straight`.
+    body_router: bool
+
+    @property
+    def known_key_route(self) -> Optional[str]:
+        return SERVED_MARK if self.straight and not self.body_router else None
+
+
+def plan(backends: Sequence[ModelBackend], *, amd64_nodes: bool, others: bool) -> RoutingPlan:
+    """`backends`: the models that may be reached straight (not those at zero); `others`: whether
+    other names share the API (hosted providers); `amd64_nodes`: whether BBR can run."""
+    if amd64_nodes:
+        return RoutingPlan(tuple(backends), body_router=bool(backends))
+    first = backends[0] if backends else None
+    # One Service: the same host (the router publishes one for every model) and port.
+    one_service = first is not None and all(
+        b.port == first.port and (b.host is first.host or (isinstance(b.host, str) and b.host == first.host))
+        for b in backends)
+    return RoutingPlan(tuple(backends) if one_service and not others else (), body_router=False)
+
+
+def _service(backend: ModelBackend) -> tuple[pulumi.Input[str], int]:
+    assert backend.host is not None and backend.port is not None, f"{backend.alias}: no Service to route to"
+    return backend.host, backend.port
+
+
+def model_routes(routing: RoutingPlan, front_door: Optional[tuple[pulumi.Input[str], int]],
+                 remove_response_headers: Sequence[str] = ()) -> list[dict]:
+    """The gateway's API routes (VirtualService `http` entries), before its catch-all `/v1`: what
+    only the front door can take goes there first (keys it must check; uploads), then the models
+    served straight: one route per model on the header BBR set, or without BBR one route for the
+    one Service on the key check's mark. No route timeout: a generation streams as long as it
+    takes (a route without one has none in Istio; its CRD refuses "0s")."""
+    def route(name: str, headers: dict, host: pulumi.Input[str], port: int) -> dict:
+        entry: dict = {"name": name, "match": [{"uri": {"prefix": "/v1"}, "headers": headers}],
+                 "route": [{"destination": {"host": host, "port": {"number": port}}}]}
+        if remove_response_headers:
+            entry["headers"] = {"response": {"remove": list(remove_response_headers)}}
+        return entry
+
     routes: list[dict] = []
     if front_door is not None:
-        routes.append({"name": "front-door-keys",
-                       "match": [{"uri": {"prefix": "/v1"}, "headers": {ROUTE_HEADER: {"exact": FRONT_DOOR_ROUTE}}}],
-                       "route": destination(*front_door), "timeout": "0s"})
-    for b in backends:
-        assert b.host is not None and b.port is not None, f"{b.alias}: no Service to route to"
-        routes.append({"name": f"model-{b.alias}",
-                       "match": [{"uri": {"prefix": "/v1"}, "headers": {MODEL_HEADER: {"exact": b.alias}}}],
-                       "route": destination(b.host, b.port), "timeout": "0s"})
-    if headers:
-        for r in routes:
-            r["headers"] = headers
+        routes.append(route(FRONT_DOOR_KEYS_ROUTE, {ROUTE_HEADER: {"exact": FRONT_DOOR_MARK}}, *front_door))
+        if routing.body_router:
+            routes.append(route(UPLOADS_ROUTE, {"content-type": {"prefix": "multipart/"}}, *front_door))
+    if routing.body_router:
+        routes += [route(f"model-{b.alias}", {MODEL_HEADER: {"exact": b.alias}}, *_service(b)) for b in routing.straight]
+    elif routing.straight:
+        routes.append(route(SERVED_ROUTE, {ROUTE_HEADER: {"exact": SERVED_MARK}}, *_service(routing.straight[0])))
     return routes
 
 
@@ -183,6 +248,7 @@ class ModelRoutingArgs(TypedDict):
     # Where BBR runs: a namespace of the mesh that admits the ingress (the front door's).
     namespace: pulumi.Input[str]
     namespace_name: str
+    # BBR's replicas: every straight request waits for one.
     replicas: int
     # The ingress: its namespace and pod labels (the EnvoyFilter's workload).
     ingress_namespace: str
@@ -193,8 +259,9 @@ class ModelRoutingArgs(TypedDict):
     front_door: bool
     # Every name `GET /v1/models` lists.
     model_names: Sequence[str]
-    # Gateway routes on which BBR is not asked.
-    routes_without_bbr: Sequence[str]
+    plan: RoutingPlan
+    # Gateway routes on which BBR is not asked (pages).
+    page_routes: Sequence[str]
     # What Istio objects wait for (the CRDs and istiod's webhook).
     mesh_ready: Sequence[pulumi.Resource]
     # The model servers (or the router): the ingress passes the client key on only once they
@@ -208,6 +275,41 @@ class ModelRouting(pulumi.ComponentResource):
     def __init__(self, name: str, args: ModelRoutingArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:ModelRouting", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        routing = args["plan"]
+        ready: list[pulumi.Resource] = [*args["mesh_ready"], *args["servers"]]
+        if routing.body_router:
+            ready += self._body_router(name, args, child)
+
+        keys = args["keys"]
+        salt = random.RandomPassword(f"{name}-key-salt", length=32, special=False, opts=child).result
+        model_names = list(args["model_names"])
+
+        def source(values: list[str]) -> str:
+            salt_value, *key_values = values
+            return key_check_source(salt=salt_value, digests=[key_digest(salt_value, k) for k in key_values],
+                                    open_api=keys is None, front_door=args["front_door"], models=model_names,
+                                    known_key_route=routing.known_key_route)
+
+        # Digests and the salt only: nothing in the filter is a secret.
+        lua = pulumi.Output.unsecret(pulumi.Output.all(salt, *(keys or [])).apply(source))
+        bbr_namespace = args["namespace_name"] if routing.body_router else None
+        without_bbr = [*args["page_routes"], *FRONT_DOOR_ROUTES]
+        self.envoy_filter = k8s.apiextensions.CustomResource(
+            f"{name}-ingress-filters",
+            api_version=ENVOY_FILTER_API,
+            kind="EnvoyFilter",
+            metadata={"name": "llm-model-routing", "namespace": args["ingress_namespace"],
+                      "labels": {"app.kubernetes.io/part-of": "llm-platform"}},
+            spec={"workloadSelector": {"labels": dict(args["ingress_selector"])},
+                  "configPatches": lua.apply(lambda text: filter_patches(text, bbr_namespace, without_bbr))},
+            # Istio objects need the CRDs and istiod's webhook; the ingress asks BBR once it is
+            # ready, and passes the client key on only to servers that accept it.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=ready),
+        )
+        self.register_outputs({})
+
+    def _body_router(self, name: str, args: ModelRoutingArgs, child: pulumi.ResourceOptions) -> list[pulumi.Resource]:
+        """BBR's Deployment and Service; returns what the filters wait for."""
         namespace = args["namespace"]
         labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "model-routing",
                   "app.kubernetes.io/part-of": "llm-platform"}
@@ -215,37 +317,45 @@ class ModelRouting(pulumi.ComponentResource):
         replicas = args["replicas"]
         account = k8s.core.v1.ServiceAccount(
             f"{name}-service-account", metadata={**meta, "name": NAME},
-            # BBR's manager insists on a REST config (in-cluster: the token) but, with only the
-            # body-field plugin, never calls the API: the account has no role.
-            opts=child)
+            automount_service_account_token=False, opts=child)
+        kubeconfig = k8s.core.v1.ConfigMap(
+            f"{name}-bbr-kubeconfig", metadata={**meta, "name": f"{NAME}-kubeconfig"},
+            data={KUBECONFIG_FILE: idle_kubeconfig()}, opts=child)
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-bbr",
             metadata={**meta, "name": NAME},
             spec={
                 "replicas": replicas,
                 "selector": {"matchLabels": labels},
-                # Every API request waits for an answer from BBR: never none ready.
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                 "template": {
                     "metadata": {"labels": labels},
                     "spec": {
                         "serviceAccountName": account.metadata.name,
+                        "automountServiceAccountToken": False,
                         "securityContext": {"runAsNonRoot": True, "runAsUser": BBR_USER, "runAsGroup": BBR_USER,
                                             "seccompProfile": {"type": "RuntimeDefault"}},
+                        # The image is published for amd64 alone.
+                        "nodeSelector": {"kubernetes.io/arch": "amd64"},
                         "containers": [{
                             "name": "bbr",
                             "image": BBR_IMAGE,
                             "args": bbr_args(),
+                            "env": [{"name": "KUBECONFIG", "value": f"{KUBECONFIG_DIR}/{KUBECONFIG_FILE}"}],
                             "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
                                       {"name": "grpc-health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
+                            # A request's body is held whole until its `model` is read.
                             "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
-                                          "limits": {"cpu": "1", "memory": "256Mi"}},
+                                          "limits": {"cpu": "1", "memory": "512Mi"}},
                             "readinessProbe": {"grpc": {"port": HEALTH_PORT}, "periodSeconds": 5},
                             "livenessProbe": {"grpc": {"port": HEALTH_PORT}, "periodSeconds": 20,
                                               "failureThreshold": 3},
+                            "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
+                            "volumeMounts": [{"name": "kubeconfig", "mountPath": KUBECONFIG_DIR, "readOnly": True}],
                             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                                 "capabilities": {"drop": ["ALL"]}},
                         }],
+                        "volumes": [{"name": "kubeconfig", "configMap": {"name": kubeconfig.metadata.name}}],
                         "topologySpreadConstraints": [
                             {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
                              "labelSelector": {"matchLabels": labels}}
@@ -268,46 +378,4 @@ class ModelRouting(pulumi.ComponentResource):
                                                  "protocol": "TCP", "appProtocol": "grpc"}]},
             opts=child,
         )
-
-        keys = args["keys"]
-        salt = random.RandomPassword(f"{name}-key-salt", length=32, special=False, opts=child).result
-        model_names = list(args["model_names"])
-
-        def source(values: list[str]) -> str:
-            salt_value, *key_values = values
-            return key_check_source(salt=salt_value, digests=[key_digest(salt_value, k) for k in key_values],
-                                    open_api=keys is None, front_door=args["front_door"], models=model_names)
-
-        # Digests and the salt only: nothing in the filter is a secret.
-        lua = pulumi.Output.unsecret(pulumi.Output.all(salt, *(keys or [])).apply(source))
-        self.envoy_filter = k8s.apiextensions.CustomResource(
-            f"{name}-ingress-filters",
-            api_version=ENVOY_FILTER_API,
-            kind="EnvoyFilter",
-            metadata={"name": "llm-model-routing", "namespace": args["ingress_namespace"],
-                      "labels": {"app.kubernetes.io/part-of": "llm-platform"}},
-            spec={"workloadSelector": {"labels": dict(args["ingress_selector"])},
-                  "configPatches": lua.apply(lambda text: filter_patches(
-                      text, args["namespace_name"], args["routes_without_bbr"]))},
-            # Istio objects need the CRDs and istiod's webhook; the ingress asks BBR only once it is ready
-            # (a request it cannot ask fails), and passes the client key on only to servers that
-            # accept it.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*args["mesh_ready"], self.deployment, self.service,
-                                                                 *args["servers"]]),
-        )
-        # Every request the ingress answers, counted and timed by model (and, as ever, by status).
-        model = f"request.headers['{MODEL_HEADER.lower()}']"
-        self.telemetry = k8s.apiextensions.CustomResource(
-            f"{name}-ingress-metrics",
-            api_version=TELEMETRY_API,
-            kind="Telemetry",
-            metadata={"name": "llm-model-metrics", "namespace": args["ingress_namespace"],
-                      "labels": {"app.kubernetes.io/part-of": "llm-platform"}},
-            spec={"selector": {"matchLabels": dict(args["ingress_selector"])},
-                  "metrics": [{"providers": [{"name": "prometheus"}], "overrides": [
-                      {"match": {"metric": metric, "mode": "CLIENT_AND_SERVER"},
-                       "tagOverrides": {MODEL_METRIC_LABEL: {"operation": "UPSERT", "value": model}}}
-                      for metric in ("REQUEST_COUNT", "REQUEST_DURATION")]}]},
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args["mesh_ready"])),
-        )
-        self.register_outputs({"service": self.service.metadata.name})
+        return [self.deployment, self.service]

@@ -46,8 +46,9 @@ def local(kubeconfig: str, charts_dir: Path) -> EngineStackShape:
                      labels=_labels("llm-platform", "arm64", **{"minikube.k8s.io/primary": "true"}),
                      taints=[], cpu="6", memory="12Gi", pods=110, devices_from_plugin={"squat.ai/dri": 4})
     cfg = shipped("local")
+    # Its node is arm64, as minikube's is on Apple Silicon.
     cfg["cluster"] = {"kind": "existing", "kubeconfig": kubeconfig, "ingressServiceType": "NodePort",
-                      "networkPolicy": "enforced"}
+                      "networkPolicy": "enforced", "amd64Nodes": False}
     cfg["charts"] = {"archiveDir": str(charts_dir)}
     return EngineStackShape("local", cfg, [node], Devices(("kube-system", "generic-device-plugin"), [node]))
 

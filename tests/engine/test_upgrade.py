@@ -27,21 +27,24 @@ from tools.mock_engine import PROJECT_DIR
 
 pytestmark = pytest.mark.engine
 BASELINE = "2edb55c401a4ea66ed8b96b58368caac33ddbb91"
-# What the upgrade from BASELINE does, beside `same`: the ingress's model routing is created; the
-# model servers take the client key (their key Secret, and the pods roll onto it), the mesh and
-# the network let the ingress reach them, and the gateway routes each model straight.
+# What the upgrade from BASELINE does, beside `same`: the ingress's model routing is created (on the
+# local stack's arm64 node without the body-based router: one route to the router's Service); the
+# model servers take the client key (their key Secret, and the pods roll onto it), the mesh and the
+# network let the ingress reach them, the gateway routes straight, and the front door's dashboard
+# shows the ingress's requests by destination.
 CHANGES = sorted([
     ("create", "llm-platform:index:ModelRouting", "model-routing"),
     ("create", "random:index/randomPassword:RandomPassword", "model-routing-key-salt"),
-    ("create", "kubernetes:core/v1:ServiceAccount", "model-routing-service-account"),
-    ("create", "kubernetes:apps/v1:Deployment", "model-routing-bbr"),
-    ("create", "kubernetes:core/v1:Service", "model-routing-bbr-service"),
     ("create", "kubernetes:networking.istio.io/v1alpha3:EnvoyFilter", "model-routing-ingress-filters"),
-    ("create", "kubernetes:telemetry.istio.io/v1:Telemetry", "model-routing-ingress-metrics"),
     ("update", "kubernetes:core/v1:Secret", "llama-router-api-keys"),
     ("update", "kubernetes:apps/v1:Deployment", "llama-router-deployment"),
+    ("update", "kubernetes:security.istio.io/v1:AuthorizationPolicy", "mesh-callers-models"),
+    ("update", "kubernetes:networking.k8s.io/v1:NetworkPolicy", "models-allow-callers"),
     ("update", "kubernetes:networking.istio.io/v1:VirtualService", "gateway-routes"),
+    ("update", "kubernetes:helm.sh/v3:Release", "monitoring-kps"),
 ])
+# Settings of this release the baseline's config check does not know: left out of its run.
+NEW_SETTINGS = {"cluster": ("amd64Nodes",)}
 
 OLD_UP = """
 import json, pathlib, sys
@@ -77,14 +80,18 @@ def env(tmp_path_factory, charts_dir):
 def test_an_existing_stack_upgrades_in_place(env, tmp_path):
     w, stack = env
     old = baseline_tree(tmp_path / "baseline")
+    old_config = {k: ({f: v for f, v in value.items() if f not in NEW_SETTINGS.get(k, ())}
+                      if isinstance(value, dict) else value) for k, value in stack.config.items()}
     run = subprocess.run(
-        [sys.executable, "-c", OLD_UP, json.dumps(stack.config), str(stack.root)], cwd=old,
+        [sys.executable, "-c", OLD_UP, json.dumps(old_config), str(stack.root)], cwd=old,
         env={**os.environ, "PYTHONPATH": old}, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     before = json.loads(run.stdout.strip().splitlines()[-1])
     # The earlier run wrote its own stand-in `random` plugin into the shared folder: this
     # program's goes back.
     driver.plugin_dir(stack.root)
+    # ...and so does this program's config (the earlier run wrote its own, without the new settings).
+    stack.write_config(stack.config)
     assert before["result"] == "succeeded" and before["changes"].get("create", 0) > 20, before
 
     preview, events = stack.events(stack.stack.preview, diff=True)

@@ -37,7 +37,7 @@ def custom_resources(rec) -> list[dict]:
 @pytest.mark.parametrize("stack", harness.STACKS)
 def test_custom_resources_match_their_schemas(stack):
     objects = custom_resources(harness.run(stack))
-    assert {o["kind"] for o in objects} >= {"Gateway", "VirtualService", "Application", "EnvoyFilter", "Telemetry"}
+    assert {o["kind"] for o in objects} >= {"Gateway", "VirtualService", "Application", "EnvoyFilter"}
     assert validate(objects) == [None] * len(objects)
 
 

@@ -23,7 +23,6 @@ import pytest
 
 from components.edge import front_door as front_door_parts
 from components.edge import model_routing as routing
-from tests import edge_fragments as frag
 from tests import edge_istio as istio
 from tests import edge_path as edge
 from tools import edge_tools, mock_engine
@@ -50,14 +49,14 @@ def _need(why):
 @pytest.fixture(scope="module")
 def digest_probe(tmp_path_factory):
     """Envoy answering every request with the key check's SHA-256 of the request's body."""
-    probe = frag.api_key_lua([]) + """
+    probe = routing.key_check_source(salt="", digests=[], open_api=False, front_door=False, models=None) + """
 function envoy_on_request(handle)
   local body = handle:body()
   local text = body and body:getBytes(0, body:length()) or ""
   handle:respond({[":status"] = "200"}, sha256_hex(text))
 end
 """
-    config = edge.bootstrap([frag.lua_filter(probe)], [{"match": {"prefix": "/"}, "direct_response": {"status": 500}}],
+    config = edge.bootstrap([routing.lua_filter(probe)], [{"match": {"prefix": "/"}, "direct_response": {"status": 500}}],
                             [])
     with edge.Envoy(config, tmp_path_factory.mktemp("digest-probe")) as envoy:
         yield envoy
@@ -107,7 +106,7 @@ class StandIn:
                 self.end_headers()
                 self.wfile.write(out)
 
-            do_GET = do_POST = _answer
+            do_GET = do_POST = do_OPTIONS = _answer
 
             def log_message(self, *args):
                 pass
@@ -121,10 +120,18 @@ class StandIn:
         self.server.server_close()
 
 
+def _existing_amd64(tmp_path_factory) -> dict:
+    """The local stack's models on a cluster with amd64 nodes (where the body-based router runs)."""
+    kubeconfig = tmp_path_factory.mktemp("kubeconfig") / "config"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    return {"llm-platform:cluster": {"kind": "existing", "kubeconfig": str(kubeconfig), "networkPolicy": "enforced"}}
+
+
 @pytest.fixture(scope="module")
-def program():
+def program(tmp_path_factory):
     """The program's objects for a stack of two llama.cpp servers, a hosted provider and the UI."""
-    rec = mock_engine.run("local", OVERRIDES, secrets=("llm-platform:apiKey", "llm-platform:providerKeys"))
+    rec = mock_engine.run("local", {**OVERRIDES, **_existing_amd64(tmp_path_factory)},
+                          secrets=("llm-platform:apiKey", "llm-platform:providerKeys"))
     return SimpleNamespace(
         envoy_filter=rec.one(ENVOY_FILTER).inputs["spec"],
         routes=rec.one(VIRTUAL_SERVICE, "gateway-routes").inputs["spec"],
@@ -141,11 +148,14 @@ def _stand_in_ports(program, servers, bbr, front_door, ui) -> dict[str, int]:
         name = entry["name"]
         if name.startswith("model-"):
             ports[cluster] = servers[name.removeprefix("model-")].port
+        elif name == routing.SERVED_ROUTE:
+            (ports[cluster],) = {s.port for s in servers.values()}
         elif dest["host"].startswith(f"{front_door_parts.NAME}."):
             ports[cluster] = front_door.port
         else:  # the UI's and Grafana's pages
             ports[cluster] = ui.port
-    ports[routing.bbr_cluster(FRONT_DOOR_NAMESPACE)] = bbr.port
+    if bbr is not None:
+        ports[routing.bbr_cluster(FRONT_DOOR_NAMESPACE)] = bbr.port
     return ports
 
 
@@ -223,7 +233,7 @@ def test_the_servers_check_the_key_again(path):
         assert edge.call(server.port, "POST", "/v1/chat/completions", _chat(alias), CLIENT_KEY)[0] == 200
 
 
-@pytest.mark.parametrize("auth", [None, f"Basic {CLIENT_KEY}", "Bearer ", f"Bearer {CLIENT_KEY}{'x' * 300}"])
+@pytest.mark.parametrize("auth", [None, f"Basic {CLIENT_KEY}", "Bearer "])
 def test_a_request_without_a_key_is_refused_at_the_ingress(path, auth):
     before, front_door_before = _router_calls(path), len(path.front_door.seen)
     headers = {"Authorization": auth} if auth is not None else {}
@@ -259,7 +269,7 @@ def test_the_client_cannot_pick_the_route_by_header(path):
     own are dropped."""
     status, body, _ = _post(path, _chat("beta"), headers={edge.MODEL_HEADER: "alpha"})
     assert status == 200 and body["model"] == "beta"
-    status, body, _ = _post(path, _chat("beta"), headers={routing.ROUTE_HEADER: routing.FRONT_DOOR_ROUTE})
+    status, body, _ = _post(path, _chat("beta"), headers={routing.ROUTE_HEADER: routing.FRONT_DOOR_MARK})
     assert status == 200 and body["model"] == "beta"
     status, body, _ = _post(path, _chat(), headers={edge.MODEL_HEADER: "alpha"})
     assert body == {"via": "front-door"}
@@ -289,22 +299,92 @@ def test_the_configuration_holds_digests_not_keys(path, program):
 
 
 def test_a_router_that_does_not_answer_fails_the_request(tmp_path, program):
-    """Without the router no request is routed: Envoy answers 500 rather than guess (the filter
-    does not fail open), and the key is still checked first."""
+    """Without the router no request goes straight: Envoy answers 500 rather than guess a route
+    (the body streamed to the router cannot be let on without it); the key is still checked first,
+    and keys the front door checks still reach it."""
     free = SimpleNamespace(port=edge.free_port())
-    servers = {alias: free for alias in MODELS}
-    config = istio.ingress_bootstrap(program.envoy_filter, program.routes,
-                                     _stand_in_ports(program, servers, free, free, free),
-                                     http2=[routing.bbr_cluster(FRONT_DOOR_NAMESPACE)])
-    with edge.Envoy(config, tmp_path) as envoy:
-        assert edge.call(envoy.port, "POST", "/v1/chat/completions", _chat("alpha"))[0] == 401
-        assert edge.call(envoy.port, "POST", "/v1/chat/completions", _chat("alpha"), CLIENT_KEY)[0] == 500
-        # The model list needs no router.
-        assert edge.call(envoy.port, "GET", "/v1/models", key=CLIENT_KEY)[0] == 200
+    front_door = StandIn("front-door")
+    try:
+        config = istio.ingress_bootstrap(program.envoy_filter, program.routes,
+                                         _stand_in_ports(program, {a: free for a in MODELS}, free, front_door, free),
+                                         http2=[routing.bbr_cluster(FRONT_DOOR_NAMESPACE)])
+        with edge.Envoy(config, tmp_path) as envoy:
+            assert edge.call(envoy.port, "POST", "/v1/chat/completions", _chat("alpha"))[0] == 401
+            assert edge.call(envoy.port, "POST", "/v1/chat/completions", _chat("alpha"), CLIENT_KEY)[0] == 500
+            status, raw, _ = edge.call(envoy.port, "POST", "/v1/chat/completions", _chat("alpha"),
+                                       "sk-virtual-key-0123456789abcdef")
+            assert status == 200 and json.loads(raw) == {"via": "front-door"}
+            # The model list needs no router.
+            assert edge.call(envoy.port, "GET", "/v1/models", key=CLIENT_KEY)[0] == 200
+    finally:
+        front_door.stop()
 
 
-def test_a_body_over_envoys_buffer_is_413(path):
-    """The router needs the whole body, so Envoy buffers it, up to the listener's buffer limit
-    (1 MiB unless the configuration raises it): a larger request is refused before routing."""
-    body = _chat("alpha", messages=[{"role": "user", "content": "x" * (1 << 20)}])
-    assert edge.call(path.envoy.port, "POST", "/v1/chat/completions", body, CLIENT_KEY)[0] == 413
+def test_a_body_over_a_mebibyte_still_reaches_its_model(path):
+    """The router reads the body streamed in chunks: no buffer limit of Envoy's refuses a long
+    prompt (the server answers it: here, that it exceeds the tiny model's context)."""
+    body = _chat("alpha", messages=[{"role": "user", "content": "x " * (1 << 20)}])
+    status, raw, _ = edge.call(path.envoy.port, "POST", "/v1/chat/completions", body, CLIENT_KEY)
+    assert status == 400 and b"context" in raw, raw[:300]
+
+
+def test_the_router_never_sees_the_key_and_uploads_skip_it(path):
+    """Uploads (multipart bodies, not JSON) go to the front door without the router; so do keys
+    only the front door can check."""
+    before = _router_calls(path)
+    status, body, _ = _post(path, b"--x\r\ncontent\r\n--x--\r\n", headers={
+        "Content-Type": "multipart/form-data; boundary=x"}, at="/v1/audio/transcriptions")
+    assert status == 200 and body == {"via": "front-door"}
+    assert _post(path, _chat("alpha"), key="sk-virtual-key-0123456789abcdef")[1] == {"via": "front-door"}
+    assert _router_calls(path) == before
+
+
+@pytest.mark.parametrize("headers", [{"x-api-key": "sk-virtual-key-0123456789abcdef"},
+                                     {"api-key": "sk-virtual-key-0123456789abcdef"},
+                                     {"Authorization": "Bearer " + "k" * 1000}])
+def test_keys_the_ingress_cannot_read_go_to_the_front_door(path, headers):
+    status, body, _ = _post(path, _chat("alpha"), key=None, headers=headers)
+    assert status == 200 and body == {"via": "front-door"}
+
+
+def test_a_cors_preflight_goes_to_the_front_door(path):
+    status, raw, _ = edge.call(path.envoy.port, "OPTIONS", "/v1/chat/completions",
+                               headers={"Origin": "https://example.org", "Access-Control-Request-Method": "POST"})
+    assert status == 200 and json.loads(raw) == {"via": "front-door"}
+
+
+# --- without the body-based router: one Service for every model ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The local stack as shipped (llama.cpp's router, minikube's arm64 node: no body-based router),
+    one llama-server standing for the router."""
+    _need(edge.missing_llama_server())
+    rec = mock_engine.run("local", {"llm-platform:apiKey": CLIENT_KEY}, secrets=("llm-platform:apiKey",))
+    program = SimpleNamespace(envoy_filter=rec.one(ENVOY_FILTER).inputs["spec"],
+                              routes=rec.one(VIRTUAL_SERVICE, "gateway-routes").inputs["spec"])
+    tmp = tmp_path_factory.mktemp("served")
+    keys = tmp / "keys"
+    keys.write_text(rec.one(SECRET, "llama-router-api-keys").inputs["stringData"]["value"]["keys"])
+    front_door, ui = StandIn("front-door"), StandIn("ui")
+    try:
+        with edge.LlamaServer("tinyllama", tmp / "model", extra=["--api-key-file", str(keys)]) as server:
+            config = istio.ingress_bootstrap(program.envoy_filter, program.routes,
+                                             _stand_in_ports(program, {"tinyllama": server}, None, front_door, ui))
+            with edge.Envoy(config, tmp / "envoy") as envoy:
+                yield SimpleNamespace(envoy=envoy, front_door=front_door)
+    finally:
+        front_door.stop()
+        ui.stop()
+
+
+def test_without_the_router_a_known_key_goes_straight_to_the_one_service(served):
+    status, raw, _ = edge.call(served.envoy.port, "POST", "/v1/chat/completions", _chat("tinyllama"), CLIENT_KEY)
+    assert status == 200 and json.loads(raw)["model"] == "tinyllama"
+    status, raw, _ = edge.call(served.envoy.port, "POST", "/v1/chat/completions", _chat("tinyllama"),
+                               "sk-virtual-key-0123456789abcdef")
+    assert status == 200 and json.loads(raw) == {"via": "front-door"}
+    assert edge.call(served.envoy.port, "POST", "/v1/chat/completions", _chat("tinyllama"))[0] == 401
+    status, raw, _ = edge.call(served.envoy.port, "GET", "/v1/models", key=CLIENT_KEY)
+    assert [m["id"] for m in json.loads(raw)["data"]] == ["tinyllama"]

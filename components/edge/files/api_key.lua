@@ -3,9 +3,11 @@
 --
 -- Whoever renders this filter defines, above this text: KEY_SALT and KEY_DIGESTS (the accepted keys'
 -- SHA-256 digests of KEY_SALT .. key, lowercase hex: the configuration holds digests, never keys),
--- OPEN (no key asked), FRONT_DOOR (whether keys this filter does not know go on to the front door,
--- which checks them itself: virtual keys, the UI's key) and MODEL_LIST (the JSON answer to
--- `GET /v1/models`, or nil to leave that to the routes).
+-- OPEN (no key asked), FRONT_DOOR (whether what this filter cannot settle goes on to the front
+-- door, which checks it itself: keys it does not know, such as virtual keys and the UI's, keys in
+-- other headers, CORS preflights), KNOWN_KEY_ROUTE (the route mark for a known key where one route
+-- serves every model the ingress serves, or nil where the body-based router picks the route) and
+-- MODEL_LIST (the JSON answer to `GET /v1/models`, or nil to leave that to the routes).
 --
 -- Only the API (paths under /v1, as the gateway's own route matches them) is checked; the UI and
 -- Grafana check their users themselves. Whatever the outcome, a request loses the headers only
@@ -76,6 +78,7 @@ local function sha256_hex(msg)
       .. tohex(h5, 8) .. tohex(h6, 8) .. tohex(h7, 8) .. tohex(h8, 8)
 end
 
+-- Keys this filter hashes are at most a few dozen characters; a longer one is never one of them.
 local MAX_KEY_LENGTH = 256
 
 local REFUSED = '{"error":{"message":"Invalid or missing API key.","type":"invalid_request_error",'
@@ -92,6 +95,10 @@ local function json_response(handle, status, body, extra)
   handle:respond(headers, body)
 end
 
+local function to_front_door(headers)
+  headers:add(ROUTE_HEADER, "front-door")
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   headers:remove(MODEL_HEADER)
@@ -103,11 +110,11 @@ function envoy_on_request(handle)
   if not OPEN then
     local auth = headers:get("authorization")
     local key = auth and auth:match("^[Bb][Ee][Aa][Rr][Ee][Rr] +([^ ]+) *$")
-    -- A key is at most a few dozen characters: a longer one is refused before it is hashed.
     local known = key and #key <= MAX_KEY_LENGTH and KEY_DIGESTS[sha256_hex(KEY_SALT .. key)]
     if not known then
-      if FRONT_DOOR and key and #key <= MAX_KEY_LENGTH then
-        headers:add(ROUTE_HEADER, "front-door")
+      if FRONT_DOOR and (key or headers:get("x-api-key") or headers:get("api-key")
+                         or headers:get(":method") == "OPTIONS") then
+        to_front_door(headers)
         return
       end
       json_response(handle, "401", REFUSED, {["www-authenticate"] = "Bearer"})
@@ -117,5 +124,9 @@ function envoy_on_request(handle)
   if MODEL_LIST and headers:get(":method") == "GET"
       and (path == "/v1/models" or path:sub(1, 11) == "/v1/models?") then
     json_response(handle, "200", MODEL_LIST)
+    return
+  end
+  if KNOWN_KEY_ROUTE then
+    headers:add(ROUTE_HEADER, KNOWN_KEY_ROUTE)
   end
 end
