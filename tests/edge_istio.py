@@ -2,7 +2,7 @@
 the gateway's pods: the EnvoyFilter's HTTP-filter patches inserted before the router in their
 order, the VirtualService's `http` routes in their order (Istio names an Envoy route after the
 `http` entry, and its clusters `outbound|<port>||<host>`), the EnvoyFilter's route patches merged
-into the routes they name. Each Service the routes or filters name is mapped to a loopback port.
+into the routes they name and its listener patches into the listener. Each Service the routes or filters name is mapped to a loopback port.
 
 What istiod adds besides (its own filters, mTLS to the upstreams, stats) is left out: the claims
 tested on this are about which request goes where, with which key, and what streams back.
@@ -63,11 +63,14 @@ def ingress_bootstrap(envoy_filter: Mapping, virtual_service: Mapping, ports: Ma
     """A bootstrap for the harness's Envoy from an EnvoyFilter's and a VirtualService's specs;
     `ports` maps each cluster name (cluster_name) to the loopback port standing in for it,
     `http2` names the clusters that speak gRPC."""
-    filters, route_patches = [], []
+    filters, route_patches, listener_patches = [], [], []
     for patch in envoy_filter["configPatches"]:
         match = patch["match"]
         assert match["context"] == "GATEWAY"
-        if patch["applyTo"] == "HTTP_FILTER":
+        if patch["applyTo"] == "LISTENER":
+            assert patch["patch"]["operation"] == "MERGE" and set(match) == {"context"}, patch
+            listener_patches.append(patch["patch"]["value"])
+        elif patch["applyTo"] == "HTTP_FILTER":
             sub = match["listener"]["filterChain"]["filter"]
             assert sub["name"] == "envoy.filters.network.http_connection_manager"
             assert sub["subFilter"]["name"] == edge.ROUTER["name"] and patch["patch"]["operation"] == "INSERT_BEFORE"
@@ -90,4 +93,8 @@ def ingress_bootstrap(envoy_filter: Mapping, virtual_service: Mapping, ports: Ma
     assert not missing, f"no stand-in for {missing}"
     grpc = set(http2)
     clusters = [edge.static_cluster(name, ports[name], http2=name in grpc) for name in sorted(wanted)]
-    return edge.bootstrap(filters, routes, clusters)
+    config = edge.bootstrap(filters, routes, clusters)
+    for value in listener_patches:  # every listener of the gateway
+        for listener in config["static_resources"]["listeners"]:
+            _merge(listener, value)
+    return config

@@ -63,11 +63,14 @@ LUA_FILTER = "envoy.filters.http.lua"
 BBR_FILTER = "envoy.filters.http.ext_proc.bbr"
 ROUTER_FILTER = "envoy.filters.http.router"
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
-# How long Envoy waits for BBR's answer; past it (or with BBR away) the request fails (500): with the
-# body streamed to BBR, Envoy cannot let it on without BBR (its failure_mode_allow does not apply
-# to full-duplex bodies). Hence replicas on two nodes wherever the cluster has them, a disruption
-# budget and a preStop wait.
+# How long Envoy waits for BBR's answer; past it (or with BBR away, or a body over BBR's gRPC
+# message limit, 4 MiB) the request goes on without a model header, so to the front door: slower,
+# never refused, never a route the body did not name.
 BBR_TIMEOUT = "2s"
+# Envoy buffers a body whole for BBR, up to its listeners' per-connection buffer limit (1 MiB by
+# default, and a larger body gets 413): raised on the ingress so that long prompts and inline
+# images pass (up to BBR's 4 MiB straight, beyond that through the front door).
+BODY_LIMIT_BYTES = 8 << 20
 API_KEY_LUA = Path(__file__).with_name("files") / "api_key.lua"
 ENVOY_FILTER_API = "networking.istio.io/v1alpha3"
 # A stopping BBR pod stays up while the ingress learns it is gone (BBR stops serving at SIGTERM).
@@ -76,14 +79,15 @@ PRE_STOP_SECONDS = 5
 
 def bbr_args(grpc_port: int = GRPC_PORT, health_port: int = HEALTH_PORT, metrics_port: int = METRICS_PORT) -> list[str]:
     """BBR's command line: plain gRPC (the mesh's mTLS protects it; BBR's own default is TLS with a
-    self-signed certificate), the body streamed to it in chunks (`--streaming`, so no buffer limit
-    of Envoy's caps a request), no tracing or pprof, metrics without asking the API server who
-    reads them, and only the plugin that copies the body's `model` into MODEL_HEADER (BBR's
-    default set adds one that watches ConfigMaps for LoRA adapters' base models, which would need
-    API access; this one needs none)."""
+    self-signed certificate), the whole body in one message (not `--streaming`, which its chart
+    sets: streamed, Envoy kept BBR on the stream to the end and spent four times the CPU per
+    response chunk, measured by tests/edge_bench.py), no tracing or pprof, metrics without asking
+    the API server who reads them, and only the plugin that copies the body's `model` into
+    MODEL_HEADER (BBR's default set adds one that watches ConfigMaps for LoRA adapters' base
+    models, which would need API access; this one needs none)."""
     plugin = {"fieldName": "model", "headerName": MODEL_HEADER}
     return [f"--grpc-port={grpc_port}", f"--grpc-health-port={health_port}", f"--metrics-port={metrics_port}",
-            "--streaming", "--secure-serving=false", "--tracing=false", "--enable-pprof=false",
+            "--secure-serving=false", "--tracing=false", "--enable-pprof=false",
             "--metrics-endpoint-auth=false",
             "--plugin", f"body-field-to-header:model-extractor:{json.dumps(plugin, separators=(',', ':'))}"]
 
@@ -138,18 +142,18 @@ def lua_filter(source: str) -> dict:
 
 
 def ext_proc_filter(cluster: str, timeout: str = BBR_TIMEOUT) -> dict:
-    """BBR as Envoy's external processor: the request's headers and its body, streamed in chunks
-    (BBR answers once it has the whole body, so no buffer limit of Envoy's caps a prompt), never
-    the response nor the client's key."""
+    """BBR as Envoy's external processor: the request's headers and its whole body once, never the
+    response nor the client's key. A router that does not answer lets the request on without a
+    model header (to the front door)."""
     return {"name": BBR_FILTER, "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
         "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": timeout},
-        "failure_mode_allow": False,
+        "failure_mode_allow": True,
         "message_timeout": timeout,
         "forward_rules": {"disallowed_headers": {"patterns": [{"exact": "authorization"}, {"exact": "x-api-key"},
                                                                {"exact": "api-key"}, {"exact": "cookie"}]}},
         "processing_mode": {
-            "request_header_mode": "SEND", "request_body_mode": "FULL_DUPLEX_STREAMED", "request_trailer_mode": "SEND",
+            "request_header_mode": "SEND", "request_body_mode": "BUFFERED", "request_trailer_mode": "SKIP",
             "response_header_mode": "SKIP", "response_body_mode": "NONE", "response_trailer_mode": "SKIP",
         },
     }}
@@ -166,8 +170,9 @@ def bbr_cluster(namespace: str) -> str:
 
 def filter_patches(key_check: str, bbr_namespace: Optional[str], routes_without_bbr: Sequence[str]) -> list[dict]:
     """The EnvoyFilter's patches for the ingress: the key check, then BBR (where it runs), inserted
-    just before the router (after Istio's own authorization), and BBR switched off on
-    `routes_without_bbr` (pages, and what goes to the front door anyway)."""
+    just before the router (after Istio's own authorization), the listeners' buffer limit raised
+    for BBR's bodies, and BBR switched off on `routes_without_bbr` (pages, and what goes to the
+    front door anyway)."""
     before_router = {"context": "GATEWAY", "listener": {"filterChain": {"filter": {
         "name": HCM_FILTER, "subFilter": {"name": ROUTER_FILTER}}}}}
     filters = [lua_filter(key_check)]
@@ -176,6 +181,8 @@ def filter_patches(key_check: str, bbr_namespace: Optional[str], routes_without_
     patches = [{"applyTo": "HTTP_FILTER", "match": before_router, "patch": {"operation": "INSERT_BEFORE", "value": f}}
                for f in filters]
     if bbr_namespace is not None:
+        patches.append({"applyTo": "LISTENER", "match": {"context": "GATEWAY"},
+                        "patch": {"operation": "MERGE", "value": {"per_connection_buffer_limit_bytes": BODY_LIMIT_BYTES}}})
         patches += [
             {"applyTo": "HTTP_ROUTE",
              "match": {"context": "GATEWAY", "routeConfiguration": {"vhost": {"route": {"name": route}}}},
@@ -344,9 +351,8 @@ class ModelRouting(pulumi.ComponentResource):
                             "env": [{"name": "KUBECONFIG", "value": f"{KUBECONFIG_DIR}/{KUBECONFIG_FILE}"}],
                             "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
                                       {"name": "grpc-health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
-                            # A request's body is held whole until its `model` is read.
                             "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
-                                          "limits": {"cpu": "1", "memory": "512Mi"}},
+                                          "limits": {"cpu": "1", "memory": "256Mi"}},
                             "readinessProbe": {"grpc": {"port": HEALTH_PORT}, "periodSeconds": 5},
                             "livenessProbe": {"grpc": {"port": HEALTH_PORT}, "periodSeconds": 20,
                                               "failureThreshold": 3},

@@ -298,10 +298,9 @@ def test_the_configuration_holds_digests_not_keys(path, program):
         assert CLIENT_KEY not in text
 
 
-def test_a_router_that_does_not_answer_fails_the_request(tmp_path, program):
-    """Without the router no request goes straight: Envoy answers 500 rather than guess a route
-    (the body streamed to the router cannot be let on without it); the key is still checked first,
-    and keys the front door checks still reach it."""
+def test_a_router_that_does_not_answer_leaves_the_request_to_the_front_door(tmp_path, program):
+    """Without the router no model header is set, so nothing goes straight: the front door takes
+    the request (slower, never refused), and the key is still checked first."""
     free = SimpleNamespace(port=edge.free_port())
     front_door = StandIn("front-door")
     try:
@@ -310,22 +309,33 @@ def test_a_router_that_does_not_answer_fails_the_request(tmp_path, program):
                                          http2=[routing.bbr_cluster(FRONT_DOOR_NAMESPACE)])
         with edge.Envoy(config, tmp_path) as envoy:
             assert edge.call(envoy.port, "POST", "/v1/chat/completions", _chat("alpha"))[0] == 401
-            assert edge.call(envoy.port, "POST", "/v1/chat/completions", _chat("alpha"), CLIENT_KEY)[0] == 500
-            status, raw, _ = edge.call(envoy.port, "POST", "/v1/chat/completions", _chat("alpha"),
-                                       "sk-virtual-key-0123456789abcdef")
+            status, raw, _ = edge.call(envoy.port, "POST", "/v1/chat/completions", _chat("alpha"), CLIENT_KEY)
             assert status == 200 and json.loads(raw) == {"via": "front-door"}
+            assert front_door.seen[-1]["headers"]["authorization"] == f"Bearer {CLIENT_KEY}"
             # The model list needs no router.
             assert edge.call(envoy.port, "GET", "/v1/models", key=CLIENT_KEY)[0] == 200
     finally:
         front_door.stop()
 
 
-def test_a_body_over_a_mebibyte_still_reaches_its_model(path):
-    """The router reads the body streamed in chunks: no buffer limit of Envoy's refuses a long
-    prompt (the server answers it: here, that it exceeds the tiny model's context)."""
-    body = _chat("alpha", messages=[{"role": "user", "content": "x " * (1 << 20)}])
-    status, raw, _ = edge.call(path.envoy.port, "POST", "/v1/chat/completions", body, CLIENT_KEY)
+def _long_chat(size: int) -> dict:
+    return _chat("alpha", messages=[{"role": "user", "content": "x " * (size // 2)}])
+
+
+def test_a_long_prompt_still_reaches_its_model(path):
+    """Over Envoy's default buffer (1 MiB) and under the router's message limit (4 MiB): straight
+    to the server, which answers (here, that it exceeds the tiny model's context)."""
+    status, raw, _ = edge.call(path.envoy.port, "POST", "/v1/chat/completions", _long_chat(2 << 20), CLIENT_KEY)
     assert status == 400 and b"context" in raw, raw[:300]
+
+
+def test_a_body_the_router_cannot_take_goes_to_the_front_door(path):
+    """Over the router's 4 MiB message limit: on to the front door; over the ingress's raised
+    buffer limit: 413."""
+    status, body, _ = _post(path, _long_chat(6 << 20))
+    assert status == 200 and body == {"via": "front-door"}
+    assert edge.call(path.envoy.port, "POST", "/v1/chat/completions", _long_chat(routing.BODY_LIMIT_BYTES + 1024),
+                     CLIENT_KEY)[0] == 413
 
 
 def test_the_router_never_sees_the_key_and_uploads_skip_it(path):

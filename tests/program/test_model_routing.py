@@ -82,9 +82,11 @@ def test_the_body_based_router_runs_without_credentials_on_amd64(eks):
 def test_the_router_never_sees_the_key_and_runs_where_one_can_go(eks):
     (bbr,) = [p["patch"]["value"] for p in _patches(eks) if p["patch"]["value"].get("name") == routing.BBR_FILTER]
     config = bbr["typed_config"]
-    # The body is streamed to it: Envoy could not let a request on without it, so it says so.
-    assert config["failure_mode_allow"] is False
-    assert config["processing_mode"]["request_body_mode"] == "FULL_DUPLEX_STREAMED"
+    # Without it, the request goes on without a model header: to the front door.
+    assert config["failure_mode_allow"] is True
+    assert config["processing_mode"]["request_body_mode"] == "BUFFERED"
+    (limit,) = [p["patch"]["value"] for p in _patches(eks) if p["applyTo"] == "LISTENER"]
+    assert limit == {"per_connection_buffer_limit_bytes": routing.BODY_LIMIT_BYTES}
     assert eks.one(DEPLOYMENT, "model-routing-bbr").inputs["spec"]["replicas"] >= 2
     assert eks.one("kubernetes:policy/v1:PodDisruptionBudget", "model-routing-bbr-pdb")
     assert {"exact": "authorization"} in config["forward_rules"]["disallowed_headers"]["patterns"]
