@@ -153,8 +153,10 @@ def test_every_model_answers_through_the_front_door_one_loaded_at_a_time(running
         assert json.loads(body)["model"] == m["name"]
         # modelsMax 1: the model just used is the one held; the others were unloaded.
         assert _loaded(router_port, backend_key) == {m["name"]}
-    # The router takes only the front door's key.
-    assert _request(router_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat("qwen"))[0] == 401
+    # The router takes the front door's key and the client key (the ingress passes it on with the
+    # requests it routes straight), no other.
+    assert _request(router_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat("qwen"), timeout=120)[0] == 200
+    assert _request(router_port, "POST", "/v1/chat/completions", CLIENT_KEY + "x", _chat("qwen"))[0] == 401
 
 
 def _in_flight(router_port: int, key: str, model: str) -> int:
