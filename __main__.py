@@ -228,7 +228,8 @@ GitOpsController("gitops", {"chart_version": cfg.gitops.chart_version, "apps": a
 reachable = backends if cfg.llama_router.enabled else [
     s.backend for s in servers
     if not (s.scaled_server and s.scaled_server.autoscaling and s.scaled_server.autoscaling.scale_to_zero)]
-routing_plan = plan_routes(reachable, amd64_nodes=facts.amd64_nodes, others=bool(cfg.front_door.providers))
+routing_plan = plan_routes(reachable, amd64_nodes=facts.amd64_nodes, one_server=cfg.llama_router.enabled,
+                           others=bool(cfg.front_door.providers) or len(reachable) < len(backends))
 model_routing = ModelRouting("model-routing", {
     "namespace": front_door_ns,
     "namespace_name": front_door_namespace,
@@ -238,7 +239,6 @@ model_routing = ModelRouting("model-routing", {
     "ingress_selector": mesh.ingress_selector,
     "keys": [keys.client] if keys else None,
     "front_door": True,
-    "model_names": front_door.model_names,
     "plan": routing_plan,
     "page_routes": PAGE_ROUTES,
     "mesh_ready": [mesh.base, mesh.istiod],
@@ -254,7 +254,7 @@ gateway = Gateway("gateway", {
     "tls_secret": cfg.gateway.tls_secret,
     "cert_manager": cfg.gateway.cert_manager,
     "address": mesh.ingress_address,
-    "model_routes": model_routes(routing_plan, (front_door.service_host, front_door.port),
+    "model_routes": model_routes(routing_plan, (front_door.service_host, front_door.port), front_door.model_names,
                                  front_door_parts.INTERNAL_RESPONSE_HEADERS),
     # Routes to the servers only once the ingress drops a client's own route headers and sets them
     # itself, and the mesh and the network let it call the servers.

@@ -14,7 +14,9 @@ from typing import Iterable, Mapping
 
 from tests import edge_path as edge
 
-_CLUSTER_PREFIX = "outbound|"
+# What istiod sets on every gateway's HTTP connection manager that changes how a request flows:
+# `Expect: 100-continue` passed on to the upstream, WebSocket upgrades allowed.
+ISTIO_GATEWAY_HCM = {"proxy_100_continue": True, "upgrade_configs": [{"upgrade_type": "websocket"}]}
 
 
 def cluster_name(host: str, port: int) -> str:
@@ -29,23 +31,34 @@ def _string_match(spec: Mapping) -> dict:
 def _routes(http: Iterable[Mapping]) -> list[dict]:
     routes = []
     for entry in http:
-        destinations = entry["route"]
-        assert len(destinations) == 1, f"{entry['name']}: one destination per route here"
-        dest = destinations[0]["destination"]
-        # Istio sets no timeout on a route without one (Envoy's own default would be 15 s).
-        action: dict = {"cluster": cluster_name(dest["host"], dest["port"]["number"]),
-                        "timeout": entry.get("timeout", "0s")}
+        action: dict
+        if "directResponse" in entry:
+            direct = entry["directResponse"]
+            action = {"direct_response": {"status": direct["status"], "body": {"inline_string": direct["body"]["string"]}}}
+        else:
+            destinations = entry["route"]
+            assert len(destinations) == 1, f"{entry['name']}: one destination per route here"
+            dest = destinations[0]["destination"]
+            # Istio sets no timeout on a route without one (Envoy's own default would be 15 s).
+            action = {"route": {"cluster": cluster_name(dest["host"], dest["port"]["number"]),
+                                "timeout": entry.get("timeout", "0s")}}
+        response = entry.get("headers", {}).get("response", {})
         for match in entry["match"]:
             assert "port" not in match, "plain HTTP only here"
             uri = match["uri"]
             envoy_match: dict = {"prefix": uri["prefix"]} if "prefix" in uri else {"path": uri["exact"]}
-            if match.get("headers"):
-                envoy_match["headers"] = [{"name": name, "string_match": _string_match(m)}
-                                          for name, m in match["headers"].items()]
-            route = {"name": entry["name"], "match": envoy_match, "route": action}
-            removed = entry.get("headers", {}).get("response", {}).get("remove")
-            if removed:
-                route["response_headers_to_remove"] = list(removed)
+            headers = dict(match.get("headers") or {})
+            if "method" in match:
+                headers[":method"] = match["method"]
+            if headers:
+                envoy_match["headers"] = [{"name": name, "string_match": _string_match(m)} for name, m in headers.items()]
+            route = {"name": entry["name"], "match": envoy_match, **action}
+            if response.get("remove"):
+                route["response_headers_to_remove"] = list(response["remove"])
+            if response.get("set"):
+                route["response_headers_to_add"] = [
+                    {"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                    for k, v in response["set"].items()]
             routes.append(route)
     return routes
 
@@ -63,11 +76,15 @@ def ingress_bootstrap(envoy_filter: Mapping, virtual_service: Mapping, ports: Ma
     """A bootstrap for the harness's Envoy from an EnvoyFilter's and a VirtualService's specs;
     `ports` maps each cluster name (cluster_name) to the loopback port standing in for it,
     `http2` names the clusters that speak gRPC."""
-    filters, route_patches, listener_patches = [], [], []
+    filters, route_patches, listener_patches, hcm_patches = [], [], [], []
     for patch in envoy_filter["configPatches"]:
         match = patch["match"]
         assert match["context"] == "GATEWAY"
-        if patch["applyTo"] == "LISTENER":
+        if patch["applyTo"] == "NETWORK_FILTER":
+            assert patch["patch"]["operation"] == "MERGE"
+            assert match["listener"]["filterChain"]["filter"] == {"name": "envoy.filters.network.http_connection_manager"}
+            hcm_patches.append(patch["patch"]["value"]["typed_config"])
+        elif patch["applyTo"] == "LISTENER":
             assert patch["patch"]["operation"] == "MERGE" and set(match) == {"context"}, patch
             listener_patches.append(patch["patch"]["value"])
         elif patch["applyTo"] == "HTTP_FILTER":
@@ -88,13 +105,17 @@ def ingress_bootstrap(envoy_filter: Mapping, virtual_service: Mapping, ports: Ma
                 _merge(route, value)
     wanted = {f["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
               for f in filters if "grpc_service" in f["typed_config"]}
-    wanted |= {r["route"]["cluster"] for r in routes}
+    wanted |= {r["route"]["cluster"] for r in routes if "route" in r}
     missing = sorted(c for c in wanted if c not in ports)
     assert not missing, f"no stand-in for {missing}"
     grpc = set(http2)
     clusters = [edge.static_cluster(name, ports[name], http2=name in grpc) for name in sorted(wanted)]
     config = edge.bootstrap(filters, routes, clusters)
-    for value in listener_patches:  # every listener of the gateway
-        for listener in config["static_resources"]["listeners"]:
+    for listener in config["static_resources"]["listeners"]:  # every listener of the gateway
+        for value in listener_patches:
             _merge(listener, value)
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm.update(ISTIO_GATEWAY_HCM)
+        for value in hcm_patches:
+            _merge(hcm, {k: v for k, v in value.items() if k != "@type"})
     return config

@@ -75,16 +75,17 @@ def _existing_file(value: str) -> str:
     return value
 
 
-_API_KEY = re.compile(r"^[A-Za-z0-9._~+/=][A-Za-z0-9._~+/=-]{15,}$")
+_API_KEY = re.compile(r"^[A-Za-z0-9._~+/=][A-Za-z0-9._~+/=-]{15,255}$")
 
 
 def _api_key(value: str) -> str:
-    """at least 16 characters of letters, digits and `. _ ~ + / = -`, not starting with `-`"""
+    """16 to 256 characters of letters, digits and `. _ ~ + / = -`, not starting with `-`"""
     # Keys travel as a file of one key a line (llama.cpp), a YAML list expanded into flags (vLLM,
     # where a leading '-' would read as a flag) and a ';'-separated list (Open WebUI). The error
     # never repeats the key.
     if not _API_KEY.match(value):
-        raise ValueError("expected at least 16 characters of letters, digits and . _ ~ + / = -, "
+        # The ingress's key check hashes keys of up to 256 characters.
+        raise ValueError("expected 16 to 256 characters of letters, digits and . _ ~ + / = -, "
                          "not starting with '-'")
     return value
 

@@ -104,7 +104,8 @@ class ExistingCluster(_Model):
     amd64_nodes: bool = True
     """Whether the cluster has amd64 nodes for the platform's services. The ingress's body-based
     router is published for amd64 alone; false (kind or k3d on Apple Silicon) leaves it out, and the
-    ingress then routes straight only where one Service serves every model (llama.cpp's router)."""
+    ingress then routes straight only to llama.cpp's router (`llamaRouter.enabled`), which reads the
+    model's name itself; other models go through the front door."""
     network_policy: Literal["enforced", "unknown"] = "unknown"
     """Whether this cluster's CNI enforces NetworkPolicies; the program cannot see it. NetworkPolicies
     are created only when this says `enforced` (set it once the CNI enforces them; until then `up`

@@ -10,12 +10,13 @@ Per request, never per chunk, the ingress's Envoy
 3. routes on that header straight to the model's Service (the routes are the gateway's; see
    `model_routes`).
 What it cannot settle goes on to the front door (LiteLLM) as before: keys it does not know (virtual
-keys, the UI's key, which the front door takes only from the UI's pods), uploads, hosted providers,
-unknown models and models that scale to zero (the front door's request count is what wakes them).
+keys, the UI's key, which the front door takes only from the UI's pods), bodies BBR cannot read,
+hosted providers, unknown models and models that scale to zero (the front door's request count is
+what wakes them).
 
 BBR's images are published for amd64 alone: where the cluster has no amd64 nodes (minikube on
-Apple Silicon) there is no BBR, and the ingress routes a known key straight only where one Service
-serves every model it knows (llama.cpp's router) and nothing else shares the API (no providers).
+Apple Silicon) there is no BBR, and the ingress routes a known key straight only to llama.cpp's
+router, which reads the model's name itself, and only where nothing else shares the API.
 """
 
 from __future__ import annotations
@@ -53,24 +54,27 @@ MODEL_HEADER = "X-Gateway-Model-Name"
 ROUTE_HEADER = "x-llm-platform-route"
 FRONT_DOOR_MARK = "front-door"
 SERVED_MARK = "served"
-# The API routes that go to the front door before any other, and on which BBR is not asked: keys
-# only it can check, and uploads (multipart bodies are not JSON).
-FRONT_DOOR_KEYS_ROUTE, UPLOADS_ROUTE, SERVED_ROUTE = "front-door-keys", "front-door-uploads", "served-models"
-FRONT_DOOR_ROUTES = (UPLOADS_ROUTE, FRONT_DOOR_KEYS_ROUTE)
+# The API routes before the models': what the key check marks for the front door (keys only it can
+# check, requests BBR cannot read), and the model list, answered by the ingress; BBR is asked on
+# neither. Answered by a route rather than the key check, a new model list changes the routes
+# alone, which Envoy swaps without closing a connection (a changed filter drains the listener's).
+FRONT_DOOR_ROUTE, MODEL_LIST_ROUTE, SERVED_ROUTE = "front-door", "models", "served-models"
+FRONT_DOOR_ROUTES = (FRONT_DOOR_ROUTE, MODEL_LIST_ROUTE)
+# The largest body sent to BBR (its gRPC messages are at most 4 MiB); a larger one, or one it
+# cannot read, goes to the front door.
+BBR_MAX_BODY_BYTES = 4_000_000
 # Envoy's names for the filters; the key check runs first, BBR second, both before the router.
 # BBR's is its own name, so per-route settings never reach another external processor.
 LUA_FILTER = "envoy.filters.http.lua"
 BBR_FILTER = "envoy.filters.http.ext_proc.bbr"
 ROUTER_FILTER = "envoy.filters.http.router"
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
-# How long Envoy waits for BBR's answer; past it (or with BBR away, or a body over BBR's gRPC
-# message limit, 4 MiB) the request goes on without a model header, so to the front door: slower,
-# never refused, never a route the body did not name.
+# How long Envoy waits for BBR's answer; past it (or with BBR away) the request goes on without a
+# model header, so to the front door: slower, never refused, never a route the body did not name.
 BBR_TIMEOUT = "2s"
 # Envoy buffers a body whole for BBR, up to its listeners' per-connection buffer limit (1 MiB by
-# default, and a larger body gets 413): raised on the ingress so that long prompts and inline
-# images pass (up to BBR's 4 MiB straight, beyond that through the front door).
-BODY_LIMIT_BYTES = 8 << 20
+# default, and a larger body gets 413): raised on the ingress to hold the largest body it sends.
+BODY_LIMIT_BYTES = 5 << 20
 API_KEY_LUA = Path(__file__).with_name("files") / "api_key.lua"
 ENVOY_FILTER_API = "networking.istio.io/v1alpha3"
 # A stopping BBR pod stays up while the ingress learns it is gone (BBR stops serving at SIGTERM).
@@ -119,7 +123,7 @@ def model_list(names: Sequence[str]) -> str:
 
 
 def key_check_source(*, salt: str, digests: Sequence[str], open_api: bool, front_door: bool,
-                     models: Optional[Sequence[str]], known_key_route: Optional[str] = None) -> str:
+                     known_key_route: Optional[str] = None, body_router: bool = False) -> str:
     """The key check's Lua: its settings, then files/api_key.lua."""
     if any(len(d) != 64 or set(d) - set("0123456789abcdef") for d in digests):
         raise ValueError("key digests must be lowercase hex SHA-256")
@@ -130,7 +134,7 @@ def key_check_source(*, salt: str, digests: Sequence[str], open_api: bool, front
         f"local OPEN = {'true' if open_api else 'false'}",
         f"local FRONT_DOOR = {'true' if front_door else 'false'}",
         f"local KNOWN_KEY_ROUTE = {_lua_string(known_key_route) if known_key_route else 'nil'}",
-        f"local MODEL_LIST = {_lua_string(model_list(models)) if models is not None else 'nil'}",
+        f"local BODY_ROUTER_MAX_BYTES = {BBR_MAX_BODY_BYTES if body_router else 'nil'}",
     ]
     return "\n".join(settings) + "\n\n" + API_KEY_LUA.read_text()
 
@@ -168,11 +172,15 @@ def bbr_cluster(namespace: str) -> str:
     return f"outbound|{GRPC_PORT}||{NAME}.{namespace}.svc.cluster.local"
 
 
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
 def filter_patches(key_check: str, bbr_namespace: Optional[str], routes_without_bbr: Sequence[str]) -> list[dict]:
     """The EnvoyFilter's patches for the ingress: the key check, then BBR (where it runs), inserted
     just before the router (after Istio's own authorization), the listeners' buffer limit raised
-    for BBR's bodies, and BBR switched off on `routes_without_bbr` (pages, and what goes to the
-    front door anyway)."""
+    for BBR's bodies, `100-continue` answered by Envoy, and BBR switched off on
+    `routes_without_bbr` (pages, and what goes to the front door anyway). Nothing here changes
+    with the models: a changed filter or listener makes Envoy drain the old one's connections."""
     before_router = {"context": "GATEWAY", "listener": {"filterChain": {"filter": {
         "name": HCM_FILTER, "subFilter": {"name": ROUTER_FILTER}}}}}
     filters = [lua_filter(key_check)]
@@ -183,6 +191,13 @@ def filter_patches(key_check: str, bbr_namespace: Optional[str], routes_without_
     if bbr_namespace is not None:
         patches.append({"applyTo": "LISTENER", "match": {"context": "GATEWAY"},
                         "patch": {"operation": "MERGE", "value": {"per_connection_buffer_limit_bytes": BODY_LIMIT_BYTES}}})
+        # Istio's gateways pass `Expect: 100-continue` on to the upstream; with the headers held
+        # until BBR has the body, none answers, and the client (curl, for any body over 1 MiB)
+        # waits a second before it sends the body. Envoy answers it itself instead.
+        patches.append({"applyTo": "NETWORK_FILTER",
+                        "match": {"context": "GATEWAY", "listener": {"filterChain": {"filter": {"name": HCM_FILTER}}}},
+                        "patch": {"operation": "MERGE", "value": {"typed_config": {
+                            "@type": HCM_TYPE, "proxy_100_continue": False}}}})
         patches += [
             {"applyTo": "HTTP_ROUTE",
              "match": {"context": "GATEWAY", "routeConfiguration": {"vhost": {"route": {"name": route}}}},
@@ -207,17 +222,15 @@ class RoutingPlan:
         return SERVED_MARK if self.straight and not self.body_router else None
 
 
-def plan(backends: Sequence[ModelBackend], *, amd64_nodes: bool, others: bool) -> RoutingPlan:
+def plan(backends: Sequence[ModelBackend], *, amd64_nodes: bool, others: bool, one_server: bool) -> RoutingPlan:
     """`backends`: the models that may be reached straight (not those at zero); `others`: whether
-    other names share the API (hosted providers); `amd64_nodes`: whether BBR can run."""
+    other names share the API (hosted providers, models at zero); `one_server`: whether one server
+    serves every model by name (llama.cpp's router, which refuses a name it does not serve);
+    `amd64_nodes`: whether BBR can run. Without BBR only that one server is reached straight: a
+    llama-server of one model answers whatever model a body names."""
     if amd64_nodes:
         return RoutingPlan(tuple(backends), body_router=bool(backends))
-    first = backends[0] if backends else None
-    # One Service: the same host (the router publishes one for every model) and port.
-    one_service = first is not None and all(
-        b.port == first.port and (b.host is first.host or (isinstance(b.host, str) and b.host == first.host))
-        for b in backends)
-    return RoutingPlan(tuple(backends) if one_service and not others else (), body_router=False)
+    return RoutingPlan(tuple(backends) if one_server and not others else (), body_router=False)
 
 
 def _service(backend: ModelBackend) -> tuple[pulumi.Input[str], int]:
@@ -225,25 +238,28 @@ def _service(backend: ModelBackend) -> tuple[pulumi.Input[str], int]:
     return backend.host, backend.port
 
 
-def model_routes(routing: RoutingPlan, front_door: Optional[tuple[pulumi.Input[str], int]],
+def model_routes(routing: RoutingPlan, front_door: Optional[tuple[pulumi.Input[str], int]], model_names: Sequence[str],
                  remove_response_headers: Sequence[str] = ()) -> list[dict]:
     """The gateway's API routes (VirtualService `http` entries), before its catch-all `/v1`: what
-    only the front door can take goes there first (keys it must check; uploads), then the models
-    served straight: one route per model on the header BBR set, or without BBR one route for the
-    one Service on the key check's mark. No route timeout: a generation streams as long as it
-    takes (a route without one has none in Istio; its CRD refuses "0s")."""
+    the key check marked for the front door goes there first, then `GET /v1/models` answered from
+    `model_names`, then the models served straight: one route per model on the header BBR set,
+    or without BBR one route for the one server on the key check's mark. No route timeout: a
+    generation streams as long as it takes (a route without one has none in Istio; its CRD
+    refuses "0s")."""
     def route(name: str, headers: dict, host: pulumi.Input[str], port: int) -> dict:
         entry: dict = {"name": name, "match": [{"uri": {"prefix": "/v1"}, "headers": headers}],
-                 "route": [{"destination": {"host": host, "port": {"number": port}}}]}
+                       "route": [{"destination": {"host": host, "port": {"number": port}}}]}
         if remove_response_headers:
             entry["headers"] = {"response": {"remove": list(remove_response_headers)}}
         return entry
 
     routes: list[dict] = []
     if front_door is not None:
-        routes.append(route(FRONT_DOOR_KEYS_ROUTE, {ROUTE_HEADER: {"exact": FRONT_DOOR_MARK}}, *front_door))
-        if routing.body_router:
-            routes.append(route(UPLOADS_ROUTE, {"content-type": {"prefix": "multipart/"}}, *front_door))
+        routes.append(route(FRONT_DOOR_ROUTE, {ROUTE_HEADER: {"exact": FRONT_DOOR_MARK}}, *front_door))
+    routes.append({"name": MODEL_LIST_ROUTE,
+                   "match": [{"uri": {"exact": "/v1/models"}, "method": {"exact": "GET"}}],
+                   "directResponse": {"status": 200, "body": {"string": model_list(model_names)}},
+                   "headers": {"response": {"set": {"content-type": "application/json"}}}})
     if routing.body_router:
         routes += [route(f"model-{b.alias}", {MODEL_HEADER: {"exact": b.alias}}, *_service(b)) for b in routing.straight]
     elif routing.straight:
@@ -264,8 +280,6 @@ class ModelRoutingArgs(TypedDict):
     keys: Optional[Sequence[pulumi.Output[str]]]
     # Whether a front door takes what the ingress cannot settle.
     front_door: bool
-    # Every name `GET /v1/models` lists.
-    model_names: Sequence[str]
     plan: RoutingPlan
     # Gateway routes on which BBR is not asked (pages).
     page_routes: Sequence[str]
@@ -289,13 +303,12 @@ class ModelRouting(pulumi.ComponentResource):
 
         keys = args["keys"]
         salt = random.RandomPassword(f"{name}-key-salt", length=32, special=False, opts=child).result
-        model_names = list(args["model_names"])
 
         def source(values: list[str]) -> str:
             salt_value, *key_values = values
             return key_check_source(salt=salt_value, digests=[key_digest(salt_value, k) for k in key_values],
-                                    open_api=keys is None, front_door=args["front_door"], models=model_names,
-                                    known_key_route=routing.known_key_route)
+                                    open_api=keys is None, front_door=args["front_door"],
+                                    known_key_route=routing.known_key_route, body_router=routing.body_router)
 
         # Digests and the salt only: nothing in the filter is a secret.
         lua = pulumi.Output.unsecret(pulumi.Output.all(salt, *(keys or [])).apply(source))

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
@@ -49,7 +51,7 @@ def _need(why):
 @pytest.fixture(scope="module")
 def digest_probe(tmp_path_factory):
     """Envoy answering every request with the key check's SHA-256 of the request's body."""
-    probe = routing.key_check_source(salt="", digests=[], open_api=False, front_door=False, models=None) + """
+    probe = routing.key_check_source(salt="", digests=[], open_api=False, front_door=False) + """
 function envoy_on_request(handle)
   local body = handle:body()
   local text = body and body:getBytes(0, body:length()) or ""
@@ -143,6 +145,8 @@ def _stand_in_ports(program, servers, bbr, front_door, ui) -> dict[str, int]:
     """Each cluster the program's objects name, mapped to what stands for it on loopback."""
     ports = {}
     for entry in program.routes["http"]:
+        if "route" not in entry:  # answered by the ingress itself
+            continue
         dest = entry["route"][0]["destination"]
         cluster = istio.cluster_name(dest["host"], dest["port"]["number"])
         name = entry["name"]
@@ -330,12 +334,55 @@ def test_a_long_prompt_still_reaches_its_model(path):
 
 
 def test_a_body_the_router_cannot_take_goes_to_the_front_door(path):
-    """Over the router's 4 MiB message limit: on to the front door; over the ingress's raised
-    buffer limit: 413."""
-    status, body, _ = _post(path, _long_chat(6 << 20))
-    assert status == 200 and body == {"via": "front-door"}
-    assert edge.call(path.envoy.port, "POST", "/v1/chat/completions", _long_chat(routing.BODY_LIMIT_BYTES + 1024),
-                     CLIENT_KEY)[0] == 413
+    """Over the router's message limit (4 MiB): on to the front door, whatever its size, never 413."""
+    before = _router_calls(path)
+    for size in (6 << 20, routing.BODY_LIMIT_BYTES + (1 << 20)):
+        status, body, _ = _post(path, _long_chat(size))
+        assert status == 200 and body == {"via": "front-door"}
+    assert _router_calls(path) == before
+
+
+@pytest.mark.parametrize("headers", [{"Content-Type": "text/plain"}, {"Content-Encoding": "gzip"}],
+                         ids=["not-json", "compressed"])
+def test_what_the_router_cannot_read_goes_to_the_front_door(path, headers):
+    """With the client key too: the router reads plain JSON bodies alone."""
+    before = _router_calls(path)
+    status, raw, _ = edge.call(path.envoy.port, "POST", "/v1/chat/completions", json.dumps(_chat("alpha")).encode(),
+                               CLIENT_KEY, headers)
+    assert status == 200 and json.loads(raw) == {"via": "front-door"}
+    assert _router_calls(path) == before
+
+
+def test_a_websocket_goes_to_the_front_door(path):
+    """A WebSocket's body never ends: held for the router, it would hang."""
+    seen, before = len(path.front_door.seen), _router_calls(path)
+    with socket.create_connection(("127.0.0.1", path.envoy.port), timeout=5) as sock:
+        sock.sendall(b"GET /v1/realtime?model=alpha HTTP/1.1\r\nHost: edge\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     + f"Authorization: Bearer {CLIENT_KEY}\r\n\r\n".encode())
+        deadline = time.monotonic() + 5
+        while len(path.front_door.seen) == seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert len(path.front_door.seen) == seen + 1 and path.front_door.seen[-1]["path"].startswith("/v1/realtime")
+    assert _router_calls(path) == before
+
+
+def test_the_ingress_answers_100_continue_itself(path):
+    """curl asks `Expect: 100-continue` for bodies over 1 MiB; held for the router, no upstream
+    could answer it, and the client would wait a second before sending the body."""
+    body = json.dumps(_chat("alpha")).encode()
+    with socket.create_connection(("127.0.0.1", path.envoy.port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+                     + f"Authorization: Bearer {CLIENT_KEY}\r\nContent-Length: {len(body)}\r\n".encode()
+                     + b"Expect: 100-continue\r\n\r\n")
+        sock.settimeout(0.5)
+        assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue")
+        sock.settimeout(30)
+        sock.sendall(body)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 200")
 
 
 def test_the_router_never_sees_the_key_and_uploads_skip_it(path):

@@ -112,11 +112,11 @@ def test_v1_routes_to_the_front_door_and_root_to_the_ui(local):
     svc = local.one(SERVICE, "front-door-service").inputs
     proxy = local.one(DEPLOYMENT, "front-door-deployment").inputs["spec"]["template"]
     routes = {r["name"]: r for r in local.one(VS).inputs["spec"]["http"]}
-    # One base URL for every model: no per-model prefixes; keys only the front door can check go
-    # there, then a known key straight to the router that serves every model (minikube's arm64
-    # node runs no body-based router: one Service needs none), then the rest of /v1 to the front
-    # door; Grafana under /grafana.
-    assert list(routes) == ["front-door-keys", "served-models", "v1", "grafana", "ui"]
+    # One base URL for every model: no per-model prefixes; what the key check marks for the front
+    # door goes there, the model list is answered by the ingress, then a known key goes straight to
+    # the router that serves every model (minikube's arm64 node runs no body-based router: the
+    # router reads the name itself), then the rest of /v1 to the front door; Grafana under /grafana.
+    assert list(routes) == ["front-door", "models", "served-models", "v1", "grafana", "ui"]
     served = routes["served-models"]
     assert served["match"] == [{"uri": {"prefix": "/v1"}, "headers": {"x-llm-platform-route": {"exact": "served"}}}]
     assert served["route"][0]["destination"] == {"host": "llama-router.models.svc.cluster.local",
@@ -255,7 +255,7 @@ def test_more_models_each_get_a_server_behind_the_one_front_door():
     routes = {r["name"]: r for r in rec.one(VS).inputs["spec"]["http"]}
     assert routes["v1"]["route"][0]["destination"]["host"] == "litellm.front-door.svc.cluster.local"
     # Two Services and no body-based router on minikube's arm64 node: the front door picks.
-    assert list(routes) == ["front-door-keys", "v1", "grafana", "ui"]
+    assert list(routes) == ["front-door", "models", "v1", "grafana", "ui"]
     # The front door knows both, by alias.
     config = yaml.safe_load(rec.one("kubernetes:core/v1:ConfigMap", "front-door-config").inputs["data"]["config.yaml"])
     bases = {m["model_name"]: m["litellm_params"]["api_base"] for m in config["model_list"]}

@@ -50,7 +50,7 @@ def test_on_amd64_nodes_the_body_picks_each_models_route(eks):
     routes = _routes(eks)
     names = list(routes)
     # What only the front door takes comes first, then one route per model, then the rest of /v1.
-    assert names[:2] == [routing.FRONT_DOOR_KEYS_ROUTE, routing.UPLOADS_ROUTE]
+    assert names[:2] == [routing.FRONT_DOOR_ROUTE, routing.MODEL_LIST_ROUTE]
     models = [n for n in names if n.startswith("model-")]
     assert models and names.index("v1") > max(names.index(n) for n in models)
     for name in models:
@@ -117,12 +117,25 @@ def test_minikube_on_apple_silicon_routes_the_router_straight_without_bbr():
 TWO_SERVERS = {**PODS, "llm-platform:models": [{"name": "alpha", "file": "alpha.gguf"}, {"name": "beta", "file": "beta.gguf"}]}
 
 
-@pytest.mark.parametrize("overrides", [TWO_SERVERS, PROVIDERS], ids=["a-service-per-model", "providers"])
-def test_without_bbr_what_one_service_cannot_take_goes_to_the_front_door(overrides):
+@pytest.mark.parametrize("overrides", [PODS, TWO_SERVERS, PROVIDERS], ids=["one-server", "a-server-per-model", "providers"])
+def test_without_bbr_only_the_router_is_reached_straight(overrides):
+    """A llama-server of one model answers whatever model a body names: without BBR to read the
+    name, only llama.cpp's router (which refuses names it does not serve) is reached straight."""
     rec = _run("local", overrides)
     routes = _routes(rec)
-    assert list(routes)[:2] == [routing.FRONT_DOOR_KEYS_ROUTE, "v1"]
+    assert list(routes)[:3] == [routing.FRONT_DOOR_ROUTE, routing.MODEL_LIST_ROUTE, "v1"]
     assert "local KNOWN_KEY_ROUTE = nil" in _lua(rec)
+
+
+def test_the_model_list_is_a_route_so_a_new_model_never_changes_the_filters():
+    """Envoy drains a listener's connections (long streams too) when its filters change, not when
+    its routes do: the model list is a route's answer, and the filters are the same for any models."""
+    (model,) = harness.stack_config("eks")["llm-platform:models"]
+    one, two = _run("eks"), _run("eks", {"llm-platform:models": [model, {**model, "name": "second"}]})
+    assert _patches(one) == _patches(two)
+    listing = _routes(two)[routing.MODEL_LIST_ROUTE]
+    assert listing["match"] == [{"uri": {"exact": "/v1/models"}, "method": {"exact": "GET"}}]
+    assert [m["id"] for m in json.loads(listing["directResponse"]["body"]["string"])["data"]] == two.outputs["modelAliases"]
 
 
 def test_an_upgrade_routes_straight_only_after_the_servers_and_the_rules_allow_it(eks):

@@ -211,8 +211,9 @@ def test_health_and_metrics_are_not_behind_the_gateway_key(keyed):
     assert c["startupProbe"]["httpGet"]["path"] == "/health"
     # /metrics is only reachable in-cluster: no route of the gateway reaches it.
     routes = keyed.one("kubernetes:networking.istio.io/v1:VirtualService").inputs["spec"]["http"]
-    api_prefixes = {m["uri"]["prefix"] for r in routes if r["name"] not in ("ui", "grafana") for m in r["match"]}
-    assert api_prefixes == {"/v1"}
+    api_paths = {m["uri"].get("prefix") or m["uri"]["exact"] for r in routes if r["name"] not in ("ui", "grafana")
+                 for m in r["match"]}
+    assert api_paths == {"/v1", "/v1/models"}
     # /grafana goes to Grafana alone (its own login), never to a model or the front door.
     (grafana,) = [r for r in routes if r["name"] == "grafana"]
     assert [d["destination"]["host"] for d in grafana["route"]] == ["kps-grafana.monitoring.svc.cluster.local"]
@@ -1018,6 +1019,6 @@ def test_a_key_the_servers_would_misread_is_refused_without_repeating_it(key):
     with pytest.raises(harness.ProgramFailed) as info:
         harness.run("local", {"llm-platform:apiKey": key}, secrets=("llm-platform:apiKey",))
     message = str(info.value.error)
-    assert message.startswith("Pulumi.local.yaml: llm-platform:apiKey: expected at least 16 characters")
+    assert message.startswith("Pulumi.local.yaml: llm-platform:apiKey: expected 16 to 256 characters")
     assert key not in message and "\n" not in message
     assert info.value.registrations == []

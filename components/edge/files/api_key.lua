@@ -7,7 +7,9 @@
 -- door, which checks it itself: keys it does not know, such as virtual keys and the UI's, keys in
 -- other headers, CORS preflights), KNOWN_KEY_ROUTE (the route mark for a known key where one route
 -- serves every model the ingress serves, or nil where the body-based router picks the route) and
--- MODEL_LIST (the JSON answer to `GET /v1/models`, or nil to leave that to the routes).
+-- BODY_ROUTER_MAX_BYTES (where the body-based router runs: the largest body it is given; what it
+-- cannot read, with the client key too, is marked for the front door: anything but a JSON POST of
+-- a known length up to that size, compressed bodies, protocol upgrades such as WebSockets).
 --
 -- Only the API (paths under /v1, as the gateway's own route matches them) is checked; the UI and
 -- Grafana check their users themselves. Whatever the outcome, a request loses the headers only
@@ -99,6 +101,17 @@ local function to_front_door(headers)
   headers:add(ROUTE_HEADER, "front-door")
 end
 
+-- Whether the body-based router can read this request's body: a JSON POST of a stated length up
+-- to its limit, not compressed, not an upgrade (a WebSocket never ends its body).
+local function router_reads(headers)
+  if headers:get(":method") ~= "POST" or headers:get("upgrade") or headers:get("content-encoding") then
+    return false
+  end
+  local content_type = (headers:get("content-type") or ""):lower()
+  local length = tonumber(headers:get("content-length") or "")
+  return content_type:find("^application/json") ~= nil and length ~= nil and length <= BODY_ROUTER_MAX_BYTES
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   headers:remove(MODEL_HEADER)
@@ -121,9 +134,11 @@ function envoy_on_request(handle)
       return
     end
   end
-  if MODEL_LIST and headers:get(":method") == "GET"
-      and (path == "/v1/models" or path:sub(1, 11) == "/v1/models?") then
-    json_response(handle, "200", MODEL_LIST)
+  if path == "/v1/models" or path:sub(1, 11) == "/v1/models?" then
+    return  -- the model list's own route answers it
+  end
+  if BODY_ROUTER_MAX_BYTES and FRONT_DOOR and not router_reads(headers) then
+    to_front_door(headers)
     return
   end
   if KNOWN_KEY_ROUTE then
