@@ -198,12 +198,14 @@ def test_probes_see_503_while_loading_then_200(server, rendered):
     assert server.get(c["readinessProbe"]["httpGet"]["path"])[0] == 200
 
 
-def test_chat_needs_the_front_doors_key(server, rendered):
-    """Only the front door may call a model server: the clients' key opens the front door, not it."""
+def test_chat_needs_a_key_it_holds(server, rendered):
+    """A model server takes the front door's key and the client key (the ingress passes it on with
+    the requests it routes straight), nothing else."""
     alias = rendered["aliases"][0]
     assert server.post("/v1/chat/completions", _chat(alias))[0] == 401
     assert server.post("/v1/chat/completions", _chat(alias), key="not-a-key")[0] == 401
-    assert server.post("/v1/chat/completions", _chat(alias), key=CLIENT_KEY)[0] == 401
+    assert server.post("/v1/chat/completions", _chat(alias), key=CLIENT_KEY + "x")[0] == 401
+    assert server.post("/v1/chat/completions", _chat(alias), key=CLIENT_KEY)[0] == 200
     status, body = server.post("/v1/chat/completions", _chat(alias), key=server.key)
     assert status == 200, body
     assert body["choices"][0]["message"]["role"] == "assistant"
