@@ -16,6 +16,7 @@ import yaml
 from components.core.names import FRONT_DOOR_NAME
 from components.core.providers import PROVIDER_HOSTS, provider_host  # noqa: F401  (the hosts it may reach)
 from components.core.published import ModelBackend, ScrapeTarget
+from components.core.replicas import one_at_a_time, spread_over_nodes
 from components.core.trust import Caller, MetricsAccess, mesh_namespace_policies, namespace_peer
 from components.edge.database import CA_CERT, CLIENT_CA_DIR
 from components.edge.files import front_door_auth
@@ -375,11 +376,7 @@ class FrontDoor(pulumi.ComponentResource):
                                         "items": [{"key": CA_CERT, "path": CA_CERT}]}}]
                                       if database is not None else [])],
                         # Replicas on different nodes (and zones), so one drain leaves one up.
-                        "topologySpreadConstraints": [
-                            {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
-                             "labelSelector": {"matchLabels": labels}}
-                            for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
-                        ] if replicas > 1 else None,
+                        "topologySpreadConstraints": spread_over_nodes(labels, replicas),
                     },
                 },
             },
@@ -390,7 +387,7 @@ class FrontDoor(pulumi.ComponentResource):
         if replicas > 1:
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb", metadata={**meta, "name": NAME},
-                spec={"maxUnavailable": 1, "selector": {"matchLabels": labels}}, opts=child,
+                spec=one_at_a_time(labels), opts=child,
             )
         self.service = k8s.core.v1.Service(
             f"{name}-service",

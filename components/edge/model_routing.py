@@ -32,6 +32,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from components.core.published import ModelBackend
+from components.core.replicas import one_at_a_time, spread_over_nodes
 
 # The body-based router, pinned to the Inference Extension release whose chart and CRDs this
 # platform vendors; the image is distroless, amd64 only, and runs as its `nonroot` user (named by
@@ -375,11 +376,7 @@ class ModelRouting(pulumi.ComponentResource):
                                                 "capabilities": {"drop": ["ALL"]}},
                         }],
                         "volumes": [{"name": "kubeconfig", "configMap": {"name": kubeconfig.metadata.name}}],
-                        "topologySpreadConstraints": [
-                            {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
-                             "labelSelector": {"matchLabels": labels}}
-                            for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
-                        ] if replicas > 1 else None,
+                        "topologySpreadConstraints": spread_over_nodes(labels, replicas),
                     },
                 },
             },
@@ -388,7 +385,7 @@ class ModelRouting(pulumi.ComponentResource):
         if replicas > 1:
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-bbr-pdb", metadata={**meta, "name": NAME},
-                spec={"maxUnavailable": 1, "selector": {"matchLabels": labels}}, opts=child)
+                spec=one_at_a_time(labels), opts=child)
         self.service = k8s.core.v1.Service(
             f"{name}-bbr-service",
             metadata={**meta, "name": NAME},

@@ -15,6 +15,7 @@ import pulumi_kubernetes as k8s
 from components.cluster.accelerators import Accelerator
 from components.config import quantity_bytes
 from components.core.published import ModelBackend, ScrapeTarget
+from components.core.replicas import one_at_a_time
 from components.platform.api_keys import KEYS_DIGEST_ANNOTATION
 from components.serving.autoscaling import ScaledServer
 from components.serving.pods import (
@@ -189,13 +190,12 @@ class LlmServer(pulumi.ComponentResource):
                 )),
             )
         self.workload_kind = "Deployment" if claim_templates is None else "StatefulSet"
-        # maxUnavailable, never minAvailable: a drain (or Karpenter emptying a node) may always
-        # take one pod, and an autoscaler's scale-down never goes through the budget at all.
+        # An autoscaler's scale-down never goes through the budget at all.
         if model.most_replicas > 1:
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb",
                 metadata={**meta, "name": model.name},
-                spec={"maxUnavailable": 1, "selector": {"matchLabels": labels}},
+                spec=one_at_a_time(labels),
                 opts=k8s_opts,
             )
         self.service = k8s.core.v1.Service(
