@@ -133,13 +133,8 @@ def ingress_config(model_port: int, bbr_port: int, front_door_port: int, tmp: Pa
                           secrets=("llm-platform:apiKey",))
     envoy_filter = rec.one("kubernetes:networking.istio.io/v1alpha3:EnvoyFilter").inputs["spec"]
     routes = rec.one("kubernetes:networking.istio.io/v1:VirtualService", "gateway-routes").inputs["spec"]
-    ports = {model_routing.bbr_cluster("front-door"): bbr_port}
-    for entry in routes["http"]:
-        if "route" not in entry:  # answered by the ingress itself
-            continue
-        dest = entry["route"][0]["destination"]
-        ports[istio.cluster_name(dest["host"], dest["port"]["number"])] = (
-            model_port if entry["name"] == f"model-{ALIAS}" else front_door_port)
+    ports = {model_routing.bbr_cluster("front-door"): bbr_port,
+             **istio.stand_in_ports(routes, {ALIAS: model_port}, front_door_port, front_door_port)}
     return istio.ingress_bootstrap(envoy_filter, routes, ports, http2=[model_routing.bbr_cluster("front-door")])
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
+from components.edge import front_door as front_door_parts
+from components.edge import model_routing as routing
 from tests import edge_path as edge
 
 # What istiod sets on every gateway's HTTP connection manager that changes how a request flows:
@@ -119,3 +121,25 @@ def ingress_bootstrap(envoy_filter: Mapping, virtual_service: Mapping, ports: Ma
         for value in hcm_patches:
             _merge(hcm, {k: v for k, v in value.items() if k != "@type"})
     return config
+
+
+def stand_in_ports(virtual_service: Mapping, models: Mapping[str, int], front_door: int, pages: int) -> dict[str, int]:
+    """Each cluster the routes name, mapped to the loopback port standing in for it: a model's
+    route (or the one route for every model) to its server, the front door's to `front_door`, the
+    rest (the UI's and Grafana's pages) to `pages`."""
+    ports = {}
+    for entry in virtual_service["http"]:
+        if "route" not in entry:  # answered by the ingress itself
+            continue
+        dest = entry["route"][0]["destination"]
+        name = entry["name"]
+        if name.startswith("model-"):
+            port = models[name.removeprefix("model-")]
+        elif name == routing.SERVED_ROUTE:
+            (port,) = set(models.values())
+        elif dest["host"].startswith(f"{front_door_parts.NAME}."):
+            port = front_door
+        else:
+            port = pages
+        ports[cluster_name(dest["host"], dest["port"]["number"])] = port
+    return ports

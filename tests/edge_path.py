@@ -239,15 +239,9 @@ def bbr_argv(grpc_port: int, health_port: int, metrics_port: int) -> list[str]:
 
 
 def unreachable_kubeconfig(path: Path) -> Path:
-    """A kubeconfig naming an API server on a loopback port nothing listens on: BBR's controller
-    manager insists on a REST config at start, but with only the body-field plugin it never calls."""
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "none",
-        "clusters": [{"name": "none", "cluster": {"server": f"https://127.0.0.1:{free_port()}",
-                                                  "insecure-skip-tls-verify": True}}],
-        "users": [{"name": "none", "user": {"token": "none"}}],
-        "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}],
-    }))
+    """The kubeconfig the program gives BBR's pod: an API server nothing answers for (BBR's manager
+    insists on a REST config at start, but with only the body-field plugin it never calls)."""
+    path.write_text(model_routing.idle_kubeconfig())
     return path
 
 

@@ -23,7 +23,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from components.edge import front_door as front_door_parts
 from components.edge import model_routing as routing
 from tests import edge_istio as istio
 from tests import edge_path as edge
@@ -143,21 +142,7 @@ def program(tmp_path_factory):
 
 def _stand_in_ports(program, servers, bbr, front_door, ui) -> dict[str, int]:
     """Each cluster the program's objects name, mapped to what stands for it on loopback."""
-    ports = {}
-    for entry in program.routes["http"]:
-        if "route" not in entry:  # answered by the ingress itself
-            continue
-        dest = entry["route"][0]["destination"]
-        cluster = istio.cluster_name(dest["host"], dest["port"]["number"])
-        name = entry["name"]
-        if name.startswith("model-"):
-            ports[cluster] = servers[name.removeprefix("model-")].port
-        elif name == routing.SERVED_ROUTE:
-            (ports[cluster],) = {s.port for s in servers.values()}
-        elif dest["host"].startswith(f"{front_door_parts.NAME}."):
-            ports[cluster] = front_door.port
-        else:  # the UI's and Grafana's pages
-            ports[cluster] = ui.port
+    ports = istio.stand_in_ports(program.routes, {a: s.port for a, s in servers.items()}, front_door.port, ui.port)
     if bbr is not None:
         ports[routing.bbr_cluster(FRONT_DOOR_NAMESPACE)] = bbr.port
     return ports
