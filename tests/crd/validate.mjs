@@ -5,7 +5,6 @@ import { readFileSync } from "node:fs";
 const PACKAGES = {
   "networking.istio.io": "@kubernetes-models/istio",
   "security.istio.io": "@kubernetes-models/istio",
-  "telemetry.istio.io": "@kubernetes-models/istio",
   "argoproj.io": "@kubernetes-models/argo-cd",
   "cert-manager.io": "@kubernetes-models/cert-manager",
   "gateway.networking.k8s.io": "@kubernetes-models/gateway-api",

@@ -20,7 +20,7 @@ def manifest(value):
 
 
 # Custom resources: their schemas come with their CRDs, not with Kubernetes.
-CUSTOM_GROUPS = ("networking.istio.io", "security.istio.io", "telemetry.istio.io", "argoproj.io", "cert-manager.io", "monitoring.coreos.com")
+CUSTOM_GROUPS = ("networking.istio.io", "security.istio.io", "argoproj.io", "cert-manager.io", "monitoring.coreos.com")
 # Custom resources whose CRDs come with the charts the stack installs (KEDA, Karpenter): the
 # cluster tests apply them against those CRDs on a real API server.
 CHART_CRD_GROUPS = ("keda.sh", "karpenter.sh", "karpenter.k8s.aws")
