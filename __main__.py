@@ -7,16 +7,27 @@ from components.cluster.accelerators import from_config as accelerator_from_conf
 from components.config import ConfigError, load
 from components.core.chart_source import use_archives
 from components.core.published import ModelBackend
-from components.edge import Backend, FrontDoor, Gateway, KeysDatabase, ModelRouting, UiAdmin, front_door as front_door_parts
+from components.edge import (
+    Backend,
+    FrontDoor,
+    Gateway,
+    InferencePools,
+    KeysDatabase,
+    ModelRouting,
+    UiAdmin,
+    front_door as front_door_parts,
+)
 from components.edge.apps import OPEN_WEBUI_PORT, all_apps, open_webui_host, ui_caller
 from components.edge.gateway import PAGE_ROUTES
+from components.edge.inference_pool import picker_metrics
 from components.edge.model_routing import model_routes, plan as plan_routes
 from components.platform import ApiKeys, GitOpsController, GpuMetrics, Mesh, Monitoring
 from components.platform.gpu_metrics import RELEASE as DCGM_RELEASE
 from components.platform.mesh import INGRESS_CALLER
-from components.platform.monitoring import GRAFANA_ADMIN_USER, PROMETHEUS_URL, metrics_access
+from components.platform.monitoring import GRAFANA_ADMIN_USER, NAMESPACE as MONITORING_NAMESPACE, PROMETHEUS_URL, metrics_access
 from components.serving import LlamaRouter, LlmServer, ModelNamespace, PodAutoscaling, ServingSettings
 from components.serving.autoscaling import KEDA
+from components.serving.llm_server import SERVER_LABELS
 from components.serving.runtimes import (
     CLIENT_KEY,
     FRONT_DOOR_KEY,
@@ -62,8 +73,17 @@ server_metrics = metrics_access({RUNTIMES[(m.runtime, cfg.accelerator.kind)].por
                                 [SERVER_METRICS_PATH]) if monitoring_on else None
 front_door_metrics = (metrics_access([front_door_parts.PORT], [front_door_parts.METRICS_PATH])
                       if monitoring_on and cfg.front_door.metrics else None)
+# Models of more than one vLLM replica that the ingress routes straight (where the body-based
+# router runs; not those at zero, which the front door wakes): each an inference pool, balanced by
+# load by its endpoint picker, which reads the servers' metrics.
+pooled = [m for m in cfg.models
+          if facts.amd64_nodes and not cfg.llama_router.enabled and m.runtime == "vllm" and m.most_replicas > 1
+          and not (m.autoscaling.enabled and m.autoscaling.scale_to_zero)]
+pickers = picker_metrics(cfg.models_namespace, [RUNTIMES[(m.runtime, cfg.accelerator.kind)].port for m in pooled]) \
+    if pooled else None
 mesh = Mesh("mesh", {
     "chart_version": cfg.mesh.chart_version,
+    "gateway_api_crds": cfg.mesh.gateway_api_crds,
     "ingress": facts.ingress,
     "platform": facts.istio_platform,
     # The UI chart's pods run as root: baseline there, restricted where the models run.
@@ -77,8 +97,9 @@ mesh = Mesh("mesh", {
         cfg.models_namespace: model_callers,
         front_door_namespace: front_door_callers,
     } if cfg.security.mtls else {},
-    "metrics": {ns: access for ns, access in ((cfg.models_namespace, server_metrics),
-                                              (front_door_namespace, front_door_metrics)) if access},
+    "metrics": {ns: accesses for ns, accesses in (
+        (cfg.models_namespace, [a for a in (server_metrics, pickers) if a]),
+        (front_door_namespace, [a for a in (front_door_metrics,) if a])) if accesses},
 }, opts=on_cluster)
 
 models_namespace = mesh.namespaces[cfg.models_namespace].metadata.name
@@ -97,6 +118,7 @@ model_namespace = ModelNamespace("models", {
     "https_egress": any(downloads),
     "cluster_cidrs": facts.internal_cidrs,
     "host_models": not all(downloads),
+    "pickers": (pickers, SERVER_LABELS) if pickers else None,
 }, opts=on_cluster)
 
 keys = ApiKeys("api-keys", {"client": cfg.api_key, "ui": cfg.ui.enabled}) if cfg.security.api_auth else None
@@ -230,6 +252,13 @@ reachable = backends if cfg.llama_router.enabled else [
     if not (s.scaled_server and s.scaled_server.autoscaling and s.scaled_server.autoscaling.scale_to_zero)]
 routing_plan = plan_routes(reachable, amd64_nodes=facts.amd64_nodes, one_server=cfg.llama_router.enabled,
                            others=bool(cfg.front_door.providers) or len(reachable) < len(backends))
+pools = InferencePools("inference-pools", {
+    "namespace": models_namespace,
+    "namespace_name": cfg.models_namespace,
+    "pools": {s.alias: (s.pod_labels, s.port) for s in servers if s.alias in {m.name for m in pooled}},
+    # The pools need their CRDs and istiod; the ingress asks a picker once it runs beside servers.
+    "ready": [mesh.gateway_api, mesh.istiod, model_namespace],
+}, opts=on_cluster) if pooled else None
 model_routing = ModelRouting("model-routing", {
     "namespace": front_door_ns,
     "namespace_name": front_door_namespace,
@@ -254,11 +283,19 @@ gateway = Gateway("gateway", {
     "tls_secret": cfg.gateway.tls_secret,
     "cert_manager": cfg.gateway.cert_manager,
     "address": mesh.ingress_address,
-    "model_routes": model_routes(routing_plan, (front_door.service_host, front_door.port), front_door.model_names,
-                                 front_door_parts.INTERNAL_RESPONSE_HEADERS),
+    "backend_namespaces": {
+        front_door_namespace: front_door_ns,
+        **({cfg.models_namespace: models_namespace} if routing_plan.straight else {}),
+        **({ui_namespace: mesh.namespaces[ui_namespace].metadata.name} if ui_namespace else {}),
+        **({MONITORING_NAMESPACE: monitoring.namespace} if monitoring else {}),
+    },
+    # ...and there, the inference pools too.
+    "pool_namespaces": [cfg.models_namespace] if pools else [],
+    "model_routes": model_routes(routing_plan, (front_door.service_host, front_door.port),
+                                 front_door_parts.INTERNAL_RESPONSE_HEADERS, pools.backend_refs if pools else {}),
     # Routes to the servers only once the ingress drops a client's own route headers and sets them
     # itself, and the mesh and the network let it call the servers.
-    "routes_ready": [model_routing, mesh, model_namespace],
+    "routes_ready": [model_routing, mesh, model_namespace, *([pools] if pools else [])],
 }, opts=on_cluster)
 
 pulumi.export("ingressUrl", gateway.url)

@@ -39,8 +39,11 @@ AUTOSCALED = {
                              "autoscaling": {"enabled": True, "minReplicas": 0, "maxReplicas": 2,
                                              "scaleToZero": True}}],
 }
+# Two vLLM replicas behind an inference pool and its endpoint picker.
+POOLED = {"llm-platform:models": [{**mock_engine_model("eks"), "replicas": 2}]}
 VARIANTS = {"local": ("local", {}), "eks": ("eks", {}), "gke": ("gke", {}), "eks-tls": ("eks", TLS),
-            "local-pods": ("local", PODS), "local-vkeys": ("local", VKEYS), "eks-autoscaled": ("eks", AUTOSCALED)}
+            "local-pods": ("local", PODS), "local-vkeys": ("local", VKEYS), "eks-autoscaled": ("eks", AUTOSCALED),
+            "eks-pooled": ("eks", POOLED)}
 
 _recordings: dict[str, harness.Recording] = {}
 
@@ -75,9 +78,12 @@ def stack_recording(variant) -> harness.Recording:
 
 
 def need_charts() -> None:
-    """Skip, saying what is missing, where the vendored chart archives are not beside the repo."""
+    """Skip, saying what is missing, where the vendored chart archives (and the CRD manifests the
+    stack applies from files) are not beside the repo."""
     if not (charts.CHARTS_DIR / "SHA256SUMS").is_file():
         pytest.skip(f"chart archives absent: {charts.CHARTS_DIR} (../shared/upstream/charts)")
+    if not (charts.CRDS_DIR / "SHA256SUMS").is_file():
+        pytest.skip(f"CRD manifests absent: {charts.CRDS_DIR} (../shared/upstream/crds)")
 
 
 @pytest.fixture(scope="session")

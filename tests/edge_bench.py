@@ -3,7 +3,7 @@
 
 The same streamed chat completions go straight to the upstream (`direct`), through a plain Envoy
 with one route and no filters (`plain`), through the ingress as the program configures it (its
-EnvoyFilter and VirtualService for a stack serving the one model, translated as istiod does by
+EnvoyFilter and HTTPRoute for a stack serving the one model, translated as istiod does by
 tests/edge_istio.py: key check, body-based router, a route per model; `ingress`), and through
 LiteLLM's proxy with the config the program renders for it (`litellm`, the release
 .venv-litellm installs: what every token paid before). The upstream is a llama-server with the
@@ -132,7 +132,7 @@ def ingress_config(model_port: int, bbr_port: int, front_door_port: int, tmp: Pa
                                     "llm-platform:apiKey": CLIENT_KEY},
                           secrets=("llm-platform:apiKey",))
     envoy_filter = rec.one("kubernetes:networking.istio.io/v1alpha3:EnvoyFilter").inputs["spec"]
-    routes = rec.one("kubernetes:networking.istio.io/v1:VirtualService", "gateway-routes").inputs["spec"]
+    routes = rec.one("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute", "gateway-routes").inputs["spec"]
     ports = {model_routing.bbr_cluster("front-door"): bbr_port,
              **istio.stand_in_ports(routes, {ALIAS: model_port}, front_door_port, front_door_port)}
     return istio.ingress_bootstrap(envoy_filter, routes, ports, http2=[model_routing.bbr_cluster("front-door")])

@@ -93,6 +93,11 @@ class ControlPlane:
             return Rejection(ref(obj), err.status, _message(err))
         return None
 
+    def get(self, obj: dict) -> dict:
+        """The live object named like `obj` (apiVersion, kind, name, namespace)."""
+        return self.dyn.get(self.resource(obj), name=obj["metadata"]["name"],
+                            namespace=obj["metadata"].get("namespace")).to_dict()
+
     def exists(self, obj: dict) -> bool:
         try:
             self.dyn.get(self.resource(obj), name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace"))

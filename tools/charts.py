@@ -42,6 +42,8 @@ CHARTS_DIR = SHARED_DIR / "upstream" / "charts"
 CRDS_DIR = SHARED_DIR / "upstream" / "crds"
 
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+# Manifests the program applies from files (the Gateway API's and the Inference Extension's CRDs).
+CONFIG_GROUP = "kubernetes:yaml/v2:ConfigGroup"
 APPLICATION = "Application"
 
 # Kinds the API server keeps outside namespaces (built in; CRDs say their own scope).
@@ -341,6 +343,54 @@ def namespaced(obj: dict, scopes: Optional[dict] = None) -> bool:
     return kind not in CLUSTER_SCOPED and kind != "ClusterIssuer"
 
 
+# --- manifests applied from files ----------------------------------------------------------------
+
+_RELEASE_FILE = re.compile(r"^https://raw\.githubusercontent\.com/[^/]+/(?P<repo>[^/]+)/(?P<tag>[^/]+)/(?:.+/)?"
+                           r"(?P<folder>[^/]+)/(?P<file>[^/]+)$")
+
+
+@lru_cache(maxsize=None)
+def _crd_sums() -> dict[str, str]:
+    sums = {}
+    for line in (CRDS_DIR / "SHA256SUMS").read_text().splitlines():
+        if line.strip():
+            digest, name = line.split()
+            sums[name.lstrip("*").removeprefix("./")] = digest
+    return sums
+
+
+def manifest_file(source: str) -> Path:
+    """Where a file a ConfigGroup applies is here: a local path as it is (the folder of
+    `charts.archiveDir`); a release file of a GitHub repository
+    (`https://raw.githubusercontent.com/<owner>/<repo>/<tag>/.../<folder>/<file>`) in the vendored
+    copy, `../shared/upstream/crds/<repo>-<tag>/<folder>/<file>`, checked against its SHA256SUMS."""
+    if "://" not in source:
+        return Path(source)
+    found = _RELEASE_FILE.match(source)
+    if not found:
+        raise ChartError(f"{source}: not a release file of a GitHub repository")
+    relative = f"{found['repo']}-{found['tag']}/{found['folder']}/{found['file']}"
+    path = CRDS_DIR / relative
+    if not path.is_file():
+        raise ChartError(f"{source}: {relative} is not in ../shared/upstream/crds (is the pin a real release?)")
+    expected, actual = _crd_sums().get(relative), hashlib.sha256(path.read_bytes()).hexdigest()
+    if expected != actual:
+        raise ChartError(f"{relative}: sha256 {actual} does not match SHA256SUMS ({expected})")
+    return path
+
+
+@lru_cache(maxsize=None)
+def _manifests(path: Path) -> tuple:
+    return tuple(d for d in yaml.load_all(path.read_text(), Loader=_Loader) if isinstance(d, dict) and d)
+
+
+def config_group_objects(reg: mock_engine.Registration) -> list[dict]:
+    """The objects a ConfigGroup registration applies, read from its files."""
+    files = plain(reg.inputs).get("files") or []
+    assert not plain(reg.inputs).get("yaml") and not plain(reg.inputs).get("objs"), reg.name
+    return [copy.deepcopy(d) for f in files for d in _manifests(manifest_file(f))]
+
+
 # --- the whole cluster ------------------------------------------------------------------------
 
 # Release name -> why the last `cluster_objects` call left its chart out.
@@ -356,7 +406,7 @@ def _component_of(rec: mock_engine.Recording, reg: mock_engine.Registration) -> 
 
 def program_objects(rec: mock_engine.Recording) -> list[Manifest]:
     """The Kubernetes objects the program applies itself (the Helm release wrappers are not
-    objects; Argo CD Applications are)."""
+    objects; Argo CD Applications are), those its ConfigGroups read from files too."""
     out = []
     for reg in rec.kubernetes_objects():
         obj = plain(reg.inputs)
@@ -366,6 +416,11 @@ def program_objects(rec: mock_engine.Recording) -> list[Manifest]:
         if namespaced(obj) and not obj["metadata"].get("namespace"):
             obj["metadata"]["namespace"] = "default"
         out.append(Manifest(f"program:{_component_of(rec, reg)}", obj))
+    for reg in rec.of_type(CONFIG_GROUP):
+        for obj in config_group_objects(reg):
+            if namespaced(obj) and not obj["metadata"].get("namespace"):
+                obj["metadata"]["namespace"] = "default"
+            out.append(Manifest(f"program:{_component_of(rec, reg)}", obj))
     return out
 
 

@@ -119,10 +119,11 @@ class Recording:
         ]
 
     def kubernetes_objects(self) -> list[Registration]:
-        """Objects applied to the cluster (not providers, not Helm releases)."""
+        """Objects applied to the cluster (not providers, not Helm releases, not the components
+        that apply manifests from files, such as a ConfigGroup)."""
         return [
             r for r in self.registrations
-            if r.type.startswith("kubernetes:") and "helm.sh" not in r.type
+            if r.type.startswith("kubernetes:") and "helm.sh" not in r.type and r.custom
         ]
 
     def ancestors(self, reg: Registration) -> list[Registration]:

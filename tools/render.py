@@ -5,7 +5,8 @@
 Runs the real program with the stack's real config under the mock engine and writes, into
 DIR (default `out/<stack>`):
   <component>.yaml   every Kubernetes object the component applies, plus its Helm releases
-                     (chart, repository, version, values) as `HelmRelease` documents
+                     (chart, repository, version, values) as `HelmRelease` documents and the
+                     manifest files it applies (the pinned CRDs) as `ConfigGroup` documents
   chart-<release>.yaml  the objects each chart release installs (Helm releases and the charts
                      Argo CD delivers), rendered by Helm from the vendored archive with the
                      program's values and the stack's Kubernetes version
@@ -57,6 +58,9 @@ def render(rec: mock_engine.Recording) -> dict[str, list[dict]]:
     """File name -> YAML documents."""
     files: dict[str, list[dict]] = defaultdict(list)
     for reg in rec.registrations:
+        if reg.type == charts.CONFIG_GROUP:
+            files[f"{component_of(rec, reg)}.yaml"].append({"kind": "ConfigGroup", "metadata": {"name": reg.name},
+                                                            "spec": {"files": masked(reg.inputs).get("files") or []}})
         if not reg.custom:
             continue
         inputs = masked(reg.inputs)

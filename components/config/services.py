@@ -24,6 +24,12 @@ class MeshConfig(_Model):
 
     chart_version: ChartVersion = "1.30.3"
     """The Istio charts' version."""
+    gateway_api_crds: bool = True
+    """Whether the stack installs the Gateway API's CRDs (v1.6.1, standard channel) and the
+    Inference Extension's (v1.5.0), which the gateway's routes and the inference pools are made
+    of. false: the cluster has them already, at those releases or later (a managed Gateway API,
+    another controller's install); the stack then leaves them alone. Installed ones stay on
+    `destroy`: removing a CRD would delete every object of its kind in the cluster."""
 
 
 class UiConfig(_Model):
@@ -203,7 +209,7 @@ class CertManagerConfig(_Model):
 
 
 class GatewayConfig(_Model):
-    """The Istio Gateway and its routes: `/v1` to the front door, `/` to the UI."""
+    """The Gateway API Gateway on the mesh's ingress and its routes: `/v1` to every model, `/` to the UI."""
 
     host: Optional[str] = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     """The ingress's host name; required with TLS (the certificate names it). None: answer on any

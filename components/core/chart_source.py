@@ -25,6 +25,11 @@ def use_archives(folder: Optional[str]) -> None:
     _archive_dir = os.path.abspath(os.path.expanduser(folder)) if folder else None
 
 
+def archive_dir() -> Optional[str]:
+    """The folder of archives, when one is set."""
+    return _archive_dir
+
+
 class MissingArchive(pulumi.RunError):
     """The folder lacks a chart the stack installs (RunError: the engine prints one line)."""
 

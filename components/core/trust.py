@@ -24,6 +24,8 @@ ENVOY_STATS_PORT_NAME = "http-envoy-prom"
 ENVOY_STATS_PATH = "/stats/prometheus"
 # Sidecars fetch their configuration and certificates from istiod here.
 ISTIOD_XDS_PORT = 15012
+# The API server's port where it is not 443 behind its endpoints (kubeadm's default).
+KUBE_API_PORT = 6443
 # Never "the internet": private (RFC 1918), carrier-grade NAT (RFC 6598, used for pods by
 # some CNIs) and link-local (RFC 3927: cloud metadata endpoints) ranges.
 NON_PUBLIC_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16")
@@ -174,10 +176,25 @@ def allow_https(cluster_cidrs: Sequence[pulumi.Input[str]]) -> dict:
     }]}
 
 
+def allow_readers_of_metrics(readers: MetricsAccess, targets: Mapping[str, str],
+                             cluster_cidrs: Sequence[pulumi.Input[str]]) -> dict:
+    """Workloads of the namespace itself that read its servers' metrics and the API (the inference
+    pools' endpoint pickers): out to the `targets` pods on the metrics ports and to the API server
+    (HTTPS, within the cluster's own ranges: where the control plane's endpoints are); the
+    servers admit them on those ports (allow_metrics)."""
+    return {"podSelector": {"matchLabels": dict(readers.scraper.pod_labels)}, "policyTypes": ["Egress"], "egress": [
+        {"to": [{"podSelector": {"matchLabels": dict(targets)}}], "ports": tcp(*readers.ports)},
+        {"to": [{"ipBlock": {"cidr": cidr}} for cidr in cluster_cidrs], "ports": tcp(443, KUBE_API_PORT)},
+    ]}
+
+
 def mesh_namespace_policies(callers: Sequence[Caller], istio_namespace: str, metrics: Optional[MetricsAccess],
-                            https_egress: bool, cluster_cidrs: Sequence[pulumi.Input[str]]) -> dict[str, dict]:
+                            https_egress: bool, cluster_cidrs: Sequence[pulumi.Input[str]],
+                            local_readers: Optional[tuple[MetricsAccess, Mapping[str, str]]] = None) -> dict[str, dict]:
     """Name -> NetworkPolicy spec for a namespace of the mesh: default-deny, the callers in, DNS
-    and istiod out, the scraper in where it scrapes, HTTPS out where something downloads."""
+    and istiod out, the scraper in where it scrapes, HTTPS out where something downloads, and
+    where the namespace's own workloads read its servers' metrics (`local_readers`: who, and the
+    servers' labels), those flows."""
     specs = {
         "default-deny": default_deny(),
         "allow-callers": allow_callers(callers),
@@ -188,4 +205,8 @@ def mesh_namespace_policies(callers: Sequence[Caller], istio_namespace: str, met
         specs["allow-metrics"] = allow_metrics(metrics)
     if https_egress:
         specs["allow-https"] = allow_https(cluster_cidrs)
+    if local_readers:
+        readers, targets = local_readers
+        specs["allow-endpoint-pickers"] = allow_metrics(readers)
+        specs["endpoint-pickers-out"] = allow_readers_of_metrics(readers, targets, cluster_cidrs)
     return specs

@@ -1,26 +1,32 @@
-"""Gateway: the one way in. Istio Gateway + VirtualService on the mesh's ingress:
-`/v1` -> the front door (every model, by name), `/grafana` -> Grafana, `/` -> the chat UI."""
+"""Gateway: the one way in. A Gateway API Gateway on the mesh's ingress (the gateway chart's pods,
+bound by their Service's address: istiod deploys none of its own) and one HTTPRoute: `/v1` -> the
+front door (every model, by name) after the models' own rules, `/grafana` -> Grafana, `/` -> the
+chat UI; with TLS, plain HTTP only redirects."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NotRequired, Optional, Sequence, TypedDict
+from typing import Mapping, NotRequired, Optional, Sequence, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from components.config import CertManagerConfig
 from components.core.chart_source import release_source
+from components.edge import http_routes
+from components.edge.endpoint_picker import POOL_API_GROUP
 from components.edge.front_door import INTERNAL_RESPONSE_HEADERS
-from components.platform.mesh import HTTP_PORT, HTTPS_PORT, INGRESS_CLASS, INGRESS_CONTROLLER, Mesh
+from components.platform.mesh import GATEWAY_NAME, HTTP_PORT, HTTPS_PORT, INGRESS_CLASS, INGRESS_CONTROLLER, Mesh
 from components.platform.monitoring import GRAFANA_PATH
 
 CERT_MANAGER_REPO = "https://charts.jetstack.io"
 CERT_SECRET = "llm-gateway-tls"
 ACME_ISSUER = "llm-platform-acme"
-GATEWAY_NAME = "llm-gateway"
-# The routes' names (Envoy's too); those that serve pages, not the API, are never asked which
-# model a body names.
+GATEWAY_API = "gateway.networking.k8s.io/v1"
+GATEWAY_CLASS = "istio"
+ROUTES_NAME = "llm-routes"
+# The rules' names (Envoy's routes' too); those that serve pages, not the API, are never asked
+# which model a body names.
 API_ROUTE, GRAFANA_ROUTE, UI_ROUTE, REDIRECT_ROUTE = "v1", "grafana", "ui", "to-https"
 PAGE_ROUTES = (GRAFANA_ROUTE, UI_ROUTE, REDIRECT_ROUTE)
 
@@ -44,20 +50,15 @@ class GatewayArgs(TypedDict):
     cert_manager: Optional[CertManagerConfig]
     # Where the ingress is reached from outside, "ip:port" or a host name.
     address: pulumi.Input[str]
-    # API routes matched before `/v1` -> `api` (model_routing.model_routes), and what they wait for.
+    # The namespaces of every backend the routes name (name -> the namespace's name as an output of
+    # the object that makes it): each lets the routes refer to its Services.
+    backend_namespaces: Mapping[str, pulumi.Input[str]]
+    # Those of them whose inference pools the routes name too.
+    pool_namespaces: NotRequired[Sequence[str]]
+    # API rules besides the catch-all `/v1` -> `api` (model_routing.model_routes), and what they
+    # wait for.
     model_routes: NotRequired[Sequence[dict]]
     routes_ready: NotRequired[Sequence[pulumi.Resource]]
-
-
-def _route(name: str, prefix: str, backend: Backend) -> dict:
-    route = {
-        "name": name,
-        "match": [{"uri": {"prefix": prefix}}],
-        "route": [{"destination": {"host": backend.host, "port": {"number": backend.port}}}],
-        # What the front door would tell a caller about the servers behind it.
-        "headers": {"response": {"remove": list(INTERNAL_RESPONSE_HEADERS)}},
-    }
-    return route
 
 
 class Gateway(pulumi.ComponentResource):
@@ -73,58 +74,101 @@ class Gateway(pulumi.ComponentResource):
         if args["cert_manager"]:
             assert host is not None  # the config asks for a host with certManager
             tls_secret = self._issue_certificate(name, host, args["cert_manager"], mesh)
-        hosts = [host] if host else ["*"]
-        http = {"number": HTTP_PORT, "name": "http", "protocol": "HTTP"}
-        servers = [{"port": http, "hosts": hosts}]
+        namespace = mesh.ingress_namespace
+        same_namespace = {"namespaces": {"from": "Same"}}
+        listener: dict = {"name": "http", "port": HTTP_PORT, "protocol": "HTTP", "allowedRoutes": same_namespace}
+        if host:
+            listener["hostname"] = host
+        listeners = [listener]
         if tls_secret:
-            servers.append({"port": {"number": HTTPS_PORT, "name": "https", "protocol": "HTTPS"}, "hosts": hosts,
-                            "tls": {"mode": "SIMPLE", "credentialName": tls_secret}})
+            listeners.append({**listener, "name": "https", "port": HTTPS_PORT, "protocol": "HTTPS",
+                              "tls": {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": tls_secret}]}})
 
-        # Istio objects need the CRDs from `base` and istiod's validating webhook.
-        opts_cr = pulumi.ResourceOptions(parent=self, depends_on=[mesh.base, mesh.istiod])
+        # Gateway API objects need their CRDs, and istiod to serve them.
+        opts_cr = pulumi.ResourceOptions(parent=self, depends_on=[mesh.gateway_api, mesh.istiod, mesh.gateway])
         self.gateway = k8s.apiextensions.CustomResource(
             f"{name}-gateway",
-            api_version="networking.istio.io/v1",
+            api_version=GATEWAY_API,
             kind="Gateway",
-            metadata={"name": GATEWAY_NAME, "namespace": mesh.ingress_namespace},
-            spec={"selector": dict(mesh.ingress_selector), "servers": servers},
+            metadata={"name": GATEWAY_NAME, "namespace": namespace},
+            # Bound by address to the ingress Service the mesh installs: istiod configures its pods
+            # and deploys nothing itself. The listeners are that Service's ports.
+            spec={"gatewayClassName": GATEWAY_CLASS,
+                  "addresses": [{"type": "Hostname", "value": mesh.ingress_service_name}],
+                  "listeners": listeners},
             opts=opts_cr,
         )
-        gateways = [f"{mesh.ingress_namespace}/{GATEWAY_NAME}"]
+        # The routes name Services in other namespaces: each of those lets this namespace's
+        # HTTPRoutes do so, once.
+        grants = [k8s.apiextensions.CustomResource(
+            f"{name}-routes-to-{key}",
+            api_version=GATEWAY_API,
+            kind="ReferenceGrant",
+            metadata={"name": f"{ROUTES_NAME}-from-{namespace}", "namespace": ns},
+            spec={"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": namespace}],
+                  "to": [{"group": "", "kind": "Service"},
+                         *([{"group": POOL_API_GROUP, "kind": "InferencePool"}]
+                           if key in args.get("pool_namespaces", ()) else [])]},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[mesh.gateway_api]),
+        ) for key, ns in sorted(args["backend_namespaces"].items()) if key != namespace]
 
-        routes = [*args.get("model_routes", ()), _route(API_ROUTE, "/v1", args["api"])]
+        def page(rule_name: str, prefix: str, backend: Backend) -> dict:
+            return http_routes.rule(rule_name, http_routes.prefix_match(prefix),
+                                    http_routes.service_ref(backend.host, backend.port), INTERNAL_RESPONSE_HEADERS)
+
+        rules = [*args.get("model_routes", ()),
+                 http_routes.rule(API_ROUTE, http_routes.prefix_match(http_routes.API_PREFIX),
+                                  http_routes.service_ref(args["api"].host, args["api"].port),
+                                  INTERNAL_RESPONSE_HEADERS, stream=True)]
         if args["grafana"]:
-            routes.append(_route(GRAFANA_ROUTE, GRAFANA_PATH, args["grafana"]))
+            rules.append(page(GRAFANA_ROUTE, GRAFANA_PATH, args["grafana"]))
         if args["ui"]:
-            routes.append(_route(UI_ROUTE, "/", args["ui"]))
-        if tls_secret:
-            # With TLS the platform answers only on HTTPS; port 80 only redirects (below).
-            routes = [{**route, "match": [{**m, "port": HTTPS_PORT} for m in route["match"]]} for route in routes]
-        self.virtual_service = k8s.apiextensions.CustomResource(
+            rules.append(page(UI_ROUTE, "/", args["ui"]))
+        # With TLS the platform answers only on HTTPS; port 80 only redirects (below).
+        section = "https" if tls_secret else "http"
+        hostnames = {"hostnames": [host]} if host else {}
+        self.routes = k8s.apiextensions.CustomResource(
             f"{name}-routes",
-            api_version="networking.istio.io/v1",
-            kind="VirtualService",
-            metadata={"name": "llm-routes", "namespace": mesh.ingress_namespace},
-            spec={"hosts": hosts, "gateways": gateways, "http": routes},
+            api_version=GATEWAY_API,
+            kind="HTTPRoute",
+            metadata={"name": ROUTES_NAME, "namespace": namespace},
+            spec={"parentRefs": [{"name": GATEWAY_NAME, "sectionName": section}], **hostnames, "rules": rules},
             opts=pulumi.ResourceOptions.merge(opts_cr, pulumi.ResourceOptions(
-                depends_on=list(args.get("routes_ready", ())))),
+                depends_on=[self.gateway, *grants, *args.get("routes_ready", ())])),
         )
         if tls_secret:
-            # Plain HTTP is sent to HTTPS by a catch-all route rather than the server's
-            # `httpsRedirect`, which would also redirect the ACME HTTP-01 challenge (served on
-            # port 80 before any certificate exists). Istio orders catch-all routes after the
-            # challenge's exact path on the same host, so the challenge is answered.
+            # Plain HTTP is sent to HTTPS. cert-manager's HTTP-01 challenge, served on port 80
+            # before any certificate exists, still answers: istiod turns the solver's Ingress
+            # into an exact-path route of the same host, which goes before this catch-all.
             self.redirect = k8s.apiextensions.CustomResource(
                 f"{name}-https-redirect",
-                api_version="networking.istio.io/v1",
-                kind="VirtualService",
-                metadata={"name": "llm-https-redirect", "namespace": mesh.ingress_namespace},
-                spec={"hosts": hosts, "gateways": gateways, "http": [{
+                api_version=GATEWAY_API,
+                kind="HTTPRoute",
+                metadata={"name": "llm-https-redirect", "namespace": namespace},
+                spec={"parentRefs": [{"name": GATEWAY_NAME, "sectionName": "http"}], **hostnames, "rules": [{
                     "name": REDIRECT_ROUTE,
-                    "match": [{"port": HTTP_PORT}],
-                    "redirect": {"scheme": "https", "redirectCode": 301},
+                    "filters": [{"type": "RequestRedirect",
+                                 "requestRedirect": {"scheme": "https", "statusCode": 301}}],
                 }]},
-                opts=opts_cr,
+                opts=pulumi.ResourceOptions.merge(opts_cr, pulumi.ResourceOptions(depends_on=[self.gateway])),
+            )
+
+            # A stepping stone from the edge of earlier releases (Istio's own Gateway, named alike,
+            # with an HTTPS server for the same host): istiod cannot tell the two HTTPS servers
+            # apart and Envoy refuses a listener with both, so a gateway pod starting while both
+            # exist would serve no HTTPS at all. That Gateway keeps its plain-HTTP server alone
+            # (which merges with this listener's), changed only once the Gateway API's routes are
+            # in place; on a new stack it is just that. A later release removes it.
+            k8s.apiextensions.CustomResource(
+                f"{name}-gateway",
+                api_version="networking.istio.io/v1",
+                kind="Gateway",
+                metadata={"name": GATEWAY_NAME, "namespace": namespace},
+                spec={"selector": dict(mesh.ingress_selector),
+                      "servers": [{"port": {"number": HTTP_PORT, "name": "http", "protocol": "HTTP"},
+                                   "hosts": [host] if host else ["*"]}]},
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[mesh.base, mesh.istiod, self.gateway, self.routes,
+                                                                     self.redirect]),
             )
 
         scheme = "https" if tls_secret else "http"

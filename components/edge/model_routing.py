@@ -25,7 +25,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, TypedDict
+from typing import Mapping, Optional, Sequence, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -33,6 +33,7 @@ import pulumi_random as random
 
 from components.core.published import ModelBackend
 from components.core.replicas import one_at_a_time, spread_over_nodes
+from components.edge import endpoint_picker as epp, http_routes
 
 # The body-based router, pinned to the Inference Extension release whose chart and CRDs this
 # platform vendors; the image is distroless, amd64 only, and runs as its `nonroot` user (named by
@@ -55,12 +56,11 @@ MODEL_HEADER = "X-Gateway-Model-Name"
 ROUTE_HEADER = "x-llm-platform-route"
 FRONT_DOOR_MARK = "front-door"
 SERVED_MARK = "served"
-# The API routes before the models': what the key check marks for the front door (keys only it can
-# check, requests BBR cannot read), and the model list, answered by the ingress; BBR is asked on
-# neither. Answered by a route rather than the key check, a new model list changes the routes
-# alone, which Envoy swaps without closing a connection (a changed filter drains the listener's).
-FRONT_DOOR_ROUTE, MODEL_LIST_ROUTE, SERVED_ROUTE = "front-door", "models", "served-models"
-FRONT_DOOR_ROUTES = (FRONT_DOOR_ROUTE, MODEL_LIST_ROUTE)
+# The API rules before the models': what the key check marks for the front door (keys only it can
+# check, requests BBR cannot read), on which BBR is not asked, and, without BBR, the one for the
+# one server of every model. The model list (`GET /v1/models`) is the front door's: an HTTPRoute
+# cannot answer a request itself.
+FRONT_DOOR_ROUTE, SERVED_ROUTE = "front-door", "served-models"
 # The largest body sent to BBR (its gRPC messages are at most 4 MiB); a larger one, or one it
 # cannot read, goes to the front door.
 BBR_MAX_BODY_BYTES = 4_000_000
@@ -73,6 +73,9 @@ HCM_FILTER = "envoy.filters.network.http_connection_manager"
 # How long Envoy waits for BBR's answer; past it (or with BBR away) the request goes on without a
 # model header, so to the front door: slower, never refused, never a route the body did not name.
 BBR_TIMEOUT = "2s"
+# What no external processor is sent (the body-based router, a pool's picker): they need a
+# request's body and route, never the client's credentials.
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "cookie")
 # Envoy buffers a body whole for BBR, up to its listeners' per-connection buffer limit (1 MiB by
 # default, and a larger body gets 413): raised on the ingress to hold the largest body it sends.
 BODY_LIMIT_BYTES = 5 << 20
@@ -116,13 +119,6 @@ def _lua_string(text: str) -> str:
     return json.dumps(text)  # a JSON string of ASCII is a valid Lua string literal
 
 
-def model_list(names: Sequence[str]) -> str:
-    """The answer to `GET /v1/models`, OpenAI's shape."""
-    return json.dumps({"object": "list", "data": [
-        {"id": n, "object": "model", "created": 0, "owned_by": "llm-platform"} for n in names]},
-        separators=(",", ":"))
-
-
 def key_check_source(*, salt: str, digests: Sequence[str], open_api: bool, front_door: bool,
                      known_key_route: Optional[str] = None, body_router: bool = False) -> str:
     """The key check's Lua: its settings, then files/api_key.lua."""
@@ -136,6 +132,7 @@ def key_check_source(*, salt: str, digests: Sequence[str], open_api: bool, front
         f"local FRONT_DOOR = {'true' if front_door else 'false'}",
         f"local KNOWN_KEY_ROUTE = {_lua_string(known_key_route) if known_key_route else 'nil'}",
         f"local BODY_ROUTER_MAX_BYTES = {BBR_MAX_BODY_BYTES if body_router else 'nil'}",
+        f"local PICKER_HEADERS = {{{', '.join(_lua_string(h) for h in epp.CLIENT_MAY_NOT_SET)}}}",
     ]
     return "\n".join(settings) + "\n\n" + API_KEY_LUA.read_text()
 
@@ -151,12 +148,11 @@ def ext_proc_filter(cluster: str, timeout: str = BBR_TIMEOUT) -> dict:
     response nor the client's key. A router that does not answer lets the request on without a
     model header (to the front door)."""
     return {"name": BBR_FILTER, "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        "@type": EXT_PROC_TYPE,
         "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": timeout},
         "failure_mode_allow": True,
         "message_timeout": timeout,
-        "forward_rules": {"disallowed_headers": {"patterns": [{"exact": "authorization"}, {"exact": "x-api-key"},
-                                                               {"exact": "api-key"}, {"exact": "cookie"}]}},
+        "forward_rules": {"disallowed_headers": {"patterns": [{"exact": h} for h in CREDENTIAL_HEADERS]}},
         "processing_mode": {
             "request_header_mode": "SEND", "request_body_mode": "BUFFERED", "request_trailer_mode": "SKIP",
             "response_header_mode": "SKIP", "response_body_mode": "NONE", "response_trailer_mode": "SKIP",
@@ -174,21 +170,26 @@ def bbr_cluster(namespace: str) -> str:
 
 
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+EXT_PROC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+# The name istiod gives its external processor for the inference pools' pickers.
+POOL_FILTER = "envoy.filters.http.ext_proc"
 
 
 def filter_patches(key_check: str, bbr_namespace: Optional[str], routes_without_bbr: Sequence[str]) -> list[dict]:
-    """The EnvoyFilter's patches for the ingress: the key check, then BBR (where it runs), inserted
-    just before the router (after Istio's own authorization), the listeners' buffer limit raised
-    for BBR's bodies, `100-continue` answered by Envoy, and BBR switched off on
-    `routes_without_bbr` (pages, and what goes to the front door anyway). Nothing here changes
-    with the models: a changed filter or listener makes Envoy drain the old one's connections."""
-    before_router = {"context": "GATEWAY", "listener": {"filterChain": {"filter": {
-        "name": HCM_FILTER, "subFilter": {"name": ROUTER_FILTER}}}}}
+    """The EnvoyFilter's patches for the ingress: the key check, then BBR (where it runs), first of
+    the HTTP filters, the listeners' buffer limit raised for BBR's bodies, `100-continue` answered
+    by Envoy, and BBR switched off on `routes_without_bbr` (pages, and what goes to the front door
+    anyway). First, because istiod puts an inference pool's endpoint picker among its own filters,
+    before an EnvoyFilter's patches apply: the picker must see the route BBR's header chose. Nothing
+    here changes with the models: a changed filter or listener makes Envoy drain the old one's
+    connections."""
+    chain = {"context": "GATEWAY", "listener": {"filterChain": {"filter": {"name": HCM_FILTER}}}}
     filters = [lua_filter(key_check)]
     if bbr_namespace is not None:
         filters.append(ext_proc_filter(bbr_cluster(bbr_namespace)))
-    patches = [{"applyTo": "HTTP_FILTER", "match": before_router, "patch": {"operation": "INSERT_BEFORE", "value": f}}
-               for f in filters]
+    # Each INSERT_FIRST goes before the ones applied earlier: the last filter of the chain first.
+    patches = [{"applyTo": "HTTP_FILTER", "match": chain, "patch": {"operation": "INSERT_FIRST", "value": f}}
+               for f in reversed(filters)]
     if bbr_namespace is not None:
         patches.append({"applyTo": "LISTENER", "match": {"context": "GATEWAY"},
                         "patch": {"operation": "MERGE", "value": {"per_connection_buffer_limit_bytes": BODY_LIMIT_BYTES}}})
@@ -196,9 +197,19 @@ def filter_patches(key_check: str, bbr_namespace: Optional[str], routes_without_
         # until BBR has the body, none answers, and the client (curl, for any body over 1 MiB)
         # waits a second before it sends the body. Envoy answers it itself instead.
         patches.append({"applyTo": "NETWORK_FILTER",
-                        "match": {"context": "GATEWAY", "listener": {"filterChain": {"filter": {"name": HCM_FILTER}}}},
+                        "match": chain,
                         "patch": {"operation": "MERGE", "value": {"typed_config": {
                             "@type": HCM_TYPE, "proxy_100_continue": False}}}})
+        # istiod's own external processor for the inference pools' pickers (on the listener only
+        # where a pool is behind a route; a patch that matches nothing is no error) forwards every
+        # request header: not the client's credentials.
+        patches.append({"applyTo": "HTTP_FILTER",
+                        "match": {"context": "GATEWAY", "listener": {"filterChain": {"filter": {
+                            "name": HCM_FILTER, "subFilter": {"name": POOL_FILTER}}}}},
+                        "patch": {"operation": "MERGE", "value": {"name": POOL_FILTER, "typed_config": {
+                            "@type": EXT_PROC_TYPE,
+                            "forward_rules": {"disallowed_headers": {"patterns": [
+                                {"exact": h} for h in CREDENTIAL_HEADERS]}}}}}})
         patches += [
             {"applyTo": "HTTP_ROUTE",
              "match": {"context": "GATEWAY", "routeConfiguration": {"vhost": {"route": {"name": route}}}},
@@ -239,33 +250,30 @@ def _service(backend: ModelBackend) -> tuple[pulumi.Input[str], int]:
     return backend.host, backend.port
 
 
-def model_routes(routing: RoutingPlan, front_door: Optional[tuple[pulumi.Input[str], int]], model_names: Sequence[str],
-                 remove_response_headers: Sequence[str] = ()) -> list[dict]:
-    """The gateway's API routes (VirtualService `http` entries), before its catch-all `/v1`: what
-    the key check marked for the front door goes there first, then `GET /v1/models` answered from
-    `model_names`, then the models served straight: one route per model on the header BBR set,
-    or without BBR one route for the one server on the key check's mark. No route timeout: a
-    generation streams as long as it takes (a route without one has none in Istio; its CRD
-    refuses "0s")."""
-    def route(name: str, headers: dict, host: pulumi.Input[str], port: int) -> dict:
-        entry: dict = {"name": name, "match": [{"uri": {"prefix": "/v1"}, "headers": headers}],
-                       "route": [{"destination": {"host": host, "port": {"number": port}}}]}
-        if remove_response_headers:
-            entry["headers"] = {"response": {"remove": list(remove_response_headers)}}
-        return entry
+def model_routes(routing: RoutingPlan, front_door: Optional[tuple[pulumi.Input[str], int]],
+                 remove_response_headers: Sequence[str] = (), pools: Optional[Mapping[str, dict]] = None) -> list[dict]:
+    """The gateway's API rules (HTTPRoute `rules`) besides its catch-all `/v1`: what the key check
+    marked for the front door, and the models served straight: one rule per model on the header
+    BBR set, or without BBR one rule for the one server on the key check's mark. Each matches
+    `/v1` and one header, so each goes before the catch-all; no request matches two of them (a
+    marked request is never given a model header: BBR is off on the front door's rule). A model
+    in `pools` (alias -> backendRef) goes to its inference pool rather than its Service."""
+    def marked(name: str, header: str, value: str, backend: dict) -> dict:
+        return http_routes.rule(name, http_routes.prefix_match(http_routes.API_PREFIX, {header: value}),
+                                backend, remove_response_headers, stream=True)
 
-    routes: list[dict] = []
+    pools = dict(pools or {})
+    assert set(pools) <= {b.alias for b in routing.straight} and (routing.body_router or not pools), \
+        f"pools for models not routed by the body: {sorted(pools)}"
+    rules: list[dict] = []
     if front_door is not None:
-        routes.append(route(FRONT_DOOR_ROUTE, {ROUTE_HEADER: {"exact": FRONT_DOOR_MARK}}, *front_door))
-    routes.append({"name": MODEL_LIST_ROUTE,
-                   "match": [{"uri": {"exact": "/v1/models"}, "method": {"exact": "GET"}}],
-                   "directResponse": {"status": 200, "body": {"string": model_list(model_names)}},
-                   "headers": {"response": {"set": {"content-type": "application/json"}}}})
+        rules.append(marked(FRONT_DOOR_ROUTE, ROUTE_HEADER, FRONT_DOOR_MARK, http_routes.service_ref(*front_door)))
     if routing.body_router:
-        routes += [route(f"model-{b.alias}", {MODEL_HEADER: {"exact": b.alias}}, *_service(b)) for b in routing.straight]
+        rules += [marked(f"model-{b.alias}", MODEL_HEADER, b.alias,
+                         pools.get(b.alias) or http_routes.service_ref(*_service(b))) for b in routing.straight]
     elif routing.straight:
-        routes.append(route(SERVED_ROUTE, {ROUTE_HEADER: {"exact": SERVED_MARK}}, *_service(routing.straight[0])))
-    return routes
+        rules.append(marked(SERVED_ROUTE, ROUTE_HEADER, SERVED_MARK, http_routes.service_ref(*_service(routing.straight[0]))))
+    return rules
 
 
 class ModelRoutingArgs(TypedDict):
@@ -314,7 +322,7 @@ class ModelRouting(pulumi.ComponentResource):
         # Digests and the salt only: nothing in the filter is a secret.
         lua = pulumi.Output.unsecret(pulumi.Output.all(salt, *(keys or [])).apply(source))
         bbr_namespace = args["namespace_name"] if routing.body_router else None
-        without_bbr = [*args["page_routes"], *FRONT_DOOR_ROUTES]
+        without_bbr = [*args["page_routes"], FRONT_DOOR_ROUTE]
         self.envoy_filter = k8s.apiextensions.CustomResource(
             f"{name}-ingress-filters",
             api_version=ENVOY_FILTER_API,

@@ -3,7 +3,7 @@ with their Pod Security levels, and the mesh's mTLS and authorization policies."
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence, TypedDict
+from typing import Mapping, NotRequired, Optional, Sequence, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -20,6 +20,7 @@ from components.core.trust import (  # noqa: F401  (re-exported: the mesh's port
     mesh_rule,
     metrics_rule,
 )
+from components.platform.gateway_api import GatewayApi
 
 ISTIO_REPO = "https://istio-release.storage.googleapis.com/charts"
 # Where Istio publishes its release images; set explicitly so every image (istiod, the CNI
@@ -37,6 +38,11 @@ HTTPS_PORT = 443
 INGRESS_CLASS = "istio"
 INGRESS_CONTROLLER = "istio.io/ingress-controller"
 SECURITY_API = "security.istio.io/v1"
+# The Gateway API Gateway the edge's routes attach to. istiod configures the inference pools'
+# endpoint picker only on gateway pods that carry this Gateway's name in the label below (the pods
+# of a Gateway istiod deploys itself get it; the gateway chart's get it from its values).
+GATEWAY_NAME = "llm-gateway"
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 
 
 # The gateway chart runs the ingress under a service account named after the release.
@@ -46,6 +52,9 @@ INGRESS_PRINCIPAL = INGRESS_CALLER.principal
 
 class MeshArgs(TypedDict):
     chart_version: str
+    # Whether the stack installs the Gateway API's and the Inference Extension's CRDs (else the
+    # cluster has them).
+    gateway_api_crds: NotRequired[bool]
     ingress: IngressFacts
     # Namespaces whose pods get an Envoy sidecar -> the Pod Security level enforced there.
     injected_namespaces: Mapping[str, str]
@@ -55,8 +64,8 @@ class MeshArgs(TypedDict):
     strict_mtls: bool
     # Namespace -> the only workloads allowed to call its pods (by their mTLS identity).
     callers: Mapping[str, Sequence[Caller]]
-    # Namespace -> the scraper allowed to GET its metrics (and nothing else).
-    metrics: Mapping[str, MetricsAccess]
+    # Namespace -> the scrapers allowed to GET its metrics (and nothing else).
+    metrics: Mapping[str, Sequence[MetricsAccess]]
 
 
 def ingress_service_values(ingress: IngressFacts) -> dict:
@@ -85,7 +94,7 @@ def ingress_values(ingress: IngressFacts) -> dict:
     """Values of the gateway chart: the Service, and on clusters that can hold more than one
     replica, at least two spread over nodes and zones with a PodDisruptionBudget, so a node
     drain or a zone outage does not drop all traffic."""
-    values: dict = {"service": ingress_service_values(ingress)}
+    values: dict = {"service": ingress_service_values(ingress), "labels": {GATEWAY_NAME_LABEL: GATEWAY_NAME}}
     if ingress.min_replicas > 1:
         def spread(key: str, when: str) -> dict:
             # Honor taints: nodes the gateway cannot run on (GPU/TPU pools) are no domain.
@@ -116,6 +125,9 @@ class Mesh(pulumi.ComponentResource):
     system_namespace: str = SYSTEM_NS
     ingress_selector: dict[str, str] = INGRESS_SELECTOR
     ingress_service_host: str = f"{INGRESS_RELEASE}.{INGRESS_NS}.svc.cluster.local"
+    # The ingress Service as a Gateway's address names it: istiod completes a short name with the
+    # cluster's own domain, which need not be cluster.local.
+    ingress_service_name: str = INGRESS_RELEASE
 
     def __init__(self, name: str, args: MeshArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:Mesh", name, None, opts)
@@ -139,8 +151,11 @@ class Mesh(pulumi.ComponentResource):
 
         images = {"hub": ISTIO_HUB, "tag": version}
         platform = {"global": {**images, **({"platform": args["platform"]} if args["platform"] else {})}}
-        # base carries the CRDs every Istio object needs.
+        # base carries the CRDs every Istio object needs; the Gateway API's come before istiod,
+        # which serves them.
         self.base = release("base", "base", "istio-base", SYSTEM_NS, {"defaultRevision": "default"})
+        self.gateway_api = GatewayApi(f"{name}-gateway-api", args.get("gateway_api_crds", True),
+                                      opts=pulumi.ResourceOptions(parent=self))
         # The CNI node agent sets up traffic redirection, so injected pods need no NET_ADMIN
         # init container and can pass the baseline and restricted Pod Security profiles.
         self.cni = release("cni", "cni", "istio-cni", SYSTEM_NS, platform, self.base)
@@ -150,14 +165,16 @@ class Mesh(pulumi.ComponentResource):
             # Ingresses istiod serves (cert-manager's HTTP-01 challenges) become a Gateway and
             # VirtualService in this namespace, and their status carries the address of the
             # Service `ingressService` there; istiod's default is istio-system.
-            "env": {"K8S_INGRESS_NS": INGRESS_NS},
+            "env": {"K8S_INGRESS_NS": INGRESS_NS,
+                    # InferencePool backends of HTTPRoutes: off by default in this release.
+                    "ENABLE_GATEWAY_API_INFERENCE_EXTENSION": "true"},
             "meshConfig": {
                 "ingressControllerMode": "STRICT",
                 "ingressClass": INGRESS_CLASS,
                 "ingressSelector": INGRESS_SELECTOR["istio"],
                 "ingressService": INGRESS_RELEASE,
             },
-        }, self.cni)
+        }, self.cni, self.gateway_api)
         self.gateway = release(
             "gateway", "gateway", INGRESS_RELEASE, INGRESS_NS, ingress_values(args["ingress"]), self.istiod,
         )
@@ -192,7 +209,7 @@ class Mesh(pulumi.ComponentResource):
                     metadata={"name": "allowed-callers", "namespace": namespace.metadata.name},
                     spec={"action": "ALLOW", "rules": [
                         mesh_rule(args["callers"][ns]),
-                        *([metrics_rule(args["metrics"][ns])] if ns in args["metrics"] else []),
+                        *[metrics_rule(access) for access in args["metrics"].get(ns, ())],
                     ]},
                     opts=policy_opts,
                 )

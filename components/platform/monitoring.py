@@ -263,6 +263,7 @@ class Monitoring(pulumi.ComponentResource):
     grafana_host: str = GRAFANA_SERVICE_HOST
     grafana_port: int = GRAFANA_PORT
     admin_password: pulumi.Output[str]
+    namespace: pulumi.Output[str]
 
     def __init__(self, name: str, args: MonitoringArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:Monitoring", name, None, opts)
@@ -272,7 +273,7 @@ class Monitoring(pulumi.ComponentResource):
         namespace = k8s.core.v1.Namespace(
             f"{name}-ns", metadata={"name": NAMESPACE, "labels": pod_security_labels("baseline" if light else "privileged")},
             opts=child)
-        ns = namespace.metadata.name
+        ns = self.namespace = namespace.metadata.name
         password = random.RandomPassword(f"{name}-grafana-admin", length=32, special=False,
                                          opts=pulumi.ResourceOptions(parent=self))
         self.admin_password = pulumi.Output.secret(password.result)

@@ -50,6 +50,10 @@ TRANSFER_MARGIN = 1.5
 AWAIT_MARGIN_MINUTES = 10
 
 
+# Every model server's pods carry this (the router's too).
+SERVER_LABELS = {"app.kubernetes.io/component": "model-server"}
+
+
 class LlmServerArgs(TypedDict):
     # What every server of the stack shares: accelerator, namespace, host models, keys, security.
     serving: ServingSettings
@@ -95,11 +99,9 @@ class LlmServer(pulumi.ComponentResource):
         self.port = spec.port
         self.namespace = pulumi.Output.from_input(args["serving"].namespace)
         k8s_opts = pulumi.ResourceOptions(parent=self)
-        labels = {
-            "app.kubernetes.io/name": model.name,
-            "app.kubernetes.io/component": "model-server",
-            "app.kubernetes.io/part-of": "llm-platform",
-        }
+        labels = {"app.kubernetes.io/name": model.name, **SERVER_LABELS, "app.kubernetes.io/part-of": "llm-platform"}
+        # What an inference pool selects: this server's pods.
+        self.pod_labels = labels
         meta = {"namespace": self.namespace, "labels": labels}
 
         waits_for: list[pulumi.Resource] = []

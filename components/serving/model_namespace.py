@@ -3,7 +3,7 @@ NetworkPolicies with only the flows they need, and the claim on the host models 
 
 from __future__ import annotations
 
-from typing import NotRequired, Optional, Sequence, TypedDict
+from typing import Mapping, NotRequired, Optional, Sequence, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -30,12 +30,15 @@ class ModelNamespaceArgs(TypedDict):
     https_egress: bool
     # The cluster's own ranges (nodes, pods, Services, control plane); HTTPS egress excludes them.
     cluster_cidrs: NotRequired[Sequence[pulumi.Input[str]]]
+    # The inference pools' endpoint pickers, which read the servers' metrics from inside the
+    # namespace, and the servers' labels.
+    pickers: NotRequired[Optional[tuple[MetricsAccess, Mapping[str, str]]]]
 
 
 def policy_specs(args: ModelNamespaceArgs) -> dict[str, dict]:
     """Name -> NetworkPolicy spec; each selects every pod of the namespace."""
     return mesh_namespace_policies(args["callers"], args["istio_namespace"], args["metrics"],
-                                   args["https_egress"], args.get("cluster_cidrs", []))
+                                   args["https_egress"], args.get("cluster_cidrs", []), args.get("pickers"))
 
 
 class ModelNamespace(pulumi.ComponentResource):

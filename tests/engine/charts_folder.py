@@ -1,5 +1,7 @@
 """A folder of chart archives as an air-gapped user keeps one (`charts.archiveDir`): every archive
-vendored beside the repository, as `helm dependency build` then `helm package` leave it.
+vendored beside the repository, as `helm dependency build` then `helm package` leave it, and the
+vendored CRD manifests the stack applies (Gateway API, the Inference Extension) as their
+repositories lay them out.
 
 Subcharts a chart declares but does not carry come from the vendored archives where they are
 there (kube-prometheus-stack's). One that is not vendored (Argo CD's redis-ha, off unless asked)
@@ -38,6 +40,9 @@ def _stub(chart_dir: Path, dep: dict) -> None:
 
 def make(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
+    for bundle in sorted(charts.CRDS_DIR.iterdir()):
+        if bundle.is_dir() and not (dest / bundle.name).exists():
+            (dest / bundle.name).symlink_to(bundle, target_is_directory=True)
     for archive in sorted(charts.CHARTS_DIR.glob("*.tgz")):
         out = dest / archive.name
         if out.exists():

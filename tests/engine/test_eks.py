@@ -62,6 +62,58 @@ def test_eks_a_new_cache_size_fails_preview_and_up_renews_the_server_and_its_cla
     assert summary_without_same(stack.preview().change_summary) == {}, stack.tail()
 
 
+POOL = {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+        "metadata": {"name": "qwen", "namespace": "models"}}
+PICKER = "qwen-endpoint-picker"
+
+
+def _model_rule(w) -> dict:
+    route = w.cp.get({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                      "metadata": {"name": "llm-routes", "namespace": "istio-ingress"}})
+    (rule,) = [r for r in route["spec"]["rules"] if r.get("name") == "model-qwen"]
+    return rule
+
+
+def test_eks_a_second_replica_is_balanced_by_an_inference_pool(eks):
+    """Two replicas: the model goes behind an InferencePool whose endpoint picker runs off the GPU
+    nodes; the pool selects exactly the two servers and the gateway's rule for the model sends to
+    it. Back to one: the pool and its picker go, the rule sends to the Service again. Nothing is
+    replaced either way."""
+    w, stack = eks
+    cfg = copy.deepcopy(stack.config)
+    cfg["models"][0]["replicas"] = 2
+    stack.write_config(cfg)
+    up, events = stack.events(stack.up)
+    assert up.summary.result == "succeeded", stack.tail()
+    assert not [s for s in ops(events) if s[0] not in ("create", "update")], ops(events)
+    pods = settled_pods(w, "models", "qwen-")
+    servers = [p for p in pods if p.metadata.labels.get("app.kubernetes.io/component") == "model-server"]
+    pickers = [p for p in pods if p.metadata.name.startswith(PICKER)]
+    gpu_nodes = {n.name for n in w.nodes if n.pool == "gpu"}
+    assert len(servers) == 2 and all(p.spec.node_name in gpu_nodes for p in servers), servers
+    assert len(pickers) == 1 and pickers[0].spec.node_name not in gpu_nodes, pickers
+    assert pickers[0].spec.service_account_name == "endpoint-picker"
+    pool = w.cp.get(POOL)
+    selector = ",".join(f"{k}={v}" for k, v in pool["spec"]["selector"]["matchLabels"].items())
+    selected = {p.metadata.name for p in w.cp.core.list_namespaced_pod("models", label_selector=selector).items}
+    assert selected == {p.metadata.name for p in servers}, selected
+    assert pool["spec"]["endpointPickerRef"]["name"] == PICKER
+    assert w.cp.core.read_namespaced_service(PICKER, "models").spec.ports[0].port == 9002
+    (ref,) = _model_rule(w)["backendRefs"]
+    assert {k: ref[k] for k in ("group", "kind", "name", "namespace")} == {
+        "group": "inference.networking.k8s.io", "kind": "InferencePool", "name": "qwen", "namespace": "models"}
+    assert summary_without_same(stack.preview().change_summary) == {}, stack.tail()
+
+    cfg["models"][0]["replicas"] = 1
+    stack.write_config(cfg)
+    up, events = stack.events(stack.up)
+    assert up.summary.result == "succeeded", stack.tail()
+    assert not [s for s in ops(events) if s[0] in ("replace", "create-replacement")], ops(events)
+    assert not w.cp.exists(POOL)
+    assert _model_rule(w)["backendRefs"][0]["kind"] == "Service"
+    assert summary_without_same(stack.preview().change_summary) == {}, stack.tail()
+
+
 def test_eks_destroy_takes_the_caches_with_the_servers(eks):
     w, stack = eks
     assert stack.destroy().summary.result == "succeeded", stack.tail()

@@ -9,6 +9,7 @@ import copy
 import time
 
 import pytest
+from kubernetes.client import ApiextensionsV1Api
 from pulumi import automation as auto
 
 from tests.engine.conftest import deployed
@@ -127,7 +128,9 @@ def test_a_bad_config_fails_preview_in_one_line_and_changes_nothing(env):
 
 def test_destroy_removes_the_stack(env):
     """Everything the program created goes; the namespaces Helm created for its releases stay,
-    empty (`helm uninstall` never deletes a namespace), as docs/operations.md says."""
+    empty (`helm uninstall` never deletes a namespace), as docs/operations.md says, and so do the
+    Gateway API's and the Inference Extension's CRDs (deleting one deletes every object of its
+    kind in the cluster, other owners' too)."""
     w, stack = env
     system = {"default", "kube-node-lease", "kube-public", "kube-system"}
     assert "models" in live_names(w)["namespaces"]
@@ -141,3 +144,5 @@ def test_destroy_removes_the_stack(env):
         time.sleep(1)
     assert not pods
     assert not stack.stack.export_stack().deployment.get("resources"), "state still holds resources"
+    crds = {c.metadata.name for c in ApiextensionsV1Api(w.cp.api).list_custom_resource_definition().items}
+    assert {"httproutes.gateway.networking.k8s.io", "inferencepools.inference.networking.k8s.io"} <= crds, crds

@@ -1,12 +1,12 @@
 """An existing stack upgraded to this version of the program: `pulumi up` with the program as it
 was at an earlier commit, then `preview` and `up` with this one on the same state and cluster.
-Nothing is replaced or deleted (a changed parent or name would show as a create and a delete, and
-for a fixed Kubernetes name fail with AlreadyExists); what changes is exactly what the newer
-release adds, each in place.
+Nothing is replaced, and nothing deleted but what the newer release supersedes (a changed parent
+or name would show as a create and a delete, and for a fixed Kubernetes name fail with
+AlreadyExists); what changes is exactly what the newer release adds, each in place.
 
 The earlier program runs in a process of its own (its modules would clash with this one's), from
-the commit's tree as `git archive` writes it. BASELINE is the last commit before the ingress
-routed the served models itself; move it forward to the newest release users run, and CHANGES
+the commit's tree as `git archive` writes it. BASELINE is the last commit before the edge moved
+to the Gateway API; move it forward to the newest release users run, and CHANGES
 with it."""
 
 from __future__ import annotations
@@ -26,25 +26,41 @@ from tests.engine.lifecycle import ops, summary_without_same
 from tools.mock_engine import PROJECT_DIR
 
 pytestmark = pytest.mark.engine
-BASELINE = "2edb55c401a4ea66ed8b96b58368caac33ddbb91"
-# What the upgrade from BASELINE does, beside `same`: the ingress's model routing is created (on the
-# local stack's arm64 node without the body-based router: one route to the router's Service); the
-# model servers take the client key (their key Secret, and the pods roll onto it), the mesh and the
-# network let the ingress reach them, the gateway routes straight, and the front door's dashboard
-# shows the ingress's requests by destination.
+BASELINE = "73dee36665fd4aa0df42f9eb45db818ab75f1f6f"
+# What the upgrade from BASELINE does, beside `same`: the edge moves from Istio's own Gateway and
+# VirtualService to the Gateway API. Its CRDs and the Inference Extension's are created, istiod is
+# told to serve InferencePools and the ingress's pods carry the Gateway's name (both roll); the new
+# Gateway, its HTTPRoute and the ReferenceGrants of the namespaces it routes to are created; the key
+# check's filters move first in the chain; and only then, last of the update, the old Gateway and
+# VirtualService go (until then both configure the same listener, the old routes first).
+GATEWAY_API_CRDS = ("backendtlspolicies", "gatewayclasses", "gateways", "grpcroutes", "httproutes", "listenersets",
+                    "referencegrants", "tcproutes", "tlsroutes", "udproutes")
+INFERENCE_CRDS = ("inferencepools.inference.networking.k8s.io", "inferenceobjectives.inference.networking.x-k8s.io",
+                  "inferencemodelrewrites.inference.networking.x-k8s.io")
+SAFE_UPGRADES = "mesh-gateway-api-crds:safe-upgrades.gateway.networking.k8s.io"
 CHANGES = sorted([
-    ("create", "llm-platform:index:ModelRouting", "model-routing"),
-    ("create", "random:index/randomPassword:RandomPassword", "model-routing-key-salt"),
-    ("create", "kubernetes:networking.istio.io/v1alpha3:EnvoyFilter", "model-routing-ingress-filters"),
-    ("update", "kubernetes:core/v1:Secret", "llama-router-api-keys"),
-    ("update", "kubernetes:apps/v1:Deployment", "llama-router-deployment"),
-    ("update", "kubernetes:security.istio.io/v1:AuthorizationPolicy", "mesh-callers-models"),
-    ("update", "kubernetes:networking.k8s.io/v1:NetworkPolicy", "models-allow-callers"),
-    ("update", "kubernetes:networking.istio.io/v1:VirtualService", "gateway-routes"),
-    ("update", "kubernetes:helm.sh/v3:Release", "monitoring-kps"),
+    ("create", "llm-platform:index:GatewayApi", "mesh-gateway-api"),
+    ("create", "kubernetes:yaml/v2:ConfigGroup", "mesh-gateway-api-crds"),
+    # The ConfigGroup is a component the Kubernetes provider builds, through the engine's own provider.
+    ("create", "pulumi:providers:pulumi", "default"),
+    *[("create", "kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition",
+       f"mesh-gateway-api-crds:{kind}.gateway.networking.k8s.io") for kind in GATEWAY_API_CRDS],
+    *[("create", "kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition", f"mesh-gateway-api-crds:{name}")
+      for name in INFERENCE_CRDS],
+    ("create", "kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicy", SAFE_UPGRADES),
+    ("create", "kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicyBinding", SAFE_UPGRADES),
+    ("update", "kubernetes:helm.sh/v3:Release", "mesh-istiod"),
+    ("update", "kubernetes:helm.sh/v3:Release", "mesh-gateway"),
+    ("create", "kubernetes:gateway.networking.k8s.io/v1:Gateway", "gateway-gateway"),
+    ("create", "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute", "gateway-routes"),
+    *[("create", "kubernetes:gateway.networking.k8s.io/v1:ReferenceGrant", f"gateway-routes-to-{ns}")
+      for ns in ("front-door", "models", "monitoring", "open-webui")],
+    ("update", "kubernetes:networking.istio.io/v1alpha3:EnvoyFilter", "model-routing-ingress-filters"),
+    ("delete", "kubernetes:networking.istio.io/v1:Gateway", "gateway-gateway"),
+    ("delete", "kubernetes:networking.istio.io/v1:VirtualService", "gateway-routes"),
 ])
 # Settings of this release the baseline's config check does not know: left out of its run.
-NEW_SETTINGS = {"cluster": ("amd64Nodes",)}
+NEW_SETTINGS: dict[str, tuple[str, ...]] = {}
 
 OLD_UP = """
 import json, pathlib, sys
@@ -96,9 +112,19 @@ def test_an_existing_stack_upgrades_in_place(env, tmp_path):
 
     preview, events = stack.events(stack.stack.preview, diff=True)
     assert sorted(ops(events)) == CHANGES, stack.tail()
-    up = stack.up()
+    up, up_events = stack.events(stack.up)
+    steps = ops(up_events)
+    # The old routes go only after the new ones are in place: the listener is never without routes.
+    new_routes = steps.index(("create", "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute", "gateway-routes"))
+    assert all(i > new_routes for i, step in enumerate(steps) if step[0] == "delete"), steps
+    # What an operator checks: the gateway's routes are the Gateway API's, the old ones gone.
+    where = {"name": "llm-routes", "namespace": "istio-ingress"}
+    assert w.cp.exists({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": where})
+    assert not w.cp.exists({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": where})
+    # (The summary leaves out providers.)
     assert summary_without_same(up.summary.resource_changes or {}) == {
-        "create": sum(1 for op, *_ in CHANGES if op == "create"),
-        "update": sum(1 for op, *_ in CHANGES if op == "update")}, stack.tail()
+        "create": sum(1 for op, kind, _ in CHANGES if op == "create" and not kind.startswith("pulumi:providers:")),
+        "update": sum(1 for op, *_ in CHANGES if op == "update"),
+        "delete": sum(1 for op, *_ in CHANGES if op == "delete")}, stack.tail()
     # And then it is settled.
     assert summary_without_same(stack.preview().change_summary) == {}, stack.tail()

@@ -37,19 +37,19 @@ def custom_resources(rec) -> list[dict]:
 @pytest.mark.parametrize("stack", harness.STACKS)
 def test_custom_resources_match_their_schemas(stack):
     objects = custom_resources(harness.run(stack))
-    assert {o["kind"] for o in objects} >= {"Gateway", "VirtualService", "Application", "EnvoyFilter"}
+    assert {o["kind"] for o in objects} >= {"Gateway", "HTTPRoute", "ReferenceGrant", "Application", "EnvoyFilter"}
     assert validate(objects) == [None] * len(objects)
 
 
 def test_bad_fields_fail(local):
     objects = {o["kind"]: o for o in custom_resources(local)}
-    vs = json.loads(json.dumps(objects["VirtualService"]))
-    vs["spec"]["http"][0]["route"][0]["destination"]["port"]["number"] = "eighty"
-    hosts = json.loads(json.dumps(objects["VirtualService"]))
-    hosts["spec"]["hosts"] = "*"
+    route = json.loads(json.dumps(objects["HTTPRoute"]))
+    route["spec"]["rules"][0]["backendRefs"][0]["port"] = "eighty"
+    hosts = json.loads(json.dumps(objects["HTTPRoute"]))
+    hosts["spec"]["parentRefs"] = "llm-gateway"
     app = json.loads(json.dumps(objects["Application"]))
     del app["spec"]["destination"]
-    errors = validate([vs, hosts, app])
-    assert "port/number must be integer" in errors[0]
-    assert "hosts must be array" in errors[1]
+    errors = validate([route, hosts, app])
+    assert "port must be integer" in errors[0], errors[0]
+    assert "parentRefs must be array" in errors[1], errors[1]
     assert "destination" in errors[2]

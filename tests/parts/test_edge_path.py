@@ -1,5 +1,5 @@
 """The ingress's data path on loopback, for real, configured from the program's own objects (its
-EnvoyFilter and VirtualService, as istiod builds them for the gateway: tests/edge_istio.py): Envoy
+EnvoyFilter and HTTPRoute, as istiod builds them for the gateway: tests/edge_istio.py): Envoy
 checks the client's key itself (salted SHA-256 digests in its configuration, never the keys), asks
 the body-based router which model the body names, routes on the header the router sets straight to
 the model's server, answers the model list itself, and streams the tokens back; what it cannot
@@ -84,7 +84,7 @@ OVERRIDES = {
     "llm-platform:providerKeys": {PROVIDER["name"]: "sk-provider-not-used-0123456789"},
 }
 ENVOY_FILTER = "kubernetes:networking.istio.io/v1alpha3:EnvoyFilter"
-VIRTUAL_SERVICE = "kubernetes:networking.istio.io/v1:VirtualService"
+HTTP_ROUTE = "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"
 SECRET = "kubernetes:core/v1:Secret"
 
 
@@ -135,7 +135,7 @@ def program(tmp_path_factory):
                           secrets=("llm-platform:apiKey", "llm-platform:providerKeys"))
     return SimpleNamespace(
         envoy_filter=rec.one(ENVOY_FILTER).inputs["spec"],
-        routes=rec.one(VIRTUAL_SERVICE, "gateway-routes").inputs["spec"],
+        routes=rec.one(HTTP_ROUTE, "gateway-routes").inputs["spec"],
         key_files={alias: rec.one(SECRET, f"model-{alias}-api-keys").inputs["stringData"]["value"]["keys"]
                    for alias in MODELS})
 
@@ -264,11 +264,13 @@ def test_the_client_cannot_pick_the_route_by_header(path):
     assert body == {"via": "front-door"}
 
 
-def test_the_ingress_answers_the_model_list(path):
+def test_the_model_list_is_the_front_doors(path):
+    """`GET /v1/models` (every name, providers too) is answered by the front door, which checks the
+    key itself; the router is not asked."""
     before = _router_calls(path)
-    status, raw, hdrs = edge.call(path.envoy.port, "GET", "/v1/models", key=CLIENT_KEY)
-    assert status == 200 and hdrs["content-type"] == "application/json"
-    assert [m["id"] for m in json.loads(raw)["data"]] == [*MODELS, PROVIDER["name"]]
+    status, raw, _ = edge.call(path.envoy.port, "GET", "/v1/models", key=CLIENT_KEY)
+    assert status == 200 and json.loads(raw) == {"via": "front-door"}
+    assert path.front_door.seen[-1]["path"] == "/v1/models"
     assert _router_calls(path) == before
     assert edge.call(path.envoy.port, "GET", "/v1/models")[0] == 401
 
@@ -405,7 +407,7 @@ def served(tmp_path_factory):
     _need(edge.missing_llama_server())
     rec = mock_engine.run("local", {"llm-platform:apiKey": CLIENT_KEY}, secrets=("llm-platform:apiKey",))
     program = SimpleNamespace(envoy_filter=rec.one(ENVOY_FILTER).inputs["spec"],
-                              routes=rec.one(VIRTUAL_SERVICE, "gateway-routes").inputs["spec"])
+                              routes=rec.one(HTTP_ROUTE, "gateway-routes").inputs["spec"])
     tmp = tmp_path_factory.mktemp("served")
     keys = tmp / "keys"
     keys.write_text(rec.one(SECRET, "llama-router-api-keys").inputs["stringData"]["value"]["keys"])
@@ -428,5 +430,15 @@ def test_without_the_router_a_known_key_goes_straight_to_the_one_service(served)
                                "sk-virtual-key-0123456789abcdef")
     assert status == 200 and json.loads(raw) == {"via": "front-door"}
     assert edge.call(served.envoy.port, "POST", "/v1/chat/completions", _chat("tinyllama"))[0] == 401
+    # The model list is the front door's here too (it lists providers' names beside the router's).
     status, raw, _ = edge.call(served.envoy.port, "GET", "/v1/models", key=CLIENT_KEY)
-    assert [m["id"] for m in json.loads(raw)["data"]] == ["tinyllama"]
+    assert status == 200 and json.loads(raw) == {"via": "front-door"}
+
+
+@pytest.mark.parametrize("at", ["/v1beta/models", "/v1x"])
+def test_only_whole_v1_segments_are_the_api(path, at):
+    """A path that merely starts with the letters goes where the gateway's rules send it (the UI),
+    unasked for a key: the key check reads `/v1` as the rules do, by whole segments."""
+    status, raw, _ = edge.call(path.envoy.port, "GET", at)
+    assert status == 200 and json.loads(raw) == {"via": "ui"}
+    assert path.ui.seen[-1]["path"] == at

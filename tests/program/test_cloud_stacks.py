@@ -406,7 +406,9 @@ def test_same_platform_on_the_new_clusters_provider(stack, eks, gke):
             assert r.provider_urn == provider.urn, r.name
     for kind in ("mesh-base", "mesh-istiod", "mesh-gateway", "gitops-argocd"):
         rec.one(RELEASE, kind)
-    rec.one("kubernetes:networking.istio.io/v1:VirtualService")
+    rec.one("kubernetes:gateway.networking.k8s.io/v1:Gateway")
+    rec.one("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute")
+    rec.one("kubernetes:yaml/v2:ConfigGroup", "mesh-gateway-api-crds")
     rec.one("kubernetes:argoproj.io/v1alpha1:Application")
 
 
@@ -427,7 +429,8 @@ def test_only_model_servers_wait_for_the_accelerator_pool(stack, pool, eks, gke)
     # The walk follows providers: everything on Kubernetes waits for the cluster itself...
     assert cluster_urn in rec.depends_transitively(rec.named("mesh-base"))
     # ...but nothing platform-wide waits for the accelerator nodes.
-    for name in ("mesh-base", "mesh-istiod", "mesh-gateway", "gitops-argocd", "gateway-routes", "gateway-gateway"):
+    for name in ("mesh-base", "mesh-gateway-api-crds", "mesh-istiod", "mesh-gateway", "gitops-argocd", "gateway-routes",
+                 "gateway-gateway"):
         assert pool_urn not in rec.depends_transitively(rec.named(name)), name
 
 

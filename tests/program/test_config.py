@@ -2,6 +2,7 @@
 names the stack file, the key and what was expected."""
 
 import re
+from pathlib import Path
 
 import pulumi
 import pytest
@@ -136,36 +137,86 @@ def test_existing_cluster_needs_its_accelerator_nodes_to_serve_on_gpus(tmp_path)
     assert "llm-platform:cluster.acceleratorNodes: required to serve on 'nvidia'" in message
 
 
+CONFIG_GROUP = "kubernetes:yaml/v2:ConfigGroup"
+
+
+def _lay_out_crds(folder, missing: str) -> None:
+    """Put the CRD bundle a run missed (`<project>-<version>/<folder>/<file>`) into `folder`, as
+    the vendored copy lays it out: linked where it is vendored, else an empty stand-in file."""
+    from tools import charts
+
+    bundle = missing.split("/", 1)[0]
+    if (charts.CRDS_DIR / bundle).is_dir():
+        (folder / bundle).symlink_to(charts.CRDS_DIR / bundle, target_is_directory=True)
+    else:
+        (folder / missing).parent.mkdir(parents=True, exist_ok=True)
+        (folder / missing).write_bytes(b"")
+
+
+def _crd_files(rec) -> list[str]:
+    return rec.one(CONFIG_GROUP, "mesh-gateway-api-crds").inputs["files"]
+
+
 def test_charts_come_from_a_folder_of_archives_when_one_is_set(tmp_path):
     overrides = {"llm-platform:charts": {"archiveDir": str(tmp_path)}}
-    for _ in range(30):  # each run names the first archive it lacks
+    for _ in range(30):  # each run names the first archive or CRD file it lacks
         try:
             rec = harness.run("local", overrides)
             break
         except harness.ProgramFailed as failed:
-            missing = re.search(r" has no (\S+\.tgz);", str(failed.error)).group(1)
-            (tmp_path / missing).write_bytes(b"")
+            missing = re.search(r" has no (\S+);", str(failed.error)).group(1)
+            if missing.endswith(".tgz"):
+                (tmp_path / missing).write_bytes(b"")
+            else:
+                _lay_out_crds(tmp_path, missing)
     assert {p.name for p in tmp_path.iterdir()} >= {"istiod-1.30.3.tgz", "argo-cd-10.1.1.tgz"}
     for release in rec.of_type("kubernetes:helm.sh/v3:Release"):
         assert release.inputs["chart"].startswith(str(tmp_path) + "/"), release.name
         assert "repositoryOpts" not in release.inputs and "version" not in release.inputs
-    default = harness.run("local").one("kubernetes:helm.sh/v3:Release", "mesh-istiod").inputs
-    assert default["chart"] == "istiod" and default["repositoryOpts"]["repo"].startswith("https://")
+    # The Gateway API's and the Inference Extension's CRDs come from the same folder.
+    assert _crd_files(rec) and all(f.startswith(str(tmp_path) + "/") for f in _crd_files(rec))
+    default = harness.run("local")
+    istiod = default.one("kubernetes:helm.sh/v3:Release", "mesh-istiod").inputs
+    assert istiod["chart"] == "istiod" and istiod["repositoryOpts"]["repo"].startswith("https://")
+    assert all(f.startswith("https://raw.githubusercontent.com/") for f in _crd_files(default))
 
 
-def test_every_release_of_the_cloud_stack_comes_from_the_archive_folder():
+def test_every_release_of_the_cloud_stack_comes_from_the_archive_folder(tmp_path):
     """eks installs the most charts (metrics-server and NVIDIA's GPU exporter among them): with
     a folder set, every release reads its archive there and none names a repository."""
     from tests.conftest import need_charts
     from tools import charts
 
     need_charts()
-    rec = harness.run("eks", {"llm-platform:charts": {"archiveDir": str(charts.CHARTS_DIR)}})
+    folder = tmp_path / "charts"
+    folder.mkdir()
+    # The vendored archives and CRD bundles side by side, as an air-gapped user keeps them.
+    for vendored in [*charts.CHARTS_DIR.glob("*.tgz"), *(d for d in charts.CRDS_DIR.iterdir() if d.is_dir())]:
+        (folder / vendored.name).symlink_to(vendored, target_is_directory=vendored.is_dir())
+    rec = harness.run("eks", {"llm-platform:charts": {"archiveDir": str(folder)}})
     releases = rec.of_type("kubernetes:helm.sh/v3:Release")
     assert {"cluster-metrics-server-release", "gpu-metrics-exporter"} <= {r.name for r in releases}
     for release in releases:
-        assert release.inputs["chart"].startswith(str(charts.CHARTS_DIR) + "/"), release.name
+        assert release.inputs["chart"].startswith(str(folder) + "/"), release.name
         assert "repositoryOpts" not in release.inputs and "version" not in release.inputs, release.name
+    for path in _crd_files(rec):
+        assert path.startswith(str(folder) + "/") and charts.CRDS_DIR in Path(path).resolve().parents, path
+
+
+def test_a_crd_bundle_missing_from_the_archive_folder_fails_in_one_line(tmp_path):
+    """Every archive there but not the CRDs: the first file missing is named, and what is expected."""
+    from tests.conftest import need_charts
+    from tools import charts
+
+    need_charts()
+    for archive in charts.CHARTS_DIR.glob("*.tgz"):
+        (tmp_path / archive.name).symlink_to(archive)
+    with pytest.raises(harness.ProgramFailed) as info:
+        harness.run("local", {"llm-platform:charts": {"archiveDir": str(tmp_path)}})
+    message = str(info.value.error)
+    assert "\n" not in message
+    assert message.startswith(f"charts.archiveDir: {tmp_path} has no gateway-api-v1.6.1/standard/"
+                              f"gateway.networking.k8s.io_gatewayclasses.yaml; ")
 
 
 def test_a_chart_missing_from_the_archive_folder_fails_in_one_line(tmp_path):

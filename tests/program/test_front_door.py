@@ -15,6 +15,7 @@ import yaml
 
 from components.edge import front_door
 from components.config import FrontDoorConfig
+from tests import ingress_routes as ingress
 from tests.conftest import PODS
 from tests.program.test_security import ui_principal
 from tools import mock_engine as harness
@@ -158,12 +159,14 @@ def test_streams_in_flight_get_the_whole_timeout_when_a_pod_stops(recorded, time
 
 
 def test_the_gateway_strips_what_the_front_door_tells_of_its_servers(recorded):
-    routes = recorded.one("kubernetes:networking.istio.io/v1:VirtualService", "gateway-routes").inputs["spec"]["http"]
-    # The UI's route too: Open WebUI passes a stream's headers from the front door on.
-    assert {r["name"] for r in routes} >= {"v1", "ui"}
-    # Every route to a backend (the model list is the ingress's own answer).
-    for route in (r for r in routes if "route" in r):
-        assert route["headers"]["response"]["remove"] == list(front_door.INTERNAL_RESPONSE_HEADERS), route["name"]
+    routes = ingress.rules(recorded)
+    # The UI's rule too: Open WebUI passes a stream's headers from the front door on.
+    assert set(routes) >= {"v1", "ui"}
+    # Every rule goes to a backend, and each strips them on the way back.
+    for name, rule in routes.items():
+        assert rule["backendRefs"], name
+        assert rule["filters"] == [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+            "remove": list(front_door.INTERNAL_RESPONSE_HEADERS)}}], name
 
 
 # Labels Prometheus adds to every series it scrapes (the target's), and the histogram's bucket.

@@ -238,6 +238,18 @@ def references(cluster) -> Iterator[tuple[charts.Manifest, str, Optional[str], s
             for server in spec.get("servers") or []:
                 if (server.get("tls") or {}).get("credentialName"):
                     yield m, "Secret", ns_of(obj), server["tls"]["credentialName"]
+        if kind == "Gateway" and obj["apiVersion"].startswith("gateway.networking.k8s.io/"):
+            # A listener's certificate: a Secret, in the Gateway's namespace unless it names another.
+            for listener in spec.get("listeners") or []:
+                for ref in (listener.get("tls") or {}).get("certificateRefs") or []:
+                    if ref.get("kind", "Secret") == "Secret" and ref.get("group", "") == "":
+                        yield m, "Secret", ref.get("namespace", ns_of(obj)), ref["name"]
+        if kind == "HTTPRoute":
+            # A rule's backend: a Service, in the route's namespace unless it names another.
+            for rule in spec.get("rules") or []:
+                for ref in rule.get("backendRefs") or []:
+                    if ref.get("kind", "Service") == "Service" and ref.get("group", "") == "":
+                        yield m, "Service", ref.get("namespace", ns_of(obj)), ref["name"]
     for m, pod, _ in pod_templates(cluster):
         ns = ns_of(m.obj)
         if pod.get("serviceAccountName") not in (None, "", "default"):
@@ -391,7 +403,7 @@ def group_kind(obj: dict) -> tuple[str, str]:
 
 def crd_installers(rec: harness.Recording) -> dict[tuple[str, str], set[str]]:
     """(group, kind) -> URNs of what installs its CRD: the Helm releases whose rendered chart
-    carries it, or the program's own CustomResourceDefinition."""
+    carries it, the ConfigGroups whose files do, or the program's own CustomResourceDefinition."""
     kube = charts.kube_version(rec.stack)
     out: dict[tuple[str, str], set[str]] = {}
     for release in charts.chart_releases(rec):
@@ -401,6 +413,10 @@ def crd_installers(rec: harness.Recording) -> dict[tuple[str, str], set[str]]:
         for obj in charts.render_release(release, kube):
             if obj["kind"] == "CustomResourceDefinition":
                 out.setdefault((obj["spec"]["group"], obj["spec"]["names"]["kind"]), set()).add(urn)
+    for reg in rec.of_type(charts.CONFIG_GROUP):
+        for obj in charts.config_group_objects(reg):
+            if obj["kind"] == "CustomResourceDefinition":
+                out.setdefault((obj["spec"]["group"], obj["spec"]["names"]["kind"]), set()).add(reg.urn)
     for reg in rec.kubernetes_objects():
         obj = charts.plain(reg.inputs)
         if obj.get("kind") == "CustomResourceDefinition":
@@ -572,6 +588,13 @@ def test_a_reference_to_nothing_is_flagged(eks_cluster):
         obj["spec"]["template"]["spec"]["priorityClassName"] = "llm-servng"
     assert dangling_references(_edited(cluster, "StatefulSet", "qwen", no_priority), "eks")
 
+    def no_backend(obj):
+        ui = next(r for r in obj["spec"]["rules"] if r["name"] == "ui")
+        ui["backendRefs"][0]["name"] = "openwebui"
+    assert dangling_references(_edited(cluster, "HTTPRoute", "llm-routes", no_backend), "eks") == [
+        "program:gateway HTTPRoute istio-ingress/llm-routes refers to Service open-webui/openwebui, "
+        "which nothing creates"]
+
     issuer = charts.Manifest("program:gateway", {
         "apiVersion": "cert-manager.io/v1", "kind": "ClusterIssuer", "metadata": {"name": "acme"},
         "spec": {"acme": {"privateKeySecretRef": {"name": "acme-key"},
@@ -660,6 +683,8 @@ def test_a_chart_pin_with_no_archive_is_flagged(eks_cluster):
     ("eks-autoscaled", "autoscaling-qwen"),     # the ScaledObject
     ("eks", "cluster-gpu-nodes-node-pool"),    # Karpenter's NodePool
     ("eks", "gpu-metrics-exporter"),           # a chart whose ServiceMonitor needs kps's CRD
+    ("eks", "gateway-routes"),                 # the HTTPRoute, whose CRD a ConfigGroup applies
+    ("eks", "gateway-routes-to-models"),       # a ReferenceGrant
 ])
 def test_a_custom_resource_that_does_not_wait_for_its_crd_is_flagged(variant, name):
     """The same registration without its dependencies: nothing makes it wait for the release

@@ -4,6 +4,7 @@ import shlex
 
 import yaml
 
+from tests import ingress_routes as ingress
 from tests.conftest import PODS
 from tools import mock_engine as harness
 
@@ -11,7 +12,6 @@ DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 SERVICE = "kubernetes:core/v1:Service"
 COMMAND = "command:local:Command"
 RELEASE = "kubernetes:helm.sh/v3:Release"
-VS = "kubernetes:networking.istio.io/v1:VirtualService"
 
 
 def _server_container(rec, alias="tinyllama"):
@@ -111,44 +111,79 @@ def test_probes_use_health_and_allow_slow_loads(local_pods):
 def test_v1_routes_to_the_front_door_and_root_to_the_ui(local):
     svc = local.one(SERVICE, "front-door-service").inputs
     proxy = local.one(DEPLOYMENT, "front-door-deployment").inputs["spec"]["template"]
-    routes = {r["name"]: r for r in local.one(VS).inputs["spec"]["http"]}
+    routes = ingress.rules(local)
     # One base URL for every model: no per-model prefixes; what the key check marks for the front
-    # door goes there, the model list is answered by the ingress, then a known key goes straight to
-    # the router that serves every model (minikube's arm64 node runs no body-based router: the
-    # router reads the name itself), then the rest of /v1 to the front door; Grafana under /grafana.
-    assert list(routes) == ["front-door", "models", "served-models", "v1", "grafana", "ui"]
+    # door goes there, a known key goes straight to the router that serves every model
+    # (minikube's arm64 node runs no body-based router: the router reads the name itself), then
+    # the rest of /v1 to the front door, the model list too; Grafana under /grafana.
+    assert list(routes) == ["front-door", "served-models", "v1", "grafana", "ui"]
     served = routes["served-models"]
-    assert served["match"] == [{"uri": {"prefix": "/v1"}, "headers": {"x-llm-platform-route": {"exact": "served"}}}]
-    assert served["route"][0]["destination"] == {"host": "llama-router.models.svc.cluster.local",
-                                                  "port": {"number": 8080}}
-    # No timeout: Istio then sets none (its CRD refuses "0s"); a generation streams as long as it takes.
-    assert "timeout" not in served
+    assert served["matches"] == [{"path": {"type": "PathPrefix", "value": "/v1"},
+                                  "headers": [{"type": "Exact", "name": "x-llm-platform-route", "value": "served"}]}]
+    assert served["backendRefs"] == [{"kind": "Service", "name": "llama-router", "namespace": "models", "port": 8080}]
+    # No request timeout: a generation streams as long as it takes.
+    assert served["timeouts"] == {"request": "0s"}
 
     v1 = routes["v1"]
-    assert v1["match"] == [{"uri": {"prefix": "/v1"}}]
-    dest = v1["route"][0]["destination"]
-    assert dest["host"] == f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
-    assert dest["port"]["number"] == svc["spec"]["ports"][0]["port"] == proxy["spec"]["containers"][0]["ports"][0][
-        "containerPort"]
+    assert v1["matches"] == [{"path": {"type": "PathPrefix", "value": "/v1"}}]
+    (ref,) = v1["backendRefs"]
+    assert (ref["name"], ref["namespace"]) == (svc["metadata"]["name"], svc["metadata"]["namespace"])
+    assert ref["port"] == svc["spec"]["ports"][0]["port"] == proxy["spec"]["containers"][0]["ports"][0]["containerPort"]
     assert svc["spec"]["selector"] == proxy["metadata"]["labels"]
+    assert v1["timeouts"] == {"request": "0s"}
 
     ui = routes["ui"]
-    assert ui["match"] == [{"uri": {"prefix": "/"}}]
-    assert ui["route"][0]["destination"] == {
-        "host": "open-webui.open-webui.svc.cluster.local", "port": {"number": 80}
-    }
-    # Longest prefixes first: `/` last, or it would swallow `/v1`.
-    assert list(routes)[-1] == "ui"
+    assert ui["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+    assert ui["backendRefs"] == [{"kind": "Service", "name": "open-webui", "namespace": "open-webui", "port": 80}]
+
+    # What a client sees on the node port, the longer prefix first whatever the rules' order.
+    front_door = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
+    for path in ("/v1/chat/completions", "/v1/models", "/v1"):
+        assert ingress.answer(local, 80, harness.MINIKUBE_IP, path) == front_door, path
+    marked = {"x-llm-platform-route": "served"}
+    assert ingress.answer(local, 80, harness.MINIKUBE_IP, "/v1/chat/completions", "POST", marked) == \
+        "llama-router.models.svc.cluster.local"
+    assert ingress.answer(local, 80, harness.MINIKUBE_IP, "/grafana/") == "kps-grafana.monitoring.svc.cluster.local"
+    for path in ("/", "/c/123", "/v1beta"):
+        assert ingress.answer(local, 80, harness.MINIKUBE_IP, path) == "open-webui.open-webui.svc.cluster.local", path
+
+
+def test_every_backend_namespace_lets_the_routes_in():
+    """A route naming a Service in another namespace needs that namespace's ReferenceGrant: each
+    backend's, and only those."""
+    rec = harness.run("local")
+    route = ingress.http_route(rec)
+    backends = {ref["namespace"] for r in route["spec"]["rules"] for ref in r["backendRefs"]}
+    grants = ingress.objects(rec, "ReferenceGrant")
+    assert {g["metadata"]["namespace"] for g in grants} == backends == {"front-door", "models", "open-webui", "monitoring"}
+    for grant in grants:
+        assert grant["spec"] == {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute",
+                                           "namespace": route["metadata"]["namespace"]}],
+                                 "to": [{"group": "", "kind": "Service"}]}
+    # Without the front door's grant, its rules answer nothing but an error.
+    rec.registrations = [r for r in rec.registrations if r.name != "gateway-routes-to-front-door"]
+    assert ingress.answer(rec, 80, harness.MINIKUBE_IP, "/v1/models") == "refused:front-door/litellm"
 
 
 def test_gateway_binds_to_the_mesh_ingress(local):
-    gw = local.one("kubernetes:networking.istio.io/v1:Gateway").inputs
-    vs = local.one(VS).inputs
-    ingress = local.one(RELEASE, "mesh-gateway").inputs
-    assert gw["spec"]["selector"] == {"istio": "ingress"}
-    assert ingress["name"] == "istio-ingress"  # the chart labels pods istio=ingress
-    assert vs["spec"]["gateways"] == [f"{gw['metadata']['namespace']}/{gw['metadata']['name']}"]
-    assert ingress["values"]["service"]["type"] == "NodePort"
+    gw = ingress.gateway(local)
+    ingress_release = local.one(RELEASE, "mesh-gateway").inputs
+    values = ingress_release["values"]
+    # Bound by address to the Service the gateway chart makes (named after its release): istiod
+    # programs those pods and deploys no gateway of its own.
+    assert gw["spec"]["gatewayClassName"] == "istio"
+    assert ingress.bound_service(gw) == [(ingress_release["name"], ingress_release["namespace"])]
+    assert ingress_release["name"] == "istio-ingress" and ingress_release["namespace"] == gw["metadata"]["namespace"]
+    # Each listener is a port of that Service.
+    ports = {int(p["port"]) for p in values["service"]["ports"]}
+    assert {lst["port"] for lst in gw["spec"]["listeners"]} <= ports
+    # The pods carry the Gateway's name, which istiod looks for to configure them for it.
+    assert values["labels"] == {"gateway.networking.k8s.io/gateway-name": gw["metadata"]["name"]}
+    # The routes attach to it, on its plain HTTP listener here (no TLS on the laptop).
+    route = ingress.http_route(local)
+    assert route["spec"]["parentRefs"] == [{"name": gw["metadata"]["name"], "sectionName": "http"}]
+    assert route["metadata"]["namespace"] == gw["metadata"]["namespace"]
+    assert values["service"]["type"] == "NodePort"
 
 
 def test_open_webui_calls_the_front_door_with_ollama_off_and_storage(local):
@@ -171,6 +206,14 @@ def test_istio_charts_installed_in_order_and_pinned(local):
     assert cni.urn in istiod.dependencies
     assert istiod.inputs["values"]["pilot"]["cni"]["enabled"] is True
     assert istiod.urn in gateway.dependencies
+    # istiod watches the Gateway API's kinds and the Inference Extension's (switched on): their
+    # CRDs come first, from the pinned release files.
+    crds = local.one("kubernetes:yaml/v2:ConfigGroup", "mesh-gateway-api-crds")
+    assert crds.urn in local.depends_transitively(istiod)
+    assert istiod.inputs["values"]["env"]["ENABLE_GATEWAY_API_INFERENCE_EXTENSION"] == "true"
+    files = [f.rsplit("/", 1)[1] for f in crds.inputs["files"]]
+    assert {"gateway.networking.k8s.io_gateways.yaml", "gateway.networking.k8s.io_httproutes.yaml",
+            "gateway.networking.k8s.io_referencegrants.yaml", "inference.networking.k8s.io_inferencepools.yaml"} <= set(files)
     for rel in (base, cni, istiod, gateway):
         assert rel.inputs["repositoryOpts"]["repo"] == "https://istio-release.storage.googleapis.com/charts"
         assert rel.inputs["version"].count(".") == 2
@@ -207,10 +250,14 @@ def test_every_kubernetes_resource_uses_the_cluster_provider(local):
 def test_children_are_parented_to_their_components(local):
     components = {r.urn: r for r in local.registrations if r.type.startswith("llm-platform:index:")}
     names = {r.type.removeprefix("llm-platform:index:") for r in components.values()}
-    assert names >= {"Cluster", "GpuDevicePlugin", "Mesh", "GitOpsController", "LlamaRouter", "FrontDoor", "Gateway"}
+    assert names >= {"Cluster", "GpuDevicePlugin", "Mesh", "GatewayApi", "GitOpsController", "LlamaRouter", "FrontDoor",
+                     "Gateway"}
     for r in local.registrations:
         if r.custom:
             assert r.parent in components, f"{r.type} {r.name} has no component parent"
+    # The Gateway API's CRDs are the mesh's: a child component of it applies them.
+    crds = local.one("kubernetes:yaml/v2:ConfigGroup", "mesh-gateway-api-crds")
+    assert [a.type for a in local.ancestors(crds)][:2] == ["llm-platform:index:GatewayApi", "llm-platform:index:Mesh"]
 
 
 def test_all_images_and_charts_pinned(local):
@@ -252,10 +299,11 @@ def test_more_models_each_get_a_server_behind_the_one_front_door():
     rec = harness.run("local", {"llm-platform:models": models, **PODS})
     assert {r.name for r in rec.of_type(DEPLOYMENT)} == {
         "model-tinyllama-deployment", "model-qwen-deployment", "front-door-deployment"}
-    routes = {r["name"]: r for r in rec.one(VS).inputs["spec"]["http"]}
-    assert routes["v1"]["route"][0]["destination"]["host"] == "litellm.front-door.svc.cluster.local"
+    routes = ingress.rules(rec)
+    assert [(b["name"], b["namespace"]) for b in routes["v1"]["backendRefs"]] == [("litellm", "front-door")]
     # Two Services and no body-based router on minikube's arm64 node: the front door picks.
-    assert list(routes) == ["front-door", "models", "v1", "grafana", "ui"]
+    assert list(routes) == ["front-door", "v1", "grafana", "ui"]
+    assert ingress.answer(rec, 80, harness.MINIKUBE_IP, "/v1/models") == "litellm.front-door.svc.cluster.local"
     # The front door knows both, by alias.
     config = yaml.safe_load(rec.one("kubernetes:core/v1:ConfigMap", "front-door-config").inputs["data"]["config.yaml"])
     bases = {m["model_name"]: m["litellm_params"]["api_base"] for m in config["model_list"]}

@@ -10,11 +10,11 @@ import json
 import pytest
 
 from components.edge import model_routing as routing
+from tests import ingress_routes as ingress
 from tests.conftest import AUTOSCALED, PODS
 from tools import mock_engine as harness
 
 ENVOY_FILTER = "kubernetes:networking.istio.io/v1alpha3:EnvoyFilter"
-VS = "kubernetes:networking.istio.io/v1:VirtualService"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 CLIENT_KEY = "sk-routing-client-0123456789abcdef"
 PROVIDERS = {"llm-platform:frontDoor": {"providers": [
@@ -28,11 +28,22 @@ def _run(stack: str, overrides: dict | None = None):
 
 
 def _routes(rec) -> dict[str, dict]:
-    return {r["name"]: r for r in rec.one(VS, "gateway-routes").inputs["spec"]["http"]}
+    return ingress.rules(rec)
 
 
 def _patches(rec) -> list[dict]:
     return rec.one(ENVOY_FILTER).inputs["spec"]["configPatches"]
+
+
+def _chain(rec) -> list[str]:
+    """The HTTP filters the patches add, in the order the ingress runs them: each INSERT_FIRST goes
+    before those applied earlier."""
+    chain: list[str] = []
+    for p in _patches(rec):
+        if p["applyTo"] == "HTTP_FILTER" and p["patch"]["operation"] != "MERGE":
+            assert p["patch"]["operation"] == "INSERT_FIRST", p["patch"]["operation"]
+            chain.insert(0, p["patch"]["value"]["name"])
+    return chain
 
 
 def _lua(rec) -> str:
@@ -49,20 +60,35 @@ def eks():
 def test_on_amd64_nodes_the_body_picks_each_models_route(eks):
     routes = _routes(eks)
     names = list(routes)
-    # What only the front door takes comes first, then one route per model, then the rest of /v1.
-    assert names[:2] == [routing.FRONT_DOOR_ROUTE, routing.MODEL_LIST_ROUTE]
+    # What only the front door takes, then one rule per model, then the rest of /v1.
+    assert names[0] == routing.FRONT_DOOR_ROUTE
     models = [n for n in names if n.startswith("model-")]
     assert models and names.index("v1") > max(names.index(n) for n in models)
     for name in models:
-        (match,) = routes[name]["match"]
-        assert match["headers"] == {routing.MODEL_HEADER: {"exact": name.removeprefix("model-")}}
-        assert routes[name]["route"][0]["destination"]["host"].endswith(".models.svc.cluster.local")
-        assert "timeout" not in routes[name]
-    filters = [p["patch"]["value"]["name"] for p in _patches(eks) if p["applyTo"] == "HTTP_FILTER"]
-    assert filters == [routing.LUA_FILTER, routing.BBR_FILTER]
+        alias = name.removeprefix("model-")
+        (match,) = routes[name]["matches"]
+        assert match == {"path": {"type": "PathPrefix", "value": "/v1"},
+                         "headers": [{"type": "Exact", "name": routing.MODEL_HEADER, "value": alias}]}
+        (ref,) = routes[name]["backendRefs"]
+        assert ref["namespace"] == "models"
+        assert routes[name]["timeouts"] == {"request": "0s"}
+        # The header BBR sets takes the request to that model's server; without it, the front door.
+        assert ingress.answer(eks, 80, "anything", "/v1/chat/completions", "POST", {routing.MODEL_HEADER: alias}) == \
+            f"{ref['name']}.models.svc.cluster.local"
+    assert ingress.answer(eks, 80, "anything", "/v1/chat/completions", "POST") == "litellm.front-door.svc.cluster.local"
+    # The key check runs first, then BBR, both before anything of Istio's own on the chain.
+    assert _chain(eks) == [routing.LUA_FILTER, routing.BBR_FILTER]
+    for p in _patches(eks):
+        if p["applyTo"] == "HTTP_FILTER" and p["patch"]["operation"] == "INSERT_FIRST":
+            assert p["match"]["listener"]["filterChain"]["filter"] == {"name": routing.HCM_FILTER}
+    # istiod's own external processor for the pools' pickers is sent no credentials.
+    (merge,) = [p for p in _patches(eks) if p["applyTo"] == "HTTP_FILTER" and p["patch"]["operation"] == "MERGE"]
+    assert merge["match"]["listener"]["filterChain"]["filter"]["subFilter"] == {"name": routing.POOL_FILTER}
+    assert {r["exact"] for r in merge["patch"]["value"]["typed_config"]["forward_rules"]["disallowed_headers"]
+            ["patterns"]} == {"authorization", "x-api-key", "api-key", "cookie"}
     # BBR is not asked on pages, nor where the front door takes the request anyway.
     off = {p["match"]["routeConfiguration"]["vhost"]["route"]["name"] for p in _patches(eks) if p["applyTo"] == "HTTP_ROUTE"}
-    assert off == {"ui", "grafana", "to-https", *routing.FRONT_DOOR_ROUTES}
+    assert off == {"ui", "grafana", "to-https", routing.FRONT_DOOR_ROUTE}
     assert "local KNOWN_KEY_ROUTE = nil" in _lua(eks)
 
 
@@ -109,8 +135,12 @@ def test_minikube_on_apple_silicon_routes_the_router_straight_without_bbr():
     rec = _run("local")
     assert not [r for r in rec.of_type(DEPLOYMENT) if r.name == "model-routing-bbr"]
     routes = _routes(rec)
-    assert routes[routing.SERVED_ROUTE]["route"][0]["destination"]["host"] == "llama-router.models.svc.cluster.local"
+    assert routes[routing.SERVED_ROUTE]["backendRefs"] == [
+        {"kind": "Service", "name": "llama-router", "namespace": "models", "port": 8080}]
+    assert ingress.answer(rec, 80, harness.MINIKUBE_IP, "/v1/chat/completions", "POST",
+                          {routing.ROUTE_HEADER: routing.SERVED_MARK}) == "llama-router.models.svc.cluster.local"
     assert [p["applyTo"] for p in _patches(rec)] == ["HTTP_FILTER"]
+    assert _chain(rec) == [routing.LUA_FILTER]
     assert 'local KNOWN_KEY_ROUTE = "served"' in _lua(rec)
 
 
@@ -123,19 +153,24 @@ def test_without_bbr_only_the_router_is_reached_straight(overrides):
     name, only llama.cpp's router (which refuses names it does not serve) is reached straight."""
     rec = _run("local", overrides)
     routes = _routes(rec)
-    assert list(routes)[:3] == [routing.FRONT_DOOR_ROUTE, routing.MODEL_LIST_ROUTE, "v1"]
+    assert list(routes)[:2] == [routing.FRONT_DOOR_ROUTE, "v1"]
+    assert not [n for n in routes if n.startswith("model-") or n == routing.SERVED_ROUTE]
     assert "local KNOWN_KEY_ROUTE = nil" in _lua(rec)
 
 
-def test_the_model_list_is_a_route_so_a_new_model_never_changes_the_filters():
+def test_a_new_model_changes_the_routes_never_the_filters():
     """Envoy drains a listener's connections (long streams too) when its filters change, not when
-    its routes do: the model list is a route's answer, and the filters are the same for any models."""
+    its routes do: a new model adds its own rule, the filters are the same for any models, and
+    the model list (`GET /v1/models`) is the front door's, which knows every model."""
     (model,) = harness.stack_config("eks")["llm-platform:models"]
     one, two = _run("eks"), _run("eks", {"llm-platform:models": [model, {**model, "name": "second"}]})
     assert _patches(one) == _patches(two)
-    listing = _routes(two)[routing.MODEL_LIST_ROUTE]
-    assert listing["match"] == [{"uri": {"exact": "/v1/models"}, "method": {"exact": "GET"}}]
-    assert [m["id"] for m in json.loads(listing["directResponse"]["body"]["string"])["data"]] == two.outputs["modelAliases"]
+    assert set(_routes(two)) - set(_routes(one)) == {"model-second"}
+    assert two.outputs["modelAliases"] == [model["name"], "second"]
+    for rec in (one, two):
+        for marked in ({}, {routing.ROUTE_HEADER: routing.FRONT_DOOR_MARK}):
+            assert ingress.answer(rec, 80, "anything", "/v1/models", headers=marked) == \
+                "litellm.front-door.svc.cluster.local"
 
 
 def test_an_upgrade_routes_straight_only_after_the_servers_and_the_rules_allow_it(eks):

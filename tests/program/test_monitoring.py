@@ -17,6 +17,7 @@ from components.platform import gpu_metrics
 from components.platform import monitoring
 from components.platform.mesh import ENVOY_STATS_PORT, ENVOY_STATS_PORT_NAME
 from components.serving.runtimes import FRONT_DOOR_KEY, METRICS_KEY, VLLM_RELEASE
+from tests import ingress_routes as ingress
 from tests.conftest import need_charts, recording
 from tools import charts
 from tools import mock_engine as harness
@@ -247,13 +248,16 @@ def test_keda_reaches_prometheus_and_the_gateway_grafana_and_nothing_else(stack)
 
 def test_grafana_is_served_under_its_path_with_the_admin_password_from_a_secret(stack):
     rec, objs = stack
-    routes = rec.one("kubernetes:networking.istio.io/v1:VirtualService", "gateway-routes").inputs["spec"]["http"]
-    (route,) = [r for r in routes if r["name"] == "grafana"]
-    assert route["match"] == [{"uri": {"prefix": monitoring.GRAFANA_PATH}}]
-    assert route["route"] == [{"destination": {"host": monitoring.GRAFANA_SERVICE_HOST,
-                                               "port": {"number": monitoring.GRAFANA_PORT}}}]
-    # Before the UI's catch-all "/".
-    assert [r["name"] for r in routes].index("grafana") < [r["name"] for r in routes].index("ui")
+    route = ingress.rules(rec)["grafana"]
+    assert route["matches"] == [{"path": {"type": "PathPrefix", "value": monitoring.GRAFANA_PATH}}]
+    (ref,) = route["backendRefs"]
+    assert f"{ref['name']}.{ref['namespace']}.svc.cluster.local" == monitoring.GRAFANA_SERVICE_HOST
+    assert ref["port"] == monitoring.GRAFANA_PORT
+    # Not the UI's catch-all "/", and not a path that merely starts the same.
+    host = harness.MINIKUBE_IP if rec.stack == "local" else "anything"
+    for path in (monitoring.GRAFANA_PATH, f"{monitoring.GRAFANA_PATH}/", f"{monitoring.GRAFANA_PATH}/api/health"):
+        assert ingress.answer(rec, 80, host, path) == monitoring.GRAFANA_SERVICE_HOST, path
+    assert ingress.answer(rec, 80, host, f"{monitoring.GRAFANA_PATH}ish") != monitoring.GRAFANA_SERVICE_HOST
     assert rec.outputs["grafanaUrl"].endswith(f"{monitoring.GRAFANA_PATH}/")
     assert "grafanaAdminPassword" in rec.secret_outputs
     ini = named(objs, "ConfigMap", monitoring.GRAFANA_SERVICE, monitoring.NAMESPACE)["data"]["grafana.ini"]
@@ -308,8 +312,9 @@ def test_without_monitoring_nothing_scrapes_and_nothing_admits_a_scraper():
         assert monitoring.PROMETHEUS_PRINCIPAL not in json.dumps(p.inputs)
     for p in rec.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy"):
         assert monitoring.NAMESPACE not in json.dumps(p.inputs)
-    routes = rec.one("kubernetes:networking.istio.io/v1:VirtualService", "gateway-routes").inputs["spec"]["http"]
-    assert "grafana" not in [r["name"] for r in routes]
+    assert "grafana" not in ingress.rules(rec)
+    assert ingress.answer(rec, 80, harness.MINIKUBE_IP, "/grafana/") == "open-webui.open-webui.svc.cluster.local"
+    assert not [g for g in ingress.objects(rec, "ReferenceGrant") if g["metadata"]["namespace"] == monitoring.NAMESPACE]
 
 
 def test_a_bad_retention_is_refused_in_one_line():

@@ -28,9 +28,14 @@ def test_render_writes_one_file_per_component(rendered):
     # Servers that cache downloaded weights run as a StatefulSet (one cache per replica).
     workload = "StatefulSet" if stack in ("eks", "gke") else "Deployment"
     assert {workload, "Service"} <= kinds
-    assert {d["kind"] for d in files["gateway.yaml"]} == {"Gateway", "VirtualService"}
+    assert {d["kind"] for d in files["gateway.yaml"]} == {"Gateway", "HTTPRoute", "ReferenceGrant"}
     releases = [d for d in files["mesh.yaml"] if d["kind"] == "HelmRelease"]
     assert [r["spec"]["chart"] for r in releases] == ["base", "cni", "istiod", "gateway"]
+    # The CRDs of the kinds the gateway is made of, applied from their pinned release files.
+    (crds,) = files["mesh-gateway-api.yaml"]
+    assert crds["kind"] == "ConfigGroup"
+    for kinds in ("gateways", "httproutes", "referencegrants"):
+        assert any(f.endswith(f"/gateway.networking.k8s.io_{kinds}.yaml") for f in crds["spec"]["files"]), kinds
     deployment = next(d for d in files[model_file] if d["kind"] == workload)
     assert isinstance(deployment["spec"]["replicas"], int)  # no mock-engine floats
 

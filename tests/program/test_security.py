@@ -14,6 +14,8 @@ from components.serving.runtimes import API_KEY_ENTRIES
 from tests.conftest import need_charts
 # Who may connect to whom, judged as the CNI and Istio would (empty lists, wildcards, DENY first).
 from tests.admission import egress_allows, mesh_admits, network_admits
+# What the ingress answers, read from the Gateway API objects as istiod programs the gateway.
+from tests import ingress_routes as ingress
 from tools import mock_engine as harness
 
 CLIENT_KEY = "sk-client-key-0123456789abcdef"
@@ -209,14 +211,17 @@ def test_health_and_metrics_are_not_behind_the_gateway_key(keyed):
     c = container(keyed)
     # Probes hit /health, which both servers leave open.
     assert c["startupProbe"]["httpGet"]["path"] == "/health"
-    # /metrics is only reachable in-cluster: no route of the gateway reaches it.
-    routes = keyed.one("kubernetes:networking.istio.io/v1:VirtualService").inputs["spec"]["http"]
-    api_paths = {m["uri"].get("prefix") or m["uri"]["exact"] for r in routes if r["name"] not in ("ui", "grafana")
-                 for m in r["match"]}
-    assert api_paths == {"/v1", "/v1/models"}
+    # /metrics is only reachable in-cluster: no rule of the gateway reaches it. Every rule to the
+    # API matches under /v1 alone; the rest of the paths go to the UI.
+    routes = ingress.rules(keyed)
+    api_paths = {(m["path"]["type"], m["path"]["value"]) for name, r in routes.items() if name not in ("ui", "grafana")
+                 for m in r["matches"]}
+    assert api_paths == {("PathPrefix", "/v1")}
+    for path in ("/metrics", "/health", "/v1beta/metrics"):
+        assert ingress.answer(keyed, 80, "anything", path) == "open-webui.open-webui.svc.cluster.local", path
     # /grafana goes to Grafana alone (its own login), never to a model or the front door.
-    (grafana,) = [r for r in routes if r["name"] == "grafana"]
-    assert [d["destination"]["host"] for d in grafana["route"]] == ["kps-grafana.monitoring.svc.cluster.local"]
+    assert [(b["name"], b["namespace"]) for b in routes["grafana"]["backendRefs"]] == [("kps-grafana", "monitoring")]
+    assert ingress.answer(keyed, 80, "anything", "/grafana/login") == "kps-grafana.monitoring.svc.cluster.local"
 
 
 def test_laptop_can_opt_out_of_api_keys():
@@ -532,12 +537,7 @@ def test_laptop_can_opt_out_of_restricted_pods():
 
 # --- TLS at the gateway -------------------------------------------------------------------
 
-GATEWAY = "kubernetes:networking.istio.io/v1:Gateway"
 HOST = "llm.example.com"
-
-
-def servers(rec):
-    return rec.one(GATEWAY).inputs["spec"]["servers"]
 
 
 @pytest.mark.parametrize("stack_name", ["eks", "gke"])
@@ -552,50 +552,19 @@ def test_cert_manager_issues_the_gateway_certificate(stack_name):
     assert cert.inputs["spec"]["dnsNames"] == [HOST]
     assert cert.inputs["spec"]["issuerRef"] == {"name": issuer.inputs["metadata"]["name"], "kind": "ClusterIssuer"}
     assert release.urn in issuer.dependencies and release.urn in cert.dependencies
-    https = next(s for s in servers(rec) if s["port"]["protocol"] == "HTTPS")
-    assert https["tls"] == {"mode": "SIMPLE", "credentialName": cert.inputs["spec"]["secretName"]}
-    assert cert.inputs["metadata"]["namespace"] == rec.one(GATEWAY).inputs["metadata"]["namespace"]
+    https = next(lst for lst in ingress.listeners(rec) if lst["protocol"] == "HTTPS")
+    assert https["port"] == 443 and https["hostname"] == HOST
+    # A certificate reference without a namespace is the Gateway's own: the Certificate's Secret.
+    assert https["tls"] == {"mode": "Terminate", "certificateRefs": [
+        {"kind": "Secret", "name": cert.inputs["spec"]["secretName"]}]}
+    assert cert.inputs["metadata"]["namespace"] == ingress.gateway(rec)["metadata"]["namespace"]
     assert rec.outputs["apiBaseUrl"] == f"https://{HOST}/v1"
 
 
-def istio_answer(rec, port: int, host: str, path: str, extra_routes: tuple = ()):
-    """What the ingress gateway does with `GET path` on `port` for `Host: host`, as Istio builds
-    it (pilot/pkg/networking/core/gateway.go, route.SortVHostRoutes): the Gateway server for
-    that port and host, then the routes of every VirtualService bound to it for that host —
-    matches limited to another port left out, catch-all routes (prefix "/") moved last — and
-    the first match wins. `extra_routes` are routes of other gateways on the same host (the
-    VirtualService istiod derives from an Ingress). None: no server answers (404)."""
-    gw = rec.one(GATEWAY).inputs
-    server = next((s for s in gw["spec"]["servers"] if s["port"]["number"] == port
-                   and (host in s["hosts"] or "*" in s["hosts"])), None)
-    if server is None:
-        return None
-    if server.get("tls", {}).get("httpsRedirect"):
-        return "redirect:https"
-    bound = f"{gw['metadata']['namespace']}/{gw['metadata']['name']}"
-    routes = []
-    for vs in rec.of_type(VS):
-        spec = vs.inputs["spec"]
-        if bound in spec["gateways"] and (host in spec["hosts"] or "*" in spec["hosts"]):
-            for route in spec["http"]:
-                for m in route["match"]:
-                    if m.get("port", port) == port:
-                        routes.append((m.get("uri", {"prefix": "/"}), route))
-    routes += list(extra_routes)
-    routes.sort(key=lambda r: r[0] == {"prefix": "/"})  # stable: catch-alls last
-    for uri, route in routes:
-        if ("exact" in uri and path == uri["exact"]) or ("prefix" in uri and path.startswith(uri["prefix"])):
-            if "redirect" in route:
-                return f"redirect:{route['redirect']['scheme']}"
-            return route["route"][0]["destination"]["host"]
-    return None
-
-
-VS = "kubernetes:networking.istio.io/v1:VirtualService"
 CHALLENGE = "/.well-known/acme-challenge/token123"
 # The route istiod derives from cert-manager's challenge Ingress (path type ImplementationSpecific
-# becomes an exact match).
-SOLVER = ({"exact": CHALLENGE}, {"route": [{"destination": {"host": "cm-acme-http-solver.istio-ingress.svc.cluster.local"}}]})
+# becomes an exact match) on the same host and port 80.
+SOLVER = ingress.Other(CHALLENGE, "cm-acme-http-solver.istio-ingress.svc.cluster.local")
 
 
 @pytest.fixture(scope="module")
@@ -604,11 +573,17 @@ def acme():
 
 
 def test_acme_challenge_is_served_on_http_and_everything_else_redirected(acme):
-    assert istio_answer(acme, 80, HOST, CHALLENGE, (SOLVER,)) == SOLVER[1]["route"][0]["destination"]["host"]
-    for path in ("/v1/models", "/", "/.well-known/other"):
-        assert istio_answer(acme, 80, HOST, path, (SOLVER,)) == "redirect:https", path
-    assert istio_answer(acme, 443, HOST, "/v1/models") == "litellm.front-door.svc.cluster.local"
-    assert istio_answer(acme, 443, HOST, "/") == "open-webui.open-webui.svc.cluster.local"
+    assert ingress.answer(acme, 80, HOST, CHALLENGE, others=(SOLVER,)) == SOLVER.host
+    for path in ("/v1/models", "/", "/.well-known/other", "/grafana/"):
+        assert ingress.answer(acme, 80, HOST, path, others=(SOLVER,)) == "redirect:https", path
+    # The redirect is the only rule on port 80, and it matches every path.
+    (redirect,) = [r for r in ingress.rules(acme, "llm-https-redirect").values()]
+    assert not redirect.get("matches") and not redirect.get("backendRefs")
+    assert redirect["filters"] == [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}]
+    assert ingress.answer(acme, 443, HOST, "/v1/models") == "litellm.front-door.svc.cluster.local"
+    assert ingress.answer(acme, 443, HOST, "/v1/chat/completions") == "litellm.front-door.svc.cluster.local"
+    assert ingress.answer(acme, 443, HOST, "/") == "open-webui.open-webui.svc.cluster.local"
+    assert ingress.answer(acme, 443, HOST, "/grafana/") == "kps-grafana.monitoring.svc.cluster.local"
 
 
 def test_the_challenge_ingress_is_one_istiod_serves_on_our_gateway(acme):
@@ -629,9 +604,10 @@ def test_the_challenge_ingress_is_one_istiod_serves_on_our_gateway(acme):
 
 def test_a_static_tls_secret_also_redirects_http():
     rec = harness.run("eks", {"llm-platform:gateway": {"host": HOST, "tlsSecret": "llm-cert"}})
-    assert istio_answer(rec, 80, HOST, "/v1/models") == "redirect:https"
-    https = next(s for s in servers(rec) if s["port"]["number"] == 443)
-    assert https["tls"]["credentialName"] == "llm-cert"
+    assert ingress.answer(rec, 80, HOST, "/v1/models") == "redirect:https"
+    assert ingress.answer(rec, 443, HOST, "/v1/models") == "litellm.front-door.svc.cluster.local"
+    https = next(lst for lst in ingress.listeners(rec) if lst["port"] == 443)
+    assert https["tls"]["certificateRefs"] == [{"kind": "Secret", "name": "llm-cert"}]
     assert not rec.of_type("kubernetes:cert-manager.io/v1:Certificate")
 
 
@@ -640,8 +616,12 @@ def test_no_plaintext_way_in_through_the_public_listener(stack_name):
     """The in-cluster Service name is no back door: with TLS, port 80 answers it with nothing."""
     rec = harness.run(stack_name, {"llm-platform:gateway": {"host": HOST, "tlsSecret": "llm-cert"}})
     internal = "istio-ingress.istio-ingress.svc.cluster.local"
-    assert istio_answer(rec, 80, internal, "/v1/models") is None
-    assert all(s["hosts"] == [HOST] for s in servers(rec))
+    for port in (80, 443):
+        assert ingress.answer(rec, port, internal, "/v1/models") is None
+        assert ingress.answer(rec, port, internal, "/") is None
+    assert all(lst["hostname"] == HOST for lst in ingress.listeners(rec))
+    # The API answers on HTTPS alone: its routes attach to the HTTPS listener only.
+    assert [ref["sectionName"] for ref in ingress.http_route(rec)["spec"]["parentRefs"]] == ["https"]
 
 
 def test_the_ui_reaches_the_front_door_through_the_mesh_not_the_ingress(guarded):
@@ -654,7 +634,11 @@ def test_the_ui_reaches_the_front_door_through_the_mesh_not_the_ingress(guarded)
 
 
 def test_without_tls_no_redirect():
-    assert all("tls" not in s for s in servers(harness.run("local")))
+    rec = harness.run("local")
+    assert [lst["protocol"] for lst in ingress.listeners(rec)] == ["HTTP"]
+    assert all("tls" not in lst for lst in ingress.listeners(rec))
+    assert all(f["type"] != "RequestRedirect" for r in ingress.rules(rec).values() for f in r.get("filters", ()))
+    assert ingress.answer(rec, 80, harness.MINIKUBE_IP, "/v1/models") == "litellm.front-door.svc.cluster.local"
 
 
 @pytest.mark.parametrize("gateway, expected", [
@@ -703,7 +687,7 @@ def test_without_tls_the_cloud_load_balancer_stays_inside_the_network(stack_name
     need_charts()
     rec = harness.run(stack_name)
     assert not on_the_internet(stack_name, ingress_service(rec))
-    assert all("tls" not in s for s in servers(rec))
+    assert all("tls" not in lst for lst in ingress.listeners(rec))
 
 
 @pytest.mark.parametrize("stack_name", ["eks", "gke"])
@@ -712,7 +696,7 @@ def test_with_tls_the_cloud_load_balancer_faces_the_internet_on_https(stack_name
     need_charts()
     rec = harness.run(stack_name, {"llm-platform:gateway": {"host": HOST, **tls}})
     assert on_the_internet(stack_name, ingress_service(rec))
-    assert istio_answer(rec, 80, HOST, "/v1/models") == "redirect:https"
+    assert ingress.answer(rec, 80, HOST, "/v1/models") == "redirect:https"
 
 
 def test_an_internal_load_balancer_with_tls_may_be_asked_for():
@@ -733,7 +717,7 @@ def test_the_stack_files_say_how_to_go_public_and_it_works(stack_name):
     rec = harness.run(stack_name, {"llm-platform:gateway": gateway})
     need_charts()
     assert on_the_internet(stack_name, ingress_service(rec))
-    assert istio_answer(rec, 80, gateway["host"], "/v1/models") == "redirect:https"
+    assert ingress.answer(rec, 80, gateway["host"], "/v1/models") == "redirect:https"
 
 
 @pytest.mark.parametrize("stack_name, gateway, expected", [
@@ -993,7 +977,18 @@ def test_istiod_as_its_chart_renders_it_serves_the_challenge_from_our_ingress(ac
     (mesh_cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "istio"]
     mesh = yaml.safe_load(mesh_cm["data"]["mesh"])
     assert mesh["ingressService"] == gateway["name"] and mesh["ingressControllerMode"] == "STRICT"
-    assert mesh["ingressSelector"] == acme.one(GATEWAY).inputs["spec"]["selector"]["istio"]
+    # The challenge's Ingress is served on the pods the gateway chart runs, the same pods the
+    # Gateway API Gateway binds through their Service (named after the release).
+    values = harness.reveal(gateway)
+    chart = render_chart(f"gateway-{values['version']}.tgz", values["values"], values["name"], values["namespace"])
+    (pods,) = [d["spec"]["template"]["metadata"]["labels"] for d in chart if d["kind"] == "Deployment"]
+    (svc,) = [d for d in chart if d["kind"] == "Service"]
+    assert pods["istio"] == mesh["ingressSelector"]
+    assert ingress.bound_service(ingress.gateway(acme)) == [(svc["metadata"]["name"], svc["metadata"]["namespace"])]
+    # istiod configures the inference pools' endpoint picker on the pods labelled with the
+    # Gateway's name, with the Inference Extension switched on.
+    assert pods["gateway.networking.k8s.io/gateway-name"] == ingress.gateway(acme)["metadata"]["name"]
+    assert env["ENABLE_GATEWAY_API_INFERENCE_EXTENSION"] == "true"
 
 
 def test_the_ui_rolls_with_its_own_key_not_the_client_key():

@@ -9,12 +9,15 @@
 -- serves every model the ingress serves, or nil where the body-based router picks the route) and
 -- BODY_ROUTER_MAX_BYTES (where the body-based router runs: the largest body it is given; what it
 -- cannot read, with the client key too, is marked for the front door: anything but a JSON POST of
--- a known length up to that size, compressed bodies, protocol upgrades such as WebSockets).
+-- a known length up to that size, compressed bodies, protocol upgrades such as WebSockets) and
+-- PICKER_HEADERS (the request headers an inference pool's endpoint picker obeys).
 --
--- Only the API (paths under /v1, as the gateway's own route matches them) is checked; the UI and
--- Grafana check their users themselves. Whatever the outcome, a request loses the headers only
+-- Only the API (paths under /v1, whole segments, as the gateway's own rule matches them: /v1 and
+-- /v1/..., not /v1beta) is checked; the UI and Grafana check their users themselves. The model
+-- list (every name, hosted providers' too) is the front door's to answer, with any key it knows. Whatever the outcome, a request loses the headers only
 -- this filter and the body-based router may set: a client must not pick a route its key or its
--- body does not earn. A known key stays on the request: the model servers check it again.
+-- body does not earn, nor steer a pool's endpoint picker. A known key stays on the request: the model
+-- servers check it again.
 --
 -- Envoy's Lua is LuaJIT, which has no SHA-256 of its own: the digest below is FIPS 180-4 written
 -- out with LuaJIT's `bit` library (32-bit operations; sums are normalised with bit.tobit).
@@ -116,8 +119,12 @@ function envoy_on_request(handle)
   local headers = handle:headers()
   headers:remove(MODEL_HEADER)
   headers:remove(ROUTE_HEADER)
+  for _, name in ipairs(PICKER_HEADERS) do
+    headers:remove(name)
+  end
   local path = headers:get(":path") or ""
-  if path:sub(1, 3) ~= "/v1" then
+  local after = path:sub(4, 4)
+  if path:sub(1, 3) ~= "/v1" or (after ~= "" and after ~= "/" and after ~= "?") then
     return
   end
   if not OPEN then
@@ -134,8 +141,10 @@ function envoy_on_request(handle)
       return
     end
   end
-  if path == "/v1/models" or path:sub(1, 11) == "/v1/models?" then
-    return  -- the model list's own route answers it
+  local list = path == "/v1/models" or path:sub(1, 11) == "/v1/models?"
+  if FRONT_DOOR and list then
+    to_front_door(headers)
+    return
   end
   if BODY_ROUTER_MAX_BYTES and FRONT_DOOR and not router_reads(headers) then
     to_front_door(headers)
