@@ -258,6 +258,7 @@ pools = InferencePools("inference-pools", {
     "pools": {s.alias: (s.pod_labels, s.port) for s in servers if s.alias in {m.name for m in pooled}},
     # The pools need their CRDs and istiod; the ingress asks a picker once it runs beside servers.
     "ready": [mesh.gateway_api, mesh.istiod, model_namespace],
+    "strict_mtls": cfg.security.mtls,
 }, opts=on_cluster) if pooled else None
 model_routing = ModelRouting("model-routing", {
     "namespace": front_door_ns,
@@ -295,7 +296,7 @@ gateway = Gateway("gateway", {
                                  front_door_parts.INTERNAL_RESPONSE_HEADERS, pools.backend_refs if pools else {}),
     # Routes to the servers only once the ingress drops a client's own route headers and sets them
     # itself, and the mesh and the network let it call the servers.
-    "routes_ready": [model_routing, mesh, model_namespace, *([pools] if pools else [])],
+    "routes_ready": [model_routing, mesh, model_namespace, *(pools.ready if pools else [])],
 }, opts=on_cluster)
 
 pulumi.export("ingressUrl", gateway.url)

@@ -79,11 +79,15 @@ def tcp(*ports: int) -> list[dict]:
 class MetricsAccess:
     """A scraper and exactly where it may go in a namespace: the mesh admits its identity to GET
     `paths` on `ports` (through the sidecar, over mTLS), NetworkPolicies admit its pods to
-    `ports` and the proxies' stats port."""
+    `ports` and the proxies' stats port. A `plaintext` scraper cannot present the mesh's
+    certificate (it dials pod addresses its sidecar passes through unencrypted): the mesh admits
+    a GET of `paths` on `ports` from anyone, and the targets accept plain text on those ports
+    (who can connect at all is the NetworkPolicies' to say)."""
 
     scraper: Caller
     ports: tuple[int, ...]
     paths: tuple[str, ...]
+    plaintext: bool = False
 
 
 # --- the mesh's rules (AuthorizationPolicy) ------------------------------------------------
@@ -95,9 +99,10 @@ def mesh_rule(callers: Sequence[Caller]) -> dict:
 
 
 def metrics_rule(access: MetricsAccess) -> dict:
-    """The AuthorizationPolicy rule that admits the scraper to its paths and ports alone."""
+    """The AuthorizationPolicy rule that admits the scraper to its paths and ports alone (a
+    plaintext one carries no identity to admit: the paths and ports alone)."""
     return {
-        **mesh_rule([access.scraper]),
+        **({} if access.plaintext else mesh_rule([access.scraper])),
         "to": [{"operation": {"methods": ["GET"], "paths": list(access.paths),
                               "ports": [str(p) for p in access.ports]}}],
     }

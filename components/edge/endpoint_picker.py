@@ -4,8 +4,10 @@ model's pool serves each request, chosen from what every replica says about its 
 The ingress's Envoy asks EPP (an external processor) about each request; EPP reads the body,
 scores the pool's ready pods on the queue, KV-cache and prefix-cache figures it scrapes from each
 one's vLLM `/metrics`, and answers with the chosen pod's `ip:port` in a request header
-(ENDPOINT_HEADER) and in dynamic metadata; Envoy's upstream is an original-destination cluster
-that connects to the address that header names. The pool is an InferencePool (its selector, the
+(ENDPOINT_HEADER) and in dynamic metadata. istiod (1.30) routes on the metadata alone: the
+pool's cluster is its shadow Service's endpoints with Envoy's override-host policy, the host the
+metadata names (round robin without one); a client's own header is never read there, and the
+ingress drops it anyway. The pool is an InferencePool (its selector, the
 model servers' port, and EPP's Service), which EPP watches with the pods it selects.
 
 Pure data: flags, the plugin configuration, the pool's spec, and the permissions EPP needs. The
@@ -31,7 +33,7 @@ HEALTH_SERVICE = "readiness"
 
 # The protocol between EPP and the gateway (docs/proposals/004-endpoint-picker-protocol): the
 # chosen endpoint as a request header, and the same value in the ext_proc response's dynamic
-# metadata under ENDPOINT_METADATA_NAMESPACE. The gateway routes on the header.
+# metadata under ENDPOINT_METADATA_NAMESPACE. istiod's gateways route on the metadata.
 ENDPOINT_HEADER = "x-gateway-destination-endpoint"
 ENDPOINT_METADATA_NAMESPACE = "envoy.lb"
 # What the gateway may send to narrow the choice (a list of ip:port under the subset namespace);

@@ -7,10 +7,14 @@ all three.
 
 The picker runs in the models' namespace (istiod looks for it beside its pool), inside the mesh:
 the ingress reaches it with mTLS, as it reaches the servers; it reads the pool's pods from the
-API (a Role in that namespace alone) and each replica's `/metrics` (through the servers' own
-sidecars, admitted like Prometheus: GET on that path and port only). One replica, as upstream
-runs it: the prefix-cache index lives in its memory. A request finds no replica while the
-picker is away (Envoy's external processor in the mode the picker needs cannot fail open).
+API (a Role in that namespace alone) and each replica's `/metrics` at the pod's address. Its
+sidecar passes such a connection through unencrypted (no Service names a pod's address) and the
+picker has no certificate of its own to present, so the pool's servers accept plain text on their
+serving port (a PeerAuthentication for those pods alone), where the mesh admits a plain-text
+request to GET `/metrics` and nothing else: inference there still needs an mTLS identity the
+mesh admits, and the key. One replica, as upstream runs it: the prefix-cache index lives in its
+memory. A request finds no replica while the picker is away (Envoy's external processor in the
+mode the picker needs cannot fail open).
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ def picker_caller(namespace: str) -> Caller:
 
 
 def picker_metrics(namespace: str, ports: Sequence[int]) -> MetricsAccess:
-    """What the pickers read from the servers: their metrics, nothing else."""
-    return MetricsAccess(picker_caller(namespace), tuple(sorted(set(ports))), (epp.METRICS_PATH,))
+    """What the pickers read from the servers: their metrics, nothing else, in plain text."""
+    return MetricsAccess(picker_caller(namespace), tuple(sorted(set(ports))), (epp.METRICS_PATH,), plaintext=True)
 
 
 def pool_ref(alias: str, namespace: pulumi.Input[str]) -> dict:
@@ -59,14 +63,19 @@ class InferencePoolsArgs(TypedDict):
     namespace_name: str
     # Alias -> (the server pods' labels, their serving port).
     pools: Mapping[str, tuple[Mapping[str, str], int]]
-    # What the pools wait for: the CRDs, istiod, the servers.
+    # What the pools wait for: the CRDs, istiod, the namespace's rules.
     ready: Sequence[pulumi.Resource]
+    # Whether the servers' namespace accepts only mTLS (then the pools' servers accept the
+    # pickers' plain text on their serving port).
+    strict_mtls: bool
 
 
 class InferencePools(pulumi.ComponentResource):
     """Every pool of the stack, with the picker of each, and what the pickers share."""
 
     backend_refs: dict[str, dict]
+    # What the routes to the pools wait for: the pickers running.
+    ready: list[pulumi.Resource]
 
     def __init__(self, name: str, args: InferencePoolsArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:InferencePools", name, None, opts)
@@ -86,18 +95,41 @@ class InferencePools(pulumi.ComponentResource):
         config = k8s.core.v1.ConfigMap(f"{name}-config", metadata={**meta, "name": COMPONENT},
                                        data={CONFIG_FILE: epp.plugins_config()}, opts=child)
         self.backend_refs = {}
+        self.ready = []
         ready = [*args["ready"], binding, config]
         for alias, (selector, port) in sorted(args["pools"].items()):
             self._pool(name, alias, dict(selector), port, args["namespace_name"], meta, account, config,
-                       pulumi.ResourceOptions(parent=self, depends_on=ready))
+                       args["strict_mtls"], pulumi.ResourceOptions(parent=self, depends_on=ready))
             self.backend_refs[alias] = pool_ref(alias, namespace)
         self.register_outputs({})
 
     def _pool(self, name: str, alias: str, selector: dict, port: int, namespace_name: str, meta: dict,
-              account: k8s.core.v1.ServiceAccount, config: k8s.core.v1.ConfigMap, opts: pulumi.ResourceOptions) -> None:
+              account: k8s.core.v1.ServiceAccount, config: k8s.core.v1.ConfigMap, strict_mtls: bool,
+              opts: pulumi.ResourceOptions) -> None:
         picker = picker_name(alias)
         labels = {**PICKER_LABELS, "app.kubernetes.io/name": picker}
         pool_meta = {**meta, "labels": labels}
+        # The pool before its picker: the picker is ready only once it has read its pool.
+        pool = k8s.apiextensions.CustomResource(
+            f"{name}-{alias}",
+            api_version=epp.POOL_API_VERSION,
+            kind="InferencePool",
+            metadata={**meta, "name": alias, "labels": {"app.kubernetes.io/name": alias,
+                                                        "app.kubernetes.io/part-of": "llm-platform"}},
+            spec=epp.inference_pool_spec(selector, port, picker),
+            opts=opts,
+        )
+        after_pool = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[pool]))
+        if strict_mtls:
+            k8s.apiextensions.CustomResource(
+                f"{name}-{alias}-plaintext-metrics",
+                api_version="security.istio.io/v1",
+                kind="PeerAuthentication",
+                metadata={**meta, "name": f"{alias}-metrics-for-{COMPONENT}"},
+                spec={"selector": {"matchLabels": selector}, "mtls": {"mode": "STRICT"},
+                      "portLevelMtls": {str(port): {"mode": "PERMISSIVE"}}},
+                opts=opts,
+            )
         deployment = k8s.apps.v1.Deployment(
             f"{name}-{alias}-picker",
             metadata={**pool_meta, "name": picker},
@@ -126,7 +158,8 @@ class InferencePools(pulumi.ComponentResource):
                                           "limits": {"memory": "2Gi"}},
                             "readinessProbe": {"grpc": {"port": epp.HEALTH_PORT, "service": epp.HEALTH_SERVICE},
                                                "periodSeconds": 5},
-                            "livenessProbe": {"grpc": {"port": epp.HEALTH_PORT, "service": epp.HEALTH_SERVICE},
+                            # Alive is answering at all: a picker waiting for its pool is alive.
+                            "livenessProbe": {"tcpSocket": {"port": epp.HEALTH_PORT},
                                               "periodSeconds": 20, "failureThreshold": 3},
                             "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
                             "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
@@ -137,7 +170,7 @@ class InferencePools(pulumi.ComponentResource):
                     },
                 },
             },
-            opts=opts,
+            opts=after_pool,
         )
         service = k8s.core.v1.Service(
             f"{name}-{alias}-picker-service",
@@ -147,12 +180,4 @@ class InferencePools(pulumi.ComponentResource):
                                                  "protocol": "TCP", "appProtocol": "grpc"}]},
             opts=opts,
         )
-        k8s.apiextensions.CustomResource(
-            f"{name}-{alias}",
-            api_version=epp.POOL_API_VERSION,
-            kind="InferencePool",
-            metadata={**meta, "name": alias, "labels": {"app.kubernetes.io/name": alias,
-                                                        "app.kubernetes.io/part-of": "llm-platform"}},
-            spec=epp.inference_pool_spec(selector, port, picker),
-            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[deployment, service])),
-        )
+        self.ready += [deployment, service]

@@ -37,6 +37,7 @@ from __future__ import annotations
 import collections
 import time
 import json
+import socket
 from pathlib import PurePosixPath
 from types import SimpleNamespace
 
@@ -313,12 +314,23 @@ def test_the_picker_reads_the_api_with_the_programs_role_alone(path):
 
 
 def test_the_pickers_probes_find_it_serving(path, program):
-    """The kubelet's gRPC probes as the Deployment gives them (the port of `--grpc-health-port`,
-    the service it names) get SERVING from the picker: its pod becomes Ready and stays up."""
+    """The kubelet's probes as the Deployment gives them, on the port of `--grpc-health-port`: the
+    gRPC readiness probe (the service it names) gets SERVING from the picker, so its pod becomes
+    Ready; the liveness probe only asks that the port answers, so a picker still waiting for its
+    pool is not restarted."""
     health_flag = next(a for a in program.picker_args if a.startswith(epp_path.PORT_FLAGS["health_port"] + "="))
+    port = int(health_flag.partition("=")[2])
+    kinds = set()
     for probe in program.picker_probes:
-        assert probe["grpc"]["port"] == int(health_flag.partition("=")[2]), probe
-        assert _grpc_health(path.epp.health_port, probe["grpc"].get("service", "")) == "SERVING", probe
+        if "grpc" in probe:
+            kinds.add("grpc")
+            assert probe["grpc"]["port"] == port, probe
+            assert _grpc_health(path.epp.health_port, probe["grpc"].get("service", "")) == "SERVING", probe
+        else:
+            kinds.add("tcp")
+            assert probe["tcpSocket"]["port"] == port, probe
+            socket.create_connection(("127.0.0.1", path.epp.health_port), timeout=5).close()
+    assert kinds == {"grpc", "tcp"}
 
 
 def _grpc_health(port: int, service: str) -> str:
@@ -372,3 +384,13 @@ def test_a_client_cannot_rename_the_model_behind_the_ingress(path):
     assert status == 200 and body["served_by"] == B
     assert json.loads(path.replicas[B].seen[-1]["body"])["model"] == path.alias
     assert "client-chosen-name" not in edge.call(path.epp.metrics_port, "GET", "/metrics")[1].decode()
+
+
+def test_the_client_sees_no_header_of_the_pickers(path):
+    """The picker marks each response it handles with a debugging header; the key check removes it
+    on the way out (responses pass the filters in reverse)."""
+    epp_path.set_loads(path.epp, path.replicas, {A: (0, 8, 0.5), B: (20, 8, 0.5)})
+    status, _, headers = edge.call(path.envoy.port, "POST", "/v1/chat/completions",
+                                   _chat(path.alias, "any headers?"), CLIENT_KEY)
+    assert status == 200
+    assert not [h for h in headers if h.lower().startswith("x-went-into")], headers

@@ -43,6 +43,7 @@ def test_a_vllm_model_of_two_replicas_is_a_pool_its_rule_sends_to(two):
 
 
 def test_the_picker_runs_off_the_gpus_and_reads_only_what_it_needs(two):
+    server = two.one("kubernetes:apps/v1:StatefulSet", "model-qwen-statefulset").inputs["spec"]
     picker = two.one(DEPLOYMENT, "inference-pools-qwen-picker").inputs["spec"]["template"]["spec"]
     assert picker["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
     assert not picker.get("tolerations")
@@ -54,12 +55,15 @@ def test_the_picker_runs_off_the_gpus_and_reads_only_what_it_needs(two):
     role = two.one("kubernetes:rbac.authorization.k8s.io/v1:Role", "inference-pools-reader").inputs
     assert role["rules"] == epp.role_rules() and role["metadata"]["namespace"] == "models"
     assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in role["rules"])
-    # The mesh lets the picker GET the servers' metrics, nothing else of theirs.
+    # The picker dials pod addresses, which its sidecar passes through unencrypted: the pool's
+    # servers take plain text on their port, where the mesh admits a GET of /metrics and nothing
+    # else without an identity; every other rule still names the identities it admits.
     rules = two.one("kubernetes:security.istio.io/v1:AuthorizationPolicy", "mesh-callers-models").inputs["spec"]["rules"]
-    principal = f"cluster.local/ns/models/sa/{pools.SERVICE_ACCOUNT}"
-    (mine,) = [r for r in rules if principal in r["from"][0]["source"]["principals"]]
-    assert mine["from"][0]["source"]["principals"] == [principal]
-    assert mine["to"] == [{"operation": {"methods": ["GET"], "paths": ["/metrics"], "ports": ["8000"]}}]
+    (plain,) = [r for r in rules if "from" not in r]
+    assert plain["to"] == [{"operation": {"methods": ["GET"], "paths": ["/metrics"], "ports": ["8000"]}}]
+    peer = two.one("kubernetes:security.istio.io/v1:PeerAuthentication", "inference-pools-qwen-plaintext-metrics").inputs
+    assert peer["spec"]["selector"]["matchLabels"] == server["template"]["metadata"]["labels"]
+    assert peer["spec"]["mtls"] == {"mode": "STRICT"} and peer["spec"]["portLevelMtls"] == {"8000": {"mode": "PERMISSIVE"}}
     # ...and the network: in to the servers on their port, out to them and to the API server.
     out = two.one(NETWORK_POLICY, "models-endpoint-pickers-out").inputs["spec"]
     assert out["podSelector"]["matchLabels"] == pools.PICKER_LABELS
@@ -92,3 +96,16 @@ def test_llama_cpp_is_never_a_pool():
     rec = harness.run("local", {"llm-platform:llamaRouter": {"enabled": False},
                                 "llm-platform:models": [{"name": "tiny", "file": "tiny.gguf", "replicas": 2}]})
     assert not rec.of_type(POOL)
+
+
+def test_the_pool_comes_before_its_picker_and_the_rule_after_both(two):
+    """The picker is ready only once it has read its pool, and `up` waits for its Deployment to be
+    ready: the pool first (else neither would ever come), then the picker, then the rule."""
+    pool = two.one(POOL, "inference-pools-qwen")
+    picker = two.one(DEPLOYMENT, "inference-pools-qwen-picker")
+    assert pool.urn in picker.dependencies
+    assert picker.urn not in pool.dependencies
+    route = two.one("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute", "gateway-routes")
+    assert picker.urn in route.dependencies
+    liveness = picker.inputs["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]
+    assert "grpc" not in liveness, "a picker waiting for its pool must not be restarted"

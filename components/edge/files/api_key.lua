@@ -154,3 +154,11 @@ function envoy_on_request(handle)
     headers:add(ROUTE_HEADER, KNOWN_KEY_ROUTE)
   end
 end
+
+-- A debugging header the endpoint picker adds to every response it sees: the client has no use
+-- for it. (Responses pass the filters in reverse: this runs after the picker's.)
+local PICKER_DEBUG_HEADER = "x-went-into-resp-headers"
+
+function envoy_on_response(handle)
+  handle:headers():remove(PICKER_DEBUG_HEADER)
+end
