@@ -37,7 +37,6 @@ GATEWAY_API_CRDS = ("backendtlspolicies", "gatewayclasses", "gateways", "grpcrou
                     "referencegrants", "tcproutes", "tlsroutes", "udproutes")
 INFERENCE_CRDS = ("inferencepools.inference.networking.k8s.io", "inferenceobjectives.inference.networking.x-k8s.io",
                   "inferencemodelrewrites.inference.networking.x-k8s.io")
-SAFE_UPGRADES = "mesh-gateway-api-crds:safe-upgrades.gateway.networking.k8s.io"
 CHANGES = sorted([
     ("create", "llm-platform:index:GatewayApi", "mesh-gateway-api"),
     ("create", "kubernetes:yaml/v2:ConfigGroup", "mesh-gateway-api-crds"),
@@ -47,8 +46,6 @@ CHANGES = sorted([
        f"mesh-gateway-api-crds:{kind}.gateway.networking.k8s.io") for kind in GATEWAY_API_CRDS],
     *[("create", "kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition", f"mesh-gateway-api-crds:{name}")
       for name in INFERENCE_CRDS],
-    ("create", "kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicy", SAFE_UPGRADES),
-    ("create", "kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicyBinding", SAFE_UPGRADES),
     ("update", "kubernetes:helm.sh/v3:Release", "mesh-istiod"),
     ("update", "kubernetes:helm.sh/v3:Release", "mesh-gateway"),
     ("create", "kubernetes:gateway.networking.k8s.io/v1:Gateway", "gateway-gateway"),
