@@ -258,15 +258,8 @@ def test_a_client_cannot_name_the_replica(path):
 
 def test_a_streamed_completion_arrives_to_done(path):
     epp_path.set_loads(path.epp, path.replicas, {A: (0, 8, 0.5), B: (20, 8, 0.5)})
-    conn, resp = edge.request(path.envoy.port, "POST", "/v1/chat/completions",
-                              _chat(path.alias, "stream please", stream=True), CLIENT_KEY)
-    try:
-        assert resp.status == 200 and resp.getheader("content-type").startswith("text/event-stream")
-        events = list(edge.sse_events(resp))
-    finally:
-        conn.close()
-    assert events[-1] == b"[DONE]"
-    chunks = [json.loads(e) for e in events[:-1]]
+    chunks = edge.streamed_chunks(path.envoy.port, "/v1/chat/completions",
+                                  _chat(path.alias, "stream please", stream=True), CLIENT_KEY)
     assert len(chunks) == epp_path.FakeVllm.STREAM_CHUNKS and {c["served_by"] for c in chunks} == {A}
 
 
