@@ -141,6 +141,19 @@ def sse_events(resp: http.client.HTTPResponse) -> Iterator[bytes]:
             yield line[len(b"data: "):].strip()
 
 
+def streamed_chunks(port: int, path: str, body, key: Optional[str] = None) -> list[dict]:
+    """POST `body` (a request for a stream) and read the answer to its end: it must be 200 and
+    server-sent events ending with `[DONE]`; the JSON chunks before it."""
+    conn, resp = request(port, "POST", path, body, key)
+    try:
+        assert resp.status == 200 and resp.getheader("content-type", "").startswith("text/event-stream")
+        events = list(sse_events(resp))
+    finally:
+        conn.close()
+    assert events and events[-1] == b"[DONE]", events[-3:]
+    return [json.loads(e) for e in events[:-1]]
+
+
 # --- Envoy -----------------------------------------------------------------------------------
 
 

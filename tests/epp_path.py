@@ -10,6 +10,7 @@ own IP and the same port, as the replicas of one Deployment do.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -17,9 +18,10 @@ import re
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import yaml
 from cryptography import x509
@@ -27,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
 from kubernetes import utils as k8s_utils
 
 from components.edge import endpoint_picker as epp
@@ -393,6 +396,53 @@ def set_loads(picker: Epp, replicas: Mapping[str, FakeVllm], loads: Mapping[str,
     before = {name: r.metrics_reads for name, r in replicas.items()}
     until(lambda: all(r.metrics_reads > before[n] + 1 for n, r in replicas.items()), 5, "two scrapes more",
           every=0.05)
+
+
+# --- the whole pool: control plane, replicas, picker ------------------------------------------
+
+
+# The Role EPP's ServiceAccount gets (the program names it after the component).
+ROLE = "endpoint-picker"
+
+
+@dataclass
+class PickedPool:
+    """A pool's replicas (pod name -> stand-in) and the picker watching it."""
+
+    replicas: dict[str, FakeVllm]
+    picker: Epp
+
+
+@contextlib.contextmanager
+def picked_pool(tmp: Path, *, namespace: str, pool: dict, role_rules: list[dict], user: str,
+                pods: Mapping[str, str], labels: Mapping[str, str], port: int, model: str,
+                epp_args: Sequence[str], config_files: Mapping[str, str],
+                keys: Optional[Sequence[str]] = None) -> Iterator[PickedPool]:
+    """A control plane holding the InferencePool `pool` in `namespace`, `pods` (name -> IP) with
+    `labels` Ready at their IPs, and ROLE of `role_rules` bound to `user`; a stand-in vLLM server
+    of `model` at each pod's IP and `port` (checking `keys`, if given); EPP run with `epp_args` and
+    `config_files` (see Epp), reading the API as `user`. Everything is stopped on leaving, the
+    picker first and the control plane last."""
+    run = envtest.start(tmp / "control-plane", components=envtest.APISERVER)
+    started: list = []
+    try:
+        api = k8s_config.new_client_from_config(config_file=str(run.kubeconfig))
+        create_crds(api)
+        create_namespace(api, namespace)
+        grant_role(api, namespace, ROLE, role_rules, user)
+        group, version = pool["apiVersion"].split("/")
+        k8s_client.CustomObjectsApi(api).create_namespaced_custom_object(group, version, namespace, "inferencepools", pool)
+        replicas = {name: FakeVllm(name, ip, port, model, keys=keys) for name, ip in pods.items()}
+        started += replicas.values()
+        create_pods(api, namespace, pods, labels, port)
+        kubeconfig = user_kubeconfig(run, user, tmp / "user" / "kubeconfig")
+        picker = Epp(tmp / "epp", kubeconfig, epp_args, config_files)
+        started.append(picker)
+        yield PickedPool(replicas, picker)
+    finally:
+        for part in reversed(started):
+            part.stop()
+        run.stop()
 
 
 # --- Envoy in front --------------------------------------------------------------------------

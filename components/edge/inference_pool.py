@@ -24,13 +24,13 @@ from typing import Mapping, Optional, Sequence, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.core.extension_pods import extension_deployment_spec
 from components.core.trust import Caller, MetricsAccess
 from components.edge import endpoint_picker as epp
 
 COMPONENT = "endpoint-picker"
 # One service account for every pool's picker: one identity the mesh and the network admit.
 SERVICE_ACCOUNT = "endpoint-picker"
-EPP_USER = 65532
 CONFIG_DIR = "/etc/endpoint-picker"
 CONFIG_FILE = "plugins.json"
 PICKER_LABELS = {"app.kubernetes.io/component": COMPONENT, "app.kubernetes.io/part-of": "llm-platform"}
@@ -133,43 +133,19 @@ class InferencePools(pulumi.ComponentResource):
         deployment = k8s.apps.v1.Deployment(
             f"{name}-{alias}-picker",
             metadata={**pool_meta, "name": picker},
-            spec={
-                "replicas": 1,
-                "selector": {"matchLabels": labels},
-                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "serviceAccountName": account.metadata.name,
-                        "securityContext": {"runAsNonRoot": True, "runAsUser": EPP_USER, "runAsGroup": EPP_USER,
-                                            "seccompProfile": {"type": "RuntimeDefault"}},
-                        # The image is published for amd64 alone.
-                        "nodeSelector": {"kubernetes.io/arch": "amd64"},
-                        "containers": [{
-                            "name": "epp",
-                            "image": epp.EPP_IMAGE,
-                            "args": epp.epp_args(alias, namespace_name, f"{CONFIG_DIR}/{CONFIG_FILE}"),
-                            "ports": [{"name": "grpc", "containerPort": epp.GRPC_PORT, "protocol": "TCP"},
-                                      {"name": "grpc-health", "containerPort": epp.HEALTH_PORT, "protocol": "TCP"},
-                                      {"name": "metrics", "containerPort": epp.METRICS_PORT, "protocol": "TCP"}],
-                            # Sized for a pool's requests, not upstream's load tests (4 CPUs, 8 GiB);
-                            # the memory limit bounds the prefix index.
-                            "resources": {"requests": {"cpu": "250m", "memory": "256Mi"},
-                                          "limits": {"memory": "2Gi"}},
-                            "readinessProbe": {"grpc": {"port": epp.HEALTH_PORT, "service": epp.HEALTH_SERVICE},
-                                               "periodSeconds": 5},
-                            # Alive is answering at all: a picker waiting for its pool is alive.
-                            "livenessProbe": {"tcpSocket": {"port": epp.HEALTH_PORT},
-                                              "periodSeconds": 20, "failureThreshold": 3},
-                            "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
-                            "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
-                            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                                "capabilities": {"drop": ["ALL"]}},
-                        }],
-                        "volumes": [{"name": "config", "configMap": {"name": config.metadata.name}}],
-                    },
-                },
-            },
+            spec=extension_deployment_spec(
+                "epp", epp.EPP_IMAGE, epp.epp_args(alias, namespace_name, f"{CONFIG_DIR}/{CONFIG_FILE}"),
+                labels=labels, replicas=1, spread=False, service_account=account.metadata.name, api_token=True,
+                ports={"grpc": epp.GRPC_PORT, "grpc-health": epp.HEALTH_PORT, "metrics": epp.METRICS_PORT},
+                # Sized for a pool's requests, not upstream's load tests (4 CPUs, 8 GiB); the
+                # memory limit bounds the prefix index.
+                resources={"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+                readiness_probe={"grpc": {"port": epp.HEALTH_PORT, "service": epp.HEALTH_SERVICE}, "periodSeconds": 5},
+                # Alive is answering at all: a picker waiting for its pool is alive.
+                liveness_probe={"tcpSocket": {"port": epp.HEALTH_PORT}, "periodSeconds": 20, "failureThreshold": 3},
+                pre_stop_seconds=PRE_STOP_SECONDS,
+                config_map=config.metadata.name, config_volume="config", config_dir=CONFIG_DIR,
+            ),
             opts=after_pool,
         )
         service = k8s.core.v1.Service(

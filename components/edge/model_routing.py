@@ -31,16 +31,16 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
+from components.core.extension_pods import extension_deployment_spec
 from components.core.published import ModelBackend
-from components.core.replicas import one_at_a_time, spread_over_nodes
+from components.core.replicas import one_at_a_time
 from components.edge import endpoint_picker as epp, http_routes
 
 # The body-based router, pinned to the Inference Extension release whose chart and CRDs this
-# platform vendors; the image is distroless, amd64 only, and runs as its `nonroot` user (named by
-# number so the kubelet can check it).
+# platform vendors; the image is distroless, amd64 only, and runs as its `nonroot` user
+# (components/core/extension_pods.py).
 BBR_VERSION = "v1.5.0"
 BBR_IMAGE = f"registry.k8s.io/gateway-api-inference-extension/bbr:{BBR_VERSION}"
-BBR_USER = 65532
 NAME = "body-based-router"
 GRPC_PORT = 9004
 HEALTH_PORT = 9005
@@ -353,41 +353,17 @@ class ModelRouting(pulumi.ComponentResource):
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-bbr",
             metadata={**meta, "name": NAME},
-            spec={
-                "replicas": replicas,
-                "selector": {"matchLabels": labels},
-                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "serviceAccountName": account.metadata.name,
-                        "automountServiceAccountToken": False,
-                        "securityContext": {"runAsNonRoot": True, "runAsUser": BBR_USER, "runAsGroup": BBR_USER,
-                                            "seccompProfile": {"type": "RuntimeDefault"}},
-                        # The image is published for amd64 alone.
-                        "nodeSelector": {"kubernetes.io/arch": "amd64"},
-                        "containers": [{
-                            "name": "bbr",
-                            "image": BBR_IMAGE,
-                            "args": bbr_args(),
-                            "env": [{"name": "KUBECONFIG", "value": f"{KUBECONFIG_DIR}/{KUBECONFIG_FILE}"}],
-                            "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
-                                      {"name": "grpc-health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
-                            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
-                                          "limits": {"cpu": "1", "memory": "256Mi"}},
-                            "readinessProbe": {"grpc": {"port": HEALTH_PORT}, "periodSeconds": 5},
-                            "livenessProbe": {"grpc": {"port": HEALTH_PORT}, "periodSeconds": 20,
-                                              "failureThreshold": 3},
-                            "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
-                            "volumeMounts": [{"name": "kubeconfig", "mountPath": KUBECONFIG_DIR, "readOnly": True}],
-                            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                                "capabilities": {"drop": ["ALL"]}},
-                        }],
-                        "volumes": [{"name": "kubeconfig", "configMap": {"name": kubeconfig.metadata.name}}],
-                        "topologySpreadConstraints": spread_over_nodes(labels, replicas),
-                    },
-                },
-            },
+            spec=extension_deployment_spec(
+                "bbr", BBR_IMAGE, bbr_args(),
+                labels=labels, replicas=replicas, spread=True, service_account=account.metadata.name, api_token=False,
+                env={"KUBECONFIG": f"{KUBECONFIG_DIR}/{KUBECONFIG_FILE}"},
+                ports={"grpc": GRPC_PORT, "grpc-health": HEALTH_PORT},
+                resources={"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}},
+                readiness_probe={"grpc": {"port": HEALTH_PORT}, "periodSeconds": 5},
+                liveness_probe={"grpc": {"port": HEALTH_PORT}, "periodSeconds": 20, "failureThreshold": 3},
+                pre_stop_seconds=PRE_STOP_SECONDS,
+                config_map=kubeconfig.metadata.name, config_volume="kubeconfig", config_dir=KUBECONFIG_DIR,
+            ),
             opts=child,
         )
         if replicas > 1:

@@ -19,13 +19,10 @@ import zipfile
 from types import SimpleNamespace
 
 import pytest
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 
 from components.edge import endpoint_picker as epp
 from components.serving.runtimes import VLLM_RELEASE
 from tests import edge_path as edge
-from tests import envtest
 from tests import epp_path
 from tools import vllm_wheel
 
@@ -43,40 +40,19 @@ A, B = REPLICAS
 REQUESTS = 20
 
 
-def _grant_role(api) -> None:
-    """The Role EPP's ServiceAccount would get, bound here to the user its certificate names."""
-    epp_path.grant_role(api, NAMESPACE, "endpoint-picker", epp.role_rules(), EPP_USER)
-
-
 @pytest.fixture(scope="module")
 def path(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("epp-path")
-    run = envtest.start(tmp / "control-plane", components=envtest.APISERVER)
-    started: list = []
-    try:
-        api = k8s_config.new_client_from_config(config_file=str(run.kubeconfig))
-        epp_path.create_crds(api)
-        epp_path.create_namespace(api, NAMESPACE)
-        _grant_role(api)
-        port = epp_path.free_port_on(*REPLICAS.values())
-        k8s_client.CustomObjectsApi(api).create_namespaced_custom_object(
-            epp.POOL_API_GROUP, "v1", NAMESPACE, "inferencepools",
-            {"apiVersion": epp.POOL_API_VERSION, "kind": "InferencePool", "metadata": {"name": POOL},
-             "spec": epp.inference_pool_spec(LABELS, port, EPP_SERVICE, epp.GRPC_PORT)})
-        replicas = {name: epp_path.FakeVllm(name, ip, port, MODEL) for name, ip in REPLICAS.items()}
-        started += replicas.values()
-        epp_path.create_pods(api, NAMESPACE, REPLICAS, LABELS, port)
-        kubeconfig = epp_path.user_kubeconfig(run, EPP_USER, tmp / "user" / "kubeconfig")
-        picker = epp_path.Epp(tmp / "epp", kubeconfig, epp.epp_args(POOL, NAMESPACE, "/config/plugins.yaml"),
-                              {"plugins.yaml": epp.plugins_config()})
-        started.append(picker)
-        envoy = edge.Envoy(epp_path.bootstrap(picker.port), tmp / "envoy")
-        started.append(envoy)
-        yield SimpleNamespace(envoy=envoy, epp=picker, replicas=replicas)
-    finally:
-        for part in reversed(started):
-            part.stop()
-        run.stop()
+    port = epp_path.free_port_on(*REPLICAS.values())
+    pool = {"apiVersion": epp.POOL_API_VERSION, "kind": "InferencePool", "metadata": {"name": POOL},
+            "spec": epp.inference_pool_spec(LABELS, port, EPP_SERVICE, epp.GRPC_PORT)}
+    # The Role EPP's ServiceAccount would get, bound here to the user its certificate names.
+    with epp_path.picked_pool(tmp, namespace=NAMESPACE, pool=pool, role_rules=epp.role_rules(), user=EPP_USER,
+                              pods=REPLICAS, labels=LABELS, port=port, model=MODEL,
+                              epp_args=epp.epp_args(POOL, NAMESPACE, "/config/plugins.yaml"),
+                              config_files={"plugins.yaml": epp.plugins_config()}) as pool_path:
+        with edge.Envoy(epp_path.bootstrap(pool_path.picker.port), tmp / "envoy") as envoy:
+            yield SimpleNamespace(envoy=envoy, epp=pool_path.picker, replicas=pool_path.replicas)
 
 
 def _load(path, loads: dict[str, tuple[int, int, float]]) -> None:

@@ -43,13 +43,10 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 
 from components.edge import model_routing as routing
 from tests import edge_istio as istio
 from tests import edge_path as edge
-from tests import envtest
 from tests import epp_path
 from tools import edge_tools, mock_engine
 
@@ -155,50 +152,39 @@ def path(tmp_path_factory, program):
                                for t in spec["targetPorts"]]
     _picker_http2(program, spec)
     config_files = _mounted_config(program)
-    run = envtest.start(tmp / "control-plane", components=envtest.APISERVER)
-    started: list = []
-    try:
-        api = k8s_config.new_client_from_config(config_file=str(run.kubeconfig))
-        epp_path.create_crds(api)
-        epp_path.create_namespace(api, namespace)
-        epp_path.grant_role(api, namespace, "endpoint-picker", program.role_rules, PICKER_USER)
-        group, version = program.pool["apiVersion"].split("/")
-        k8s_client.CustomObjectsApi(api).create_namespaced_custom_object(
-            group, version, namespace, "inferencepools",
-            {**program.pool, "spec": spec})
-        replicas = {name: epp_path.FakeVllm(name, ip, port, program.alias, keys=program.server_keys)
-                    for name, ip in REPLICAS.items()}
-        started += replicas.values()
-        epp_path.create_pods(api, namespace, REPLICAS, program.server_labels, port)
-        kubeconfig = epp_path.user_kubeconfig(run, PICKER_USER, tmp / "user" / "kubeconfig")
-        picker = epp_path.Epp(tmp / "epp", kubeconfig, program.picker_args, config_files)
-        started.append(picker)
-        bbr = edge.Bbr(tmp / "bbr")
-        started.append(bbr)
-        # The front door and the pages: answer with who they are.
-        front_door = epp_path.FakeVllm("front-door", "127.0.0.1", edge.free_port(), "any")
-        pages = epp_path.FakeVllm("pages", "127.0.0.1", edge.free_port(), "any")
-        started += [front_door, pages]
-        pods = [(ip, port) for ip in REPLICAS.values()]
-        # A rule to the model's Service instead of its pool would reach the same pods, unpicked.
-        ports = istio.stand_in_ports(program.routes, {program.alias: pods}, front_door.port, pages.port)
-        bbr_cluster = _bbr_cluster(program)
-        picker_cluster = istio.picker_cluster(namespace, spec)
-        ports[bbr_cluster] = bbr.port
-        ports[picker_cluster] = picker.port
-        ports[istio.pool_cluster(program.alias, namespace)] = pods
-        config = istio.ingress_bootstrap(program.envoy_filter, program.routes, ports,
-                                         http2=[bbr_cluster, picker_cluster],
-                                         pools={f"{namespace}/{program.alias}": spec})
-        envoy = edge.Envoy(config, tmp / "envoy")
-        started.append(envoy)
-        yield SimpleNamespace(envoy=envoy, epp=picker, bbr=bbr, replicas=replicas, front_door=front_door,
-                              alias=program.alias, namespace=namespace, pool_spec=spec, picker_cluster=picker_cluster,
-                              bbr_cluster=bbr_cluster)
-    finally:
-        for part in reversed(started):
-            part.stop()
-        run.stop()
+    with epp_path.picked_pool(tmp, namespace=namespace, pool={**program.pool, "spec": spec},
+                              role_rules=program.role_rules, user=PICKER_USER, pods=REPLICAS,
+                              labels=program.server_labels, port=port, model=program.alias,
+                              epp_args=program.picker_args, config_files=config_files,
+                              keys=program.server_keys) as pool_path:
+        picker, replicas = pool_path.picker, pool_path.replicas
+        started: list = []
+        try:
+            bbr = edge.Bbr(tmp / "bbr")
+            started.append(bbr)
+            # The front door and the pages: answer with who they are.
+            front_door = epp_path.FakeVllm("front-door", "127.0.0.1", edge.free_port(), "any")
+            pages = epp_path.FakeVllm("pages", "127.0.0.1", edge.free_port(), "any")
+            started += [front_door, pages]
+            pods = [(ip, port) for ip in REPLICAS.values()]
+            # A rule to the model's Service instead of its pool would reach the same pods, unpicked.
+            ports = istio.stand_in_ports(program.routes, {program.alias: pods}, front_door.port, pages.port)
+            bbr_cluster = _bbr_cluster(program)
+            picker_cluster = istio.picker_cluster(namespace, spec)
+            ports[bbr_cluster] = bbr.port
+            ports[picker_cluster] = picker.port
+            ports[istio.pool_cluster(program.alias, namespace)] = pods
+            config = istio.ingress_bootstrap(program.envoy_filter, program.routes, ports,
+                                             http2=[bbr_cluster, picker_cluster],
+                                             pools={f"{namespace}/{program.alias}": spec})
+            envoy = edge.Envoy(config, tmp / "envoy")
+            started.append(envoy)
+            yield SimpleNamespace(envoy=envoy, epp=picker, bbr=bbr, replicas=replicas, front_door=front_door,
+                                  alias=program.alias, namespace=namespace, pool_spec=spec, picker_cluster=picker_cluster,
+                                  bbr_cluster=bbr_cluster)
+        finally:
+            for part in reversed(started):
+                part.stop()
 
 
 def _bbr_cluster(program) -> str:
@@ -272,15 +258,8 @@ def test_a_client_cannot_name_the_replica(path):
 
 def test_a_streamed_completion_arrives_to_done(path):
     epp_path.set_loads(path.epp, path.replicas, {A: (0, 8, 0.5), B: (20, 8, 0.5)})
-    conn, resp = edge.request(path.envoy.port, "POST", "/v1/chat/completions",
-                              _chat(path.alias, "stream please", stream=True), CLIENT_KEY)
-    try:
-        assert resp.status == 200 and resp.getheader("content-type").startswith("text/event-stream")
-        events = list(edge.sse_events(resp))
-    finally:
-        conn.close()
-    assert events[-1] == b"[DONE]"
-    chunks = [json.loads(e) for e in events[:-1]]
+    chunks = edge.streamed_chunks(path.envoy.port, "/v1/chat/completions",
+                                  _chat(path.alias, "stream please", stream=True), CLIENT_KEY)
     assert len(chunks) == epp_path.FakeVllm.STREAM_CHUNKS and {c["served_by"] for c in chunks} == {A}
 
 
