@@ -1,10 +1,12 @@
 """llm-platform: a cluster, its accelerator, Istio, Argo CD, model servers and one gateway."""
 
+import dataclasses
+
 import pulumi
 
 from components.cluster import Cluster, GpuDevicePlugin
 from components.cluster.accelerators import from_config as accelerator_from_config, units_in_use
-from components.config import ConfigError, load
+from components.config import ConfigError, load, quota_room
 from components.core.chart_source import use_archives
 from components.core.published import ModelBackend
 from components.edge import (
@@ -25,7 +27,7 @@ from components.platform import ApiKeys, GitOpsController, GpuMetrics, Mesh, Mon
 from components.platform.gpu_metrics import RELEASE as DCGM_RELEASE
 from components.platform.mesh import INGRESS_CALLER
 from components.platform.monitoring import GRAFANA_ADMIN_USER, NAMESPACE as MONITORING_NAMESPACE, PROMETHEUS_URL, metrics_access
-from components.serving import LlamaRouter, LlmServer, ModelNamespace, PodAutoscaling, ServingSettings
+from components.serving import LlamaRouter, LlmServer, ModelNamespace, PodAutoscaling, ServingSettings, Team
 from components.serving.autoscaling import KEDA
 from components.serving.llm_server import SERVER_LABELS
 from components.serving.runtimes import (
@@ -34,6 +36,7 @@ from components.serving.runtimes import (
     METRICS_KEY,
     METRICS_PATH as SERVER_METRICS_PATH,
     RUNTIMES,
+    TEAM_KEY,
     VLLM_RELEASE,
     uses_model_cache,
 )
@@ -67,10 +70,24 @@ front_door_namespace = cfg.front_door.namespace
 ui = ui_caller(ui_namespace) if ui_namespace else None
 model_callers = [front_door_parts.caller(front_door_namespace), INGRESS_CALLER]
 front_door_callers = [INGRESS_CALLER] + ([ui] if ui else [])
+# The teams' models, each in its team's namespace (the teams' files, checked with the config).
+team_namespaces = {team: t.namespace_of(team) for team, t in cfg.teams.items()}
+team_models = {team: [tm.model for tm in cfg.team_models if tm.team == team] for team in cfg.teams}
+all_models = [*cfg.models, *(tm.model for tm in cfg.team_models)]
 # Prometheus scrapes each namespace's metrics port and path, and nothing else there.
 monitoring_on = cfg.monitoring.enabled
-server_metrics = metrics_access({RUNTIMES[(m.runtime, cfg.accelerator.kind)].port for m in cfg.models},
-                                [SERVER_METRICS_PATH]) if monitoring_on else None
+
+
+def scraped_servers(models):
+    """The scraper's access to the servers of `models`, or None where nothing scrapes them."""
+    if not (monitoring_on and models):
+        return None
+    return metrics_access({RUNTIMES[(m.runtime, cfg.accelerator.kind)].port for m in models}, [SERVER_METRICS_PATH])
+
+
+server_metrics = scraped_servers(cfg.models)
+team_metrics = {team: scraped_servers(team_models[team]) for team in cfg.teams}
+server_pods = "restricted" if cfg.security.restricted_pods else "baseline"
 front_door_metrics = (metrics_access([front_door_parts.PORT], [front_door_parts.METRICS_PATH])
                       if monitoring_on and cfg.front_door.metrics else None)
 # Models of more than one vLLM replica that the ingress routes straight (where the body-based
@@ -88,17 +105,20 @@ mesh = Mesh("mesh", {
     "platform": facts.istio_platform,
     # The UI chart's pods run as root: baseline there, restricted where the models run.
     "injected_namespaces": {
-        cfg.models_namespace: "restricted" if cfg.security.restricted_pods else "baseline",
+        cfg.models_namespace: server_pods,
+        **{ns: server_pods for ns in team_namespaces.values()},
         **({ui_namespace: "baseline"} if ui_namespace else {}),
         front_door_namespace: "restricted",
     },
     "strict_mtls": cfg.security.mtls,
     "callers": {
         cfg.models_namespace: model_callers,
+        **{ns: model_callers for ns in team_namespaces.values()},
         front_door_namespace: front_door_callers,
     } if cfg.security.mtls else {},
     "metrics": {ns: accesses for ns, accesses in (
         (cfg.models_namespace, [a for a in (server_metrics, pickers) if a]),
+        *((team_namespaces[team], [a for a in (team_metrics[team],) if a]) for team in cfg.teams),
         (front_door_namespace, [a for a in (front_door_metrics,) if a])) if accesses},
 }, opts=on_cluster)
 
@@ -120,6 +140,24 @@ model_namespace = ModelNamespace("models", {
     "host_models": not all(downloads),
     "pickers": (pickers, SERVER_LABELS) if pickers else None,
 }, opts=on_cluster)
+
+# Each team: its quota, its namespace's rules, its key.
+teams = {team: Team(f"team-{team}", {
+    "namespace": {
+        "namespace": mesh.namespaces[team_namespaces[team]].metadata.name,
+        "network_policies": network_policies,
+        "callers": model_callers,
+        "metrics": team_metrics[team],
+        "istio_namespace": mesh.system_namespace,
+        "https_egress": any(uses_model_cache(m, facts.accelerator) for m in team_models[team]),
+        "cluster_cidrs": facts.internal_cidrs,
+        "host_models": not all(uses_model_cache(m, facts.accelerator) for m in team_models[team]),
+    },
+    "resource": facts.accelerator.resource,
+    "accelerators": t.accelerators,
+    "memory": t.memory,
+    "api_auth": cfg.security.api_auth,
+}, opts=on_cluster) for team, t in cfg.teams.items()}
 
 keys = ApiKeys("api-keys", {"client": cfg.api_key, "ui": cfg.ui.enabled}) if cfg.security.api_auth else None
 
@@ -144,20 +182,44 @@ servers = [] if cfg.llama_router.enabled else [
         "model": m,
         "storage_class": facts.cache_storage_class,
         "cache_throughput_mib_s": facts.cache_throughput_mib_s,
-        "units_in_use": units_in_use(facts.accelerator, cfg.models),
+        "units_in_use": units_in_use(facts.accelerator, all_models),
         "hf_token": pulumi.Output.secret(cfg.hf_token) if cfg.hf_token else None,
     }, opts=on_cluster)
     for m in cfg.models
 ]
+# The teams' servers: in their namespace, within its quota, taking the team's key too.
+team_servers = []
+for tm in cfg.team_models:
+    team = teams[tm.team]
+    team_servers.append(LlmServer(f"model-{tm.model.name}", {
+        "serving": dataclasses.replace(
+            serving,
+            namespace=mesh.namespaces[tm.namespace].metadata.name,
+            host_models_claim=team.host_models_claim,
+            api_keys={**server_keys, TEAM_KEY: team.key} if server_keys and team.key else server_keys,
+        ),
+        "model": tm.model,
+        "storage_class": facts.cache_storage_class,
+        "cache_throughput_mib_s": facts.cache_throughput_mib_s,
+        "units_in_use": units_in_use(facts.accelerator, all_models),
+        "quota_room": quota_room(cfg, tm.team, tm.model),
+        "ready": team.ready,
+        "hf_token": pulumi.Output.secret(cfg.hf_token) if cfg.hf_token else None,
+    }, opts=on_cluster))
 
-scaled = [s.scaled_server for s in servers if s.scaled_server]
-if scaled:
-    PodAutoscaling("autoscaling", {
-        "prometheus_url": PROMETHEUS_URL,
-        "servers": scaled,
-        "namespace": cfg.models_namespace,
-        "front_door_namespace": front_door_namespace,
-    }, opts=on_cluster)
+# KEDA sizes the servers of each namespace by their queues.
+for scaler, namespace, group in [("autoscaling", cfg.models_namespace, servers),
+                                 *((f"autoscaling-{team}", team_namespaces[team],
+                                    [s for s in team_servers if s.alias in {m.name for m in team_models[team]}])
+                                   for team in cfg.teams)]:
+    scaled = [s.scaled_server for s in group if s.scaled_server]
+    if scaled:
+        PodAutoscaling(scaler, {
+            "prometheus_url": PROMETHEUS_URL,
+            "servers": scaled,
+            "namespace": namespace,
+            "front_door_namespace": front_door_namespace,
+        }, opts=on_cluster)
 
 backends = [s.backend for s in servers]
 if cfg.llama_router.enabled:
@@ -168,6 +230,8 @@ if cfg.llama_router.enabled:
         "models": cfg.models,
     }, opts=on_cluster)
     backends = router.backends
+# The teams' servers are reached as the platform's are, by name.
+backends = [*backends, *(s.backend for s in team_servers)]
 
 front_door_ns = mesh.namespaces[front_door_namespace].metadata.name
 virtual_keys = cfg.front_door.virtual_keys
@@ -195,13 +259,15 @@ front_door = FrontDoor("front-door", {
     "ui_key": keys.ui if keys else None,
     # ...taken only from the UI's pods, as their sidecar's certificate says.
     "ui_peer": ui.spiffe_id if ui else None,
+    # Each team's key opens its own models, wherever the front door serves them.
+    "team_keys": {team: (t.key, [m.name for m in team_models[team]]) for team, t in teams.items() if t.key is not None},
     "backend_key": keys.backend if keys else None,
     "provider_keys": {name: pulumi.Output.secret(key) for name, key in cfg.provider_keys.items()},
     "mesh_ready": [mesh.base, mesh.istiod],
     "network_policies": network_policies,
     "callers": front_door_callers,
     "metrics": front_door_metrics,
-    "models_namespace": cfg.models_namespace,
+    "models_namespaces": [cfg.models_namespace, *team_namespaces.values()],
     "istio_namespace": mesh.system_namespace,
     "cluster_cidrs": facts.internal_cidrs,
     "database": database.connection if database else None,
@@ -214,8 +280,8 @@ monitoring = Monitoring("monitoring", {
     "config": cfg.monitoring,
     "light": cfg.monitoring.light if cfg.monitoring.light is not None else facts.small,
     "vllm_release": VLLM_RELEASE,
-    "targets": [t for t in [*(s.scrape_target for s in servers), *([router.scrape_target] if cfg.llama_router.enabled
-                                                                  else []), front_door.scrape_target] if t],
+    "targets": [t for t in [*(s.scrape_target for s in [*servers, *team_servers]),
+                            *([router.scrape_target] if cfg.llama_router.enabled else []), front_door.scrape_target] if t],
     "network_policies": network_policies,
     "strict_mtls": cfg.security.mtls,
     "mesh_ready": [mesh.base, mesh.istiod],
@@ -247,10 +313,11 @@ GitOpsController("gitops", {"chart_version": cfg.gitops.chart_version, "apps": a
 
 # The models the ingress routes to straight, by the body's model: all but those at zero, which only
 # the front door's request count wakes.
-reachable = backends if cfg.llama_router.enabled else [
-    s.backend for s in servers
-    if not (s.scaled_server and s.scaled_server.autoscaling and s.scaled_server.autoscaling.scale_to_zero)]
-routing_plan = plan_routes(reachable, amd64_nodes=facts.amd64_nodes, one_server=cfg.llama_router.enabled,
+reachable = [*(router.backends if cfg.llama_router.enabled else []), *(
+    s.backend for s in ([] if cfg.llama_router.enabled else servers) + team_servers
+    if not (s.scaled_server and s.scaled_server.autoscaling and s.scaled_server.autoscaling.scale_to_zero))]
+routing_plan = plan_routes(reachable, amd64_nodes=facts.amd64_nodes,
+                           one_server=cfg.llama_router.enabled and not team_servers,
                            others=bool(cfg.front_door.providers) or len(reachable) < len(backends))
 pools = InferencePools("inference-pools", {
     "namespace": models_namespace,
@@ -267,12 +334,13 @@ model_routing = ModelRouting("model-routing", {
     "replicas": max(facts.ingress.min_replicas, 2 if facts.replicated else 1),
     "ingress_namespace": mesh.ingress_namespace,
     "ingress_selector": mesh.ingress_selector,
-    "keys": [keys.client] if keys else None,
+    # The client key, and each team's (which only the team's servers accept).
+    "keys": [keys.client, *(t.key for t in teams.values() if t.key is not None)] if keys else None,
     "front_door": True,
     "plan": routing_plan,
     "page_routes": PAGE_ROUTES,
     "mesh_ready": [mesh.base, mesh.istiod],
-    "servers": [router] if cfg.llama_router.enabled else servers,
+    "servers": [*([router] if cfg.llama_router.enabled else servers), *team_servers],
 }, opts=on_cluster)
 
 gateway = Gateway("gateway", {
@@ -287,6 +355,7 @@ gateway = Gateway("gateway", {
     "backend_namespaces": {
         front_door_namespace: front_door_ns,
         **({cfg.models_namespace: models_namespace} if routing_plan.straight else {}),
+        **({ns: mesh.namespaces[ns].metadata.name for ns in team_namespaces.values()} if routing_plan.straight else {}),
         **({ui_namespace: mesh.namespaces[ui_namespace].metadata.name} if ui_namespace else {}),
         **({MONITORING_NAMESPACE: monitoring.namespace} if monitoring else {}),
     },
@@ -315,6 +384,10 @@ if keys:
     if keys.ui is not None:
         # Open WebUI's own key: the front door's inference routes only.
         pulumi.export("uiApiKey", keys.ui)
+if keys and teams:
+    # Each team's own key, by team: its servers accept it, no other server does.
+    pulumi.export("teamApiKeys", pulumi.Output.secret(pulumi.Output.all(
+        **{team: t.key for team, t in teams.items() if t.key is not None})))
 # Whether the front door issues virtual keys (made with apiKey, the master key).
 pulumi.export("virtualKeys", virtual_keys.enabled)
 if ui_admin:

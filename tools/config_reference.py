@@ -158,6 +158,7 @@ class Shape:
     model: Optional[type[BaseModel]] = None  # an object whose keys follow
     item_model: Optional[type[BaseModel]] = None  # a list of such objects
     variants: Optional[list[Variant]] = None  # an object (or a list of them) of one of these kinds
+    value_model: Optional[type[BaseModel]] = None  # a map whose values are objects of this model
 
 
 def _shape(tp: Any, meta: list, where: str) -> Shape:
@@ -180,7 +181,7 @@ def _shape(tp: Any, meta: list, where: str) -> Shape:
     if origin is dict:
         inner = _shape(get_args(tp)[1], [], f"{where}.*")
         each = [f"each value {'; '.join(inner.rules)}"] if inner.rules else []
-        return Shape(f"map of string to {inner.text}", rules + each)
+        return Shape(f"map of string to {inner.text}", rules + each, value_model=inner.model)
     names = {bool: "boolean", int: "integer", float: "number", str: "string", Any: "any"}
     if tp not in names:
         raise Undocumented(f"{where}: no wording for the type {tp!r}")
@@ -249,6 +250,8 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
             rows += _rows(shape.model, f"{key}.")
         elif shape.item_model:
             rows += _rows(shape.item_model, f"{key}[].")
+        elif shape.value_model:
+            rows += _rows(shape.value_model, f"{key}.<name>.")
     return rows
 
 
@@ -276,7 +279,7 @@ def reference() -> str:
             raise Undocumented(f"StackConfig.{name} ({full}) has no docstring")
         shape = _shape(info.annotation, info.metadata, f"StackConfig.{name}")
         heading = f"`{full}`"
-        inside = shape.model or shape.item_model or shape.variants
+        inside = shape.model or shape.item_model or shape.value_model or shape.variants
         label = f"[`{full}`](#{_slug(heading)})" if inside else f"`{full}`"
         secret = " (secret)" if key in SECRET_KEYS else ""
         top.append(_row(label + secret, shape, _default(info), _doc(info.description)))
@@ -294,9 +297,10 @@ def reference() -> str:
                 sections += ["", f"#### `{v.key}: {v.value}`{suffix}", "", model_doc(v.model), "", *TABLE_HEAD,
                              *_rows(v.model, "")]
         else:
-            model = shape.model or shape.item_model
-            assert model is not None, f"{heading}: a section is a model, a list of models or a choice of them"
-            doc = f"A list, each item: {_lead(model_doc(model))}" if shape.item_model else model_doc(model)
+            model = shape.model or shape.item_model or shape.value_model
+            assert model is not None, f"{heading}: a section is a model, a list or map of models or a choice of them"
+            doc = (f"A list, each item: {_lead(model_doc(model))}" if shape.item_model else
+                   f"A map by name, each value: {_lead(model_doc(model))}" if shape.value_model else model_doc(model))
             sections += ["", doc, "", *TABLE_HEAD, *_rows(model, "")]
     return "\n".join([NOTE, "", *top, *sections]) + "\n"
 

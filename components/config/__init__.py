@@ -9,61 +9,24 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic_core import ErrorDetails
 
 from components.config.base import *  # noqa: F401,F403
 from components.config.base import PROJECT, ConfigError
 from components.config.cluster import *  # noqa: F401,F403
-from components.config.cluster import CLUSTER_KINDS
+from components.config.errors import display_key as display_key, one_line
 from components.config.models import *  # noqa: F401,F403
-from components.config.models import RUNTIMES
 from components.config.monitoring import *  # noqa: F401,F403
 from components.config.services import *  # noqa: F401,F403
 from components.config.stack import *  # noqa: F401,F403
 from components.config.stack import StackConfig
+from components.config.team_models import TeamModel as TeamModel, load_team_models, quota_room as quota_room
+from components.config.teams import *  # noqa: F401,F403
 from components.config.virtual_keys import *  # noqa: F401,F403
 
 # --- loading -------------------------------------------------------------------------------
-
-
-def _key_path(loc: tuple) -> str:
-    parts: list[str] = []
-    for i, item in enumerate(loc):
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif (i == 1 and loc[0] == "cluster" and item in CLUSTER_KINDS) or (
-            i == 2 and loc[0] == "models" and item in RUNTIMES
-        ):
-            continue  # the union tag pydantic inserts, not a key the user wrote
-        else:
-            parts.append(("." if parts else f"{PROJECT}:") + display_key(item))
-    return "".join(parts) or PROJECT
-
-
-def display_key(key: str) -> str:
-    """A key as written in the stack file; odd ones (spaces, colons, empty) quoted."""
-    return key if re.fullmatch(r"[A-Za-z_][\w-]*", key) else json.dumps(key)
-
-
-def _message(err: ErrorDetails) -> str:
-    kind = err["type"]
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "extra_forbidden":
-        return "unknown key (check the spelling against docs/configuration.md)"
-    if kind == "union_tag_invalid":
-        ctx = err["ctx"]
-        field = "runtime" if "runtime" in ctx["discriminator"] else "kind"
-        return f"expected {field} to be one of {ctx['expected_tags']}, got {ctx['tag']!r}"
-    msg = err["msg"].removeprefix("Value error, ")
-    if kind in ("literal_error", "int_parsing", "greater_than_equal",
-                "less_than_equal", "string_pattern_mismatch", "too_short", "greater_than"):
-        msg += f", got {err.get('input')!r}"
-    return msg
 
 
 def parse(raw: dict[str, Any], stack_file: str) -> StackConfig:
@@ -71,14 +34,7 @@ def parse(raw: dict[str, Any], stack_file: str) -> StackConfig:
     try:
         return StackConfig.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key, msg = _key_path(err["loc"]), _message(err)
-        # Checks across fields name their own key first: "availabilityZones: expected ...".
-        sub = re.match(r"^([a-zA-Z][\w.\[\]]*): (.*)$", msg)
-        if err["type"] == "value_error" and sub:
-            key = f"{key}.{sub.group(1)}" if key != PROJECT else f"{PROJECT}:{sub.group(1)}"
-            msg = sub.group(2)
-        raise ConfigError(f"{stack_file}: {key}: {msg}") from None
+        raise ConfigError(f"{stack_file}: {one_line(exc)}") from None
 
 
 SECRET_KEYS = ("hfToken", "apiKey", "uiAdminPassword", "providerKeys")
@@ -106,7 +62,10 @@ def load(stack: str) -> StackConfig:
                 f"{stack_file}: {prefix}{key}: expected a secret; set it with "
                 f"`pulumi config set --secret {key} ...` so it is never stored in plain text"
             )
-    return parse(raw, stack_file)
+    cfg = parse(raw, stack_file)
+    # The program runs in the project's folder (the CLI's working directory for it).
+    cfg._team_models = load_team_models(cfg, os.getcwd(), stack_file)
+    return cfg
 
 
 def expand_path(path: str) -> str:

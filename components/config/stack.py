@@ -8,13 +8,14 @@ from typing import Annotated, Any, Optional
 from pydantic import (
     AfterValidator,
     Field,
+    PrivateAttr,
     field_validator,
     model_validator,
 )
 
 from components.config.base import ApiKey, DnsLabel, _master_key, _Model
 from components.config.cluster import ClusterConfig
-from components.config.models import DEFAULT_MODEL, DEFAULT_VLLM_MODEL, AcceleratorConfig, AnyModel
+from components.config.models import DEFAULT_MODEL, DEFAULT_VLLM_MODEL, AcceleratorConfig, AnyModel, ServedModel
 from components.config.monitoring import MonitoringConfig
 from components.config.services import (
     AppConfig,
@@ -26,6 +27,7 @@ from components.config.services import (
     SecurityConfig,
     UiConfig,
 )
+from components.config.teams import TEAM_MODELS_DIR, TeamConfig
 from components.core.hardware import AcceleratorPool
 
 ACCELERATORS_BY_CLUSTER = {
@@ -36,6 +38,31 @@ ACCELERATORS_BY_CLUSTER = {
     "gke": ("tpu", "nvidia"),
 }
 RUNTIMES_BY_ACCELERATOR = {"vulkan": ("llama-cpp",), "none": ("llama-cpp",), "nvidia": ("vllm",), "tpu": ("vllm",)}
+
+
+# Namespaces the platform's charts and components install into: never a team's.
+PLATFORM_NAMESPACES = ("istio-system", "istio-ingress", "argocd", "monitoring", "keda", "kube-system",
+                       "kube-public", "kube-node-lease", "default", "dcgm-exporter", "cert-manager",
+                       "nvidia-device-plugin")
+
+
+def replicas_key(model: ServedModel) -> str:
+    """The key that sets how many replicas a model may run."""
+    return "autoscaling.maxReplicas" if model.autoscaling.enabled else "replicas"
+
+
+def model_fits(model: ServedModel, accel: str, pool: Optional[AcceleratorPool]) -> Optional[str]:
+    """Why `model` cannot run on the accelerator, as "key: reason", or None where it can."""
+    if model.runtime not in RUNTIMES_BY_ACCELERATOR[accel]:
+        return (f"runtime: on {accel!r} models run with {' or '.join(RUNTIMES_BY_ACCELERATOR[accel])}, "
+                f"got {model.runtime!r}")
+    per_node = pool.per_node if pool else None
+    asked = getattr(model, "accelerators", None)
+    if asked and per_node and asked > per_node:
+        return f"accelerators: {asked} asked (tensor-parallel size) but a node has only {per_node}"
+    if asked and accel == "tpu" and asked != per_node:
+        return f"accelerators: a TPU pod takes every chip of its host ({per_node}), got {asked}"
+    return None
 
 
 def _existing_dir(value: str) -> str:
@@ -93,6 +120,11 @@ class StackConfig(_Model):
     `Pulumi.local.yaml`)."""
     monitoring: MonitoringConfig = MonitoringConfig()
     """Prometheus and Grafana."""
+    teams: dict[DnsLabel, TeamConfig] = {}
+    """Teams that serve models of their own (see docs/teams.md): team name (its folder under
+    `teamModelsDir`) → its quota, namespace and owners."""
+    team_models_dir: str = TEAM_MODELS_DIR
+    """The folder of the teams' model files (`<team>/<model>.yaml`), relative to the project."""
     charts: ChartsConfig = ChartsConfig()
     """Where Helm charts come from."""
     api_key: Optional[Annotated[ApiKey, AfterValidator(_master_key)]] = None
@@ -108,6 +140,14 @@ class StackConfig(_Model):
     hf_token: Optional[str] = None
     """Hugging Face token for gated models (a Pulumi secret): `pulumi config set --secret hfToken
     hf_...`; it reaches the pod only through a Kubernetes Secret."""
+
+    # The teams' models, read from their files once the stack file is checked (team_models.py).
+    _team_models: list = PrivateAttr(default_factory=list)
+
+    @property
+    def team_models(self) -> list:
+        """The teams' models (`TeamModel`s), as `load` read them from the teams' folders."""
+        return self._team_models
 
     @model_validator(mode="before")
     @classmethod
@@ -158,26 +198,11 @@ class StackConfig(_Model):
                 and self.cluster.accelerator_nodes.device_plugin == "chart"):
             raise ValueError("cluster.acceleratorNodes.devicePlugin: 'chart' installs NVIDIA's plugin; TPU "
                              "nodes advertise google.com/tpu themselves, expected 'managed'")
-        pool: Optional[AcceleratorPool] = None
-        if accel in ("nvidia", "tpu"):
-            assert self.cluster.kind != "minikube"  # minikube serves on vulkan or none (checked above)
-            pool = self.cluster.accelerator_pool(accel)
-        per_node = pool.per_node if pool else None
+        pool = self.pool
         for i, m in enumerate(self.models):
-            if m.runtime not in RUNTIMES_BY_ACCELERATOR[accel]:
-                raise ValueError(
-                    f"models[{i}].runtime: on {accel!r} models run with "
-                    f"{' or '.join(RUNTIMES_BY_ACCELERATOR[accel])}, got {m.runtime!r}"
-                )
-            asked = getattr(m, "accelerators", None)
-            if asked and per_node and asked > per_node:
-                raise ValueError(
-                    f"models[{i}].accelerators: {asked} asked (tensor-parallel size) but a node has only {per_node}"
-                )
-            if asked and accel == "tpu" and asked != per_node:
-                raise ValueError(
-                    f"models[{i}].accelerators: a TPU pod takes every chip of its host ({per_node}), got {asked}"
-                )
+            problem = model_fits(m, accel, pool)
+            if problem:
+                raise ValueError(f"models[{i}].{problem}")
         self._replicas_fit(pool)
         return self
 
@@ -238,30 +263,71 @@ class StackConfig(_Model):
                                  f"{name!r} is already used")
         return self
 
+    @model_validator(mode="after")
+    def _team_namespaces_are_their_own(self) -> "StackConfig":
+        taken = {self.models_namespace: "modelsNamespace", self.front_door.namespace: "frontDoor.namespace",
+                 **({self.ui.namespace: "ui.namespace"} if self.ui.enabled else {}),
+                 **({self.front_door.virtual_keys.namespace: "frontDoor.virtualKeys.namespace",
+                     self.front_door.virtual_keys.operator_namespace: "frontDoor.virtualKeys.operatorNamespace"}
+                    if self.front_door.virtual_keys.enabled else {}),
+                 **{ns: "a namespace the platform installs" for ns in PLATFORM_NAMESPACES}}
+        for team, t in self.teams.items():
+            ns = t.namespace_of(team)
+            if ns in taken:
+                raise ValueError(f"teams.{team}.namespace: expected a namespace of the team's own, "
+                                 f"{ns!r} is {taken[ns]}")
+            taken[ns] = f"team {team}'s"
+        return self
+
+    @property
+    def capacity(self) -> Optional[tuple[int, str]]:
+        """Accelerator units the cluster offers servers, and where they come from; None: no limit."""
+        if self.accelerator.kind == "vulkan":
+            return self.accelerator.share_count, f"accelerator.shareCount {self.accelerator.share_count}"
+        pool = self.pool
+        if pool is None:
+            return None
+        return pool.capacity, (f"{pool.per_node} per node × up to {pool.max_nodes} nodes the autoscaler adds"
+                               if pool.autoscaled else
+                               f"{pool.per_node} per node × {pool.nodes} nodes that exist; nothing adds more")
+
+    @property
+    def pool(self) -> Optional[AcceleratorPool]:
+        """The node pool that carries the accelerator (GPU and TPU clusters)."""
+        if self.accelerator.kind not in ("nvidia", "tpu"):
+            return None
+        assert self.cluster.kind != "minikube"  # minikube serves on vulkan or none (checked)
+        return self.cluster.accelerator_pool(self.accelerator.kind)
+
+    def units_per_replica(self, model: ServedModel) -> int:
+        """Accelerator units one replica of `model` holds: a TPU replica takes its whole host."""
+        pool = self.pool
+        if self.accelerator.kind == "tpu" and pool is not None:
+            return pool.per_node
+        if self.accelerator.kind == "none":
+            return 0
+        return getattr(model, "accelerators", None) or 1
+
+    @property
+    def platform_units(self) -> int:
+        """Units the stack file's own models hold at their most replicas (the router: one pod)."""
+        if self.llama_router.enabled:
+            return 0 if self.accelerator.kind == "none" else 1
+        return sum(self.units_per_replica(m) * m.most_replicas for m in self.models)
+
     def _replicas_fit(self, pool: Optional[AcceleratorPool]) -> None:
         """Every replica of every model must find its accelerators on nodes that exist, or that
         an autoscaler will add: otherwise `up` waits for pods that never schedule."""
-        kind = self.accelerator.kind
-        if kind == "vulkan":
-            capacity, where = self.accelerator.share_count, f"accelerator.shareCount {self.accelerator.share_count}"
-        elif pool is not None:
-            capacity = pool.capacity
-            where = (f"{pool.per_node} per node × up to {pool.max_nodes} nodes the autoscaler adds" if pool.autoscaled
-                     else f"{pool.per_node} per node × {pool.nodes} nodes that exist; nothing adds more")
-        else:
-            return
-        if self.llama_router.enabled:
-            return  # one router pod holds one share and serves every model from it
+        if self.capacity is None or self.llama_router.enabled:
+            return  # no limit; or one router pod holds one share and serves every model from it
+        capacity, where = self.capacity
         used = 0
         for i, m in enumerate(self.models):
-            # A TPU cluster has its pool (else the check returned above).
-            per_replica = pool.per_node if kind == "tpu" and pool is not None else (getattr(m, "accelerators", None) or 1)
-            used += per_replica * m.most_replicas
+            used += self.units_per_replica(m) * m.most_replicas
             if used > capacity:
                 raise ValueError(
-                    f"models[{i}].{'autoscaling.maxReplicas' if m.autoscaling.enabled else 'replicas'}: "
-                    f"the models need {used} {kind} units in all, the cluster offers "
-                    f"{capacity} ({where})"
+                    f"models[{i}].{replicas_key(m)}: the models need {used} {self.accelerator.kind} units in all, "
+                    f"the cluster offers {capacity} ({where})"
                 )
 
     @field_validator("models")

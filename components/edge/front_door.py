@@ -4,6 +4,7 @@ mesh (or to a hosted provider from config), holds the keys and counts the tokens
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, NotRequired, Optional, Sequence, TypedDict
@@ -56,6 +57,7 @@ MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
 BACKEND_KEY_ENV = "BACKEND_API_KEY"
 UI_KEY_ENV = front_door_auth.UI_KEY_ENV
 UI_PEER_ENV = front_door_auth.UI_PEER_ENV
+TEAM_KEYS_ENV = front_door_auth.TEAM_KEYS_ENV
 KEYS_SECRET = "litellm-keys"
 # With a database, LiteLLM applies its migrations at start, copying its migration files into
 # this folder first (litellm_proxy_extras: LITELLM_MIGRATION_DIR), since the root filesystem is
@@ -108,6 +110,8 @@ class FrontDoorArgs(TypedDict):
     master_key: Optional[pulumi.Output[str]]
     # The UI's key: inference routes only; None: no such key.
     ui_key: Optional[pulumi.Output[str]]
+    # Each team's key (a Pulumi secret) and the models it opens, by team; absent: no teams.
+    team_keys: NotRequired[Mapping[str, tuple[pulumi.Output[str], Sequence[str]]]]
     # The UI's mesh identity (SPIFFE id), the one caller the UI's key is taken from; None or
     # absent: no UI, the key is taken from no one.
     ui_peer: NotRequired[Optional[str]]
@@ -123,7 +127,8 @@ class FrontDoorArgs(TypedDict):
     callers: Sequence[Caller]
     # The scraper of the proxy's /metrics/ (None: nothing scrapes it).
     metrics: Optional[MetricsAccess]
-    models_namespace: str
+    # The namespaces of the model servers it calls: the platform's and the teams'.
+    models_namespaces: Sequence[str]
     istio_namespace: str
     cluster_cidrs: Sequence[pulumi.Input[str]]
     # The virtual keys' database (frontDoor.virtualKeys); None or absent: master key only.
@@ -167,9 +172,9 @@ def termination_grace_seconds(cfg: "FrontDoorConfig") -> int:
 
 
 def litellm_config(models: Sequence[tuple[str, str]], cfg: "FrontDoorConfig", auth: bool,
-                   ui_key: bool = False) -> dict:
-    """LiteLLM's proxy config for (alias, base URL) pairs and the configured providers; `ui_key`:
-    the UI's inference-only key is let in by the custom auth."""
+                   custom_auth: bool = False) -> dict:
+    """LiteLLM's proxy config for (alias, base URL) pairs and the configured providers;
+    `custom_auth`: the UI's inference-only key and the teams' keys are let in by the custom auth."""
     timeouts = {"timeout": cfg.timeout_seconds, "stream_timeout": cfg.timeout_seconds}
     model_list = [
         {"model_name": alias, "litellm_params": {
@@ -207,7 +212,7 @@ def litellm_config(models: Sequence[tuple[str, str]], cfg: "FrontDoorConfig", au
     # (security.apiAuth: false).
     general: dict = ({"master_key": f"os.environ/{MASTER_KEY_ENV}"} if auth
                      else {"dangerously_permit_weak_or_unset_master_key": True})
-    if auth and ui_key:
+    if auth and custom_auth:
         general.update({
             "custom_auth": AUTH_FUNCTION,
             # "auto": a key the function does not know goes on to LiteLLM's own auth (master key).
@@ -246,6 +251,8 @@ class FrontDoor(pulumi.ComponentResource):
         # Open WebUI's key counts only beside the master key.
         ui_secret = args["ui_key"] if auth else None
         ui_key = ui_secret is not None
+        team_keys = dict(args.get("team_keys") or {}) if auth else {}
+        custom_auth = ui_key or bool(team_keys)
         child = pulumi.ResourceOptions(parent=self)
         labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "front-door",
                   "app.kubernetes.io/part-of": "llm-platform"}
@@ -254,9 +261,9 @@ class FrontDoor(pulumi.ComponentResource):
 
         rendered = pulumi.Output.all(*(pulumi.Output.from_input(m.base_url) for m in args["models"])).apply(
             lambda urls: yaml.safe_dump(litellm_config(
-                [(m.alias, u) for m, u in zip(args["models"], urls, strict=True)], cfg, auth, ui_key), sort_keys=False))
+                [(m.alias, u) for m, u in zip(args["models"], urls, strict=True)], cfg, auth, custom_auth), sort_keys=False))
         files: dict[str, pulumi.Input[str]] = {CONFIG_FILE: rendered}
-        if ui_key:
+        if custom_auth:
             files[AUTH_FILE] = auth_module_source()
         config_map = k8s.core.v1.ConfigMap(
             f"{name}-config",
@@ -270,6 +277,11 @@ class FrontDoor(pulumi.ComponentResource):
             keys[MASTER_KEY_ENV] = master_key
         if ui_secret is not None:
             keys[UI_KEY_ENV] = ui_secret
+        if team_keys:
+            teams = sorted(team_keys)
+            keys[TEAM_KEYS_ENV] = pulumi.Output.secret(pulumi.Output.all(*(team_keys[t][0] for t in teams)).apply(
+                lambda values: json.dumps({t: {"key": v, "models": sorted(team_keys[t][1])}
+                                           for t, v in zip(teams, values, strict=True)}, sort_keys=True)))
         if args["backend_key"] is not None:
             keys[BACKEND_KEY_ENV] = args["backend_key"]
         for p in cfg.providers:
@@ -443,7 +455,7 @@ class FrontDoor(pulumi.ComponentResource):
             kind="Sidecar",
             metadata={"name": "default", "namespace": namespace},
             spec={
-                "egress": [{"hosts": ["./*", f"{args['models_namespace']}/*", f"{args['istio_namespace']}/*",
+                "egress": [{"hosts": ["./*", *(f"{ns}/*" for ns in args["models_namespaces"]), f"{args['istio_namespace']}/*",
                                       *([f"{database.namespace}/{database.host}"] if database else [])]}],
                 "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"},
             },
@@ -482,7 +494,7 @@ class FrontDoor(pulumi.ComponentResource):
         specs = mesh_namespace_policies(args["callers"], args["istio_namespace"], args["metrics"],
                                         https_egress=bool(hosts), cluster_cidrs=list(args["cluster_cidrs"]))
         specs["allow-models"] = {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{
-            "to": [namespace_peer(args["models_namespace"])]}]}
+            "to": [namespace_peer(ns) for ns in args["models_namespaces"]]}]}
         if database is not None:
             specs["allow-database"] = {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{
                 "to": [namespace_peer(database.namespace)],

@@ -6,8 +6,9 @@ from components.serving.llama_router import LlamaRouter, LlamaRouterArgs
 from components.serving.llm_server import LlmServer, LlmServerArgs
 from components.serving.model_namespace import ModelNamespace, ModelNamespaceArgs
 from components.serving.pods import ServingSettings
+from components.serving.team import Team, TeamArgs
 
 __all__ = [
     "LlamaRouter", "LlamaRouterArgs", "LlmServer", "LlmServerArgs", "ModelNamespace", "ModelNamespaceArgs",
-    "PodAutoscaling", "PodAutoscalingArgs", "ScaledServer", "ServingSettings",
+    "PodAutoscaling", "PodAutoscalingArgs", "ScaledServer", "ServingSettings", "Team", "TeamArgs",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Literal, Optional, TypedDict
+from typing import TYPE_CHECKING, Literal, NotRequired, Optional, Sequence, TypedDict
 
 import pulumi
 import pulumi_command as command
@@ -64,6 +64,11 @@ class LlmServerArgs(TypedDict):
     cache_throughput_mib_s: Optional[int]
     # Accelerator units all model servers on this accelerator hold together.
     units_in_use: int
+    # Whether the namespace's quota (a team's) leaves room for one more pod in a rollout; absent:
+    # no quota there.
+    quota_room: NotRequired[bool]
+    # What must exist before the server's pods (a team's quota: pods created first go uncounted).
+    ready: NotRequired[Sequence[pulumi.Resource]]
     # Hugging Face token (a Pulumi secret), for gated models; None for public ones.
     hf_token: Optional[pulumi.Output[str]]
 
@@ -104,7 +109,7 @@ class LlmServer(pulumi.ComponentResource):
         self.pod_labels = labels
         meta = {"namespace": self.namespace, "labels": labels}
 
-        waits_for: list[pulumi.Resource] = []
+        waits_for: list[pulumi.Resource] = list(args.get("ready", []))
         volumes, mounts, env = [], [], [{"name": k, "value": v} for k, v in spec.env.items()]
         annotations: dict = {}
         claim_templates = None
@@ -130,7 +135,7 @@ class LlmServer(pulumi.ComponentResource):
             annotations[KEYS_DIGEST_ANNOTATION] = api_keys_volume(
                 self, name, {**meta, "name": f"{model.name}-api-keys"}, spec.api_keys_file,
                 # vLLM leaves /metrics open: no scraper key where none is asked for.
-                {e: api_keys[e] for e in API_KEY_ENTRIES if spec.metrics_need_key or e != METRICS_KEY},
+                {e: api_keys[e] for e in API_KEY_ENTRIES if e in api_keys and (spec.metrics_need_key or e != METRICS_KEY)},
                 k8s_opts, volumes, mounts)
         if args["serving"].restricted:
             # The root filesystem is read-only: scratch space and HOME live here.
@@ -164,7 +169,8 @@ class LlmServer(pulumi.ComponentResource):
                 spec={
                     **replicas_field(model),
                     "progressDeadlineSeconds": budget * 60,
-                    "strategy": rollout_strategy(accel, spec.accelerators, args["units_in_use"]),
+                    "strategy": rollout_strategy(accel, spec.accelerators, args["units_in_use"],
+                                                 args.get("quota_room", True)),
                     "selector": {"matchLabels": labels},
                     "template": template,
                 },
@@ -258,11 +264,13 @@ def _timeouts(create_minutes: int, update_minutes: int) -> pulumi.CustomTimeouts
     return pulumi.CustomTimeouts(create=f"{create_minutes}m", update=f"{update_minutes}m")
 
 
-def rollout_strategy(accel: Accelerator, units: int, in_use: int) -> dict:
+def rollout_strategy(accel: Accelerator, units: int, in_use: int, quota_room: bool = True) -> dict:
     """For servers on the host's model files (a read-only claim any new pod can mount): never
     drop the last ready replica when the accelerators that are really there (or that an
-    autoscaler adds) hold one more pod; otherwise replace in place."""
-    if accel.fits_surge(units, in_use):
+    autoscaler adds) hold one more pod, and the namespace's quota admits it (a surge pod over
+    quota is never created, and the rollout would wait for it forever); otherwise replace in
+    place."""
+    if quota_room and accel.fits_surge(units, in_use):
         return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     return {"type": "Recreate"}
 

@@ -24,7 +24,9 @@ API_KEYS_MOUNT = "/etc/llm-platform/api-keys"
 FRONT_DOOR_KEY = "front-door"
 CLIENT_KEY = "client"
 METRICS_KEY = "metrics"
-API_KEY_ENTRIES = (FRONT_DOOR_KEY, CLIENT_KEY, METRICS_KEY)
+# A team's own key, which only the team's servers accept.
+TEAM_KEY = "team"
+API_KEY_ENTRIES = (FRONT_DOOR_KEY, CLIENT_KEY, METRICS_KEY, TEAM_KEY)
 # Entries of that Secret the servers read as files: llama.cpp's key list (one key a line) and
 # vLLM's config file (`--config`, YAML), which carries `api-key` so no key reaches argv or env.
 API_KEYS_FILE = "keys"

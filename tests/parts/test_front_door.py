@@ -25,7 +25,8 @@ import pytest
 from components.edge import front_door
 from tests.shared import LLAMA_SERVER, TINY_MODEL
 from tests.program.test_front_door import (  # noqa: F401 (recorded: the module's fixture)
-    CLIENT_KEY, MODELS, PROVIDER, SECRET, UI_ID, proxy_container, recorded, rendered_config, write_config_dir,
+    CLIENT_KEY, MODELS, PROVIDER, SECRET, TEAM, UI_ID, proxy_container, recorded, rendered_config, service_host,
+    write_config_dir,
 )
 from tools import mock_engine as harness
 
@@ -122,8 +123,11 @@ def xfcc(uri: str, *before: str) -> str:
 
 
 class Stack:
-    def __init__(self, proxy_port: int, servers: dict[str, int], backend_key: str, ui_key: str, ui_peer: str):
+    def __init__(self, proxy_port: int, servers: dict[str, int], backend_key: str, ui_key: str, ui_peer: str,
+                 team_key: str):
         self.proxy_port, self.servers, self.backend_key, self.ui_key = proxy_port, servers, backend_key, ui_key
+        # The research team's key, which opens its model (qwen) alone.
+        self.team_key = team_key
         # What the front door's sidecar passes on for a request from the UI's pod.
         self.from_ui = [xfcc(ui_peer)]
 
@@ -151,7 +155,7 @@ def stack(recorded, tmp_path_factory):
             servers[m["name"]] = port
         # The rendered config, with each Service's address mapped to its local server.
         cfg = rendered_config(recorded)
-        hosts = {f"{m['name']}.models.svc.cluster.local": servers[m["name"]] for m in MODELS}
+        hosts = {service_host(recorded, m["name"]): servers[m["name"]] for m in MODELS}
         for entry in cfg["model_list"]:
             base = urlparse(entry["litellm_params"]["api_base"])
             if base.hostname in hosts:
@@ -163,7 +167,8 @@ def stack(recorded, tmp_path_factory):
         for m in MODELS:
             _wait_ready(servers[m["name"]], "/health", procs[MODELS.index(m)], tmp / f"{m['name']}.log", 30)
         _wait_ready(proxy_port, front_door.READINESS_PATH, proxy, tmp / PROXY_LOG, 180)
-        yield Stack(proxy_port, servers, backend_key, keys[front_door.UI_KEY_ENV], env[front_door.UI_PEER_ENV])
+        team_key = json.loads(keys[front_door.TEAM_KEYS_ENV])[TEAM]["key"]
+        yield Stack(proxy_port, servers, backend_key, keys[front_door.UI_KEY_ENV], env[front_door.UI_PEER_ENV], team_key)
     finally:
         stop(procs, 10)
 
@@ -239,6 +244,24 @@ def test_refused_without_the_client_key(stack):
     # ...and the client key does not open the servers.
     port = stack.servers["tinyllama"]
     assert _request(port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat("tinyllama"))[0] == 401
+
+
+def test_a_teams_key_opens_its_own_models_alone(stack):
+    """The research team's key chats with its model, streamed to [DONE], and sees it alone in the
+    model list; the platform's model and the providers stay closed to it."""
+    status, body = _request(stack.proxy_port, "GET", "/v1/models", stack.team_key)
+    assert status == 200, body
+    assert [m["id"] for m in json.loads(body)["data"]] == ["qwen"]
+    status, body = _request(stack.proxy_port, "POST", "/v1/chat/completions", stack.team_key, _chat("qwen"))
+    assert status == 200, body
+    _, chunks, done = _stream(stack.proxy_port, stack.team_key, "qwen", 8)
+    assert done and chunks
+    for model in ("tinyllama", PROVIDER["name"]):
+        status, body = _request(stack.proxy_port, "POST", "/v1/chat/completions", stack.team_key, _chat(model))
+        assert status in (401, 403), (model, status, body)
+    # ...and it is no key to anything else: the admin routes refuse it.
+    status, body = _request(stack.proxy_port, "POST", "/key/generate", stack.team_key, {})
+    assert status in (401, 403), body
 
 
 # What the UI calls (Open WebUI lists models and chats, streamed or not, at the OpenAI base URL).

@@ -30,9 +30,14 @@ MODELS = [
 ]
 PROVIDER = {"name": "gpt-mini", "model": "openai/gpt-4o-mini", "apiBase": "https://api.openai.com/v1"}
 # One server per model here; tests/parts/test_llama_router.py puts the router behind the front door.
+# The second model is a team's, from its folder (tests/fixtures/teams/research/qwen.yaml).
+TEAM = "research"
+TEAMS_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "teams"
 OVERRIDES = {
     **PODS,
-    "llm-platform:models": MODELS,
+    "llm-platform:models": MODELS[:1],
+    "llm-platform:teams": {TEAM: {"accelerators": 1, "memory": "8Gi"}},
+    "llm-platform:teamModelsDir": str(TEAMS_DIR),
     "llm-platform:frontDoor": {"providers": [PROVIDER]},
     "llm-platform:apiKey": CLIENT_KEY,
     "llm-platform:providerKeys": {PROVIDER["name"]: PROVIDER_KEY},
@@ -59,6 +64,12 @@ def write_config_dir(rec, directory: Path, cfg: dict) -> Path:
         (directory / name).write_text(text)
     (directory / front_door.CONFIG_FILE).write_text(yaml.safe_dump(cfg))
     return directory / front_door.CONFIG_FILE
+
+
+def service_host(rec, model: str) -> str:
+    """The in-cluster host of a model's Service, in whichever namespace it runs."""
+    meta = rec.one("kubernetes:core/v1:Service", f"model-{model}-service").inputs["metadata"]
+    return f"{meta['name']}.{meta['namespace']}.svc.cluster.local"
 
 
 def proxy_container(rec) -> dict:

@@ -1,5 +1,6 @@
 """The front door's custom auth (LiteLLM `general_settings.custom_auth`): the UI's own key opens the
-inference routes alone, only when the UI's pod calls, and needs no database.
+inference routes alone, only when the UI's pod calls; a team's key opens the team's own models
+alone. Neither needs a database.
 
 It ships next to the proxy's config.yaml, where LiteLLM loads it by file: it imports only the
 standard library, and LiteLLM when called (the program reads its constants). With
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import importlib.util
+import json
 import os
 
 if importlib.util.find_spec("litellm") is not None:
@@ -36,16 +38,35 @@ UI_ROUTES = frozenset({
     ("POST", "/chat/completions"), ("POST", "/v1/chat/completions"),
 })
 BEARER = "Bearer "
+# The teams' keys and models, as JSON: {"<team>": {"key": "...", "models": ["<alias>", ...]}}.
+TEAM_KEYS_ENV = "LITELLM_TEAM_KEYS"
+TEAM_KEY_ALIAS_PREFIX = "team-"
+# (method, path) a team's key may call: the model list (LiteLLM shows the key's models alone) and
+# inference, whose body must name one of the team's models (LiteLLM's own model check does not
+# hold a key a custom auth returns).
+TEAM_LIST_ROUTES = frozenset({("GET", "/models"), ("GET", "/v1/models")})
+TEAM_INFERENCE_ROUTES = frozenset(
+    ("POST", prefix + path) for prefix in ("", "/v1") for path in ("/chat/completions", "/completions", "/embeddings"))
 
 
 class NotTheUiKey(Exception):
-    """Any other key: LiteLLM's own auth decides."""
+    """Neither the UI's key nor a team's: LiteLLM's own auth decides."""
 
 
 def _is_ui_key(presented: str) -> bool:
     expected = os.environ.get(UI_KEY_ENV, "")
     # Bytes: compare_digest refuses non-ASCII str, and a client may send anything.
     return bool(expected) and hmac.compare_digest(presented.encode(), expected.encode())
+
+
+def team_of(presented: str) -> "tuple[str, list[str]] | None":
+    """The team whose key this is, and its models; None for any other key. Every team's key is
+    compared, so the time taken does not tell which came close."""
+    found = None
+    for team, entry in sorted(json.loads(os.environ.get(TEAM_KEYS_ENV) or "{}").items()):
+        if hmac.compare_digest(presented.encode(), str(entry.get("key", "")).encode()) and entry.get("key"):
+            found = (team, list(entry.get("models", [])))
+    return found
 
 
 class _Unbalanced(ValueError):
@@ -95,6 +116,23 @@ async def user_api_key_auth(request, api_key: str):
 
     # LiteLLM passes the bearer token bare; strip the scheme should it ever not.
     key = (api_key or "").removeprefix(BEARER).strip()
+    team = team_of(key) if key else None
+    if team is not None:
+        route = request.scope.get("path", "")
+        if (request.method, route) in TEAM_INFERENCE_ROUTES:
+            # The proxy parsed the body before calling here; this reads its cached copy.
+            from litellm.proxy.common_utils.http_parsing_utils import _read_request_body
+
+            model = (await _read_request_body(request)).get("model")
+            if model not in team[1]:
+                raise ProxyException(message=f"Team {team[0]}'s key may not call model {model!r}",
+                                     type=ProxyErrorTypes.auth_error, param="model", code=403)
+        elif (request.method, route) not in TEAM_LIST_ROUTES:
+            raise ProxyException(message=f"A team's key may not call {request.method} {route}",
+                                 type=ProxyErrorTypes.auth_error, param="None", code=403)
+        # `models` also narrows the model list to the team's.
+        return UserAPIKeyAuth(api_key=key, key_alias=TEAM_KEY_ALIAS_PREFIX + team[0], models=team[1],
+                              user_role=LitellmUserRoles.INTERNAL_USER)
     if not key or not _is_ui_key(key):
         raise NotTheUiKey()
     if not from_the_ui(request.headers):

@@ -1,0 +1,144 @@
+"""The teams' model files: each checked by the same models as a stack's `models` entry, then
+against the cluster, the team's quota and every other model's name, failing in one line that
+names the file and the key."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from components.config.base import ConfigError
+from components.config.errors import one_line
+from components.config.models import AnyModel, ServedModel, quantity_bytes
+from components.config.stack import StackConfig, model_fits, replicas_key
+from components.config.teams import TeamConfig
+
+MODEL_FILE_SUFFIXES = (".yaml", ".yml")
+# Every server pod of a team carries the mesh's sidecar, whose memory limit the quota counts too:
+# istiod's chart default (global.proxy.resources.limits.memory in istiod 1.30.3's values).
+SIDECAR_MEMORY_LIMIT = "1Gi"
+
+_ANY_MODEL: TypeAdapter[ServedModel] = TypeAdapter(AnyModel)
+
+
+@dataclass(frozen=True)
+class TeamModel:
+    """A model a team serves, and the file it came from (as the user names it)."""
+
+    team: str
+    namespace: str
+    file: str
+    model: ServedModel
+
+
+def pod_memory_bytes(model: ServedModel) -> int:
+    """The memory limit one server pod holds: the server's and its sidecar's."""
+    return quantity_bytes(model.resources.memory_limit) + quantity_bytes(SIDECAR_MEMORY_LIMIT)
+
+
+def _files(root: str, team: str) -> list[str]:
+    folder = os.path.join(root, team)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                  if f.endswith(MODEL_FILE_SUFFIXES) and not f.startswith("."))
+
+
+def _read(path: str, shown: str) -> ServedModel:
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{shown}: cannot be read ({err.__class__.__name__})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{shown}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{shown}: expected a mapping of a model's keys (name, runtime, ...), "
+                          f"got {type(raw).__name__}")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    raw.setdefault("name", stem)
+    if raw["name"] != stem:
+        raise ConfigError(f"{shown}: name: expected {stem!r}, the file's own name, got {raw['name']!r}")
+    try:
+        return _ANY_MODEL.validate_python(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{shown}: {one_line(exc, prefix='')}") from None
+
+
+def load_team_models(cfg: StackConfig, project_dir: str, stack_file: str) -> list[TeamModel]:
+    """Every model file of every team the stack serves, checked; raise ConfigError on the first
+    bad one."""
+    if not cfg.teams:
+        return []
+    root = os.path.join(project_dir, os.path.expanduser(cfg.team_models_dir))
+    names = {m.name: f"{stack_file}: models" for m in cfg.models}
+    names.update({p.name: f"{stack_file}: frontDoor.providers" for p in cfg.front_door.providers})
+    capacity = cfg.capacity
+    cluster_units = cfg.platform_units
+    loaded: list[TeamModel] = []
+    for team, team_cfg in sorted(cfg.teams.items()):
+        units, memory = 0, 0
+        for path in _files(root, team):
+            shown = os.path.join(cfg.team_models_dir, team, os.path.basename(path))
+            model = _read(path, shown)
+            problem = model_fits(model, cfg.accelerator.kind, cfg.pool) or _serves_here(cfg, model)
+            if problem:
+                raise ConfigError(f"{shown}: {problem}")
+            if model.name in names:
+                raise ConfigError(f"{shown}: name: {model.name!r} is already served ({names[model.name]}); "
+                                  f"expected a name of its own")
+            names[model.name] = shown
+            replicas = model.most_replicas
+            units += cfg.units_per_replica(model) * replicas
+            memory += pod_memory_bytes(model) * replicas
+            _within_quota(team, team_cfg, model, units, memory, shown, stack_file, cfg.accelerator.kind)
+            cluster_units += cfg.units_per_replica(model) * replicas
+            if capacity and cluster_units > capacity[0]:
+                raise ConfigError(f"{shown}: {replicas_key(model)}: the stack's models and the teams' need "
+                                  f"{cluster_units} {cfg.accelerator.kind} units in all, the cluster offers "
+                                  f"{capacity[0]} ({capacity[1]})")
+            loaded.append(TeamModel(team, team_cfg.namespace_of(team), shown, model))
+    return loaded
+
+
+def _serves_here(cfg: StackConfig, model: ServedModel) -> Optional[str]:
+    """What the stack-wide checks of a `models` entry refuse, for a team's model."""
+    if model.autoscaling.enabled and not cfg.monitoring.enabled:
+        return ("autoscaling.enabled: KEDA reads the server's queue from the stack's Prometheus, and the "
+                "stack runs none (monitoring.enabled: false)")
+    if model.autoscaling.scale_to_zero and not cfg.front_door.metrics:
+        return ("autoscaling.scaleToZero: a server at zero replicas is woken by the front door's request "
+                "count, which the stack does not keep (frontDoor.metrics: false)")
+    return None
+
+
+def _within_quota(team: str, quota: TeamConfig, model: ServedModel, units: int, memory: int, shown: str,
+                  stack_file: str, accel: str) -> None:
+    key = replicas_key(model)
+    if units > quota.accelerators:
+        raise ConfigError(f"{shown}: {key}: team {team}'s models need {units} {accel} units at their most "
+                          f"replicas, its quota is {quota.accelerators} ({stack_file}: teams.{team}.accelerators)")
+    if memory > quantity_bytes(quota.memory):
+        raise ConfigError(f"{shown}: {key}: team {team}'s server pods need {_gi(memory)} of memory limits at "
+                          f"their most replicas (each pod's resources.memoryLimit plus {SIDECAR_MEMORY_LIMIT} for "
+                          f"its sidecar), its quota is {quota.memory} ({stack_file}: teams.{team}.memory)")
+
+
+def _gi(size: int) -> str:
+    return f"{size / 2**30:g}Gi"
+
+
+def quota_room(cfg: StackConfig, team: str, model: ServedModel) -> bool:
+    """Whether the team's quota admits one pod of `model` beyond every server of the team at its
+    most replicas: the surge pod of a rolling update."""
+    quota = cfg.teams[team]
+    mine = [t.model for t in cfg.team_models if t.team == team]
+    units = sum(cfg.units_per_replica(m) * m.most_replicas for m in mine) + cfg.units_per_replica(model)
+    memory = sum(pod_memory_bytes(m) * m.most_replicas for m in mine) + pod_memory_bytes(model)
+    return units <= quota.accelerators and memory <= quantity_bytes(quota.memory)

@@ -1,0 +1,50 @@
+"""Teams: who serves models of their own, from a folder of model files each, within a quota."""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from pydantic import Field, field_validator
+
+from components.config.base import DnsLabel, Quantity, _Model
+
+# Where a stack finds its teams' model files: <dir>/<team>/<model>.yaml, relative to the project.
+TEAM_MODELS_DIR = "models"
+# A CODEOWNERS owner: @user, @org/team or an e-mail address.
+_OWNER = re.compile(r"^(@[A-Za-z0-9-]+(/[A-Za-z0-9._-]+)?|[^@\s]+@[^@\s]+\.[^@\s]+)$")
+
+
+def team_namespace(team: str) -> str:
+    """The namespace a team's servers run in when its entry names none."""
+    return f"team-{team}"
+
+
+class TeamConfig(_Model):
+    """A team that serves its own models: each a file `<teamModelsDir>/<team>/<model>.yaml`, in
+    the shape of a `models` entry, run in the team's own namespace within its quota."""
+
+    accelerators: int = Field(0, ge=0)
+    """Accelerator units (GPUs, TPU chips, shares of the Vulkan device) the team's servers may hold
+    together, counted at their most replicas: checked against the team's files before anything
+    is created, and a ResourceQuota on the namespace enforces it after."""
+    memory: Quantity
+    """Memory limits the team's server pods may hold together (each pod's limit plus its mesh
+    sidecar's, 1Gi), checked and enforced as `accelerators` is."""
+    namespace: Optional[DnsLabel] = None
+    """The team's namespace. Default: `team-<team>`."""
+    owners: list[str] = []
+    """Who reviews changes to the team's folder: `@user`, `@org/team` or an e-mail, written into
+    `.github/CODEOWNERS` by `python -m tools.teams codeowners`."""
+
+    @field_validator("owners")
+    @classmethod
+    def _code_owners(cls, owners: list[str]) -> list[str]:
+        """each `@user`, `@org/team` or an e-mail address"""
+        for owner in owners:
+            if not _OWNER.match(owner):
+                raise ValueError(f"expected @user, @org/team or an e-mail address, got {owner!r}")
+        return owners
+
+    def namespace_of(self, team: str) -> str:
+        return self.namespace or team_namespace(team)

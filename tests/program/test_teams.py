@@ -1,0 +1,168 @@
+"""Teams serve their own models from files: what a bad file, a name clash or a quota overrun says
+(one line naming the file and the key, nothing registered), and what a team's model becomes
+(its namespace, its quota, its key, its route) without anything of anyone else's moving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pulumi
+import pytest
+
+from tools import mock_engine as harness
+
+TINY = {"file": "smollm2-135m-instruct-q8_0.gguf", "hfRepo": "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF",
+        "resources": {"cpu": "1", "cpuLimit": "2", "memory": "1Gi", "memoryLimit": "2Gi"}}
+QUOTA = {"accelerators": 3, "memory": "12Gi"}
+NS = "team-research"
+
+
+def team_files(root: Path, files: dict[str, object]) -> Path:
+    """Write `files` ("<team>/<model>.yaml" -> a mapping, or text as it stands) under `root`."""
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return root
+
+
+def run(root: Path, teams=None, **extra):
+    return harness.run("local", {"llm-platform:teams": teams or {"research": QUOTA},
+                                 "llm-platform:teamModelsDir": str(root), **extra})
+
+
+def refused(root: Path, teams=None, **extra) -> str:
+    with pytest.raises(harness.ProgramFailed) as info:
+        run(root, teams, **extra)
+    assert isinstance(info.value.error, pulumi.RunError), repr(info.value.error)
+    assert info.value.registrations == [], "resources were registered before the team files were checked"
+    message = str(info.value.error)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"research/smol.yaml": {**TINY, "replica": 1}}, "/research/smol.yaml: replica: unknown key"),
+    ({"research/smol.yaml": {**TINY, "replicas": -1}}, "/research/smol.yaml: replicas: Input should be greater"),
+    ({"research/smol.yaml": {**TINY, "runtime": "vllm"}}, "/research/smol.yaml: hfModel: required key is missing"),
+    ({"research/smol.yaml": "file: [unclosed\n"}, "/research/smol.yaml: not valid YAML at line 2"),
+    ({"research/smol.yaml": "- a list\n"}, "/research/smol.yaml: expected a mapping of a model's keys"),
+    ({"research/smol.yaml": {**TINY, "name": "other"}},
+     "/research/smol.yaml: name: expected 'smol', the file's own name, got 'other'"),
+    ({"research/tinyllama.yaml": TINY},
+     "/research/tinyllama.yaml: name: 'tinyllama' is already served (Pulumi.local.yaml: models)"),
+    ({"research/smol.yaml": {**TINY, "replicas": 4}},
+     "/research/smol.yaml: replicas: team research's models need 4 vulkan units at their most replicas, its "
+     "quota is 3 (Pulumi.local.yaml: teams.research.accelerators)"),
+    ({"research/smol.yaml": {**TINY, "resources": {**TINY["resources"], "memoryLimit": "12Gi"}}},
+     "/research/smol.yaml: replicas: team research's server pods need 13Gi of memory limits"),
+])
+def test_a_bad_team_file_fails_in_one_line_naming_the_file_and_the_key(tmp_path, files, expected):
+    message = refused(team_files(tmp_path, files))
+    assert message.startswith(str(tmp_path)) and expected in message, message
+
+
+def test_a_name_two_teams_use_is_refused(tmp_path):
+    root = team_files(tmp_path, {"research/smol.yaml": TINY, "support/smol.yaml": TINY})
+    message = refused(root, {"research": QUOTA, "support": QUOTA})
+    assert message.endswith(f"/support/smol.yaml: name: 'smol' is already served ({root}/research/smol.yaml); "
+                            f"expected a name of its own"), message
+
+
+def test_a_quota_without_room_for_one_more_pod_replaces_in_place(tmp_path):
+    """A surge pod over the quota would never be created, and the rollout would wait for it."""
+    rec = run(team_files(tmp_path, {"research/smol.yaml": TINY}), {"research": {**QUOTA, "accelerators": 1}})
+    server = rec.one("kubernetes:apps/v1:Deployment", "model-smol-deployment")
+    assert server.inputs["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_the_teams_models_together_must_fit_the_cluster(tmp_path):
+    # The router holds one of the Vulkan device's 4 shares; two teams' 2 each are one too many.
+    root = team_files(tmp_path, {"research/smol.yaml": {**TINY, "replicas": 2},
+                                 "support/tiny2.yaml": {**TINY, "replicas": 2}})
+    message = refused(root, {"research": QUOTA, "support": QUOTA})
+    assert "/support/tiny2.yaml: replicas: the stack's models and the teams' need 5 vulkan units in all, the " \
+           "cluster offers 4" in message, message
+
+
+def test_a_team_namespace_of_the_platform_is_refused(tmp_path):
+    message = refused(tmp_path, {"research": {**QUOTA, "namespace": "monitoring"}})
+    assert message == ("Pulumi.local.yaml: llm-platform:teams.research.namespace: expected a namespace of the "
+                       "team's own, 'monitoring' is a namespace the platform installs"), message
+
+
+@pytest.fixture(scope="module")
+def research(tmp_path_factory):
+    root = team_files(tmp_path_factory.mktemp("teams"), {"research/smol.yaml": TINY})
+    return root, run(root)
+
+
+def test_a_teams_model_runs_in_its_namespace_within_its_quota(research):
+    _, rec = research
+    ns = rec.one("kubernetes:core/v1:Namespace", f"mesh-ns-{NS}").inputs["metadata"]
+    assert ns["name"] == NS and ns["labels"]["istio-injection"] == "enabled"
+    quota = rec.one("kubernetes:core/v1:ResourceQuota", "team-research-quota").inputs
+    assert quota["metadata"]["namespace"] == NS
+    assert quota["spec"]["hard"] == {"requests.squat.ai/dri": "3", "limits.memory": "12Gi"}
+    server = rec.one("kubernetes:apps/v1:Deployment", "model-smol-deployment")
+    assert server.inputs["metadata"]["namespace"] == NS
+    pod = server.inputs["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["squat.ai/dri"] == "1"
+    # Created after the quota: a pod created first would not be counted.
+    assert rec.one("kubernetes:core/v1:ResourceQuota", "team-research-quota").urn in server.dependencies
+    # One replica of 3 shares and 3Gi of 12Gi: a rolling update's extra pod fits the quota.
+    assert server.inputs["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    # The namespace's default-deny rules, as the platform's models namespace has them.
+    policies = {r.inputs["metadata"]["name"] for r in rec.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+                if r.inputs["metadata"]["namespace"] == NS}
+    assert {"default-deny", "allow-callers", "allow-dns"} <= policies, policies
+
+
+def test_a_teams_model_is_named_at_the_one_base_url(research):
+    _, rec = research
+    assert rec.outputs["modelAliases"] == ["tinyllama", "smol"]
+    config = rec.one("kubernetes:core/v1:ConfigMap", "front-door-config").inputs["data"]["config.yaml"]
+    assert f"http://smol.{NS}.svc.cluster.local:" in config
+    # The front door may call the team's servers, and the team's namespace admits it.
+    sidecar = rec.one("kubernetes:networking.istio.io/v1:Sidecar").inputs
+    assert f"{NS}/*" in sidecar["spec"]["egress"][0]["hosts"]
+    callers = rec.one("kubernetes:security.istio.io/v1:AuthorizationPolicy", f"mesh-callers-{NS}").inputs
+    principals = json.dumps(callers["spec"])
+    assert "ns/front-door/sa/litellm" in principals, principals
+
+
+def test_a_teams_key_is_its_own_and_only_its_servers_take_it(research):
+    _, rec = research
+    assert "teamApiKeys" in rec.secret_outputs
+    key = rec.outputs["teamApiKeys"]["research"]
+    assert key.startswith("sk-") and key != rec.outputs["apiKey"]
+    team_keys = harness.reveal(rec.one("kubernetes:core/v1:Secret", "model-smol-api-keys").inputs["stringData"])
+    assert team_keys["team"] == key
+    router_keys = harness.reveal(rec.one("kubernetes:core/v1:Secret", "llama-router-api-keys").inputs["stringData"])
+    assert key not in router_keys.values()
+    front = harness.reveal(rec.one("kubernetes:core/v1:Secret", "front-door-keys").inputs["stringData"])
+    assert json.loads(front["LITELLM_TEAM_KEYS"]) == {"research": {"key": key, "models": ["smol"]}}
+
+
+def test_a_second_model_moves_nothing_of_anyone_elses(research, tmp_path):
+    """A team adds a model: its own objects appear; of what exists, only what lists or routes
+    models changes (the front door's model list, keys and pods; the ingress's routes)."""
+    root, before = research
+    team_files(tmp_path, {"research/smol.yaml": TINY, "research/smol2.yaml": TINY})
+    after = run(tmp_path)
+    old = {(r.type, r.name): r for r in before.registrations}
+    changed, added = set(), set()
+    for r in after.registrations:
+        if (r.type, r.name) not in old:
+            added.add((r.type, r.name))
+        elif json.dumps(old[(r.type, r.name)].inputs, sort_keys=True, default=str) != \
+                json.dumps(r.inputs, sort_keys=True, default=str):
+            changed.add((r.type, r.name))
+    assert {(t, n) for t, n in added if "smol2" not in n} == set(), added
+    assert changed <= {("kubernetes:core/v1:ConfigMap", "front-door-config"),
+                       ("kubernetes:core/v1:Secret", "front-door-keys"),
+                       ("kubernetes:apps/v1:Deployment", "front-door-deployment"),
+                       ("kubernetes:networking.istio.io/v1alpha3:EnvoyFilter", "model-routing-ingress-filters"),
+                       ("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute", "gateway-routes")}, changed
+    assert len(after.registrations) == len(before.registrations) + len(added)
