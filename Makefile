@@ -25,6 +25,7 @@ test-engine: setup
 # either is stale.
 docs: .venv/.installed
 	.venv/bin/python -m tools.config_reference
+	.venv/bin/python -m tools.teams codeowners
 
 # ruff and mypy as pyproject.toml configures them (the suite: pyflakes' rules only; the policy
 # pack, a program of its own, in a second mypy run). Every check runs; any finding fails it.

@@ -6,7 +6,7 @@ import pulumi
 
 from components.cluster import Cluster, GpuDevicePlugin
 from components.cluster.accelerators import from_config as accelerator_from_config, units_in_use
-from components.config import ConfigError, load, quota_room
+from components.config import RUNTIMES_BY_ACCELERATOR, ConfigError, load, quota_room
 from components.core.chart_source import use_archives
 from components.core.published import ModelBackend
 from components.edge import (
@@ -86,7 +86,10 @@ def scraped_servers(models):
 
 
 server_metrics = scraped_servers(cfg.models)
-team_metrics = {team: scraped_servers(team_models[team]) for team in cfg.teams}
+# A team's namespace is ready for any model the accelerator serves (one runtime each), so a team's
+# model added or removed never changes its namespace's rules.
+team_runtime = RUNTIMES[(RUNTIMES_BY_ACCELERATOR[cfg.accelerator.kind][0], cfg.accelerator.kind)]
+team_metrics = (metrics_access([team_runtime.port], [SERVER_METRICS_PATH]) if monitoring_on else None)
 server_pods = "restricted" if cfg.security.restricted_pods else "baseline"
 front_door_metrics = (metrics_access([front_door_parts.PORT], [front_door_parts.METRICS_PATH])
                       if monitoring_on and cfg.front_door.metrics else None)
@@ -118,7 +121,7 @@ mesh = Mesh("mesh", {
     } if cfg.security.mtls else {},
     "metrics": {ns: accesses for ns, accesses in (
         (cfg.models_namespace, [a for a in (server_metrics, pickers) if a]),
-        *((team_namespaces[team], [a for a in (team_metrics[team],) if a]) for team in cfg.teams),
+        *((ns, [team_metrics] if team_metrics else []) for ns in team_namespaces.values()),
         (front_door_namespace, [a for a in (front_door_metrics,) if a])) if accesses},
 }, opts=on_cluster)
 
@@ -147,11 +150,11 @@ teams = {team: Team(f"team-{team}", {
         "namespace": mesh.namespaces[team_namespaces[team]].metadata.name,
         "network_policies": network_policies,
         "callers": model_callers,
-        "metrics": team_metrics[team],
+        "metrics": team_metrics,
         "istio_namespace": mesh.system_namespace,
-        "https_egress": any(uses_model_cache(m, facts.accelerator) for m in team_models[team]),
+        "https_egress": team_runtime.model_store == "cache",
         "cluster_cidrs": facts.internal_cidrs,
-        "host_models": not all(uses_model_cache(m, facts.accelerator) for m in team_models[team]),
+        "host_models": team_runtime.model_store == "host",
     },
     "resource": facts.accelerator.resource,
     "accelerators": t.accelerators,
@@ -196,7 +199,10 @@ for tm in cfg.team_models:
             serving,
             namespace=mesh.namespaces[tm.namespace].metadata.name,
             host_models_claim=team.host_models_claim,
-            api_keys={**server_keys, TEAM_KEY: team.key} if server_keys and team.key else server_keys,
+            # The team's own keys alone: never the stack's, which open every other server (the team
+            # controls what runs in its namespace, and so what its servers' keys reach).
+            api_keys={FRONT_DOOR_KEY: team.backend_key, TEAM_KEY: team.key, METRICS_KEY: team.metrics_key}
+            if team.key and team.backend_key and team.metrics_key else None,
         ),
         "model": tm.model,
         "storage_class": facts.cache_storage_class,
@@ -261,6 +267,7 @@ front_door = FrontDoor("front-door", {
     "ui_peer": ui.spiffe_id if ui else None,
     # Each team's key opens its own models, wherever the front door serves them.
     "team_keys": {team: (t.key, [m.name for m in team_models[team]]) for team, t in teams.items() if t.key is not None},
+    "team_backend_keys": {team: t.backend_key for team, t in teams.items() if t.backend_key is not None},
     "backend_key": keys.backend if keys else None,
     "provider_keys": {name: pulumi.Output.secret(key) for name, key in cfg.provider_keys.items()},
     "mesh_ready": [mesh.base, mesh.istiod],
@@ -317,7 +324,10 @@ reachable = [*(router.backends if cfg.llama_router.enabled else []), *(
     s.backend for s in ([] if cfg.llama_router.enabled else servers) + team_servers
     if not (s.scaled_server and s.scaled_server.autoscaling and s.scaled_server.autoscaling.scale_to_zero))]
 routing_plan = plan_routes(reachable, amd64_nodes=facts.amd64_nodes,
-                           one_server=cfg.llama_router.enabled and not team_servers,
+                           # Teams run servers of their own: the router is no longer the one. Decided by
+                           # the teams the stack serves, so that a team's model added or removed moves
+                           # no other route.
+                           one_server=cfg.llama_router.enabled and not cfg.teams,
                            others=bool(cfg.front_door.providers) or len(reachable) < len(backends))
 pools = InferencePools("inference-pools", {
     "namespace": models_namespace,
@@ -355,7 +365,9 @@ gateway = Gateway("gateway", {
     "backend_namespaces": {
         front_door_namespace: front_door_ns,
         **({cfg.models_namespace: models_namespace} if routing_plan.straight else {}),
-        **({ns: mesh.namespaces[ns].metadata.name for ns in team_namespaces.values()} if routing_plan.straight else {}),
+        # The teams' namespaces wherever the body-based router could route to their models, with
+        # or without models yet: a team's first model then adds its rule alone.
+        **({ns: mesh.namespaces[ns].metadata.name for ns in team_namespaces.values()} if routing_plan.body_router else {}),
         **({ui_namespace: mesh.namespaces[ui_namespace].metadata.name} if ui_namespace else {}),
         **({MONITORING_NAMESPACE: monitoring.namespace} if monitoring else {}),
     },

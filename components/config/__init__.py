@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any
 
+import pulumi
 from pydantic import ValidationError
 
 from components.config.base import *  # noqa: F401,F403
@@ -63,8 +64,8 @@ def load(stack: str) -> StackConfig:
                 f"`pulumi config set --secret {key} ...` so it is never stored in plain text"
             )
     cfg = parse(raw, stack_file)
-    # The program runs in the project's folder (the CLI's working directory for it).
-    cfg._team_models = load_team_models(cfg, os.getcwd(), stack_file)
+    # Team folders are relative to the project (where Pulumi.yaml is), wherever the program runs.
+    cfg._team_models = load_team_models(cfg, pulumi.get_root_directory() or os.getcwd(), stack_file)
     return cfg
 
 

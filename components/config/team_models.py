@@ -57,7 +57,10 @@ def _read(path: str, shown: str) -> ServedModel:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{shown}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+        why = " ".join(str(getattr(err, "problem", None) or getattr(err, "reason", None) or "unreadable").split())
+        raise ConfigError(f"{shown}: not valid YAML{where}: {why}") from None
+    except RecursionError:
+        raise ConfigError(f"{shown}: not valid YAML: nested too deeply") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{shown}: expected a mapping of a model's keys (name, runtime, ...), "
                           f"got {type(raw).__name__}")
@@ -109,6 +112,9 @@ def load_team_models(cfg: StackConfig, project_dir: str, stack_file: str) -> lis
 
 def _serves_here(cfg: StackConfig, model: ServedModel) -> Optional[str]:
     """What the stack-wide checks of a `models` entry refuse, for a team's model."""
+    if model.autoscaling.enabled:
+        # KEDA is one release of the platform's, which a team's model must not install or remove.
+        return "autoscaling.enabled: not for a team's model yet; set replicas"
     if model.autoscaling.enabled and not cfg.monitoring.enabled:
         return ("autoscaling.enabled: KEDA reads the server's queue from the stack's Prometheus, and the "
                 "stack runs none (monitoring.enabled: false)")

@@ -112,6 +112,8 @@ class FrontDoorArgs(TypedDict):
     ui_key: Optional[pulumi.Output[str]]
     # Each team's key (a Pulumi secret) and the models it opens, by team; absent: no teams.
     team_keys: NotRequired[Mapping[str, tuple[pulumi.Output[str], Sequence[str]]]]
+    # The key each team's servers take from the front door (a Pulumi secret), by team.
+    team_backend_keys: NotRequired[Mapping[str, pulumi.Output[str]]]
     # The UI's mesh identity (SPIFFE id), the one caller the UI's key is taken from; None or
     # absent: no UI, the key is taken from no one.
     ui_peer: NotRequired[Optional[str]]
@@ -172,16 +174,18 @@ def termination_grace_seconds(cfg: "FrontDoorConfig") -> int:
 
 
 def litellm_config(models: Sequence[tuple[str, str]], cfg: "FrontDoorConfig", auth: bool,
-                   custom_auth: bool = False) -> dict:
+                   custom_auth: bool = False, backend_keys: Optional[Mapping[str, str]] = None) -> dict:
     """LiteLLM's proxy config for (alias, base URL) pairs and the configured providers;
     `custom_auth`: the UI's inference-only key and the teams' keys are let in by the custom auth."""
     timeouts = {"timeout": cfg.timeout_seconds, "stream_timeout": cfg.timeout_seconds}
+    backend_keys = backend_keys or {}
     model_list = [
         {"model_name": alias, "litellm_params": {
             # Every server speaks OpenAI's API and serves the model under its alias.
             "model": f"openai/{alias}",
             "api_base": base_url,
-            "api_key": f"os.environ/{BACKEND_KEY_ENV}" if auth else NO_KEY,
+            # A team's servers take a key of their team's, never the one the stack's servers take.
+            "api_key": f"os.environ/{backend_keys.get(alias, BACKEND_KEY_ENV)}" if auth else NO_KEY,
             **timeouts,
         }}
         for alias, base_url in models
@@ -229,6 +233,11 @@ def litellm_config(models: Sequence[tuple[str, str]], cfg: "FrontDoorConfig", au
     }
 
 
+def team_backend_key_env(team: str) -> str:
+    """The env var of the key a team's servers take from the front door."""
+    return f"TEAM_{team.upper().replace('-', '_')}_BACKEND_KEY"
+
+
 def auth_module_source() -> str:
     """The custom auth module's text, as it ships in the ConfigMap."""
     return Path(front_door_auth.__file__).read_text()
@@ -252,6 +261,10 @@ class FrontDoor(pulumi.ComponentResource):
         ui_secret = args["ui_key"] if auth else None
         ui_key = ui_secret is not None
         team_keys = dict(args.get("team_keys") or {}) if auth else {}
+        team_backend = dict(args.get("team_backend_keys") or {}) if auth else {}
+        # The env each team model's backend key is read from, by alias.
+        backend_env = {alias: team_backend_key_env(team) for team, (_, aliases) in team_keys.items()
+                       if team in team_backend for alias in aliases}
         custom_auth = ui_key or bool(team_keys)
         child = pulumi.ResourceOptions(parent=self)
         labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "front-door",
@@ -261,7 +274,8 @@ class FrontDoor(pulumi.ComponentResource):
 
         rendered = pulumi.Output.all(*(pulumi.Output.from_input(m.base_url) for m in args["models"])).apply(
             lambda urls: yaml.safe_dump(litellm_config(
-                [(m.alias, u) for m, u in zip(args["models"], urls, strict=True)], cfg, auth, custom_auth), sort_keys=False))
+                [(m.alias, u) for m, u in zip(args["models"], urls, strict=True)], cfg, auth, custom_auth,
+                backend_env), sort_keys=False))
         files: dict[str, pulumi.Input[str]] = {CONFIG_FILE: rendered}
         if custom_auth:
             files[AUTH_FILE] = auth_module_source()
@@ -282,6 +296,8 @@ class FrontDoor(pulumi.ComponentResource):
             keys[TEAM_KEYS_ENV] = pulumi.Output.secret(pulumi.Output.all(*(team_keys[t][0] for t in teams)).apply(
                 lambda values: json.dumps({t: {"key": v, "models": sorted(team_keys[t][1])}
                                            for t, v in zip(teams, values, strict=True)}, sort_keys=True)))
+        for team, key in team_backend.items():
+            keys[team_backend_key_env(team)] = key
         if args["backend_key"] is not None:
             keys[BACKEND_KEY_ENV] = args["backend_key"]
         for p in cfg.providers:

@@ -38,6 +38,8 @@ class Team(pulumi.ComponentResource):
     # The key the team's clients present (a Pulumi secret): the ingress lets it in, and only the
     # team's own servers accept it. None with an open API.
     key: Optional[pulumi.Output[str]]
+    backend_key: Optional[pulumi.Output[str]]
+    metrics_key: Optional[pulumi.Output[str]]
     host_models_claim: Optional[pulumi.Output[str]]
     quota: k8s.core.v1.ResourceQuota
 
@@ -54,10 +56,16 @@ class Team(pulumi.ComponentResource):
         )
         namespace = ModelNamespace(f"{name}-namespace", ns, opts=child)
         self.host_models_claim = namespace.host_models_claim
-        self.key = None
+        self.key = self.backend_key = self.metrics_key = None
         if args["api_auth"]:
             password = random.RandomPassword(f"{name}-key", length=48, special=False, opts=child)
             self.key = pulumi.Output.secret(pulumi.Output.concat(TEAM_KEY_PREFIX, password.result))
+            # What the front door and the scraper present to the team's servers: keys of the
+            # team's own, since whoever deploys into the namespace can read what its servers take.
+            self.backend_key = pulumi.Output.secret(random.RandomPassword(
+                f"{name}-backend-key", length=48, special=False, opts=child).result)
+            self.metrics_key = pulumi.Output.secret(random.RandomPassword(
+                f"{name}-metrics-key", length=48, special=False, opts=child).result)
         # What the team's servers wait for: their quota and their namespace's rules.
         self.ready: list[pulumi.Resource] = [self.quota, namespace]
         self.register_outputs({"hostModelsClaim": self.host_models_claim})

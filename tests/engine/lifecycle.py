@@ -26,15 +26,16 @@ def ops(events: list) -> list[tuple[str, str, str]]:
     return out
 
 
-def config_error(run: Callable) -> str:
-    """The one line the program fails with (the engine prints it after `error: `)."""
+def config_error(run: Callable, names: str = "Pulumi.") -> str:
+    """The one line the program fails with (the engine prints it after `error: `), which names
+    the file at fault (`names`: part of its path)."""
     try:
         run()
     except auto.CommandError as err:
         text = str(err)
     else:
         raise AssertionError("expected the preview to fail")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("error: ") and "Pulumi." in ln]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("error: ") and names in ln]
     assert lines, text[-3000:]
     return lines[0][len("error: "):]
 

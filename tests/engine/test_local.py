@@ -9,9 +9,12 @@ import copy
 import time
 
 import pytest
+import yaml
 from kubernetes.client import ApiextensionsV1Api
+from kubernetes.client.exceptions import ApiException
 from pulumi import automation as auto
 
+from tests import kube
 from tests.engine.conftest import deployed
 from tests.engine.lifecycle import config_error, live_names, ops, settled_pods, summary_without_same
 
@@ -108,6 +111,91 @@ def test_adding_then_removing_a_model_touches_only_what_routes_to_it(env):
     assert up.outputs["modelAliases"].value == ["tinyllama"]
     presets = w.cp.core.read_namespaced_config_map("llama-router-presets", "models").data
     assert not any("[smollm]" in v for v in presets.values())
+    assert summary_without_same(stack.preview().change_summary) == {}, stack.tail()
+
+
+TEAM = "research"
+TEAM_NS = f"team-{TEAM}"
+TEAM_MODEL = {"file": "smollm2-135m-instruct-q8_0.gguf",
+              "resources": {"cpu": "500m", "cpuLimit": "1", "memory": "1Gi", "memoryLimit": "2Gi"}}
+
+
+def test_a_team_serves_its_model_by_a_file_and_nothing_else_moves(env):
+    """The walk of docs/teams.md: the stack file names the team; the team commits a file in its
+    folder; preview shows that model's objects and what routes to it, nothing else; `up` runs
+    it in the team's namespace under its quota; a typo and a model over the quota fail in one
+    line naming the file; removing the file takes only its objects."""
+    w, stack = env
+    good = copy.deepcopy(stack.config)
+    # Beside the project file. The CLI runs a program in its project's folder, where the default
+    # `models` resolves; an inline program runs in the caller's, so the path is given whole here.
+    folder = stack.root / "work" / "models" / TEAM
+    cfg = {**copy.deepcopy(good), "teams": {TEAM: {"accelerators": 1, "memory": "4Gi"}},
+           "teamModelsDir": str(folder.parent)}
+    stack.write_config(cfg)
+    up = stack.up()
+    assert up.summary.result == "succeeded", stack.tail()
+    assert TEAM in up.outputs["teamApiKeys"].value and up.outputs["teamApiKeys"].secret
+
+    folder.mkdir(parents=True)
+    (folder / "smollm.yaml").write_text(yaml.safe_dump(TEAM_MODEL))
+    preview, events = stack.events(stack.preview)
+    steps = ops(events)
+    assert not [s for s in steps if s[0] in ("replace", "create-replacement", "delete")], steps
+    created = {(t, n) for o, t, n in steps if o == "create"}
+    assert created and all("smollm" in n for _, n in created), created
+    # What lists and routes models (the front door's model list, the key that opens it, its pods).
+    assert {(t, n) for o, t, n in steps if o == "update"} <= {
+        ("kubernetes:core/v1:ConfigMap", "front-door-config"),
+        ("kubernetes:core/v1:Secret", "front-door-keys"),
+        ("kubernetes:apps/v1:Deployment", "front-door-deployment"),
+        ("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute", "gateway-routes"),
+        ("kubernetes:networking.istio.io/v1alpha3:EnvoyFilter", "model-routing-ingress-filters")}, steps
+    up = stack.up()
+    assert up.summary.result == "succeeded", stack.tail()
+    assert sorted(up.outputs["modelAliases"].value) == ["smollm", "tinyllama"]
+    (pod,) = settled_pods(w, TEAM_NS, "smollm")
+    assert pod.spec.containers[0].resources.limits["squat.ai/dri"] == "1"
+    # The API server counts it against the team's quota...
+    quota = kube.until(lambda: (q := w.cp.core.read_namespaced_resource_quota("team-quota", TEAM_NS))
+                       .status.used and q.status.used.get("requests.squat.ai/dri") == "1" and q, 60, "quota used")
+    assert quota.status.hard == {"requests.squat.ai/dri": "1", "limits.memory": "4Gi"}
+    # ...and refuses a pod beyond it, whoever creates it.
+    with pytest.raises(ApiException) as refused:
+        w.cp.core.create_namespaced_pod(TEAM_NS, {
+            "metadata": {"name": "one-too-many"},
+            # Admitted by the namespace's Pod Security (restricted): refused by the quota alone.
+            "spec": {"securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                     "containers": [{"name": "c", "image": "busybox:1.37", "securityContext": {
+                         "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                         "resources": {"limits": {"squat.ai/dri": "1", "memory": "1Gi"},
+                                       "requests": {"squat.ai/dri": "1"}}}]}})
+    assert refused.value.status == 403 and "exceeded quota" in refused.value.body
+
+    # A typo, and a model over the quota: one line naming the file, before anything changes.
+    (folder / "smollm.yaml").write_text(yaml.safe_dump({**TEAM_MODEL, "replica": 2}))
+    assert config_error(stack.preview, "smollm.yaml") == \
+        f"{folder}/smollm.yaml: replica: unknown key (check the spelling against docs/configuration.md)"
+    (folder / "smollm.yaml").write_text(yaml.safe_dump({**TEAM_MODEL, "replicas": 2}))
+    assert config_error(stack.preview, "smollm.yaml").startswith(
+        f"{folder}/smollm.yaml: replicas: team research's models need 2 vulkan units at their most replicas, "
+        "its quota is 1")
+
+    # The file goes: only its objects go with it.
+    (folder / "smollm.yaml").unlink()
+    preview, events = stack.events(stack.preview)
+    steps = ops(events)
+    deleted = {(t, n) for o, t, n in steps if o == "delete"}
+    assert deleted and all("smollm" in n for _, n in deleted), deleted
+    assert not [s for s in steps if s[0] in ("create", "replace", "create-replacement")], steps
+    up = stack.up()
+    assert up.outputs["modelAliases"].value == ["tinyllama"]
+    assert not [p for p in w.cp.pods(TEAM_NS) if p.metadata.name.startswith("smollm")
+                and not p.metadata.deletion_timestamp]
+
+    stack.write_config(good)
+    up = stack.up()
+    assert up.summary.result == "succeeded", stack.tail()
     assert summary_without_same(stack.preview().change_summary) == {}, stack.tail()
 
 

@@ -128,6 +128,8 @@ class Stack:
         self.proxy_port, self.servers, self.backend_key, self.ui_key = proxy_port, servers, backend_key, ui_key
         # The research team's key, which opens its model (qwen) alone.
         self.team_key = team_key
+        # The key each server takes from the front door (the team's server its team's).
+        self.server_keys: dict[str, str] = {}
         # What the front door's sidecar passes on for a request from the UI's pod.
         self.from_ui = [xfcc(ui_peer)]
 
@@ -141,6 +143,9 @@ def stack(recorded, tmp_path_factory):
     keys = harness.reveal(recorded.one(SECRET, "front-door-keys").inputs["stringData"])
     backend_key = keys[front_door.BACKEND_KEY_ENV]
     (tmp / "api-keys").write_text(backend_key + "\n")
+    # The team's server takes its team's backend key alone.
+    team_backend_key = keys[front_door.team_backend_key_env(TEAM)]
+    (tmp / "team-api-keys").write_text(team_backend_key + "\n")
     procs: list[subprocess.Popen] = []
     try:
         servers: dict[str, int] = {}
@@ -150,7 +155,7 @@ def stack(recorded, tmp_path_factory):
             procs.append(subprocess.Popen(
                 [str(LLAMA_SERVER), "-m", str(TINY_MODEL), "--alias", m["name"], "--host", "127.0.0.1",
                  "--port", str(port), "--ctx-size", "2048", "--threads", "1", "--parallel", "4", "--metrics",
-                 "--api-key-file", str(tmp / "api-keys")],
+                 "--api-key-file", str(tmp / ("team-api-keys" if m["name"] == "qwen" else "api-keys"))],
                 stdout=log.open("w"), stderr=subprocess.STDOUT))
             servers[m["name"]] = port
         # The rendered config, with each Service's address mapped to its local server.
@@ -168,7 +173,9 @@ def stack(recorded, tmp_path_factory):
             _wait_ready(servers[m["name"]], "/health", procs[MODELS.index(m)], tmp / f"{m['name']}.log", 30)
         _wait_ready(proxy_port, front_door.READINESS_PATH, proxy, tmp / PROXY_LOG, 180)
         team_key = json.loads(keys[front_door.TEAM_KEYS_ENV])[TEAM]["key"]
-        yield Stack(proxy_port, servers, backend_key, keys[front_door.UI_KEY_ENV], env[front_door.UI_PEER_ENV], team_key)
+        stack = Stack(proxy_port, servers, backend_key, keys[front_door.UI_KEY_ENV], env[front_door.UI_PEER_ENV], team_key)
+        stack.server_keys = {m["name"]: team_backend_key if m["name"] == "qwen" else backend_key for m in MODELS}
+        yield stack
     finally:
         stop(procs, 10)
 
@@ -216,11 +223,11 @@ def _predicted_tokens(port: int, key: str) -> float:
 
 def test_routes_each_model_to_its_own_server(stack):
     for m in MODELS:
-        before = {a: _predicted_tokens(p, stack.backend_key) for a, p in stack.servers.items()}
+        before = {a: _predicted_tokens(p, stack.server_keys[a]) for a, p in stack.servers.items()}
         status, body = _request(stack.proxy_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat(m["name"]))
         assert status == 200, body
         assert json.loads(body)["choices"][0]["message"]["content"] is not None
-        after = {a: _predicted_tokens(p, stack.backend_key) for a, p in stack.servers.items()}
+        after = {a: _predicted_tokens(p, stack.server_keys[a]) for a, p in stack.servers.items()}
         assert after[m["name"]] > before[m["name"]]
         assert all(after[a] == before[a] for a in stack.servers if a != m["name"])
 
@@ -259,6 +266,13 @@ def test_a_teams_key_opens_its_own_models_alone(stack):
     for model in ("tinyllama", PROVIDER["name"]):
         status, body = _request(stack.proxy_port, "POST", "/v1/chat/completions", stack.team_key, _chat(model))
         assert status in (401, 403), (model, status, body)
+    # Nor by the query LiteLLM takes over the body, nor by a fallback the router would call instead.
+    status, body = _request(stack.proxy_port, "POST", "/v1/chat/completions?model=tinyllama", stack.team_key,
+                            _chat("qwen"))
+    assert status == 403, body
+    status, body = _request(stack.proxy_port, "POST", "/v1/chat/completions", stack.team_key,
+                            {**_chat("qwen"), "fallbacks": ["tinyllama"], "mock_testing_fallbacks": True})
+    assert status == 403, body
     # ...and it is no key to anything else: the admin routes refuse it.
     status, body = _request(stack.proxy_port, "POST", "/key/generate", stack.team_key, {})
     assert status in (401, 403), body
@@ -638,7 +652,7 @@ def test_front_door_cost_vs_direct(stack):
     within the limits above: what sizing it needs, and what a busier machine barely changes.
     Printed (run with -s), for the table in docs/front-door.md: the added p50 time to first token and the
     throughput kept, wall-clock figures that depend on the machine's load."""
-    direct = [(port, stack.backend_key, alias) for alias, port in stack.servers.items()]
+    direct = [(port, stack.server_keys[alias], alias) for alias, port in stack.servers.items()]
     via = [(stack.proxy_port, CLIENT_KEY, alias) for alias in stack.servers]
     proxy = _proxy_pid(stack.proxy_port)
     _load(via, 1, WARM_UP_REQUESTS, 8)

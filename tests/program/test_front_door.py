@@ -84,7 +84,9 @@ def test_each_model_is_a_model_name_backed_by_its_service(recorded):
         host = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
         assert entries[m["name"]]["model"] == f"openai/{m['name']}"
         assert entries[m["name"]]["api_base"] == f"http://{host}:{port}/v1"
-        assert entries[m["name"]]["api_key"] == f"os.environ/{front_door.BACKEND_KEY_ENV}"
+        # The team's model is called with the key its team's servers take, no other.
+        env = front_door.team_backend_key_env(TEAM) if m["name"] == "qwen" else front_door.BACKEND_KEY_ENV
+        assert entries[m["name"]]["api_key"] == f"os.environ/{env}"
 
 
 def test_provider_entry_rendered_with_its_key_from_a_secret(recorded):

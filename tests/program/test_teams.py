@@ -139,6 +139,10 @@ def test_a_teams_key_is_its_own_and_only_its_servers_take_it(research):
     assert key.startswith("sk-") and key != rec.outputs["apiKey"]
     team_keys = harness.reveal(rec.one("kubernetes:core/v1:Secret", "model-smol-api-keys").inputs["stringData"])
     assert team_keys["team"] == key
+    # None of the stack's keys: whoever deploys into the team's namespace can read these.
+    stack_keys = harness.reveal(rec.one("kubernetes:core/v1:Secret", "llama-router-api-keys").inputs["stringData"])
+    assert not set(team_keys.values()) & set(stack_keys.values())
+    assert rec.outputs["apiKey"] not in team_keys.values()
     router_keys = harness.reveal(rec.one("kubernetes:core/v1:Secret", "llama-router-api-keys").inputs["stringData"])
     assert key not in router_keys.values()
     front = harness.reveal(rec.one("kubernetes:core/v1:Secret", "front-door-keys").inputs["stringData"])

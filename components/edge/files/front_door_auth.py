@@ -45,6 +45,9 @@ TEAM_KEY_ALIAS_PREFIX = "team-"
 # inference, whose body must name one of the team's models (LiteLLM's own model check does not
 # hold a key a custom auth returns).
 TEAM_LIST_ROUTES = frozenset({("GET", "/models"), ("GET", "/v1/models")})
+# Body keys that make LiteLLM's router call another model than the body's `model`.
+TEAM_REFUSED_BODY_KEYS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks",
+                          "mock_testing_fallbacks", "router_settings_override", "model_list")
 TEAM_INFERENCE_ROUTES = frozenset(
     ("POST", prefix + path) for prefix in ("", "/v1") for path in ("/chat/completions", "/completions", "/embeddings"))
 
@@ -123,7 +126,12 @@ async def user_api_key_auth(request, api_key: str):
             # The proxy parsed the body before calling here; this reads its cached copy.
             from litellm.proxy.common_utils.http_parsing_utils import _read_request_body
 
-            model = (await _read_request_body(request)).get("model")
+            body = await _read_request_body(request)
+            model = body.get("model")
+            # LiteLLM takes a `model` query parameter over the body's.
+            if "model" in request.query_params or any(k in body for k in TEAM_REFUSED_BODY_KEYS):
+                raise ProxyException(message="A team's key names its model in the body alone, without fallbacks",
+                                     type=ProxyErrorTypes.auth_error, param="model", code=403)
             if model not in team[1]:
                 raise ProxyException(message=f"Team {team[0]}'s key may not call model {model!r}",
                                      type=ProxyErrorTypes.auth_error, param="model", code=403)
