@@ -22,7 +22,7 @@ from components.edge import (
 from components.edge.apps import OPEN_WEBUI_PORT, all_apps, open_webui_host, ui_caller
 from components.edge.gateway import PAGE_ROUTES
 from components.edge.inference_pool import picker_metrics
-from components.edge.model_routing import model_routes, plan as plan_routes
+from components.edge.model_routing import STACK_KEY_HOLDER, model_routes, plan as plan_routes
 from components.platform import ApiKeys, GitOpsController, GpuMetrics, Mesh, Monitoring
 from components.platform.gpu_metrics import RELEASE as DCGM_RELEASE
 from components.platform.mesh import INGRESS_CALLER
@@ -210,6 +210,7 @@ for tm in cfg.team_models:
         "units_in_use": units_in_use(facts.accelerator, all_models),
         "quota_room": quota_room(cfg, tm.team, tm.model),
         "ready": team.ready,
+        "key_holder": f"team-{tm.team}",
         "hf_token": pulumi.Output.secret(cfg.hf_token) if cfg.hf_token else None,
     }, opts=on_cluster))
 
@@ -345,7 +346,8 @@ model_routing = ModelRouting("model-routing", {
     "ingress_namespace": mesh.ingress_namespace,
     "ingress_selector": mesh.ingress_selector,
     # The client key, and each team's (which only the team's servers accept).
-    "keys": [keys.client, *(t.key for t in teams.values() if t.key is not None)] if keys else None,
+    "keys": {STACK_KEY_HOLDER: keys.client, **{f"team-{team}": t.key for team, t in teams.items() if t.key is not None}}
+    if keys else None,
     "front_door": True,
     "plan": routing_plan,
     "page_routes": PAGE_ROUTES,

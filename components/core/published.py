@@ -39,3 +39,6 @@ class ModelBackend:
     # reached through the front door alone.
     host: Optional[pulumi.Input[str]] = None
     port: Optional[int] = None
+    # Whose key the ingress must have checked to route to it straight (a team's servers take their
+    # team's key alone; any other key reaches them through the front door); None: any key it knows.
+    key_holder: Optional[str] = None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, TypedDict
@@ -54,6 +55,10 @@ KUBECONFIG_FILE = "kubeconfig"
 # serves every model.
 MODEL_HEADER = "X-Gateway-Model-Name"
 ROUTE_HEADER = "x-llm-platform-route"
+# Set by the key check to the holder of the key it admitted; a team's model's rule matches it.
+KEY_HOLDER_HEADER = "x-llm-platform-key-holder"
+# The holder of the stack's own client key.
+STACK_KEY_HOLDER = "stack"
 FRONT_DOOR_MARK = "front-door"
 SERVED_MARK = "served"
 # The API rules before the models': what the key check marks for the front door (keys only it can
@@ -119,12 +124,15 @@ def _lua_string(text: str) -> str:
     return json.dumps(text)  # a JSON string of ASCII is a valid Lua string literal
 
 
-def key_check_source(*, salt: str, digests: Sequence[str], open_api: bool, front_door: bool,
+def key_check_source(*, salt: str, digests: Mapping[str, str], open_api: bool, front_door: bool,
                      known_key_route: Optional[str] = None, body_router: bool = False) -> str:
-    """The key check's Lua: its settings, then files/api_key.lua."""
+    """The key check's Lua: its settings, then files/api_key.lua. `digests`: each accepted key's
+    digest -> its holder (`STACK_KEY_HOLDER`, or a team's), which the routes may match."""
     if any(len(d) != 64 or set(d) - set("0123456789abcdef") for d in digests):
         raise ValueError("key digests must be lowercase hex SHA-256")
-    table = ", ".join(f'["{d}"] = true' for d in sorted(set(digests)))
+    if any(not re.fullmatch(r"[a-z0-9-]+", h) for h in digests.values()):
+        raise ValueError("key holders must be DNS labels")
+    table = ", ".join(f'["{d}"] = "{digests[d]}"' for d in sorted(digests))
     settings = [
         f"local KEY_SALT = {_lua_string(salt)}",
         f"local KEY_DIGESTS = {{{table}}}",
@@ -133,6 +141,7 @@ def key_check_source(*, salt: str, digests: Sequence[str], open_api: bool, front
         f"local KNOWN_KEY_ROUTE = {_lua_string(known_key_route) if known_key_route else 'nil'}",
         f"local BODY_ROUTER_MAX_BYTES = {BBR_MAX_BODY_BYTES if body_router else 'nil'}",
         f"local PICKER_HEADERS = {{{', '.join(_lua_string(h) for h in epp.CLIENT_MAY_NOT_SET)}}}",
+        f"local KEY_HOLDER_HEADER = {_lua_string(KEY_HOLDER_HEADER)}",
     ]
     return "\n".join(settings) + "\n\n" + API_KEY_LUA.read_text()
 
@@ -269,8 +278,13 @@ def model_routes(routing: RoutingPlan, front_door: Optional[tuple[pulumi.Input[s
     if front_door is not None:
         rules.append(marked(FRONT_DOOR_ROUTE, ROUTE_HEADER, FRONT_DOOR_MARK, http_routes.service_ref(*front_door)))
     if routing.body_router:
-        rules += [marked(f"model-{b.alias}", MODEL_HEADER, b.alias,
-                         pools.get(b.alias) or http_routes.service_ref(*_service(b))) for b in routing.straight]
+        # A model whose servers take one holder's key alone (a team's) is routed straight only for
+        # that key; any other goes on to the catch-all, the front door.
+        rules += [http_routes.rule(f"model-{b.alias}", http_routes.prefix_match(
+                      http_routes.API_PREFIX, {MODEL_HEADER: b.alias, **({KEY_HOLDER_HEADER: b.key_holder}
+                                                                         if b.key_holder else {})}),
+                      pools.get(b.alias) or http_routes.service_ref(*_service(b)), remove_response_headers, stream=True)
+                  for b in routing.straight]
     elif routing.straight:
         rules.append(marked(SERVED_ROUTE, ROUTE_HEADER, SERVED_MARK, http_routes.service_ref(*_service(routing.straight[0]))))
     return rules
@@ -285,8 +299,9 @@ class ModelRoutingArgs(TypedDict):
     # The ingress: its namespace and pod labels (the EnvoyFilter's workload).
     ingress_namespace: str
     ingress_selector: dict[str, str]
-    # The keys the ingress admits straight (the client key), secrets; None: the API is open.
-    keys: Optional[Sequence[pulumi.Output[str]]]
+    # The keys the ingress admits, by holder (the stack's client key as STACK_KEY_HOLDER, each
+    # team's as the team), secrets; None: the API is open.
+    keys: Optional[Mapping[str, pulumi.Output[str]]]
     # Whether a front door takes what the ingress cannot settle.
     front_door: bool
     plan: RoutingPlan
@@ -311,16 +326,18 @@ class ModelRouting(pulumi.ComponentResource):
             ready += self._body_router(name, args, child)
 
         keys = args["keys"]
+        holders = sorted(keys or {})
         salt = random.RandomPassword(f"{name}-key-salt", length=32, special=False, opts=child).result
 
         def source(values: list[str]) -> str:
             salt_value, *key_values = values
-            return key_check_source(salt=salt_value, digests=[key_digest(salt_value, k) for k in key_values],
+            return key_check_source(salt=salt_value,
+                                    digests={key_digest(salt_value, k): h for h, k in zip(holders, key_values, strict=True)},
                                     open_api=keys is None, front_door=args["front_door"],
                                     known_key_route=routing.known_key_route, body_router=routing.body_router)
 
         # Digests and the salt only: nothing in the filter is a secret.
-        lua = pulumi.Output.unsecret(pulumi.Output.all(salt, *(keys or [])).apply(source))
+        lua = pulumi.Output.unsecret(pulumi.Output.all(salt, *(keys[h] for h in holders) if keys else ()).apply(source))
         bbr_namespace = args["namespace_name"] if routing.body_router else None
         without_bbr = [*args["page_routes"], FRONT_DOOR_ROUTE]
         self.envoy_filter = k8s.apiextensions.CustomResource(

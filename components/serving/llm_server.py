@@ -69,6 +69,8 @@ class LlmServerArgs(TypedDict):
     quota_room: NotRequired[bool]
     # What must exist before the server's pods (a team's quota: pods created first go uncounted).
     ready: NotRequired[Sequence[pulumi.Resource]]
+    # The holder of the one client key the server takes (a team's), for the ingress's routes.
+    key_holder: NotRequired[Optional[str]]
     # Hugging Face token (a Pulumi secret), for gated models; None for public ones.
     hf_token: Optional[pulumi.Output[str]]
 
@@ -225,7 +227,7 @@ class LlmServer(pulumi.ComponentResource):
             models=(model.name,))
         # What the front door routes the alias to (vLLM's --served-model-name, llama.cpp's --alias).
         self.backend = ModelBackend(self.alias, pulumi.Output.concat("http://", self.service_host, f":{self.port}/v1"),
-                                    host=self.service_host, port=self.port)
+                                    host=self.service_host, port=self.port, key_holder=args.get("key_holder"))
         # What KEDA sizes, where the model autoscales.
         self.scaled_server = ScaledServer(
             name=model.name, kind=self.workload_kind, runtime=model.runtime, autoscaling=model.autoscaling,

@@ -30,6 +30,8 @@ from tools import edge_tools, mock_engine
 
 CLIENT_KEY = "sk-edge-client-0123456789abcdef"
 MODELS = ("alpha", "beta")
+# A team's model, from its file: its server takes the team's key alone.
+TEAM, TEAM_MODEL = "research", "gamma"
 
 pytestmark = pytest.mark.skipif(bool(edge_tools.missing()), reason=edge_tools.missing() or "")
 
@@ -50,7 +52,7 @@ def _need(why):
 @pytest.fixture(scope="module")
 def digest_probe(tmp_path_factory):
     """Envoy answering every request with the key check's SHA-256 of the request's body."""
-    probe = routing.key_check_source(salt="", digests=[], open_api=False, front_door=False) + """
+    probe = routing.key_check_source(salt="", digests={}, open_api=False, front_door=False) + """
 function envoy_on_request(handle)
   local body = handle:body()
   local text = body and body:getBytes(0, body:length()) or ""
@@ -131,13 +133,19 @@ def _existing_amd64(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def program(tmp_path_factory):
     """The program's objects for a stack of two llama.cpp servers, a hosted provider and the UI."""
-    rec = mock_engine.run("local", {**OVERRIDES, **_existing_amd64(tmp_path_factory)},
+    teams = tmp_path_factory.mktemp("teams")
+    (teams / TEAM).mkdir()
+    (teams / TEAM / f"{TEAM_MODEL}.yaml").write_text(f"file: {TEAM_MODEL}.gguf\n")
+    rec = mock_engine.run("local", {**OVERRIDES, **_existing_amd64(tmp_path_factory),
+                                    "llm-platform:teams": {TEAM: {"accelerators": 1, "memory": "8Gi"}},
+                                    "llm-platform:teamModelsDir": str(teams)},
                           secrets=("llm-platform:apiKey", "llm-platform:providerKeys"))
     return SimpleNamespace(
         envoy_filter=rec.one(ENVOY_FILTER).inputs["spec"],
         routes=rec.one(HTTP_ROUTE, "gateway-routes").inputs["spec"],
         key_files={alias: rec.one(SECRET, f"model-{alias}-api-keys").inputs["stringData"]["value"]["keys"]
-                   for alias in MODELS})
+                   for alias in (*MODELS, TEAM_MODEL)},
+        team_key=mock_engine.reveal(rec.outputs["teamApiKeys"])[TEAM])
 
 
 def _stand_in_ports(program, servers, bbr, front_door, ui) -> dict[str, int]:
@@ -158,7 +166,7 @@ def path(tmp_path_factory, program):
     started, stand_ins = [], []
     try:
         servers = {}
-        for alias in MODELS:
+        for alias in (*MODELS, TEAM_MODEL):
             keys = tmp / f"{alias}.keys"
             keys.write_text(program.key_files[alias])
             servers[alias] = edge.LlamaServer(alias, tmp / "models", extra=["--api-key-file", str(keys)])
@@ -172,7 +180,8 @@ def path(tmp_path_factory, program):
             http2=[routing.bbr_cluster(FRONT_DOOR_NAMESPACE)])
         envoy = edge.Envoy(config, tmp / "envoy")
         started.append(envoy)
-        yield SimpleNamespace(envoy=envoy, servers=servers, bbr=bbr, front_door=front_door, ui=ui)
+        yield SimpleNamespace(envoy=envoy, servers=servers, bbr=bbr, front_door=front_door, ui=ui,
+                              team_key=program.team_key)
     finally:
         for p in reversed(started):
             p.stop()
@@ -188,6 +197,24 @@ def _post(path, body, key=CLIENT_KEY, headers=None, at="/v1/chat/completions"):
 def _router_calls(path) -> int:
     stats = path.envoy.stats(r"ext_proc\.streams_started$")
     return sum(stats.values())
+
+
+def test_a_teams_model_is_served_straight_for_its_teams_key_alone(path):
+    """The team's server takes the team's key alone: the ingress routes the team's key to it
+    straight, and any other key (the stack's, which the front door holds the team's backend key
+    for) to the front door; a client's own key-holder header counts for nothing."""
+    before = len(path.front_door.seen)
+    status, body, _ = _post(path, _chat(TEAM_MODEL), key=path.team_key)
+    assert status == 200 and body["model"] == TEAM_MODEL, body
+    assert len(path.front_door.seen) == before
+    for headers in ({}, {routing.KEY_HOLDER_HEADER: f"team-{TEAM}"}):
+        status, body, _ = _post(path, _chat(TEAM_MODEL), headers=headers)
+        assert status == 200 and body == {"via": "front-door"}, body
+        asked = path.front_door.seen[-1]["headers"]
+        assert asked[routing.KEY_HOLDER_HEADER] == routing.STACK_KEY_HOLDER
+    # The team's key opens no other server.
+    status, body, _ = _post(path, _chat(MODELS[0]), key=path.team_key)
+    assert status == 401, body
 
 
 def test_each_model_is_served_straight_by_its_server(path):
@@ -209,10 +236,13 @@ def test_a_streamed_completion_arrives_to_done(path):
 
 def test_the_servers_check_the_key_again(path):
     """The key files the program gives the servers hold the client key (the ingress passes it on)
-    and refuse a request without one: reaching a server past the ingress needs the key too."""
+    and refuse a request without one: reaching a server past the ingress needs the key too. A
+    team's server holds its team's key instead, never the stack's."""
     for alias, server in path.servers.items():
+        own, other = (path.team_key, CLIENT_KEY) if alias == TEAM_MODEL else (CLIENT_KEY, path.team_key)
         assert edge.call(server.port, "POST", "/v1/chat/completions", _chat(alias))[0] == 401
-        assert edge.call(server.port, "POST", "/v1/chat/completions", _chat(alias), CLIENT_KEY)[0] == 200
+        assert edge.call(server.port, "POST", "/v1/chat/completions", _chat(alias), other)[0] == 401
+        assert edge.call(server.port, "POST", "/v1/chat/completions", _chat(alias), own)[0] == 200
 
 
 @pytest.mark.parametrize("auth", [None, f"Basic {CLIENT_KEY}", "Bearer "])
@@ -289,7 +319,7 @@ def test_a_router_that_does_not_answer_leaves_the_request_to_the_front_door(tmp_
     front_door = StandIn("front-door")
     try:
         config = istio.ingress_bootstrap(program.envoy_filter, program.routes,
-                                         _stand_in_ports(program, {a: free for a in MODELS}, free, front_door, free),
+                                         _stand_in_ports(program, {a: free for a in (*MODELS, TEAM_MODEL)}, free, front_door, free),
                                          http2=[routing.bbr_cluster(FRONT_DOOR_NAMESPACE)])
         with edge.Envoy(config, tmp_path) as envoy:
             assert edge.call(envoy.port, "POST", "/v1/chat/completions", _chat("alpha"))[0] == 401

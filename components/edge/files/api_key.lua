@@ -9,8 +9,10 @@
 -- serves every model the ingress serves, or nil where the body-based router picks the route) and
 -- BODY_ROUTER_MAX_BYTES (where the body-based router runs: the largest body it is given; what it
 -- cannot read, with the client key too, is marked for the front door: anything but a JSON POST of
--- a known length up to that size, compressed bodies, protocol upgrades such as WebSockets) and
--- PICKER_HEADERS (the request headers an inference pool's endpoint picker obeys).
+-- a known length up to that size, compressed bodies, protocol upgrades such as WebSockets),
+-- PICKER_HEADERS (the request headers an inference pool's endpoint picker obeys) and
+-- KEY_HOLDER_HEADER (set to the holder KEY_DIGESTS gives the admitted key: "stack" for the
+-- stack's client key, a team's name for its key; a team's models are routed straight only on it).
 --
 -- Only the API (paths under /v1, whole segments, as the gateway's own rule matches them: /v1 and
 -- /v1/..., not /v1beta) is checked; the UI and Grafana check their users themselves. The model
@@ -119,6 +121,7 @@ function envoy_on_request(handle)
   local headers = handle:headers()
   headers:remove(MODEL_HEADER)
   headers:remove(ROUTE_HEADER)
+  headers:remove(KEY_HOLDER_HEADER)
   for _, name in ipairs(PICKER_HEADERS) do
     headers:remove(name)
   end
@@ -140,6 +143,7 @@ function envoy_on_request(handle)
       json_response(handle, "401", REFUSED, {["www-authenticate"] = "Bearer"})
       return
     end
+    headers:add(KEY_HOLDER_HEADER, known)
   end
   local list = path == "/v1/models" or path:sub(1, 11) == "/v1/models?"
   if FRONT_DOOR and list then
