@@ -23,7 +23,7 @@ from components.edge.apps import OPEN_WEBUI_PORT, all_apps, open_webui_host, ui_
 from components.edge.gateway import PAGE_ROUTES
 from components.edge.inference_pool import picker_metrics
 from components.edge.model_routing import STACK_KEY_HOLDER, model_routes, plan as plan_routes
-from components.platform import ApiKeys, GitOpsController, GpuMetrics, Mesh, Monitoring
+from components.platform import ApiKeys, GitOpsController, GpuMetrics, Mesh, Monitoring, PulumiOperator
 from components.platform.gpu_metrics import RELEASE as DCGM_RELEASE
 from components.platform.mesh import INGRESS_CALLER
 from components.platform.monitoring import GRAFANA_ADMIN_USER, NAMESPACE as MONITORING_NAMESPACE, PROMETHEUS_URL, metrics_access
@@ -318,6 +318,13 @@ apps = all_apps(
     ui_secret_key=ui_admin.secret_key if ui_admin else None,
 )
 GitOpsController("gitops", {"chart_version": cfg.gitops.chart_version, "apps": apps}, opts=on_cluster)
+if cfg.gitops.pulumi_operator.enabled:
+    # The cluster pulls: the operator runs this program on this stack from the repository's branch.
+    PulumiOperator("pulumi-operator", {
+        "config": cfg.gitops.pulumi_operator,
+        # A self-managed backend names its one organization "organization".
+        "stack": f"{pulumi.get_organization() or 'organization'}/{pulumi.get_project()}/{pulumi.get_stack()}",
+    }, opts=on_cluster)
 
 # The models the ingress routes to straight, by the body's model: all but those at zero, which only
 # the front door's request count wakes.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Optional
 from urllib.parse import urlparse
 
 from pydantic import (
+    AfterValidator,
     Field,
     field_validator,
     model_validator,
@@ -159,11 +161,74 @@ class AppConfig(_Model):
     """Helm values for the chart."""
 
 
+class SecretKeyRef(_Model):
+    """A key of a Secret you create in the operator's namespace (never a value in the stack file)."""
+
+    name: DnsLabel
+    """The Secret's name."""
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$")
+    """The key within it."""
+
+
+def _remote_backend(value: str) -> str:
+    """a state backend the cluster can reach: `s3://`, `gs://`, `azblob://` or `https://` (Pulumi
+    Cloud), not `file://`"""
+    if not re.match(r"^(s3|gs|azblob|https)://\S+$", value):
+        raise ValueError(f"expected a backend the cluster can reach (s3://, gs://, azblob:// or https://), got "
+                         f"{value!r}; a file:// backend lives on the machine that ran `up`")
+    return value
+
+
+class PulumiOperatorConfig(_Model):
+    """The Pulumi Kubernetes Operator, to have the cluster pull: it runs this program from the
+    repository, on this stack, whenever the branch moves (instead of, or beside, CI's `up`)."""
+
+    enabled: bool = False
+    """Install the operator and a `Stack` object for this stack."""
+    chart_version: ChartVersion = "2.9.0"
+    """The pulumi-kubernetes-operator chart's version."""
+    repository: Optional[str] = Field(None, pattern=r"^(https://|ssh://|git@)\S+$")
+    """The Git repository of this program (`projectRepo`); required when enabled."""
+    branch: str = Field("main", pattern=r"^[\w./-]+$")
+    """The branch to deploy."""
+    repo_dir: Optional[str] = Field(None, pattern=r"^[\w./-]+$")
+    """The folder of `Pulumi.yaml` in the repository, when not its root."""
+    backend: Optional[Annotated[str, AfterValidator(_remote_backend)]] = None
+    """The stack's state backend, the one CI's `up` uses (`s3://...`, `gs://...`,
+    `https://api.pulumi.com`); required when enabled."""
+    passphrase: Optional[SecretKeyRef] = None
+    """Where the stack's secrets passphrase is (`PULUMI_CONFIG_PASSPHRASE`), for stacks encrypted by
+    passphrase; None: the stack's own secrets provider (a KMS the workspace's identity may use)."""
+    access_token: Optional[SecretKeyRef] = None
+    """Where a Pulumi Cloud access token is (`PULUMI_ACCESS_TOKEN`), for an `https://` backend."""
+    git_auth_secret: Optional[DnsLabel] = None
+    """A Secret with the repository's credentials (the operator's `gitAuthSecret` shapes), for a
+    private repository."""
+    workspace_annotations: dict[str, str] = {}
+    """Annotations of the workspace's service account, e.g. `eks.amazonaws.com/role-arn` or
+    `iam.gke.io/gcp-service-account`, for the cloud access the eks and gke programs need."""
+    resync_seconds: int = Field(300, ge=60)
+    """How often the operator looks at the branch for a new commit."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> "PulumiOperatorConfig":
+        if self.enabled and not self.repository:
+            raise ValueError("repository: required with enabled: true (the Git URL of this program)")
+        if self.enabled and not self.backend:
+            raise ValueError("backend: required with enabled: true (the state backend CI's `up` uses)")
+        if self.access_token and self.backend and not self.backend.startswith("https://"):
+            raise ValueError("accessToken: only for an https:// (Pulumi Cloud) backend")
+        return self
+
+
 class GitOpsConfig(_Model):
-    """Argo CD, which delivers the UI and `apps`."""
+    """Argo CD, which delivers the UI and `apps`; optionally the Pulumi Kubernetes Operator."""
 
     chart_version: ChartVersion = "10.1.1"
     """The Argo CD chart's version."""
+    pulumi_operator: PulumiOperatorConfig = PulumiOperatorConfig()
+    """Off by default: the cluster runs this program itself from Git (docs/teams.md, "Pull
+    instead of push")."""
 
 
 class SecurityConfig(_Model):

@@ -43,7 +43,7 @@ RUNTIMES_BY_ACCELERATOR = {"vulkan": ("llama-cpp",), "none": ("llama-cpp",), "nv
 # Namespaces the platform's charts and components install into: never a team's.
 PLATFORM_NAMESPACES = ("istio-system", "istio-ingress", "argocd", "monitoring", "keda", "kube-system",
                        "kube-public", "kube-node-lease", "default", "dcgm-exporter", "cert-manager",
-                       "nvidia-device-plugin")
+                       "nvidia-device-plugin", "pulumi-kubernetes-operator")
 
 
 def replicas_key(model: ServedModel) -> str:
@@ -204,6 +204,13 @@ class StackConfig(_Model):
             if problem:
                 raise ValueError(f"models[{i}].{problem}")
         self._replicas_fit(pool)
+        return self
+
+    @model_validator(mode="after")
+    def _operator_runs_in_the_cluster(self) -> "StackConfig":
+        if self.gitops.pulumi_operator.enabled and self.cluster.kind == "minikube":
+            raise ValueError("gitops.pulumiOperator.enabled: the local stack starts minikube on the laptop, which no "
+                             "program inside the cluster can do; run `pulumi up` there instead")
         return self
 
     @model_validator(mode="after")
