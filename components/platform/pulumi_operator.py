@@ -97,4 +97,4 @@ class PulumiOperator(pulumi.ComponentResource):
             spec=stack_spec(cfg, args["stack"]),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.release, account, binding]),
         )
-        self.register_outputs({"stack": self.stack.metadata["name"]})
+        self.register_outputs({"stack": object_name(args["stack"])})
