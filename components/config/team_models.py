@@ -40,12 +40,25 @@ def pod_memory_bytes(model: ServedModel) -> int:
     return quantity_bytes(model.resources.memory_limit) + quantity_bytes(SIDECAR_MEMORY_LIMIT)
 
 
-def _files(root: str, team: str) -> list[str]:
+# Beside the model files, a team's folder may hold its notes and hidden files (.gitkeep), nothing
+# else: a file the check would skip would be a model that silently never deploys.
+NOT_MODELS = ("README.md", "README")
+
+
+def _files(root: str, team: str, shown_root: str) -> list[str]:
     folder = os.path.join(root, team)
     if not os.path.isdir(folder):
         return []
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                  if f.endswith(MODEL_FILE_SUFFIXES) and not f.startswith("."))
+    found = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(".") or name in NOT_MODELS:
+            continue
+        if not name.endswith(MODEL_FILE_SUFFIXES) or not os.path.isfile(path):
+            raise ConfigError(f"{os.path.join(shown_root, team, name)}: expected a model file <model>.yaml in the "
+                              f"team's folder (no other files or folders), got {name!r}")
+        found.append(path)
+    return found
 
 
 def _read(path: str, shown: str) -> ServedModel:
@@ -87,7 +100,7 @@ def load_team_models(cfg: StackConfig, project_dir: str, stack_file: str) -> lis
     loaded: list[TeamModel] = []
     for team, team_cfg in sorted(cfg.teams.items()):
         units, memory = 0, 0
-        for path in _files(root, team):
+        for path in _files(root, team, cfg.team_models_dir):
             shown = os.path.join(cfg.team_models_dir, team, os.path.basename(path))
             model = _read(path, shown)
             problem = model_fits(model, cfg.accelerator.kind, cfg.pool) or _serves_here(cfg, model)

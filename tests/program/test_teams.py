@@ -63,6 +63,16 @@ def test_a_bad_team_file_fails_in_one_line_naming_the_file_and_the_key(tmp_path,
     assert message.startswith(str(tmp_path)) and expected in message, message
 
 
+def test_a_file_the_check_would_skip_is_refused(tmp_path):
+    """A model file misnamed (or put in a subfolder) would otherwise never deploy, silently."""
+    for stray in ("smol.YAML", "smol.json", "old/smol.yaml"):
+        root = tmp_path / stray.replace("/", "-")
+        team_files(root, {"research/README.md": "notes", "research/.gitkeep": "", f"research/{stray}": TINY})
+        message = refused(root)
+        assert message.endswith(f"expected a model file <model>.yaml in the team's folder (no other files or "
+                                f"folders), got {stray.split('/')[0]!r}"), message
+
+
 def test_a_name_two_teams_use_is_refused(tmp_path):
     root = team_files(tmp_path, {"research/smol.yaml": TINY, "support/smol.yaml": TINY})
     message = refused(root, {"research": QUOTA, "support": QUOTA})
