@@ -22,7 +22,9 @@ pytestmark = pytest.mark.engine
 ROUTER = "llama-router"
 # Namespaces the local stack's Helm releases create (createNamespace): Istio's two and Argo CD's;
 # kube-prometheus-stack goes into `monitoring`, which the program creates itself.
-HELM_NAMESPACES = {"istio-system", "istio-ingress", "argocd"}
+HELM_NAMESPACES = {"istio-system", "istio-ingress", "argocd",
+                   # ...and the Pulumi Kubernetes Operator's, left by its test.
+                   "pulumi-kubernetes-operator"}
 NEW_MODEL = {"name": "smollm", "file": "smollm2-135m-instruct-q8_0.gguf",
              "hfRepo": "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", "replicas": 1}
 
@@ -196,6 +198,38 @@ def test_a_team_serves_its_model_by_a_file_and_nothing_else_moves(env):
     stack.write_config(good)
     up = stack.up()
     assert up.summary.result == "succeeded", stack.tail()
+    assert summary_without_same(stack.preview().change_summary) == {}, stack.tail()
+
+
+OPERATOR = {"enabled": True, "repository": "https://github.com/acme/llm-platform.git", "backend": "s3://acme-state",
+            "passphrase": {"name": "pulumi-passphrase", "key": "passphrase"}}
+
+
+def test_the_cluster_pulls_once_the_operator_is_on_and_nothing_else_moves(env):
+    """The operator's release (its CRDs), its workspace's identity, then a Stack of this stack that
+    the API server admits against those CRDs; nothing else changes. Turned off, they go (the Stack
+    first, while its CRD is there) and the platform stays as it was."""
+    w, stack = env
+    good = copy.deepcopy(stack.config)
+    stack.write_config({**copy.deepcopy(good), "gitops": {**good.get("gitops", {}), "pulumiOperator": OPERATOR}})
+    preview, events = stack.events(stack.preview)
+    steps = ops(events)
+    assert steps and all(o == "create" and n.startswith("pulumi-operator") for o, _, n in steps), steps
+    up = stack.up()
+    assert up.summary.result == "succeeded", stack.tail()
+    live = w.cp.get({"apiVersion": "pulumi.com/v1", "kind": "Stack",
+                     "metadata": {"name": "local", "namespace": "pulumi-kubernetes-operator"}})["spec"]
+    assert live["stack"] == "organization/llm-platform/local" and live["projectRepo"] == OPERATOR["repository"]
+    assert settled_pods(w, "pulumi-kubernetes-operator", "pulumi-kubernetes-operator")
+
+    stack.write_config(good)
+    preview, events = stack.events(stack.preview)
+    steps = ops(events)
+    assert steps and all(o == "delete" and n.startswith("pulumi-operator") for o, _, n in steps), steps
+    up = stack.up()
+    assert up.summary.result == "succeeded", stack.tail()
+    assert not w.cp.exists({"apiVersion": "pulumi.com/v1", "kind": "Stack",
+                            "metadata": {"name": "local", "namespace": "pulumi-kubernetes-operator"}})
     assert summary_without_same(stack.preview().change_summary) == {}, stack.tail()
 
 
