@@ -17,10 +17,10 @@ from components.config.models import AnyModel, ServedModel, quantity_bytes
 from components.config.stack import StackConfig, model_fits, replicas_key
 from components.config.teams import TeamConfig
 
+# Every server pod of a team carries the mesh's sidecar, whose memory limit the quota counts too.
+from components.core.sidecar import SIDECAR_MEMORY_LIMIT
+
 MODEL_FILE_SUFFIXES = (".yaml", ".yml")
-# Every server pod of a team carries the mesh's sidecar, whose memory limit the quota counts too:
-# istiod's chart default (global.proxy.resources.limits.memory in istiod 1.30.3's values).
-SIDECAR_MEMORY_LIMIT = "1Gi"
 
 _ANY_MODEL: TypeAdapter[ServedModel] = TypeAdapter(AnyModel)
 

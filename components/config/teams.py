@@ -30,7 +30,7 @@ class TeamConfig(_Model):
     is created, and a ResourceQuota on the namespace enforces it after."""
     memory: Quantity
     """Memory limits the team's server pods may hold together (each pod's limit plus its mesh
-    sidecar's, 1Gi), checked and enforced as `accelerators` is."""
+    sidecar's, 1Gi, which the mesh sets), checked and enforced as `accelerators` is."""
     namespace: Optional[DnsLabel] = None
     """The team's namespace. Default: `team-<team>`."""
     owners: list[str] = []

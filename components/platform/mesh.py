@@ -11,6 +11,7 @@ import pulumi_kubernetes as k8s
 from components.cluster.base import IngressFacts
 from components.core.chart_source import release_source
 from components.core.pod_security import pod_security_labels
+from components.core.sidecar import SIDECAR_RESOURCES
 from components.core.trust import (  # noqa: F401  (re-exported: the mesh's ports)
     ENVOY_STATS_PATH,
     ENVOY_STATS_PORT,
@@ -160,7 +161,8 @@ class Mesh(pulumi.ComponentResource):
         # init container and can pass the baseline and restricted Pod Security profiles.
         self.cni = release("cni", "cni", "istio-cni", SYSTEM_NS, platform, self.base)
         self.istiod = release("istiod", "istiod", "istiod", SYSTEM_NS, {
-            **platform,
+            # The sidecar's resources as the teams' quotas count them.
+            **platform, "global": {**platform["global"], "proxy": {"resources": SIDECAR_RESOURCES}},
             "pilot": {"cni": {"enabled": True}},
             # Ingresses istiod serves (cert-manager's HTTP-01 challenges) become a Gateway and
             # VirtualService in this namespace, and their status carries the address of the
