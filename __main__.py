@@ -214,19 +214,16 @@ for tm in cfg.team_models:
         "hf_token": pulumi.Output.secret(cfg.hf_token) if cfg.hf_token else None,
     }, opts=on_cluster))
 
-# KEDA sizes the servers of each namespace by their queues.
-for scaler, namespace, group in [("autoscaling", cfg.models_namespace, servers),
-                                 *((f"autoscaling-{team}", team_namespaces[team],
-                                    [s for s in team_servers if s.alias in {m.name for m in team_models[team]}])
-                                   for team in cfg.teams)]:
-    scaled = [s.scaled_server for s in group if s.scaled_server]
-    if scaled:
-        PodAutoscaling(scaler, {
-            "prometheus_url": PROMETHEUS_URL,
-            "servers": scaled,
-            "namespace": namespace,
-            "front_door_namespace": front_door_namespace,
-        }, opts=on_cluster)
+# One KEDA sizes every server by its queue, the teams' in their namespaces.
+scaled = [s.scaled_server for s in [*servers, *team_servers] if s.scaled_server]
+if scaled:
+    PodAutoscaling("autoscaling", {
+        "prometheus_url": PROMETHEUS_URL,
+        "servers": scaled,
+        "namespace": cfg.models_namespace,
+        "namespaces": {tm.model.name: tm.namespace for tm in cfg.team_models},
+        "front_door_namespace": front_door_namespace,
+    }, opts=on_cluster)
 
 backends = [s.backend for s in servers]
 if cfg.llama_router.enabled:

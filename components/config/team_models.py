@@ -125,9 +125,6 @@ def load_team_models(cfg: StackConfig, project_dir: str, stack_file: str) -> lis
 
 def _serves_here(cfg: StackConfig, model: ServedModel) -> Optional[str]:
     """What the stack-wide checks of a `models` entry refuse, for a team's model."""
-    if model.autoscaling.enabled:
-        # KEDA is one release of the platform's, which a team's model must not install or remove.
-        return "autoscaling.enabled: not for a team's model yet; set replicas"
     if model.autoscaling.enabled and not cfg.monitoring.enabled:
         return ("autoscaling.enabled: KEDA reads the server's queue from the stack's Prometheus, and the "
                 "stack runs none (monitoring.enabled: false)")

@@ -4,7 +4,7 @@ server's queue of waiting requests as Prometheus scrapes it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Optional, Sequence, TypedDict
+from typing import TYPE_CHECKING, Literal, Mapping, NotRequired, Optional, Sequence, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -68,6 +68,9 @@ class PodAutoscalingArgs(TypedDict):
     # The servers, all in one namespace.
     servers: Sequence[ScaledServer]
     namespace: str
+    # Servers in another namespace (a team's), by name; the rest are in `namespace`. One KEDA
+    # serves them all.
+    namespaces: NotRequired[Mapping[str, str]]
     # Namespace of the front door, whose request count wakes servers at zero.
     front_door_namespace: str
 
@@ -164,14 +167,15 @@ class PodAutoscaling(pulumi.ComponentResource):
         )
         self.scaled_objects = {}
         for server in args["servers"]:
+            namespace = args.get("namespaces", {}).get(server.name, args["namespace"])
             self.scaled_objects[server.name] = k8s.apiextensions.CustomResource(
                 f"{name}-{server.name}",
                 api_version=KEDA_API,
                 kind="ScaledObject",
-                metadata={"name": server.name, "namespace": args["namespace"],
+                metadata={"name": server.name, "namespace": namespace,
                           "labels": {"app.kubernetes.io/name": server.name,
                                      "app.kubernetes.io/part-of": "llm-platform"}},
-                spec=scaled_object_spec(server, args["namespace"], args["prometheus_url"], args["front_door_namespace"]),
+                spec=scaled_object_spec(server, namespace, args["prometheus_url"], args["front_door_namespace"]),
                 opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
                     depends_on=[self.release] + ([server.workload] if server.workload else []))),
             )

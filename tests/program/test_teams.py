@@ -180,3 +180,22 @@ def test_a_second_model_moves_nothing_of_anyone_elses(research, tmp_path):
                        ("kubernetes:networking.istio.io/v1alpha3:EnvoyFilter", "model-routing-ingress-filters"),
                        ("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute", "gateway-routes")}, changed
     assert len(after.registrations) == len(before.registrations) + len(added)
+
+
+def test_a_teams_model_autoscales_by_the_one_keda_in_its_namespace(tmp_path):
+    """The quota counts its most replicas; the ScaledObject sits beside the server and reads the
+    server's queue in the team's namespace."""
+    auto = {**TINY, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 2}}
+    rec = run(team_files(tmp_path, {"research/smol.yaml": auto}), **{"llm-platform:llamaRouter": {"enabled": False}})
+    (release,) = [r for r in rec.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["name"] == "keda"]
+    scaled = rec.one("kubernetes:keda.sh/v1alpha1:ScaledObject", "autoscaling-smol").inputs
+    assert scaled["metadata"]["namespace"] == NS
+    assert f'namespace="{NS}"' in scaled["spec"]["triggers"][0]["metadata"]["query"]
+    assert scaled["spec"]["maxReplicaCount"] == 2
+
+
+def test_a_teams_model_over_its_quota_at_its_most_replicas_is_refused(tmp_path):
+    auto = {**TINY, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 4}}
+    message = refused(team_files(tmp_path, {"research/smol.yaml": auto}),
+                      **{"llm-platform:llamaRouter": {"enabled": False}})
+    assert "/research/smol.yaml: autoscaling.maxReplicas: team research's models need 4 vulkan units" in message
