@@ -210,7 +210,8 @@ for tm in cfg.team_models:
         "units_in_use": units_in_use(facts.accelerator, all_models),
         "quota_room": quota_room(cfg, tm.team, tm.model),
         "ready": team.ready,
-        "key_holder": f"team-{tm.team}",
+        # With an open API no key is checked, so none marks a request: every key reaches it.
+        "key_holder": f"team-{tm.team}" if cfg.security.api_auth else None,
         "hf_token": pulumi.Output.secret(cfg.hf_token) if cfg.hf_token else None,
     }, opts=on_cluster))
 
@@ -319,8 +320,10 @@ if cfg.gitops.pulumi_operator.enabled:
     # The cluster pulls: the operator runs this program on this stack from the repository's branch.
     PulumiOperator("pulumi-operator", {
         "config": cfg.gitops.pulumi_operator,
-        # A self-managed backend names its one organization "organization".
-        "stack": f"{pulumi.get_organization() or 'organization'}/{pulumi.get_project()}/{pulumi.get_stack()}",
+        # Pulumi Cloud names a stack by organization and project; a self-managed backend finds the
+        # project's stack by its name alone, in either of its layouts.
+        "stack": (f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
+                  if (cfg.gitops.pulumi_operator.backend or "").startswith("https://") else pulumi.get_stack()),
     }, opts=on_cluster)
 
 # The models the ingress routes to straight, by the body's model: all but those at zero, which only

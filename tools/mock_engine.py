@@ -82,6 +82,8 @@ class Registration:
     retain_on_delete: bool = False
     # How long the engine waits on create/update ("" where the default applies).
     custom_timeouts: Optional[dict] = None
+    # Input properties the engine leaves as they are in state.
+    ignore_changes: tuple[str, ...] = ()
 
     @property
     def provider_urn(self) -> str:
@@ -242,6 +244,7 @@ class _Monitor(pulumi_mocks.MockMonitor):
                 provider=request.provider,
                 custom=request.custom,
                 retain_on_delete=bool(request.retainOnDelete),
+                ignore_changes=tuple(request.ignoreChanges),
                 custom_timeouts={"create": request.customTimeouts.create, "update": request.customTimeouts.update},
             ))
         return response

@@ -123,16 +123,24 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
         tags=tags,
         opts=opts,
     )
-    caller = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(provider=provider))
-    # An assumed-role session ARN is not a principal EKS accepts: use the role behind it.
-    principal = aws.iam.get_session_context_output(
-        arn=caller.arn, opts=pulumi.InvokeOutputOptions(provider=provider)
-    ).issuer_arn
-    admin = aws.eks.AccessEntry(f"{name}-deployer", cluster_name=cluster.name, principal_arn=principal, opts=opts)
-    admin_policy = aws.eks.AccessPolicyAssociation(
-        f"{name}-deployer-admin", cluster_name=cluster.name, principal_arn=admin.principal_arn,
-        policy_arn="arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
-        access_scope={"type": "cluster"}, opts=opts)
+    def cluster_admin(logical: str, principal: pulumi.Input[str]) -> aws.eks.AccessPolicyAssociation:
+        entry = aws.eks.AccessEntry(logical, cluster_name=cluster.name, principal_arn=principal, opts=opts)
+        return aws.eks.AccessPolicyAssociation(
+            f"{logical}-admin", cluster_name=cluster.name, principal_arn=entry.principal_arn,
+            policy_arn="arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
+            access_scope={"type": "cluster"}, opts=opts)
+
+    if cfg.admin_roles:
+        # The roles the config names, whoever runs the program (CI, a laptop, the operator's
+        # workspace): no run takes another's access away.
+        admin_policies = [cluster_admin(f"{name}-admin-{role.rsplit('/', 1)[-1]}", role) for role in cfg.admin_roles]
+    else:
+        caller = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(provider=provider))
+        # An assumed-role session ARN is not a principal EKS accepts: use the role behind it.
+        principal = aws.iam.get_session_context_output(
+            arn=caller.arn, opts=pulumi.InvokeOutputOptions(provider=provider)
+        ).issuer_arn
+        admin_policies = [cluster_admin(f"{name}-deployer", principal)]
 
     # --- nodes --------------------------------------------------------------------------
     node_role = _role(f"{name}-nodes", "ec2.amazonaws.com", [
@@ -198,7 +206,7 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
 
     # The provider must not be used before the deployer may act on the cluster: the name it
     # reads only resolves once the admin policy is associated.
-    name_once_admin = pulumi.Output.all(admin_policy.id, cluster.name).apply(lambda a: a[1])
+    name_once_admin = pulumi.Output.all(*(p.id for p in admin_policies), cluster.name).apply(lambda a: a[-1])
     return BuiltCluster(
         replicated=True,
         kubeconfig=kubeconfig(name_once_admin, cluster.endpoint, cluster.certificate_authority.data, cfg.region),

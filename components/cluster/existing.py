@@ -8,12 +8,15 @@ import pulumi
 
 from components.cluster.base import BuiltCluster, IngressFacts
 from components.config import ExistingCluster, expand_path
+from components.core.names import in_workspace
 
 
 def build(parent: pulumi.Resource, name: str, cfg: ExistingCluster) -> BuiltCluster:
     return BuiltCluster(
-        kubeconfig=pathlib.Path(expand_path(cfg.kubeconfig)).read_text(),
-        context=cfg.context,
+        # In the operator's workspace: no kubeconfig, so the provider uses the pod's service
+        # account (its in-cluster configuration).
+        kubeconfig="" if in_workspace() else pathlib.Path(expand_path(cfg.kubeconfig)).read_text(),
+        context=None if in_workspace() else cfg.context,
         ingress=IngressFacts(service_type=cfg.ingress_service_type, address=cfg.ingress_address),
         host_models_dir=expand_path(cfg.models_dir) if cfg.models_dir else None,
         # Only the user knows whether the cluster's CNI enforces NetworkPolicies.

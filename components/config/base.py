@@ -13,6 +13,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from components.core.names import in_workspace
+
 PROJECT = "llm-platform"
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -70,7 +72,7 @@ def _master_key(value: str) -> str:
 
 def _existing_file(value: str) -> str:
     """a kubeconfig file that exists"""
-    if not os.path.isfile(os.path.expanduser(value)):
+    if not os.path.isfile(os.path.expanduser(value)) and not in_workspace():
         raise ValueError(f"expected a readable kubeconfig file, {value!r} does not exist")
     return value
 

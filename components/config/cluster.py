@@ -87,7 +87,9 @@ class ExistingCluster(_Model):
     kind: Literal["existing"]
     """`existing`: a cluster you already have (kind, k3d, a lab cluster); nothing is created."""
     kubeconfig: Annotated[str, AfterValidator(_existing_file)] = Field("~/.kube/config", validate_default=True)
-    """The kubeconfig file that reaches the cluster."""
+    """The kubeconfig file that reaches the cluster. In the Pulumi Kubernetes Operator's
+    workspace (`gitops.pulumiOperator`) the program reaches the cluster it runs in through its
+    service account instead."""
     context: Optional[str] = None
     """The kubeconfig context; none: the file's current context."""
     kubernetes_version: K8sVersion = "v1.34.0"
@@ -251,6 +253,13 @@ class GpuNodeGroup(NodeGroup):
         return [self.instance_type, *self.extra_instance_types]
 
 
+def _iam_role(value: str) -> str:
+    """an IAM role ARN such as `arn:aws:iam::123456789012:role/ci`"""
+    if not re.fullmatch(r"arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]+", value):
+        raise ValueError(f"expected an IAM role ARN such as 'arn:aws:iam::123456789012:role/ci', got {value!r}")
+    return value
+
+
 class EksCluster(_Model):
     """EKS in its own VPC: a system node group and a tainted NVIDIA GPU node group."""
 
@@ -270,6 +279,10 @@ class EksCluster(_Model):
     """The node group for everything but the models."""
     gpu_nodes: GpuNodeGroup = GpuNodeGroup()
     """The GPU nodes the model servers run on."""
+    admin_roles: list[Annotated[str, AfterValidator(_iam_role)]] = []
+    """IAM roles made the cluster's admins (EKS access entries): CI's, your own, the Pulumi
+    Kubernetes Operator workspace's. Empty: the role that runs `pulumi up`, one at a time (another
+    caller's `up` replaces it). A change replaces the entries it touches."""
 
     @property
     def gpu_zone(self) -> str:

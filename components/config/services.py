@@ -205,8 +205,9 @@ class PulumiOperatorConfig(_Model):
     """A Secret with the repository's credentials (the operator's `gitAuthSecret` shapes), for a
     private repository."""
     workspace_annotations: dict[str, str] = {}
-    """Annotations of the workspace's service account, e.g. `eks.amazonaws.com/role-arn` or
-    `iam.gke.io/gcp-service-account`, for the cloud access the eks and gke programs need."""
+    """Annotations of the workspace's service account, e.g. `iam.gke.io/gcp-service-account` on gke
+    for the cloud access the program needs (on eks, an EKS Pod Identity association instead: see
+    docs/teams.md)."""
     resync_seconds: int = Field(300, ge=60)
     """How often the operator looks at the branch for a new commit."""
 

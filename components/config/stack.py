@@ -29,6 +29,7 @@ from components.config.services import (
 )
 from components.config.teams import TEAM_MODELS_DIR, TeamConfig
 from components.core.hardware import AcceleratorPool
+from components.core.names import in_workspace
 
 ACCELERATORS_BY_CLUSTER = {
     "minikube": ("vulkan", "none"),
@@ -208,9 +209,21 @@ class StackConfig(_Model):
 
     @model_validator(mode="after")
     def _operator_runs_in_the_cluster(self) -> "StackConfig":
-        if self.gitops.pulumi_operator.enabled and self.cluster.kind == "minikube":
+        operator = self.gitops.pulumi_operator
+        if operator.enabled and self.cluster.kind == "minikube":
             raise ValueError("gitops.pulumiOperator.enabled: the local stack starts minikube on the laptop, which no "
                              "program inside the cluster can do; run `pulumi up` there instead")
+        if operator.enabled and self.cluster.kind == "existing" and self.cluster.models_dir:
+            raise ValueError("gitops.pulumiOperator.enabled: cluster.modelsDir fetches model files on the machine "
+                             "that runs the program, which in the operator's workspace is a pod; leave it out")
+        if in_workspace() and not operator.enabled:
+            # The workspace's own update would delete the Stack it runs for, whose finalizer the
+            # operator holds until that update ends: it never ends.
+            raise ValueError("gitops.pulumiOperator.enabled: the operator cannot turn itself off from its own "
+                             "workspace; run `pulumi up` from CI or a laptop to turn it off")
+        if operator.enabled and self.cluster.kind == "eks" and not self.cluster.admin_roles:
+            raise ValueError("cluster.adminRoles: required with gitops.pulumiOperator on eks (CI's role, your own and "
+                             "the workspace's): otherwise each run makes only its own caller the cluster's admin")
         return self
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ import pulumi_kubernetes as k8s
 
 from components.config import PulumiOperatorConfig
 from components.core.chart_source import release_source
+from components.core.names import IN_WORKSPACE_ENV, in_workspace
 
 CHART = "pulumi-kubernetes-operator"
 CHART_REPO = "oci://ghcr.io/pulumi/helm-charts"
@@ -19,6 +20,12 @@ NAMESPACE = "pulumi-kubernetes-operator"
 # The identity the operator's workspace pod runs this program as.
 WORKSPACE_ACCOUNT = "llm-platform-workspace"
 STACK_API = "pulumi.com/v1"
+# The workspace's image: the Pulumi CLI this program is tested with (the operator's default floats
+# on `latest`), with Python and the clouds' CLIs the eks and gke kubeconfigs call.
+WORKSPACE_IMAGE = "pulumi/pulumi:3.274.1-nonroot"
+# This program, its providers and its charts' renders take gigabytes; the operator's defaults
+# (64Mi, no limit) would be first to go when the node runs short, mid-update.
+WORKSPACE_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}
 
 
 class PulumiOperatorArgs(TypedDict):
@@ -54,6 +61,12 @@ def stack_spec(cfg: PulumiOperatorConfig, stack: str) -> dict:
         # Deleting the Stack object (turning the operator off) leaves the platform running.
         "destroyOnFinalize": False,
         "resyncFrequencySeconds": cfg.resync_seconds,
+        "workspaceTemplate": {"spec": {
+            "image": WORKSPACE_IMAGE,
+            "resources": WORKSPACE_RESOURCES,
+            # The program knows it runs inside the cluster (components/core/names.py).
+            "env": [{"name": IN_WORKSPACE_ENV, "value": "true"}],
+        }},
     }
 
 
@@ -65,13 +78,17 @@ class PulumiOperator(pulumi.ComponentResource):
         super().__init__("llm-platform:index:PulumiOperator", name, None, opts)
         cfg = args["config"]
         child = pulumi.ResourceOptions(parent=self)
+        # Run by the operator itself, the program leaves the operator's release as it is: a new
+        # chart would roll the operator's pod, which cancels the very update that rolls it. A new
+        # chartVersion takes effect from the next `up` outside the cluster.
         self.release = k8s.helm.v3.Release(
             f"{name}-release",
             name=CHART,
             **release_source(CHART, cfg.chart_version, CHART_REPO),
             namespace=NAMESPACE,
             create_namespace=True,
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=(
+                ["chart", "version", "values", "repositoryOpts"] if in_workspace() else None)),
         )
         account = k8s.core.v1.ServiceAccount(
             f"{name}-workspace",

@@ -219,7 +219,7 @@ def test_the_cluster_pulls_once_the_operator_is_on_and_nothing_else_moves(env):
     assert up.summary.result == "succeeded", stack.tail()
     live = w.cp.get({"apiVersion": "pulumi.com/v1", "kind": "Stack",
                      "metadata": {"name": "local", "namespace": "pulumi-kubernetes-operator"}})["spec"]
-    assert live["stack"] == "organization/llm-platform/local" and live["projectRepo"] == OPERATOR["repository"]
+    assert live["stack"] == "local" and live["projectRepo"] == OPERATOR["repository"]
     assert settled_pods(w, "pulumi-kubernetes-operator", "pulumi-kubernetes-operator")
 
     stack.write_config(good)

@@ -35,7 +35,7 @@ def test_the_stack_object_is_admitted_by_the_operators_own_crd(operator_crds, re
     assert operator_crds.apply(stack) is None
     live = operator_crds.get(stack)["spec"]
     assert live["projectRepo"] == OPERATOR["repository"] and live["branch"] == "main"
-    assert live["stack"] == "organization/llm-platform/eks"
+    assert live["stack"] == "eks"
     assert live["serviceAccountName"] == pulumi_operator.WORKSPACE_ACCOUNT
     assert live["envRefs"]["PULUMI_CONFIG_PASSPHRASE"] == {"type": "Secret", "secret": OPERATOR["passphrase"]}
 
