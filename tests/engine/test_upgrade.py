@@ -53,6 +53,9 @@ CHANGES = sorted([
     *[("create", "kubernetes:gateway.networking.k8s.io/v1:ReferenceGrant", f"gateway-routes-to-{ns}")
       for ns in ("front-door", "models", "monitoring", "open-webui")],
     ("update", "kubernetes:networking.istio.io/v1alpha3:EnvoyFilter", "model-routing-ingress-filters"),
+    # The front door's custom auth learnt the teams' keys: its file changes, its pods roll once.
+    ("update", "kubernetes:core/v1:ConfigMap", "front-door-config"),
+    ("update", "kubernetes:apps/v1:Deployment", "front-door-deployment"),
     ("delete", "kubernetes:networking.istio.io/v1:Gateway", "gateway-gateway"),
     ("delete", "kubernetes:networking.istio.io/v1:VirtualService", "gateway-routes"),
 ])
