@@ -27,6 +27,7 @@ from components.platform import ApiKeys, GitOpsController, GpuMetrics, Mesh, Mon
 from components.platform.gpu_metrics import RELEASE as DCGM_RELEASE
 from components.platform.mesh import INGRESS_CALLER
 from components.platform.monitoring import GRAFANA_ADMIN_USER, NAMESPACE as MONITORING_NAMESPACE, PROMETHEUS_URL, metrics_access
+from components.platform.pulumi_operator import NAMESPACE as OPERATOR_NAMESPACE, WORKSPACE_ACCOUNT
 from components.serving import LlamaRouter, LlmServer, ModelNamespace, PodAutoscaling, ServingSettings, Team
 from components.serving.autoscaling import KEDA
 from components.serving.llm_server import SERVER_LABELS
@@ -47,12 +48,16 @@ except ConfigError as err:
     # RunError prints just the message: one line, no traceback.
     raise pulumi.RunError(str(err)) from None
 use_archives(cfg.charts.archive_dir)
+operator = cfg.gitops.pulumi_operator
 
 cluster = Cluster("cluster", {
     "config": cfg.cluster,
     "accelerator": accelerator_from_config(cfg.accelerator, cfg.cluster),
     # Plain HTTP never faces the internet: the clouds' load balancer does once TLS is on.
     "internet_facing": cfg.gateway.internet_facing,
+    # The Pulumi Kubernetes Operator's workspace acts as its IAM role on eks.
+    "pod_identities": {(OPERATOR_NAMESPACE, WORKSPACE_ACCOUNT): operator.workspace_role_arn}
+    if operator.enabled and operator.workspace_role_arn else {},
 })
 # Every component below runs on the cluster: its resources inherit the cluster's provider.
 on_cluster = pulumi.ResourceOptions(providers=[cluster.provider])
@@ -316,14 +321,14 @@ apps = all_apps(
     ui_secret_key=ui_admin.secret_key if ui_admin else None,
 )
 GitOpsController("gitops", {"chart_version": cfg.gitops.chart_version, "apps": apps}, opts=on_cluster)
-if cfg.gitops.pulumi_operator.enabled:
+if operator.enabled:
     # The cluster pulls: the operator runs this program on this stack from the repository's branch.
     PulumiOperator("pulumi-operator", {
-        "config": cfg.gitops.pulumi_operator,
+        "config": operator,
         # Pulumi Cloud names a stack by organization and project; a self-managed backend finds the
         # project's stack by its name alone, in either of its layouts.
         "stack": (f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
-                  if (cfg.gitops.pulumi_operator.backend or "").startswith("https://") else pulumi.get_stack()),
+                  if (operator.backend or "").startswith("https://") else pulumi.get_stack()),
     }, opts=on_cluster)
 
 # The models the ingress routes to straight, by the body's model: all but those at zero, which only

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, TypedDict
+from typing import Any, Callable, Mapping, NotRequired, Optional, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -17,7 +17,7 @@ from components.config import ClusterConfig
 SERVING_PRIORITY_CLASS = "llm-serving"
 
 # The one place a stack's kind of cluster picks its implementation (each takes its own kind's config).
-_BUILDERS: dict[str, Callable[[pulumi.Resource, str, Any], BuiltCluster]] = {
+_BUILDERS: dict[str, Callable[[pulumi.Resource, str, Any, Mapping[tuple[str, str], str]], BuiltCluster]] = {
     "minikube": minikube.build,
     "existing": existing.build,
     "eks": eks.build,
@@ -31,6 +31,9 @@ class ClusterArgs(TypedDict):
     # Whether a cloud load balancer in front of the ingress faces the internet (else it stays
     # inside the cluster's network); nothing to decide on other clusters.
     internet_facing: bool
+    # Service accounts (namespace, name) that act as an IAM role on the cloud, by that role's ARN:
+    # EKS Pod Identity associations; the other kinds ignore it (GKE binds by annotation).
+    pod_identities: NotRequired[Mapping[tuple[str, str], str]]
 
 
 class Cluster(pulumi.ComponentResource):
@@ -42,7 +45,7 @@ class Cluster(pulumi.ComponentResource):
     def __init__(self, name: str, args: ClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-platform:index:Cluster", name, None, opts)
         cfg = args["config"]
-        built = _BUILDERS[cfg.kind](self, name, cfg)
+        built = _BUILDERS[cfg.kind](self, name, cfg, args.get("pod_identities", {}))
 
         self.kubeconfig = pulumi.Output.secret(built.kubeconfig)
         self.provider = k8s.Provider(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+from typing import Mapping
 
 import pulumi
 import pulumi_aws as aws
@@ -79,7 +80,8 @@ def kubeconfig(name: pulumi.Input[str], endpoint: pulumi.Input[str], ca: pulumi.
     return pulumi.Output.all(name, endpoint, ca).apply(render)
 
 
-def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
+def build(parent: pulumi.Resource, name: str, cfg: EksCluster,
+          pod_identities: Mapping[tuple[str, str], str]) -> BuiltCluster:
     provider = aws.Provider(f"{name}-aws", region=cfg.region, opts=pulumi.ResourceOptions(parent=parent))
     opts = pulumi.ResourceOptions(parent=parent, provider=provider)
     tags = {"llm-platform/cluster": cfg.name}
@@ -203,6 +205,13 @@ def build(parent: pulumi.Resource, name: str, cfg: EksCluster) -> BuiltCluster:
         pod_identity_associations=[{"role_arn": ebs_role.arn, "service_account": "ebs-csi-controller-sa"}],
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[agent])),
     )
+
+    # Service accounts that act as an IAM role (the operator's workspace); the pods get its
+    # credentials from the Pod Identity agent.
+    for (namespace, account), role in sorted(pod_identities.items()):
+        aws.eks.PodIdentityAssociation(f"{name}-identity-{namespace}-{account}", cluster_name=cluster.name,
+                                       namespace=namespace, service_account=account, role_arn=role,
+                                       opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[agent])))
 
     # The provider must not be used before the deployer may act on the cluster: the name it
     # reads only resolves once the admin policy is associated.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Mapping
 
 import pulumi
 
@@ -11,7 +12,8 @@ from components.config import ExistingCluster, expand_path
 from components.core.names import in_workspace
 
 
-def build(parent: pulumi.Resource, name: str, cfg: ExistingCluster) -> BuiltCluster:
+def build(parent: pulumi.Resource, name: str, cfg: ExistingCluster,
+          pod_identities: Mapping[tuple[str, str], str]) -> BuiltCluster:
     return BuiltCluster(
         # In the operator's workspace: no kubeconfig, so the provider uses the pod's service
         # account (its in-cluster configuration).

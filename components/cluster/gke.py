@@ -4,6 +4,7 @@ Identity on, and a kubeconfig that authenticates with `gke-gcloud-auth-plugin`."
 from __future__ import annotations
 
 import json
+from typing import Mapping
 
 import pulumi
 import pulumi_gcp as gcp
@@ -66,7 +67,8 @@ def tpu_placement(cfg: GkeCluster) -> gcp.container.NodePoolPlacementPolicyArgsD
     return None
 
 
-def build(parent: pulumi.Resource, name: str, cfg: GkeCluster) -> BuiltCluster:
+def build(parent: pulumi.Resource, name: str, cfg: GkeCluster,
+          pod_identities: Mapping[tuple[str, str], str]) -> BuiltCluster:
     provider = gcp.Provider(f"{name}-gcp", project=cfg.project, region=cfg.region,
                             opts=pulumi.ResourceOptions(parent=parent))
     opts = pulumi.ResourceOptions(parent=parent, provider=provider)

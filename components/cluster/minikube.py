@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from typing import Mapping
 
 import pulumi
 import pulumi_command as command
@@ -34,7 +35,8 @@ def start_command(cfg: MinikubeCluster) -> list[str]:
     ]
 
 
-def build(parent: pulumi.Resource, name: str, cfg: MinikubeCluster) -> BuiltCluster:
+def build(parent: pulumi.Resource, name: str, cfg: MinikubeCluster,
+          pod_identities: Mapping[tuple[str, str], str]) -> BuiltCluster:
     profile = shlex.quote(cfg.profile)
     models_dir = expand_path(cfg.models_dir)
     # `minikube status` succeeds only when the profile is up, so a running cluster is left

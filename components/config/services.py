@@ -204,10 +204,12 @@ class PulumiOperatorConfig(_Model):
     git_auth_secret: Optional[DnsLabel] = None
     """A Secret with the repository's credentials (the operator's `gitAuthSecret` shapes), for a
     private repository."""
+    workspace_role_arn: Optional[str] = Field(None, pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]+$")
+    """eks: the IAM role the workspace runs the program as, given to its service account by EKS Pod
+    Identity; list it in `cluster.adminRoles` too."""
     workspace_annotations: dict[str, str] = {}
     """Annotations of the workspace's service account, e.g. `iam.gke.io/gcp-service-account` on gke
-    for the cloud access the program needs (on eks, an EKS Pod Identity association instead: see
-    docs/teams.md)."""
+    for the cloud access the program needs (on eks: `workspaceRoleArn`)."""
     resync_seconds: int = Field(300, ge=60)
     """How often the operator looks at the branch for a new commit."""
 

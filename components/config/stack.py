@@ -224,6 +224,13 @@ class StackConfig(_Model):
         if operator.enabled and self.cluster.kind == "eks" and not self.cluster.admin_roles:
             raise ValueError("cluster.adminRoles: required with gitops.pulumiOperator on eks (CI's role, your own and "
                              "the workspace's): otherwise each run makes only its own caller the cluster's admin")
+        if operator.workspace_role_arn and self.cluster.kind != "eks":
+            raise ValueError(f"gitops.pulumiOperator.workspaceRoleArn: EKS Pod Identity is for eks clusters; on "
+                             f"{self.cluster.kind} use workspaceAnnotations")
+        if (operator.enabled and self.cluster.kind == "eks" and operator.workspace_role_arn
+                and operator.workspace_role_arn not in self.cluster.admin_roles):
+            raise ValueError("gitops.pulumiOperator.workspaceRoleArn: expected one of cluster.adminRoles (the "
+                             "workspace runs the whole program, as CI does)")
         return self
 
     @model_validator(mode="after")

@@ -12,10 +12,10 @@ from components.platform import pulumi_operator
 from tools import mock_engine as harness
 
 STACK = "kubernetes:pulumi.com/v1:Stack"
-OPERATOR = {"enabled": True, "repository": "https://github.com/acme/llm-platform.git", "backend": "s3://acme-state",
-            "passphrase": {"name": "pulumi-passphrase", "key": "passphrase"},
-            "workspaceAnnotations": {"example.com/identity": "llm-platform"}}
 ADMINS = ["arn:aws:iam::123456789012:role/ci", "arn:aws:iam::123456789012:role/llm-platform-workspace"]
+OPERATOR = {"enabled": True, "repository": "https://github.com/acme/llm-platform.git", "backend": "s3://acme-state",
+            "passphrase": {"name": "pulumi-passphrase", "key": "passphrase"}, "workspaceRoleArn": ADMINS[1],
+            "workspaceAnnotations": {"example.com/identity": "llm-platform"}}
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,11 @@ def test_on_eks_the_named_roles_are_the_admins_whoever_runs_it(recorded):
               if r.inputs["policyArn"].endswith("/AmazonEKSClusterAdminPolicy")}
     assert admins == set(ADMINS)
     assert not [r for r in recorded.of_type("aws:eks/accessEntry:AccessEntry") if r.name == "cluster-deployer"]
+    # ...and the workspace's service account acts as its role, by EKS Pod Identity.
+    (identity,) = [r for r in recorded.of_type("aws:eks/podIdentityAssociation:PodIdentityAssociation")
+                   if r.inputs["namespace"] == pulumi_operator.NAMESPACE]
+    assert (identity.inputs["namespace"], identity.inputs["serviceAccount"], identity.inputs["roleArn"]) == (
+        pulumi_operator.NAMESPACE, pulumi_operator.WORKSPACE_ACCOUNT, ADMINS[1])
 
 
 def test_in_its_own_workspace_the_program_leaves_the_operator_as_it_is(monkeypatch):
@@ -79,6 +84,8 @@ def test_in_its_own_workspace_the_program_leaves_the_operator_as_it_is(monkeypat
     ("local", OPERATOR, "Pulumi.local.yaml: llm-platform:gitops.pulumiOperator.enabled: the local stack starts "
                        "minikube on the laptop"),
     ("eks", OPERATOR, "Pulumi.eks.yaml: llm-platform:cluster.adminRoles: required with gitops.pulumiOperator on eks"),
+    ("gke", OPERATOR, "Pulumi.gke.yaml: llm-platform:gitops.pulumiOperator.workspaceRoleArn: EKS Pod Identity is "
+                      "for eks clusters"),
     ("eks", {**OPERATOR, "backend": "file://~"}, "Pulumi.eks.yaml: llm-platform:gitops.pulumiOperator.backend: "
                                                  "expected a backend the cluster can reach"),
     ("eks", {k: v for k, v in OPERATOR.items() if k != "repository"},
