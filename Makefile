@@ -3,8 +3,11 @@ PYTHON ?= python3
 
 .PHONY: test setup check test-parts test-engine docs lint
 
+# The tiers that run no real part share both cores; the real parts and the engine, which start
+# servers and control planes of their own, then run one at a time.
 test: setup
-	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest -q -n 2 -m "unit or program"
+	.venv/bin/python -m pytest -m "not (unit or program)"
 
 # The inner loop, the unit and program tiers (tests/README.md): the config models and the scripts,
 # the program under the mock engine (local and the clouds), the offline render with every chart,
