@@ -249,13 +249,20 @@ class StackConfig(_Model):
             if m.autoscaling.enabled and self.llama_router.enabled:
                 raise ValueError(f"models[{i}].autoscaling.enabled: in router mode one llama-server serves "
                                  f"every model; autoscale models only with llamaRouter.enabled: false")
-            if m.autoscaling.enabled and not self.monitoring.enabled:
-                raise ValueError(f"models[{i}].autoscaling.enabled: KEDA reads the server's queue from the "
-                                 f"stack's Prometheus; expected monitoring.enabled: true")
-            if m.autoscaling.scale_to_zero and not self.front_door.metrics:
-                raise ValueError(f"models[{i}].autoscaling.scaleToZero: a server at zero replicas is woken by "
-                                 f"the front door's request count; expected frontDoor.metrics: true")
+            problem = self.autoscaling_problem(m)
+            if problem:
+                raise ValueError(f"models[{i}].{problem}")
         return self
+
+    def autoscaling_problem(self, model: ServedModel) -> Optional[str]:
+        """Why the stack cannot autoscale `model` as it asks, as "key: reason", or None."""
+        if model.autoscaling.enabled and not self.monitoring.enabled:
+            return ("autoscaling.enabled: KEDA reads the server's queue from the stack's Prometheus; expected "
+                    "monitoring.enabled: true")
+        if model.autoscaling.scale_to_zero and not self.front_door.metrics:
+            return ("autoscaling.scaleToZero: a server at zero replicas is woken by the front door's request "
+                    "count; expected frontDoor.metrics: true")
+        return None
 
     @model_validator(mode="after")
     def _providers_have_keys(self) -> "StackConfig":

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
@@ -38,6 +37,12 @@ class TeamModel:
 def pod_memory_bytes(model: ServedModel) -> int:
     """The memory limit one server pod holds: the server's and its sidecar's."""
     return quantity_bytes(model.resources.memory_limit) + quantity_bytes(SIDECAR_MEMORY_LIMIT)
+
+
+def footprint(cfg: StackConfig, model: ServedModel, replicas: int) -> tuple[int, int]:
+    """Accelerator units and bytes of memory limits `replicas` pods of `model` hold: what a
+    team's quota counts."""
+    return cfg.units_per_replica(model) * replicas, pod_memory_bytes(model) * replicas
 
 
 # Beside the model files, a team's folder may hold its notes and hidden files (.gitkeep), nothing
@@ -103,35 +108,23 @@ def load_team_models(cfg: StackConfig, project_dir: str, stack_file: str) -> lis
         for path in _files(root, team, cfg.team_models_dir):
             shown = os.path.join(cfg.team_models_dir, team, os.path.basename(path))
             model = _read(path, shown)
-            problem = model_fits(model, cfg.accelerator.kind, cfg.pool) or _serves_here(cfg, model)
+            problem = model_fits(model, cfg.accelerator.kind, cfg.pool) or cfg.autoscaling_problem(model)
             if problem:
                 raise ConfigError(f"{shown}: {problem}")
             if model.name in names:
                 raise ConfigError(f"{shown}: name: {model.name!r} is already served ({names[model.name]}); "
                                   f"expected a name of its own")
             names[model.name] = shown
-            replicas = model.most_replicas
-            units += cfg.units_per_replica(model) * replicas
-            memory += pod_memory_bytes(model) * replicas
+            model_units, model_memory = footprint(cfg, model, model.most_replicas)
+            units, memory = units + model_units, memory + model_memory
             _within_quota(team, team_cfg, model, units, memory, shown, stack_file, cfg.accelerator.kind)
-            cluster_units += cfg.units_per_replica(model) * replicas
+            cluster_units += model_units
             if capacity and cluster_units > capacity[0]:
                 raise ConfigError(f"{shown}: {replicas_key(model)}: the stack's models and the teams' need "
                                   f"{cluster_units} {cfg.accelerator.kind} units in all, the cluster offers "
                                   f"{capacity[0]} ({capacity[1]})")
             loaded.append(TeamModel(team, team_cfg.namespace_of(team), shown, model))
     return loaded
-
-
-def _serves_here(cfg: StackConfig, model: ServedModel) -> Optional[str]:
-    """What the stack-wide checks of a `models` entry refuse, for a team's model."""
-    if model.autoscaling.enabled and not cfg.monitoring.enabled:
-        return ("autoscaling.enabled: KEDA reads the server's queue from the stack's Prometheus, and the "
-                "stack runs none (monitoring.enabled: false)")
-    if model.autoscaling.scale_to_zero and not cfg.front_door.metrics:
-        return ("autoscaling.scaleToZero: a server at zero replicas is woken by the front door's request "
-                "count, which the stack does not keep (frontDoor.metrics: false)")
-    return None
 
 
 def _within_quota(team: str, quota: TeamConfig, model: ServedModel, units: int, memory: int, shown: str,
@@ -154,7 +147,7 @@ def quota_room(cfg: StackConfig, team: str, model: ServedModel) -> bool:
     """Whether the team's quota admits one pod of `model` beyond every server of the team at its
     most replicas: the surge pod of a rolling update."""
     quota = cfg.teams[team]
-    mine = [t.model for t in cfg.team_models if t.team == team]
-    units = sum(cfg.units_per_replica(m) * m.most_replicas for m in mine) + cfg.units_per_replica(model)
-    memory = sum(pod_memory_bytes(m) * m.most_replicas for m in mine) + pod_memory_bytes(model)
-    return units <= quota.accelerators and memory <= quantity_bytes(quota.memory)
+    pods = [footprint(cfg, t.model, t.model.most_replicas) for t in cfg.team_models if t.team == team]
+    pods.append(footprint(cfg, model, 1))
+    return (sum(u for u, _ in pods) <= quota.accelerators
+            and sum(m for _, m in pods) <= quantity_bytes(quota.memory))
