@@ -206,7 +206,10 @@ for tm in cfg.team_models:
             host_models_claim=team.host_models_claim,
             # The team's own keys alone: never the stack's, which open every other server (the team
             # controls what runs in its namespace, and so what its servers' keys reach).
-            api_keys={FRONT_DOOR_KEY: team.backend_key, TEAM_KEY: team.key, METRICS_KEY: team.metrics_key}
+            # A budgeted team's key is spent through the front door alone, which counts it: its
+            # servers do not take it.
+            api_keys={FRONT_DOOR_KEY: team.backend_key, METRICS_KEY: team.metrics_key,
+                      **({} if cfg.teams[tm.team].budget else {TEAM_KEY: team.key})}
             if team.key and team.backend_key and team.metrics_key else None,
         ),
         "model": tm.model,
@@ -272,6 +275,9 @@ front_door = FrontDoor("front-door", {
     # Each team's key opens its own models, wherever the front door serves them.
     "team_keys": {team: (t.key, [m.name for m in team_models[team]]) for team, t in teams.items() if t.key is not None},
     "team_backend_keys": {team: t.backend_key for team, t in teams.items() if t.backend_key is not None},
+    # ...within its budget, where it has one: the front door's virtual key then.
+    "team_budgets": {team: t.budget for team, t in cfg.teams.items() if t.budget},
+    "prices": {m.name: m.price for m in all_models if m.price},
     "backend_key": keys.backend if keys else None,
     "provider_keys": {name: pulumi.Output.secret(key) for name, key in cfg.provider_keys.items()},
     "mesh_ready": [mesh.base, mesh.istiod],
@@ -357,8 +363,10 @@ model_routing = ModelRouting("model-routing", {
     "replicas": max(facts.ingress.min_replicas, 2 if facts.replicated else 1),
     "ingress_namespace": mesh.ingress_namespace,
     "ingress_selector": mesh.ingress_selector,
-    # The client key, and each team's (which only the team's servers accept).
-    "keys": {STACK_KEY_HOLDER: keys.client, **{f"team-{team}": t.key for team, t in teams.items() if t.key is not None}}
+    # The client key, and each team's (which only the team's servers accept). A budgeted team's
+    # key is not known here: the front door, which counts its spend, checks it.
+    "keys": {STACK_KEY_HOLDER: keys.client, **{f"team-{team}": t.key for team, t in teams.items()
+                                                 if t.key is not None and not cfg.teams[team].budget}}
     if keys else None,
     "front_door": True,
     "plan": routing_plan,

@@ -126,6 +126,24 @@ class Autoscaling(_Model):
         return self
 
 
+class Price(_Model):
+    """What a model's tokens cost, in US dollars per million: the front door counts each
+    request's spend by it, against the budgets of virtual keys (a team's included)."""
+
+    input: float = Field(ge=0)
+    """Per million prompt tokens."""
+    output: float = Field(ge=0)
+    """Per million generated tokens."""
+
+    @model_validator(mode="after")
+    def _not_free(self) -> "Price":
+        # LiteLLM skips every budget check for a model whose two prices are both zero.
+        if self.input == 0 and self.output == 0:
+            raise ValueError("expected a price above zero for input or output tokens; for a free "
+                             "model leave `price` out")
+        return self
+
+
 def most_replicas(model) -> int:
     """The most replicas the server may run: what accelerators, rollouts and budgets count."""
     return model.autoscaling.max_replicas if model.autoscaling.enabled else model.replicas
@@ -167,6 +185,8 @@ class ModelConfig(_Model):
     """The server's image; none: the runtime's pinned image for the accelerator."""
     extra_args: Annotated[list[str], AfterValidator(_no_key_flags("--api-key", "--api-key-file"))] = []
     """Further `llama-server` arguments."""
+    price: Optional[Price] = None
+    """What its tokens cost (US dollars per million); none: the front door counts no spend for it."""
 
     @field_validator("ctx_size")
     @classmethod
@@ -272,6 +292,8 @@ class VllmModel(_Model):
     """The server's image; none: the pinned vLLM image for the accelerator."""
     extra_args: Annotated[list[str], AfterValidator(_no_key_flags("--api-key", "--config"))] = []
     """Further `vllm serve` arguments."""
+    price: Optional[Price] = None
+    """What its tokens cost (US dollars per million); none: the front door counts no spend for it."""
 
     @property
     def most_replicas(self) -> int:

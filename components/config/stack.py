@@ -298,6 +298,14 @@ class StackConfig(_Model):
         return self
 
     @model_validator(mode="after")
+    def _budgets_need_virtual_keys(self) -> "StackConfig":
+        for team, t in sorted(self.teams.items()):
+            if t.budget and not self.front_door.virtual_keys.enabled:
+                raise ValueError(f"teams.{team}.budget: expected frontDoor.virtualKeys.enabled: true (a budget "
+                                 f"is kept with the front door's virtual keys, in its database)")
+        return self
+
+    @model_validator(mode="after")
     def _team_namespaces_are_their_own(self) -> "StackConfig":
         taken = {self.models_namespace: "modelsNamespace", self.front_door.namespace: "frontDoor.namespace",
                  **({self.ui.namespace: "ui.namespace"} if self.ui.enabled else {}),

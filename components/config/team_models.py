@@ -111,6 +111,9 @@ def load_team_models(cfg: StackConfig, project_dir: str, stack_file: str) -> lis
             problem = model_fits(model, cfg.accelerator.kind, cfg.pool) or cfg.autoscaling_problem(model)
             if problem:
                 raise ConfigError(f"{shown}: {problem}")
+            if team_cfg.budget and model.price is None:
+                raise ConfigError(f"{shown}: price: expected a price, since team {team} has a budget "
+                                  f"(teams.{team}.budget in {stack_file}) and an unpriced model spends nothing")
             if model.name in names:
                 raise ConfigError(f"{shown}: name: {model.name!r} is already served ({names[model.name]}); "
                                   f"expected a name of its own")

@@ -20,6 +20,21 @@ def team_namespace(team: str) -> str:
     return f"team-{team}"
 
 
+class TeamBudget(_Model):
+    """What the team's key may spend at the front door: it becomes one of the front door's virtual
+    keys (`frontDoor.virtualKeys`), which refuses the key once its spend reaches `maxBudget`."""
+
+    max_budget: float = Field(gt=0)
+    """US dollars per `budgetDuration`, counted at the team's models' `price`."""
+    budget_duration: str = Field("30d", pattern=r"^[1-9][0-9]*(s|m|h|d|mo)$")
+    """How often the spend starts again from zero: a number and `s`, `m`, `h`, `d` or `mo`
+    (`30d`: on the first of each month)."""
+    rpm_limit: Optional[int] = Field(None, ge=1)
+    """Requests per minute the key may make; none: no limit."""
+    tpm_limit: Optional[int] = Field(None, ge=1)
+    """Tokens per minute the key may use; none: no limit."""
+
+
 class TeamConfig(_Model):
     """A team that serves its own models: each a file `<teamModelsDir>/<team>/<model>.yaml`, in
     the shape of a `models` entry, run in the team's own namespace within its quota."""
@@ -36,6 +51,10 @@ class TeamConfig(_Model):
     owners: list[str] = []
     """Who reviews changes to the team's folder: `@user`, `@org/team` or an e-mail, written into
     `.github/CODEOWNERS` by `python -m tools.teams codeowners`."""
+
+    budget: Optional[TeamBudget] = None
+    """What the team's key may spend; needs `frontDoor.virtualKeys.enabled` and a `price` in each
+    of the team's model files. None: the key spends without a limit."""
 
     @field_validator("owners")
     @classmethod

@@ -20,11 +20,11 @@ from components.core.published import ModelBackend, ScrapeTarget
 from components.core.replicas import one_at_a_time, spread_over_nodes
 from components.core.trust import Caller, MetricsAccess, mesh_namespace_policies, namespace_peer
 from components.edge.database import CA_CERT, CLIENT_CA_DIR
-from components.edge.files import front_door_auth
+from components.edge.files import front_door_auth, team_budgets
 from components.platform.api_keys import keyed_digest
 
 if TYPE_CHECKING:
-    from components.config import FrontDoorConfig
+    from components.config import FrontDoorConfig, Price, TeamBudget
     from components.edge.database import DatabaseConnection
 
 # LiteLLM's proxy, pinned to a release whose PyPI wheel (litellm[proxy]) the tests run; since
@@ -58,6 +58,10 @@ BACKEND_KEY_ENV = "BACKEND_API_KEY"
 UI_KEY_ENV = front_door_auth.UI_KEY_ENV
 UI_PEER_ENV = front_door_auth.UI_PEER_ENV
 TEAM_KEYS_ENV = front_door_auth.TEAM_KEYS_ENV
+# The budgeted teams' keys, which the script beside the proxy keeps registered as virtual keys.
+TEAM_BUDGETS_FILE = "team_budgets.py"
+TEAM_BUDGETS_ENV = team_budgets.TEAM_BUDGETS_ENV
+TEAM_BUDGETS_CONTAINER = "team-budgets"
 KEYS_SECRET = "litellm-keys"
 # With a database, LiteLLM applies its migrations at start, copying its migration files into
 # this folder first (litellm_proxy_extras: LITELLM_MIGRATION_DIR), since the root filesystem is
@@ -114,6 +118,10 @@ class FrontDoorArgs(TypedDict):
     team_keys: NotRequired[Mapping[str, tuple[pulumi.Output[str], Sequence[str]]]]
     # The key each team's servers take from the front door (a Pulumi secret), by team.
     team_backend_keys: NotRequired[Mapping[str, pulumi.Output[str]]]
+    # The teams whose key has a budget: their keys are the proxy's virtual keys (needs `database`).
+    team_budgets: NotRequired[Mapping[str, "TeamBudget"]]
+    # What each model's tokens cost, by alias; absent: no spend is counted for it.
+    prices: NotRequired[Mapping[str, "Price"]]
     # The UI's mesh identity (SPIFFE id), the one caller the UI's key is taken from; None or
     # absent: no UI, the key is taken from no one.
     ui_peer: NotRequired[Optional[str]]
@@ -174,11 +182,13 @@ def termination_grace_seconds(cfg: "FrontDoorConfig") -> int:
 
 
 def litellm_config(models: Sequence[tuple[str, str]], cfg: "FrontDoorConfig", auth: bool,
-                   custom_auth: bool = False, backend_keys: Optional[Mapping[str, str]] = None) -> dict:
+                   custom_auth: bool = False, backend_keys: Optional[Mapping[str, str]] = None,
+                   prices: Optional[Mapping[str, "Price"]] = None) -> dict:
     """LiteLLM's proxy config for (alias, base URL) pairs and the configured providers;
     `custom_auth`: the UI's inference-only key and the teams' keys are let in by the custom auth."""
     timeouts = {"timeout": cfg.timeout_seconds, "stream_timeout": cfg.timeout_seconds}
     backend_keys = backend_keys or {}
+    prices = prices or {}
     model_list = [
         {"model_name": alias, "litellm_params": {
             # Every server speaks OpenAI's API and serves the model under its alias.
@@ -187,6 +197,9 @@ def litellm_config(models: Sequence[tuple[str, str]], cfg: "FrontDoorConfig", au
             # A team's servers take a key of their team's, never the one the stack's servers take.
             "api_key": f"os.environ/{backend_keys.get(alias, BACKEND_KEY_ENV)}" if auth else NO_KEY,
             **timeouts,
+            # US dollars per token: what each request spends, against the key's budget.
+            **({"input_cost_per_token": prices[alias].input / 1e6,
+                "output_cost_per_token": prices[alias].output / 1e6} if alias in prices else {}),
         }}
         for alias, base_url in models
     ]
@@ -262,10 +275,20 @@ class FrontDoor(pulumi.ComponentResource):
         ui_key = ui_secret is not None
         team_keys = dict(args.get("team_keys") or {}) if auth else {}
         team_backend = dict(args.get("team_backend_keys") or {}) if auth else {}
+        database = args.get("database")
+        # A budgeted team's key is a virtual key, checked by the proxy itself against its budget;
+        # the custom auth lets the other teams' keys in.
+        budgets = {t: b for t, b in (args.get("team_budgets") or {}).items() if t in team_keys}
+        if budgets and database is None:
+            raise ValueError("a team's budget needs the front door's database (frontDoor.virtualKeys)")
+        budgeted = {t: team_keys.pop(t) for t in sorted(budgets)}
         # The env each team model's backend key is read from, by alias.
-        backend_env = {alias: team_backend_key_env(team) for team, (_, aliases) in team_keys.items()
+        backend_env = {alias: team_backend_key_env(team) for team, (_, aliases) in [*team_keys.items(),
+                                                                                      *budgeted.items()]
                        if team in team_backend for alias in aliases}
-        custom_auth = ui_key or bool(team_keys)
+        # With a database, virtual keys too pass the custom auth first: it refuses what LiteLLM's
+        # own model check would miss (a `model` in the query string).
+        custom_auth = ui_key or bool(team_keys) or (auth and database is not None)
         child = pulumi.ResourceOptions(parent=self)
         labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "front-door",
                   "app.kubernetes.io/part-of": "llm-platform"}
@@ -275,10 +298,12 @@ class FrontDoor(pulumi.ComponentResource):
         rendered = pulumi.Output.all(*(pulumi.Output.from_input(m.base_url) for m in args["models"])).apply(
             lambda urls: yaml.safe_dump(litellm_config(
                 [(m.alias, u) for m, u in zip(args["models"], urls, strict=True)], cfg, auth, custom_auth,
-                backend_env), sort_keys=False))
+                backend_env, args.get("prices")), sort_keys=False))
         files: dict[str, pulumi.Input[str]] = {CONFIG_FILE: rendered}
         if custom_auth:
             files[AUTH_FILE] = auth_module_source()
+        if budgeted:
+            files[TEAM_BUDGETS_FILE] = Path(team_budgets.__file__).read_text()
         config_map = k8s.core.v1.ConfigMap(
             f"{name}-config",
             metadata={**meta, "name": f"{NAME}-config"},
@@ -298,11 +323,20 @@ class FrontDoor(pulumi.ComponentResource):
                                            for t, v in zip(teams, values, strict=True)}, sort_keys=True)))
         for team, key in team_backend.items():
             keys[team_backend_key_env(team)] = key
+        # The budgeted teams' keys, for the script beside the proxy alone.
+        script_keys: dict[str, pulumi.Output[str]] = {}
+        if budgeted:
+            teams_b = sorted(budgeted)
+            script_keys[TEAM_BUDGETS_ENV] = pulumi.Output.secret(pulumi.Output.all(
+                *(budgeted[t][0] for t in teams_b)).apply(lambda values: json.dumps({
+                    t: {"key": v, "models": sorted(budgeted[t][1]), "max_budget": budgets[t].max_budget,
+                        "budget_duration": budgets[t].budget_duration, "rpm_limit": budgets[t].rpm_limit,
+                        "tpm_limit": budgets[t].tpm_limit}
+                    for t, v in zip(teams_b, values, strict=True)}, sort_keys=True)))
         if args["backend_key"] is not None:
             keys[BACKEND_KEY_ENV] = args["backend_key"]
         for p in cfg.providers:
             keys[provider_key_env(p.name)] = args["provider_keys"][p.name]
-        database = args.get("database")
         if database is not None:
             keys[SALT_KEY_ENV] = random.RandomPassword(
                 f"{name}-salt-key", length=32, special=False,
@@ -329,13 +363,13 @@ class FrontDoor(pulumi.ComponentResource):
         if keys:
             secret = k8s.core.v1.Secret(
                 f"{name}-keys", metadata={**meta, "name": KEYS_SECRET},
-                string_data=dict(keys), opts=child,
+                string_data={**keys, **script_keys}, opts=child,
             )
         # A changed config or key must restart the proxy: it reads both only at start. Keyed like
         # the model servers' digest, since the master key may be one a person chose.
         salt = random.RandomPassword(f"{name}-keys-digest-salt", length=32, special=False,
                                      opts=pulumi.ResourceOptions(parent=self))
-        checksum = keyed_digest(salt.result, [*files.values(), *keys.values()])
+        checksum = keyed_digest(salt.result, [*files.values(), *keys.values(), *script_keys.values()])
 
         account = k8s.core.v1.ServiceAccount(
             f"{name}-service-account",
@@ -395,7 +429,7 @@ class FrontDoor(pulumi.ComponentResource):
                             # it cannot write one).
                             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                                 "capabilities": {"drop": ["ALL"]}},
-                        }],
+                        }, *([self._team_budgets_container(cfg)] if budgeted else [])],
                         "volumes": [{"name": "config", "configMap": {"name": config_map.metadata.name}},
                                     {"name": "tmp", "emptyDir": {}},
                                     # The database's CA, which DATABASE_URL verifies the server with.
@@ -435,6 +469,23 @@ class FrontDoor(pulumi.ComponentResource):
             name=NAME, namespace=namespace, selector=labels, port="http", path=METRICS_PATH) if cfg.metrics else None
         self.register_outputs({"serviceHost": self.service_host, "baseUrl": self.base_url,
                                "models": self.model_names})
+
+    @staticmethod
+    def _team_budgets_container(cfg: "FrontDoorConfig") -> dict:
+        """Beside the proxy, on its image: keeps the budgeted teams' keys registered with it, over
+        loopback (which the mesh's sidecar does not intercept), with the master key."""
+        return {
+            "name": TEAM_BUDGETS_CONTAINER,
+            "image": cfg.image or LITELLM_IMAGE,
+            "command": ["python", f"{CONFIG_DIR}/{TEAM_BUDGETS_FILE}"],
+            "env": [{"name": k, "valueFrom": {"secretKeyRef": {"name": KEYS_SECRET, "key": k}}}
+                    for k in (MASTER_KEY_ENV, TEAM_BUDGETS_ENV)]
+            + [{"name": team_budgets.PROXY_URL_ENV, "value": f"http://127.0.0.1:{PORT}"}],
+            "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]}},
+        }
 
     def _metrics_for_the_scraper_only(self, name: str, args: FrontDoorArgs, namespace: pulumi.Output[str],
                                       child) -> None:

@@ -352,6 +352,46 @@ def test_a_key_like_the_ui_key_is_not_it(stack):
     assert _request(stack.proxy_port, "GET", "/v1/models")[0] == 401
 
 
+def test_a_model_in_the_query_string_is_refused_for_every_key(stack):
+    """LiteLLM checks a virtual key's models against the body's `model` and then serves the query
+    string's: the custom auth refuses that split for any key, the master key's included."""
+    for path in ("/v1/chat/completions?model=qwen", "/chat/completions?model=tinyllama"):
+        status, body = _request(stack.proxy_port, "POST", path, CLIENT_KEY, _chat("tinyllama"))
+        assert status == 403 and b"query string" in body, (path, status, body)
+
+
+def test_a_priced_model_spends_by_its_price(stack):
+    """What each request costs (the price in US dollars per million tokens), the figure a virtual
+    key's budget is held to; an unpriced model's requests cost nothing."""
+    status, headers, body = _exchange(stack.proxy_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat("tinyllama"))
+    assert status == 200, body
+    usage = json.loads(body)["usage"]
+    price = MODELS[0]["price"]
+    expected = (usage["prompt_tokens"] * price["input"] + usage["completion_tokens"] * price["output"]) / 1e6
+    assert expected > 0 and float(headers["x-litellm-response-cost"]) == pytest.approx(expected, rel=1e-6)
+    status, headers, body = _exchange(stack.proxy_port, "POST", "/v1/chat/completions", CLIENT_KEY, _chat("qwen"))
+    assert status == 200, body
+    assert float(headers.get("x-litellm-response-cost") or 0) == 0
+
+
+def test_the_team_budgets_script_names_the_proxys_refusal_and_never_a_key(stack, tmp_path):
+    """Beside a proxy without its database the script cannot register a key: it says why in one
+    line (the proxy's own answer) and writes out no key."""
+    team_key = "sk-team-" + "k3y" * 12
+    env = {"PATH": os.environ.get("PATH", ""), "LITELLM_MASTER_KEY": CLIENT_KEY,
+           front_door.TEAM_BUDGETS_ENV: json.dumps({TEAM: {
+               "key": team_key, "models": ["qwen"], "max_budget": 5.0, "budget_duration": "30d",
+               "rpm_limit": None, "tpm_limit": None}}),
+           "LITELLM_PROXY_URL": f"http://127.0.0.1:{stack.proxy_port}"}
+    script = ROOT / "components" / "edge" / "files" / front_door.TEAM_BUDGETS_FILE
+    done = subprocess.run([str(LITELLM_PYTHON), str(script), "--once"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("team-budgets: not in place yet: GET /key/list: 500 ") and "Database not connected" in line, line
+    assert team_key not in done.stdout + done.stderr and CLIENT_KEY not in done.stdout + done.stderr
+
+
 def test_the_master_key_still_opens_everything(stack):
     for method, path, body in (("GET", "/v1/models", None), ("GET", "/model/info", None),
                                ("POST", "/v1/chat/completions", _chat("tinyllama"))):

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIENT_KEY = "sk-test-client-0123456789abcdef"
 PROVIDER_KEY = "sk-provider-not-used-0123456789"
 MODELS = [
-    {"name": "tinyllama", "file": "tinyllama-1.1b-chat-v1.0.Q8_0.gguf"},
+    # Priced: the proxy counts each request's spend by it (US dollars per million tokens).
+    {"name": "tinyllama", "file": "tinyllama-1.1b-chat-v1.0.Q8_0.gguf", "price": {"input": 2.0, "output": 6.0}},
     {"name": "qwen", "file": "qwen2.5-1.5b-instruct-q4_k_m.gguf"},
 ]
 PROVIDER = {"name": "gpt-mini", "model": "openai/gpt-4o-mini", "apiBase": "https://api.openai.com/v1"}

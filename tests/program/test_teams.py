@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pulumi
+import yaml
 import pytest
 
 from tools import mock_engine as harness
@@ -199,3 +200,59 @@ def test_a_teams_model_over_its_quota_at_its_most_replicas_is_refused(tmp_path):
     message = refused(team_files(tmp_path, {"research/smol.yaml": auto}),
                       **{"llm-platform:llamaRouter": {"enabled": False}})
     assert "/research/smol.yaml: autoscaling.maxReplicas: team research's models need 4 vulkan units" in message
+
+
+PRICED = {**TINY, "price": {"input": 0.2, "output": 0.6}}
+BUDGET = {"maxBudget": 25, "budgetDuration": "30d", "rpmLimit": 60}
+VIRTUAL_KEYS = {"llm-platform:frontDoor": {"virtualKeys": {"enabled": True}}}
+
+
+def test_a_budget_needs_the_front_doors_virtual_keys_and_priced_models(tmp_path):
+    root = team_files(tmp_path, {"research/smol.yaml": PRICED})
+    message = refused(root, {"research": {**QUOTA, "budget": BUDGET}})
+    assert message == ("Pulumi.local.yaml: llm-platform:teams.research.budget: expected "
+                       "frontDoor.virtualKeys.enabled: true (a budget is kept with the front door's virtual "
+                       "keys, in its database)"), message
+    unpriced = team_files(tmp_path / "unpriced", {"research/smol.yaml": TINY})
+    message = refused(unpriced, {"research": {**QUOTA, "budget": BUDGET}}, **VIRTUAL_KEYS)
+    assert message == (f"{unpriced}/research/smol.yaml: price: expected a price, since team research has a "
+                       f"budget (teams.research.budget in Pulumi.local.yaml) and an unpriced model spends "
+                       f"nothing"), message
+    free = team_files(tmp_path / "free", {"research/smol.yaml": {**TINY, "price": {"input": 0, "output": 0}}})
+    assert "price: expected a price above zero" in refused(free)
+
+
+def test_a_budgeted_teams_key_is_a_virtual_key_spent_through_the_front_door_alone(tmp_path):
+    """The key the team holds is registered with the proxy (its budget, limits and models) by the
+    script beside it, from a Secret; the custom auth, the ingress's key check and the team's
+    servers no longer know it, so every call with it passes the proxy, which counts its spend
+    at the model's price."""
+    root = team_files(tmp_path, {"research/smol.yaml": PRICED})
+    rec = run(root, {"research": {**QUOTA, "budget": BUDGET}}, **VIRTUAL_KEYS)
+    key = rec.outputs["teamApiKeys"]["research"]
+    front = harness.reveal(rec.one("kubernetes:core/v1:Secret", "front-door-keys").inputs["stringData"])
+    assert "LITELLM_TEAM_KEYS" not in front
+    assert json.loads(front["LITELLM_TEAM_BUDGETS"]) == {"research": {
+        "key": key, "models": ["smol"], "max_budget": 25.0, "budget_duration": "30d", "rpm_limit": 60,
+        "tpm_limit": None}}
+    pod = rec.one("kubernetes:apps/v1:Deployment", "front-door-deployment").inputs["spec"]["template"]["spec"]
+    proxy, script = pod["containers"]
+    assert script["name"] == "team-budgets" and script["image"] == proxy["image"]
+    assert script["command"] == ["python", "/etc/litellm/team_budgets.py"]
+    # Keys by reference alone; the proxy itself is not handed the teams' keys.
+    assert {e["name"] for e in script["env"] if "valueFrom" in e} == {"LITELLM_MASTER_KEY", "LITELLM_TEAM_BUDGETS"}
+    assert all(e.get("value", "").startswith("http://127.0.0.1:") for e in script["env"] if "value" in e)
+    assert "LITELLM_TEAM_BUDGETS" not in {e["name"] for e in proxy["env"]}
+    data = rec.one("kubernetes:core/v1:ConfigMap", "front-door-config").inputs["data"]
+    assert "team_budgets.py" in data
+    config = yaml.safe_load(data["config.yaml"])
+    (smol,) = [m for m in config["model_list"] if m["model_name"] == "smol"]
+    assert smol["litellm_params"]["input_cost_per_token"] == pytest.approx(0.2e-6)
+    assert smol["litellm_params"]["output_cost_per_token"] == pytest.approx(0.6e-6)
+    # The custom auth still runs first (it refuses a model in the query string for every key).
+    assert config["general_settings"]["custom_auth"] == "front_door_auth.user_api_key_auth"
+    server_keys = harness.reveal(rec.one("kubernetes:core/v1:Secret", "model-smol-api-keys").inputs["stringData"])
+    assert key not in server_keys.values() and "team" not in server_keys
+    filters = json.dumps(rec.one("kubernetes:networking.istio.io/v1alpha3:EnvoyFilter",
+                                 "model-routing-ingress-filters").inputs)
+    assert '"team-research"' not in filters.replace('\\"', '"').split("KEY_DIGESTS")[1].split("}")[0]

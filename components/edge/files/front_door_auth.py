@@ -1,6 +1,7 @@
 """The front door's custom auth (LiteLLM `general_settings.custom_auth`): the UI's own key opens the
 inference routes alone, only when the UI's pod calls; a team's key opens the team's own models
-alone. Neither needs a database.
+alone. Neither needs a database. Any key's inference call naming its model in the query string is
+refused: LiteLLM checks a virtual key's models against the body's `model` but serves the query's.
 
 It ships next to the proxy's config.yaml, where LiteLLM loads it by file: it imports only the
 standard library, and LiteLLM when called (the program reads its constants). With
@@ -119,18 +120,22 @@ async def user_api_key_auth(request, api_key: str):
 
     # LiteLLM passes the bearer token bare; strip the scheme should it ever not.
     key = (api_key or "").removeprefix(BEARER).strip()
+    route = request.scope.get("path", "")
+    # LiteLLM takes a `model` query parameter over the body's, after checking the body's against
+    # a virtual key's models: refused for every key, so none reaches a model it may not call.
+    if (request.method, route) in TEAM_INFERENCE_ROUTES and "model" in request.query_params:
+        raise ProxyException(message="Name the model in the request body, not in the query string",
+                             type=ProxyErrorTypes.auth_error, param="model", code=403)
     team = team_of(key) if key else None
     if team is not None:
-        route = request.scope.get("path", "")
         if (request.method, route) in TEAM_INFERENCE_ROUTES:
             # The proxy parsed the body before calling here; this reads its cached copy.
             from litellm.proxy.common_utils.http_parsing_utils import _read_request_body
 
             body = await _read_request_body(request)
             model = body.get("model")
-            # LiteLLM takes a `model` query parameter over the body's.
-            if "model" in request.query_params or any(k in body for k in TEAM_REFUSED_BODY_KEYS):
-                raise ProxyException(message="A team's key names its model in the body alone, without fallbacks",
+            if any(k in body for k in TEAM_REFUSED_BODY_KEYS):
+                raise ProxyException(message="A team's key calls its model without fallbacks",
                                      type=ProxyErrorTypes.auth_error, param="model", code=403)
             if model not in team[1]:
                 raise ProxyException(message=f"Team {team[0]}'s key may not call model {model!r}",
@@ -145,8 +150,7 @@ async def user_api_key_auth(request, api_key: str):
         raise NotTheUiKey()
     if not from_the_ui(request.headers):
         raise ProxyException(message=NOT_FROM_THE_UI, type=ProxyErrorTypes.auth_error, param="None", code=403)
-    # The path the server dispatches on (request.url is rebuilt from the Host header and may differ).
-    route = request.scope.get("path", "")
+    # `route` is the path the server dispatches on (request.url is rebuilt from the Host header).
     if (request.method, route) not in UI_ROUTES:
         raise ProxyException(message=f"The UI's key may not call {request.method} {route}",
                              type=ProxyErrorTypes.auth_error, param="None", code=403)
