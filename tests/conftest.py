@@ -28,11 +28,15 @@ def mock_engine_model(stack: str) -> dict:
 
 # Stacks as shipped, plus variants for what only a config option installs: cert-manager (TLS
 # issued through ACME) on eks, one llama-server pod per model (instead of the router) on local,
-# the front door's virtual keys (the CloudNativePG operator and its PostgreSQL) on local, and
+# the front door's virtual keys (the CloudNativePG operator and its PostgreSQL, a team's budgeted
+# key) on local, and
 # autoscaling on eks.
 TLS = {"llm-platform:gateway": {"host": "llm.example.com", "certManager": {"acmeEmail": "ops@example.com"}}}
 PODS = {"llm-platform:llamaRouter": {"enabled": False}}
 VKEYS = {"llm-platform:frontDoor": {"virtualKeys": {"enabled": True}}}
+# ...and a team whose key has a budget (a virtual key registered beside the proxy).
+BUDGETED = {**VKEYS, "llm-platform:teams": {"research": {"accelerators": 1, "memory": "8Gi", "budget": {"maxBudget": 50}}},
+            "llm-platform:teamModelsDir": str(Path(__file__).resolve().parent / "fixtures" / "budgeted")}
 # KEDA sizes the vLLM server on its queue, from zero (Prometheus in `monitoring` scrapes it).
 AUTOSCALED = {
     "llm-platform:models": [{**{k: v for k, v in mock_engine_model("eks").items() if k != "replicas"},
@@ -42,7 +46,7 @@ AUTOSCALED = {
 # Two vLLM replicas behind an inference pool and its endpoint picker.
 POOLED = {"llm-platform:models": [{**mock_engine_model("eks"), "replicas": 2}]}
 VARIANTS = {"local": ("local", {}), "eks": ("eks", {}), "gke": ("gke", {}), "eks-tls": ("eks", TLS),
-            "local-pods": ("local", PODS), "local-vkeys": ("local", VKEYS), "eks-autoscaled": ("eks", AUTOSCALED),
+            "local-pods": ("local", PODS), "local-vkeys": ("local", BUDGETED), "eks-autoscaled": ("eks", AUTOSCALED),
             "eks-pooled": ("eks", POOLED)}
 
 _recordings: dict[str, harness.Recording] = {}

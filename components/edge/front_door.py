@@ -482,7 +482,7 @@ class FrontDoor(pulumi.ComponentResource):
                     for k in (MASTER_KEY_ENV, TEAM_BUDGETS_ENV)]
             + [{"name": team_budgets.PROXY_URL_ENV, "value": f"http://127.0.0.1:{PORT}"}],
             "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
-            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "100m", "memory": "128Mi"}},
             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                 "capabilities": {"drop": ["ALL"]}},
         }

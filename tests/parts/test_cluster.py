@@ -8,13 +8,16 @@ control plane waits on (a device plugin's resource, a provisioned volume, a fini
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
 import time
 from typing import Callable, Optional
 
 import pytest
 import yaml
 
+from components.edge import front_door
 from components.platform import gpu_metrics
 from components.cluster.accelerators import RESOURCES
 from tests import cluster_stack as cs
@@ -639,6 +642,23 @@ def test_the_database_ca_is_where_the_operator_and_the_front_door_read_it(contro
     url = next(o for o in d.objects if o["kind"] == "Secret" and o["metadata"]["name"] == "litellm-database")
     query = url["stringData"]["DATABASE_URL"].split("?", 1)[1]
     assert dict(p.split("=", 1) for p in query.split("&"))["sslrootcert"] in mounted
+
+
+def test_a_budgeted_teams_key_is_registered_from_inside_the_front_door_pod(control_plane, stacks):
+    """The process that registers a budgeted team's key runs in every front-door pod the API
+    server admitted (restricted Pod Security), beside the proxy, with the master key and the
+    teams' keys from the Secret in its own namespace."""
+    cp, d = control_plane, stacks.get("local-vkeys")
+    pods = cp.pods("front-door", "app.kubernetes.io/name=litellm")
+    assert pods and all(p.spec.node_name for p in pods), "no front door pod placed"
+    for pod in pods:
+        script = {c.name: c for c in pod.spec.containers}.get(front_door.TEAM_BUDGETS_CONTAINER)
+        assert script is not None, [c.name for c in pod.spec.containers]
+        refs = {e.name: e.value_from.secret_key_ref for e in script.env if e.value_from}
+        data = cp.core.read_namespaced_secret(front_door.KEYS_SECRET, "front-door").data
+        assert {r.key for r in refs.values()} <= set(data) and front_door.TEAM_BUDGETS_ENV in refs
+    team = json.loads(base64.b64decode(data[front_door.TEAM_BUDGETS_ENV]))
+    assert set(team) == {"research"} and team["research"]["models"] == ["qwen"]
 
 
 def test_bites_keys_cluster_field_the_crd_does_not_know(control_plane, stacks):
