@@ -649,6 +649,7 @@ def test_a_budgeted_teams_key_is_registered_from_inside_the_front_door_pod(contr
     server admitted (restricted Pod Security), beside the proxy, with the master key and the
     teams' keys from the Secret in its own namespace."""
     cp, d = control_plane, stacks.get("local-vkeys")
+    assert not cs.failed_creates(cp, d)
     pods = cp.pods("front-door", "app.kubernetes.io/name=litellm")
     assert pods and all(p.spec.node_name for p in pods), "no front door pod placed"
     for pod in pods:
