@@ -207,6 +207,10 @@ BUDGET = {"maxBudget": 25, "budgetDuration": "30d", "rpmLimit": 60}
 VIRTUAL_KEYS = {"llm-platform:frontDoor": {"virtualKeys": {"enabled": True}}}
 
 
+def server_keys_of(rec) -> dict:
+    return harness.reveal(rec.one("kubernetes:core/v1:Secret", "model-smol-api-keys").inputs["stringData"])
+
+
 def test_a_budget_needs_the_front_doors_virtual_keys_and_priced_models(tmp_path):
     root = team_files(tmp_path, {"research/smol.yaml": PRICED})
     message = refused(root, {"research": {**QUOTA, "budget": BUDGET}})
@@ -249,9 +253,12 @@ def test_a_budgeted_teams_key_is_a_virtual_key_spent_through_the_front_door_alon
     (smol,) = [m for m in config["model_list"] if m["model_name"] == "smol"]
     assert smol["litellm_params"]["input_cost_per_token"] == pytest.approx(0.2e-6)
     assert smol["litellm_params"]["output_cost_per_token"] == pytest.approx(0.6e-6)
+    # The proxy presents the team's backend key to the team's servers, as for any team.
+    assert smol["litellm_params"]["api_key"] == "os.environ/TEAM_RESEARCH_BACKEND_KEY"
+    assert server_keys_of(rec)["front-door"] == front["TEAM_RESEARCH_BACKEND_KEY"]
     # The custom auth still runs first (it refuses a model in the query string for every key).
     assert config["general_settings"]["custom_auth"] == "front_door_auth.user_api_key_auth"
-    server_keys = harness.reveal(rec.one("kubernetes:core/v1:Secret", "model-smol-api-keys").inputs["stringData"])
+    server_keys = server_keys_of(rec)
     assert key not in server_keys.values() and "team" not in server_keys
     filters = json.dumps(rec.one("kubernetes:networking.istio.io/v1alpha3:EnvoyFilter",
                                  "model-routing-ingress-filters").inputs)
