@@ -3,11 +3,11 @@ PYTHON ?= python3
 
 .PHONY: test setup check test-parts test-engine docs lint
 
-# The tiers that run no real part share both cores; the real parts and the engine, which start
-# servers and control planes of their own, then run one at a time.
+# Every tier, on two workers, each test file on one of them: a file's tests share what they start
+# (a control plane, a proxy, a stack deployed by the engine), and much of a real part's time is
+# waiting on another process, which the other worker fills.
 test: setup
-	.venv/bin/python -m pytest -q -n 2 -m "unit or program"
-	.venv/bin/python -m pytest -m "not (unit or program)"
+	.venv/bin/python -m pytest -q -n 2 --dist loadfile
 
 # The inner loop, the unit and program tiers (tests/README.md): the config models and the scripts,
 # the program under the mock engine (local and the clouds), the offline render with every chart,

@@ -277,7 +277,8 @@ front_door = FrontDoor("front-door", {
     "team_backend_keys": {team: t.backend_key for team, t in teams.items() if t.backend_key is not None},
     # ...within its budget, where it has one: the front door's virtual key then.
     "team_budgets": {team: t.budget for team, t in cfg.teams.items() if t.budget},
-    "prices": {m.name: m.price for m in all_models if m.price},
+    "prices": {**{m.name: m.price for m in cfg.models if m.price},
+               **{tm.model.name: price for tm in cfg.team_models if (price := cfg.teams[tm.team].price)}},
     "backend_key": keys.backend if keys else None,
     "provider_keys": {name: pulumi.Output.secret(key) for name, key in cfg.provider_keys.items()},
     "mesh_ready": [mesh.base, mesh.istiod],

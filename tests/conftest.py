@@ -35,7 +35,8 @@ TLS = {"llm-platform:gateway": {"host": "llm.example.com", "certManager": {"acme
 PODS = {"llm-platform:llamaRouter": {"enabled": False}}
 VKEYS = {"llm-platform:frontDoor": {"virtualKeys": {"enabled": True}}}
 # ...and a team whose key has a budget (a virtual key registered beside the proxy).
-BUDGETED = {**VKEYS, "llm-platform:teams": {"research": {"accelerators": 1, "memory": "8Gi", "budget": {"maxBudget": 50}}},
+BUDGETED = {**VKEYS, "llm-platform:teams": {"research": {"accelerators": 1, "memory": "8Gi", "price": {"input": 0.2, "output": 0.6},
+                                                  "budget": {"maxBudget": 50}}},
             "llm-platform:teamModelsDir": str(Path(__file__).resolve().parent / "fixtures" / "budgeted")}
 # KEDA sizes the vLLM server on its queue, from zero (Prometheus in `monitoring` scrapes it).
 AUTOSCALED = {

@@ -186,7 +186,8 @@ class ModelConfig(_Model):
     extra_args: Annotated[list[str], AfterValidator(_no_key_flags("--api-key", "--api-key-file"))] = []
     """Further `llama-server` arguments."""
     price: Optional[Price] = None
-    """What its tokens cost (US dollars per million); none: the front door counts no spend for it."""
+    """What its tokens cost (US dollars per million); none: the front door counts no spend for it.
+    Not in a team's file: the team's `price` covers its models."""
 
     @field_validator("ctx_size")
     @classmethod
@@ -293,7 +294,8 @@ class VllmModel(_Model):
     extra_args: Annotated[list[str], AfterValidator(_no_key_flags("--api-key", "--config"))] = []
     """Further `vllm serve` arguments."""
     price: Optional[Price] = None
-    """What its tokens cost (US dollars per million); none: the front door counts no spend for it."""
+    """What its tokens cost (US dollars per million); none: the front door counts no spend for it.
+    Not in a team's file: the team's `price` covers its models."""
 
     @property
     def most_replicas(self) -> int:

@@ -111,9 +111,10 @@ def load_team_models(cfg: StackConfig, project_dir: str, stack_file: str) -> lis
             problem = model_fits(model, cfg.accelerator.kind, cfg.pool) or cfg.autoscaling_problem(model)
             if problem:
                 raise ConfigError(f"{shown}: {problem}")
-            if team_cfg.budget and model.price is None:
-                raise ConfigError(f"{shown}: price: expected a price, since team {team} has a budget "
-                                  f"(teams.{team}.budget in {stack_file}) and an unpriced model spends nothing")
+            if model.price is not None:
+                # The team's own folder would set what its budget is counted at.
+                raise ConfigError(f"{shown}: price: a team's models are priced by the platform, in "
+                                  f"teams.{team}.price in {stack_file}; leave it out here")
             if model.name in names:
                 raise ConfigError(f"{shown}: name: {model.name!r} is already served ({names[model.name]}); "
                                   f"expected a name of its own")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from components.config.base import DnsLabel, Quantity, _Model
+from components.config.models import Price
 
 # Where a stack finds its teams' model files: <dir>/<team>/<model>.yaml, relative to the project.
 TEAM_MODELS_DIR = "models"
@@ -52,9 +53,19 @@ class TeamConfig(_Model):
     """Who reviews changes to the team's folder: `@user`, `@org/team` or an e-mail, written into
     `.github/CODEOWNERS` by `python -m tools.teams codeowners`."""
 
+    price: Optional[Price] = None
+    """What the tokens of every model of the team cost (US dollars per million), set here, where
+    the platform reviews it, not in the team's files; needed with `budget`."""
     budget: Optional[TeamBudget] = None
-    """What the team's key may spend; needs `frontDoor.virtualKeys.enabled` and a `price` in each
-    of the team's model files. None: the key spends without a limit."""
+    """What the team's key may spend; needs `frontDoor.virtualKeys.enabled` and `price`. None: the
+    key spends without a limit."""
+
+    @model_validator(mode="after")
+    def _a_budget_counts_at_a_price(self) -> "TeamConfig":
+        if self.budget and self.price is None:
+            raise ValueError("budget: expected a price beside it (price: {input: ..., output: ...}, US dollars "
+                             "per million tokens): without one the team's requests spend nothing")
+        return self
 
     @field_validator("owners")
     @classmethod

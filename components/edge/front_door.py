@@ -276,19 +276,20 @@ class FrontDoor(pulumi.ComponentResource):
         team_keys = dict(args.get("team_keys") or {}) if auth else {}
         team_backend = dict(args.get("team_backend_keys") or {}) if auth else {}
         database = args.get("database")
-        # A budgeted team's key is a virtual key, checked by the proxy itself against its budget;
-        # the custom auth lets the other teams' keys in.
+        # A budgeted team's key is a virtual key too: the custom auth holds it to the team's routes
+        # and models, then LiteLLM's own auth to its budget.
         budgets = {t: b for t, b in (args.get("team_budgets") or {}).items() if t in team_keys}
         if budgets and database is None:
             raise ValueError("a team's budget needs the front door's database (frontDoor.virtualKeys)")
-        budgeted = {t: team_keys.pop(t) for t in sorted(budgets)}
+        # Wherever there is a database the registering process runs, budgets or not, so that a
+        # key it registered stops working once no team holds it.
+        registers = auth and database is not None
         # The env each team model's backend key is read from, by alias.
-        backend_env = {alias: team_backend_key_env(team) for team, (_, aliases) in [*team_keys.items(),
-                                                                                      *budgeted.items()]
+        backend_env = {alias: team_backend_key_env(team) for team, (_, aliases) in team_keys.items()
                        if team in team_backend for alias in aliases}
         # With a database, virtual keys too pass the custom auth first: it refuses what LiteLLM's
         # own model check would miss (a `model` in the query string).
-        custom_auth = ui_key or bool(team_keys) or (auth and database is not None)
+        custom_auth = ui_key or bool(team_keys) or registers
         child = pulumi.ResourceOptions(parent=self)
         labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": "front-door",
                   "app.kubernetes.io/part-of": "llm-platform"}
@@ -302,7 +303,7 @@ class FrontDoor(pulumi.ComponentResource):
         files: dict[str, pulumi.Input[str]] = {CONFIG_FILE: rendered}
         if custom_auth:
             files[AUTH_FILE] = auth_module_source()
-        if budgeted:
+        if registers:
             files[TEAM_BUDGETS_FILE] = Path(team_budgets.__file__).read_text()
         config_map = k8s.core.v1.ConfigMap(
             f"{name}-config",
@@ -319,17 +320,18 @@ class FrontDoor(pulumi.ComponentResource):
         if team_keys:
             teams = sorted(team_keys)
             keys[TEAM_KEYS_ENV] = pulumi.Output.secret(pulumi.Output.all(*(team_keys[t][0] for t in teams)).apply(
-                lambda values: json.dumps({t: {"key": v, "models": sorted(team_keys[t][1])}
+                lambda values: json.dumps({t: {"key": v, "models": sorted(team_keys[t][1]),
+                                               **({"budget": True} if t in budgets else {})}
                                            for t, v in zip(teams, values, strict=True)}, sort_keys=True)))
         for team, key in team_backend.items():
             keys[team_backend_key_env(team)] = key
-        # The budgeted teams' keys, for the script beside the proxy alone.
+        # The budgeted teams' keys with their budgets, for the registering process alone.
         script_keys: dict[str, pulumi.Output[str]] = {}
-        if budgeted:
-            teams_b = sorted(budgeted)
+        if registers:
+            teams_b = sorted(budgets)
             script_keys[TEAM_BUDGETS_ENV] = pulumi.Output.secret(pulumi.Output.all(
-                *(budgeted[t][0] for t in teams_b)).apply(lambda values: json.dumps({
-                    t: {"key": v, "models": sorted(budgeted[t][1]), "max_budget": budgets[t].max_budget,
+                *(team_keys[t][0] for t in teams_b)).apply(lambda values: json.dumps({
+                    t: {"key": v, "models": sorted(team_keys[t][1]), "max_budget": budgets[t].max_budget,
                         "budget_duration": budgets[t].budget_duration, "rpm_limit": budgets[t].rpm_limit,
                         "tpm_limit": budgets[t].tpm_limit}
                     for t, v in zip(teams_b, values, strict=True)}, sort_keys=True)))
@@ -429,7 +431,7 @@ class FrontDoor(pulumi.ComponentResource):
                             # it cannot write one).
                             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                                 "capabilities": {"drop": ["ALL"]}},
-                        }, *([self._team_budgets_container(cfg)] if budgeted else [])],
+                        }, *([self._team_budgets_container(cfg)] if registers else [])],
                         "volumes": [{"name": "config", "configMap": {"name": config_map.metadata.name}},
                                     {"name": "tmp", "emptyDir": {}},
                                     # The database's CA, which DATABASE_URL verifies the server with.
@@ -472,8 +474,9 @@ class FrontDoor(pulumi.ComponentResource):
 
     @staticmethod
     def _team_budgets_container(cfg: "FrontDoorConfig") -> dict:
-        """Beside the proxy, on its image: keeps the budgeted teams' keys registered with it, over
-        loopback (which the mesh's sidecar does not intercept), with the master key."""
+        """Beside the proxy, on its image: registers the budgeted teams' keys with it (and deletes
+        those no team holds) once it is up, over loopback (which the mesh's sidecar does not
+        intercept), with the master key."""
         return {
             "name": TEAM_BUDGETS_CONTAINER,
             "image": cfg.image or LITELLM_IMAGE,

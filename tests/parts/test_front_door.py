@@ -167,6 +167,11 @@ def stack(recorded, tmp_path_factory):
                 entry["litellm_params"]["api_base"] = f"http://127.0.0.1:{hosts[base.hostname]}{base.path}"
         assert all(urlparse(e["litellm_params"].get("api_base", "")).hostname in ("127.0.0.1", "api.openai.com")
                    for e in cfg["model_list"])
+        # A second team whose key has a budget, as the program writes one (tests/program/test_teams.py):
+        # the custom auth holds it to its models, then hands it to LiteLLM's own auth.
+        teams = json.loads(keys[front_door.TEAM_KEYS_ENV])
+        keys = {**keys, front_door.TEAM_KEYS_ENV: json.dumps(
+            {**teams, BUDGETED_TEAM: {"key": BUDGETED_KEY, "models": ["qwen"], "budget": True}})}
         proxy, proxy_port, env = start_proxy(recorded, tmp, cfg, keys)
         procs.append(proxy)
         for m in MODELS:
@@ -181,6 +186,8 @@ def stack(recorded, tmp_path_factory):
 
 
 PROXY_LOG = "litellm.log"
+BUDGETED_TEAM = "ledger"
+BUDGETED_KEY = "sk-ledger-" + "b4dg3t" * 8
 
 
 def start_proxy(recorded, tmp: Path, cfg: dict, keys: dict[str, str]) -> tuple[subprocess.Popen, int, dict]:
@@ -352,10 +359,25 @@ def test_a_key_like_the_ui_key_is_not_it(stack):
     assert _request(stack.proxy_port, "GET", "/v1/models")[0] == 401
 
 
+def test_a_budgeted_teams_key_is_held_to_its_models_then_handed_to_the_virtual_key_check(stack):
+    """What the custom auth refuses a team's key it refuses a budgeted one too; what it would let
+    a team's key do it leaves to LiteLLM's own auth, which looks the key up in its database (here
+    there is none, so LiteLLM refuses it: never answered by the model)."""
+    for path, body in (("/v1/chat/completions", _chat("tinyllama")),
+                       ("/v1/chat/completions", {**_chat("qwen"), "fallbacks": ["tinyllama"]}),
+                       ("/key/generate", {})):
+        status, answer = _request(stack.proxy_port, "POST", path, BUDGETED_KEY, body)
+        assert status == 403, (path, status, answer)
+    for method, path, body in (("POST", "/v1/chat/completions", _chat("qwen")), ("GET", "/v1/models", None)):
+        status, answer = _request(stack.proxy_port, method, path, BUDGETED_KEY, body)
+        assert status in (400, 401) and b"db" in answer.lower(), (path, status, answer)
+
+
 def test_a_model_in_the_query_string_is_refused_for_every_key(stack):
     """LiteLLM checks a virtual key's models against the body's `model` and then serves the query
     string's: the custom auth refuses that split for any key, the master key's included."""
-    for path in ("/v1/chat/completions?model=qwen", "/chat/completions?model=tinyllama"):
+    for path in ("/v1/chat/completions?model=qwen", "/chat/completions?model=tinyllama",
+                 "/v1/images/generations?model=gpt-mini"):
         status, body = _request(stack.proxy_port, "POST", path, CLIENT_KEY, _chat("tinyllama"))
         assert status == 403 and b"query string" in body, (path, status, body)
 

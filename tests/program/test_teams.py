@@ -202,7 +202,7 @@ def test_a_teams_model_over_its_quota_at_its_most_replicas_is_refused(tmp_path):
     assert "/research/smol.yaml: autoscaling.maxReplicas: team research's models need 4 vulkan units" in message
 
 
-PRICED = {**TINY, "price": {"input": 0.2, "output": 0.6}}
+PRICE = {"input": 0.2, "output": 0.6}
 BUDGET = {"maxBudget": 25, "budgetDuration": "30d", "rpmLimit": 60}
 VIRTUAL_KEYS = {"llm-platform:frontDoor": {"virtualKeys": {"enabled": True}}}
 
@@ -211,31 +211,35 @@ def server_keys_of(rec) -> dict:
     return harness.reveal(rec.one("kubernetes:core/v1:Secret", "model-smol-api-keys").inputs["stringData"])
 
 
-def test_a_budget_needs_the_front_doors_virtual_keys_and_priced_models(tmp_path):
-    root = team_files(tmp_path, {"research/smol.yaml": PRICED})
-    message = refused(root, {"research": {**QUOTA, "budget": BUDGET}})
+def test_a_budget_needs_virtual_keys_and_the_platforms_price(tmp_path):
+    """The team's price is the platform's to set: a team's file that prices itself is refused."""
+    root = team_files(tmp_path, {"research/smol.yaml": TINY})
+    message = refused(root, {"research": {**QUOTA, "price": PRICE, "budget": BUDGET}})
     assert message == ("Pulumi.local.yaml: llm-platform:teams.research.budget: expected "
                        "frontDoor.virtualKeys.enabled: true (a budget is kept with the front door's virtual "
                        "keys, in its database)"), message
-    unpriced = team_files(tmp_path / "unpriced", {"research/smol.yaml": TINY})
-    message = refused(unpriced, {"research": {**QUOTA, "budget": BUDGET}}, **VIRTUAL_KEYS)
-    assert message == (f"{unpriced}/research/smol.yaml: price: expected a price, since team research has a "
-                       f"budget (teams.research.budget in Pulumi.local.yaml) and an unpriced model spends "
-                       f"nothing"), message
-    free = team_files(tmp_path / "free", {"research/smol.yaml": {**TINY, "price": {"input": 0, "output": 0}}})
-    assert "price: expected a price above zero" in refused(free)
+    message = refused(root, {"research": {**QUOTA, "budget": BUDGET}}, **VIRTUAL_KEYS)
+    assert message.startswith("Pulumi.local.yaml: llm-platform:teams.research.budget: expected a price beside "
+                              "it"), message
+    priced = team_files(tmp_path / "priced", {"research/smol.yaml": {**TINY, "price": {"input": 0.000001,
+                                                                                       "output": 0}}})
+    message = refused(priced, {"research": {**QUOTA, "price": PRICE, "budget": BUDGET}}, **VIRTUAL_KEYS)
+    assert message == (f"{priced}/research/smol.yaml: price: a team's models are priced by the platform, in "
+                       f"teams.research.price in Pulumi.local.yaml; leave it out here"), message
+    message = refused(root, {"research": {**QUOTA, "price": {"input": 0, "output": 0}}})
+    assert "teams.research.price: expected a price above zero" in message, message
 
 
 def test_a_budgeted_teams_key_is_a_virtual_key_spent_through_the_front_door_alone(tmp_path):
     """The key the team holds is registered with the proxy (its budget, limits and models) by the
-    script beside it, from a Secret; the custom auth, the ingress's key check and the team's
-    servers no longer know it, so every call with it passes the proxy, which counts its spend
-    at the model's price."""
-    root = team_files(tmp_path, {"research/smol.yaml": PRICED})
-    rec = run(root, {"research": {**QUOTA, "budget": BUDGET}}, **VIRTUAL_KEYS)
+    process beside it, from a Secret; the ingress's key check and the team's servers no longer
+    know it, so every call with it passes the proxy, whose custom auth holds it to the team's
+    routes and models before LiteLLM holds it to its budget, at the team's price."""
+    root = team_files(tmp_path, {"research/smol.yaml": TINY})
+    rec = run(root, {"research": {**QUOTA, "price": PRICE, "budget": BUDGET}}, **VIRTUAL_KEYS)
     key = rec.outputs["teamApiKeys"]["research"]
     front = harness.reveal(rec.one("kubernetes:core/v1:Secret", "front-door-keys").inputs["stringData"])
-    assert "LITELLM_TEAM_KEYS" not in front
+    assert json.loads(front["LITELLM_TEAM_KEYS"]) == {"research": {"key": key, "models": ["smol"], "budget": True}}
     assert json.loads(front["LITELLM_TEAM_BUDGETS"]) == {"research": {
         "key": key, "models": ["smol"], "max_budget": 25.0, "budget_duration": "30d", "rpm_limit": 60,
         "tpm_limit": None}}
@@ -243,7 +247,7 @@ def test_a_budgeted_teams_key_is_a_virtual_key_spent_through_the_front_door_alon
     proxy, script = pod["containers"]
     assert script["name"] == "team-budgets" and script["image"] == proxy["image"]
     assert script["command"] == ["python", "/etc/litellm/team_budgets.py"]
-    # Keys by reference alone; the proxy itself is not handed the teams' keys.
+    # Keys by reference alone; the proxy itself is not handed the budgets' file.
     assert {e["name"] for e in script["env"] if "valueFrom" in e} == {"LITELLM_MASTER_KEY", "LITELLM_TEAM_BUDGETS"}
     assert all(e.get("value", "").startswith("http://127.0.0.1:") for e in script["env"] if "value" in e)
     assert "LITELLM_TEAM_BUDGETS" not in {e["name"] for e in proxy["env"]}
@@ -253,13 +257,24 @@ def test_a_budgeted_teams_key_is_a_virtual_key_spent_through_the_front_door_alon
     (smol,) = [m for m in config["model_list"] if m["model_name"] == "smol"]
     assert smol["litellm_params"]["input_cost_per_token"] == pytest.approx(0.2e-6)
     assert smol["litellm_params"]["output_cost_per_token"] == pytest.approx(0.6e-6)
+    assert config["general_settings"]["custom_auth"] == "front_door_auth.user_api_key_auth"
     # The proxy presents the team's backend key to the team's servers, as for any team.
     assert smol["litellm_params"]["api_key"] == "os.environ/TEAM_RESEARCH_BACKEND_KEY"
-    assert server_keys_of(rec)["front-door"] == front["TEAM_RESEARCH_BACKEND_KEY"]
-    # The custom auth still runs first (it refuses a model in the query string for every key).
-    assert config["general_settings"]["custom_auth"] == "front_door_auth.user_api_key_auth"
     server_keys = server_keys_of(rec)
+    assert server_keys["front-door"] == front["TEAM_RESEARCH_BACKEND_KEY"]
     assert key not in server_keys.values() and "team" not in server_keys
     filters = json.dumps(rec.one("kubernetes:networking.istio.io/v1alpha3:EnvoyFilter",
                                  "model-routing-ingress-filters").inputs)
     assert '"team-research"' not in filters.replace('\\"', '"').split("KEY_DIGESTS")[1].split("}")[0]
+
+
+def test_the_registering_process_runs_wherever_the_front_door_has_its_database(tmp_path):
+    """Without a budget left it still runs, with none to register: a key it registered earlier is
+    deleted, not left working."""
+    root = team_files(tmp_path, {"research/smol.yaml": TINY})
+    rec = run(root, {"research": QUOTA}, **VIRTUAL_KEYS)
+    pod = rec.one("kubernetes:apps/v1:Deployment", "front-door-deployment").inputs["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["proxy", "team-budgets"]
+    front = harness.reveal(rec.one("kubernetes:core/v1:Secret", "front-door-keys").inputs["stringData"])
+    assert json.loads(front["LITELLM_TEAM_BUDGETS"]) == {}
+    assert "budget" not in json.loads(front["LITELLM_TEAM_KEYS"])["research"]

@@ -77,7 +77,9 @@ def _handler(api: KeyApi):
                 api.rows.setdefault(token, row)
                 return self._answer(200, {"key": body["key"]})
             if self.path == "/key/update":
-                token = hashlib.sha256(body["key"].encode()).hexdigest()
+                # A key's text is hashed, a stored token taken as it is.
+                token = hashlib.sha256(body["key"].encode()).hexdigest() if body["key"].startswith("sk-") \
+                    else body["key"]
                 if token not in api.rows:
                     return self._answer(404, {"error": {"message": "Key not found."}})
                 if any(r.get("key_alias") == body.get("key_alias") and t != token for t, r in api.rows.items()):
@@ -164,12 +166,25 @@ def test_an_update_keeps_the_spend_and_the_reset_date(api):
     assert state.rows[token(RESEARCH)]["budget_duration"] == "7d"
 
 
+def test_a_teams_alias_held_by_a_hand_made_key_is_left_alone_and_named(api):
+    state, base = api
+    state.rows["manual"] = {"token": "manual", "key_alias": "team-research", "metadata": {}, "models": []}
+    with pytest.raises(team_budgets.ProxyError) as info:
+        team_budgets.reconcile(base, MASTER, {"research": wanted(RESEARCH), "support": wanted(SUPPORT)})
+    assert str(info.value).startswith("team research: the alias team-research is held by a key the platform did "
+                                      "not issue"), info.value
+    # The other team's key is registered all the same; the hand-made key is untouched.
+    assert set(state.rows) == {"manual", token(SUPPORT)}
+
+
 def test_no_key_travels_in_a_url(api):
-    """The proxy's access log prints every request line: keys go in bodies alone."""
+    """The proxy's access log prints every request line: keys go in bodies alone, and a key's
+    text only where the proxy has no token for it yet."""
     state, base = api
     walk(base, state)
     urls = json.dumps([(path, query) for _, path, query, _ in state.calls])
     assert "sk-" not in urls, urls
+    assert all(path == "/key/generate" for _, path, _, body in state.calls if body and "sk-" in json.dumps(body))
 
 
 def test_a_refusal_is_one_line_without_the_key(api, capsys, monkeypatch):

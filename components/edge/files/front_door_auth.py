@@ -1,7 +1,9 @@
 """The front door's custom auth (LiteLLM `general_settings.custom_auth`): the UI's own key opens the
 inference routes alone, only when the UI's pod calls; a team's key opens the team's own models
-alone. Neither needs a database. Any key's inference call naming its model in the query string is
-refused: LiteLLM checks a virtual key's models against the body's `model` but serves the query's.
+alone; a budgeted team's key, once held to the same, goes on to LiteLLM's own auth, where it is a
+virtual key with a budget. Only the budgeted keys need the database. Any key's POST naming a model
+in the query string is refused: LiteLLM checks a virtual key's models against the body's `model`
+but serves the query's.
 
 It ships next to the proxy's config.yaml, where LiteLLM loads it by file: it imports only the
 standard library, and LiteLLM when called (the program reads its constants). With
@@ -39,7 +41,8 @@ UI_ROUTES = frozenset({
     ("POST", "/chat/completions"), ("POST", "/v1/chat/completions"),
 })
 BEARER = "Bearer "
-# The teams' keys and models, as JSON: {"<team>": {"key": "...", "models": ["<alias>", ...]}}.
+# The teams' keys and models, as JSON: {"<team>": {"key": "...", "models": ["<alias>", ...]}}, and
+# `"budget": true` for a team whose key is also one of the proxy's virtual keys.
 TEAM_KEYS_ENV = "LITELLM_TEAM_KEYS"
 TEAM_KEY_ALIAS_PREFIX = "team-"
 # (method, path) a team's key may call: the model list (LiteLLM shows the key's models alone) and
@@ -54,7 +57,7 @@ TEAM_INFERENCE_ROUTES = frozenset(
 
 
 class NotTheUiKey(Exception):
-    """Neither the UI's key nor a team's: LiteLLM's own auth decides."""
+    """A key for LiteLLM's own auth to decide on: not the UI's, nor a team's without a budget."""
 
 
 def _is_ui_key(presented: str) -> bool:
@@ -63,13 +66,13 @@ def _is_ui_key(presented: str) -> bool:
     return bool(expected) and hmac.compare_digest(presented.encode(), expected.encode())
 
 
-def team_of(presented: str) -> "tuple[str, list[str]] | None":
-    """The team whose key this is, and its models; None for any other key. Every team's key is
-    compared, so the time taken does not tell which came close."""
+def team_of(presented: str) -> "tuple[str, list[str], bool] | None":
+    """The team whose key this is, its models, and whether the key has a budget; None for any
+    other key. Every team's key is compared, so the time taken does not tell which came close."""
     found = None
     for team, entry in sorted(json.loads(os.environ.get(TEAM_KEYS_ENV) or "{}").items()):
         if hmac.compare_digest(presented.encode(), str(entry.get("key", "")).encode()) and entry.get("key"):
-            found = (team, list(entry.get("models", [])))
+            found = (team, list(entry.get("models", [])), bool(entry.get("budget")))
     return found
 
 
@@ -121,9 +124,9 @@ async def user_api_key_auth(request, api_key: str):
     # LiteLLM passes the bearer token bare; strip the scheme should it ever not.
     key = (api_key or "").removeprefix(BEARER).strip()
     route = request.scope.get("path", "")
-    # LiteLLM takes a `model` query parameter over the body's, after checking the body's against
-    # a virtual key's models: refused for every key, so none reaches a model it may not call.
-    if (request.method, route) in TEAM_INFERENCE_ROUTES and "model" in request.query_params:
+    # LiteLLM takes a `model` query parameter over the body's on its inference routes, after
+    # checking the body's against a virtual key's models: refused for every key on every POST.
+    if request.method == "POST" and "model" in request.query_params:
         raise ProxyException(message="Name the model in the request body, not in the query string",
                              type=ProxyErrorTypes.auth_error, param="model", code=403)
     team = team_of(key) if key else None
@@ -143,6 +146,9 @@ async def user_api_key_auth(request, api_key: str):
         elif (request.method, route) not in TEAM_LIST_ROUTES:
             raise ProxyException(message=f"A team's key may not call {request.method} {route}",
                                  type=ProxyErrorTypes.auth_error, param="None", code=403)
+        if team[2]:
+            # A virtual key too: LiteLLM's own auth holds it to its models and its budget.
+            raise NotTheUiKey()
         # `models` also narrows the model list to the team's.
         return UserAPIKeyAuth(api_key=key, key_alias=TEAM_KEY_ALIAS_PREFIX + team[0], models=team[1],
                               user_role=LitellmUserRoles.INTERNAL_USER)

@@ -1,7 +1,11 @@
-"""Keeps each budgeted team's key registered as a virtual key of the front door's proxy (beside
-it in the pod, on loopback, with the master key): its models, its budget and limits as the stack
-says, its spend kept. Keys it registered earlier that no team holds any more (a team gone, its
-budget dropped, its key rotated) are deleted, so they stop working.
+"""Registers each budgeted team's key as a virtual key of the front door's proxy (beside it in
+the pod, on loopback, with the master key): its models, its budget and limits as the stack says,
+its spend kept. Keys it registered earlier that no team holds any more (a team gone, its budget
+dropped, its key rotated) are deleted, so they stop working.
+
+It makes one pass once the proxy is up, tried again until it succeeds, then waits: a pod runs
+the config it started with, and a changed config starts new pods, so a pass that went on
+repeating would have the pods of a rollout's old and new config undo each other.
 
 It imports only the standard library (it runs on the proxy's image) and never writes a key out:
 not to its log, not into a URL (the proxy's access log prints those).
@@ -26,10 +30,9 @@ DEFAULT_PROXY_URL = "http://127.0.0.1:4000"
 ALIAS_PREFIX = "team-"
 # What marks a key as this script's to change and delete; other keys are never touched.
 ISSUER = {"issued_by": "llm-platform"}
-# Seconds between passes once every key is in place (a key changed by hand is put back), and
-# after a failed pass.
-SETTLED_SECONDS = 600
+# Seconds before a failed pass is tried again, doubled after each failure up to the most.
 RETRY_SECONDS = 15
+MAX_RETRY_SECONDS = 300
 PAGE_SIZE = 100
 # The limits a pass sets on a key; spend is never sent, so it is kept.
 LIMITS = ("max_budget", "rpm_limit", "tpm_limit")
@@ -70,8 +73,8 @@ def _message(raw: bytes) -> str:
     return " ".join(text.split())[:300]
 
 
-def issued(base: str, master: str) -> list[dict]:
-    """The keys this script registered: those aliased `team-...` and marked as its own."""
+def aliased(base: str, master: str) -> list[dict]:
+    """The proxy's keys aliased `team-...`, whoever issued them."""
     rows: list[dict] = []
     page = 1
     while True:
@@ -81,8 +84,11 @@ def issued(base: str, master: str) -> list[dict]:
         if page >= int(answer.get("total_pages") or 1):
             break
         page += 1
-    return [r for r in rows if isinstance(r, dict) and str(r.get("key_alias") or "").startswith(ALIAS_PREFIX)
-            and (r.get("metadata") or {}).get("issued_by") == ISSUER["issued_by"]]
+    return [r for r in rows if isinstance(r, dict) and str(r.get("key_alias") or "").startswith(ALIAS_PREFIX)]
+
+
+def _ours(row: dict) -> bool:
+    return (row.get("metadata") or {}).get("issued_by") == ISSUER["issued_by"]
 
 
 def settings(team: str, wanted: dict) -> dict:
@@ -91,11 +97,16 @@ def settings(team: str, wanted: dict) -> dict:
 
 
 def reconcile(base: str, master: str, teams: dict) -> list[str]:
-    """One pass; what it changed, one line each (team names, never keys)."""
+    """One pass; what it changed, one line each (team names, never keys). A team's failure does
+    not stop the others': the first is raised at the end."""
     done: list[str] = []
+    failed: list[ProxyError] = []
     tokens = {alias(team): token_of(w["key"]) for team, w in teams.items()}
     present: dict[str, dict] = {}
-    for row in issued(base, master):
+    rows = aliased(base, master)
+    # A key issued by hand under a team's alias is never touched; the team's key waits for it.
+    taken = {str(r.get("key_alias")) for r in rows if not _ours(r)}
+    for row in (r for r in rows if _ours(r)):
         name = str(row.get("key_alias"))
         if not row.get("token"):
             continue
@@ -106,23 +117,40 @@ def reconcile(base: str, master: str, teams: dict) -> list[str]:
         call(base, master, "POST", "/key/delete", {"keys": [row["token"]]})
         done.append(f"deleted the key aliased {name} (no team holds it now)")
     for team, wanted in sorted(teams.items()):
-        found = present.get(alias(team))
-        body = settings(team, wanted)
-        if found is None:
-            call(base, master, "POST", "/key/generate",
-                 {"key": wanted["key"], **body, "budget_duration": wanted["budget_duration"]})
-            done.append(f"registered team {team}'s key")
+        if alias(team) in taken:
+            failed.append(ProxyError(f"team {team}: the alias {alias(team)} is held by a key the platform did "
+                                     f"not issue; delete that key or give it another alias"))
             continue
-        row = found
-        # A duration sent again moves the next reset, so it is sent only when it changes.
-        if row.get("budget_duration") != wanted["budget_duration"]:
-            body["budget_duration"] = wanted["budget_duration"]
-        current = {"key_alias": row.get("key_alias"), "models": sorted(row.get("models") or []),
-                   "metadata": row.get("metadata") or {}, **{k: row.get(k) for k in LIMITS}}
-        if "budget_duration" in body or current != settings(team, wanted):
-            call(base, master, "POST", "/key/update", {"key": wanted["key"], **body})
-            done.append(f"updated team {team}'s key")
+        try:
+            change = _put(base, master, team, wanted, present.get(alias(team)))
+        except ProxyError as err:
+            failed.append(ProxyError(f"team {team}: {err}"))
+            continue
+        if change:
+            done.append(change)
+    if failed:
+        for line in done:
+            log(line)
+        raise failed[0]
     return done
+
+
+def _put(base: str, master: str, team: str, wanted: dict, row: "dict | None") -> "str | None":
+    body = settings(team, wanted)
+    if row is None:
+        call(base, master, "POST", "/key/generate",
+             {"key": wanted["key"], **body, "budget_duration": wanted["budget_duration"]})
+        return f"registered team {team}'s key"
+    # A duration sent again moves the next reset, so it is sent only when it changes.
+    if row.get("budget_duration") != wanted["budget_duration"]:
+        body["budget_duration"] = wanted["budget_duration"]
+    current = {"key_alias": row.get("key_alias"), "models": sorted(row.get("models") or []),
+               "metadata": row.get("metadata") or {}, **{k: row.get(k) for k in LIMITS}}
+    if "budget_duration" in body or current != settings(team, wanted):
+        # By its stored token: the key itself need not travel again.
+        call(base, master, "POST", "/key/update", {"key": row["token"], **body})
+        return f"updated team {team}'s key"
+    return None
 
 
 def wait_ready(base: str, until: float) -> None:
@@ -147,6 +175,7 @@ def main(argv: list[str]) -> int:
     base = os.environ.get(PROXY_URL_ENV, DEFAULT_PROXY_URL).rstrip("/")
     master = os.environ[MASTER_KEY_ENV]
     teams = json.loads(os.environ.get(TEAM_BUDGETS_ENV) or "{}")
+    failures = 0
     while True:
         try:
             wait_ready(base, time.monotonic() + (60 if once else 3600))
@@ -156,12 +185,15 @@ def main(argv: list[str]) -> int:
             log(f"{len(teams)} team key(s) in place")
             if once:
                 return 0
-            time.sleep(SETTLED_SECONDS)
+            # Done for this pod's config: a container that exits is started again.
+            while True:
+                time.sleep(86400)
         except Exception as err:  # noqa: BLE001 (a pass that fails is tried again; the cause is logged)
             log(f"not in place yet: {err if isinstance(err, ProxyError) else err.__class__.__name__}")
             if once:
                 return 1
-            time.sleep(RETRY_SECONDS)
+            failures += 1
+            time.sleep(min(RETRY_SECONDS * 2 ** min(failures - 1, 5), MAX_RETRY_SECONDS))
 
 
 if __name__ == "__main__":
