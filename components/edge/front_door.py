@@ -62,6 +62,8 @@ TEAM_KEYS_ENV = front_door_auth.TEAM_KEYS_ENV
 TEAM_BUDGETS_FILE = "team_budgets.py"
 TEAM_BUDGETS_ENV = team_budgets.TEAM_BUDGETS_ENV
 TEAM_BUDGETS_CONTAINER = "team-budgets"
+# On the pod's scratch volume, which both containers mount at /tmp.
+TEAM_BUDGETS_READY_FILE = "/tmp/team-budgets-ready"
 KEYS_SECRET = "litellm-keys"
 # With a database, LiteLLM applies its migrations at start, copying its migration files into
 # this folder first (litellm_proxy_extras: LITELLM_MIGRATION_DIR), since the root filesystem is
@@ -328,7 +330,8 @@ class FrontDoor(pulumi.ComponentResource):
         # The budgeted teams' keys with their budgets, for the registering process alone.
         script_keys: dict[str, pulumi.Output[str]] = {}
         if registers:
-            teams_b = sorted(budgets)
+            # A team without a model yet gets no key: LiteLLM reads an empty model list as all.
+            teams_b = sorted(t for t in budgets if team_keys[t][1])
             script_keys[TEAM_BUDGETS_ENV] = pulumi.Output.secret(pulumi.Output.all(
                 *(team_keys[t][0] for t in teams_b)).apply(lambda values: json.dumps({
                     t: {"key": v, "models": sorted(team_keys[t][1]), "max_budget": budgets[t].max_budget,
@@ -476,15 +479,21 @@ class FrontDoor(pulumi.ComponentResource):
     def _team_budgets_container(cfg: "FrontDoorConfig") -> dict:
         """Beside the proxy, on its image: registers the budgeted teams' keys with it (and deletes
         those no team holds) once it is up, over loopback (which the mesh's sidecar does not
-        intercept), with the master key."""
+        intercept), with the master key; the pod is ready once that is done."""
         return {
             "name": TEAM_BUDGETS_CONTAINER,
             "image": cfg.image or LITELLM_IMAGE,
             "command": ["python", f"{CONFIG_DIR}/{TEAM_BUDGETS_FILE}"],
             "env": [{"name": k, "valueFrom": {"secretKeyRef": {"name": KEYS_SECRET, "key": k}}}
                     for k in (MASTER_KEY_ENV, TEAM_BUDGETS_ENV)]
-            + [{"name": team_budgets.PROXY_URL_ENV, "value": f"http://127.0.0.1:{PORT}"}],
-            "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+            + [{"name": team_budgets.PROXY_URL_ENV, "value": f"http://127.0.0.1:{PORT}"},
+               {"name": team_budgets.READY_FILE_ENV, "value": TEAM_BUDGETS_READY_FILE}],
+            "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                             {"name": "tmp", "mountPath": "/tmp"}],
+            # Ready once its pass made the keys as the pod's config says (the image has no shell).
+            "readinessProbe": {"exec": {"command": [
+                "python", "-c", f"import os, sys; sys.exit(not os.path.exists({TEAM_BUDGETS_READY_FILE!r}))"]},
+                "periodSeconds": 10},
             "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "100m", "memory": "128Mi"}},
             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                 "capabilities": {"drop": ["ALL"]}},

@@ -249,7 +249,10 @@ def test_a_budgeted_teams_key_is_a_virtual_key_spent_through_the_front_door_alon
     assert script["command"] == ["python", "/etc/litellm/team_budgets.py"]
     # Keys by reference alone; the proxy itself is not handed the budgets' file.
     assert {e["name"] for e in script["env"] if "valueFrom" in e} == {"LITELLM_MASTER_KEY", "LITELLM_TEAM_BUDGETS"}
-    assert all(e.get("value", "").startswith("http://127.0.0.1:") for e in script["env"] if "value" in e)
+    assert {e["name"]: e["value"] for e in script["env"] if "value" in e} == {
+        "LITELLM_PROXY_URL": "http://127.0.0.1:4000", "TEAM_BUDGETS_READY_FILE": "/tmp/team-budgets-ready"}
+    # The pod is ready once the keys are in place: a rollout keeps the old pods until then.
+    assert "/tmp/team-budgets-ready" in " ".join(script["readinessProbe"]["exec"]["command"])
     assert "LITELLM_TEAM_BUDGETS" not in {e["name"] for e in proxy["env"]}
     data = rec.one("kubernetes:core/v1:ConfigMap", "front-door-config").inputs["data"]
     assert "team_budgets.py" in data
@@ -278,3 +281,8 @@ def test_the_registering_process_runs_wherever_the_front_door_has_its_database(t
     front = harness.reveal(rec.one("kubernetes:core/v1:Secret", "front-door-keys").inputs["stringData"])
     assert json.loads(front["LITELLM_TEAM_BUDGETS"]) == {}
     assert "budget" not in json.loads(front["LITELLM_TEAM_KEYS"])["research"]
+    # A budgeted team without a model yet: no key to register (an empty model list opens all).
+    empty = team_files(tmp_path / "empty", {"research/README.md": "no models yet"})
+    rec = run(empty, {"research": {**QUOTA, "price": PRICE, "budget": BUDGET}}, **VIRTUAL_KEYS)
+    front = harness.reveal(rec.one("kubernetes:core/v1:Secret", "front-door-keys").inputs["stringData"])
+    assert json.loads(front["LITELLM_TEAM_BUDGETS"]) == {}

@@ -187,7 +187,7 @@ def test_no_key_travels_in_a_url(api):
     assert all(path == "/key/generate" for _, path, _, body in state.calls if body and "sk-" in json.dumps(body))
 
 
-def test_a_refusal_is_one_line_without_the_key(api, capsys, monkeypatch):
+def test_a_refusal_is_one_line_without_the_key(api, capsys, monkeypatch, tmp_path):
     state, base = api
     monkeypatch.setenv(team_budgets.PROXY_URL_ENV, base)
     monkeypatch.setenv(team_budgets.MASTER_KEY_ENV, "sk-not-the-master-key")
@@ -195,7 +195,12 @@ def test_a_refusal_is_one_line_without_the_key(api, capsys, monkeypatch):
     assert team_budgets.main(["--once"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == "team-budgets: not in place yet: GET /key/list: 401 Authentication Error", err
+    ready = tmp_path / "ready"
+    monkeypatch.setenv(team_budgets.READY_FILE_ENV, str(ready))
+    assert team_budgets.main(["--once"]) == 1 and not ready.exists(), "ready before its pass succeeded"
+    capsys.readouterr()
     monkeypatch.setenv(team_budgets.MASTER_KEY_ENV, MASTER)
     assert team_budgets.main(["--once"]) == 0
+    assert ready.exists(), "not ready after its pass"
     err = capsys.readouterr().err
     assert "registered team research's key" in err and RESEARCH not in err and MASTER not in err

@@ -26,6 +26,9 @@ import urllib.request
 TEAM_BUDGETS_ENV = "LITELLM_TEAM_BUDGETS"
 MASTER_KEY_ENV = "LITELLM_MASTER_KEY"
 PROXY_URL_ENV = "LITELLM_PROXY_URL"
+# Written once a pass succeeded: the container's readiness, so that a rollout keeps the old pods
+# until the new ones have their keys in place.
+READY_FILE_ENV = "TEAM_BUDGETS_READY_FILE"
 DEFAULT_PROXY_URL = "http://127.0.0.1:4000"
 ALIAS_PREFIX = "team-"
 # What marks a key as this script's to change and delete; other keys are never touched.
@@ -183,6 +186,10 @@ def main(argv: list[str]) -> int:
             for line in changed:
                 log(line)
             log(f"{len(teams)} team key(s) in place")
+            ready = os.environ.get(READY_FILE_ENV)
+            if ready:
+                with open(ready, "w") as marker:
+                    marker.write("ok\n")
             if once:
                 return 0
             # Done for this pod's config: a container that exits is started again.
