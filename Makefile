@@ -5,9 +5,10 @@ PYTHON ?= python3
 
 # Every tier, on two workers, each test file on one of them: a file's tests share what they start
 # (a control plane, a proxy, a stack deployed by the engine), and much of a real part's time is
-# waiting on another process, which the other worker fills.
+# waiting on another process, which the other worker fills. Files go out in the order collected,
+# the engine's (few tests, the longest) first, so the short ones fill the end.
 test: setup
-	.venv/bin/python -m pytest -q -n 2 --dist loadfile
+	.venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # The inner loop, the unit and program tiers (tests/README.md): the config models and the scripts,
 # the program under the mock engine (local and the clouds), the offline render with every chart,
