@@ -78,6 +78,8 @@ front_door_callers = [INGRESS_CALLER] + ([ui] if ui else [])
 # The teams' models, each in its team's namespace (the teams' files, checked with the config).
 team_namespaces = {team: t.namespace_of(team) for team, t in cfg.teams.items()}
 team_models = {team: [tm.model for tm in cfg.team_models if tm.team == team] for team in cfg.teams}
+# Teams whose key has a budget: spent through the front door alone, which counts it.
+budgeted = {team for team, t in cfg.teams.items() if t.budget}
 all_models = [*cfg.models, *(tm.model for tm in cfg.team_models)]
 # Prometheus scrapes each namespace's metrics port and path, and nothing else there.
 monitoring_on = cfg.monitoring.enabled
@@ -209,7 +211,7 @@ for tm in cfg.team_models:
             # A budgeted team's key is spent through the front door alone, which counts it: its
             # servers do not take it.
             api_keys={FRONT_DOOR_KEY: team.backend_key, METRICS_KEY: team.metrics_key,
-                      **({} if cfg.teams[tm.team].budget else {TEAM_KEY: team.key})}
+                      **({} if tm.team in budgeted else {TEAM_KEY: team.key})}
             if team.key and team.backend_key and team.metrics_key else None,
         ),
         "model": tm.model,
@@ -367,7 +369,7 @@ model_routing = ModelRouting("model-routing", {
     # The client key, and each team's (which only the team's servers accept). A budgeted team's
     # key is not known here: the front door, which counts its spend, checks it.
     "keys": {STACK_KEY_HOLDER: keys.client, **{f"team-{team}": t.key for team, t in teams.items()
-                                                 if t.key is not None and not cfg.teams[team].budget}}
+                                                 if t.key is not None and team not in budgeted}}
     if keys else None,
     "front_door": True,
     "plan": routing_plan,

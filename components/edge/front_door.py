@@ -58,7 +58,7 @@ BACKEND_KEY_ENV = "BACKEND_API_KEY"
 UI_KEY_ENV = front_door_auth.UI_KEY_ENV
 UI_PEER_ENV = front_door_auth.UI_PEER_ENV
 TEAM_KEYS_ENV = front_door_auth.TEAM_KEYS_ENV
-# The budgeted teams' keys, which the script beside the proxy keeps registered as virtual keys.
+# The budgeted teams' keys, which the script beside the proxy registers as virtual keys.
 TEAM_BUDGETS_FILE = "team_budgets.py"
 TEAM_BUDGETS_ENV = team_budgets.TEAM_BUDGETS_ENV
 TEAM_BUDGETS_CONTAINER = "team-budgets"
@@ -319,25 +319,27 @@ class FrontDoor(pulumi.ComponentResource):
             keys[MASTER_KEY_ENV] = master_key
         if ui_secret is not None:
             keys[UI_KEY_ENV] = ui_secret
-        if team_keys:
-            teams = sorted(team_keys)
-            keys[TEAM_KEYS_ENV] = pulumi.Output.secret(pulumi.Output.all(*(team_keys[t][0] for t in teams)).apply(
-                lambda values: json.dumps({t: {"key": v, "models": sorted(team_keys[t][1]),
-                                               **({"budget": True} if t in budgets else {})}
+
+        def by_team(teams: Sequence[str], entry) -> pulumi.Output[str]:
+            """JSON of `entry(team, its key, its models)` by team, a secret: the keys resolved."""
+            return pulumi.Output.secret(pulumi.Output.all(*(team_keys[t][0] for t in teams)).apply(
+                lambda values: json.dumps({t: entry(t, v, sorted(team_keys[t][1]))
                                            for t, v in zip(teams, values, strict=True)}, sort_keys=True)))
+
+        if team_keys:
+            keys[TEAM_KEYS_ENV] = by_team(sorted(team_keys), lambda t, key, models: {
+                "key": key, "models": models, **({"budget": True} if t in budgets else {})})
         for team, key in team_backend.items():
             keys[team_backend_key_env(team)] = key
         # The budgeted teams' keys with their budgets, for the registering process alone.
         script_keys: dict[str, pulumi.Output[str]] = {}
         if registers:
             # A team without a model yet gets no key: LiteLLM reads an empty model list as all.
-            teams_b = sorted(t for t in budgets if team_keys[t][1])
-            script_keys[TEAM_BUDGETS_ENV] = pulumi.Output.secret(pulumi.Output.all(
-                *(team_keys[t][0] for t in teams_b)).apply(lambda values: json.dumps({
-                    t: {"key": v, "models": sorted(team_keys[t][1]), "max_budget": budgets[t].max_budget,
-                        "budget_duration": budgets[t].budget_duration, "rpm_limit": budgets[t].rpm_limit,
-                        "tpm_limit": budgets[t].tpm_limit}
-                    for t, v in zip(teams_b, values, strict=True)}, sort_keys=True)))
+            script_keys[TEAM_BUDGETS_ENV] = by_team(sorted(t for t in budgets if team_keys[t][1]),
+                                                    lambda t, key, models: {
+                "key": key, "models": models, "max_budget": budgets[t].max_budget,
+                "budget_duration": budgets[t].budget_duration, "rpm_limit": budgets[t].rpm_limit,
+                "tpm_limit": budgets[t].tpm_limit})
         if args["backend_key"] is not None:
             keys[BACKEND_KEY_ENV] = args["backend_key"]
         for p in cfg.providers:
@@ -490,7 +492,8 @@ class FrontDoor(pulumi.ComponentResource):
                {"name": team_budgets.READY_FILE_ENV, "value": TEAM_BUDGETS_READY_FILE}],
             "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
                              {"name": "tmp", "mountPath": "/tmp"}],
-            # Ready once its pass made the keys as the pod's config says (the image has no shell).
+            # Ready once its pass made the keys as the pod's config says; read with the Python the
+            # script runs on, the one program the container is known to have.
             "readinessProbe": {"exec": {"command": [
                 "python", "-c", f"import os, sys; sys.exit(not os.path.exists({TEAM_BUDGETS_READY_FILE!r}))"]},
                 "periodSeconds": 10},

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_team_budgets import KeyApi, _handler, walk  # noqa: F401
 from tests.unit import test_team_budgets as stand_in
 
 pytestmark = pytest.mark.parts
@@ -56,16 +55,8 @@ print(json.dumps(problems))
 def test_every_call_is_one_the_release_takes(tmp_path):
     if not LITELLM_PYTHON.exists():
         pytest.skip("needs .venv-litellm (`make setup`)")
-    import http.server
-    import threading
-
-    state = KeyApi()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        walk(f"http://127.0.0.1:{server.server_address[1]}", state)
-    finally:
-        server.shutdown()
+    with stand_in.serving() as (state, base):
+        stand_in.walk(base, state)
     sent = {(m, p) for m, p, _, _ in state.calls}
     assert sent == {("GET", "/key/list"), ("POST", "/key/generate"), ("POST", "/key/update"),
                     ("POST", "/key/delete")}, sent

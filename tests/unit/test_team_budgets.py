@@ -7,6 +7,7 @@ own request models.)"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import json
@@ -94,8 +95,9 @@ def _handler(api: KeyApi):
     return Handler
 
 
-@pytest.fixture
-def api() -> Iterator[tuple[KeyApi, str]]:
+@contextlib.contextmanager
+def serving() -> Iterator[tuple[KeyApi, str]]:
+    """A stand-in key API on a free loopback port: its state and its base URL."""
     state = KeyApi()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -103,6 +105,12 @@ def api() -> Iterator[tuple[KeyApi, str]]:
         yield state, f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+
+
+@pytest.fixture
+def api() -> Iterator[tuple[KeyApi, str]]:
+    with serving() as served:
+        yield served
 
 
 def wanted(key: str, **limits) -> dict:

@@ -139,7 +139,8 @@ def reconcile(base: str, master: str, teams: dict) -> list[str]:
 
 
 def _put(base: str, master: str, team: str, wanted: dict, row: "dict | None") -> "str | None":
-    body = settings(team, wanted)
+    target = settings(team, wanted)
+    body = dict(target)
     if row is None:
         call(base, master, "POST", "/key/generate",
              {"key": wanted["key"], **body, "budget_duration": wanted["budget_duration"]})
@@ -149,7 +150,7 @@ def _put(base: str, master: str, team: str, wanted: dict, row: "dict | None") ->
         body["budget_duration"] = wanted["budget_duration"]
     current = {"key_alias": row.get("key_alias"), "models": sorted(row.get("models") or []),
                "metadata": row.get("metadata") or {}, **{k: row.get(k) for k in LIMITS}}
-    if "budget_duration" in body or current != settings(team, wanted):
+    if "budget_duration" in body or current != target:
         # By its stored token: the key itself need not travel again.
         call(base, master, "POST", "/key/update", {"key": row["token"], **body})
         return f"updated team {team}'s key"
