@@ -10,6 +10,7 @@ readiness: Envoy's admin `/ready`, BBR's gRPC port, llama-server's `/health`.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import http.client
 import json
 import os
@@ -35,6 +36,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port where nothing listens, for as long as the block runs: held bound without
+    listening, so a connection to it is refused, and no other process (a test on the other worker)
+    can start listening there, as it could on a port `free_port` gave back."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
 
 
 class Process:

@@ -469,6 +469,15 @@ def epp_filter(cluster: str, timeout: str = "10s") -> dict:
     }}
 
 
+# What Envoy answers a request to a pool whose picker is away, at once either way: 500 when the
+# stream to the picker fails after Envoy began streaming it the body (full-duplex mode cannot fail
+# open then), or, when it fails before (the connection refused sooner than the body was sent),
+# Envoy applies `failure_mode_allow` and the original-destination cluster, with no picked address
+# in the request, has no host: 503 "no healthy upstream". Which comes first depends on how busy
+# the machine is. Neither reaches a replica.
+PICKER_AWAY = {500: (0, b""), 503: (1, b"no healthy upstream")}
+
+
 def picked_endpoint_cluster(name: str) -> dict:
     """The pool as Envoy's upstream: no endpoints of its own; each request connects to the
     `ip:port` EPP put in ENDPOINT_HEADER (an original-destination cluster that reads the header)."""

@@ -165,8 +165,9 @@ def inference_pool_spec(selector: dict[str, str], target_port: int, epp_service:
     - `failureMode: FailOpen`: asks the gateway to send a request on to the pool when EPP does
       not answer (its own balancing, blind to load) rather than fail it: a lost picker should
       cost latency, not availability. It is a request to the gateway, which has to be able to
-      honour it: Envoy's ext_proc filter in the full-duplex mode EPP needs answers 500 instead
-      (tests/parts/test_endpoint_picker.py shows it)."""
+      honour it: Envoy's ext_proc filter in the full-duplex mode EPP needs answers 500 instead,
+      or 503 where it fails open before streaming the body and no address was picked
+      (tests/parts/test_endpoint_picker.py shows both)."""
     return {
         "selector": {"matchLabels": dict(selector)},
         "targetPorts": [{"number": target_port}],

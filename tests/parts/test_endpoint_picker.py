@@ -136,15 +136,18 @@ def test_every_series_the_picker_asks_for_is_there(path):
 
 
 def test_without_the_picker_a_request_fails_at_once(tmp_path):
-    """The pool says FailOpen, but this path cannot fail open: in full-duplex mode Envoy's ext_proc
-    filter does not apply `failure_mode_allow` (the request is answered 500 when the stream to EPP
-    fails), and without EPP's header the original-destination cluster has no address to go to (in
-    buffered mode the same request gets 503, no healthy upstream). What it does is fail at once,
-    never hang and never reach a replica nobody picked."""
-    with edge.Envoy(epp_path.bootstrap(edge.free_port()), tmp_path) as envoy:
+    """The pool says FailOpen, but this path cannot fail open to the pool's own balancing: once
+    Envoy streams the body to EPP (full-duplex mode) it does not apply `failure_mode_allow` and
+    answers 500; when the connection is refused before that, it does apply it, and without EPP's
+    header the original-destination cluster has no address to go to: 503, no healthy upstream
+    (epp_path.PICKER_AWAY). What it does is fail at once, never hang and never reach a replica
+    nobody picked."""
+    with edge.refusing_port() as away, edge.Envoy(epp_path.bootstrap(away), tmp_path) as envoy:
         started = time.monotonic()
-        status, _, _ = edge.call(envoy.port, "POST", "/v1/chat/completions", {"model": MODEL, "messages": []})
-        assert status == 500 and time.monotonic() - started < 2
+        status, body, _ = edge.call(envoy.port, "POST", "/v1/chat/completions", {"model": MODEL, "messages": []})
+        assert status in epp_path.PICKER_AWAY and time.monotonic() - started < 2, (status, body)
+        failed_open, answer = epp_path.PICKER_AWAY[status]
+        assert body == answer, body
         assert envoy.stats(r"ext_proc\.(streams_failed|failure_mode_allowed)$") == {
-            "http.edge.ext_proc.streams_failed": 1, "http.edge.ext_proc.failure_mode_allowed": 0}
+            "http.edge.ext_proc.streams_failed": 1, "http.edge.ext_proc.failure_mode_allowed": failed_open}
         assert envoy.stats(r"cluster\.inference-pool\.upstream_rq_total$") == {"cluster.inference-pool.upstream_rq_total": 0}

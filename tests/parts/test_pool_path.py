@@ -325,28 +325,31 @@ def _grpc_health(port: int, service: str) -> str:
 
 
 def test_without_the_picker_a_request_fails_at_once(path, program, tmp_path):
-    """The pool says FailOpen and istiod turns that into `failure_mode_allow`, but Envoy does not
-    apply it to a processor in full-duplex mode: with the picker away a request to the model is
-    answered 500 at once (never a hang), and reaches neither a replica nor the front door."""
+    """The pool says FailOpen and istiod turns that into `failure_mode_allow`, but Envoy cannot fail
+    open to the pool's balancing: with the picker away a request to the model is answered 500 (or
+    503 with no address picked, epp_path.PICKER_AWAY) at once, never a hang, and reaches neither a
+    replica nor the front door."""
     pods = [(r.host, r.port) for r in path.replicas.values()]
     ports = istio.stand_in_ports(program.routes, {path.alias: pods}, path.front_door.port, path.front_door.port)
-    ports.update({path.bbr_cluster: path.bbr.port, path.picker_cluster: edge.free_port(),
-                  istio.pool_cluster(path.alias, path.namespace): pods})
-    config = istio.ingress_bootstrap(program.envoy_filter, program.routes, ports,
-                                     http2=[path.bbr_cluster, path.picker_cluster],
-                                     pools={f"{path.namespace}/{path.alias}": path.pool_spec})
-    before, front_door = _seen(path), len(path.front_door.seen)
-    with edge.Envoy(config, tmp_path) as envoy:
-        for stream in (False, True):
-            started = time.monotonic()
-            status, _, _ = edge.call(envoy.port, "POST", "/v1/chat/completions",
-                                     _chat(path.alias, "anyone there?", stream=stream), CLIENT_KEY)
-            assert status == 500 and time.monotonic() - started < 2
-        assert envoy.stats(r"ext_proc\.failure_mode_allowed$") == {"http.edge.ext_proc.failure_mode_allowed": 0}
-    assert _seen(path) == before and len(path.front_door.seen) == front_door
-
-
-
+    with edge.refusing_port() as away:
+        ports.update({path.bbr_cluster: path.bbr.port, path.picker_cluster: away,
+                      istio.pool_cluster(path.alias, path.namespace): pods})
+        config = istio.ingress_bootstrap(program.envoy_filter, program.routes, ports,
+                                         http2=[path.bbr_cluster, path.picker_cluster],
+                                         pools={f"{path.namespace}/{path.alias}": path.pool_spec})
+        before, front_door = _seen(path), len(path.front_door.seen)
+        with edge.Envoy(config, tmp_path) as envoy:
+            failed_open = 0
+            for stream in (False, True):
+                started = time.monotonic()
+                status, body, _ = edge.call(envoy.port, "POST", "/v1/chat/completions",
+                                            _chat(path.alias, "anyone there?", stream=stream), CLIENT_KEY)
+                assert status in epp_path.PICKER_AWAY and time.monotonic() - started < 2, (status, body)
+                assert body == epp_path.PICKER_AWAY[status][1], body
+                failed_open += epp_path.PICKER_AWAY[status][0]
+            assert envoy.stats(r"ext_proc\.failure_mode_allowed$") == {
+                "http.edge.ext_proc.failure_mode_allowed": failed_open}
+        assert _seen(path) == before and len(path.front_door.seen) == front_door
 
 
 # EPP's request-control headers (pkg/epp/metadata in the module): a client's own reach the picker
